@@ -1,0 +1,222 @@
+//! `runway-proxy`: the sidecar (`serve`) and the CometAPI stand-in (`mock-upstream`).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Arg, ArgMatches, Command};
+use runway_proxy::config::{Config, KEYS, LogFormat, Overrides};
+use runway_proxy::duration;
+use runway_proxy::mock::{MockConfig, MockUpstream};
+use runway_proxy::proxy::Proxy;
+
+/// Exit code for a configuration the proxy refuses to start with (as clap uses for usage).
+const EXIT_CONFIG: u8 = 2;
+
+fn cli() -> Command {
+    let mut serve = Command::new("serve")
+        .about("Run the sidecar proxy in front of CometAPI")
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .env("RUNWAY_PROXY_CONFIG")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML config file (flags and environment variables override it)"),
+        );
+    for key in KEYS {
+        serve = serve.arg(
+            Arg::new(key.toml)
+                .long(key.flag)
+                .value_name("VALUE")
+                .help(format!(
+                    "{} [env: {}] [default: {}]",
+                    key.doc, key.env, key.default
+                )),
+        );
+    }
+    let mock = Command::new("mock-upstream")
+        .about("Run the CometAPI stand-in (Runway routes, task lifecycle, callbacks, faults)")
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .value_name("ADDR")
+                .default_value("127.0.0.1:8090"),
+        )
+        .arg(
+            Arg::new("step")
+                .long("step")
+                .value_name("DURATION")
+                .default_value("2s")
+                .help("Time between a task's status changes (each change sends a callback)"),
+        )
+        .arg(
+            Arg::new("feed-delay")
+                .long("feed-delay")
+                .value_name("DURATION")
+                .default_value("0s")
+                .help("How long after creation the feed still answers task_not_exist"),
+        )
+        .arg(
+            Arg::new("log-format")
+                .long("log-format")
+                .value_name("FORMAT")
+                .default_value("pretty")
+                .value_parser(["pretty", "json"]),
+        );
+    Command::new("runway-proxy")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("An outbound gateway for CometAPI's Runway video endpoints")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(serve)
+        .subcommand(mock)
+}
+
+fn main() -> ExitCode {
+    let matches = cli().get_matches();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("runway-proxy: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match matches.subcommand() {
+        Some(("serve", args)) => runtime.block_on(serve(args)),
+        Some(("mock-upstream", args)) => runtime.block_on(mock_upstream(args)),
+        _ => ExitCode::from(EXIT_CONFIG),
+    }
+}
+
+async fn serve(args: &ArgMatches) -> ExitCode {
+    let flags: Overrides = KEYS
+        .iter()
+        .filter_map(|key| {
+            args.get_one::<String>(key.toml)
+                .map(|v| (key.toml, v.clone()))
+        })
+        .collect();
+    let env = |name: &str| std::env::var(name).ok();
+    let config = match Config::load_from(
+        args.get_one::<PathBuf>("config").map(PathBuf::as_path),
+        &env,
+        &flags,
+    ) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("runway-proxy: invalid configuration: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(config.log_format);
+    let proxy = match Proxy::bind(&config).await {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        listen = %proxy.local_addr(),
+        upstream = %config.upstream,
+        "runway-proxy serving"
+    );
+    proxy.run(shutdown_signal()).await;
+    tracing::info!("runway-proxy stopped");
+    ExitCode::SUCCESS
+}
+
+async fn mock_upstream(args: &ArgMatches) -> ExitCode {
+    let format = match args.get_one::<String>("log-format").map(String::as_str) {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Pretty,
+    };
+    init_tracing(format);
+    let mut parsed = BTreeMap::new();
+    for name in ["step", "feed-delay"] {
+        let raw = args
+            .get_one::<String>(name)
+            .map(String::as_str)
+            .unwrap_or("0s");
+        match duration::parse(raw) {
+            Ok(value) => parsed.insert(name, value),
+            Err(problem) => {
+                eprintln!(
+                    "runway-proxy: invalid configuration: {name}: {problem} (set by --{name})"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    }
+    let listen = args
+        .get_one::<String>("listen")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let Ok(listen) = listen.parse::<std::net::SocketAddr>() else {
+        eprintln!(
+            "runway-proxy: invalid configuration: listen: {listen:?} is not a socket address like 127.0.0.1:8090 (set by --listen)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let config = MockConfig::default()
+        .step(
+            parsed
+                .get("step")
+                .copied()
+                .unwrap_or(Duration::from_secs(2)),
+        )
+        .feed_delay(parsed.get("feed-delay").copied().unwrap_or_default());
+    let mock = match MockUpstream::start(listen, config).await {
+        Ok(mock) => mock,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the stand-in");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %mock.addr(), control_api = "/-/mock/", "CometAPI stand-in serving");
+    shutdown_signal().await;
+    mock.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,279 @@
+//! The `runway-proxy` binary: configuration errors, precedence, signals, logs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use runway_proxy::mock::MockConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_runway-proxy");
+
+/// A running binary whose stderr lines are collected.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(command: &mut Command) -> Running {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Wait for a JSON log line whose `message` is `message`, returning it.
+    fn wait_for_log(&mut self, message: &str) -> serde_json::Value {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no {message:?} log line; saw {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                if value["message"] == message {
+                    return value;
+                }
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit; returns its exit code and every stderr line.
+    fn finish(mut self) -> (Option<i32>, Vec<String>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.seen.extend(self.lines.try_iter());
+        // The reader thread may still be draining the pipe.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        (status.code(), std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn serve() -> Command {
+    let mut command = Command::new(BIN);
+    command.arg("serve").env_remove("RUST_LOG");
+    for key in runway_proxy::config::KEYS {
+        command.env_remove(key.env);
+    }
+    command
+}
+
+#[test]
+fn invalid_value_is_refused_with_exit_code_2_naming_the_key() {
+    let output = serve().args(["--listen", "abc"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "listen: \"abc\" is not a socket address like 127.0.0.1:8080 (set by --listen)"
+        ),
+        "{stderr}"
+    );
+
+    let output = serve()
+        .env("RUNWAY_PROXY_REQUEST_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("request_timeout:") && stderr.contains("$RUNWAY_PROXY_REQUEST_TIMEOUT"),
+        "{stderr}"
+    );
+
+    let output = serve()
+        .args(["--config", "/nonexistent/runway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
+}
+
+#[tokio::test]
+async fn flags_beat_env_beat_file_and_sigterm_drains_then_exits_0() {
+    let mock = start_mock(MockConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runway.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\nupstream = \"http://127.0.0.1:1\"\nlog_format = \"pretty\"\nrequest_timeout = \"7s\"\n",
+    )
+    .unwrap();
+    let mut running = Running::spawn(
+        serve()
+            .args(["--config"])
+            .arg(&file)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env("RUNWAY_PROXY_UPSTREAM", mock.url())
+            .env("RUNWAY_PROXY_LISTEN", "127.0.0.1:2"),
+    );
+    let started = running.wait_for_log("runway-proxy serving");
+    let listen = started["listen"].as_str().unwrap().to_owned();
+    assert_ne!(listen, "127.0.0.1:2", "the flag beats the environment");
+    assert_eq!(
+        started["upstream"],
+        format!("{}/", mock.url()),
+        "the environment beats the file"
+    );
+
+    let client = client();
+    let reply = post_json(
+        &client,
+        &format!("http://{listen}/runway/feed"),
+        &serde_json::json!({"task_id": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "forwarded to the upstream from the environment"
+    );
+
+    // A slow request is in flight when SIGTERM arrives; it still gets its answer.
+    mock.inject(
+        "/runway/feed",
+        runway_proxy::mock::Fault::delay(Duration::from_millis(800)),
+        1,
+    );
+    let url = format!("http://{listen}/runway/feed");
+    let in_flight = tokio::spawn(async move {
+        post_json(&client, &url, &serde_json::json!({"task_id": "x"})).await
+    });
+    while mock.stats().received("/runway/feed") < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.signal("TERM");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request finishes");
+    assert_eq!(reply.status, StatusCode::OK);
+    let (code, _) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let mock = start_mock(MockConfig::default()).await;
+    let mut running = Running::spawn(
+        serve()
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--upstream",
+                &mock.url(),
+            ])
+            .env("RUST_LOG", "trace"),
+    );
+    let listen = running.wait_for_log("runway-proxy serving")["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = "sk-live-0123456789abcdef";
+    let request = Request::post(format!("http://{listen}/runway/feed?api_key=query-secret"))
+        .header("authorization", format!("Bearer {secret}"))
+        .body(Full::new(bytes::Bytes::from_static(b"{\"task_id\":\"x\"}")))
+        .unwrap();
+    let reply = send(&client(), request).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let logged = running.wait_for_log("request");
+    assert_eq!(logged["path"], "/runway/feed");
+    assert_eq!(logged["status"], 200);
+    assert_eq!(logged["method"], "POST");
+    assert!(logged["upstream_ms"].is_number());
+    running.signal("INT");
+    let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    for line in &lines {
+        assert!(!line.contains(secret), "API key in a log line: {line}");
+        assert!(
+            !line.contains("query-secret"),
+            "query string in a log line: {line}"
+        );
+    }
+    assert!(lines.len() > 3, "trace logging produced lines to check");
+}
+
+#[tokio::test]
+async fn mock_upstream_runs_standalone() {
+    let mut running = Running::spawn(Command::new(BIN).args([
+        "mock-upstream",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--step",
+        "50ms",
+    ]));
+    let listen = running.wait_for_log("CometAPI stand-in serving")["listen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stats = send(
+        &client(),
+        Request::get(format!("http://{listen}/-/mock/stats"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.status, StatusCode::OK);
+    assert!(stats.json()["routes"].is_object());
+    running.signal("TERM");
+    let (code, _) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

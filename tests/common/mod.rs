@@ -1,0 +1,209 @@
+//! Shared helpers for the integration tests: a plain HTTP client, a proxy started in
+//! process against the stand-in, and a subscriber that records the callbacks it gets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use runway_proxy::body::{self, Body};
+use runway_proxy::config::{Config, Overrides};
+use runway_proxy::mock::{MockConfig, MockUpstream};
+use runway_proxy::proxy::Proxy;
+use tokio::sync::{Notify, oneshot};
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Result<Reply, String> {
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| body::error_chain(&e))?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// POST `json` to `url` with a bearer token.
+pub async fn post_json(
+    client: &TestClient,
+    url: &str,
+    json: &serde_json::Value,
+) -> Result<Reply, String> {
+    let request = Request::post(url)
+        .header("authorization", "Bearer sk-test")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap();
+    send(client, request).await
+}
+
+pub async fn start_mock(config: MockConfig) -> MockUpstream {
+    MockUpstream::start(([127, 0, 0, 1], 0).into(), config)
+        .await
+        .unwrap()
+}
+
+/// A proxy running in this process, and the means to stop it.
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Begin graceful shutdown; the returned handle completes when the proxy has stopped.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Start a proxy in front of `upstream` on a free port, with `settings` as flag values.
+pub async fn start_proxy(upstream: &str, settings: &[(&'static str, &str)]) -> RunningProxy {
+    let mut flags = Overrides::from([
+        ("listen", "127.0.0.1:0".to_owned()),
+        ("upstream", upstream.to_owned()),
+    ]);
+    for (key, value) in settings {
+        flags.insert(key, (*value).to_owned());
+    }
+    let config = Config::load(None, &|_| None, &flags).unwrap();
+    let proxy = Proxy::bind(&config).await.unwrap();
+    let addr = proxy.local_addr();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(proxy.run(async {
+        let _ = stopped.await;
+    }));
+    RunningProxy {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A webhook subscriber: records every request and answers with a settable status.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    status: Arc<Mutex<StatusCode>>,
+    arrived: Arc<Notify>,
+}
+
+impl Subscriber {
+    pub async fn start() -> Subscriber {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let subscriber = Subscriber {
+            addr,
+            received: Arc::default(),
+            status: Arc::new(Mutex::new(StatusCode::OK)),
+            arrived: Arc::default(),
+        };
+        let this = subscriber.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let this = this.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                this.received.lock().unwrap().push((parts.headers, bytes));
+                this.arrived.notify_waiters();
+                let status = *this.status.lock().unwrap();
+                let mut response = Response::new(body::empty());
+                *response.status_mut() = status;
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        tokio::spawn(runway_proxy::server::serve(
+            listener,
+            service,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        subscriber
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn set_status(&self, status: StatusCode) {
+        *self.status.lock().unwrap() = status;
+    }
+
+    pub fn received(&self) -> Vec<(HeaderMap, Bytes)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Wait until at least `n` requests have arrived, or panic after `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(HeaderMap, Bytes)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            let received = self.received();
+            if received.len() >= n {
+                return received;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "subscriber got {} requests, expected {n}",
+                    self.received().len()
+                );
+            }
+        }
+    }
+}
+
+/// A local address nothing listens on.
+pub async fn dead_address() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
