@@ -42,15 +42,21 @@ pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be opened: nothing was sent, so a retry is always safe.
-    #[error("upstream connect failed: {}", body::error_chain(.0.as_ref()))]
+    #[error("upstream connect failed: {}", cause(.0.as_ref()))]
     Connect(#[source] BoxError),
     /// No response headers within the request timeout: the request may have been received.
     #[error("upstream timed out after {}", duration::format(*.0))]
     Timeout(Duration),
     /// The connection failed after the request was (at least partly) written: the
     /// upstream may have received and acted on it.
-    #[error("upstream request failed: {}", body::error_chain(.0.as_ref()))]
+    #[error("upstream request failed: {}", cause(.0.as_ref()))]
     Request(#[source] BoxError),
+}
+
+/// The chain of causes without hyper-util's generic outer message
+/// ("client error (Connect)"), which says nothing the variant doesn't.
+fn cause(err: &(dyn std::error::Error + 'static)) -> String {
+    body::error_chain(err.source().unwrap_or(err))
 }
 
 impl UpstreamError {

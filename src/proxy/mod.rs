@@ -140,7 +140,7 @@ impl RequestLog {
         let upstream_ms = response
             .extensions()
             .get::<UpstreamLatency>()
-            .map(|l| l.0.as_secs_f64() * 1e3);
+            .map(|l| millis(l.0));
         // Path only: a query string may carry a secret a client put there.
         tracing::info!(
             method = %self.method,
@@ -148,10 +148,15 @@ impl RequestLog {
             route_class = self.class.as_str(),
             status,
             upstream_ms,
-            total_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            total_ms = millis(self.started.elapsed()),
             "request"
         );
     }
+}
+
+/// Milliseconds with microsecond precision, for log fields.
+fn millis(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1e3
 }
 
 pin_project! {
