@@ -320,3 +320,22 @@ async fn grace_period_bounds_shutdown() {
         "the request past the grace period is cut off"
     );
 }
+
+#[tokio::test]
+async fn listener_speaks_h2c_with_prior_knowledge() {
+    let mock = start_mock(MockConfig::default()).await;
+    let proxy = start_proxy(&mock.url(), &[]).await;
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let request = Request::post(proxy.url("/runway/feed"))
+        .header("authorization", "Bearer sk-test")
+        .body(Full::new(Bytes::from_static(b"{\"task_id\":\"x\"}")))
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    // Forwarded upstream over HTTP/1.1 all the same, with a Host header.
+    assert_eq!(mock.requests()[0].headers["host"], mock.addr().to_string());
+}

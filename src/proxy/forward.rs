@@ -175,6 +175,10 @@ impl Forward {
 
     fn prepare(&self, request: &mut Request<Body>) -> Result<(), BoxError> {
         *request.uri_mut() = self.target.uri_for(request.uri())?;
+        // The client's protocol to us says nothing about ours to the upstream: the pool
+        // picks HTTP/2 where ALPN offers it, and refuses an HTTP/2 request on an HTTP/1
+        // connection, so an h2c request must not carry its version upstream.
+        *request.version_mut() = http::Version::HTTP_11;
         let headers = request.headers_mut();
         headers::remove_hop_by_hop(headers);
         // The client sets `Host` (or `:authority` on HTTP/2) from the new URI.
