@@ -28,18 +28,14 @@ fn bench(c: &mut Criterion) {
         let mock = MockUpstream::start(([127, 0, 0, 1], 0).into(), MockConfig::default())
             .await
             .expect("mock");
-        let flags = Overrides::from([
-            ("listen", "127.0.0.1:0".to_owned()),
-            ("upstream", mock.url()),
-        ]);
+        let flags = Overrides::from([("listen", "127.0.0.1:0".to_owned()), ("upstream", mock.url())]);
         let config = Config::load(None, &|_| None, &flags).expect("config");
         let proxy = Proxy::bind(&config).await.expect("proxy");
         let addr = proxy.local_addr();
         tokio::spawn(proxy.run(std::future::pending()));
         (mock, addr)
     });
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let read = |base: String| {
         let client = client.clone();
         async move {
@@ -57,9 +53,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
     let direct = upstream.url();
-    group.bench_function("direct", |b| {
-        b.to_async(&runtime).iter(|| read(direct.clone()))
-    });
+    group.bench_function("direct", |b| b.to_async(&runtime).iter(|| read(direct.clone())));
     let through = format!("http://{proxy}");
     group.bench_function("through_proxy", |b| {
         b.to_async(&runtime).iter(|| read(through.clone()))

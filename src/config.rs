@@ -31,6 +31,8 @@ use std::time::Duration;
 use http::Uri;
 
 use crate::duration;
+use crate::retry::{RetrySettings, RuleSpec, Rules};
+use crate::route::RouteClass;
 
 /// The sidecar's settings. Build it with [`Config::load`] or start from
 /// [`Config::default`].
@@ -49,6 +51,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log line format.
     pub log_format: LogFormat,
+    /// The retry middleware's settings and rule table (`[retry]`, `[[retry.rules]]`).
+    pub retry: RetrySettings,
 }
 
 /// How log lines are written.
@@ -111,6 +115,76 @@ pub const KEYS: &[Key] = &[
         flag: "shutdown-grace",
         default: "30s",
         doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
+    },
+    Key {
+        toml: "retry.max_attempts",
+        env: "RUNWAY_PROXY_MAX_ATTEMPTS",
+        flag: "max-attempts",
+        default: "5",
+        doc: "Attempts per request in all, counting the first.",
+    },
+    Key {
+        toml: "retry.base_delay",
+        env: "RUNWAY_PROXY_RETRY_BASE_DELAY",
+        flag: "retry-base-delay",
+        default: "1s",
+        doc: "Backoff base: the first retry waits a random time up to this.",
+    },
+    Key {
+        toml: "retry.max_delay",
+        env: "RUNWAY_PROXY_RETRY_MAX_DELAY",
+        flag: "retry-max-delay",
+        default: "30s",
+        doc: "Backoff cap: no backoff wait is longer.",
+    },
+    Key {
+        toml: "retry.deadline",
+        env: "RUNWAY_PROXY_RETRY_DEADLINE",
+        flag: "retry-deadline",
+        default: "2m",
+        doc: "One deadline for all attempts and waits of a request.",
+    },
+    Key {
+        toml: "retry.attempt_timeout",
+        env: "RUNWAY_PROXY_ATTEMPT_TIMEOUT",
+        flag: "attempt-timeout",
+        default: "60s",
+        doc: "Time allowed for one attempt, response body included.",
+    },
+    Key {
+        toml: "retry.retry_after_cap",
+        env: "RUNWAY_PROXY_RETRY_AFTER_CAP",
+        flag: "retry-after-cap",
+        default: "60s",
+        doc: "The longest wait a Retry-After header can ask for.",
+    },
+    Key {
+        toml: "retry.budget_percent",
+        env: "RUNWAY_PROXY_RETRY_BUDGET_PERCENT",
+        flag: "retry-budget-percent",
+        default: "20",
+        doc: "Retries may add at most this percentage of recent requests...",
+    },
+    Key {
+        toml: "retry.budget_min_per_sec",
+        env: "RUNWAY_PROXY_RETRY_BUDGET_MIN_PER_SEC",
+        flag: "retry-budget-min-per-sec",
+        default: "1",
+        doc: "...plus this many retries per second (a floor for quiet periods).",
+    },
+    Key {
+        toml: "retry.body_limit",
+        env: "RUNWAY_PROXY_RETRY_BODY_LIMIT",
+        flag: "retry-body-limit",
+        default: "1MiB",
+        doc: "Largest body buffered to replay a request or classify a response.",
+    },
+    Key {
+        toml: "retry.unknown_outcome",
+        env: "RUNWAY_PROXY_RETRY_UNKNOWN_OUTCOME",
+        flag: "retry-unknown-outcome",
+        default: "read",
+        doc: "Route classes retried after a timeout or reset once the request was written.",
     },
     Key {
         toml: "log_format",
@@ -181,8 +255,7 @@ impl Default for Config {
     fn default() -> Self {
         let empty = Overrides::new();
         // The defaults in KEYS are checked by a unit test, so this cannot fail.
-        Config::load(None, &|_| None, &empty)
-            .unwrap_or_else(|e| panic!("built-in default is invalid: {e}"))
+        Config::load(None, &|_| None, &empty).unwrap_or_else(|e| panic!("built-in default is invalid: {e}"))
     }
 }
 
@@ -210,9 +283,9 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let file_values = match file {
+        let (file_values, rules) = match file {
             Some(text) => flatten_toml(text)?,
-            None => BTreeMap::new(),
+            None => (BTreeMap::new(), Vec::new()),
         };
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -221,7 +294,18 @@ impl Config {
             request_timeout: Duration::ZERO,
             shutdown_grace: Duration::ZERO,
             log_format: LogFormat::Pretty,
+            retry: RetrySettings::default(),
         };
+        let mut user_rules = Vec::with_capacity(rules.len());
+        for (index, spec) in rules.into_iter().enumerate() {
+            let rule = spec.build(index).map_err(|problem| ConfigError::Invalid {
+                key: "retry.rules",
+                problem: format!("rule {index}: {problem}"),
+                origin: Origin::File,
+            })?;
+            user_rules.push(rule);
+        }
+        config.retry.rules = Rules::with_user_rules(user_rules);
         for key in KEYS {
             let (raw, origin) = if let Some(value) = flags.get(key.toml) {
                 (value.clone(), Origin::Flag(key.flag))
@@ -254,6 +338,31 @@ impl Config {
             "connect_timeout" => self.connect_timeout = positive_duration(raw)?,
             "request_timeout" => self.request_timeout = positive_duration(raw)?,
             "shutdown_grace" => self.shutdown_grace = duration::parse(raw)?,
+            "retry.max_attempts" => {
+                self.retry.max_attempts = match raw.parse::<u32>() {
+                    Ok(n @ 1..=100) => n,
+                    _ => return Err(format!("{raw:?} is not a number of attempts from 1 to 100")),
+                }
+            }
+            "retry.base_delay" => self.retry.base_delay = positive_duration(raw)?,
+            "retry.max_delay" => self.retry.max_delay = positive_duration(raw)?,
+            "retry.deadline" => self.retry.deadline = positive_duration(raw)?,
+            "retry.attempt_timeout" => self.retry.attempt_timeout = positive_duration(raw)?,
+            "retry.retry_after_cap" => self.retry.retry_after_cap = duration::parse(raw)?,
+            "retry.budget_percent" => {
+                self.retry.budget_ratio = match raw.parse::<f32>() {
+                    Ok(p) if (0.0..=1000.0).contains(&p) => p / 100.0,
+                    _ => return Err(format!("{raw:?} is not a percentage from 0 to 1000")),
+                }
+            }
+            "retry.budget_min_per_sec" => {
+                self.retry.budget_min_per_sec = match raw.parse::<u32>() {
+                    Ok(n) if n <= 1_000_000 => n,
+                    _ => return Err(format!("{raw:?} is not a whole number of retries per second")),
+                }
+            }
+            "retry.body_limit" => self.retry.body_limit = parse_size(raw)?,
+            "retry.unknown_outcome" => self.retry.retry_unknown_outcome = parse_classes(raw)?,
             "log_format" => {
                 self.log_format = match raw {
                     "pretty" => LogFormat::Pretty,
@@ -265,6 +374,49 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parse a size like `1MiB`, `512KiB` or `65536` (bytes).
+fn parse_size(raw: &str) -> Result<usize, String> {
+    let text = raw.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("{raw:?} is not a size like 65536, 512KiB or 1MiB")),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{raw:?} is not a size like 65536, 512KiB or 1MiB"))
+}
+
+/// Parse a comma-separated list of route classes (`submission`, `read`, `other`), or
+/// `none` for the empty list.
+fn parse_classes(raw: &str) -> Result<Vec<RouteClass>, String> {
+    let mut classes = Vec::new();
+    for word in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty() && *w != "none")
+    {
+        classes.push(match word {
+            "submission" => RouteClass::Submission,
+            "read" => RouteClass::Read,
+            "other" => RouteClass::Other,
+            _ => {
+                return Err(format!(
+                    "{word:?} is not a route class (submission, read, other or none)"
+                ));
+            }
+        });
+    }
+    Ok(classes)
 }
 
 fn positive_duration(raw: &str) -> Result<Duration, String> {
@@ -289,14 +441,29 @@ fn parse_base_url(raw: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// Flatten a TOML document into `dotted.key -> value text`, refusing keys not in [`KEYS`].
-fn flatten_toml(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
-    let table: toml::Table = text
+/// Flatten a TOML document into `dotted.key -> value text`, refusing keys not in [`KEYS`],
+/// and take out the structured `[[retry.rules]]`.
+fn flatten_toml(text: &str) -> Result<(BTreeMap<String, String>, Vec<RuleSpec>), ConfigError> {
+    let mut table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
+    let rules = match table
+        .get_mut("retry")
+        .and_then(|r| r.as_table_mut())
+        .and_then(|r| r.remove("rules"))
+    {
+        Some(value) => value
+            .try_into::<Vec<RuleSpec>>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "retry.rules",
+                problem: e.to_string().trim().to_owned(),
+                origin: Origin::File,
+            })?,
+        None => Vec::new(),
+    };
     let mut out = BTreeMap::new();
     flatten_into(&table, "", &mut out)?;
-    Ok(out)
+    Ok((out, rules))
 }
 
 fn flatten_into(
@@ -319,6 +486,12 @@ fn flatten_into(
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // A list of words, such as route classes, reads like the flag's `a,b`.
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => items
+                .iter()
+                .filter_map(toml::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
             other => other.to_string(),
         };
         if !KEYS.iter().any(|k| k.toml == key) {
@@ -349,7 +522,8 @@ mod tests {
 
     #[test]
     fn flags_beat_env_beat_file_beat_defaults() {
-        let file = "listen = \"127.0.0.1:1001\"\nupstream = \"http://file.example\"\nconnect_timeout = \"3s\"\n";
+        let file =
+            "listen = \"127.0.0.1:1001\"\nupstream = \"http://file.example\"\nconnect_timeout = \"3s\"\n";
         let env = |name: &str| match name {
             "RUNWAY_PROXY_LISTEN" => Some("127.0.0.1:1002".to_owned()),
             "RUNWAY_PROXY_UPSTREAM" => Some("http://env.example".to_owned()),
@@ -380,14 +554,8 @@ mod tests {
         let err = Config::load(None, &env, &Overrides::new())
             .unwrap_err()
             .to_string();
-        assert!(
-            err.starts_with("request_timeout: \"30\" has no unit"),
-            "{err}"
-        );
-        assert!(
-            err.ends_with("(set by $RUNWAY_PROXY_REQUEST_TIMEOUT)"),
-            "{err}"
-        );
+        assert!(err.starts_with("request_timeout: \"30\" has no unit"), "{err}");
+        assert!(err.ends_with("(set by $RUNWAY_PROXY_REQUEST_TIMEOUT)"), "{err}");
 
         for upstream in ["ftp://x", "api.cometapi.com", "http://", "https://a?b=c"] {
             let flags = Overrides::from([("upstream", upstream.to_owned())]);
@@ -400,14 +568,12 @@ mod tests {
     fn file_errors_are_clear() {
         let err = Config::load(Some("listen = "), &no_env, &Overrides::new()).unwrap_err();
         assert!(matches!(err, ConfigError::Toml(_)), "{err}");
-        let err =
-            Config::load(Some("lsten = \"1.2.3.4:5\""), &no_env, &Overrides::new()).unwrap_err();
+        let err = Config::load(Some("lsten = \"1.2.3.4:5\""), &no_env, &Overrides::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "config file: unknown key \"lsten\" (see the README's configuration table)"
         );
-        let err =
-            Config::load(Some("log_format = \"xml\""), &no_env, &Overrides::new()).unwrap_err();
+        let err = Config::load(Some("log_format = \"xml\""), &no_env, &Overrides::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "log_format: \"xml\" is not a log format (pretty or json) (set by the config file)"
@@ -415,11 +581,64 @@ mod tests {
     }
 
     #[test]
+    fn retry_settings_and_rules_load() {
+        let file = r#"
+            [retry]
+            max_attempts = 3
+            deadline = "10s"
+            unknown_outcome = ["read", "submission"]
+            body_limit = "64KiB"
+
+            [[retry.rules]]
+            name = "quota"
+            msg_contains = "quota"
+            action = "fail"
+        "#;
+        let env = |name: &str| (name == "RUNWAY_PROXY_RETRY_BASE_DELAY").then(|| "10ms".to_owned());
+        let config = Config::load(Some(file), &env, &Overrides::new()).unwrap();
+        assert_eq!(config.retry.max_attempts, 3);
+        assert_eq!(config.retry.deadline, Duration::from_secs(10));
+        assert_eq!(config.retry.base_delay, Duration::from_millis(10));
+        assert_eq!(config.retry.body_limit, 64 * 1024);
+        assert_eq!(
+            config.retry.retry_unknown_outcome,
+            [RouteClass::Read, RouteClass::Submission]
+        );
+        assert_ne!(config.retry.rules, Rules::default(), "the user rule is in front");
+
+        let bad = "[[retry.rules]]\naction = \"retry\"\n";
+        let err = Config::load(Some(bad), &no_env, &Overrides::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("retry.rules: rule 0: a rule needs"), "{err}");
+        let bad = "[[retry.rules]]\nstatus = [500]\naction = \"sometimes\"\n";
+        let err = Config::load(Some(bad), &no_env, &Overrides::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("retry.rules: "), "{err}");
+        let flags = Overrides::from([("retry.max_attempts", "0".to_owned())]);
+        let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
+        assert!(err.starts_with("retry.max_attempts: \"0\""), "{err}");
+        let flags = Overrides::from([("retry.unknown_outcome", "writes".to_owned())]);
+        assert!(Config::load(None, &no_env, &flags).is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        for bad in ["0", "1MB", "MiB", "-1", "1.5MiB", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn every_key_has_a_distinct_env_and_flag() {
         for (i, a) in KEYS.iter().enumerate() {
             assert_eq!(
                 a.env,
-                format!("RUNWAY_PROXY_{}", a.toml.replace('.', "_").to_uppercase())
+                format!("RUNWAY_PROXY_{}", a.flag.replace('-', "_").to_uppercase())
             );
             for b in &KEYS[i + 1..] {
                 assert_ne!(a.flag, b.flag);

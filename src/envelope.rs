@@ -1,9 +1,30 @@
 //! CometAPI's response envelope, `{"code": ..., "msg": ..., "data": ...}`.
 //!
-//! Errors that runway-proxy makes itself use the same shape as CometAPI's, with a matching
-//! HTTP status, so a client written for CometAPI handles them without change.
+//! [`Envelope::parse`] reads just the fields a retry decision needs (`code`, `msg`, and
+//! their variants in newer wrappers and Runway's own errors) and skips the rest without
+//! building it. Errors that runway-proxy makes itself use the same shape as CometAPI's,
+//! with a matching HTTP status, so a client written for CometAPI handles them unchanged.
+//!
+//! # Example
+//!
+//! ```
+//! use runway_proxy::envelope::{Code, Envelope};
+//!
+//! let busy = Envelope::parse(br#"{"code": 500, "msg": "system busy", "data": null}"#).unwrap();
+//! assert_eq!(busy.code, Some(Code::Int(500)));
+//! assert_eq!(busy.msg.as_deref(), Some("system busy"));
+//!
+//! let newer = Envelope::parse(br#"{"code": "success", "message": "ok", "data": {}}"#).unwrap();
+//! assert!(newer.is_success());
+//!
+//! assert!(Envelope::parse(b"<html>502 Bad Gateway</html>").is_none());
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
 
 use http::{HeaderValue, Response, StatusCode, header};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::body::{self, Body};
 
@@ -25,16 +46,329 @@ pub fn error_response(status: StatusCode, msg: &str) -> Response<Body> {
     response
 }
 
+/// The envelope's `code`: an integer on most routes, a string (`"success"`) on newer ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Code<'a> {
+    /// A numeric code (a string of digits is read as a number too).
+    Int(i64),
+    /// A textual code such as `"success"` or `"error"`.
+    Str(Cow<'a, str>),
+}
+
+impl Code<'_> {
+    /// Whether this code says the call succeeded: `200` or `"success"`.
+    pub fn is_success(&self) -> bool {
+        match self {
+            Code::Int(code) => *code == 200,
+            Code::Str(text) => text.eq_ignore_ascii_case("success"),
+        }
+    }
+}
+
+impl fmt::Display for Code<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Code::Int(code) => write!(f, "{code}"),
+            Code::Str(text) => f.write_str(text),
+        }
+    }
+}
+
+/// The fields of a response body that decide what happened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// `code`, when present and a number or a string.
+    pub code: Option<Code<'a>>,
+    /// `msg`, else `message`, else a string `error` or `error.message` (Runway's own shape).
+    pub msg: Option<Cow<'a, str>>,
+    /// Whether the body has an `error` member (how the official format reports failure).
+    pub has_error: bool,
+}
+
+impl<'a> Envelope<'a> {
+    /// Read the envelope fields of a JSON object; `None` when `body` is not a JSON object.
+    ///
+    /// Never panics, whatever the bytes: a field of an unexpected type is treated as
+    /// absent rather than failing the parse.
+    pub fn parse(body: &'a [u8]) -> Option<Envelope<'a>> {
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let envelope = deserializer.deserialize_map(EnvelopeVisitor).ok()?;
+        deserializer.end().ok()?;
+        Some(envelope)
+    }
+
+    /// Whether the code says the call succeeded.
+    pub fn is_success(&self) -> bool {
+        self.code.as_ref().is_some_and(Code::is_success)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut envelope = Envelope::default();
+        let mut message = None;
+        let mut error = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "code" => envelope.code = map.next_value::<Lenient<CodeValue<'de>>>()?.0.map(|c| c.0),
+                "msg" => envelope.msg = map.next_value::<Lenient<Text<'de>>>()?.0.map(|t| t.0),
+                "message" => message = map.next_value::<Lenient<Text<'de>>>()?.0.map(|t| t.0),
+                "error" => {
+                    let value = map.next_value::<ErrorValue<'de>>()?;
+                    envelope.has_error = value.present;
+                    error = value.message;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        envelope.msg = envelope.msg.or(message).or(error);
+        Ok(envelope)
+    }
+}
+
+/// Any JSON value; `Some` when it deserialized as `T`, `None` for another type.
+struct Lenient<T>(Option<T>);
+
+impl<'de, T: LenientValue<'de>> de::Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(LenientVisitor::<T>(std::marker::PhantomData))
+    }
+}
+
+/// A type read from a subset of JSON values, ignoring the others.
+trait LenientValue<'de>: Sized {
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_str(_: Cow<'de, str>) -> Option<Self> {
+        None
+    }
+}
+
+struct CodeValue<'a>(Code<'a>);
+
+impl<'de> LenientValue<'de> for CodeValue<'de> {
+    fn from_i64(v: i64) -> Option<Self> {
+        Some(CodeValue(Code::Int(v)))
+    }
+    fn from_str(v: Cow<'de, str>) -> Option<Self> {
+        let trimmed = v.trim();
+        let is_number =
+            !trimmed.is_empty() && trimmed.len() < 19 && trimmed.bytes().all(|b| b.is_ascii_digit());
+        match trimmed.parse::<i64>() {
+            Ok(n) if is_number => Some(CodeValue(Code::Int(n))),
+            _ => Some(CodeValue(Code::Str(v))),
+        }
+    }
+}
+
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> LenientValue<'de> for Text<'de> {
+    fn from_str(v: Cow<'de, str>) -> Option<Self> {
+        Some(Text(v))
+    }
+}
+
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: LenientValue<'de>> Visitor<'de> for LenientVisitor<T> {
+    type Value = Lenient<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Lenient(T::from_i64(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Lenient(i64::try_from(v).ok().and_then(T::from_i64)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // A code written 500.0 is still 500; other fractions are no code at all.
+        let whole = v.fract() == 0.0 && v.abs() < 1e15;
+        Ok(Lenient(if whole { T::from_i64(v as i64) } else { None }))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Lenient(T::from_str(Cow::Borrowed(v))))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Lenient(T::from_str(Cow::Owned(v.to_owned()))))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Lenient(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Lenient(None))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Lenient(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Lenient(None))
+    }
+}
+
+/// The `error` member: present or not (null counts as absent), and its message if any.
+struct ErrorValue<'a> {
+    present: bool,
+    message: Option<Cow<'a, str>>,
+}
+
+impl<'de> de::Deserialize<'de> for ErrorValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ErrorVisitor;
+        impl<'de> Visitor<'de> for ErrorVisitor {
+            type Value = ErrorValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ErrorValue {
+                    present: false,
+                    message: None,
+                })
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(ErrorValue {
+                    present: true,
+                    message: Some(Cow::Borrowed(v)),
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ErrorValue {
+                    present: true,
+                    message: Some(Cow::Owned(v.to_owned())),
+                })
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(ErrorValue {
+                    present: v,
+                    message: None,
+                })
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ErrorValue {
+                    present: true,
+                    message: None,
+                })
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ErrorValue {
+                    present: true,
+                    message: None,
+                })
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ErrorValue {
+                    present: true,
+                    message: None,
+                })
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ErrorValue {
+                    present: true,
+                    message: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut message = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "message" {
+                        message = map.next_value::<Lenient<Text<'de>>>()?.0.map(|t| t.0);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(ErrorValue {
+                    present: true,
+                    message,
+                })
+            }
+        }
+        deserializer.deserialize_any(ErrorVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn reads_integer_and_string_codes() {
+        let e = Envelope::parse(br#"{"code":200,"msg":"success","data":{"task_id":"t"},"exec_time":0.4}"#)
+            .unwrap();
+        assert!(e.is_success());
+        let e = Envelope::parse(br#"{"data":null,"code":"success","message":"ok"}"#).unwrap();
+        assert!(e.is_success());
+        assert_eq!(e.msg.as_deref(), Some("ok"));
+        let e = Envelope::parse(br#"{"code":"500","msg":"busy"}"#).unwrap();
+        assert_eq!(e.code, Some(Code::Int(500)));
+        let e = Envelope::parse(br#"{"code":"error","msg":"x"}"#).unwrap();
+        assert_eq!(e.code, Some(Code::Str("error".into())));
+        assert!(!e.is_success());
+        let e = Envelope::parse(br#"{"code":500.0}"#).unwrap();
+        assert_eq!(e.code, Some(Code::Int(500)));
+    }
+
+    #[test]
+    fn odd_field_types_count_as_absent() {
+        let e = Envelope::parse(br#"{"code":{"a":[1,2]},"msg":42,"data":[1,{"x":"y"}]}"#).unwrap();
+        assert_eq!(e, Envelope::default());
+        let e = Envelope::parse(br#"{"code":true,"msg":null}"#).unwrap();
+        assert_eq!(e, Envelope::default());
+        let e = Envelope::parse(br#"{"code":99999999999999999999999}"#).unwrap();
+        assert_eq!(e.code, None);
+    }
+
+    #[test]
+    fn reads_runway_errors() {
+        let e = Envelope::parse(br#"{"error":"Task not found"}"#).unwrap();
+        assert!(e.has_error);
+        assert_eq!(e.msg.as_deref(), Some("Task not found"));
+        let e = Envelope::parse(br#"{"error":{"message":"invalid_request: bad ratio","type":"x"}}"#).unwrap();
+        assert_eq!(e.msg.as_deref(), Some("invalid_request: bad ratio"));
+        let e = Envelope::parse(br#"{"id":"abc","error":null}"#).unwrap();
+        assert!(!e.has_error);
+    }
+
+    #[test]
+    fn non_objects_are_not_envelopes() {
+        for body in [
+            &b""[..],
+            b"[]",
+            b"null",
+            b"\"x\"",
+            b"{",
+            b"{}{}",
+            b"\xff\xfe",
+            b"<html>",
+        ] {
+            assert!(
+                Envelope::parse(body).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(Envelope::parse(b" {} ").is_some());
+    }
+
+    #[test]
     fn error_envelope_has_cometapi_shape() {
-        let body = error_body(
-            StatusCode::BAD_GATEWAY,
-            "upstream connect failed: \"refused\"",
-        );
+        let body = error_body(StatusCode::BAD_GATEWAY, "upstream connect failed: \"refused\"");
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             value,

@@ -59,5 +59,6 @@ pub mod envelope;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+pub mod retry;
 pub mod route;
 pub mod server;

@@ -77,10 +77,7 @@ fn cli() -> Command {
 
 fn main() -> ExitCode {
     let matches = cli().get_matches();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("runway-proxy: cannot start the async runtime: {err}");
@@ -97,10 +94,7 @@ fn main() -> ExitCode {
 async fn serve(args: &ArgMatches) -> ExitCode {
     let flags: Overrides = KEYS
         .iter()
-        .filter_map(|key| {
-            args.get_one::<String>(key.toml)
-                .map(|v| (key.toml, v.clone()))
-        })
+        .filter_map(|key| args.get_one::<String>(key.toml).map(|v| (key.toml, v.clone())))
         .collect();
     let env = |name: &str| std::env::var(name).ok();
     let config = match Config::load_from(
@@ -140,16 +134,11 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
     init_tracing(format);
     let mut parsed = BTreeMap::new();
     for name in ["step", "feed-delay"] {
-        let raw = args
-            .get_one::<String>(name)
-            .map(String::as_str)
-            .unwrap_or("0s");
+        let raw = args.get_one::<String>(name).map(String::as_str).unwrap_or("0s");
         match duration::parse(raw) {
             Ok(value) => parsed.insert(name, value),
             Err(problem) => {
-                eprintln!(
-                    "runway-proxy: invalid configuration: {name}: {problem} (set by --{name})"
-                );
+                eprintln!("runway-proxy: invalid configuration: {name}: {problem} (set by --{name})");
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
@@ -165,12 +154,7 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     };
     let config = MockConfig::default()
-        .step(
-            parsed
-                .get("step")
-                .copied()
-                .unwrap_or(Duration::from_secs(2)),
-        )
+        .step(parsed.get("step").copied().unwrap_or(Duration::from_secs(2)))
         .feed_delay(parsed.get("feed-delay").copied().unwrap_or_default());
     let mock = match MockUpstream::start(listen, config).await {
         Ok(mock) => mock,

@@ -109,10 +109,7 @@ impl Histogram {
         let mut cumulative = 0;
         for (bound, bucket) in self.bounds.iter().zip(self.buckets.iter()) {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
@@ -167,11 +164,7 @@ impl<K: Eq + Hash + Clone + Ord> CounterVec<K> {
 
     /// Every key and its count, sorted by key.
     pub fn snapshot(&self) -> Vec<(K, u64)> {
-        let mut entries: Vec<_> = self
-            .read()
-            .iter()
-            .map(|(k, c)| (k.clone(), c.get()))
-            .collect();
+        let mut entries: Vec<_> = self.read().iter().map(|(k, c)| (k.clone(), c.get())).collect();
         entries.sort();
         entries
     }
@@ -198,6 +191,13 @@ pub struct Metrics {
     /// Failures of the proxy itself talking to the upstream, by kind
     /// (`connect`, `timeout`, `request`).
     pub upstream_errors: CounterVec<&'static str>,
+    /// Retries made, by the rule or transport failure that called for them.
+    pub retries: CounterVec<String>,
+    /// Retries refused because the retry budget was spent.
+    pub retry_budget_exhausted: Counter,
+    /// Final outcome of each request through the retry layer (`success`, `fail`,
+    /// `max-attempts`, `deadline`, `budget`, `outcome-unknown`, ...).
+    pub retry_outcomes: CounterVec<&'static str>,
 }
 
 impl Default for Metrics {
@@ -207,6 +207,9 @@ impl Default for Metrics {
             in_flight: Arc::new(Gauge::default()),
             upstream_latency: Histogram::new(LATENCY_BUCKETS),
             upstream_errors: CounterVec::default(),
+            retries: CounterVec::default(),
+            retry_budget_exhausted: Counter::default(),
+            retry_outcomes: CounterVec::default(),
         }
     }
 }
@@ -238,11 +241,7 @@ impl Metrics {
             "gauge",
             "Requests being handled now.",
         );
-        let _ = writeln!(
-            out,
-            "runway_proxy_requests_in_flight {}",
-            self.in_flight.get()
-        );
+        let _ = writeln!(out, "runway_proxy_requests_in_flight {}", self.in_flight.get());
         header(
             &mut out,
             "runway_proxy_upstream_latency_seconds",
@@ -258,13 +257,48 @@ impl Metrics {
             "Upstream calls that failed in the proxy (connect, timeout, request).",
         );
         for (kind, n) in self.upstream_errors.snapshot() {
+            let _ = writeln!(out, "runway_proxy_upstream_errors_total{{kind=\"{kind}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "runway_proxy_retries_total",
+            "counter",
+            "Retries made, by the rule or failure that called for them.",
+        );
+        for (reason, n) in self.retries.snapshot() {
+            let reason = escape_label(&reason);
+            let _ = writeln!(out, "runway_proxy_retries_total{{reason=\"{reason}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "runway_proxy_retry_budget_exhausted_total",
+            "counter",
+            "Retries refused because the retry budget was spent.",
+        );
+        let exhausted = self.retry_budget_exhausted.get();
+        let _ = writeln!(out, "runway_proxy_retry_budget_exhausted_total {exhausted}");
+        header(
+            &mut out,
+            "runway_proxy_retry_outcomes_total",
+            "counter",
+            "Final outcome of requests through the retry layer.",
+        );
+        for (outcome, n) in self.retry_outcomes.snapshot() {
             let _ = writeln!(
                 out,
-                "runway_proxy_upstream_errors_total{{kind=\"{kind}\"}} {n}"
+                "runway_proxy_retry_outcomes_total{{outcome=\"{outcome}\"}} {n}"
             );
         }
         out
     }
+}
+
+/// Escape a label value for the text format (user rule names can hold anything).
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -289,11 +323,7 @@ mod tests {
             text.contains("runway_proxy_requests_total{route_class=\"read\",status=\"200\"} 2"),
             "{text}"
         );
-        assert!(
-            text.contains(
-                "runway_proxy_requests_total{route_class=\"submission\",status=\"502\"} 1"
-            )
-        );
+        assert!(text.contains("runway_proxy_requests_total{route_class=\"submission\",status=\"502\"} 1"));
         assert!(text.contains("runway_proxy_requests_in_flight 1"));
         assert!(text.contains("runway_proxy_upstream_latency_seconds_bucket{le=\"0.025\"} 0"));
         assert!(text.contains("runway_proxy_upstream_latency_seconds_bucket{le=\"0.05\"} 1"));

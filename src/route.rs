@@ -92,10 +92,7 @@ mod tests {
             RouteClass::Submission
         );
         assert_eq!(RouteClass::of(&post, "/runway/feed"), RouteClass::Read);
-        assert_eq!(
-            RouteClass::of(&get, "/runwayml/v1/tasks/abc"),
-            RouteClass::Read
-        );
+        assert_eq!(RouteClass::of(&get, "/runwayml/v1/tasks/abc"), RouteClass::Read);
     }
 
     #[test]
@@ -104,10 +101,7 @@ mod tests {
             RouteClass::of(&Method::GET, "/runway/pro/generate"),
             RouteClass::Other
         );
-        assert_eq!(
-            RouteClass::of(&Method::POST, "/runway/pro/"),
-            RouteClass::Other
-        );
+        assert_eq!(RouteClass::of(&Method::POST, "/runway/pro/"), RouteClass::Other);
         assert_eq!(
             RouteClass::of(&Method::POST, "/runway/pro/a/b"),
             RouteClass::Other

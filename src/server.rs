@@ -21,18 +21,13 @@ use crate::body::{self, Body, BoxError};
 use crate::proxy::ClientAddr;
 use futures_util::TryFutureExt;
 
-type ResponseFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ServiceError>> + Send>>;
+type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ServiceError>> + Send>>;
 
 /// Serve `service` on `listener` until `shutdown` completes, then drain for up to `grace`.
 ///
 /// Each request carries the peer's address as a [`ClientAddr`] extension.
-pub async fn serve<S>(
-    listener: TcpListener,
-    service: S,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) where
+pub async fn serve<S>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>, grace: Duration)
+where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
@@ -85,10 +80,7 @@ pub async fn serve<S>(
     }
     drop(listener);
     tracing::info!(grace = %crate::duration::format(grace), "shutting down: draining in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over: closing connections that are still busy");
     }
     connections.abort_all();

@@ -109,9 +109,7 @@ fn invalid_value_is_refused_with_exit_code_2_naming_the_key() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(
-            "listen: \"abc\" is not a socket address like 127.0.0.1:8080 (set by --listen)"
-        ),
+        stderr.contains("listen: \"abc\" is not a socket address like 127.0.0.1:8080 (set by --listen)"),
         "{stderr}"
     );
 
@@ -148,7 +146,14 @@ async fn flags_beat_env_beat_file_and_sigterm_drains_then_exits_0() {
         serve()
             .args(["--config"])
             .arg(&file)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--max-attempts",
+                "1",
+            ])
             .env("RUNWAY_PROXY_UPSTREAM", mock.url())
             .env("RUNWAY_PROXY_LISTEN", "127.0.0.1:2"),
     );
@@ -182,17 +187,13 @@ async fn flags_beat_env_beat_file_and_sigterm_drains_then_exits_0() {
         1,
     );
     let url = format!("http://{listen}/runway/feed");
-    let in_flight = tokio::spawn(async move {
-        post_json(&client, &url, &serde_json::json!({"task_id": "x"})).await
-    });
+    let in_flight =
+        tokio::spawn(async move { post_json(&client, &url, &serde_json::json!({"task_id": "x"})).await });
     while mock.stats().received("/runway/feed") < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     running.signal("TERM");
-    let reply = in_flight
-        .await
-        .unwrap()
-        .expect("in-flight request finishes");
+    let reply = in_flight.await.unwrap().expect("in-flight request finishes");
     assert_eq!(reply.status, StatusCode::OK);
     let (code, _) = tokio::task::spawn_blocking(move || running.finish())
         .await
@@ -210,6 +211,8 @@ async fn secrets_never_reach_the_logs() {
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
+                "--max-attempts",
+                "1",
                 "--upstream",
                 &mock.url(),
             ])

@@ -17,14 +17,20 @@ fn readme_documents_every_setting() {
 #[test]
 fn example_config_is_valid_and_complete() {
     let text = include_str!("../examples/runway-proxy.toml");
-    let config =
-        Config::load(Some(text), &|_| None, &Overrides::new()).expect("example config loads");
+    let config = Config::load(Some(text), &|_| None, &Overrides::new()).expect("example config loads");
     assert_eq!(config, Config::default(), "the example shows the defaults");
     for key in KEYS {
+        let (section, name) = key.toml.rsplit_once('.').unwrap_or(("", key.toml));
         assert!(
-            text.contains(&format!("\n{} = ", key.toml)),
+            text.contains(&format!("\n{name} = ")),
             "example config lacks {}",
             key.toml
         );
+        if !section.is_empty() {
+            assert!(
+                text.contains(&format!("\n[{section}]\n")),
+                "example config lacks [{section}]"
+            );
+        }
     }
 }

@@ -99,9 +99,7 @@ async fn every_reverse_route_accepts_and_validates() {
             .json();
         assert_eq!(ok["code"], 200, "{route}");
 
-        let missing = post_json(&client, &url, &json!({"prompt": "x"}))
-            .await
-            .unwrap();
+        let missing = post_json(&client, &url, &json!({"prompt": "x"})).await.unwrap();
         assert_eq!(missing.status, StatusCode::OK, "an error inside a 200");
         assert_eq!(missing.json()["msg"], "callback_url_empty");
 
@@ -230,11 +228,7 @@ async fn response_faults_do_what_they_say() {
         1,
     );
     assert_eq!(
-        post_json(&client, &url, &body)
-            .await
-            .unwrap()
-            .status
-            .as_u16(),
+        post_json(&client, &url, &body).await.unwrap().status.as_u16(),
         524
     );
 
@@ -367,18 +361,11 @@ async fn control_api_scripts_faults_and_reports_counts() {
     .await
     .unwrap();
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    assert!(
-        bad.json()["msg"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid fault")
-    );
+    assert!(bad.json()["msg"].as_str().unwrap().starts_with("invalid fault"));
 
     let stats = send(
         &client,
-        Request::get(control("stats"))
-            .body(Full::default())
-            .unwrap(),
+        Request::get(control("stats")).body(Full::default()).unwrap(),
     )
     .await
     .unwrap()
@@ -394,9 +381,7 @@ async fn control_api_scripts_faults_and_reports_counts() {
     )
     .await
     .unwrap();
-    let delete = Request::delete(control("faults"))
-        .body(Full::default())
-        .unwrap();
+    let delete = Request::delete(control("faults")).body(Full::default()).unwrap();
     assert_eq!(send(&client, delete).await.unwrap().status, StatusCode::OK);
     assert_eq!(
         post_json(&client, &url, &body).await.unwrap().status,
@@ -404,8 +389,6 @@ async fn control_api_scripts_faults_and_reports_counts() {
         "faults cleared"
     );
 
-    post_json(&client, &control("reset"), &json!({}))
-        .await
-        .unwrap();
+    post_json(&client, &control("reset"), &json!({})).await.unwrap();
     assert_eq!(mock.stats().received("/runway/pro/act_one"), 0);
 }

@@ -10,6 +10,14 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use runway_proxy::mock::{Fault, MockConfig};
 
+/// A proxy with retries off: these tests are about forwarding alone (tests/retry.rs
+/// covers what the retry layer adds).
+async fn passthrough_proxy(upstream: &str, settings: &[(&'static str, &str)]) -> RunningProxy {
+    let mut all = vec![("retry.max_attempts", "1")];
+    all.extend_from_slice(settings);
+    start_proxy(upstream, &all).await
+}
+
 fn pseudo_random_bytes(len: usize) -> Vec<u8> {
     // xorshift: every byte value appears, including ones that are not valid UTF-8.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -26,7 +34,7 @@ fn pseudo_random_bytes(len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn post_body_of_several_megabytes_arrives_byte_for_byte() {
     let mock = start_mock(MockConfig::default()).await;
-    let proxy = start_proxy(&mock.url(), &[]).await;
+    let proxy = passthrough_proxy(&mock.url(), &[]).await;
     let payload = pseudo_random_bytes(6 * 1024 * 1024 + 17);
     let request = Request::post(proxy.url("/v1/files?purpose=video&x=%20y"))
         .header("content-type", "application/octet-stream")
@@ -46,16 +54,13 @@ async fn post_body_of_several_megabytes_arrives_byte_for_byte() {
         "path and query unchanged"
     );
     assert_eq!(recorded[0].body.len(), payload.len());
-    assert!(
-        recorded[0].body == payload,
-        "request body changed in transit"
-    );
+    assert!(recorded[0].body == payload, "request body changed in transit");
 }
 
 #[tokio::test]
 async fn get_response_of_several_megabytes_arrives_byte_for_byte() {
     let mock = start_mock(MockConfig::default()).await;
-    let proxy = start_proxy(&mock.url(), &[]).await;
+    let proxy = passthrough_proxy(&mock.url(), &[]).await;
     // Valid UTF-8 (the stand-in's canned body is a string) but far from ASCII.
     let body: String = "añ✓🎬\u{0}x".repeat(400_000);
     mock.inject(
@@ -74,17 +79,14 @@ async fn get_response_of_several_megabytes_arrives_byte_for_byte() {
     assert_eq!(reply.status, StatusCode::NON_AUTHORITATIVE_INFORMATION);
     assert_eq!(reply.headers["x-upstream"], "kept");
     assert_eq!(reply.body.len(), body.len());
-    assert!(
-        reply.body == body.as_bytes(),
-        "response body changed in transit"
-    );
+    assert!(reply.body == body.as_bytes(), "response body changed in transit");
     assert_eq!(mock.requests()[0].method, http::Method::GET);
 }
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_end_to_end_headers_kept() {
     let mock = start_mock(MockConfig::default()).await;
-    let proxy = start_proxy(&mock.url(), &[]).await;
+    let proxy = passthrough_proxy(&mock.url(), &[]).await;
     mock.inject(
         "/runway/feed",
         Fault::Respond {
@@ -117,10 +119,7 @@ async fn hop_by_hop_headers_are_dropped_and_end_to_end_headers_kept() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers["x-end-to-end"], "yes");
     for dropped in ["x-response-hop", "keep-alive", "proxy-authenticate"] {
-        assert!(
-            !reply.headers.contains_key(dropped),
-            "response kept {dropped}"
-        );
+        assert!(!reply.headers.contains_key(dropped), "response kept {dropped}");
     }
 
     let seen = &mock.requests()[0].headers;
@@ -146,15 +145,12 @@ async fn hop_by_hop_headers_are_dropped_and_end_to_end_headers_kept() {
 #[tokio::test]
 async fn header_values_that_are_not_utf8_pass_through() {
     let mock = start_mock(MockConfig::default()).await;
-    let proxy = start_proxy(&mock.url(), &[]).await;
+    let proxy = passthrough_proxy(&mock.url(), &[]).await;
     let raw = HeaderValue::from_bytes(b"caf\xe9 \xff\xfe").unwrap();
     let request = Request::post(proxy.url("/runway/feed"))
         .header("authorization", "Bearer sk-test")
         .header("x-latin1", raw.clone())
-        .header(
-            "connection",
-            HeaderValue::from_bytes(b"\xff, x-other").unwrap(),
-        )
+        .header("connection", HeaderValue::from_bytes(b"\xff, x-other").unwrap())
         .header("x-other", "hop")
         .body(Full::new(Bytes::from_static(b"{\"task_id\":\"none\"}")))
         .unwrap();
@@ -169,7 +165,7 @@ async fn header_values_that_are_not_utf8_pass_through() {
 #[tokio::test]
 async fn upstream_down_gives_the_502_envelope() {
     let dead = dead_address().await;
-    let proxy = start_proxy(&format!("http://{dead}"), &[("connect_timeout", "2s")]).await;
+    let proxy = passthrough_proxy(&format!("http://{dead}"), &[("connect_timeout", "2s")]).await;
     let reply = post_json(
         &client(),
         &proxy.url("/runway/feed"),
@@ -193,7 +189,7 @@ async fn upstream_down_gives_the_502_envelope() {
 #[tokio::test]
 async fn upstream_silence_gives_the_504_envelope() {
     let mock = start_mock(MockConfig::default()).await;
-    let proxy = start_proxy(&mock.url(), &[("request_timeout", "300ms")]).await;
+    let proxy = passthrough_proxy(&mock.url(), &[("request_timeout", "300ms")]).await;
     mock.inject("/runway/feed", Fault::delay(Duration::from_secs(3)), 1);
     let reply = post_json(
         &client(),
@@ -212,7 +208,7 @@ async fn upstream_silence_gives_the_504_envelope() {
 #[tokio::test]
 async fn admin_paths_answer_and_are_never_forwarded() {
     let mock = start_mock(MockConfig::default()).await;
-    let proxy = start_proxy(&mock.url(), &[]).await;
+    let proxy = passthrough_proxy(&mock.url(), &[]).await;
     let client = client();
     // One forwarded request, so the metrics have something to show.
     post_json(
@@ -263,49 +259,39 @@ async fn admin_paths_answer_and_are_never_forwarded() {
 #[tokio::test]
 async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     let mock = start_mock(MockConfig::default()).await;
-    let mut proxy = start_proxy(&mock.url(), &[("shutdown_grace", "5s")]).await;
+    let mut proxy = passthrough_proxy(&mock.url(), &[("shutdown_grace", "5s")]).await;
     mock.inject("/runway/feed", Fault::delay(Duration::from_millis(600)), 1);
     let url = proxy.url("/runway/feed");
-    let in_flight = tokio::spawn(async move {
-        post_json(&client(), &url, &serde_json::json!({"task_id": "x"})).await
-    });
+    let in_flight =
+        tokio::spawn(async move { post_json(&client(), &url, &serde_json::json!({"task_id": "x"})).await });
     // Let the request reach the stand-in before shutdown starts.
     while mock.stats().received("/runway/feed") == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stopped = proxy.shutdown();
-    let reply = in_flight
-        .await
-        .unwrap()
-        .expect("the in-flight request completes");
+    let reply = in_flight.await.unwrap().expect("the in-flight request completes");
     assert_eq!(reply.status, StatusCode::OK);
     tokio::time::timeout(Duration::from_secs(5), stopped)
         .await
         .expect("proxy stops")
         .unwrap();
     // And it no longer accepts connections.
-    let refused = post_json(
-        &client(),
-        &proxy.url("/runway/feed"),
-        &serde_json::json!({}),
-    )
-    .await;
+    let refused = post_json(&client(), &proxy.url("/runway/feed"), &serde_json::json!({})).await;
     assert!(refused.is_err(), "listener closed after shutdown");
 }
 
 #[tokio::test]
 async fn grace_period_bounds_shutdown() {
     let mock = start_mock(MockConfig::default()).await;
-    let mut proxy = start_proxy(
+    let mut proxy = passthrough_proxy(
         &mock.url(),
         &[("shutdown_grace", "200ms"), ("request_timeout", "60s")],
     )
     .await;
     mock.inject("/runway/feed", Fault::delay(Duration::from_secs(30)), 1);
     let url = proxy.url("/runway/feed");
-    let in_flight = tokio::spawn(async move {
-        post_json(&client(), &url, &serde_json::json!({"task_id": "x"})).await
-    });
+    let in_flight =
+        tokio::spawn(async move { post_json(&client(), &url, &serde_json::json!({"task_id": "x"})).await });
     while mock.stats().received("/runway/feed") == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -324,7 +310,7 @@ async fn grace_period_bounds_shutdown() {
 #[tokio::test]
 async fn listener_speaks_h2c_with_prior_knowledge() {
     let mock = start_mock(MockConfig::default()).await;
-    let proxy = start_proxy(&mock.url(), &[]).await;
+    let proxy = passthrough_proxy(&mock.url(), &[]).await;
     let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)

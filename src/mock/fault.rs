@@ -135,10 +135,7 @@ impl FaultQueue {
 
     /// Take the first fault whose route matches `path`.
     pub(crate) fn take(&mut self, path: &str) -> Option<Fault> {
-        let index = self
-            .entries
-            .iter()
-            .position(|s| route_matches(&s.route, path))?;
+        let index = self.entries.iter().position(|s| route_matches(&s.route, path))?;
         let entry = &mut self.entries[index];
         match &mut entry.remaining {
             None => Some(entry.fault.clone()),
@@ -177,10 +174,7 @@ mod tests {
         assert_eq!(queue.take("/runway/pro/generate"), Some(Fault::busy()));
         assert_eq!(queue.take("/runway/pro/generate"), None);
         for _ in 0..3 {
-            assert_eq!(
-                queue.take("/runwayml/v1/tasks/x"),
-                Some(Fault::ResetBeforeBody)
-            );
+            assert_eq!(queue.take("/runwayml/v1/tasks/x"), Some(Fault::ResetBeforeBody));
         }
     }
 
@@ -189,8 +183,7 @@ mod tests {
         let fault: Fault =
             serde_json::from_str(r#"{"kind":"status","status":429,"retry_after":"1"}"#).unwrap();
         assert_eq!(fault, Fault::too_many_requests(1));
-        let fault: Fault =
-            serde_json::from_str(r#"{"kind":"envelope","code":"error","msg":"x"}"#).unwrap();
+        let fault: Fault = serde_json::from_str(r#"{"kind":"envelope","code":"error","msg":"x"}"#).unwrap();
         assert_eq!(
             fault,
             Fault::Envelope {

@@ -261,9 +261,7 @@ impl State {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock can't leave `Inner` half-updated in a way that
         // matters to a test double; keep serving.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -483,9 +481,7 @@ async fn handle(state: &Arc<State>, request: Request<Body>) -> Result<Response<B
             let mut response = Response::new(body::full(body));
             *response.status_mut() = status_or_500(status);
             for (name, value) in headers {
-                if let (Ok(name), Ok(value)) =
-                    (HeaderName::try_from(name), HeaderValue::try_from(value))
-                {
+                if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
                     response.headers_mut().append(name, value);
                 }
             }
@@ -496,11 +492,7 @@ async fn handle(state: &Arc<State>, request: Request<Body>) -> Result<Response<B
     let reset_after = task_fault == Some(Fault::ResetAfterBody);
     let task_fault = task_fault.filter(Fault::is_task_fault);
     let response = route(state, &parts, &bytes, task_fault);
-    if reset_after {
-        Err(Reset)
-    } else {
-        Ok(response)
-    }
+    if reset_after { Err(Reset) } else { Ok(response) }
 }
 
 fn record(state: &State, parts: &http::request::Parts, body: Bytes, at: Instant) {
@@ -624,17 +616,11 @@ fn authorized(config: &MockConfig, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    config
-        .api_key
-        .as_ref()
-        .is_none_or(|key| key.as_bytes() == token)
+    config.api_key.as_ref().is_none_or(|key| key.as_bytes() == token)
 }
 
 fn feed(state: &State, fields: &serde_json::Map<String, Value>) -> Response<Body> {
-    let id = fields
-        .get("task_id")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let id = fields.get("task_id").and_then(Value::as_str).unwrap_or_default();
     let inner = state.lock();
     match inner.tasks.get(id) {
         Some(task) if task.created_at.elapsed() >= state.config.feed_delay => {
@@ -834,11 +820,7 @@ async fn control(state: &State, request: Request<Body>) -> Response<Body> {
             let bytes = match Limited::new(body, 64 * 1024).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(err) => {
-                    return reverse_error(
-                        StatusCode::BAD_REQUEST,
-                        400,
-                        &format!("cannot read body: {err}"),
-                    );
+                    return reverse_error(StatusCode::BAD_REQUEST, 400, &format!("cannot read body: {err}"));
                 }
             };
             match serde_json::from_slice::<Inject>(&bytes) {
@@ -852,11 +834,7 @@ async fn control(state: &State, request: Request<Body>) -> Response<Body> {
                         &json!({"code": 200, "msg": "fault queued", "data": null}),
                     )
                 }
-                Err(err) => reverse_error(
-                    StatusCode::BAD_REQUEST,
-                    400,
-                    &format!("invalid fault: {err}"),
-                ),
+                Err(err) => reverse_error(StatusCode::BAD_REQUEST, 400, &format!("invalid fault: {err}")),
             }
         }
         (&Method::DELETE, "/-/mock/faults") => {

@@ -99,14 +99,8 @@ struct Target {
 
 impl Target {
     fn new(upstream: &Uri) -> Result<Self, BoxError> {
-        let scheme = upstream
-            .scheme()
-            .cloned()
-            .ok_or("upstream URL has no scheme")?;
-        let authority = upstream
-            .authority()
-            .cloned()
-            .ok_or("upstream URL has no host")?;
+        let scheme = upstream.scheme().cloned().ok_or("upstream URL has no scheme")?;
+        let authority = upstream.authority().cloned().ok_or("upstream URL has no host")?;
         let base_path = upstream.path().trim_end_matches('/').to_owned();
         Ok(Target {
             scheme,
@@ -224,8 +218,7 @@ impl tower::Service<Request<Body>> for Forward {
             // A URI that can't be rebuilt never left this process.
             prepared.map_err(UpstreamError::Connect)?;
             let started = Instant::now();
-            let result =
-                tokio::time::timeout(this.request_timeout, this.client.request(request)).await;
+            let result = tokio::time::timeout(this.request_timeout, this.client.request(request)).await;
             let latency = started.elapsed();
             let result = match result {
                 Err(_elapsed) => Err(UpstreamError::Timeout(this.request_timeout)),
@@ -254,9 +247,7 @@ mod tests {
     #[test]
     fn rebuilds_uri_onto_the_upstream() {
         let target = Target::new(&Uri::from_static("https://api.cometapi.com")).unwrap();
-        let uri = target
-            .uri_for(&Uri::from_static("/runway/feed?x=1"))
-            .unwrap();
+        let uri = target.uri_for(&Uri::from_static("/runway/feed?x=1")).unwrap();
         assert_eq!(uri, "https://api.cometapi.com/runway/feed?x=1");
 
         let target = Target::new(&Uri::from_static("http://127.0.0.1:9/base/")).unwrap();

@@ -35,7 +35,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tokio::net::TcpListener;
 use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 pub use forward::{ClientAddr, Forward, HttpsClient, UpstreamError, UpstreamLatency, https_client};
 
@@ -43,6 +43,7 @@ use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::envelope;
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::retry::{Retry, RetryLayer};
 use crate::route::RouteClass;
 
 /// Prefix of the admin paths the proxy answers itself.
@@ -236,10 +237,7 @@ fn admin(request: &Request<Body>, metrics: &Metrics, readiness: &Readiness) -> R
     match path {
         "/-/healthz" => json(StatusCode::OK, r#"{"status":"alive"}"#),
         "/-/readyz" if readiness.get() => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        "/-/readyz" => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"shutting down"}"#,
-        ),
+        "/-/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#),
         "/-/metrics" => {
             let mut response = Response::new(body::full(metrics.render()));
             response.headers_mut().insert(
@@ -250,9 +248,7 @@ fn admin(request: &Request<Body>, metrics: &Metrics, readiness: &Readiness) -> R
         }
         _ => envelope::error_response(
             StatusCode::NOT_FOUND,
-            &format!(
-                "{path} is not an admin path of runway-proxy (paths under /-/ are never forwarded)"
-            ),
+            &format!("{path} is not an admin path of runway-proxy (paths under /-/ are never forwarded)"),
         ),
     }
 }
@@ -261,7 +257,7 @@ fn admin(request: &Request<Body>, metrics: &Metrics, readiness: &Readiness) -> R
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
-    service: Sidecar<Forward>,
+    service: Sidecar<Retry<Forward>>,
     readiness: Readiness,
     grace: Duration,
 }
@@ -270,19 +266,16 @@ impl Proxy {
     /// Build the forwarding stack from `config` and bind `config.listen`.
     pub async fn bind(config: &Config) -> Result<Proxy, BoxError> {
         let metrics = Metrics::new();
-        let forward = Forward::new(
-            &config.upstream,
-            config.connect_timeout,
-            config.request_timeout,
-        )?
-        .metrics(Arc::clone(&metrics));
+        let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?
+            .metrics(Arc::clone(&metrics));
+        let retry = RetryLayer::from_settings(config.retry.clone()).metrics(Arc::clone(&metrics));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let readiness = Readiness::default();
         Ok(Proxy {
             listener,
-            service: Sidecar::new(forward, metrics, readiness.clone()),
+            service: Sidecar::new(retry.layer(forward), metrics, readiness.clone()),
             readiness,
             grace: config.shutdown_grace,
         })

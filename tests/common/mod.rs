@@ -40,10 +40,7 @@ impl Reply {
 }
 
 pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Result<Reply, String> {
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| body::error_chain(&e))?;
+    let response = client.request(request).await.map_err(|e| body::error_chain(&e))?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(Reply {
@@ -54,11 +51,7 @@ pub async fn send(client: &TestClient, request: Request<Full<Bytes>>) -> Result<
 }
 
 /// POST `json` to `url` with a bearer token.
-pub async fn post_json(
-    client: &TestClient,
-    url: &str,
-    json: &serde_json::Value,
-) -> Result<Reply, String> {
+pub async fn post_json(client: &TestClient, url: &str, json: &serde_json::Value) -> Result<Reply, String> {
     let request = Request::post(url)
         .header("authorization", "Bearer sk-test")
         .header("content-type", "application/json")
@@ -111,7 +104,15 @@ pub async fn start_proxy(upstream: &str, settings: &[(&'static str, &str)]) -> R
     for (key, value) in settings {
         flags.insert(key, (*value).to_owned());
     }
-    let config = Config::load(None, &|_| None, &flags).unwrap();
+    start_proxy_with(None, upstream, &flags).await
+}
+
+/// Start a proxy configured by `file` (TOML) and `flags`, listening on a free port.
+pub async fn start_proxy_with(file: Option<&str>, upstream: &str, flags: &Overrides) -> RunningProxy {
+    let mut flags = flags.clone();
+    flags.insert("listen", "127.0.0.1:0".to_owned());
+    flags.insert("upstream", upstream.to_owned());
+    let config = Config::load(file, &|_| None, &flags).unwrap();
     let proxy = Proxy::bind(&config).await.unwrap();
     let addr = proxy.local_addr();
     let (stop, stopped) = oneshot::channel();
@@ -149,11 +150,7 @@ impl Subscriber {
             let this = this.clone();
             async move {
                 let (parts, body) = request.into_parts();
-                let bytes = body
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+                let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                 this.received.lock().unwrap().push((parts.headers, bytes));
                 this.arrived.notify_waiters();
                 let status = *this.status.lock().unwrap();
@@ -193,10 +190,7 @@ impl Subscriber {
                 return received;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "subscriber got {} requests, expected {n}",
-                    self.received().len()
-                );
+                panic!("subscriber got {} requests, expected {n}", self.received().len());
             }
         }
     }
