@@ -31,6 +31,7 @@ use std::time::Duration;
 use http::Uri;
 
 use crate::duration;
+use crate::limit::{LimitSettings, parse_optional};
 use crate::retry::{RetrySettings, RuleSpec, Rules};
 use crate::route::RouteClass;
 
@@ -53,6 +54,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The retry middleware's settings and rule table (`[retry]`, `[[retry.rules]]`).
     pub retry: RetrySettings,
+    /// The rate limiter's quotas and bounds (`[limit]`).
+    pub limit: LimitSettings,
 }
 
 /// How log lines are written.
@@ -187,6 +190,69 @@ pub const KEYS: &[Key] = &[
         doc: "Route classes retried after a timeout or reset once the request was written.",
     },
     Key {
+        toml: "limit.rate",
+        env: "RUNWAY_PROXY_RATE_LIMIT",
+        flag: "rate-limit",
+        default: "unlimited",
+        doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
+    },
+    Key {
+        toml: "limit.rate_per_key",
+        env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
+        flag: "rate-limit-per-key",
+        default: "unlimited",
+        doc: "Quota for each API key (bearer token, kept only as a hash).",
+    },
+    Key {
+        toml: "limit.submit_rate",
+        env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
+        flag: "submit-rate-limit",
+        default: "unlimited",
+        doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
+    },
+    Key {
+        toml: "limit.read_rate",
+        env: "RUNWAY_PROXY_READ_RATE_LIMIT",
+        flag: "read-rate-limit",
+        default: "unlimited",
+        doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
+    },
+    Key {
+        toml: "limit.max_concurrency",
+        env: "RUNWAY_PROXY_MAX_CONCURRENCY",
+        flag: "max-concurrency",
+        default: "unlimited",
+        doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
+    },
+    Key {
+        toml: "limit.max_concurrency_per_key",
+        env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
+        flag: "max-concurrency-per-key",
+        default: "unlimited",
+        doc: "Most requests in flight to the upstream at once for one API key.",
+    },
+    Key {
+        toml: "limit.max_wait",
+        env: "RUNWAY_PROXY_MAX_WAIT",
+        flag: "max-wait",
+        default: "30s",
+        doc: "Longest a request waits for its turn before a 429.",
+    },
+    Key {
+        toml: "limit.max_queue",
+        env: "RUNWAY_PROXY_MAX_QUEUE",
+        flag: "max-queue",
+        default: "1024",
+        doc: "Most requests waiting for their turn at once; more get a 429.",
+    },
+    Key {
+        toml: "limit.max_keys",
+        env: "RUNWAY_PROXY_RATE_LIMIT_MAX_KEYS",
+        flag: "rate-limit-max-keys",
+        default: "10000",
+        doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
+    },
+    Key {
         toml: "log_format",
         env: "RUNWAY_PROXY_LOG_FORMAT",
         flag: "log-format",
@@ -295,6 +361,7 @@ impl Config {
             shutdown_grace: Duration::ZERO,
             log_format: LogFormat::Pretty,
             retry: RetrySettings::default(),
+            limit: LimitSettings::default(),
         };
         let mut user_rules = Vec::with_capacity(rules.len());
         for (index, spec) in rules.into_iter().enumerate() {
@@ -363,6 +430,15 @@ impl Config {
             }
             "retry.body_limit" => self.retry.body_limit = parse_size(raw)?,
             "retry.unknown_outcome" => self.retry.retry_unknown_outcome = parse_classes(raw)?,
+            "limit.rate" => self.limit.global = parse_optional(raw)?,
+            "limit.rate_per_key" => self.limit.per_key = parse_optional(raw)?,
+            "limit.submit_rate" => self.limit.submit = parse_optional(raw)?,
+            "limit.read_rate" => self.limit.read = parse_optional(raw)?,
+            "limit.max_concurrency" => self.limit.max_concurrency = optional_count(raw)?,
+            "limit.max_concurrency_per_key" => self.limit.max_concurrency_per_key = optional_count(raw)?,
+            "limit.max_wait" => self.limit.max_wait = duration::parse(raw)?,
+            "limit.max_queue" => self.limit.max_queue = count(raw)? as usize,
+            "limit.max_keys" => self.limit.max_keys = count(raw)? as usize,
             "log_format" => {
                 self.log_format = match raw {
                     "pretty" => LogFormat::Pretty,
@@ -373,6 +449,24 @@ impl Config {
             _ => unreachable!("every key in KEYS is handled"),
         }
         Ok(())
+    }
+}
+
+/// A whole number of at least 1.
+fn count(raw: &str) -> Result<u32, String> {
+    match raw.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{raw:?} is not a whole number of at least 1")),
+    }
+}
+
+/// A whole number of at least 1, or `unlimited`.
+fn optional_count(raw: &str) -> Result<Option<u32>, String> {
+    match raw.trim() {
+        "" | "unlimited" | "none" => Ok(None),
+        _ => count(raw)
+            .map(Some)
+            .map_err(|_| format!("{raw:?} is not a whole number of at least 1, or unlimited")),
     }
 }
 
@@ -620,6 +714,26 @@ mod tests {
         let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
         assert!(err.starts_with("retry.max_attempts: \"0\""), "{err}");
         let flags = Overrides::from([("retry.unknown_outcome", "writes".to_owned())]);
+        assert!(Config::load(None, &no_env, &flags).is_err());
+    }
+
+    #[test]
+    fn limit_settings_load() {
+        let file = "[limit]\nrate = \"5/s\"\nsubmit_rate = \"300/min burst 10\"\nmax_concurrency = 5\n";
+        let flags = Overrides::from([("limit.max_wait", "2s".to_owned())]);
+        let config = Config::load(Some(file), &no_env, &flags).unwrap();
+        assert_eq!(config.limit.global.unwrap().to_string(), "5/s");
+        assert_eq!(config.limit.submit.unwrap().to_string(), "300/min burst 10");
+        assert_eq!(config.limit.max_concurrency, Some(5));
+        assert_eq!(config.limit.max_wait, Duration::from_secs(2));
+        assert_eq!(config.limit.per_key, None, "unset is unlimited");
+        let flags = Overrides::from([("limit.rate", "fast".to_owned())]);
+        let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
+        assert!(
+            err.starts_with("limit.rate: \"fast\" is not a rate like 5/s"),
+            "{err}"
+        );
+        let flags = Overrides::from([("limit.max_concurrency", "0".to_owned())]);
         assert!(Config::load(None, &no_env, &flags).is_err());
     }
 

@@ -38,11 +38,18 @@ pub fn error_body(status: StatusCode, msg: &str) -> Vec<u8> {
     serde_json::to_vec(&envelope).unwrap_or_default()
 }
 
+/// Marks a response that runway-proxy made itself rather than received from the upstream
+/// (a response extension). The retry layer never retries such a response: the layer that
+/// made it (a rate limiter that already waited its bound, say) has decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generated;
+
 /// An HTTP response with status `status` carrying the error envelope for `msg`.
 pub fn error_response(status: StatusCode, msg: &str) -> Response<Body> {
     let mut response = Response::new(body::full(error_body(status, msg)));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    response.extensions_mut().insert(Generated);
     response
 }
 

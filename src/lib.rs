@@ -56,6 +56,7 @@ pub mod body;
 pub mod config;
 pub mod duration;
 pub mod envelope;
+pub mod limit;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;

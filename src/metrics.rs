@@ -39,6 +39,11 @@ impl Gauge {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Set the value.
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
     /// The current value.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
@@ -198,6 +203,17 @@ pub struct Metrics {
     /// Final outcome of each request through the retry layer (`success`, `fail`,
     /// `max-attempts`, `deadline`, `budget`, `outcome-unknown`, ...).
     pub retry_outcomes: CounterVec<&'static str>,
+    /// Time requests spent waiting for the rate limit and concurrency cap.
+    pub limit_wait: Histogram,
+    /// Requests waiting for their turn now.
+    pub limit_waiting: Gauge,
+    /// Requests let through the limiter and not yet done (in flight to the upstream).
+    pub limit_in_flight: Arc<Gauge>,
+    /// Requests the limiter refused, by reason (`queue_full`, `max_wait`), and new keys
+    /// not limited because the per-key state was full (`keys_overflow`).
+    pub limit_refusals: CounterVec<&'static str>,
+    /// API keys with per-key rate-limit state after the last pruning.
+    pub limit_tracked_keys: Gauge,
 }
 
 impl Default for Metrics {
@@ -210,6 +226,11 @@ impl Default for Metrics {
             retries: CounterVec::default(),
             retry_budget_exhausted: Counter::default(),
             retry_outcomes: CounterVec::default(),
+            limit_wait: Histogram::new(LATENCY_BUCKETS),
+            limit_waiting: Gauge::default(),
+            limit_in_flight: Arc::new(Gauge::default()),
+            limit_refusals: CounterVec::default(),
+            limit_tracked_keys: Gauge::default(),
         }
     }
 }
@@ -289,6 +310,55 @@ impl Metrics {
                 "runway_proxy_retry_outcomes_total{{outcome=\"{outcome}\"}} {n}"
             );
         }
+        header(
+            &mut out,
+            "runway_proxy_limit_wait_seconds",
+            "histogram",
+            "Time requests waited for the rate limit and concurrency cap.",
+        );
+        self.limit_wait
+            .render(&mut out, "runway_proxy_limit_wait_seconds", "");
+        header(
+            &mut out,
+            "runway_proxy_limit_waiting",
+            "gauge",
+            "Requests waiting for their turn now.",
+        );
+        let _ = writeln!(out, "runway_proxy_limit_waiting {}", self.limit_waiting.get());
+        header(
+            &mut out,
+            "runway_proxy_upstream_in_flight",
+            "gauge",
+            "Requests let through the limiter and in flight to the upstream.",
+        );
+        let _ = writeln!(
+            out,
+            "runway_proxy_upstream_in_flight {}",
+            self.limit_in_flight.get()
+        );
+        header(
+            &mut out,
+            "runway_proxy_limit_refusals_total",
+            "counter",
+            "Requests refused by the rate limit, by reason.",
+        );
+        for (reason, n) in self.limit_refusals.snapshot() {
+            let _ = writeln!(
+                out,
+                "runway_proxy_limit_refusals_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "runway_proxy_limit_tracked_keys",
+            "gauge",
+            "API keys with per-key rate-limit state after the last pruning.",
+        );
+        let _ = writeln!(
+            out,
+            "runway_proxy_limit_tracked_keys {}",
+            self.limit_tracked_keys.get()
+        );
         out
     }
 }

@@ -277,17 +277,17 @@ async fn deadline_stops_retries() {
     let reply = post_json(&client(), &proxy.url(GENERATE), &submission())
         .await
         .unwrap();
+    // No wait crossed the 400 ms deadline: only the last attempt's own round trip may.
     assert!(
-        started.elapsed() < Duration::from_millis(400),
-        "no wait crossed the deadline"
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
     );
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.headers["x-runway-proxy-retry-stopped"], "deadline");
     let n = attempts(&reply);
-    assert!(
-        (1..=4).contains(&n),
-        "{n} attempts in 400ms with waits up to 150ms"
-    );
+    // Waits of at most 150 ms leave room for at least two retries in 400 ms.
+    assert!(n >= 3, "{n} attempts in 400ms with waits up to 150ms");
     assert_eq!(mock.stats().received(GENERATE), u64::from(n));
 
     // A deadline reached during a read's attempts, with no answer at all, says so.

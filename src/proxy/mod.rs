@@ -42,6 +42,7 @@ pub use forward::{ClientAddr, Forward, HttpsClient, UpstreamError, UpstreamLaten
 use crate::body::{self, Body, BoxError};
 use crate::config::Config;
 use crate::envelope;
+use crate::limit::{RateLimit, RateLimitLayer};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::retry::{Retry, RetryLayer};
 use crate::route::RouteClass;
@@ -257,7 +258,7 @@ fn admin(request: &Request<Body>, metrics: &Metrics, readiness: &Readiness) -> R
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
-    service: Sidecar<Retry<Forward>>,
+    service: Sidecar<Retry<RateLimit<Forward>>>,
     readiness: Readiness,
     grace: Duration,
 }
@@ -269,13 +270,15 @@ impl Proxy {
         let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?
             .metrics(Arc::clone(&metrics));
         let retry = RetryLayer::from_settings(config.retry.clone()).metrics(Arc::clone(&metrics));
+        // Inside the retry layer, so that every attempt takes its own permit.
+        let limit = RateLimitLayer::from_settings(config.limit.clone()).metrics(Arc::clone(&metrics));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let readiness = Readiness::default();
         Ok(Proxy {
             listener,
-            service: Sidecar::new(retry.layer(forward), metrics, readiness.clone()),
+            service: Sidecar::new(retry.layer(limit.layer(forward)), metrics, readiness.clone()),
             readiness,
             grace: config.shutdown_grace,
         })

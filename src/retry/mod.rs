@@ -518,7 +518,10 @@ where
             .await;
             let (verdict_action, rule, rule_delay, rule_max, retry_after) = match &outcome {
                 Outcome::Response(head, bounded, _) => {
-                    if self.class == RouteClass::Other {
+                    if head.extensions.get::<envelope::Generated>().is_some() {
+                        // Made by a layer below (the rate limiter), which has decided.
+                        (Action::Fail, "proxy-generated", None, None, None)
+                    } else if self.class == RouteClass::Other {
                         (Action::Success, "other-route", None, None, None)
                     } else {
                         let envelope = match bounded {
