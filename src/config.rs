@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use http::Uri;
 
+use crate::callback::{Keyring, TargetPolicy};
 use crate::duration;
 use crate::limit::{LimitSettings, parse_optional};
+use crate::relay::{RelaySettings, WebhookSigner};
 use crate::retry::{RetrySettings, RuleSpec, Rules};
 use crate::route::RouteClass;
 
@@ -56,6 +58,63 @@ pub struct Config {
     pub retry: RetrySettings,
     /// The rate limiter's quotas and bounds (`[limit]`).
     pub limit: LimitSettings,
+    /// Address of the webhook listener.
+    pub webhook_listen: SocketAddr,
+    /// Base URL the upstream uses to reach the webhook listener; `None`: derived from
+    /// the listener's bound address.
+    pub public_url: Option<String>,
+    /// Directory of the outbox database and generated secrets.
+    pub data_dir: PathBuf,
+    /// The secret that signs relayed webhooks; `None`: generated once, kept in `data_dir`.
+    pub webhook_secret: Option<Secret>,
+    /// The `callback_url` rewrite (`[callback]`).
+    pub callback: CallbackSettings,
+    /// Webhook delivery (`[delivery]`).
+    pub delivery: RelaySettings,
+}
+
+/// Settings of the `callback_url` rewrite.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct CallbackSettings {
+    /// Which subscriber URLs are accepted.
+    pub policy: TargetPolicy,
+    /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
+    pub token_keys: Option<Secret>,
+    /// Largest submission body rewritten and webhook body accepted.
+    pub body_limit: usize,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            policy: TargetPolicy::default(),
+            token_keys: None,
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration value that must never be printed: `Debug` shows only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the code that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// How log lines are written.
@@ -253,6 +312,90 @@ pub const KEYS: &[Key] = &[
         doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
     },
     Key {
+        toml: "webhook_listen",
+        env: "RUNWAY_PROXY_WEBHOOK_LISTEN",
+        flag: "webhook-listen",
+        default: "127.0.0.1:8081",
+        doc: "Address of the webhook listener (in production, the public one).",
+    },
+    Key {
+        toml: "public_url",
+        env: "RUNWAY_PROXY_PUBLIC_URL",
+        flag: "public-url",
+        default: "auto",
+        doc: "Base URL the upstream uses to reach the webhook listener (auto: http://{webhook_listen}).",
+    },
+    Key {
+        toml: "data_dir",
+        env: "RUNWAY_PROXY_DATA_DIR",
+        flag: "data-dir",
+        default: "./runway-proxy-data",
+        doc: "Directory of the outbox database and generated secrets.",
+    },
+    Key {
+        toml: "webhook_secret",
+        env: "RUNWAY_PROXY_WEBHOOK_SECRET",
+        flag: "webhook-secret",
+        default: "generated",
+        doc: "whsec_<base64> secret that signs relayed webhooks (generated: made once, kept in data_dir).",
+    },
+    Key {
+        toml: "callback.allow_private",
+        env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
+        flag: "allow-private-callbacks",
+        default: "false",
+        doc: "Let callback_url point at loopback, private and other internal addresses.",
+    },
+    Key {
+        toml: "callback.allowed_hosts",
+        env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
+        flag: "callback-allowed-hosts",
+        default: "any",
+        doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
+    },
+    Key {
+        toml: "callback.token_keys",
+        env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
+        flag: "callback-token-keys",
+        default: "generated",
+        doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
+    },
+    Key {
+        toml: "callback.body_limit",
+        env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
+        flag: "callback-body-limit",
+        default: "1MiB",
+        doc: "Largest submission body rewritten, and largest webhook body accepted.",
+    },
+    Key {
+        toml: "delivery.schedule",
+        env: "RUNWAY_PROXY_DELIVERY_SCHEDULE",
+        flag: "delivery-schedule",
+        default: "0s,5s,5m,30m,2h,5h,10h,10h",
+        doc: "Wait before each delivery attempt (with jitter); then a dead letter.",
+    },
+    Key {
+        toml: "delivery.timeout",
+        env: "RUNWAY_PROXY_DELIVERY_TIMEOUT",
+        flag: "delivery-timeout",
+        default: "15s",
+        doc: "Time allowed for one delivery attempt.",
+    },
+    Key {
+        toml: "delivery.workers",
+        env: "RUNWAY_PROXY_DELIVERY_WORKERS",
+        flag: "delivery-workers",
+        default: "4",
+        doc: "Delivery workers (each sends up to 16 webhooks at once).",
+    },
+    Key {
+        toml: "delivery.retry_after_cap",
+        env: "RUNWAY_PROXY_DELIVERY_RETRY_AFTER_CAP",
+        flag: "delivery-retry-after-cap",
+        default: "1h",
+        doc: "The longest a subscriber's Retry-After can push a delivery back.",
+    },
+    Key {
         toml: "log_format",
         env: "RUNWAY_PROXY_LOG_FORMAT",
         flag: "log-format",
@@ -362,6 +505,12 @@ impl Config {
             log_format: LogFormat::Pretty,
             retry: RetrySettings::default(),
             limit: LimitSettings::default(),
+            webhook_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            public_url: None,
+            data_dir: PathBuf::from("./runway-proxy-data"),
+            webhook_secret: None,
+            callback: CallbackSettings::default(),
+            delivery: RelaySettings::default(),
         };
         let mut user_rules = Vec::with_capacity(rules.len());
         for (index, spec) in rules.into_iter().enumerate() {
@@ -439,6 +588,73 @@ impl Config {
             "limit.max_wait" => self.limit.max_wait = duration::parse(raw)?,
             "limit.max_queue" => self.limit.max_queue = count(raw)? as usize,
             "limit.max_keys" => self.limit.max_keys = count(raw)? as usize,
+            "webhook_listen" => {
+                self.webhook_listen = raw
+                    .parse()
+                    .map_err(|_| format!("{raw:?} is not a socket address like 127.0.0.1:8081"))?;
+            }
+            "public_url" => {
+                self.public_url = match raw.trim() {
+                    "" | "auto" => None,
+                    url => {
+                        // A path prefix is fine: webhooks come to {public_url}/hooks/runway/...
+                        parse_base_url(url)?;
+                        Some(url.trim_end_matches('/').to_owned())
+                    }
+                }
+            }
+            "data_dir" => {
+                if raw.trim().is_empty() {
+                    return Err("the data directory must not be empty".into());
+                }
+                self.data_dir = PathBuf::from(raw);
+            }
+            "webhook_secret" => {
+                self.webhook_secret = match raw.trim() {
+                    "" | "generated" => None,
+                    secret => {
+                        // Checked here so a bad secret stops the start, never the first delivery.
+                        WebhookSigner::from_secret(secret)?;
+                        Some(Secret::new(secret))
+                    }
+                }
+            }
+            "callback.allow_private" => self.callback.policy.allow_private = parse_bool(raw)?,
+            "callback.allowed_hosts" => {
+                self.callback.policy.allowed_hosts = match raw.trim() {
+                    "" | "any" | "*" => Vec::new(),
+                    hosts => hosts
+                        .split(',')
+                        .map(|h| h.trim().to_ascii_lowercase())
+                        .filter(|h| !h.is_empty())
+                        .collect(),
+                }
+            }
+            "callback.token_keys" => {
+                self.callback.token_keys = match raw.trim() {
+                    "" | "generated" => None,
+                    keys => {
+                        Keyring::parse(keys)?;
+                        Some(Secret::new(keys))
+                    }
+                }
+            }
+            "callback.body_limit" => self.callback.body_limit = parse_size(raw)?,
+            "delivery.schedule" => {
+                let schedule: Vec<Duration> = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(duration::parse)
+                    .collect::<Result<_, _>>()?;
+                if schedule.is_empty() {
+                    return Err(format!("{raw:?} is not a list of waits like 0s,5s,5m"));
+                }
+                self.delivery.schedule = schedule;
+            }
+            "delivery.timeout" => self.delivery.timeout = positive_duration(raw)?,
+            "delivery.workers" => self.delivery.workers = count(raw)? as usize,
+            "delivery.retry_after_cap" => self.delivery.retry_after_cap = duration::parse(raw)?,
             "log_format" => {
                 self.log_format = match raw {
                     "pretty" => LogFormat::Pretty,
@@ -449,6 +665,14 @@ impl Config {
             _ => unreachable!("every key in KEYS is handled"),
         }
         Ok(())
+    }
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "true" | "yes" | "1" | "on" => Ok(true),
+        "false" | "no" | "0" | "off" => Ok(false),
+        _ => Err(format!("{raw:?} is not true or false")),
     }
 }
 
@@ -734,6 +958,39 @@ mod tests {
             "{err}"
         );
         let flags = Overrides::from([("limit.max_concurrency", "0".to_owned())]);
+        assert!(Config::load(None, &no_env, &flags).is_err());
+    }
+
+    #[test]
+    fn relay_settings_load_and_secrets_stay_hidden() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let file = format!(
+            "webhook_secret = \"{secret}\"\n[delivery]\nschedule = [\"0s\", \"200ms\", \"1s\"]\n[callback]\nallow_private = true\n"
+        );
+        let config = Config::load(Some(&file), &no_env, &Overrides::new()).unwrap();
+        assert_eq!(
+            config.delivery.schedule,
+            [0, 200, 1000].map(Duration::from_millis)
+        );
+        assert!(config.callback.policy.allow_private);
+        assert_eq!(config.webhook_secret.as_ref().map(Secret::expose), Some(secret));
+        assert!(
+            !format!("{config:?}").contains("MfKQ9r8"),
+            "Debug never shows a secret"
+        );
+
+        let flags = Overrides::from([("webhook_secret", "whsec_short".to_owned())]);
+        assert!(
+            Config::load(None, &no_env, &flags)
+                .unwrap_err()
+                .to_string()
+                .starts_with("webhook_secret: ")
+        );
+        let flags = Overrides::from([("callback.token_keys", "1:short".to_owned())]);
+        assert!(Config::load(None, &no_env, &flags).is_err());
+        let flags = Overrides::from([("delivery.schedule", "0s,soon".to_owned())]);
+        assert!(Config::load(None, &no_env, &flags).is_err());
+        let flags = Overrides::from([("public_url", "hooks.example.com".to_owned())]);
         assert!(Config::load(None, &no_env, &flags).is_err());
     }
 

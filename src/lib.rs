@@ -53,6 +53,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod callback;
 pub mod config;
 pub mod duration;
 pub mod envelope;
@@ -60,6 +61,7 @@ pub mod limit;
 pub mod metrics;
 pub mod mock;
 pub mod proxy;
+pub mod relay;
 pub mod retry;
 pub mod route;
 pub mod server;

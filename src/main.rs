@@ -118,6 +118,7 @@ async fn serve(args: &ArgMatches) -> ExitCode {
     };
     tracing::info!(
         listen = %proxy.local_addr(),
+        webhook_listen = %proxy.webhook_addr(),
         upstream = %config.upstream,
         "runway-proxy serving"
     );

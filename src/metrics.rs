@@ -82,6 +82,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Bucket bounds for webhook delivery latency: from immediate to the hours a retry
+/// schedule can take.
+pub const DELIVERY_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 1800.0, 7200.0, 36000.0,
+];
+
 impl Histogram {
     /// A histogram with the given upper bounds (ascending).
     pub fn new(bounds: &'static [f64]) -> Self {
@@ -214,6 +220,22 @@ pub struct Metrics {
     pub limit_refusals: CounterVec<&'static str>,
     /// API keys with per-key rate-limit state after the last pruning.
     pub limit_tracked_keys: Gauge,
+    /// Webhooks received with a valid token.
+    pub webhooks_received: Counter,
+    /// Webhooks stored for delivery.
+    pub webhooks_stored: Counter,
+    /// Webhooks that were stored before (not stored again).
+    pub webhooks_duplicate: Counter,
+    /// Webhooks stored but not to be delivered (an older status after the terminal one).
+    pub webhooks_superseded: Counter,
+    /// Webhooks refused for a bad or forged token.
+    pub webhooks_rejected: Counter,
+    /// Delivery attempts by result: `delivered`, `retried`, `dead`.
+    pub deliveries: CounterVec<&'static str>,
+    /// Deliveries pending or in flight.
+    pub outbox_depth: Gauge,
+    /// Time from storing a webhook to its delivery.
+    pub delivery_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -231,6 +253,14 @@ impl Default for Metrics {
             limit_in_flight: Arc::new(Gauge::default()),
             limit_refusals: CounterVec::default(),
             limit_tracked_keys: Gauge::default(),
+            webhooks_received: Counter::default(),
+            webhooks_stored: Counter::default(),
+            webhooks_duplicate: Counter::default(),
+            webhooks_superseded: Counter::default(),
+            webhooks_rejected: Counter::default(),
+            deliveries: CounterVec::default(),
+            outbox_depth: Gauge::default(),
+            delivery_latency: Histogram::new(DELIVERY_BUCKETS),
         }
     }
 }
@@ -359,6 +389,60 @@ impl Metrics {
             "runway_proxy_limit_tracked_keys {}",
             self.limit_tracked_keys.get()
         );
+        for (name, help, counter) in [
+            (
+                "runway_proxy_webhooks_received_total",
+                "Webhooks received with a valid token.",
+                &self.webhooks_received,
+            ),
+            (
+                "runway_proxy_webhooks_stored_total",
+                "Webhooks stored for delivery.",
+                &self.webhooks_stored,
+            ),
+            (
+                "runway_proxy_webhooks_duplicate_total",
+                "Webhooks stored before, not stored again.",
+                &self.webhooks_duplicate,
+            ),
+            (
+                "runway_proxy_webhooks_superseded_total",
+                "Webhooks not delivered: an older status after the terminal one.",
+                &self.webhooks_superseded,
+            ),
+            (
+                "runway_proxy_webhooks_rejected_total",
+                "Webhooks refused for a bad token.",
+                &self.webhooks_rejected,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", counter.get());
+        }
+        header(
+            &mut out,
+            "runway_proxy_deliveries_total",
+            "counter",
+            "Delivery attempts by result.",
+        );
+        for (result, n) in self.deliveries.snapshot() {
+            let _ = writeln!(out, "runway_proxy_deliveries_total{{result=\"{result}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "runway_proxy_outbox_depth",
+            "gauge",
+            "Deliveries pending or in flight.",
+        );
+        let _ = writeln!(out, "runway_proxy_outbox_depth {}", self.outbox_depth.get());
+        header(
+            &mut out,
+            "runway_proxy_delivery_latency_seconds",
+            "histogram",
+            "Time from storing a webhook to its delivery.",
+        );
+        self.delivery_latency
+            .render(&mut out, "runway_proxy_delivery_latency_seconds", "");
         out
     }
 }

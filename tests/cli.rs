@@ -94,12 +94,26 @@ impl Drop for Running {
     }
 }
 
+/// A fresh data directory under Cargo's scratch space for integration tests.
+fn data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `runway-proxy serve` with a clean environment, a free webhook port and its own data dir.
 fn serve() -> Command {
     let mut command = Command::new(BIN);
     command.arg("serve").env_remove("RUST_LOG");
     for key in runway_proxy::config::KEYS {
         command.env_remove(key.env);
     }
+    command
+        .env("RUNWAY_PROXY_WEBHOOK_LISTEN", "127.0.0.1:0")
+        .env("RUNWAY_PROXY_DATA_DIR", data_dir());
     command
 }
 

@@ -21,6 +21,8 @@ async fn setup(settings: &[(&'static str, &str)]) -> (MockUpstream, RunningProxy
         ("retry.base_delay", "10ms".to_owned()),
         ("retry.max_delay", "20ms".to_owned()),
         ("retry.budget_min_per_sec", "100".to_owned()),
+        // The submissions name a loopback callback_url.
+        ("callback.allow_private", "true".to_owned()),
     ]);
     for (key, value) in settings {
         flags.insert(key, (*value).to_owned());

@@ -34,16 +34,21 @@ use std::time::{Duration, Instant};
 use http::{Method, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 pub use forward::{ClientAddr, Forward, HttpsClient, UpstreamError, UpstreamLatency, https_client};
 
 use crate::body::{self, Body, BoxError};
+use crate::callback::{CallbackRewriter, Keyring, RewriteCallback};
 use crate::config::Config;
 use crate::envelope;
 use crate::limit::{RateLimit, RateLimitLayer};
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::relay::{
+    DeliveryWorkers, Outbox, RelayAdmin, RelaySettings, SqliteOutbox, WebhookReceiver, WebhookSigner,
+};
 use crate::retry::{Retry, RetryLayer};
 use crate::route::RouteClass;
 
@@ -72,6 +77,7 @@ pub struct Sidecar<S> {
     inner: S,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    relay: Option<RelayAdmin>,
 }
 
 impl<S> Sidecar<S> {
@@ -81,7 +87,14 @@ impl<S> Sidecar<S> {
             inner,
             metrics,
             readiness,
+            relay: None,
         }
+    }
+
+    /// Answer the relay's admin paths (`/-/deliveries`) too.
+    pub fn relay_admin(mut self, relay: RelayAdmin) -> Self {
+        self.relay = Some(relay);
+        self
     }
 }
 
@@ -101,6 +114,22 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if let (Some(relay), true) = (&self.relay, request.uri().path().starts_with("/-/deliveries")) {
+            let relay = relay.clone();
+            let future = async move {
+                let (method, path, query) = (request.method(), request.uri().path(), request.uri().query());
+                crate::relay::admin(&relay, method, path, query)
+                    .await
+                    .unwrap_or_else(|| {
+                        envelope::error_response(StatusCode::NOT_FOUND, "not an admin path of runway-proxy")
+                    })
+            };
+            return ResponseFuture {
+                kind: Kind::Admin {
+                    future: Box::pin(future),
+                },
+            };
+        }
         if request.uri().path().starts_with(ADMIN_PREFIX) {
             let response = admin(&request, &self.metrics, &self.readiness);
             return ResponseFuture {
@@ -179,6 +208,7 @@ pin_project! {
         S: Service<Request<Body>>,
     {
         Ready { response: Option<Response<Body>> },
+        Admin { future: Pin<Box<dyn Future<Output = Response<Body>> + Send>> },
         Forward { #[pin] future: Oneshot<S, Request<Body>>, log: RequestLog },
     }
 }
@@ -196,6 +226,7 @@ where
                 Some(response) => Poll::Ready(Ok(response)),
                 None => panic!("ResponseFuture polled after completion"),
             },
+            KindProj::Admin { future } => future.as_mut().poll(cx).map(Ok),
             KindProj::Forward { future, log } => {
                 let response = match ready!(future.poll(cx)) {
                     Ok(response) => response,
@@ -254,31 +285,117 @@ fn admin(request: &Request<Body>, metrics: &Metrics, readiness: &Readiness) -> R
     }
 }
 
-/// The sidecar bound to its listener, ready to run.
+/// The sidecar bound to its listeners, ready to run: the proxy listener (forwarding and
+/// admin paths), the webhook listener, and the relay's outbox and delivery workers.
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
-    service: Sidecar<Retry<RateLimit<Forward>>>,
+    webhook_listener: TcpListener,
+    service: Sidecar<RewriteCallback<Retry<RateLimit<Forward>>>>,
+    receiver: WebhookReceiver,
+    relay: RelayParts,
     readiness: Readiness,
     grace: Duration,
 }
 
+#[derive(Debug)]
+struct RelayParts {
+    outbox: Arc<SqliteOutbox>,
+    signer: WebhookSigner,
+    settings: RelaySettings,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
 impl Proxy {
-    /// Build the forwarding stack from `config` and bind `config.listen`.
+    /// Build everything `serve` runs from `config`, and bind both listeners.
     pub async fn bind(config: &Config) -> Result<Proxy, BoxError> {
         let metrics = Metrics::new();
-        let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?
-            .metrics(Arc::clone(&metrics));
-        let retry = RetryLayer::from_settings(config.retry.clone()).metrics(Arc::clone(&metrics));
-        // Inside the retry layer, so that every attempt takes its own permit.
-        let limit = RateLimitLayer::from_settings(config.limit.clone()).metrics(Arc::clone(&metrics));
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            format!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+        let webhook_secret = match &config.webhook_secret {
+            Some(secret) => secret.expose().to_owned(),
+            None => secret_file(
+                &config.data_dir.join("webhook-secret"),
+                "webhook signing secret",
+                || WebhookSigner::generate_secret(),
+            )?,
+        };
+        let signer = WebhookSigner::from_secret(&webhook_secret)?;
+        let token_keys = match &config.callback.token_keys {
+            Some(keys) => keys.expose().to_owned(),
+            None => secret_file(
+                &config.data_dir.join("callback-token-keys"),
+                "callback token key",
+                || format!("1:{}", crate::callback::random_secret()),
+            )?,
+        };
+        let keys = Arc::new(Keyring::parse(&token_keys)?);
+        let outbox = Arc::new(SqliteOutbox::open(
+            &config.data_dir.join("outbox.sqlite3"),
+            Some(Arc::clone(&metrics)),
+        )?);
+
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let webhook_listener = TcpListener::bind(config.webhook_listen)
+            .await
+            .map_err(|e| format!("cannot listen for webhooks on {}: {e}", config.webhook_listen))?;
+        let public_url = match &config.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let addr = webhook_listener.local_addr()?;
+                if addr.ip().is_unspecified() {
+                    tracing::warn!(%addr, "webhook listener on an unspecified address: set --public-url to the URL the upstream can reach");
+                }
+                format!("http://{addr}")
+            }
+        };
+
+        let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?
+            .metrics(Arc::clone(&metrics));
+        // Outermost to innermost: rewrite once, retry, and take a permit per attempt.
+        let rewrite = CallbackRewriter::new(&public_url, Arc::clone(&keys))
+            .policy(config.callback.policy.clone())
+            .body_limit(config.callback.body_limit);
+        let retry = RetryLayer::from_settings(config.retry.clone()).metrics(Arc::clone(&metrics));
+        let limit = RateLimitLayer::from_settings(config.limit.clone()).metrics(Arc::clone(&metrics));
+        let stack = rewrite.layer(retry.layer(limit.layer(forward)));
+
+        let wake = Arc::new(Notify::new());
+        let outbox_dyn: Arc<dyn Outbox> = outbox.clone();
+        let receiver = WebhookReceiver::new(
+            keys,
+            Arc::clone(&outbox_dyn),
+            Arc::clone(&wake),
+            config.callback.body_limit,
+            Some(Arc::clone(&metrics)),
+        );
         let readiness = Readiness::default();
+        let service = Sidecar::new(stack, Arc::clone(&metrics), readiness.clone()).relay_admin(RelayAdmin {
+            outbox: outbox_dyn,
+            wake: Arc::clone(&wake),
+        });
+        let mut delivery = config.delivery.clone();
+        delivery.policy = config.callback.policy.clone();
+        tracing::info!(public_url = %public_url, outbox = %outbox.path().display(), "webhook relay ready");
         Ok(Proxy {
             listener,
-            service: Sidecar::new(retry.layer(limit.layer(forward)), metrics, readiness.clone()),
+            webhook_listener,
+            service,
+            receiver,
+            relay: RelayParts {
+                outbox,
+                signer,
+                settings: delivery,
+                wake,
+                metrics,
+            },
             readiness,
             grace: config.shutdown_grace,
         })
@@ -291,15 +408,75 @@ impl Proxy {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The address the webhook listener listens on.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// Serve until `shutdown` completes, then drain in-flight requests for up to the
-    /// configured grace period.
+    /// configured grace period, and let the delivery workers finish or hand back what
+    /// they hold.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let relay = self.relay;
+        let workers = match DeliveryWorkers::start(
+            relay.outbox.clone(),
+            relay.signer,
+            relay.settings,
+            relay.wake,
+            Some(relay.metrics),
+        ) {
+            Ok(workers) => Some(workers),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start the delivery workers; webhooks are stored but not relayed");
+                None
+            }
+        };
         self.readiness.set(true);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let proxy = crate::server::serve(self.listener, self.service, signal(stopped.clone()), self.grace);
+        let hooks = crate::server::serve(self.webhook_listener, self.receiver, signal(stopped), self.grace);
         let readiness = self.readiness.clone();
-        let shutdown = async move {
+        let trigger = async move {
             shutdown.await;
             readiness.set(false);
+            let _ = stop.send(true);
         };
-        crate::server::serve(self.listener, self.service, shutdown, self.grace).await;
+        tokio::join!(proxy, hooks, trigger);
+        if let Some(workers) = workers {
+            workers.shutdown(self.grace).await;
+        }
     }
+}
+
+/// Read a secret from `path`, or generate one and store it there (readable by the owner
+/// only). The secret itself is never logged, only where it is.
+fn secret_file(
+    path: &std::path::Path,
+    what: &str,
+    generate: impl FnOnce() -> String,
+) -> Result<String, BoxError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text.trim().to_owned()),
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot read the {what} at {}: {err}", path.display()).into());
+        }
+        Err(_) => {}
+    }
+    let secret = generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("cannot store the {what} at {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "generated a {what} (keep it: subscribers and replicas need the same one)");
+    Ok(secret)
 }

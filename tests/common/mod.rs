@@ -69,6 +69,9 @@ pub async fn start_mock(config: MockConfig) -> MockUpstream {
 /// A proxy running in this process, and the means to stop it.
 pub struct RunningProxy {
     pub addr: SocketAddr,
+    pub webhook_addr: SocketAddr,
+    /// The data directory (outbox, generated secrets), removed when the proxy is dropped.
+    pub data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -109,18 +112,28 @@ pub async fn start_proxy(upstream: &str, settings: &[(&'static str, &str)]) -> R
 
 /// Start a proxy configured by `file` (TOML) and `flags`, listening on a free port.
 pub async fn start_proxy_with(file: Option<&str>, upstream: &str, flags: &Overrides) -> RunningProxy {
+    let data = tempfile::tempdir().unwrap();
     let mut flags = flags.clone();
     flags.insert("listen", "127.0.0.1:0".to_owned());
     flags.insert("upstream", upstream.to_owned());
+    flags
+        .entry("webhook_listen")
+        .or_insert_with(|| "127.0.0.1:0".to_owned());
+    flags
+        .entry("data_dir")
+        .or_insert_with(|| data.path().display().to_string());
     let config = Config::load(file, &|_| None, &flags).unwrap();
     let proxy = Proxy::bind(&config).await.unwrap();
     let addr = proxy.local_addr();
+    let webhook_addr = proxy.webhook_addr();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(proxy.run(async {
         let _ = stopped.await;
     }));
     RunningProxy {
         addr,
+        webhook_addr,
+        data,
         stop: Some(stop),
         task: Some(task),
     }

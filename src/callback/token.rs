@@ -1,0 +1,290 @@
+//! Stateless, signed route tokens: the subscriber's URL, sealed into the callback URL the
+//! upstream is given.
+//!
+//! A token carries everything needed to route a webhook: the original `callback_url`
+//! (encrypted, so the upstream never learns the subscriber's endpoint or any secret in
+//! its query string), a random nonce and the issue time, authenticated with HMAC-SHA256
+//! under a numbered key. Any replica that has the keys can route a webhook without shared
+//! state; nobody without them can mint or alter one. New tokens use the newest key; older
+//! keys still verify, so keys can rotate.
+//!
+//! Layout before base64url (no padding):
+//! `version (1) | key id (1) | issued at, Unix seconds (4) | nonce (12) | encrypted URL | tag (16)`,
+//! where the tag is HMAC-SHA256 (truncated to 128 bits) over the first 18 bytes and the
+//! plain URL, and the URL is encrypted with a keystream of HMAC-SHA256(nonce, block) blocks
+//! under a key derived separately from the same secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 1 + 4 + 12;
+const TAG: usize = 16;
+/// Longest subscriber URL a token carries.
+pub const MAX_URL: usize = 2048;
+
+/// Why a token was refused. Deliberately coarse: a caller learns nothing about which
+/// check failed beyond what a log line needs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not base64url, too short, or an unknown version.
+    #[error("malformed callback token")]
+    Malformed,
+    /// Signed with a key id this keyring does not have.
+    #[error("callback token signed with an unknown key")]
+    UnknownKey,
+    /// The signature does not match: forged or altered.
+    #[error("callback token signature does not verify")]
+    BadSignature,
+}
+
+/// A secret and the keys derived from it.
+struct Key {
+    mac: hmac::Key,
+    encryption: hmac::Key,
+}
+
+impl Key {
+    fn derive(secret: &[u8]) -> Key {
+        let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let sub = |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label).as_ref());
+        Key {
+            mac: sub(b"runway-proxy/callback-token/mac/v1"),
+            encryption: sub(b"runway-proxy/callback-token/enc/v1"),
+        }
+    }
+
+    /// XOR `data` with the keystream for `nonce`.
+    fn apply_keystream(&self, nonce: &[u8], data: &mut [u8]) {
+        for (block, chunk) in data.chunks_mut(32).enumerate() {
+            let mut input = [0u8; 16];
+            input[..12].copy_from_slice(nonce);
+            input[12..].copy_from_slice(&(block as u32).to_be_bytes());
+            let stream = hmac::sign(&self.encryption, &input);
+            for (byte, key) in chunk.iter_mut().zip(stream.as_ref()) {
+                *byte ^= key;
+            }
+        }
+    }
+
+    fn tag(&self, header: &[u8], url: &[u8]) -> hmac::Tag {
+        let mut context = hmac::Context::with_key(&self.mac);
+        context.update(header);
+        context.update(url);
+        context.sign()
+    }
+}
+
+/// The keys that mint and verify route tokens, by key id. The highest id mints.
+pub struct Keyring {
+    keys: BTreeMap<u8, Key>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secrets.
+        f.debug_struct("Keyring")
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A verified token's contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The subscriber URL the submission carried.
+    pub url: String,
+    /// When the token was minted (Unix seconds).
+    pub issued_at: u32,
+    /// The key that signed it.
+    pub key_id: u8,
+}
+
+impl Keyring {
+    /// A keyring from `(key id, secret)` pairs. Secrets should be at least 32 random bytes.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = (u8, &'a [u8])>) -> Option<Keyring> {
+        let keys: BTreeMap<u8, Key> = secrets
+            .into_iter()
+            .map(|(id, secret)| (id, Key::derive(secret)))
+            .collect();
+        (!keys.is_empty()).then_some(Keyring { keys })
+    }
+
+    /// Parse `id:secret` pairs separated by commas (`1:old-secret,2:new-secret`).
+    pub fn parse(text: &str) -> Result<Keyring, String> {
+        let mut pairs = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (id, secret) = item
+                .split_once(':')
+                .ok_or_else(|| "token keys are written id:secret, separated by commas".to_owned())?;
+            let id: u8 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("key id {id:?} is not a number from 0 to 255"))?;
+            if secret.len() < 32 {
+                return Err(format!("the secret of key {id} is shorter than 32 characters"));
+            }
+            pairs.push((id, secret.as_bytes()));
+        }
+        Keyring::new(pairs).ok_or_else(|| "no token keys given".to_owned())
+    }
+
+    /// The id of the key that mints new tokens.
+    pub fn current_id(&self) -> u8 {
+        self.keys.keys().next_back().copied().unwrap_or_default()
+    }
+
+    /// Mint a token for `url`, issued now.
+    pub fn mint(&self, url: &str) -> String {
+        let issued_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()) as u32;
+        self.mint_at(url, issued_at, rand::random())
+    }
+
+    fn mint_at(&self, url: &str, issued_at: u32, nonce: [u8; 12]) -> String {
+        let id = self.current_id();
+        let Some(key) = self.keys.get(&id) else {
+            return String::new();
+        };
+        let mut token = Vec::with_capacity(HEADER + url.len() + TAG);
+        token.push(VERSION);
+        token.push(id);
+        token.extend_from_slice(&issued_at.to_be_bytes());
+        token.extend_from_slice(&nonce);
+        let tag = key.tag(&token, url.as_bytes());
+        token.extend_from_slice(url.as_bytes());
+        key.apply_keystream(&nonce, &mut token[HEADER..]);
+        token.extend_from_slice(&tag.as_ref()[..TAG]);
+        URL_SAFE_NO_PAD.encode(token)
+    }
+
+    /// Check a token and recover its route.
+    pub fn verify(&self, token: &str) -> Result<Route, TokenError> {
+        // A token is at most the header, the longest URL and the tag in base64.
+        if token.len() > (HEADER + MAX_URL + TAG) * 4 / 3 + 4 {
+            return Err(TokenError::Malformed);
+        }
+        let mut bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| TokenError::Malformed)?;
+        if bytes.len() < HEADER + TAG || bytes[0] != VERSION {
+            return Err(TokenError::Malformed);
+        }
+        let key_id = bytes[1];
+        let key = self.keys.get(&key_id).ok_or(TokenError::UnknownKey)?;
+        let tag_at = bytes.len() - TAG;
+        let (body, tag) = bytes.split_at_mut(tag_at);
+        let (header, url) = body.split_at_mut(HEADER);
+        key.apply_keystream(&header[6..18], url);
+        let expected = key.tag(header, url);
+        // Constant-time comparison of the truncated tag.
+        if !ring_eq(&expected.as_ref()[..TAG], tag) {
+            return Err(TokenError::BadSignature);
+        }
+        let url = String::from_utf8(url.to_vec()).map_err(|_| TokenError::Malformed)?;
+        let issued_at = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
+        Ok(Route {
+            url,
+            issued_at,
+            key_id,
+        })
+    }
+}
+
+/// Compare in time that depends only on the length.
+fn ring_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A fresh random secret, base64url, for a generated keyring or webhook secret.
+pub fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(pairs: &[(u8, &str)]) -> Keyring {
+        Keyring::new(pairs.iter().map(|(id, s)| (*id, s.as_bytes()))).unwrap()
+    }
+
+    const URL: &str = "https://hooks.example.com/runway?secret=abc&x=%20y";
+
+    #[test]
+    fn round_trips_and_hides_the_url() {
+        let keys = ring(&[(1, "first-secret-of-at-least-32-bytes!!")]);
+        let token = keys.mint(URL);
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{token}"
+        );
+        assert!(
+            token.len() < 2 * URL.len() + 60,
+            "reasonably short: {}",
+            token.len()
+        );
+        let decoded = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        assert!(
+            !decoded.windows(6).any(|w| w == b"hooks."),
+            "the URL is not readable in the token"
+        );
+        let route = keys.verify(&token).unwrap();
+        assert_eq!(route.url, URL);
+        assert_eq!(route.key_id, 1);
+        assert_ne!(keys.mint(URL), token, "a fresh nonce each time");
+    }
+
+    #[test]
+    fn forged_altered_and_foreign_tokens_are_refused() {
+        let keys = ring(&[(1, "first-secret-of-at-least-32-bytes!!")]);
+        let token = keys.mint(URL);
+        let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        for i in [0, 1, 3, 10, HEADER + 2, bytes.len() - 1] {
+            bytes[i] ^= 0x01;
+            let altered = URL_SAFE_NO_PAD.encode(&bytes);
+            assert!(keys.verify(&altered).is_err(), "flipping byte {i} went unnoticed");
+            bytes[i] ^= 0x01;
+        }
+        let other = ring(&[(1, "another-secret-of-at-least-32-bytes")]);
+        assert_eq!(other.verify(&token), Err(TokenError::BadSignature));
+        let unknown = ring(&[(9, "another-secret-of-at-least-32-bytes")]);
+        assert_eq!(unknown.verify(&token), Err(TokenError::UnknownKey));
+        for junk in ["", "!!!", "AAAA", &"A".repeat(10_000)] {
+            assert!(keys.verify(junk).is_err());
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_valid() {
+        let old = ring(&[(1, "first-secret-of-at-least-32-bytes!!")]);
+        let token = old.mint(URL);
+        let rotated = ring(&[
+            (1, "first-secret-of-at-least-32-bytes!!"),
+            (2, "second-secret-of-at-least-32-bytes"),
+        ]);
+        assert_eq!(rotated.verify(&token).unwrap().key_id, 1);
+        let fresh = rotated.mint(URL);
+        assert_eq!(rotated.verify(&fresh).unwrap().key_id, 2);
+        assert_eq!(old.verify(&fresh), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn keyring_text_is_checked() {
+        assert!(Keyring::parse("1:short").is_err());
+        assert!(Keyring::parse("x:first-secret-of-at-least-32-bytes!!").is_err());
+        assert!(Keyring::parse("").is_err());
+        let keys =
+            Keyring::parse("1:first-secret-of-at-least-32-bytes!!, 2:second-secret-of-at-least-32-bytes")
+                .unwrap();
+        assert_eq!(keys.current_id(), 2);
+        assert!(!format!("{keys:?}").contains("secret"));
+    }
+}

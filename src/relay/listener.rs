@@ -1,0 +1,263 @@
+//! The webhook receiver: `POST /hooks/runway/{token}`, stored durably before the 2xx.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use ring::digest;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::outbox::{Enqueued, NewDelivery, Outbox};
+use crate::body::{self, Body, BoxError};
+use crate::callback::{HOOK_PATH, Keyring};
+use crate::envelope;
+use crate::metrics::Metrics;
+
+/// Receives CometAPI's callbacks and stores them in the outbox.
+///
+/// The token in the path is verified before anything else (a bad or forged one gets a
+/// 404 and nothing is stored); the body is bounded (413 past it); the webhook is written
+/// durably *before* the 2xx, and a store that fails answers 503 so the sender tries
+/// again. A body that is not the documented callback shape is still stored and relayed
+/// as it is (the upstream may add fields), and logged.
+///
+/// It is a tower `Service`, so an application can mount it in its own router at
+/// `/hooks/runway/{token}`.
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    keys: Arc<Keyring>,
+    outbox: Arc<dyn Outbox>,
+    body_limit: usize,
+    wake: Arc<Notify>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for WebhookReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookReceiver")
+            .field("body_limit", &self.shared.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookReceiver {
+    /// A receiver that verifies tokens with `keys` and stores into `outbox`, waking the
+    /// delivery workers through `wake`.
+    pub fn new(
+        keys: Arc<Keyring>,
+        outbox: Arc<dyn Outbox>,
+        wake: Arc<Notify>,
+        body_limit: usize,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        WebhookReceiver {
+            shared: Arc::new(Shared {
+                keys,
+                outbox,
+                body_limit,
+                wake,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for WebhookReceiver
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { Ok(shared.receive(request).await) })
+    }
+}
+
+/// The fields of a callback that identify it.
+struct Identity {
+    dedup_key: String,
+    task_key: String,
+    status: Option<String>,
+    terminal: bool,
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn identify(body: &[u8]) -> Option<Identity> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let task_id = value.get("task_id").and_then(text)?;
+    let status = value.get("status").and_then(text)?;
+    let update_time = value.get("update_time").and_then(text).unwrap_or_default();
+    Some(Identity {
+        dedup_key: format!("task:{task_id}\u{1f}{status}\u{1f}{update_time}"),
+        // "2" failed and "3" succeeded are the ends of a task's life.
+        terminal: matches!(status.as_str(), "2" | "3"),
+        task_key: format!("task:{task_id}"),
+        status: Some(status),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Shared {
+    async fn receive<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Some(token) = request
+            .uri()
+            .path()
+            .strip_prefix(HOOK_PATH)
+            .filter(|t| !t.is_empty() && !t.contains('/'))
+        else {
+            return envelope::error_response(StatusCode::NOT_FOUND, "not a runway-proxy webhook path");
+        };
+        if request.method() != Method::POST {
+            return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "webhooks are POSTed");
+        }
+        let route = match self.keys.verify(token) {
+            Ok(route) => route,
+            Err(err) => {
+                // Never log the token itself: it is a bearer credential for this route.
+                tracing::warn!(error = %err, "webhook refused: bad callback token");
+                self.count(|m| m.webhooks_rejected.inc());
+                return envelope::error_response(StatusCode::NOT_FOUND, "unknown callback token");
+            }
+        };
+        let too_large = || {
+            let msg = format!("webhook body larger than {} bytes", self.body_limit);
+            envelope::error_response(StatusCode::PAYLOAD_TOO_LARGE, &msg)
+        };
+        let body = request.into_body();
+        if body.size_hint().lower() > self.body_limit as u64 {
+            return too_large();
+        }
+        let bytes = match Limited::new(body, self.body_limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(err) => {
+                let msg = format!(
+                    "could not read the webhook body: {}",
+                    body::error_chain(err.as_ref())
+                );
+                return envelope::error_response(StatusCode::BAD_REQUEST, &msg);
+            }
+        };
+        self.count(|m| m.webhooks_received.inc());
+        let identity = identify(&bytes).unwrap_or_else(|| {
+            tracing::warn!(
+                bytes = bytes.len(),
+                "webhook is not the documented callback shape; relaying it as it is"
+            );
+            let key = format!("body:{}", hex(digest::digest(&digest::SHA256, &bytes).as_ref()));
+            Identity {
+                dedup_key: key.clone(),
+                task_key: key,
+                status: None,
+                terminal: false,
+            }
+        });
+        let webhook_id = format!(
+            "msg_{}",
+            &hex(digest::digest(&digest::SHA256, identity.dedup_key.as_bytes()).as_ref())[..32]
+        );
+        let delivery = NewDelivery {
+            webhook_id,
+            dedup_key: identity.dedup_key,
+            task_key: identity.task_key,
+            status: identity.status,
+            terminal: identity.terminal,
+            target_url: route.url,
+            body: bytes,
+        };
+        match self.outbox.enqueue(delivery).await {
+            Ok(outcome) => {
+                let msg = match outcome {
+                    Enqueued::Stored(_) => {
+                        self.count(|m| {
+                            m.webhooks_stored.inc();
+                            m.outbox_depth.add(1);
+                        });
+                        self.wake.notify_waiters();
+                        "stored"
+                    }
+                    Enqueued::Duplicate(_) => {
+                        self.count(|m| m.webhooks_duplicate.inc());
+                        "duplicate: already stored"
+                    }
+                    Enqueued::Superseded(_) => {
+                        self.count(|m| m.webhooks_superseded.inc());
+                        "stored: superseded by the task's final status"
+                    }
+                };
+                let mut response = Response::new(body::full(envelope_ok(msg)));
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_TYPE, envelope::JSON);
+                response
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "webhook not stored; answering 503 so the sender retries");
+                envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, "webhook not stored; try again")
+            }
+        }
+    }
+
+    fn count(&self, record: impl FnOnce(&Metrics)) {
+        if let Some(metrics) = &self.metrics {
+            record(metrics);
+        }
+    }
+}
+
+fn envelope_ok(msg: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"code": 200, "msg": msg, "data": null})).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifies_callbacks_by_task_status_and_time() {
+        let a = identify(br#"{"task_id":"t1","status":"3","update_time":"17"}"#).unwrap();
+        let b = identify(br#"{"update_time":17,"status":"3","task_id":"t1","extra":true}"#).unwrap();
+        assert_eq!(
+            a.dedup_key, b.dedup_key,
+            "same task, status and time, whatever the field order"
+        );
+        assert!(a.terminal);
+        let running = identify(br#"{"task_id":"t1","status":"1","update_time":"16"}"#).unwrap();
+        assert!(!running.terminal);
+        assert_eq!(running.task_key, a.task_key);
+        assert!(identify(b"[1,2]").is_none());
+        assert!(identify(br#"{"status":"3"}"#).is_none());
+    }
+}

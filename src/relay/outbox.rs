@@ -1,0 +1,201 @@
+//! The durable store of webhooks waiting to be relayed: the [`Outbox`] trait.
+//!
+//! The trait is what a shared store (PostgreSQL, say) would implement to back several
+//! replicas; the embedded default is [`SqliteOutbox`](super::SqliteOutbox). It is built for
+//! several concurrent delivery workers: a worker *claims* deliveries with a lease, and a
+//! claim whose lease runs out (its worker crashed) can be claimed again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// A boxed future, so the trait can be used as `dyn Outbox`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A webhook to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The Standard Webhooks message id: stable for one (task, status, update time).
+    pub webhook_id: String,
+    /// What makes two webhooks the same one (stored once).
+    pub dedup_key: String,
+    /// Which task it belongs to: one task's webhooks are delivered one at a time, in order.
+    pub task_key: String,
+    /// The task status it reports, if the body has one.
+    pub status: Option<String>,
+    /// Whether that status is terminal (success or failure).
+    pub terminal: bool,
+    /// The subscriber URL.
+    pub target_url: String,
+    /// The body, exactly as received.
+    pub body: Bytes,
+}
+
+/// What happened to an enqueued webhook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored, to be delivered.
+    Stored(i64),
+    /// The same webhook was stored before (this id): nothing new to deliver.
+    Duplicate(i64),
+    /// Stored, but the task's terminal status is already queued or delivered, so this older
+    /// status will not be delivered after it.
+    Superseded(i64),
+}
+
+/// Where a delivery is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// Claimed by a worker, being sent.
+    InFlight,
+    /// The subscriber answered 2xx.
+    Delivered,
+    /// Out of attempts (or the subscriber answered 410): a dead letter.
+    Dead,
+    /// An older status of a task whose terminal status came first: not delivered.
+    Superseded,
+}
+
+impl DeliveryState {
+    /// The name used in the store and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::InFlight => "in_flight",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+            DeliveryState::Superseded => "superseded",
+        }
+    }
+
+    /// Parse a state name.
+    pub fn parse(text: &str) -> Option<DeliveryState> {
+        Some(match text {
+            "pending" => DeliveryState::Pending,
+            "in_flight" => DeliveryState::InFlight,
+            "delivered" => DeliveryState::Delivered,
+            "dead" => DeliveryState::Dead,
+            "superseded" => DeliveryState::Superseded,
+            _ => return None,
+        })
+    }
+}
+
+/// A stored webhook and its delivery record.
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    /// Row id.
+    pub id: i64,
+    /// The Standard Webhooks message id.
+    pub webhook_id: String,
+    /// The task it belongs to.
+    pub task_key: String,
+    /// The status it reports.
+    pub status: Option<String>,
+    /// The subscriber URL.
+    pub target_url: String,
+    /// The body, exactly as received.
+    #[serde(skip)]
+    pub body: Bytes,
+    /// Its state.
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix milliseconds).
+    pub next_attempt_at: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was stored (Unix milliseconds).
+    pub created_at: i64,
+    /// When it was delivered (Unix milliseconds).
+    pub delivered_at: Option<i64>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The subscriber took it.
+    Delivered,
+    /// Try again at this time (Unix milliseconds).
+    RetryAt {
+        /// When.
+        at: i64,
+        /// Why this attempt failed.
+        error: String,
+    },
+    /// Give up: a dead letter.
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+/// A failure of the store itself.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox: {0}")]
+pub struct OutboxError(pub String);
+
+/// How many deliveries are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Depth {
+    /// Pending.
+    pub pending: u64,
+    /// In flight.
+    pub in_flight: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Superseded.
+    pub superseded: u64,
+}
+
+/// A durable store of webhooks to relay. See the module docs.
+pub trait Outbox: Send + Sync + 'static {
+    /// Store a webhook durably. When this resolves `Ok`, it survives a crash.
+    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, OutboxError>>;
+
+    /// Claim up to `max` due deliveries for `owner`, leased for `lease`. At most one
+    /// delivery per task is in flight at a time, and a task's deliveries go in order.
+    fn claim(
+        &self,
+        owner: String,
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>>;
+
+    /// Record how an attempt of a claimed delivery ended.
+    fn complete(
+        &self,
+        id: i64,
+        owner: String,
+        completion: Completion,
+    ) -> BoxFuture<'_, Result<(), OutboxError>>;
+
+    /// Give a claimed delivery back unattempted (on shutdown).
+    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), OutboxError>>;
+
+    /// Deliveries in `state` with an id above `after`, oldest first, at most `limit`.
+    fn list(
+        &self,
+        state: DeliveryState,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>>;
+
+    /// Make a delivery pending again with a fresh schedule (a dead letter, say). `false`
+    /// when there is no such delivery or it is in flight.
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;
+
+    /// When the next pending delivery is due (Unix milliseconds), if any.
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, OutboxError>>;
+
+    /// How many deliveries are in each state.
+    fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>>;
+}

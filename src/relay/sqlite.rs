@@ -1,0 +1,398 @@
+//! The embedded outbox: SQLite in WAL mode, written by one thread with group commit.
+//!
+//! Every operation is a command sent to a dedicated thread that owns the connection. The
+//! thread takes all the commands waiting (up to a batch), runs them in one transaction,
+//! commits once, and only then answers each: a burst of webhooks pays one fsync for the
+//! whole batch instead of one each, and nothing is acknowledged before it is on disk
+//! (`synchronous = FULL`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::outbox::{
+    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
+};
+use crate::metrics::Metrics;
+
+/// Most commands applied in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Commands that may wait for the writer before senders wait too.
+const QUEUE: usize = 8192;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id      TEXT    NOT NULL,
+    dedup_key       TEXT    NOT NULL UNIQUE,
+    task_key        TEXT    NOT NULL,
+    status          TEXT,
+    terminal        INTEGER NOT NULL,
+    target_url      TEXT    NOT NULL,
+    body            BLOB    NOT NULL,
+    state           TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    delivered_at    INTEGER
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_task ON deliveries (task_key, state);
+";
+
+type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Command = Box<dyn FnOnce(&Transaction<'_>) -> Finish + Send>;
+
+/// The SQLite [`Outbox`]. Cheap to clone; clones share the writer thread.
+#[derive(Clone, Debug)]
+pub struct SqliteOutbox {
+    commands: mpsc::Sender<Command>,
+    path: Arc<PathBuf>,
+}
+
+impl SqliteOutbox {
+    /// Open (or create) the outbox at `path` and start its writer thread.
+    ///
+    /// The file belongs to this process: deliveries left in flight by a previous run
+    /// (killed mid-send) are returned to pending at once rather than after their lease.
+    pub fn open(path: &Path, metrics: Option<Arc<Metrics>>) -> Result<SqliteOutbox, OutboxError> {
+        let connection = Connection::open(path)
+            .map_err(|e| OutboxError(format!("cannot open {}: {e}", path.display())))?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|()| connection.pragma_update(None, "busy_timeout", 5000))
+            .and_then(|()| connection.execute_batch(SCHEMA))
+            .map_err(|e| OutboxError(format!("cannot set up {}: {e}", path.display())))?;
+        let now = now_ms();
+        let resumed = connection
+            .execute(
+                "UPDATE deliveries SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?1
+                 WHERE state = 'in_flight'",
+                params![now],
+            )
+            .map_err(|e| OutboxError(e.to_string()))?;
+        if resumed > 0 {
+            tracing::info!(
+                resumed,
+                "returned deliveries left in flight by the last run to pending"
+            );
+        }
+        if let Some(metrics) = &metrics {
+            let depth: i64 = connection
+                .query_row(
+                    "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'in_flight')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0);
+            metrics.outbox_depth.set(depth);
+        }
+        let (commands, receiver) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("runway-proxy-outbox".into())
+            .spawn(move || writer(connection, receiver))
+            .map_err(|e| OutboxError(format!("cannot start the outbox thread: {e}")))?;
+        Ok(SqliteOutbox {
+            commands,
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `apply` in the writer's next transaction and wait for its commit.
+    async fn run<T: Send + 'static>(
+        &self,
+        apply: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        let command: Command = Box::new(move |tx| {
+            let result = apply(tx);
+            Box::new(move |committed: Result<(), String>| {
+                let outcome = match (committed, result) {
+                    (Ok(()), Ok(value)) => Ok(value),
+                    (Err(commit), _) => Err(OutboxError(format!("commit failed: {commit}"))),
+                    (Ok(()), Err(e)) => Err(OutboxError(e.to_string())),
+                };
+                let _ = reply.send(outcome);
+            })
+        });
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| OutboxError("the writer thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| OutboxError("the writer thread has stopped".into()))?
+    }
+}
+
+/// The writer thread: batches of commands, one transaction and one commit per batch.
+fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
+    while let Some(first) = commands.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let transaction = match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
+            Ok(transaction) => transaction,
+            Err(e) => {
+                let error = e.to_string();
+                tracing::error!(%error, "outbox cannot start a transaction");
+                // Answer every command in the batch with the failure, none applied.
+                for command in batch {
+                    drop(command);
+                }
+                continue;
+            }
+        };
+        let finishers: Vec<Finish> = batch.into_iter().map(|command| command(&transaction)).collect();
+        let committed = transaction.commit().map_err(|e| e.to_string());
+        if let Err(error) = &committed {
+            tracing::error!(%error, "outbox commit failed");
+        }
+        for finish in finishers {
+            finish(committed.clone());
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const COLUMNS: &str = "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
+
+fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    let state: String = row.get(6)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        webhook_id: row.get(1)?,
+        task_key: row.get(2)?,
+        status: row.get(3)?,
+        target_url: row.get(4)?,
+        body: Bytes::from(row.get::<_, Vec<u8>>(5)?),
+        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Dead),
+        attempts: row.get(7)?,
+        next_attempt_at: row.get(8)?,
+        last_error: row.get(9)?,
+        created_at: row.get(10)?,
+        delivered_at: row.get(11)?,
+    })
+}
+
+fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
+    if let Some(id) = tx
+        .query_row(
+            "SELECT id FROM deliveries WHERE dedup_key = ?1",
+            params![d.dedup_key],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        return Ok(Enqueued::Duplicate(id));
+    }
+    // A task's older status is never delivered after its terminal one.
+    let terminal_seen = !d.terminal
+        && tx
+            .query_row(
+                "SELECT 1 FROM deliveries WHERE task_key = ?1 AND terminal = 1 AND state <> 'superseded' LIMIT 1",
+                params![d.task_key],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+    let state = if terminal_seen {
+        DeliveryState::Superseded
+    } else {
+        DeliveryState::Pending
+    };
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO deliveries (webhook_id, dedup_key, task_key, status, terminal, target_url, body, state,
+                                 next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+        params![
+            d.webhook_id,
+            d.dedup_key,
+            d.task_key,
+            d.status,
+            d.terminal,
+            d.target_url,
+            &d.body[..],
+            state.as_str(),
+            now
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    if terminal_seen {
+        return Ok(Enqueued::Superseded(id));
+    }
+    if d.terminal {
+        // Older statuses still waiting would arrive after the terminal one: drop them.
+        tx.execute(
+            "UPDATE deliveries SET state = 'superseded', updated_at = ?3
+             WHERE task_key = ?1 AND id < ?2 AND terminal = 0 AND state = 'pending'",
+            params![d.task_key, id, now],
+        )?;
+    }
+    Ok(Enqueued::Stored(id))
+}
+
+fn claim(tx: &Transaction<'_>, owner: &str, max: usize, lease: Duration) -> rusqlite::Result<Vec<Delivery>> {
+    let now = now_ms();
+    let mut select = tx.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM deliveries d
+         WHERE ((d.state = 'pending' AND d.next_attempt_at <= ?1) OR (d.state = 'in_flight' AND d.lease_until <= ?1))
+           AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id <> d.id
+                           AND o.state = 'in_flight' AND o.lease_until > ?1)
+           AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id < d.id
+                           AND o.state IN ('pending', 'in_flight'))
+         ORDER BY d.next_attempt_at, d.id
+         LIMIT ?2"
+    ))?;
+    let candidates: Vec<Delivery> = select
+        .query_map(params![now, max as i64], row_to_delivery)?
+        .collect::<rusqlite::Result<_>>()?;
+    let lease_until = now + lease.as_millis() as i64;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    let mut tasks = std::collections::HashSet::new();
+    let mut update = tx.prepare_cached(
+        "UPDATE deliveries SET state = 'in_flight', lease_owner = ?2, lease_until = ?3, updated_at = ?4 WHERE id = ?1",
+    )?;
+    for mut delivery in candidates {
+        if !tasks.insert(delivery.task_key.clone()) {
+            continue;
+        }
+        update.execute(params![delivery.id, owner, lease_until, now])?;
+        delivery.state = DeliveryState::InFlight;
+        claimed.push(delivery);
+    }
+    Ok(claimed)
+}
+
+impl Outbox for SqliteOutbox {
+    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, OutboxError>> {
+        Box::pin(self.run(move |tx| enqueue(tx, &delivery)))
+    }
+
+    fn claim(
+        &self,
+        owner: String,
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+        Box::pin(self.run(move |tx| claim(tx, &owner, max, lease)))
+    }
+
+    fn complete(
+        &self,
+        id: i64,
+        owner: String,
+        completion: Completion,
+    ) -> BoxFuture<'_, Result<(), OutboxError>> {
+        Box::pin(self.run(move |tx| {
+            let now = now_ms();
+            let (state, next, error, delivered) = match completion {
+                Completion::Delivered => ("delivered", now, None, Some(now)),
+                Completion::RetryAt { at, error } => ("pending", at, Some(error), None),
+                Completion::Dead { error } => ("dead", now, Some(error), None),
+            };
+            tx.execute(
+                "UPDATE deliveries SET state = ?3, attempts = attempts + 1, next_attempt_at = ?4, last_error = ?5,
+                        delivered_at = ?6, lease_owner = NULL, lease_until = NULL, updated_at = ?7
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'in_flight'",
+                params![id, owner, state, next, error, delivered, now],
+            )?;
+            Ok(())
+        }))
+    }
+
+    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), OutboxError>> {
+        Box::pin(self.run(move |tx| {
+            tx.execute(
+                "UPDATE deliveries SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?3
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'in_flight'",
+                params![id, owner, now_ms()],
+            )?;
+            Ok(())
+        }))
+    }
+
+    fn list(
+        &self,
+        state: DeliveryState,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+        Box::pin(self.run(move |tx| {
+            let mut select = tx.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE state = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))?;
+            select
+                .query_map(params![state.as_str(), after, limit as i64], row_to_delivery)?
+                .collect()
+        }))
+    }
+
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
+        Box::pin(self.run(move |tx| {
+            let changed = tx.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
+                        updated_at = ?2
+                 WHERE id = ?1 AND state <> 'in_flight'",
+                params![id, now_ms()],
+            )?;
+            Ok(changed > 0)
+        }))
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, OutboxError>> {
+        Box::pin(self.run(|tx| {
+            tx.query_row(
+                "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'pending'
+                                     UNION ALL SELECT MIN(lease_until) FROM deliveries WHERE state = 'in_flight')",
+                [],
+                |r| r.get(0),
+            )
+        }))
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>> {
+        Box::pin(self.run(|tx| {
+            let mut depth = Depth::default();
+            let mut select = tx.prepare_cached("SELECT state, COUNT(*) FROM deliveries GROUP BY state")?;
+            let rows = select.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+            for row in rows {
+                let (state, n) = row?;
+                match DeliveryState::parse(&state) {
+                    Some(DeliveryState::Pending) => depth.pending = n,
+                    Some(DeliveryState::InFlight) => depth.in_flight = n,
+                    Some(DeliveryState::Delivered) => depth.delivered = n,
+                    Some(DeliveryState::Dead) => depth.dead = n,
+                    Some(DeliveryState::Superseded) => depth.superseded = n,
+                    None => {}
+                }
+            }
+            Ok(depth)
+        }))
+    }
+}
