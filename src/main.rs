@@ -27,15 +27,21 @@ fn cli() -> Command {
                 .help("TOML config file (flags and environment variables override it)"),
         );
     for key in KEYS {
-        serve = serve.arg(
-            Arg::new(key.toml)
-                .long(key.flag)
-                .value_name("VALUE")
-                .help(format!(
-                    "{} [env: {}] [default: {}]",
-                    key.doc, key.env, key.default
-                )),
-        );
+        let mut arg = Arg::new(key.toml)
+            .long(key.flag)
+            .value_name("VALUE")
+            .help(format!(
+                "{} [env: {}] [default: {}]",
+                key.doc, key.env, key.default
+            ));
+        if key.default == "false" {
+            // A switch: `--allow-private-callbacks` alone means true.
+            arg = arg
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true");
+        }
+        serve = serve.arg(arg);
     }
     let mock = Command::new("mock-upstream")
         .about("Run the CometAPI stand-in (Runway routes, task lifecycle, callbacks, faults)")

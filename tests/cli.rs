@@ -53,10 +53,10 @@ impl Running {
                 .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| panic!("no {message:?} log line; saw {:#?}", self.seen));
             self.seen.push(line.clone());
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                if value["message"] == message {
-                    return value;
-                }
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                && value["message"] == message
+            {
+                return value;
             }
         }
     }
@@ -230,7 +230,15 @@ async fn secrets_never_reach_the_logs() {
                 "--upstream",
                 &mock.url(),
             ])
-            .env("RUST_LOG", "trace"),
+            .env("RUST_LOG", "trace")
+            .env(
+                "RUNWAY_PROXY_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )
+            .env(
+                "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
+                "7:token-key-secret-of-at-least-32-bytes",
+            ),
     );
     let listen = running.wait_for_log("runway-proxy serving")["listen"]
         .as_str()
@@ -258,6 +266,14 @@ async fn secrets_never_reach_the_logs() {
         assert!(
             !line.contains("query-secret"),
             "query string in a log line: {line}"
+        );
+        assert!(
+            !line.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "webhook secret in a log line: {line}"
+        );
+        assert!(
+            !line.contains("token-key-secret"),
+            "token key in a log line: {line}"
         );
     }
     assert!(lines.len() > 3, "trace logging produced lines to check");
@@ -290,6 +306,104 @@ async fn mock_upstream_runs_standalone() {
     assert!(stats.json()["routes"].is_object());
     running.signal("TERM");
     let (code, _) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn a_webhook_acknowledged_before_sigkill_is_delivered_after_restart() {
+    use runway_proxy::relay::WebhookSigner;
+
+    let secret = WebhookSigner::generate_secret();
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(100))).await;
+    let subscriber = Subscriber::start().await;
+    // The first delivery hangs: the proxy dies with it in flight.
+    subscriber.set_delay(Duration::from_secs(60));
+    let data = data_dir();
+    let start = |data: &std::path::Path| {
+        let mut running = Running::spawn(
+            serve()
+                .env("RUNWAY_PROXY_DATA_DIR", data)
+                .env("RUNWAY_PROXY_WEBHOOK_SECRET", &secret)
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--log-format",
+                    "json",
+                    "--allow-private-callbacks",
+                ])
+                .args(["--upstream", &mock.url(), "--delivery-schedule", "0s,100ms,1s"]),
+        );
+        let listen = running.wait_for_log("runway-proxy serving")["listen"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (running, listen)
+    };
+    let (first, listen) = start(&data);
+    let reply = post_json(
+        &client(),
+        &format!("http://{listen}/runway/pro/generate"),
+        &serde_json::json!({"prompt": "a cat", "callback_url": subscriber.url("/hook")}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.json()["code"], 200);
+    // Both callbacks acknowledged by the proxy, and a delivery in flight to the subscriber.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while mock.callbacks().iter().filter(|c| c.accepted).count() < 2 || subscriber.received().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callbacks never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.signal("KILL");
+    let (code, _) = tokio::task::spawn_blocking(move || first.finish()).await.unwrap();
+    assert_eq!(code, None, "killed by a signal, no clean shutdown");
+
+    subscriber.set_delay(Duration::ZERO);
+    let (second, _) = start(&data);
+    let signer = WebhookSigner::from_secret(&secret).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let delivered = loop {
+        let verified: Vec<serde_json::Value> = subscriber
+            .received()
+            .iter()
+            .filter(|(headers, body)| {
+                let get = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let timestamp = get("webhook-timestamp").parse().unwrap_or(0);
+                signer.verify(&get("webhook-id"), timestamp, body, &get("webhook-signature"))
+            })
+            .map(|(_, body)| serde_json::from_slice(body).unwrap())
+            .collect();
+        if verified.iter().any(|v| v["status"] == "3") {
+            break verified;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let originals: Vec<serde_json::Value> = mock
+        .callbacks()
+        .iter()
+        .map(|c| serde_json::from_slice(&c.body).unwrap())
+        .collect();
+    assert!(
+        delivered.iter().all(|d| originals.contains(d)),
+        "relayed bodies are the upstream's"
+    );
+    second.signal("TERM");
+    let (code, _) = tokio::task::spawn_blocking(move || second.finish())
         .await
         .unwrap();
     assert_eq!(code, Some(0));

@@ -163,6 +163,17 @@ pub struct RouteStats {
     pub accepted: u64,
 }
 
+/// A callback the stand-in sent (or tried to send).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentCallback {
+    /// Where it went.
+    pub url: String,
+    /// The exact body bytes.
+    pub body: Bytes,
+    /// Whether the receiver answered 2xx.
+    pub accepted: bool,
+}
+
 /// A task's state as the feed would report it.
 #[derive(Clone, Debug)]
 pub struct TaskSnapshot {
@@ -245,6 +256,7 @@ struct Inner {
     tasks: HashMap<String, Task>,
     callbacks_sent: u64,
     callbacks_failed: u64,
+    sent_callbacks: Vec<SentCallback>,
     in_flight: u64,
     max_in_flight: u64,
 }
@@ -335,6 +347,11 @@ impl MockUpstream {
     /// The requests received so far (the most recent 10,000), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.lock().recorded.iter().cloned().collect()
+    }
+
+    /// Every callback sent so far, in order, with its exact bytes.
+    pub fn callbacks(&self) -> Vec<SentCallback> {
+        self.state.lock().sent_callbacks.clone()
     }
 
     /// The state of task `id`, if it exists.
@@ -749,7 +766,7 @@ async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan) {
 async fn send_callback(state: &State, url: &str, body: Bytes) {
     let request = Request::post(url)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body));
+        .body(Full::new(body.clone()));
     let outcome = match request {
         Ok(request) => {
             match tokio::time::timeout(
@@ -767,6 +784,11 @@ async fn send_callback(state: &State, url: &str, body: Bytes) {
         Err(err) => Err(format!("invalid callback URL: {err}")),
     };
     let mut inner = state.lock();
+    inner.sent_callbacks.push(SentCallback {
+        url: url.to_owned(),
+        body,
+        accepted: outcome.is_ok(),
+    });
     match outcome {
         Ok(()) => inner.callbacks_sent += 1,
         Err(reason) => {

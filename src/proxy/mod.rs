@@ -322,7 +322,7 @@ impl Proxy {
             None => secret_file(
                 &config.data_dir.join("webhook-secret"),
                 "webhook signing secret",
-                || WebhookSigner::generate_secret(),
+                WebhookSigner::generate_secret,
             )?,
         };
         let signer = WebhookSigner::from_secret(&webhook_secret)?;

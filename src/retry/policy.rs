@@ -164,17 +164,15 @@ impl Rule {
             return false;
         }
         let msg = envelope.and_then(|e| e.msg.as_deref());
-        if let Some(needle) = &self.msg_contains {
-            if !msg.is_some_and(|msg| contains_ignore_ascii_case(msg, needle)) {
-                return false;
-            }
-        }
-        if let Some(regex) = &self.msg_regex {
-            if !msg.is_some_and(|msg| regex.0.is_match(msg)) {
-                return false;
-            }
-        }
-        true
+        let contains = self
+            .msg_contains
+            .as_ref()
+            .is_none_or(|needle| msg.is_some_and(|msg| contains_ignore_ascii_case(msg, needle)));
+        let regex = self
+            .msg_regex
+            .as_ref()
+            .is_none_or(|regex| msg.is_some_and(|msg| regex.0.is_match(msg)));
+        contains && regex
     }
 }
 

@@ -145,6 +145,7 @@ pub struct Subscriber {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
     status: Arc<Mutex<StatusCode>>,
+    delay: Arc<Mutex<Duration>>,
     arrived: Arc<Notify>,
 }
 
@@ -156,6 +157,7 @@ impl Subscriber {
             addr,
             received: Arc::default(),
             status: Arc::new(Mutex::new(StatusCode::OK)),
+            delay: Arc::default(),
             arrived: Arc::default(),
         };
         let this = subscriber.clone();
@@ -166,6 +168,8 @@ impl Subscriber {
                 let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                 this.received.lock().unwrap().push((parts.headers, bytes));
                 this.arrived.notify_waiters();
+                let delay = *this.delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
                 let status = *this.status.lock().unwrap();
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = status;
@@ -187,6 +191,11 @@ impl Subscriber {
 
     pub fn set_status(&self, status: StatusCode) {
         *self.status.lock().unwrap() = status;
+    }
+
+    /// Wait this long before answering each request.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     pub fn received(&self) -> Vec<(HeaderMap, Bytes)> {
