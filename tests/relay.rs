@@ -35,7 +35,16 @@ fn relay_flags(extra: &[(&'static str, &str)]) -> Overrides {
 }
 
 async fn setup(extra: &[(&'static str, &str)]) -> (MockUpstream, RunningProxy, Subscriber) {
-    let mock = start_mock(MockConfig::default().step(Duration::from_millis(50))).await;
+    setup_with_step(Duration::from_millis(50), extra).await
+}
+
+/// `step` apart, a task's two callbacks: long enough apart, the first one's retries are
+/// settled before the terminal status arrives (which would supersede them).
+async fn setup_with_step(
+    step: Duration,
+    extra: &[(&'static str, &str)],
+) -> (MockUpstream, RunningProxy, Subscriber) {
+    let mock = start_mock(MockConfig::default().step(step)).await;
     let proxy = start_proxy_with(None, &mock.url(), &relay_flags(extra)).await;
     (mock, proxy, Subscriber::start().await)
 }
@@ -113,8 +122,9 @@ async fn callbacks_reach_the_subscriber_signed_with_the_original_bytes() {
     );
 
     let received = subscriber.wait_for(2, WAIT).await;
+    // The stand-in records a callback once the proxy has answered it.
+    eventually("both callbacks recorded", async || mock.callbacks().len() == 2).await;
     let from_upstream = mock.callbacks();
-    assert_eq!(from_upstream.len(), 2);
     for ((headers, body), original) in received.iter().zip(&from_upstream) {
         assert_eq!(
             body, &original.body,
@@ -133,9 +143,17 @@ async fn callbacks_reach_the_subscriber_signed_with_the_original_bytes() {
         from_upstream.iter().all(|c| c.accepted),
         "the proxy acknowledged every callback"
     );
-    // The subscriber's own path and query are kept.
+    // Recorded as delivered once the worker has the subscriber's answer; the
+    // subscriber's own path and query are kept.
+    eventually("two deliveries recorded", async || {
+        get_json(proxy.url("/-/deliveries?state=delivered")).await["deliveries"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
     let delivered = get_json(proxy.url("/-/deliveries?state=delivered")).await;
-    assert_eq!(delivered["deliveries"].as_array().unwrap().len(), 2);
     assert_eq!(delivered["deliveries"][0]["target_url"], hook);
 }
 
@@ -328,7 +346,7 @@ async fn an_old_status_after_the_terminal_one_is_not_delivered() {
 
 #[tokio::test]
 async fn a_failing_subscriber_that_recovers_gets_the_webhook() {
-    let (_mock, proxy, subscriber) = setup(&[]).await;
+    let (_mock, proxy, subscriber) = setup_with_step(Duration::from_millis(400), &[]).await;
     subscriber.set_status(StatusCode::INTERNAL_SERVER_ERROR);
     submit(&proxy, &subscriber.url("/hook")).await;
     subscriber.wait_for(1, WAIT).await;
@@ -389,26 +407,33 @@ async fn gone_stops_retrying_at_once() {
 
 #[tokio::test]
 async fn an_exhausted_schedule_makes_a_dead_letter_that_replay_delivers() {
-    let (_mock, proxy, subscriber) = setup(&[("delivery.schedule", "0s,50ms")]).await;
+    let (_mock, proxy, subscriber) =
+        setup_with_step(Duration::from_millis(400), &[("delivery.schedule", "0s,50ms")]).await;
     subscriber.set_status(StatusCode::SERVICE_UNAVAILABLE);
     submit(&proxy, &subscriber.url("/hook")).await;
 
-    // The running status failed, then was superseded by the final one, which ran out of
-    // attempts: one dead letter.
-    eventually("a dead letter", async || {
+    // Both statuses run out of attempts, the running one long before the final one comes.
+    eventually("two dead letters", async || {
         get_json(proxy.url("/-/deliveries?state=dead")).await["deliveries"]
             .as_array()
             .unwrap()
             .len()
-            == 1
+            == 2
     })
     .await;
-    let dead = get_json(proxy.url("/-/deliveries?state=dead&limit=1")).await;
-    assert_eq!(dead["deliveries"][0]["attempts"], 2);
+    let first_page = get_json(proxy.url("/-/deliveries?state=dead&limit=1")).await;
+    assert_eq!(first_page["deliveries"][0]["status"], "1");
+    let after = first_page["next"]
+        .as_i64()
+        .expect("a full page says where the next one starts");
+    let dead = get_json(proxy.url(&format!("/-/deliveries?state=dead&limit=1&after={after}"))).await;
     assert_eq!(dead["deliveries"][0]["status"], "3");
+    assert_eq!(dead["deliveries"][0]["attempts"], 2);
     assert!(
-        dead["next"].is_number(),
-        "a full page says where the next one starts"
+        dead["deliveries"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("503")
     );
     let id = dead["deliveries"][0]["id"].as_i64().unwrap();
     let before = subscriber.received().len();
@@ -419,8 +444,10 @@ async fn an_exhausted_schedule_makes_a_dead_letter_that_replay_delivers() {
     assert_eq!(send(&client(), replay).await.unwrap().status, StatusCode::OK);
     let received = subscriber.wait_for(before + 1, WAIT).await;
     assert!(verified(&received[before].0, &received[before].1));
-    let delivered = get_json(proxy.url("/-/deliveries?state=delivered")).await;
-    assert_eq!(delivered["deliveries"][0]["id"], id);
+    eventually("the replayed delivery recorded", async || {
+        get_json(proxy.url("/-/deliveries?state=delivered")).await["deliveries"][0]["id"] == id
+    })
+    .await;
     let missing = Request::post(proxy.url("/-/deliveries/999999/replay"))
         .body(Full::default())
         .unwrap();

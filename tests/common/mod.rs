@@ -164,13 +164,16 @@ impl Subscriber {
         let service = tower::service_fn(move |request: Request<Body>| {
             let this = this.clone();
             async move {
+                // The answer is decided when the request arrives, before anyone is told
+                // it arrived (a test that changes the status after seeing a request
+                // changes the next answer, not this one).
+                let status = *this.status.lock().unwrap();
+                let delay = *this.delay.lock().unwrap();
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                 this.received.lock().unwrap().push((parts.headers, bytes));
                 this.arrived.notify_waiters();
-                let delay = *this.delay.lock().unwrap();
                 tokio::time::sleep(delay).await;
-                let status = *this.status.lock().unwrap();
                 let mut response = Response::new(body::empty());
                 *response.status_mut() = status;
                 Ok::<_, std::convert::Infallible>(response)
