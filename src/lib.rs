@@ -57,6 +57,7 @@ pub mod callback;
 pub mod config;
 pub mod duration;
 pub mod envelope;
+pub mod layer;
 pub mod limit;
 pub mod metrics;
 pub mod mock;
@@ -65,3 +66,5 @@ pub mod relay;
 pub mod retry;
 pub mod route;
 pub mod server;
+
+pub use layer::{Runway, RunwayLayer};

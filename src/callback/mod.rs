@@ -111,7 +111,7 @@ impl<S> Layer<S> for CallbackRewriter {
     fn layer(&self, inner: S) -> RewriteCallback<S> {
         RewriteCallback {
             inner,
-            shared: Arc::clone(&self.shared),
+            shared: Some(Arc::clone(&self.shared)),
         }
     }
 }
@@ -120,7 +120,15 @@ impl<S> Layer<S> for CallbackRewriter {
 #[derive(Clone, Debug)]
 pub struct RewriteCallback<S> {
     inner: S,
-    shared: Arc<Shared>,
+    /// `None`: rewriting is off and every request passes through.
+    shared: Option<Arc<Shared>>,
+}
+
+impl<S> RewriteCallback<S> {
+    /// A service that rewrites nothing (for a stack with callback rewriting turned off).
+    pub fn passthrough(inner: S) -> Self {
+        RewriteCallback { inner, shared: None }
+    }
 }
 
 /// Response future of [`RewriteCallback`].
@@ -146,14 +154,20 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        if RouteClass::of(request.method(), request.uri().path()) != RouteClass::Submission {
-            // Not a submission: stream it through untouched.
-            return Box::pin(async move {
-                let response = inner.oneshot(request.map(body::boxed)).await?;
-                Ok(response.map(body::boxed))
-            });
-        }
-        let shared = Arc::clone(&self.shared);
+        let shared = match &self.shared {
+            Some(shared)
+                if RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission =>
+            {
+                Arc::clone(shared)
+            }
+            // Not a submission (or rewriting is off): stream it through untouched.
+            _ => {
+                return Box::pin(async move {
+                    let response = inner.oneshot(request.map(body::boxed)).await?;
+                    Ok(response.map(body::boxed))
+                });
+            }
+        };
         Box::pin(async move {
             let request = match shared.rewrite(request).await {
                 Ok(request) => request,

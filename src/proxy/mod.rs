@@ -41,15 +41,14 @@ use tower::{Layer, Service, ServiceExt};
 pub use forward::{ClientAddr, Forward, HttpsClient, UpstreamError, UpstreamLatency, https_client};
 
 use crate::body::{self, Body, BoxError};
-use crate::callback::{CallbackRewriter, Keyring, RewriteCallback};
+use crate::callback::{CallbackRewriter, Keyring};
 use crate::config::Config;
 use crate::envelope;
-use crate::limit::{RateLimit, RateLimitLayer};
+use crate::layer::{Runway, RunwayLayer};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::relay::{
     DeliveryWorkers, Outbox, RelayAdmin, RelaySettings, SqliteOutbox, WebhookReceiver, WebhookSigner,
 };
-use crate::retry::{Retry, RetryLayer};
 use crate::route::RouteClass;
 
 /// Prefix of the admin paths the proxy answers itself.
@@ -291,7 +290,7 @@ fn admin(request: &Request<Body>, metrics: &Metrics, readiness: &Readiness) -> R
 pub struct Proxy {
     listener: TcpListener,
     webhook_listener: TcpListener,
-    service: Sidecar<RewriteCallback<Retry<RateLimit<Forward>>>>,
+    service: Sidecar<Runway<Forward>>,
     receiver: WebhookReceiver,
     relay: RelayParts,
     readiness: Readiness,
@@ -359,13 +358,16 @@ impl Proxy {
 
         let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?
             .metrics(Arc::clone(&metrics));
-        // Outermost to innermost: rewrite once, retry, and take a permit per attempt.
+        // Exactly the layer an embedding application uses.
         let rewrite = CallbackRewriter::new(&public_url, Arc::clone(&keys))
             .policy(config.callback.policy.clone())
             .body_limit(config.callback.body_limit);
-        let retry = RetryLayer::from_settings(config.retry.clone()).metrics(Arc::clone(&metrics));
-        let limit = RateLimitLayer::from_settings(config.limit.clone()).metrics(Arc::clone(&metrics));
-        let stack = rewrite.layer(retry.layer(limit.layer(forward)));
+        let stack = RunwayLayer::new()
+            .retry(config.retry.clone())
+            .rate_limit(config.limit.clone())
+            .metrics(Arc::clone(&metrics))
+            .callback_rewriter(rewrite)
+            .layer(forward);
 
         let wake = Arc::new(Notify::new());
         let outbox_dyn: Arc<dyn Outbox> = outbox.clone();

@@ -54,8 +54,137 @@ pub use signing::WebhookSigner;
 pub use sqlite::SqliteOutbox;
 pub use worker::{DeliveryWorkers, RelaySettings};
 
-use crate::body::{self, Body};
+use std::time::Duration;
+
+use crate::body::{self, Body, BoxError};
+use crate::callback::Keyring;
 use crate::envelope;
+use crate::metrics::Metrics;
+
+/// The webhook side of runway-proxy for an application that embeds it: the receiver to
+/// mount, the delivery workers running on the application's runtime, and a handle to
+/// stop them gracefully.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use runway_proxy::callback::Keyring;
+/// use runway_proxy::relay::{Relay, SqliteOutbox, WebhookSigner};
+///
+/// # async fn run() -> Result<(), runway_proxy::body::BoxError> {
+/// let keys = Arc::new(Keyring::parse("1:a-secret-of-at-least-thirty-two-bytes")?);
+/// let outbox = Arc::new(SqliteOutbox::open("outbox.sqlite3".as_ref(), None)?);
+/// let signer = WebhookSigner::from_secret(&std::env::var("RUNWAY_PROXY_WEBHOOK_SECRET")?)?;
+/// let relay = Relay::builder(keys, outbox, signer).start()?;
+/// let receiver = relay.receiver(); // mount at /hooks/runway/{token}
+/// // ... serve ...
+/// relay.shutdown(std::time::Duration::from_secs(10)).await;
+/// # let _ = receiver;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Relay {
+    receiver: WebhookReceiver,
+    admin: RelayAdmin,
+    workers: DeliveryWorkers,
+}
+
+/// Settings for [`Relay::start`](RelayBuilder::start).
+#[derive(Debug)]
+pub struct RelayBuilder {
+    keys: Arc<Keyring>,
+    outbox: Arc<dyn Outbox>,
+    signer: WebhookSigner,
+    settings: RelaySettings,
+    body_limit: usize,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for dyn Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbox")
+    }
+}
+
+impl Relay {
+    /// A relay that verifies route tokens with `keys`, stores webhooks in `outbox` and
+    /// signs deliveries with `signer`.
+    pub fn builder(keys: Arc<Keyring>, outbox: Arc<dyn Outbox>, signer: WebhookSigner) -> RelayBuilder {
+        RelayBuilder {
+            keys,
+            outbox,
+            signer,
+            settings: RelaySettings::default(),
+            body_limit: 1 << 20,
+            metrics: None,
+        }
+    }
+
+    /// The receiver to mount at `/hooks/runway/{token}` (a tower `Service`; cheap to clone).
+    pub fn receiver(&self) -> WebhookReceiver {
+        self.receiver.clone()
+    }
+
+    /// What [`admin`] needs, to serve `/-/deliveries` on a private route.
+    pub fn admin(&self) -> RelayAdmin {
+        self.admin.clone()
+    }
+
+    /// The receiver as an axum `Router` answering `POST /hooks/runway/{token}`; merge it
+    /// into the application's router.
+    #[cfg(feature = "axum")]
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        axum::Router::new().route_service("/hooks/runway/{token}", self.receiver.clone())
+    }
+
+    /// Stop the delivery workers: deliveries in flight get `grace` to finish, and what is
+    /// left goes back to pending for the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        self.workers.shutdown(grace).await;
+    }
+}
+
+impl RelayBuilder {
+    /// Delivery schedule, timeout, workers and target policy.
+    pub fn settings(mut self, settings: RelaySettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Largest webhook body accepted (default 1 MiB).
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.body_limit = limit;
+        self
+    }
+
+    /// Record webhook and delivery metrics in `metrics`.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Start the delivery workers on the current Tokio runtime.
+    pub fn start(self) -> Result<Relay, BoxError> {
+        let wake = Arc::new(Notify::new());
+        let receiver = WebhookReceiver::new(
+            self.keys,
+            Arc::clone(&self.outbox),
+            Arc::clone(&wake),
+            self.body_limit,
+            self.metrics.clone(),
+        );
+        let admin = RelayAdmin {
+            outbox: Arc::clone(&self.outbox),
+            wake: Arc::clone(&wake),
+        };
+        let workers = DeliveryWorkers::start(self.outbox, self.signer, self.settings, wake, self.metrics)?;
+        Ok(Relay {
+            receiver,
+            admin,
+            workers,
+        })
+    }
+}
 
 /// Most deliveries one admin page lists.
 const PAGE: usize = 100;
