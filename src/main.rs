@@ -1,6 +1,8 @@
 //! `runway-proxy`: the sidecar (`serve`) and the CometAPI stand-in (`mock-upstream`).
 #![forbid(unsafe_code)]
 
+mod demo;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +74,23 @@ fn cli() -> Command {
                 .default_value("pretty")
                 .value_parser(["pretty", "json"]),
         );
+    let demo = Command::new("demo")
+        .about("See the proxy work without a CometAPI key: stand-in with faults, proxy and subscriber in one process")
+        .arg(
+            Arg::new("tasks")
+                .long("tasks")
+                .value_name("N")
+                .default_value("50")
+                .value_parser(clap::value_parser!(usize)),
+        )
+        .arg(
+            Arg::new("seed")
+                .long("seed")
+                .value_name("N")
+                .default_value("7")
+                .value_parser(clap::value_parser!(u64))
+                .help("Seed of the fault sequence, to repeat a run exactly"),
+        );
     Command::new("runway-proxy")
         .version(env!("CARGO_PKG_VERSION"))
         .about("An outbound gateway for CometAPI's Runway video endpoints")
@@ -79,6 +98,7 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(serve)
         .subcommand(mock)
+        .subcommand(demo)
 }
 
 fn main() -> ExitCode {
@@ -93,6 +113,18 @@ fn main() -> ExitCode {
     match matches.subcommand() {
         Some(("serve", args)) => runtime.block_on(serve(args)),
         Some(("mock-upstream", args)) => runtime.block_on(mock_upstream(args)),
+        Some(("demo", args)) => {
+            let tasks = args.get_one::<usize>("tasks").copied().unwrap_or(50);
+            let seed = args.get_one::<u64>("seed").copied().unwrap_or(7);
+            match runtime.block_on(demo::run(tasks, seed)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("runway-proxy demo: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => ExitCode::from(EXIT_CONFIG),
     }
 }

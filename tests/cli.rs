@@ -408,3 +408,36 @@ async fn a_webhook_acknowledged_before_sigkill_is_delivered_after_restart() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn demo_runs_end_to_end_and_exits_0() {
+    let output = Command::new(BIN)
+        .args(["demo", "--tasks", "12", "--seed", "3"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|line| {
+                line.trim_start()
+                    .strip_prefix(name)
+                    .map(|rest| rest.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no row {name:?} in {stdout}"))
+    };
+    assert_eq!(row("duplicate submissions seen by the upstream"), "0");
+    assert_eq!(row("submitted"), "12");
+    assert!(stdout.contains("tasks whose final status arrived"), "{stdout}");
+    assert!(
+        stdout.contains("OK: every accepted task's final result reached the subscriber"),
+        "{stdout}"
+    );
+}

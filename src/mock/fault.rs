@@ -17,6 +17,8 @@ use serde_json::Value;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
+    /// Answer normally (a gap in a scripted sequence of faults).
+    Pass,
     /// Answer with an error envelope `{"code": code, "msg": msg, "data": null}` under
     /// HTTP `status` (200 by default: CometAPI's error inside a success).
     Envelope {

@@ -183,6 +183,8 @@ pub struct TaskSnapshot {
     pub status: &'static str,
     /// The callback URL the submission carried, if any.
     pub callback_url: Option<String>,
+    /// The prompt the submission carried.
+    pub prompt: String,
 }
 
 #[derive(Debug)]
@@ -199,6 +201,15 @@ struct Task {
 }
 
 impl Task {
+    fn snapshot(&self) -> TaskSnapshot {
+        TaskSnapshot {
+            id: self.id.clone(),
+            status: self.status_str(),
+            callback_url: self.callback_url.clone(),
+            prompt: self.prompt.clone(),
+        }
+    }
+
     fn status_str(&self) -> &'static str {
         ["0", "1", "2", "3"][usize::from(self.status.min(3))]
     }
@@ -356,11 +367,12 @@ impl MockUpstream {
 
     /// The state of task `id`, if it exists.
     pub fn task(&self, id: &str) -> Option<TaskSnapshot> {
-        self.state.lock().tasks.get(id).map(|task| TaskSnapshot {
-            id: task.id.clone(),
-            status: task.status_str(),
-            callback_url: task.callback_url.clone(),
-        })
+        self.state.lock().tasks.get(id).map(Task::snapshot)
+    }
+
+    /// Every task accepted so far.
+    pub fn tasks(&self) -> Vec<TaskSnapshot> {
+        self.state.lock().tasks.values().map(Task::snapshot).collect()
     }
 
     /// Forget faults, counters, recorded requests and tasks.
@@ -450,6 +462,7 @@ async fn handle(state: &Arc<State>, request: Request<Body>) -> Result<Response<B
         inner.routes.entry(path.clone()).or_default().requests += 1;
         inner.faults.take(&path)
     };
+    let fault = fault.filter(|f| *f != Fault::Pass);
     if fault == Some(Fault::ResetBeforeBody) {
         record(state, &parts, Bytes::new(), at);
         return Err(Reset);
