@@ -4,9 +4,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use runway_proxy::relay::{NewDelivery, Outbox, SqliteOutbox};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use runway_proxy::callback::{Keyring, TargetPolicy};
+use runway_proxy::relay::{NewDelivery, Outbox, Relay, RelaySettings, SqliteOutbox, WebhookSigner};
 
 const BODY: &[u8] = br#"{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478","status":"3","prompt":"a cat","prompt_en":"a little kitten.","video_url":"https://cdn.example.com/8af2304880d6b32bfff5f0ea33007566.mp4","poster":"https://cdn.example.com/6771c68bf540b62a96e7c4a5b2b375a7.png","last_frame":"https://cdn.example.com/8af7cc2b46fc7ad5d1e0efedd0bd0893.png","msg":null,"point":"320","refund":"0","create_time":"1728622596","update_time":"1728622955"}"#;
 
@@ -62,6 +70,132 @@ fn bench(c: &mut Criterion) {
             let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outbox = Arc::clone(&outbox);
             async move { outbox.enqueue(delivery(n)).await.expect("stored") }
+        })
+    });
+    group.finish();
+
+    // End to end: POSTed to the webhook receiver over loopback, stored, delivered to a
+    // loopback subscriber that answers 200; timed until the subscriber has them all.
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (receiver, subscriber_addr) = runtime.block_on(async {
+        let counter = Arc::clone(&delivered);
+        let subscriber = tower::service_fn(move |request: Request<runway_proxy::body::Body>| {
+            let counter = Arc::clone(&counter);
+            async move {
+                let _ = request.into_body().collect().await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok::<_, Infallible>(Response::new(runway_proxy::body::empty()))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let subscriber_addr = listener.local_addr().expect("addr");
+        tokio::spawn(runway_proxy::server::serve(
+            listener,
+            subscriber,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        let keys = Arc::new(Keyring::parse("1:bench-secret-of-at-least-32-bytes!!").expect("keys"));
+        let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret()).expect("signer");
+        let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("e2e.sqlite3"), None).expect("outbox"));
+        let mut settings = RelaySettings::default();
+        settings.policy = TargetPolicy {
+            allow_private: true,
+            allowed_hosts: vec![],
+        };
+        let relay = Relay::builder(Arc::clone(&keys), outbox, signer)
+            .settings(settings)
+            .start()
+            .expect("relay");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let receiver_addr = listener.local_addr().expect("addr");
+        tokio::spawn(runway_proxy::server::serve(
+            listener,
+            relay.receiver(),
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        std::mem::forget(relay); // runs for the life of the bench
+        let token = keys.mint(&format!("http://{subscriber_addr}/hook"));
+        (
+            format!("http://{receiver_addr}/hooks/runway/{token}"),
+            subscriber_addr,
+        )
+    });
+    let _ = subscriber_addr;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut group = c.benchmark_group("relay/end_to_end");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    const WEBHOOKS: u64 = 512;
+    group.throughput(Throughput::Elements(WEBHOOKS));
+    group.bench_function("512_webhooks_32_senders_accepted_durably", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let (client, url, next, delivered) = (
+                client.clone(),
+                receiver.clone(),
+                Arc::clone(&next),
+                Arc::clone(&delivered),
+            );
+            async move {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let target = delivered.load(std::sync::atomic::Ordering::Relaxed) + WEBHOOKS;
+                    let mut senders = tokio::task::JoinSet::new();
+                    for _ in 0..32 {
+                        let (client, url, next) = (client.clone(), url.clone(), Arc::clone(&next));
+                        senders.spawn(async move {
+                            for _ in 0..WEBHOOKS / 32 {
+                                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let body = format!(r#"{{"task_id":"t{n}","status":"3","update_time":"1"}}"#);
+                                let request = Request::post(url.as_str())
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("request");
+                                let response = client.request(request).await.expect("response");
+                                assert!(response.status().is_success());
+                            }
+                        });
+                    }
+                    while senders.join_next().await.is_some() {}
+                    let _ = target; // delivery goes on in the background, competing for the cores
+                }
+                started.elapsed()
+            }
+        })
+    });
+    group.bench_function("512_webhooks_32_senders_received_stored_delivered", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let (client, url, next, delivered) = (
+                client.clone(),
+                receiver.clone(),
+                Arc::clone(&next),
+                Arc::clone(&delivered),
+            );
+            async move {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let target = delivered.load(std::sync::atomic::Ordering::Relaxed) + WEBHOOKS;
+                    let mut senders = tokio::task::JoinSet::new();
+                    for _ in 0..32 {
+                        let (client, url, next) = (client.clone(), url.clone(), Arc::clone(&next));
+                        senders.spawn(async move {
+                            for _ in 0..WEBHOOKS / 32 {
+                                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let body = format!(r#"{{"task_id":"t{n}","status":"3","update_time":"1"}}"#);
+                                let request = Request::post(url.as_str())
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("request");
+                                let response = client.request(request).await.expect("response");
+                                assert!(response.status().is_success());
+                            }
+                        });
+                    }
+                    while senders.join_next().await.is_some() {}
+                    while delivered.load(std::sync::atomic::Ordering::Relaxed) < target {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                started.elapsed()
+            }
         })
     });
     group.finish();

@@ -54,12 +54,25 @@ pub fn empty() -> Body {
 }
 
 /// Box any body whose error converts into [`BoxError`] (hyper's `Incoming` among them).
+///
+/// A body that already is a [`Body`] is returned as it is rather than boxed again: the
+/// layers are generic over their bodies, and a box in a box costs an allocation per
+/// request and an indirection per frame for nothing.
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(BodyError::new).boxed_unsync()
+    let mut slot = Some(body);
+    if let Some(already) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Body>>() {
+        if let Some(body) = already.take() {
+            return body;
+        }
+    }
+    match slot {
+        Some(body) => body.map_err(BodyError::new).boxed_unsync(),
+        None => empty(),
+    }
 }
 
 /// The error's message followed by each distinct message in its `source()` chain.

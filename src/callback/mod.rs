@@ -59,6 +59,7 @@ struct Shared {
     keys: Arc<Keyring>,
     policy: TargetPolicy,
     body_limit: usize,
+    resolved: ResolvedCache,
 }
 
 /// Applies [`RewriteCallback`]: see the module docs.
@@ -77,6 +78,7 @@ impl CallbackRewriter {
                 keys,
                 policy: TargetPolicy::default(),
                 body_limit: 1024 * 1024,
+                resolved: ResolvedCache::default(),
             }),
         }
     }
@@ -88,6 +90,8 @@ impl CallbackRewriter {
             keys: Arc::clone(&shared.keys),
             policy: shared.policy.clone(),
             body_limit: shared.body_limit,
+            // A new policy may judge hosts differently: start afresh.
+            resolved: ResolvedCache::default(),
         };
         change(&mut copy);
         self.shared = Arc::new(copy);
@@ -233,29 +237,70 @@ impl Shared {
 
     /// Refuse a host that resolves to an internal address. A host that doesn't resolve
     /// now is let through: delivery checks again, and a DNS hiccup shouldn't fail a
-    /// submission.
+    /// submission. Verdicts are cached for a short while, so a busy subscriber host costs
+    /// one lookup, not one per submission (delivery re-checks every connection anyway).
     async fn check_resolved(&self, target: &Target) -> Result<(), Refused> {
-        let port = target
-            .uri
-            .port_u16()
-            .unwrap_or(if target.uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
-        let lookup = tokio::net::lookup_host((target.host.as_str(), port));
-        match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        if let Some(verdict) = self.resolved.get(&target.host) {
+            return verdict;
+        }
+        let default_port = if target.uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let lookup = tokio::net::lookup_host((
+            target.host.as_str(),
+            target.uri.port_u16().unwrap_or(default_port),
+        ));
+        let (verdict, ttl) = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
             Ok(Ok(addrs)) => {
-                for addr in addrs {
-                    self.policy.check_resolved(addr.ip())?;
-                }
-                Ok(())
+                let verdict = addrs
+                    .map(|addr| self.policy.check_resolved(addr.ip()))
+                    .collect::<Result<(), _>>();
+                (verdict, RESOLVED_TTL)
             }
             Ok(Err(err)) => {
                 tracing::debug!(host = %target.host, error = %err, "callback host does not resolve now");
-                Ok(())
+                (Ok(()), UNRESOLVED_TTL)
             }
-            Err(_) => Ok(()),
+            Err(_) => (Ok(()), UNRESOLVED_TTL),
+        };
+        self.resolved.insert(&target.host, verdict.clone(), ttl);
+        verdict
+    }
+}
+
+/// How long a resolved host's verdict is reused.
+const RESOLVED_TTL: Duration = Duration::from_secs(60);
+/// How long a host that did not resolve is let through without asking again.
+const UNRESOLVED_TTL: Duration = Duration::from_secs(5);
+/// Most hosts whose verdict is cached.
+const RESOLVED_CACHE: usize = 1024;
+
+/// Recent resolution verdicts by host. The lock is held for a lookup or an insert only.
+#[derive(Debug, Default)]
+struct ResolvedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Result<(), Refused>)>>,
+}
+
+impl ResolvedCache {
+    fn get(&self, host: &str) -> Option<Result<(), Refused>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(host)
+            .filter(|(until, _)| *until > std::time::Instant::now())
+            .map(|(_, v)| v.clone())
+    }
+
+    fn insert(&self, host: &str, verdict: Result<(), Refused>, ttl: Duration) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if entries.len() >= RESOLVED_CACHE {
+            entries.retain(|_, (until, _)| *until > now);
+            if entries.len() >= RESOLVED_CACHE {
+                entries.clear();
+            }
         }
+        entries.insert(host.to_owned(), (now + ttl, verdict));
     }
 }

@@ -89,7 +89,7 @@ impl UpstreamError {
 }
 
 /// Where requests go: the upstream's scheme, authority and optional base path.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Target {
     scheme: Scheme,
     authority: Authority,
@@ -131,8 +131,14 @@ impl Target {
 /// Forwards requests to one upstream. Cheap to clone: clones share the connection pool.
 #[derive(Clone, Debug)]
 pub struct Forward {
+    // One reference count per clone: the layers above clone the service per request.
+    inner: Arc<ForwardInner>,
+}
+
+#[derive(Clone, Debug)]
+struct ForwardInner {
     client: HttpsClient,
-    target: Arc<Target>,
+    target: Target,
     request_timeout: Duration,
     metrics: Option<Arc<Metrics>>,
 }
@@ -153,22 +159,25 @@ impl Forward {
         upstream: &Uri,
         request_timeout: Duration,
     ) -> Result<Self, BoxError> {
+        let target = Target::new(upstream)?;
         Ok(Forward {
-            client,
-            target: Arc::new(Target::new(upstream)?),
-            request_timeout,
-            metrics: None,
+            inner: Arc::new(ForwardInner {
+                client,
+                target,
+                request_timeout,
+                metrics: None,
+            }),
         })
     }
 
     /// Record upstream latency and failures into `metrics`.
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        Arc::make_mut(&mut self.inner).metrics = Some(metrics);
         self
     }
 
     fn prepare(&self, request: &mut Request<Body>) -> Result<(), BoxError> {
-        *request.uri_mut() = self.target.uri_for(request.uri())?;
+        *request.uri_mut() = self.inner.target.uri_for(request.uri())?;
         // The client's protocol to us says nothing about ours to the upstream: the pool
         // picks HTTP/2 where ALPN offers it, and refuses an HTTP/2 request on an HTTP/1
         // connection, so an h2c request must not carry its version upstream.
@@ -213,7 +222,7 @@ impl tower::Service<Request<Body>> for Forward {
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let prepared = self.prepare(&mut request);
-        let this = self.clone();
+        let this = Arc::clone(&self.inner);
         Box::pin(async move {
             // A URI that can't be rebuilt never left this process.
             prepared.map_err(UpstreamError::Connect)?;

@@ -140,7 +140,7 @@ where
         let log = RequestLog {
             class: RouteClass::of(request.method(), request.uri().path()),
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            uri: request.uri().clone(),
             started: Instant::now(),
             _in_flight: self.metrics.in_flight.track(),
             metrics: Arc::clone(&self.metrics),
@@ -156,7 +156,8 @@ where
 struct RequestLog {
     class: RouteClass,
     method: Method,
-    path: String,
+    /// The URI as received (a cheap clone; only its path is ever logged).
+    uri: http::Uri,
     started: Instant,
     // Held for the life of the request, however it ends (even if the client goes away).
     _in_flight: GaugeGuard,
@@ -174,7 +175,7 @@ impl RequestLog {
         // Path only: a query string may carry a secret a client put there.
         tracing::info!(
             method = %self.method,
-            path = %self.path,
+            path = self.uri.path(),
             route_class = self.class.as_str(),
             status,
             upstream_ms,

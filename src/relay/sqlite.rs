@@ -259,19 +259,30 @@ fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> 
 
 fn claim(tx: &Transaction<'_>, owner: &str, max: usize, lease: Duration) -> rusqlite::Result<Vec<Delivery>> {
     let now = now_ms();
-    let mut select = tx.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM deliveries d
-         WHERE ((d.state = 'pending' AND d.next_attempt_at <= ?1) OR (d.state = 'in_flight' AND d.lease_until <= ?1))
+    // Two index range scans rather than one query with an OR, which SQLite would answer
+    // by scanning the whole table: claims must cost the batch, not the table's size.
+    // A row is claimable when no other row of its task is in flight, and no older row of
+    // its task is still waiting (a task's deliveries go one at a time, in order).
+    const TASK_IS_FREE: &str = "
            AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id <> d.id
                            AND o.state = 'in_flight' AND o.lease_until > ?1)
            AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id < d.id
-                           AND o.state IN ('pending', 'in_flight'))
-         ORDER BY d.next_attempt_at, d.id
-         LIMIT ?2"
+                           AND o.state IN ('pending', 'in_flight'))";
+    let mut expired = tx.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM deliveries d WHERE d.state = 'in_flight' AND d.lease_until <= ?1 {TASK_IS_FREE}
+         ORDER BY d.lease_until LIMIT ?2"
     ))?;
-    let candidates: Vec<Delivery> = select
+    let mut candidates: Vec<Delivery> = expired
         .query_map(params![now, max as i64], row_to_delivery)?
         .collect::<rusqlite::Result<_>>()?;
+    if candidates.len() < max {
+        let mut due = tx.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM deliveries d WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 {TASK_IS_FREE}
+             ORDER BY d.next_attempt_at, d.id LIMIT ?2"
+        ))?;
+        let more = due.query_map(params![now, (max - candidates.len()) as i64], row_to_delivery)?;
+        candidates.extend(more.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
     let lease_until = now + lease.as_millis() as i64;
     let mut claimed = Vec::with_capacity(candidates.len());
     let mut tasks = std::collections::HashSet::new();

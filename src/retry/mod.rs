@@ -325,23 +325,43 @@ async fn read_bounded(mut body: Body, limit: usize) -> Result<Bounded, BodyError
     if body.size_hint().lower() > limit as u64 {
         return Ok(Bounded::Partial(body));
     }
-    let mut buffer = BytesMut::new();
+    // Most bodies arrive in one frame: keep it as it is, and copy only when a second
+    // frame has to be joined to it.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
     loop {
         let Some(frame) = body.frame().await.transpose()? else {
-            return Ok(Bounded::Whole(buffer.freeze()));
+            let whole = match first {
+                Some(bytes) if joined.is_empty() => bytes,
+                _ => joined.freeze(),
+            };
+            return Ok(Bounded::Whole(whole));
         };
+        let read_so_far = first.as_ref().map_or(0, Bytes::len) + joined.len();
         match frame.into_data() {
-            Ok(data) if buffer.len() + data.len() <= limit => buffer.extend_from_slice(&data),
+            Ok(data) if read_so_far + data.len() <= limit => match first.take() {
+                None if joined.is_empty() => first = Some(data),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        joined.extend_from_slice(&earlier);
+                    }
+                    joined.extend_from_slice(&data);
+                }
+            },
             Ok(data) => {
-                let read = [Frame::data(buffer.freeze()), Frame::data(data)];
+                let read = [Frame::data(take_read(first, joined)), Frame::data(data)];
                 return Ok(Bounded::Partial(chain(read.into(), body)));
             }
             Err(trailers) => {
-                let read = [Frame::data(buffer.freeze()), trailers];
+                let read = [Frame::data(take_read(first, joined)), trailers];
                 return Ok(Bounded::Partial(chain(read.into(), body)));
             }
         }
     }
+}
+
+fn take_read(first: Option<Bytes>, joined: BytesMut) -> Bytes {
+    first.unwrap_or_else(|| joined.freeze())
 }
 
 /// A body that yields `read` and then whatever is left of `rest`.
