@@ -64,10 +64,10 @@ where
     B::Error: Into<BoxError>,
 {
     let mut slot = Some(body);
-    if let Some(already) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Body>>() {
-        if let Some(body) = already.take() {
-            return body;
-        }
+    if let Some(already) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Body>>()
+        && let Some(body) = already.take()
+    {
+        return body;
     }
     match slot {
         Some(body) => body.map_err(BodyError::new).boxed_unsync(),

@@ -38,7 +38,7 @@ type Received = Arc<Mutex<HashMap<String, Seen>>>;
 /// How the client fared with one submission.
 enum Outcome {
     Accepted,
-    OutcomeUnknown,
+    Unknown,
     Failed(String),
 }
 
@@ -134,7 +134,7 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         latencies.push(latency);
         match outcome {
             Outcome::Accepted => accepted += 1,
-            Outcome::OutcomeUnknown => unknown += 1,
+            Outcome::Unknown => unknown += 1,
             Outcome::Failed(why) => failed.push(why),
         }
         progress.inc(1);
@@ -299,7 +299,7 @@ async fn submit(client: &Client<HttpConnector, Full<Bytes>>, request: Request<Fu
     if envelope["code"] == 200 {
         Outcome::Accepted
     } else if msg.starts_with("outcome unknown") {
-        Outcome::OutcomeUnknown
+        Outcome::Unknown
     } else {
         Outcome::Failed(format!("{} {msg}", envelope["code"]))
     }

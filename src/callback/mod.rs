@@ -254,9 +254,8 @@ impl Shared {
         ));
         let (verdict, ttl) = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
             Ok(Ok(addrs)) => {
-                let verdict = addrs
-                    .map(|addr| self.policy.check_resolved(addr.ip()))
-                    .collect::<Result<(), _>>();
+                let mut addrs = addrs;
+                let verdict = addrs.try_for_each(|addr| self.policy.check_resolved(addr.ip()));
                 (verdict, RESOLVED_TTL)
             }
             Ok(Err(err)) => {
@@ -277,10 +276,13 @@ const UNRESOLVED_TTL: Duration = Duration::from_secs(5);
 /// Most hosts whose verdict is cached.
 const RESOLVED_CACHE: usize = 1024;
 
+/// A verdict and when it stops being reused.
+type CachedVerdict = (std::time::Instant, Result<(), Refused>);
+
 /// Recent resolution verdicts by host. The lock is held for a lookup or an insert only.
 #[derive(Debug, Default)]
 struct ResolvedCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Result<(), Refused>)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, CachedVerdict>>,
 }
 
 impl ResolvedCache {
