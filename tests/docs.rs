@@ -34,3 +34,16 @@ fn example_config_is_valid_and_complete() {
         }
     }
 }
+
+#[test]
+fn sidecar_example_is_a_valid_production_config() {
+    let text = include_str!("../examples/sidecar.toml");
+    let config = Config::load(Some(text), &|_| None, &Overrides::new()).expect("sidecar.toml loads");
+    assert_eq!(
+        config.public_url.as_deref(),
+        Some("https://runway-hooks.example.com")
+    );
+    assert_eq!(config.limit.max_concurrency, Some(5));
+    assert!(!config.callback.policy.allow_private);
+    assert_eq!(config.callback.policy.allowed_hosts.len(), 2);
+}

@@ -130,6 +130,9 @@ impl Default for RetrySettings {
     }
 }
 
+/// Less time than this left before the deadline is no time for another attempt.
+const MIN_ATTEMPT: Duration = Duration::from_millis(5);
+
 /// How far back the retry budget remembers requests.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
@@ -599,7 +602,8 @@ where
             if let Some(at_least) = retry_after.into_iter().chain(rule_delay).max() {
                 wait = wait.max(at_least);
             }
-            let stop = stop.or_else(|| (Instant::now() + wait >= deadline).then_some(Stop::Deadline));
+            let stop =
+                stop.or_else(|| (Instant::now() + wait + MIN_ATTEMPT > deadline).then_some(Stop::Deadline));
             let stop = stop.or_else(|| {
                 if self.budget.withdraw() {
                     None
@@ -630,8 +634,18 @@ where
             if let Some(metrics) = &self.metrics {
                 metrics.retries.inc(&rule.to_owned());
             }
-            drop(outcome);
             tokio::time::sleep(wait).await;
+            // A wait that ended late (a busy machine) leaves no time for an attempt: one
+            // started now would time out before it was even sent, and would then read as
+            // an unknown outcome. Stop here with the last real answer instead.
+            if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT {
+                tracing::info!(
+                    attempt,
+                    stopped = Stop::Deadline.as_str(),
+                    "no time left for another attempt"
+                );
+                return self.respond(outcome, attempt, Some(Stop::Deadline), Action::Retry);
+            }
         }
     }
 
