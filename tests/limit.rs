@@ -47,15 +47,7 @@ fn submit(proxy: &RunningProxy, key: &str) -> tokio::task::JoinHandle<(Reply, In
 }
 
 async fn metric(proxy: &RunningProxy, name: &str) -> f64 {
-    let reply = send(
-        &client(),
-        Request::get(proxy.url("/-/metrics"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    let text = metrics_text(proxy).await;
     text.lines()
         .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.parse().ok())
@@ -206,15 +198,7 @@ async fn a_cancelled_waiter_gives_its_place_back() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(mock.stats().received(GENERATE), 1);
-    let metrics = send(
-        &client(),
-        Request::get(proxy.url("/-/metrics"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let text = metrics_text(&proxy).await;
     assert!(
         !text.contains("runway_proxy_limit_refusals_total{"),
         "the waiters left, none was refused: {text}"

@@ -311,15 +311,7 @@ async fn duplicate_callbacks_are_delivered_once() {
     let received = subscriber.wait_for(2, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(subscriber.received().len(), 2, "each status once: {received:?}");
-    let metrics = send(
-        &client(),
-        Request::get(proxy.url("/-/metrics"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let text = metrics_text(&proxy).await;
     assert!(text.contains("runway_proxy_webhooks_duplicate_total 2"), "{text}");
 }
 
@@ -365,15 +357,7 @@ async fn a_failing_subscriber_that_recovers_gets_the_webhook() {
     assert!(received.iter().all(|(h, b)| verified(h, b)));
     let last: Value = serde_json::from_slice(&received.last().unwrap().1).unwrap();
     assert_eq!(last["status"], "3");
-    let metrics = send(
-        &client(),
-        Request::get(proxy.url("/-/metrics"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let text = metrics_text(&proxy).await;
     assert!(
         text.contains("runway_proxy_deliveries_total{result=\"retried\"}"),
         "{text}"

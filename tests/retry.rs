@@ -335,15 +335,7 @@ async fn the_budget_caps_retries_when_everything_fails() {
     // Without a budget: 50 attempts. With 20% of 10 requests: 2 retries.
     assert!((10..=12).contains(&received), "{received} attempts");
     assert!(stopped_by_budget >= 8, "{stopped_by_budget}");
-    let metrics = send(
-        &client,
-        Request::get(proxy.url("/-/metrics"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let text = metrics_text(&proxy).await;
     assert!(
         text.contains("runway_proxy_retry_outcomes_total{outcome=\"budget\"}"),
         "{text}"

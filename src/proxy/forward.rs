@@ -197,7 +197,23 @@ impl Forward {
 /// Mozilla roots (no OpenSSL, no system store needed), plain `http://` allowed for
 /// the stand-in and for tests.
 pub fn https_client(connect_timeout: Duration) -> Result<HttpsClient, BoxError> {
-    let mut http = HttpConnector::new();
+    tls_client(HttpConnector::new(), connect_timeout)
+}
+
+/// The same client over a connector with its own resolver (the relay's, which drops
+/// internal addresses), for any request body type.
+pub(crate) fn tls_client<R, B>(
+    mut http: HttpConnector<R>,
+    connect_timeout: Duration,
+) -> Result<Client<HttpsConnector<HttpConnector<R>>, B>, BoxError>
+where
+    R: tower::Service<hyper_util::client::legacy::connect::dns::Name> + Clone + Send + Sync + 'static,
+    R::Response: Iterator<Item = std::net::SocketAddr>,
+    R::Error: Into<BoxError>,
+    R::Future: Send,
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));

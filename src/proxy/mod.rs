@@ -38,6 +38,7 @@ use tokio::sync::Notify;
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
+pub(crate) use forward::tls_client;
 pub use forward::{ClientAddr, Forward, HttpsClient, UpstreamError, UpstreamLatency, https_client};
 
 use crate::body::{self, Body, BoxError};

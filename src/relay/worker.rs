@@ -14,7 +14,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -102,19 +101,10 @@ impl tower::Service<Name> for SafeResolver {
 type DeliveryClient = Client<HttpsConnector<HttpConnector<SafeResolver>>, Full<Bytes>>;
 
 fn delivery_client(settings: &RelaySettings) -> Result<DeliveryClient, BoxError> {
-    let mut http = HttpConnector::new_with_resolver(SafeResolver {
+    let resolver = SafeResolver {
         policy: settings.policy.clone(),
-    });
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+    };
+    crate::proxy::tls_client(HttpConnector::new_with_resolver(resolver), settings.timeout)
 }
 
 struct Worker {

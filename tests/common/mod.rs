@@ -110,6 +110,15 @@ pub async fn start_proxy(upstream: &str, settings: &[(&'static str, &str)]) -> R
     start_proxy_with(None, upstream, &flags).await
 }
 
+/// The proxy's `/-/metrics` text.
+pub async fn metrics_text(proxy: &RunningProxy) -> String {
+    let request = Request::get(proxy.url("/-/metrics"))
+        .body(Full::default())
+        .unwrap();
+    let reply = send(&client(), request).await.unwrap();
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
 /// Start a proxy configured by `file` (TOML) and `flags`, listening on a free port.
 pub async fn start_proxy_with(file: Option<&str>, upstream: &str, flags: &Overrides) -> RunningProxy {
     let data = tempfile::tempdir().unwrap();
