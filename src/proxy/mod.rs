@@ -312,7 +312,7 @@ impl Proxy {
     /// Build everything `serve` runs from `config`, and bind both listeners.
     pub async fn bind(config: &Config) -> Result<Proxy, BoxError> {
         let metrics = Metrics::new();
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        create_private_dir(&config.data_dir).map_err(|e| {
             format!(
                 "cannot create the data directory {}: {e}",
                 config.data_dir.display()
@@ -323,6 +323,7 @@ impl Proxy {
             None => secret_file(
                 &config.data_dir.join("webhook-secret"),
                 "webhook signing secret",
+                "subscribers verify with it, replicas sign with it",
                 WebhookSigner::generate_secret,
             )?,
         };
@@ -332,6 +333,7 @@ impl Proxy {
             None => secret_file(
                 &config.data_dir.join("callback-token-keys"),
                 "callback token key",
+                "every replica needs the same one",
                 || format!("1:{}", crate::callback::random_secret()),
             )?,
         };
@@ -457,11 +459,22 @@ impl Proxy {
     }
 }
 
+/// Create the data directory readable by its owner only: it holds secrets and the
+/// webhooks' payloads.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
 /// Read a secret from `path`, or generate one and store it there (readable by the owner
 /// only). The secret itself is never logged, only where it is.
 fn secret_file(
     path: &std::path::Path,
     what: &str,
+    who_needs_it: &str,
     generate: impl FnOnce() -> String,
 ) -> Result<String, BoxError> {
     match std::fs::read_to_string(path) {
@@ -481,6 +494,6 @@ fn secret_file(
         .map_err(|e| format!("cannot store the {what} at {}: {e}", path.display()))?;
     std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())?;
     file.sync_all()?;
-    tracing::info!(path = %path.display(), "generated a {what} (keep it: subscribers and replicas need the same one)");
+    tracing::info!(path = %path.display(), "generated a {what} (keep it: {who_needs_it})");
     Ok(secret)
 }
