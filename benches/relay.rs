@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("bench.sqlite3"), None).expect("outbox"));
+    let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("bench.sqlite3")).expect("outbox"));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut group = c.benchmark_group("relay/outbox_accept");
     group.sample_size(10).measurement_time(Duration::from_secs(10));
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
         ));
         let keys = Arc::new(Keyring::parse("1:bench-secret-of-at-least-32-bytes!!").expect("keys"));
         let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret()).expect("signer");
-        let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("e2e.sqlite3"), None).expect("outbox"));
+        let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("e2e.sqlite3")).expect("outbox"));
         let mut settings = RelaySettings::default();
         settings.policy = TargetPolicy {
             allow_private: true,

@@ -111,7 +111,7 @@ async fn main() -> Result<(), BoxError> {
     };
 
     let data = tempfile::tempdir()?;
-    let outbox = Arc::new(SqliteOutbox::open(&data.path().join("outbox.sqlite3"), None)?);
+    let outbox = Arc::new(SqliteOutbox::open(&data.path().join("outbox.sqlite3"))?);
     let mut delivery = RelaySettings::default();
     delivery.policy = policy.clone();
     let relay = Relay::builder(Arc::clone(&keys), outbox, signer.clone())

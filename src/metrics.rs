@@ -232,7 +232,7 @@ pub struct Metrics {
     pub webhooks_rejected: Counter,
     /// Delivery attempts by result: `delivered`, `retried`, `dead`.
     pub deliveries: CounterVec<&'static str>,
-    /// Deliveries pending or in flight.
+    /// Deliveries pending or in flight, as the outbox last reported (refreshed every second).
     pub outbox_depth: Gauge,
     /// Time from storing a webhook to its delivery.
     pub delivery_latency: Histogram,

@@ -34,7 +34,7 @@ async fn an_embedding_app_submits_through_the_layer_and_receives_relayed_results
         allowed_hosts: vec![],
     };
     let data = tempfile::tempdir().unwrap();
-    let outbox = Arc::new(SqliteOutbox::open(&data.path().join("outbox.sqlite3"), None).unwrap());
+    let outbox = Arc::new(SqliteOutbox::open(&data.path().join("outbox.sqlite3")).unwrap());
     let mut delivery = RelaySettings::default();
     delivery.policy = policy.clone();
     let relay = Relay::builder(Arc::clone(&keys), outbox, signer.clone())

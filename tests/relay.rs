@@ -432,6 +432,13 @@ async fn an_exhausted_schedule_makes_a_dead_letter_that_replay_delivers() {
         get_json(proxy.url("/-/deliveries?state=delivered")).await["deliveries"][0]["id"] == id
     })
     .await;
+    // The depth gauge follows the store through dead letters and a replay: nothing left.
+    eventually("an empty outbox in the metrics", async || {
+        metrics_text(&proxy)
+            .await
+            .contains("\nrunway_proxy_outbox_depth 0\n")
+    })
+    .await;
     let missing = Request::post(proxy.url("/-/deliveries/999999/replay"))
         .body(Full::default())
         .unwrap();

@@ -338,10 +338,7 @@ impl Proxy {
             )?,
         };
         let keys = Arc::new(Keyring::parse(&token_keys)?);
-        let outbox = Arc::new(SqliteOutbox::open(
-            &config.data_dir.join("outbox.sqlite3"),
-            Some(Arc::clone(&metrics)),
-        )?);
+        let outbox = Arc::new(SqliteOutbox::open(&config.data_dir.join("outbox.sqlite3"))?);
 
         let listener = TcpListener::bind(config.listen)
             .await

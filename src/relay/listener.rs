@@ -201,10 +201,7 @@ impl Shared {
             Ok(outcome) => {
                 let msg = match outcome {
                     Enqueued::Stored(_) => {
-                        self.count(|m| {
-                            m.webhooks_stored.inc();
-                            m.outbox_depth.add(1);
-                        });
+                        self.count(|m| m.webhooks_stored.inc());
                         self.wake.notify_waiters();
                         "stored"
                     }

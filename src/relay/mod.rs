@@ -22,7 +22,7 @@
 //!
 //! # async fn run() -> Result<(), runway_proxy::body::BoxError> {
 //! let keys = Arc::new(Keyring::parse("1:a-secret-of-at-least-thirty-two-bytes")?);
-//! let outbox = Arc::new(SqliteOutbox::open("outbox.sqlite3".as_ref(), None)?);
+//! let outbox = Arc::new(SqliteOutbox::open("outbox.sqlite3".as_ref())?);
 //! let wake = Arc::new(tokio::sync::Notify::new());
 //! // Mount this at /hooks/runway/{token} in your router.
 //! let receiver = WebhookReceiver::new(keys, outbox.clone(), wake.clone(), 1 << 20, None);
@@ -72,7 +72,7 @@ use crate::metrics::Metrics;
 ///
 /// # async fn run() -> Result<(), runway_proxy::body::BoxError> {
 /// let keys = Arc::new(Keyring::parse("1:a-secret-of-at-least-thirty-two-bytes")?);
-/// let outbox = Arc::new(SqliteOutbox::open("outbox.sqlite3".as_ref(), None)?);
+/// let outbox = Arc::new(SqliteOutbox::open("outbox.sqlite3".as_ref())?);
 /// let signer = WebhookSigner::from_secret(&std::env::var("RUNWAY_PROXY_WEBHOOK_SECRET")?)?;
 /// let relay = Relay::builder(keys, outbox, signer).start()?;
 /// let receiver = relay.receiver(); // mount at /hooks/runway/{token}

@@ -141,19 +141,16 @@ pub enum Completion {
 #[error("outbox: {0}")]
 pub struct OutboxError(pub String);
 
-/// How many deliveries are in each state.
+/// How many deliveries still need attention. (Delivered and superseded ones are left out:
+/// they only grow, and counting them would cost more with every webhook ever relayed.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Depth {
     /// Pending.
     pub pending: u64,
     /// In flight.
     pub in_flight: u64,
-    /// Delivered.
-    pub delivered: u64,
     /// Dead letters.
     pub dead: u64,
-    /// Superseded.
-    pub superseded: u64,
 }
 
 /// A durable store of webhooks to relay. See the module docs.
@@ -196,6 +193,7 @@ pub trait Outbox: Send + Sync + 'static {
     /// When the next pending delivery is due (Unix milliseconds), if any.
     fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, OutboxError>>;
 
-    /// How many deliveries are in each state.
+    /// How many deliveries are pending, in flight and dead (the delivery workers publish
+    /// it as `runway_proxy_outbox_depth`).
     fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>>;
 }

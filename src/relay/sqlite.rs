@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::outbox::{
     BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
 };
-use crate::metrics::Metrics;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -63,7 +62,7 @@ impl SqliteOutbox {
     ///
     /// The file belongs to this process: deliveries left in flight by a previous run
     /// (killed mid-send) are returned to pending at once rather than after their lease.
-    pub fn open(path: &Path, metrics: Option<Arc<Metrics>>) -> Result<SqliteOutbox, OutboxError> {
+    pub fn open(path: &Path) -> Result<SqliteOutbox, OutboxError> {
         let connection = Connection::open(path)
             .map_err(|e| OutboxError(format!("cannot open {}: {e}", path.display())))?;
         connection
@@ -85,16 +84,6 @@ impl SqliteOutbox {
                 resumed,
                 "returned deliveries left in flight by the last run to pending"
             );
-        }
-        if let Some(metrics) = &metrics {
-            let depth: i64 = connection
-                .query_row(
-                    "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'in_flight')",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap_or(0);
-            metrics.outbox_depth.set(depth);
         }
         let (commands, receiver) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
@@ -389,21 +378,15 @@ impl Outbox for SqliteOutbox {
 
     fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>> {
         Box::pin(self.run(|tx| {
-            let mut depth = Depth::default();
-            let mut select = tx.prepare_cached("SELECT state, COUNT(*) FROM deliveries GROUP BY state")?;
-            let rows = select.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
-            for row in rows {
-                let (state, n) = row?;
-                match DeliveryState::parse(&state) {
-                    Some(DeliveryState::Pending) => depth.pending = n,
-                    Some(DeliveryState::InFlight) => depth.in_flight = n,
-                    Some(DeliveryState::Delivered) => depth.delivered = n,
-                    Some(DeliveryState::Dead) => depth.dead = n,
-                    Some(DeliveryState::Superseded) => depth.superseded = n,
-                    None => {}
-                }
-            }
-            Ok(depth)
+            // One index range count per state: the delivered rows are never walked.
+            let mut count = tx.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE state = ?1")?;
+            let mut of =
+                |state: DeliveryState| count.query_row(params![state.as_str()], |r| r.get::<_, u64>(0));
+            Ok(Depth {
+                pending: of(DeliveryState::Pending)?,
+                in_flight: of(DeliveryState::InFlight)?,
+                dead: of(DeliveryState::Dead)?,
+            })
         }))
     }
 }

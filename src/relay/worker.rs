@@ -151,6 +151,9 @@ impl DeliveryWorkers {
             };
             tasks.spawn(worker.run(stopped.clone()));
         }
+        if let Some(metrics) = metrics {
+            tasks.spawn(publish_depth(outbox, metrics, stopped));
+        }
         Ok(DeliveryWorkers { stop, tasks })
     }
 
@@ -164,6 +167,26 @@ impl DeliveryWorkers {
         })
         .await;
         self.tasks.abort_all();
+    }
+}
+
+/// How often the outbox depth gauge is refreshed from the store.
+const DEPTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keep `runway_proxy_outbox_depth` equal to what the store holds. Asking the store
+/// (rather than counting in the receiver and the workers) stays right through superseded
+/// statuses, replays, restarts, and other replicas sharing the store.
+async fn publish_depth(outbox: Arc<dyn Outbox>, metrics: Arc<Metrics>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        if let Ok(depth) = outbox.depth().await {
+            metrics
+                .outbox_depth
+                .set(i64::try_from(depth.pending + depth.in_flight).unwrap_or(i64::MAX));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DEPTH_EVERY) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
     }
 }
 
@@ -335,7 +358,6 @@ impl Worker {
         match completion {
             Completion::Delivered => {
                 metrics.deliveries.inc(&"delivered");
-                metrics.outbox_depth.add(-1);
                 let age = (now_ms() - delivery.created_at).max(0) as u64;
                 metrics.delivery_latency.observe(Duration::from_millis(age));
             }
@@ -345,7 +367,6 @@ impl Worker {
             }
             Completion::Dead { error } => {
                 metrics.deliveries.inc(&"dead");
-                metrics.outbox_depth.add(-1);
                 tracing::warn!(id = delivery.id, attempts = delivery.attempts + 1, %error, "delivery is a dead letter");
             }
         }
