@@ -14,7 +14,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use runway_proxy::RunwayLayer;
-use runway_proxy::callback::Keyring;
+use runway_proxy::callback::{Callbacks, Keyring};
 use runway_proxy::limit::{LimitSettings, QuotaSpec};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -63,16 +63,18 @@ fn bench(c: &mut Criterion) {
     });
     let quota = |text: &str| QuotaSpec::parse(text).expect("quota");
     let mut limits = LimitSettings::default();
-    limits.global = Some(quota("1000000000/s"));
-    limits.submit = Some(quota("1000000000/s"));
-    limits.per_key = Some(quota("1000000000/s"));
+    limits.rate = Some(quota("1000000000/s"));
+    limits.submit_rate = Some(quota("1000000000/s"));
+    limits.rate_per_key = Some(quota("1000000000/s"));
     limits.max_concurrency = Some(1_000_000);
     let keys = Arc::new(Keyring::parse("1:bench-secret-of-at-least-32-bytes!!").expect("keys"));
     let layered = ServiceBuilder::new()
         .layer(
-            RunwayLayer::new()
+            RunwayLayer::builder()
                 .rate_limit(limits)
-                .callbacks("https://proxy.example.com", keys),
+                .callbacks(Callbacks::new("https://proxy.example.com", keys).expect("public URL"))
+                .build()
+                .expect("valid settings"),
         )
         .service(upstream.clone());
     let bare = ServiceBuilder::new()

@@ -23,12 +23,14 @@ fn bench(c: &mut Criterion) {
     let quota = |text: &str| QuotaSpec::parse(text).expect("quota");
     let limited = ServiceBuilder::new()
         .layer(
-            RateLimitLayer::new()
-                .global(quota("1000000000/s"))
-                .per_key(quota("1000000000/s"))
-                .submissions(quota("1000000000/s"))
+            RateLimitLayer::builder()
+                .rate(quota("1000000000/s"))
+                .rate_per_key(quota("1000000000/s"))
+                .submit_rate(quota("1000000000/s"))
                 .max_concurrency(1_000_000)
-                .max_concurrency_per_key(1_000_000),
+                .max_concurrency_per_key(1_000_000)
+                .build()
+                .expect("valid limits"),
         )
         .service(bare);
     let request = || {

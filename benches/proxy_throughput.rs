@@ -15,9 +15,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use runway_proxy::app::Proxy;
 use runway_proxy::config::{Config, Overrides};
 use runway_proxy::mock::{MockConfig, MockUpstream};
-use runway_proxy::proxy::Proxy;
 
 /// Requests per measured batch, split over the clients.
 const BATCH: usize = 256;

@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use runway_proxy::callback::{Keyring, TargetPolicy};
-use runway_proxy::relay::{NewDelivery, Outbox, Relay, RelaySettings, SqliteOutbox, WebhookSigner};
+use runway_proxy::callback::{Callbacks, Keyring, SubscriberPolicy};
+use runway_proxy::relay::{NewDelivery, Outbox, Relay, SqliteOutbox, WebhookSigner};
 
 const BODY: &[u8] = br#"{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478","status":"3","prompt":"a cat","prompt_en":"a little kitten.","video_url":"https://cdn.example.com/8af2304880d6b32bfff5f0ea33007566.mp4","poster":"https://cdn.example.com/6771c68bf540b62a96e7c4a5b2b375a7.png","last_frame":"https://cdn.example.com/8af7cc2b46fc7ad5d1e0efedd0bd0893.png","msg":null,"point":"320","refund":"0","create_time":"1728622596","update_time":"1728622955"}"#;
 
@@ -98,15 +98,10 @@ fn bench(c: &mut Criterion) {
         let keys = Arc::new(Keyring::parse("1:bench-secret-of-at-least-32-bytes!!").expect("keys"));
         let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret()).expect("signer");
         let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("e2e.sqlite3")).expect("outbox"));
-        let mut settings = RelaySettings::default();
-        settings.policy = TargetPolicy {
-            allow_private: true,
-            allowed_hosts: vec![],
-        };
-        let relay = Relay::builder(Arc::clone(&keys), outbox, signer)
-            .settings(settings)
-            .start()
-            .expect("relay");
+        let callbacks = Callbacks::new("http://127.0.0.1", Arc::clone(&keys))
+            .expect("public URL")
+            .with_policy(SubscriberPolicy::default().allow_private(true));
+        let relay = Relay::builder(&callbacks, outbox, signer).start().expect("relay");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let receiver_addr = listener.local_addr().expect("addr");
         tokio::spawn(runway_proxy::server::serve(

@@ -2,7 +2,7 @@
 //! body (what a naive rewrite would do, losing field order, escapes and number forms).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use runway_proxy::callback::{find_callback_url, replace};
+use runway_proxy::callback::CallbackUrl;
 use serde_json::Value;
 use std::hint::black_box;
 
@@ -24,10 +24,10 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::new("callback_rewrite", name), &body, |b, body| {
             b.iter(|| {
-                let found = find_callback_url(black_box(body))
+                let found = CallbackUrl::find(black_box(body))
                     .expect("valid")
                     .expect("has callback_url");
-                replace(body, found.span, NEW_URL)
+                found.replace(body, NEW_URL)
             })
         });
         group.bench_with_input(

@@ -24,9 +24,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use runway_proxy::body::{Body, BoxError};
-use runway_proxy::callback::{Keyring, TargetPolicy};
+use runway_proxy::callback::{Callbacks, Keyring, SubscriberPolicy};
 use runway_proxy::mock::{MockConfig, MockUpstream};
-use runway_proxy::relay::{Relay, RelaySettings, SqliteOutbox, WebhookSigner};
+use runway_proxy::relay::{Relay, SqliteOutbox, WebhookSigner};
 use runway_proxy::{Runway, RunwayLayer};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -102,29 +102,21 @@ async fn main() -> Result<(), BoxError> {
 
     // Secrets: route-token keys for the rewrite and the receiver, and the signing secret
     // our own webhook handler verifies.
-    let keys = Arc::new(Keyring::parse("1:example-only-secret-of-at-least-32-bytes")?);
+    let keys: Keyring = "1:example-only-secret-of-at-least-32-bytes".parse()?;
     let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret())?;
-    // Everything here is on loopback, which the relay refuses by default.
-    let policy = TargetPolicy {
-        allow_private: true,
-        allowed_hosts: vec![],
-    };
+    // One value for the rewrite and the relay: where webhooks come back, the token keys,
+    // and which subscribers are accepted (everything here is on loopback, which is
+    // refused by default).
+    let callbacks = Callbacks::new(&format!("http://{addr}"), keys)?
+        .with_policy(SubscriberPolicy::default().allow_private(true));
 
     let data = tempfile::tempdir()?;
     let outbox = Arc::new(SqliteOutbox::open(&data.path().join("outbox.sqlite3"))?);
-    let mut delivery = RelaySettings::default();
-    delivery.policy = policy.clone();
-    let relay = Relay::builder(Arc::clone(&keys), outbox, signer.clone())
-        .settings(delivery)
-        .start()?;
+    let relay = Relay::builder(&callbacks, outbox, signer.clone()).start()?;
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let runway = tower::ServiceBuilder::new()
-        .layer(
-            RunwayLayer::new()
-                .callbacks(&format!("http://{addr}"), keys)
-                .callback_policy(policy),
-        )
+        .layer(RunwayLayer::builder().callbacks(callbacks).build()?)
         .service(client);
     let (results, mut relayed) = mpsc::unbounded_channel();
     let my_hook = format!("http://{addr}/my-webhook");

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use runway_proxy::RunwayLayer;
 use runway_proxy::body::{Body, BoxError};
-use runway_proxy::limit::{LimitSettings, QuotaSpec};
+use runway_proxy::limit::LimitSettings;
 use runway_proxy::mock::{Fault, MockConfig, MockUpstream};
 use runway_proxy::retry::RetrySettings;
 use tower::{ServiceBuilder, ServiceExt};
@@ -30,12 +30,12 @@ async fn main() -> Result<(), BoxError> {
     let mut retry = RetrySettings::default();
     retry.base_delay = Duration::from_millis(100); // CometAPI suggests 1 s; quicker here
     let mut limits = LimitSettings::default();
-    limits.submit = Some(QuotaSpec::parse("5/s")?);
+    limits.submit_rate = Some("5/s".parse()?);
     limits.max_concurrency = Some(5);
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let runway = ServiceBuilder::new()
-        .layer(RunwayLayer::new().retry(retry).rate_limit(limits))
+        .layer(RunwayLayer::builder().retry(retry).rate_limit(limits).build()?)
         .service(client);
 
     let request = http::Request::post(format!("{}/runway/pro/generate", cometapi.url()))

@@ -19,10 +19,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
+use runway_proxy::app::Proxy;
 use runway_proxy::body::{self, Body, BoxError};
 use runway_proxy::config::{Config, Overrides};
 use runway_proxy::mock::{Fault, MockConfig, MockUpstream};
-use runway_proxy::proxy::Proxy;
 use runway_proxy::relay::WebhookSigner;
 
 /// What the demo's subscriber saw of one task.

@@ -2,45 +2,67 @@
 
 use std::time::Duration;
 
+/// Why a duration could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// A number without a unit (`30`): seconds or milliseconds?
+    #[error("{0:?} has no unit (write it like 250ms, 2s or 1m)")]
+    NoUnit(String),
+    /// Not a number followed by a unit.
+    #[error("{0:?} is not a duration like 250ms, 2s or 1m")]
+    Malformed(String),
+    /// A unit other than `ms`, `s`, `m` or `h`.
+    #[error("{0:?} has an unknown unit (use ms, s, m or h)")]
+    UnknownUnit(String),
+    /// Longer than anything this crate waits for.
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
 /// Parse a duration written as a number followed by a unit (`ms`, `s`, `m` or `h`).
 ///
 /// A bare number is refused: `timeout = 30` is ambiguous between seconds and
 /// milliseconds, and guessing wrong by a factor of 1000 is worse than an error.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit (write it like 250ms, 2s or 1m)"))?;
+        .ok_or_else(|| DurationError::NoUnit(text.to_owned()))?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 250ms, 2s or 1m"))?;
+        .map_err(|_| DurationError::Malformed(text.to_owned()))?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m or h)")),
+        _ => return Err(DurationError::UnknownUnit(text.to_owned())),
     };
     let secs = value * scale;
     if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("{text:?} is too long"));
+        return Err(DurationError::TooLong(text.to_owned()));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 /// Format a duration the way [`parse`] reads it, in the largest unit that keeps it exact
-/// to the millisecond: `250ms`, `60s`, `1.5s`.
+/// to the millisecond: `250ms`, `45s`, `1.5s`, `2m`, `1h`.
 pub fn format(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis < 1000 {
-        format!("{millis}ms")
-    } else if millis.is_multiple_of(1000) {
-        format!("{}s", millis / 1000)
-    } else {
-        let fraction = format!("{:03}", millis % 1000);
-        format!("{}.{}s", millis / 1000, fraction.trim_end_matches('0'))
+    if millis == 0 {
+        return "0s".to_owned();
     }
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if millis.is_multiple_of(size) {
+            return format!("{}{unit}", millis / size);
+        }
+    }
+    let fraction = format!("{:03}", millis % 1000);
+    format!("{}.{}s", millis / 1000, fraction.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -71,12 +93,17 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
+        assert_eq!(
+            parse("30").unwrap_err().to_string(),
+            "\"30\" has no unit (write it like 250ms, 2s or 1m)"
+        );
     }
 
     #[test]
     fn formats_round_trip() {
-        for text in ["250ms", "60s", "1.5s", "0ms", "2.25s"] {
+        for text in ["250ms", "45s", "1.5s", "0s", "2.25s", "2m", "90s", "1h", "10h"] {
             assert_eq!(format(parse(text).unwrap()), text);
         }
+        assert_eq!(format(Duration::from_secs(60)), "1m");
     }
 }

@@ -83,6 +83,7 @@ impl fmt::Display for Code<'_> {
 
 /// The fields of a response body that decide what happened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Envelope<'a> {
     /// `code`, when present and a number or a string.
     pub code: Option<Code<'a>>,

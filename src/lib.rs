@@ -14,7 +14,7 @@
 //! - **rewrites `callback_url`** so webhooks come back through the [`relay`], which stores
 //!   each one durably and delivers it, signed, to the original subscriber ([`callback`]).
 //!
-//! The same stack runs as a sidecar, `runway-proxy serve` ([`proxy::Proxy`]).
+//! The same stack runs as a sidecar, `runway-proxy serve` (`app::Proxy`).
 //!
 //! # Example
 //!
@@ -22,32 +22,52 @@
 //! which answers "system busy" once before accepting the task:
 //!
 //! ```
+//! use std::sync::Arc;
 //! use std::time::Duration;
 //! use http_body_util::{BodyExt, Full};
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
 //! use runway_proxy::RunwayLayer;
 //! use runway_proxy::body::Body;
-//! use runway_proxy::limit::{LimitSettings, QuotaSpec};
+//! use runway_proxy::callback::{Callbacks, Keyring, SubscriberPolicy};
+//! use runway_proxy::limit::LimitSettings;
 //! use runway_proxy::mock::{Fault, MockConfig, MockUpstream};
+//! use runway_proxy::relay::{Relay, SqliteOutbox, WebhookSigner};
 //! use runway_proxy::retry::RetrySettings;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), runway_proxy::body::BoxError> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let cometapi = MockUpstream::start(([127, 0, 0, 1], 0).into(), MockConfig::default()).await?;
 //! cometapi.inject("/runway/pro/generate", Fault::busy(), 1);
 //!
+//! // Every fallible constructor checks its input and says what is wrong.
 //! let mut retry = RetrySettings::default();
 //! retry.base_delay = Duration::from_millis(10);
 //! let mut limits = LimitSettings::default();
-//! limits.submit = Some(QuotaSpec::parse("5/s")?);
+//! limits.submit_rate = Some("5/s".parse()?);
 //! limits.max_concurrency = Some(5);
+//! let keys: Keyring = "1:a-secret-of-at-least-thirty-two-bytes".parse()?;
+//! let callbacks = Callbacks::new("https://hooks.my-app.example", keys)?
+//!     .with_policy(SubscriberPolicy::default().allowed_hosts(["hooks.example.com"]));
 //!
 //! let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
 //! let runway = ServiceBuilder::new()
-//!     .layer(RunwayLayer::new().retry(retry).rate_limit(limits))
+//!     .layer(
+//!         RunwayLayer::builder()
+//!             .retry(retry)
+//!             .rate_limit(limits)
+//!             .callbacks(callbacks.clone())
+//!             .build()?,
+//!     )
 //!     .service(client);
+//!
+//! // The webhook side, built from the same callbacks (same keys, same policy).
+//! let data = std::env::temp_dir().join(format!("runway-proxy-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&data)?;
+//! let outbox = Arc::new(SqliteOutbox::open(&data.join("outbox.sqlite3"))?);
+//! let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret())?;
+//! let relay = Relay::builder(&callbacks, outbox, signer).start()?;
 //!
 //! let request = http::Request::post(format!("{}/runway/pro/generate", cometapi.url()))
 //!     .header("authorization", "Bearer sk-your-key")
@@ -59,34 +79,68 @@
 //! let envelope: serde_json::Value = serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
 //! assert_eq!(envelope["code"], 200);
 //! assert_eq!(cometapi.stats().accepted("/runway/pro/generate"), 1);
+//! relay.shutdown(Duration::from_secs(1)).await;
+//! # let _ = std::fs::remove_dir_all(&data);
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! # Modules
+//! # Layers
 //!
-//! - [`layer`]: [`RunwayLayer`], the three middleware composed in the right order.
-//! - [`limit`], [`retry`], [`callback`]: the middleware, each a tower `Layer` of its own.
-//! - [`relay`]: the webhook receiver, the durable outbox and the delivery workers.
-//! - [`proxy`], [`server`], [`config`]: the sidecar and its configuration.
-//! - [`mock`]: a CometAPI stand-in for tests and offline development.
-//! - [`envelope`], [`route`], [`metrics`], [`body`], [`duration`]: shared vocabulary.
+//! Each module imports only modules below it (a test, `tests/architecture.rs`, holds
+//! the crate to that):
+//!
+//! | layer | modules | what they hold |
+//! |---|---|---|
+//! | app | [`app`] (feature `config`) | the only place that takes a [`config::Config`] and wires everything |
+//! | configuration | [`config`] (feature `config`) | one typed `Config`, each setting described once |
+//! | sidecar | [`sidecar`] | the outermost service: admin paths, request metrics and logs, error envelopes |
+//! | composition | [`runway`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; the webhook relay; the CometAPI stand-in |
+//! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
+//! | upstream | [`upstream`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS |
+//! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`] | shared types |
+//!
+//! # Features
+//!
+//! - `cli` (default): the `runway-proxy` binary; turns on `config` and `mock`.
+//! - `config`: [`config::Config`] (TOML, environment, flags) and [`app::Proxy`].
+//! - `mock`: [`mock::MockUpstream`], the CometAPI stand-in.
+//! - `axum`: [`relay::Relay::router`].
+//!
+//! `cargo build --lib --no-default-features` builds the layers and the relay alone,
+//! without clap, indicatif, toml, tracing-subscriber or the stand-in.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+// vocabulary
 pub mod body;
-pub mod callback;
-pub mod config;
 pub mod duration;
 pub mod envelope;
-pub mod layer;
-pub mod limit;
 pub mod metrics;
-pub mod mock;
-pub mod proxy;
-pub mod relay;
-pub mod retry;
 pub mod route;
+pub mod settings;
+// talking to the upstream
+pub mod upstream;
+// middleware, and serving a service
+pub mod callback;
+pub mod limit;
+pub mod retry;
 pub mod server;
+// composition
+#[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
+pub mod mock;
+pub mod relay;
+pub mod runway;
+// the sidecar
+pub mod sidecar;
+// configuration and wiring
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod app;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
 
-pub use layer::{Runway, RunwayLayer};
+pub use runway::{Runway, RunwayLayer, RunwayLayerBuilder};

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
+use runway_proxy::app::Proxy;
 use runway_proxy::config::{Config, KEYS, LogFormat, Overrides};
 use runway_proxy::duration;
 use runway_proxy::mock::{MockConfig, MockUpstream};
-use runway_proxy::proxy::Proxy;
 
 /// Exit code for a configuration the proxy refuses to start with (as clap uses for usage).
 const EXIT_CONFIG: u8 = 2;
@@ -34,9 +34,11 @@ fn cli() -> Command {
             .value_name("VALUE")
             .help(format!(
                 "{} [env: {}] [default: {}]",
-                key.doc, key.env, key.default
+                key.doc,
+                key.env,
+                key.default_value()
             ));
-        if key.default == "false" {
+        if key.is_switch() {
             // A switch: `--allow-private-callbacks` alone means true.
             arg = arg
                 .num_args(0..=1)

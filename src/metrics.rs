@@ -1,8 +1,8 @@
 //! Counters, gauges and histograms, rendered in the Prometheus text format at `/-/metrics`.
 //!
 //! Everything is atomics: recording a sample never takes a lock on the hot path except
-//! the first time a new label set is seen. A [`Metrics`] is shared by every layer of one
-//! proxy through an `Arc`.
+//! the first time a new label set is seen. Each layer keeps its own [`MetricSet`]; the
+//! sidecar renders the sets it was given.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -10,8 +10,6 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use crate::route::RouteClass;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -115,7 +113,9 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Append the histogram's buckets, sum and count as `name` with extra `labels`
+    /// (`key="value",...`, or empty).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
         for (bound, bucket) in self.bounds.iter().zip(self.buckets.iter()) {
@@ -190,272 +190,59 @@ impl<K: Eq + Hash + Clone + Ord> CounterVec<K> {
     }
 }
 
-/// Every metric runway-proxy exports.
-#[derive(Debug)]
-pub struct Metrics {
-    /// Requests answered by the sidecar, by route class and HTTP status.
-    pub requests: CounterVec<(RouteClass, u16)>,
-    /// Requests currently being handled by the sidecar.
-    pub in_flight: Arc<Gauge>,
-    /// Time from sending a request upstream to its response headers.
-    pub upstream_latency: Histogram,
-    /// Failures of the proxy itself talking to the upstream, by kind
-    /// (`connect`, `timeout`, `request`).
-    pub upstream_errors: CounterVec<&'static str>,
-    /// Retries made, by the rule or transport failure that called for them.
-    pub retries: CounterVec<String>,
-    /// Retries refused because the retry budget was spent.
-    pub retry_budget_exhausted: Counter,
-    /// Final outcome of each request through the retry layer (`success`, `fail`,
-    /// `max-attempts`, `deadline`, `budget`, `outcome-unknown`, ...).
-    pub retry_outcomes: CounterVec<&'static str>,
-    /// Time requests spent waiting for the rate limit and concurrency cap.
-    pub limit_wait: Histogram,
-    /// Requests waiting for their turn now.
-    pub limit_waiting: Gauge,
-    /// Requests let through the limiter and not yet done (in flight to the upstream).
-    pub limit_in_flight: Arc<Gauge>,
-    /// Requests the limiter refused, by reason (`queue_full`, `max_wait`), and new keys
-    /// not limited because the per-key state was full (`keys_overflow`).
-    pub limit_refusals: CounterVec<&'static str>,
-    /// API keys with per-key rate-limit state after the last pruning.
-    pub limit_tracked_keys: Gauge,
-    /// Webhooks received with a valid token.
-    pub webhooks_received: Counter,
-    /// Webhooks stored for delivery.
-    pub webhooks_stored: Counter,
-    /// Webhooks that were stored before (not stored again).
-    pub webhooks_duplicate: Counter,
-    /// Webhooks stored but not to be delivered (an older status after the terminal one).
-    pub webhooks_superseded: Counter,
-    /// Webhooks refused for a bad or forged token.
-    pub webhooks_rejected: Counter,
-    /// Delivery attempts by result: `delivered`, `retried`, `dead`.
-    pub deliveries: CounterVec<&'static str>,
-    /// Deliveries pending or in flight, as the outbox last reported (refreshed every second).
-    pub outbox_depth: Gauge,
-    /// Time from storing a webhook to its delivery.
-    pub delivery_latency: Histogram,
+/// A group of metrics one part of the proxy records (the retry layer's, the limiter's,
+/// the relay's, ...), rendered together at `/-/metrics`.
+///
+/// Each layer owns its set and records into it; the binary composes the sets it wires
+/// (the app's `Metrics`), so no layer knows about another's metrics.
+pub trait MetricSet: Send + Sync + std::fmt::Debug {
+    /// Append this set in the Prometheus text exposition format (version 0.0.4).
+    fn render(&self, out: &mut String);
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            requests: CounterVec::default(),
-            in_flight: Arc::new(Gauge::default()),
-            upstream_latency: Histogram::new(LATENCY_BUCKETS),
-            upstream_errors: CounterVec::default(),
-            retries: CounterVec::default(),
-            retry_budget_exhausted: Counter::default(),
-            retry_outcomes: CounterVec::default(),
-            limit_wait: Histogram::new(LATENCY_BUCKETS),
-            limit_waiting: Gauge::default(),
-            limit_in_flight: Arc::new(Gauge::default()),
-            limit_refusals: CounterVec::default(),
-            limit_tracked_keys: Gauge::default(),
-            webhooks_received: Counter::default(),
-            webhooks_stored: Counter::default(),
-            webhooks_duplicate: Counter::default(),
-            webhooks_superseded: Counter::default(),
-            webhooks_rejected: Counter::default(),
-            deliveries: CounterVec::default(),
-            outbox_depth: Gauge::default(),
-            delivery_latency: Histogram::new(DELIVERY_BUCKETS),
-        }
+/// Render `sets` in the Prometheus text exposition format, one after the other.
+pub fn render_all(sets: &[&dyn MetricSet]) -> String {
+    let mut out = String::with_capacity(8192);
+    for set in sets {
+        set.render(&mut out);
     }
-}
-
-impl Metrics {
-    /// A fresh set of metrics, ready to share.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    /// Render every metric in the Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        header(
-            &mut out,
-            "runway_proxy_requests_total",
-            "counter",
-            "Requests answered, by route class and HTTP status.",
-        );
-        for ((class, status), n) in self.requests.snapshot() {
-            let _ = writeln!(
-                out,
-                "runway_proxy_requests_total{{route_class=\"{class}\",status=\"{status}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "runway_proxy_requests_in_flight",
-            "gauge",
-            "Requests being handled now.",
-        );
-        let _ = writeln!(out, "runway_proxy_requests_in_flight {}", self.in_flight.get());
-        header(
-            &mut out,
-            "runway_proxy_upstream_latency_seconds",
-            "histogram",
-            "Time from sending a request upstream to its response headers.",
-        );
-        self.upstream_latency
-            .render(&mut out, "runway_proxy_upstream_latency_seconds", "");
-        header(
-            &mut out,
-            "runway_proxy_upstream_errors_total",
-            "counter",
-            "Upstream calls that failed in the proxy (connect, timeout, request).",
-        );
-        for (kind, n) in self.upstream_errors.snapshot() {
-            let _ = writeln!(out, "runway_proxy_upstream_errors_total{{kind=\"{kind}\"}} {n}");
-        }
-        header(
-            &mut out,
-            "runway_proxy_retries_total",
-            "counter",
-            "Retries made, by the rule or failure that called for them.",
-        );
-        for (reason, n) in self.retries.snapshot() {
-            let reason = escape_label(&reason);
-            let _ = writeln!(out, "runway_proxy_retries_total{{reason=\"{reason}\"}} {n}");
-        }
-        header(
-            &mut out,
-            "runway_proxy_retry_budget_exhausted_total",
-            "counter",
-            "Retries refused because the retry budget was spent.",
-        );
-        let exhausted = self.retry_budget_exhausted.get();
-        let _ = writeln!(out, "runway_proxy_retry_budget_exhausted_total {exhausted}");
-        header(
-            &mut out,
-            "runway_proxy_retry_outcomes_total",
-            "counter",
-            "Final outcome of requests through the retry layer.",
-        );
-        for (outcome, n) in self.retry_outcomes.snapshot() {
-            let _ = writeln!(
-                out,
-                "runway_proxy_retry_outcomes_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "runway_proxy_limit_wait_seconds",
-            "histogram",
-            "Time requests waited for the rate limit and concurrency cap.",
-        );
-        self.limit_wait
-            .render(&mut out, "runway_proxy_limit_wait_seconds", "");
-        header(
-            &mut out,
-            "runway_proxy_limit_waiting",
-            "gauge",
-            "Requests waiting for their turn now.",
-        );
-        let _ = writeln!(out, "runway_proxy_limit_waiting {}", self.limit_waiting.get());
-        header(
-            &mut out,
-            "runway_proxy_upstream_in_flight",
-            "gauge",
-            "Requests let through the limiter and in flight to the upstream.",
-        );
-        let _ = writeln!(
-            out,
-            "runway_proxy_upstream_in_flight {}",
-            self.limit_in_flight.get()
-        );
-        header(
-            &mut out,
-            "runway_proxy_limit_refusals_total",
-            "counter",
-            "Requests refused by the rate limit, by reason.",
-        );
-        for (reason, n) in self.limit_refusals.snapshot() {
-            let _ = writeln!(
-                out,
-                "runway_proxy_limit_refusals_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "runway_proxy_limit_tracked_keys",
-            "gauge",
-            "API keys with per-key rate-limit state after the last pruning.",
-        );
-        let _ = writeln!(
-            out,
-            "runway_proxy_limit_tracked_keys {}",
-            self.limit_tracked_keys.get()
-        );
-        for (name, help, counter) in [
-            (
-                "runway_proxy_webhooks_received_total",
-                "Webhooks received with a valid token.",
-                &self.webhooks_received,
-            ),
-            (
-                "runway_proxy_webhooks_stored_total",
-                "Webhooks stored for delivery.",
-                &self.webhooks_stored,
-            ),
-            (
-                "runway_proxy_webhooks_duplicate_total",
-                "Webhooks stored before, not stored again.",
-                &self.webhooks_duplicate,
-            ),
-            (
-                "runway_proxy_webhooks_superseded_total",
-                "Webhooks not delivered: an older status after the terminal one.",
-                &self.webhooks_superseded,
-            ),
-            (
-                "runway_proxy_webhooks_rejected_total",
-                "Webhooks refused for a bad token.",
-                &self.webhooks_rejected,
-            ),
-        ] {
-            header(&mut out, name, "counter", help);
-            let _ = writeln!(out, "{name} {}", counter.get());
-        }
-        header(
-            &mut out,
-            "runway_proxy_deliveries_total",
-            "counter",
-            "Delivery attempts by result.",
-        );
-        for (result, n) in self.deliveries.snapshot() {
-            let _ = writeln!(out, "runway_proxy_deliveries_total{{result=\"{result}\"}} {n}");
-        }
-        header(
-            &mut out,
-            "runway_proxy_outbox_depth",
-            "gauge",
-            "Deliveries pending or in flight.",
-        );
-        let _ = writeln!(out, "runway_proxy_outbox_depth {}", self.outbox_depth.get());
-        header(
-            &mut out,
-            "runway_proxy_delivery_latency_seconds",
-            "histogram",
-            "Time from storing a webhook to its delivery.",
-        );
-        self.delivery_latency
-            .render(&mut out, "runway_proxy_delivery_latency_seconds", "");
-        out
-    }
+    out
 }
 
 /// Escape a label value for the text format (user rule names can hold anything).
-fn escape_label(value: &str) -> String {
+pub fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+/// Write a metric with one sample and no labels.
+pub fn write_one(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Write a metric family whose samples differ by one label, `label="value"`.
+pub fn write_family<L, V>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) where
+    L: std::fmt::Display,
+    V: std::fmt::Display,
+{
+    header(out, name, kind, help);
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
+/// Write the `# HELP` and `# TYPE` lines of a metric.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -466,22 +253,26 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let metrics = Metrics::new();
-        metrics.requests.inc(&(RouteClass::Read, 200));
-        metrics.requests.inc(&(RouteClass::Read, 200));
-        metrics.requests.inc(&(RouteClass::Submission, 502));
-        metrics.upstream_latency.observe(Duration::from_millis(30));
-        let _guard = metrics.in_flight.track();
-        let text = metrics.render();
+        let requests: CounterVec<(&str, u16)> = CounterVec::default();
+        requests.inc(&("read", 200));
+        requests.inc(&("read", 200));
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        latency.observe(Duration::from_millis(30));
+        let mut text = String::new();
+        header(&mut text, "x_total", "counter", "X.");
+        for ((class, status), n) in requests.snapshot() {
+            let _ = writeln!(text, "x_total{{route_class=\"{class}\",status=\"{status}\"}} {n}");
+        }
+        latency.render(&mut text, "x_seconds", "");
+        assert!(text.contains("# TYPE x_total counter"), "{text}");
         assert!(
-            text.contains("runway_proxy_requests_total{route_class=\"read\",status=\"200\"} 2"),
+            text.contains("x_total{route_class=\"read\",status=\"200\"} 2"),
             "{text}"
         );
-        assert!(text.contains("runway_proxy_requests_total{route_class=\"submission\",status=\"502\"} 1"));
-        assert!(text.contains("runway_proxy_requests_in_flight 1"));
-        assert!(text.contains("runway_proxy_upstream_latency_seconds_bucket{le=\"0.025\"} 0"));
-        assert!(text.contains("runway_proxy_upstream_latency_seconds_bucket{le=\"0.05\"} 1"));
-        assert!(text.contains("runway_proxy_upstream_latency_seconds_count 1"));
+        assert!(text.contains("x_seconds_bucket{le=\"0.025\"} 0"));
+        assert!(text.contains("x_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(text.contains("x_seconds_count 1"));
+        assert_eq!(escape_label("a\"b\\"), "a\\\"b\\\\");
     }
 
     #[test]

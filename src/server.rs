@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body, BoxError};
-use crate::proxy::ClientAddr;
+use crate::upstream::ClientAddr;
 use futures_util::TryFutureExt;
 
 type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ServiceError>> + Send>>;

@@ -8,7 +8,10 @@ fn readme_documents_every_setting() {
     for key in KEYS {
         let row = format!(
             "| `{}` | `{}` | `--{}` | `{}` |",
-            key.toml, key.env, key.flag, key.default
+            key.toml,
+            key.env,
+            key.flag,
+            key.default_value()
         );
         assert!(readme.contains(&row), "README is missing the row {row}");
     }
@@ -44,6 +47,6 @@ fn sidecar_example_is_a_valid_production_config() {
         Some("https://runway-hooks.example.com")
     );
     assert_eq!(config.limit.max_concurrency, Some(5));
-    assert!(!config.callback.policy.allow_private);
-    assert_eq!(config.callback.policy.allowed_hosts.len(), 2);
+    assert!(!config.callback.allow_private);
+    assert_eq!(config.callback.allowed_hosts.len(), 2);
 }

@@ -14,10 +14,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use runway_proxy::RunwayLayer;
 use runway_proxy::body::Body;
-use runway_proxy::callback::{Keyring, TargetPolicy};
+use runway_proxy::callback::{Callbacks, Keyring, SubscriberPolicy};
 use runway_proxy::limit::{LimitSettings, QuotaSpec};
 use runway_proxy::mock::{Fault, MockConfig};
-use runway_proxy::relay::{Relay, RelaySettings, SqliteOutbox, WebhookSigner};
+use runway_proxy::relay::{Relay, SqliteOutbox, WebhookSigner};
 use runway_proxy::retry::RetrySettings;
 use tower::ServiceExt;
 
@@ -29,37 +29,35 @@ async fn an_embedding_app_submits_through_the_layer_and_receives_relayed_results
 
     let keys = Arc::new(Keyring::parse("1:embedded-secret-of-at-least-32-bytes").unwrap());
     let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret()).unwrap();
-    let policy = TargetPolicy {
-        allow_private: true,
-        allowed_hosts: vec![],
-    };
     let data = tempfile::tempdir().unwrap();
     let outbox = Arc::new(SqliteOutbox::open(&data.path().join("outbox.sqlite3")).unwrap());
-    let mut delivery = RelaySettings::default();
-    delivery.policy = policy.clone();
-    let relay = Relay::builder(Arc::clone(&keys), outbox, signer.clone())
-        .settings(delivery)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    // One value for the rewrite and the relay: the keys and the policy are given once.
+    let callbacks = Callbacks::new(&format!("http://{app_addr}"), Arc::clone(&keys))
+        .unwrap()
+        .with_policy(SubscriberPolicy::default().allow_private(true));
+    let relay = Relay::builder(&callbacks, outbox, signer.clone())
         .start()
         .unwrap();
 
     // The application's router, with the relay's receiver merged in.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = listener.local_addr().unwrap();
     let router: axum::Router = axum::Router::new().merge(relay.router());
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
 
     let mut retry = RetrySettings::default();
     retry.base_delay = Duration::from_millis(10);
     let mut limits = LimitSettings::default();
-    limits.submit = Some(QuotaSpec::parse("10/s").unwrap());
+    limits.submit_rate = Some(QuotaSpec::parse("10/s").unwrap());
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let runway = tower::ServiceBuilder::new()
         .layer(
-            RunwayLayer::new()
+            RunwayLayer::builder()
                 .retry(retry)
                 .rate_limit(limits)
-                .callbacks(&format!("http://{app_addr}"), Arc::clone(&keys))
-                .callback_policy(policy),
+                .callbacks(callbacks)
+                .build()
+                .unwrap(),
         )
         .service(client);
     let request = http::Request::post(format!("{}/runway/pro/generate", mock.url()))

@@ -200,9 +200,18 @@ async fn a_cancelled_waiter_gives_its_place_back() {
     }
     assert_eq!(mock.stats().received(GENERATE), 1);
     let text = metrics_text(&proxy).await;
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("runway_proxy_limit_refusals_total{"))
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        3,
+        "every reason is exposed, at zero until it happens: {text}"
+    );
     assert!(
-        !text.contains("runway_proxy_limit_refusals_total{"),
-        "the waiters left, none was refused: {text}"
+        refusals.iter().all(|l| l.ends_with(" 0")),
+        "the waiters left, none was refused: {refusals:?}"
     );
 }
 
@@ -226,9 +235,11 @@ async fn each_retry_attempt_takes_its_own_permit() {
 
 #[tokio::test]
 async fn per_key_state_stays_bounded_with_many_keys() {
-    let layer = RateLimitLayer::new()
-        .per_key(QuotaSpec::parse("1000/s burst 1").unwrap())
-        .max_keys(200);
+    let layer = RateLimitLayer::builder()
+        .rate_per_key(QuotaSpec::parse("1000/s burst 1").unwrap())
+        .max_keys(200)
+        .build()
+        .unwrap();
     let service = tower::ServiceBuilder::new()
         .layer(layer.clone())
         .service(tower::service_fn(|_request: Request<Full<Bytes>>| async {

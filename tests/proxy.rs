@@ -237,6 +237,39 @@ async fn admin_paths_answer_and_are_never_forwarded() {
         "{text}"
     );
     assert!(text.contains("runway_proxy_requests_in_flight 0"), "{text}");
+    // Every layer's metric set is composed into the one page, each family with its type.
+    for family in [
+        "runway_proxy_requests_total",
+        "runway_proxy_upstream_latency_seconds",
+        "runway_proxy_upstream_errors_total",
+        "runway_proxy_retries_total",
+        "runway_proxy_retry_budget_exhausted_total",
+        "runway_proxy_retry_outcomes_total",
+        "runway_proxy_limit_wait_seconds",
+        "runway_proxy_limit_waiting",
+        "runway_proxy_upstream_in_flight",
+        "runway_proxy_limit_refusals_total",
+        "runway_proxy_limit_tracked_keys",
+        "runway_proxy_webhooks_received_total",
+        "runway_proxy_deliveries_total",
+        "runway_proxy_outbox_depth",
+        "runway_proxy_delivery_latency_seconds",
+    ] {
+        assert_eq!(
+            text.matches(&format!("# TYPE {family} ")).count(),
+            1,
+            "{family} once: {text}"
+        );
+    }
+    let outcomes: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("runway_proxy_retry_outcomes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        outcomes, 1.0,
+        "the feed read went through the retry layer once: {text}"
+    );
 
     let unknown = send(&client, get("/-/mock/stats")).await.unwrap();
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);

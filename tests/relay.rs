@@ -468,9 +468,10 @@ async fn rotated_keys_keep_old_tokens_valid() {
 
 #[tokio::test]
 async fn the_receiver_answers_503_when_the_store_fails() {
+    use runway_proxy::callback::Callbacks;
     use runway_proxy::relay::{
         BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
-        WebhookReceiver,
+        Relay,
     };
     use std::sync::Arc;
 
@@ -514,7 +515,12 @@ async fn the_receiver_answers_503_when_the_store_fails() {
     }
 
     let keys = Arc::new(Keyring::parse(TOKEN_KEYS).unwrap());
-    let receiver = WebhookReceiver::new(keys.clone(), Arc::new(FullDisk), Arc::default(), 1 << 20, None);
+    let callbacks = Callbacks::new("http://127.0.0.1", Arc::clone(&keys)).unwrap();
+    let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret()).unwrap();
+    let relay = Relay::builder(&callbacks, Arc::new(FullDisk), signer)
+        .start()
+        .unwrap();
+    let receiver = relay.receiver();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(runway_proxy::server::serve(

@@ -426,7 +426,12 @@ async fn retry_layer_wraps_a_plain_hyper_client() {
     let client: hyper_util::client::legacy::Client<_, runway_proxy::body::Body> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let service = ServiceBuilder::new()
-        .layer(RetryLayer::new().backoff(Duration::from_millis(10), Duration::from_millis(20)))
+        .layer(
+            RetryLayer::builder()
+                .backoff(Duration::from_millis(10), Duration::from_millis(20))
+                .build()
+                .unwrap(),
+        )
         .service(client);
     let request: Request<Full<Bytes>> = Request::post(format!("{}{GENERATE}", mock.url()))
         .header("authorization", "Bearer sk-test")

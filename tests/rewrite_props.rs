@@ -2,7 +2,7 @@
 //! whatever the field order, whitespace, escapes and numbers around it.
 
 use proptest::prelude::*;
-use runway_proxy::callback::{find_callback_url, replace};
+use runway_proxy::callback::CallbackUrl;
 use serde_json::Value;
 
 /// JSON text of a string, either as serde_json writes it or with every character escaped
@@ -108,15 +108,16 @@ proptest! {
     #[test]
     fn only_the_callback_url_changes(doc in document()) {
         let original = doc.text.as_bytes();
-        let found = find_callback_url(original).unwrap().expect("callback_url found");
+        let found = CallbackUrl::find(original).unwrap().expect("callback_url found");
+        let span = found.span();
         prop_assert_eq!(&found.url, &doc.url);
         let new_url = "http://127.0.0.1:8081/hooks/runway/AbC-_123";
-        let rewritten = replace(original, found.span.clone(), new_url);
+        let rewritten = found.replace(original, new_url);
         let new_text = format!("\"{new_url}\"");
         // Every byte before and after the value is the same, in the same place.
-        prop_assert_eq!(&rewritten[..found.span.start], &original[..found.span.start]);
-        prop_assert_eq!(&rewritten[found.span.start..found.span.start + new_text.len()], new_text.as_bytes());
-        prop_assert_eq!(&rewritten[found.span.start + new_text.len()..], &original[found.span.end..]);
+        prop_assert_eq!(&rewritten[..span.start], &original[..span.start]);
+        prop_assert_eq!(&rewritten[span.start..span.start + new_text.len()], new_text.as_bytes());
+        prop_assert_eq!(&rewritten[span.start + new_text.len()..], &original[span.end..]);
         // And the result is the same document with the new URL.
         let mut expected: Value = serde_json::from_slice(original).unwrap();
         expected["callback_url"] = Value::from(new_url);

@@ -20,18 +20,35 @@ pub enum RewriteError {
     NotAString,
 }
 
-/// Where the top-level `callback_url` value sits in a body, and what it says.
+/// The top-level `callback_url` of a submission body: what it says, and where it sits.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Found {
+pub struct CallbackUrl {
     /// Byte range of the value (the JSON string, quotes included).
-    pub span: Range<usize>,
+    span: Range<usize>,
     /// The URL, unescaped.
     pub url: String,
 }
 
-/// Find the top-level `callback_url` of a JSON object, validating the whole body in the
-/// same pass. `Ok(None)` when the object has no such member.
-pub fn find_callback_url(body: &[u8]) -> Result<Option<Found>, RewriteError> {
+impl CallbackUrl {
+    /// Find the top-level `callback_url` of a JSON object, validating the whole body in
+    /// the same pass. `Ok(None)` when the object has no such member.
+    pub fn find(body: &[u8]) -> Result<Option<CallbackUrl>, RewriteError> {
+        find_callback_url(body)
+    }
+
+    /// Byte range of the value in the body (the JSON string, quotes included).
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+
+    /// `body` (the one it was found in) with this value replaced by `url`, every other
+    /// byte unchanged: field order, whitespace, escapes and number forms.
+    pub fn replace(&self, body: &[u8], url: &str) -> Bytes {
+        replace(body, self.span.clone(), url)
+    }
+}
+
+fn find_callback_url(body: &[u8]) -> Result<Option<CallbackUrl>, RewriteError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let found = deserializer
         .deserialize_map(TopLevel {
@@ -58,7 +75,7 @@ pub fn find_callback_url(body: &[u8]) -> Result<Option<Found>, RewriteError> {
 ///
 /// `url` must need no JSON escaping (a URL made of the public URL and a base64url token
 /// doesn't); anything that would is escaped all the same, to keep the body valid.
-pub fn replace(body: &[u8], span: Range<usize>, url: &str) -> Bytes {
+fn replace(body: &[u8], span: Range<usize>, url: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len() - span.len() + url.len() + 8);
     out.extend_from_slice(&body[..span.start]);
     if url.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
@@ -80,7 +97,7 @@ struct TopLevel {
 }
 
 impl<'de> Visitor<'de> for TopLevel {
-    type Value = Option<Found>;
+    type Value = Option<CallbackUrl>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
@@ -101,7 +118,7 @@ impl<'de> Visitor<'de> for TopLevel {
             let url: String = serde_json::from_str(text).map_err(|_| de::Error::custom(NOT_A_STRING))?;
             // The raw value borrows from the body, so its address gives its offset.
             let start = text.as_ptr() as usize - self.base;
-            found = Some(Found {
+            found = Some(CallbackUrl {
                 span: start..start + text.len(),
                 url,
             });

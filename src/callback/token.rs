@@ -43,6 +43,23 @@ pub enum TokenError {
     BadSignature,
 }
 
+/// Why a keyring could not be read from `id:secret,...`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    /// An item without a `:`.
+    #[error("token keys are written id:secret, separated by commas")]
+    Malformed,
+    /// A key id that is not a number from 0 to 255.
+    #[error("key id {0:?} is not a number from 0 to 255")]
+    BadId(String),
+    /// A secret shorter than 32 characters.
+    #[error("the secret of key {0} is shorter than 32 characters")]
+    ShortSecret(u8),
+    /// No key at all.
+    #[error("no token keys given")]
+    Empty,
+}
+
 /// A secret and the keys derived from it.
 struct Key {
     mac: hmac::Key,
@@ -96,6 +113,7 @@ impl fmt::Debug for Keyring {
 
 /// A verified token's contents.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Route {
     /// The subscriber URL the submission carried.
     pub url: String,
@@ -103,6 +121,14 @@ pub struct Route {
     pub issued_at: u32,
     /// The key that signed it.
     pub key_id: u8,
+}
+
+impl std::str::FromStr for Keyring {
+    type Err = KeyringError;
+
+    fn from_str(text: &str) -> Result<Keyring, KeyringError> {
+        Keyring::parse(text)
+    }
 }
 
 impl Keyring {
@@ -116,22 +142,20 @@ impl Keyring {
     }
 
     /// Parse `id:secret` pairs separated by commas (`1:old-secret,2:new-secret`).
-    pub fn parse(text: &str) -> Result<Keyring, String> {
+    pub fn parse(text: &str) -> Result<Keyring, KeyringError> {
         let mut pairs = Vec::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (id, secret) = item
-                .split_once(':')
-                .ok_or_else(|| "token keys are written id:secret, separated by commas".to_owned())?;
+            let (id, secret) = item.split_once(':').ok_or(KeyringError::Malformed)?;
             let id: u8 = id
                 .trim()
                 .parse()
-                .map_err(|_| format!("key id {id:?} is not a number from 0 to 255"))?;
+                .map_err(|_| KeyringError::BadId(id.to_owned()))?;
             if secret.len() < 32 {
-                return Err(format!("the secret of key {id} is shorter than 32 characters"));
+                return Err(KeyringError::ShortSecret(id));
             }
             pairs.push((id, secret.as_bytes()));
         }
-        Keyring::new(pairs).ok_or_else(|| "no token keys given".to_owned())
+        Keyring::new(pairs).ok_or(KeyringError::Empty)
     }
 
     /// The id of the key that mints new tokens.

@@ -6,6 +6,17 @@ use std::time::Duration;
 
 use governor::Quota;
 
+/// A quota written in a form this crate does not read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    /// Not `N/UNIT` or `N/UNIT burst B`.
+    #[error("{0:?} is not a rate like 5/s, 300/min or \"5/s burst 10\"")]
+    Malformed(String),
+    /// So fast that one request's share of the period is below a nanosecond.
+    #[error("{0:?} is faster than one request per nanosecond")]
+    TooFast(String),
+}
+
 /// A rate: `count` requests per `period`, with bursts of up to `burst` at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaSpec {
@@ -32,8 +43,8 @@ impl QuotaSpec {
     }
 
     /// Parse `N/UNIT` or `N/UNIT burst B`, where UNIT is `s`, `min`, `h` or `d`.
-    pub fn parse(text: &str) -> Result<QuotaSpec, String> {
-        let expected = || format!("{text:?} is not a rate like 5/s, 300/min or \"5/s burst 10\"");
+    pub fn parse(text: &str) -> Result<QuotaSpec, QuotaError> {
+        let expected = || QuotaError::Malformed(text.to_owned());
         let mut words = text.split_whitespace();
         let rate = words.next().ok_or_else(expected)?;
         let (count, unit) = rate.split_once('/').ok_or_else(expected)?;
@@ -52,7 +63,7 @@ impl QuotaSpec {
             _ => return Err(expected()),
         }
         if spec.replenish_interval().is_zero() {
-            return Err(format!("{text:?} is faster than one request per nanosecond"));
+            return Err(QuotaError::TooFast(text.to_owned()));
         }
         Ok(spec)
     }
@@ -73,9 +84,9 @@ impl QuotaSpec {
 }
 
 impl std::str::FromStr for QuotaSpec {
-    type Err = String;
+    type Err = QuotaError;
 
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, QuotaError> {
         QuotaSpec::parse(text)
     }
 }
@@ -98,7 +109,7 @@ impl fmt::Display for QuotaSpec {
 }
 
 /// Parse an optional quota: `unlimited` (or empty) means none.
-pub fn parse_optional(text: &str) -> Result<Option<QuotaSpec>, String> {
+pub fn parse_optional(text: &str) -> Result<Option<QuotaSpec>, QuotaError> {
     match text.trim() {
         "" | "unlimited" | "none" => Ok(None),
         other => QuotaSpec::parse(other).map(Some),

@@ -1,103 +1,103 @@
 //! The webhook relay: receive CometAPI's callbacks, store them durably, and deliver them,
 //! signed, to the original subscriber at least once.
 //!
+//! [`Relay::builder`] wires the parts from the same [`Callbacks`] the rewrite uses (so the
+//! keys and the subscriber policy are given once) and starts the delivery workers:
+//!
 //! - [`WebhookReceiver`] (a tower `Service`) answers `POST /hooks/runway/{token}`: it
 //!   verifies the route token, stores the body in the [`Outbox`] *before* answering 2xx,
 //!   and answers 503 when it can't, so the sender tries again.
 //! - [`SqliteOutbox`] is the embedded store (WAL, group commit); [`Outbox`] is the trait a
-//!   shared store would implement for several replicas. The same (task, status, update
-//!   time) is stored once, and a task's older status is never delivered after its
-//!   terminal one.
-//! - [`DeliveryWorkers`] send each webhook with Standard Webhooks headers
-//!   ([`WebhookSigner`]), retry on a schedule (honouring `Retry-After`, stopping at
-//!   `410 Gone`), check the subscriber's resolved address again at delivery, and turn
-//!   exhausted deliveries into dead letters that [`admin`] lists and replays.
+//!   shared store implements for several replicas. The same (task, status, update time)
+//!   is stored once, and a task's older status is never delivered after its terminal one.
+//! - The delivery workers send each webhook with Standard Webhooks headers
+//!   ([`WebhookSigner`]), retry on a schedule ([`DeliverySettings`]: honouring
+//!   `Retry-After`, stopping at `410 Gone`), check the subscriber's resolved address again
+//!   at delivery, and turn exhausted deliveries into dead letters that [`RelayAdmin`]
+//!   lists and replays.
 //!
 //! # Example
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use runway_proxy::callback::Keyring;
-//! use runway_proxy::relay::{DeliveryWorkers, RelaySettings, SqliteOutbox, WebhookReceiver, WebhookSigner};
+//! use runway_proxy::callback::{Callbacks, Keyring};
+//! use runway_proxy::relay::{DeliverySettings, Relay, SqliteOutbox, WebhookSigner};
 //!
-//! # async fn run() -> Result<(), runway_proxy::body::BoxError> {
-//! let keys = Arc::new(Keyring::parse("1:a-secret-of-at-least-thirty-two-bytes")?);
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let keys: Keyring = "1:a-secret-of-at-least-thirty-two-bytes".parse()?;
+//! let callbacks = Callbacks::new("https://hooks.my-app.example", keys)?;
 //! let outbox = Arc::new(SqliteOutbox::open("outbox.sqlite3".as_ref())?);
-//! let wake = Arc::new(tokio::sync::Notify::new());
-//! // Mount this at /hooks/runway/{token} in your router.
-//! let receiver = WebhookReceiver::new(keys, outbox.clone(), wake.clone(), 1 << 20, None);
-//! let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret())?;
-//! let workers = DeliveryWorkers::start(outbox, signer, RelaySettings::default(), wake, None)?;
+//! let signer = WebhookSigner::from_secret(&std::env::var("RUNWAY_PROXY_WEBHOOK_SECRET")?)?;
+//! let relay = Relay::builder(&callbacks, outbox, signer)
+//!     .settings(DeliverySettings::default())
+//!     .start()?;
+//! let receiver = relay.receiver(); // mount at /hooks/runway/{token}
 //! // ... serve ...
-//! workers.shutdown(std::time::Duration::from_secs(10)).await;
+//! relay.shutdown(std::time::Duration::from_secs(10)).await;
 //! # let _ = receiver;
 //! # Ok(())
 //! # }
 //! ```
 
-mod listener;
+mod admin;
+mod metrics;
 mod outbox;
+mod receiver;
 mod signing;
 mod sqlite;
 mod worker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{Method, Response, StatusCode, header};
 use tokio::sync::Notify;
 
-pub use listener::WebhookReceiver;
+pub use admin::RelayAdmin;
+pub use metrics::RelayMetrics;
 pub use outbox::{
     BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
 };
-pub use signing::WebhookSigner;
+pub use receiver::WebhookReceiver;
+pub use signing::{SecretError, WebhookSigner};
 pub use sqlite::SqliteOutbox;
-pub use worker::{DeliveryWorkers, RelaySettings};
+pub use worker::DeliverySettings;
 
-use std::time::Duration;
+use crate::callback::Callbacks;
+use crate::settings::InvalidSetting;
+use crate::upstream::ClientError;
+use worker::DeliveryWorkers;
 
-use crate::body::{self, Body, BoxError};
-use crate::callback::Keyring;
-use crate::envelope;
-use crate::metrics::Metrics;
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A delivery setting is out of range.
+    #[error(transparent)]
+    Settings(#[from] InvalidSetting),
+    /// The delivery client could not be set up.
+    #[error("cannot set up the delivery client: {0}")]
+    Client(#[from] ClientError),
+}
 
-/// The webhook side of runway-proxy for an application that embeds it: the receiver to
-/// mount, the delivery workers running on the application's runtime, and a handle to
-/// stop them gracefully.
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// use runway_proxy::callback::Keyring;
-/// use runway_proxy::relay::{Relay, SqliteOutbox, WebhookSigner};
-///
-/// # async fn run() -> Result<(), runway_proxy::body::BoxError> {
-/// let keys = Arc::new(Keyring::parse("1:a-secret-of-at-least-thirty-two-bytes")?);
-/// let outbox = Arc::new(SqliteOutbox::open("outbox.sqlite3".as_ref())?);
-/// let signer = WebhookSigner::from_secret(&std::env::var("RUNWAY_PROXY_WEBHOOK_SECRET")?)?;
-/// let relay = Relay::builder(keys, outbox, signer).start()?;
-/// let receiver = relay.receiver(); // mount at /hooks/runway/{token}
-/// // ... serve ...
-/// relay.shutdown(std::time::Duration::from_secs(10)).await;
-/// # let _ = receiver;
-/// # Ok(())
-/// # }
-/// ```
+/// The webhook side of runway-proxy: the receiver to mount, the delivery workers running
+/// on the application's runtime, the admin handle, and the means to stop the workers
+/// gracefully. See the [module docs](self).
 #[derive(Debug)]
 pub struct Relay {
     receiver: WebhookReceiver,
     admin: RelayAdmin,
     workers: DeliveryWorkers,
+    metrics: Arc<RelayMetrics>,
 }
 
-/// Settings for [`Relay::start`](RelayBuilder::start).
+/// Settings for [`Relay::builder`]; [`start`](RelayBuilder::start) checks them and starts
+/// the workers.
 #[derive(Debug)]
+#[must_use = "a builder does nothing until started"]
 pub struct RelayBuilder {
-    keys: Arc<Keyring>,
+    callbacks: Callbacks,
     outbox: Arc<dyn Outbox>,
     signer: WebhookSigner,
-    settings: RelaySettings,
-    body_limit: usize,
-    metrics: Option<Arc<Metrics>>,
+    settings: DeliverySettings,
 }
 
 impl std::fmt::Debug for dyn Outbox {
@@ -107,16 +107,15 @@ impl std::fmt::Debug for dyn Outbox {
 }
 
 impl Relay {
-    /// A relay that verifies route tokens with `keys`, stores webhooks in `outbox` and
-    /// signs deliveries with `signer`.
-    pub fn builder(keys: Arc<Keyring>, outbox: Arc<dyn Outbox>, signer: WebhookSigner) -> RelayBuilder {
+    /// A relay that verifies route tokens with the keys of `callbacks`, delivers only to
+    /// subscribers its policy accepts, stores webhooks in `outbox` and signs deliveries
+    /// with `signer`.
+    pub fn builder(callbacks: &Callbacks, outbox: Arc<dyn Outbox>, signer: WebhookSigner) -> RelayBuilder {
         RelayBuilder {
-            keys,
+            callbacks: callbacks.clone(),
             outbox,
             signer,
-            settings: RelaySettings::default(),
-            body_limit: 1 << 20,
-            metrics: None,
+            settings: DeliverySettings::default(),
         }
     }
 
@@ -125,14 +124,20 @@ impl Relay {
         self.receiver.clone()
     }
 
-    /// What [`admin`] needs, to serve `/-/deliveries` on a private route.
+    /// The admin handle that answers `/-/deliveries` (mount it on a private route).
     pub fn admin(&self) -> RelayAdmin {
         self.admin.clone()
+    }
+
+    /// What the receiver and the workers record.
+    pub fn metrics(&self) -> Arc<RelayMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// The receiver as an axum `Router` answering `POST /hooks/runway/{token}`; merge it
     /// into the application's router.
     #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         axum::Router::new().route_service("/hooks/runway/{token}", self.receiver.clone())
     }
@@ -145,153 +150,38 @@ impl Relay {
 }
 
 impl RelayBuilder {
-    /// Delivery schedule, timeout, workers and target policy.
-    pub fn settings(mut self, settings: RelaySettings) -> Self {
+    /// Delivery schedule, timeout, workers and `Retry-After` cap.
+    pub fn settings(mut self, settings: DeliverySettings) -> Self {
         self.settings = settings;
         self
     }
 
-    /// Largest webhook body accepted (default 1 MiB).
-    pub fn body_limit(mut self, limit: usize) -> Self {
-        self.body_limit = limit;
-        self
-    }
-
-    /// Record webhook and delivery metrics in `metrics`.
-    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Start the delivery workers on the current Tokio runtime.
-    pub fn start(self) -> Result<Relay, BoxError> {
+    /// Check the settings and start the delivery workers on the current Tokio runtime.
+    pub fn start(self) -> Result<Relay, RelayError> {
+        self.settings.validate()?;
+        let metrics = Arc::new(RelayMetrics::default());
         let wake = Arc::new(Notify::new());
         let receiver = WebhookReceiver::new(
-            self.keys,
+            Arc::clone(self.callbacks.keys()),
             Arc::clone(&self.outbox),
             Arc::clone(&wake),
-            self.body_limit,
-            self.metrics.clone(),
+            self.callbacks.body_limit(),
+            Arc::clone(&metrics),
         );
-        let admin = RelayAdmin {
-            outbox: Arc::clone(&self.outbox),
-            wake: Arc::clone(&wake),
-        };
-        let workers = DeliveryWorkers::start(self.outbox, self.signer, self.settings, wake, self.metrics)?;
+        let admin = RelayAdmin::new(Arc::clone(&self.outbox), Arc::clone(&wake));
+        let workers = DeliveryWorkers::start(
+            self.outbox,
+            self.signer,
+            self.settings,
+            self.callbacks.policy().clone(),
+            wake,
+            Arc::clone(&metrics),
+        )?;
         Ok(Relay {
             receiver,
             admin,
             workers,
+            metrics,
         })
     }
-}
-
-/// Most deliveries one admin page lists.
-const PAGE: usize = 100;
-
-/// What the admin paths need: the outbox, and the workers' wake-up.
-#[derive(Clone)]
-pub struct RelayAdmin {
-    /// The outbox.
-    pub outbox: Arc<dyn Outbox>,
-    /// Notified after a replay so the workers pick it up at once.
-    pub wake: Arc<Notify>,
-}
-
-impl std::fmt::Debug for RelayAdmin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RelayAdmin { .. }")
-    }
-}
-
-/// Answer the relay's admin paths (on the private listener):
-///
-/// - `GET /-/deliveries?state=pending|in_flight|delivered|dead|superseded&after=ID&limit=N`:
-///   a page of deliveries, oldest first, with `next` (the `after` for the next page).
-/// - `POST /-/deliveries/{id}/replay`: make a delivery pending again with a fresh schedule.
-///
-/// `None` for a path that is not the relay's.
-pub async fn admin(
-    relay: &RelayAdmin,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-) -> Option<Response<Body>> {
-    let rest = path.strip_prefix("/-/deliveries")?;
-    let bad = |status: StatusCode, msg: &str| Some(envelope::error_response(status, msg));
-    if rest.is_empty() {
-        if method != Method::GET {
-            return bad(StatusCode::METHOD_NOT_ALLOWED, "/-/deliveries only answers GET");
-        }
-        let mut state = outbox::DeliveryState::Pending;
-        let mut after = 0i64;
-        let mut limit = PAGE;
-        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "state" => match DeliveryState::parse(value) {
-                    Some(parsed) => state = parsed,
-                    None => {
-                        let msg = format!(
-                            "state {value:?} is not pending, in_flight, delivered, dead or superseded"
-                        );
-                        return bad(StatusCode::BAD_REQUEST, &msg);
-                    }
-                },
-                "after" => match value.parse() {
-                    Ok(parsed) => after = parsed,
-                    Err(_) => return bad(StatusCode::BAD_REQUEST, "after must be a delivery id"),
-                },
-                "limit" => match value.parse::<usize>() {
-                    Ok(parsed) if parsed > 0 => limit = parsed.min(1000),
-                    _ => return bad(StatusCode::BAD_REQUEST, "limit must be a number from 1 to 1000"),
-                },
-                _ => {
-                    return bad(
-                        StatusCode::BAD_REQUEST,
-                        &format!("unknown query parameter {key:?}"),
-                    );
-                }
-            }
-        }
-        return Some(match relay.outbox.list(state, after, limit).await {
-            Ok(deliveries) => {
-                let next = (deliveries.len() == limit)
-                    .then(|| deliveries.last().map(|d| d.id))
-                    .flatten();
-                let page = serde_json::json!({ "state": state, "deliveries": deliveries, "next": next });
-                json(StatusCode::OK, &page)
-            }
-            Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
-        });
-    }
-    let id = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/replay"))?;
-    if method != Method::POST {
-        return bad(StatusCode::METHOD_NOT_ALLOWED, "replay with POST");
-    }
-    let Ok(id) = id.parse::<i64>() else {
-        return bad(StatusCode::BAD_REQUEST, "the delivery id must be a number");
-    };
-    Some(match relay.outbox.replay(id).await {
-        Ok(true) => {
-            relay.wake.notify_waiters();
-            json(
-                StatusCode::OK,
-                &serde_json::json!({"code": 200, "msg": "replaying", "data": {"id": id}}),
-            )
-        }
-        Ok(false) => {
-            envelope::error_response(StatusCode::NOT_FOUND, "no such delivery, or it is in flight now")
-        }
-        Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
-    })
-}
-
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, envelope::JSON);
-    response
 }

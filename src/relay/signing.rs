@@ -7,6 +7,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
+/// Why a webhook secret was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Not `whsec_` followed by base64.
+    #[error("the webhook secret is not whsec_ followed by base64")]
+    NotBase64,
+    /// Fewer than 24 bytes once decoded.
+    #[error("the webhook secret must hold at least 24 bytes (32 recommended)")]
+    TooShort,
+}
+
 /// Signs relayed webhooks with a `whsec_<base64>` secret, as the Standard Webhooks spec
 /// describes (so subscribers can verify with any Standard Webhooks library).
 #[derive(Clone)]
@@ -22,13 +33,11 @@ impl fmt::Debug for WebhookSigner {
 
 impl WebhookSigner {
     /// A signer for a secret written `whsec_<base64>` (the prefix is optional).
-    pub fn from_secret(secret: &str) -> Result<WebhookSigner, String> {
+    pub fn from_secret(secret: &str) -> Result<WebhookSigner, SecretError> {
         let encoded = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());
-        let bytes = STANDARD
-            .decode(encoded)
-            .map_err(|_| "the webhook secret is not whsec_ followed by base64".to_owned())?;
+        let bytes = STANDARD.decode(encoded).map_err(|_| SecretError::NotBase64)?;
         if bytes.len() < 24 {
-            return Err("the webhook secret must hold at least 24 bytes (32 recommended)".to_owned());
+            return Err(SecretError::TooShort);
         }
         Ok(WebhookSigner {
             key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),

@@ -47,7 +47,9 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at)
 CREATE INDEX IF NOT EXISTS deliveries_task ON deliveries (task_key, state);
 ";
 
-type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// How a batch's commit went, handed to every command of the batch.
+type Committed = Result<(), Arc<rusqlite::Error>>;
+type Finish = Box<dyn FnOnce(Committed) + Send>;
 type Command = Box<dyn FnOnce(&Transaction<'_>) -> Finish + Send>;
 
 /// The SQLite [`Outbox`]. Cheap to clone; clones share the writer thread.
@@ -109,7 +111,7 @@ impl SqliteOutbox {
         let (reply, answer) = oneshot::channel();
         let command: Command = Box::new(move |tx| {
             let result = apply(tx);
-            Box::new(move |committed: Result<(), String>| {
+            Box::new(move |committed: Committed| {
                 let outcome = match (committed, result) {
                     (Ok(()), Ok(value)) => Ok(value),
                     (Err(commit), _) => Err(OutboxError(format!("commit failed: {commit}"))),
@@ -152,7 +154,7 @@ fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
             }
         };
         let finishers: Vec<Finish> = batch.into_iter().map(|command| command(&transaction)).collect();
-        let committed = transaction.commit().map_err(|e| e.to_string());
+        let committed = transaction.commit().map_err(Arc::new);
         if let Err(error) = &committed {
             tracing::error!(%error, "outbox commit failed");
         }

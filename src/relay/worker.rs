@@ -17,17 +17,19 @@ use hyper_util::client::legacy::connect::dns::Name;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
+use super::RelayMetrics;
 use super::outbox::{Completion, Delivery, Outbox};
 use super::signing::WebhookSigner;
-use crate::body::{self, BoxError};
-use crate::callback::TargetPolicy;
-use crate::metrics::Metrics;
-use crate::retry::retry_after;
+use crate::body;
+use crate::callback::SubscriberPolicy;
+use crate::settings::{InvalidSetting, check};
+use crate::upstream::{ClientError, retry_after, tls_client};
 
-/// Settings of the delivery workers.
+/// Settings of the delivery workers (`[delivery]` in the config file). Field names are
+/// the config keys.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
-pub struct RelaySettings {
+pub struct DeliverySettings {
     /// Wait before each attempt: the first is the wait before the first attempt, and the
     /// number of entries is the number of attempts (default: immediately, 5 s, 5 min,
     /// 30 min, 2 h, 5 h, 10 h, 10 h, each with ±20% jitter).
@@ -38,22 +40,35 @@ pub struct RelaySettings {
     pub workers: usize,
     /// The longest a subscriber's `Retry-After` can push an attempt back (default 1 h).
     pub retry_after_cap: Duration,
-    /// Which subscriber addresses may be delivered to (checked again at delivery).
-    pub policy: TargetPolicy,
 }
 
-impl Default for RelaySettings {
+impl DeliverySettings {
+    /// Check every value; the config and [`RelayBuilder::start`](super::RelayBuilder::start)
+    /// both call this.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        check(!self.schedule.is_empty(), "delivery.schedule", || {
+            "needs at least one wait, like 0s,5s,5m".into()
+        })?;
+        check(!self.timeout.is_zero(), "delivery.timeout", || {
+            "must be longer than zero".into()
+        })?;
+        check(self.workers > 0, "delivery.workers", || {
+            "must be at least 1".into()
+        })
+    }
+}
+
+impl Default for DeliverySettings {
     fn default() -> Self {
         let m = 60;
         let h = 3600;
-        RelaySettings {
+        DeliverySettings {
             schedule: [0, 5, 5 * m, 30 * m, 2 * h, 5 * h, 10 * h, 10 * h]
                 .map(Duration::from_secs)
                 .to_vec(),
             timeout: Duration::from_secs(15),
             workers: 4,
             retry_after_cap: Duration::from_secs(3600),
-            policy: TargetPolicy::default(),
         }
     }
 }
@@ -67,7 +82,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// go where the check said: the guard against DNS rebinding between check and connect.
 #[derive(Clone, Debug)]
 struct SafeResolver {
-    policy: TargetPolicy,
+    policy: SubscriberPolicy,
 }
 
 impl tower::Service<Name> for SafeResolver {
@@ -100,11 +115,11 @@ impl tower::Service<Name> for SafeResolver {
 
 type DeliveryClient = Client<HttpsConnector<HttpConnector<SafeResolver>>, Full<Bytes>>;
 
-fn delivery_client(settings: &RelaySettings) -> Result<DeliveryClient, BoxError> {
+fn delivery_client(policy: &SubscriberPolicy, timeout: Duration) -> Result<DeliveryClient, ClientError> {
     let resolver = SafeResolver {
-        policy: settings.policy.clone(),
+        policy: policy.clone(),
     };
-    crate::proxy::tls_client(HttpConnector::new_with_resolver(resolver), settings.timeout)
+    tls_client(HttpConnector::new_with_resolver(resolver), timeout)
 }
 
 struct Worker {
@@ -112,14 +127,15 @@ struct Worker {
     outbox: Arc<dyn Outbox>,
     client: DeliveryClient,
     signer: WebhookSigner,
-    settings: Arc<RelaySettings>,
+    settings: Arc<DeliverySettings>,
+    policy: SubscriberPolicy,
     wake: Arc<Notify>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<RelayMetrics>,
 }
 
 /// The running delivery workers.
 #[derive(Debug)]
-pub struct DeliveryWorkers {
+pub(super) struct DeliveryWorkers {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -127,14 +143,15 @@ pub struct DeliveryWorkers {
 impl DeliveryWorkers {
     /// Start `settings.workers` workers delivering from `outbox`, signing with `signer`.
     /// `wake` is notified when something new is stored (the receiver does it).
-    pub fn start(
+    pub(super) fn start(
         outbox: Arc<dyn Outbox>,
         signer: WebhookSigner,
-        settings: RelaySettings,
+        settings: DeliverySettings,
+        policy: SubscriberPolicy,
         wake: Arc<Notify>,
-        metrics: Option<Arc<Metrics>>,
-    ) -> Result<DeliveryWorkers, BoxError> {
-        let client = delivery_client(&settings)?;
+        metrics: Arc<RelayMetrics>,
+    ) -> Result<DeliveryWorkers, ClientError> {
+        let client = delivery_client(&policy, settings.timeout)?;
         let settings = Arc::new(settings);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -146,20 +163,19 @@ impl DeliveryWorkers {
                 client: client.clone(),
                 signer: signer.clone(),
                 settings: Arc::clone(&settings),
+                policy: policy.clone(),
                 wake: Arc::clone(&wake),
-                metrics: metrics.clone(),
+                metrics: Arc::clone(&metrics),
             };
             tasks.spawn(worker.run(stopped.clone()));
         }
-        if let Some(metrics) = metrics {
-            tasks.spawn(publish_depth(outbox, metrics, stopped));
-        }
+        tasks.spawn(publish_depth(outbox, metrics, stopped));
         Ok(DeliveryWorkers { stop, tasks })
     }
 
     /// Stop claiming; let deliveries in flight finish for up to `grace`, then give the
     /// rest back to the outbox as pending.
-    pub async fn shutdown(mut self, grace: Duration) {
+    pub(super) async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         // Each worker enforces the grace itself; this bounds the wait for their exit.
         let _ = tokio::time::timeout(grace + Duration::from_secs(5), async {
@@ -176,7 +192,11 @@ const DEPTH_EVERY: Duration = Duration::from_secs(1);
 /// Keep `runway_proxy_outbox_depth` equal to what the store holds. Asking the store
 /// (rather than counting in the receiver and the workers) stays right through superseded
 /// statuses, replays, restarts, and other replicas sharing the store.
-async fn publish_depth(outbox: Arc<dyn Outbox>, metrics: Arc<Metrics>, mut stopped: watch::Receiver<bool>) {
+async fn publish_depth(
+    outbox: Arc<dyn Outbox>,
+    metrics: Arc<RelayMetrics>,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         if let Ok(depth) = outbox.depth().await {
             metrics
@@ -265,30 +285,19 @@ impl Worker {
 
     /// One attempt: how it ended, as the outbox records it.
     async fn attempt(&self, delivery: &Delivery) -> Completion {
-        let (error, retry_after) = match self.send(delivery).await {
-            Ok(()) => return Completion::Delivered,
-            Err(Failure::Gone(error)) | Err(Failure::Refused(error)) => return Completion::Dead { error },
-            Err(Failure::Retry { error, retry_after }) => (error, retry_after),
-        };
-        let attempts = delivery.attempts as usize + 1;
-        match self.settings.schedule.get(attempts) {
-            None => Completion::Dead {
-                error: format!("{error} (after {attempts} attempts)"),
-            },
-            Some(&delay) => {
-                let wait = jittered(delay).max(retry_after.unwrap_or_default());
-                Completion::RetryAt {
-                    at: now_ms() + wait.as_millis() as i64,
-                    error,
-                }
-            }
-        }
+        let sent = self.send(delivery).await;
+        complete(
+            sent,
+            delivery.attempts,
+            &self.settings.schedule,
+            now_ms(),
+            jittered,
+        )
     }
 
     async fn send(&self, delivery: &Delivery) -> Result<(), Failure> {
         // The literal-address case: the resolver sees only host names.
         let target = self
-            .settings
             .policy
             .check(&delivery.target_url)
             .map_err(|r| Failure::Refused(r.to_string()))?;
@@ -354,25 +363,57 @@ impl Worker {
     }
 
     fn record(&self, delivery: &Delivery, completion: &Completion) {
-        let Some(metrics) = &self.metrics else { return };
+        let metrics = &self.metrics;
         match completion {
             Completion::Delivered => {
-                metrics.deliveries.inc(&"delivered");
+                metrics.delivered.inc();
                 let age = (now_ms() - delivery.created_at).max(0) as u64;
                 metrics.delivery_latency.observe(Duration::from_millis(age));
             }
             Completion::RetryAt { error, .. } => {
-                metrics.deliveries.inc(&"retried");
+                metrics.retried.inc();
                 tracing::info!(id = delivery.id, attempt = delivery.attempts + 1, %error, "delivery failed; will retry");
             }
             Completion::Dead { error } => {
-                metrics.deliveries.inc(&"dead");
+                metrics.dead.inc();
                 tracing::warn!(id = delivery.id, attempts = delivery.attempts + 1, %error, "delivery is a dead letter");
             }
         }
     }
 }
 
+/// How a delivery attempt ended, as the outbox records it: delivered, a dead letter (the
+/// subscriber is gone, refused, or the schedule is spent), or another attempt after the
+/// schedule's next wait (`jitter` applied) or the subscriber's `Retry-After`, whichever
+/// is later.
+fn complete(
+    sent: Result<(), Failure>,
+    attempts_before: u32,
+    schedule: &[Duration],
+    now_ms: i64,
+    jitter: fn(Duration) -> Duration,
+) -> Completion {
+    let (error, retry_after) = match sent {
+        Ok(()) => return Completion::Delivered,
+        Err(Failure::Gone(error) | Failure::Refused(error)) => return Completion::Dead { error },
+        Err(Failure::Retry { error, retry_after }) => (error, retry_after),
+    };
+    let attempts = attempts_before as usize + 1;
+    match schedule.get(attempts) {
+        None => Completion::Dead {
+            error: format!("{error} (after {attempts} attempts)"),
+        },
+        Some(&delay) => {
+            let wait = jitter(delay).max(retry_after.unwrap_or_default());
+            Completion::RetryAt {
+                at: now_ms + wait.as_millis() as i64,
+                error,
+            }
+        }
+    }
+}
+
+/// Why an attempt did not deliver.
 enum Failure {
     /// 410: the subscriber wants no more.
     Gone(String),
@@ -383,4 +424,96 @@ enum Failure {
         error: String,
         retry_after: Option<Duration>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEDULE: [Duration; 3] = [Duration::ZERO, Duration::from_secs(5), Duration::from_secs(300)];
+
+    fn exact(delay: Duration) -> Duration {
+        delay
+    }
+
+    fn retry(retry_after: Option<Duration>) -> Result<(), Failure> {
+        Err(Failure::Retry {
+            error: "subscriber answered 503 Service Unavailable".into(),
+            retry_after,
+        })
+    }
+
+    #[test]
+    fn a_failed_attempt_waits_for_the_next_step_of_the_schedule() {
+        let completion = complete(retry(None), 0, &SCHEDULE, 1_000, exact);
+        assert_eq!(
+            completion,
+            Completion::RetryAt {
+                at: 6_000,
+                error: "subscriber answered 503 Service Unavailable".into()
+            }
+        );
+        let completion = complete(retry(None), 1, &SCHEDULE, 1_000, exact);
+        assert!(
+            matches!(completion, Completion::RetryAt { at: 301_000, .. }),
+            "{completion:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_pushes_the_attempt_back_but_never_forward() {
+        let later = complete(retry(Some(Duration::from_secs(60))), 0, &SCHEDULE, 0, exact);
+        assert!(
+            matches!(later, Completion::RetryAt { at: 60_000, .. }),
+            "{later:?}"
+        );
+        let sooner = complete(retry(Some(Duration::from_secs(1))), 0, &SCHEDULE, 0, exact);
+        assert!(
+            matches!(sooner, Completion::RetryAt { at: 5_000, .. }),
+            "{sooner:?}"
+        );
+    }
+
+    #[test]
+    fn a_spent_schedule_gone_or_refused_subscriber_is_a_dead_letter() {
+        let spent = complete(retry(None), 2, &SCHEDULE, 0, exact);
+        assert_eq!(
+            spent,
+            Completion::Dead {
+                error: "subscriber answered 503 Service Unavailable (after 3 attempts)".into()
+            }
+        );
+        let gone = complete(Err(Failure::Gone("410".into())), 0, &SCHEDULE, 0, exact);
+        assert_eq!(gone, Completion::Dead { error: "410".into() });
+        let refused = complete(Err(Failure::Refused("private".into())), 0, &SCHEDULE, 0, exact);
+        assert_eq!(
+            refused,
+            Completion::Dead {
+                error: "private".into()
+            }
+        );
+        assert_eq!(complete(Ok(()), 5, &SCHEDULE, 0, exact), Completion::Delivered);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_fifth() {
+        for _ in 0..100 {
+            let wait = jittered(Duration::from_secs(10));
+            assert!(
+                wait >= Duration::from_secs(8) && wait <= Duration::from_secs(12),
+                "{wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_check_themselves() {
+        assert!(DeliverySettings::default().validate().is_ok());
+        let mut settings = DeliverySettings::default();
+        settings.schedule.clear();
+        assert_eq!(settings.validate().unwrap_err().key, "delivery.schedule");
+        settings = DeliverySettings::default();
+        settings.workers = 0;
+        assert_eq!(settings.validate().unwrap_err().key, "delivery.workers");
+    }
 }

@@ -251,9 +251,35 @@ enum CodeSpec {
     Str(String),
 }
 
+/// Why a rule from the config file was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// `msg_regex` does not compile.
+    #[error("msg_regex {pattern:?} is not a valid regex: {problem}")]
+    BadRegex {
+        /// The pattern.
+        pattern: String,
+        /// The regex compiler's complaint.
+        problem: String,
+    },
+    /// A route class other than `submission`, `read` or `other`.
+    #[error("route_class {0:?} is not submission, read or other")]
+    BadRouteClass(String),
+    /// `delay` is not a duration.
+    #[error("delay: {0}")]
+    BadDelay(#[from] crate::duration::DurationError),
+    /// `max_attempts = 0`.
+    #[error("max_attempts must be at least 1")]
+    ZeroAttempts,
+    /// A rule that would match every outcome.
+    #[error("a rule needs at least one of status, code, msg_contains, msg_regex or route_class")]
+    NoCondition,
+}
+
 impl RuleSpec {
-    /// Check and compile the rule; `Err` says what is wrong, for the key `retry.rules[i]`.
-    pub fn build(self, index: usize) -> Result<Rule, String> {
+    /// Check and compile the rule, which is rule number `index` of the file (named
+    /// `user-rule-{index}` when it has no name).
+    pub fn build(self, index: usize) -> Result<Rule, RuleError> {
         let name = self.name.unwrap_or_else(|| format!("user-rule-{index}"));
         let mut rule = Rule::new(name, self.action).status(self.status);
         for code in self.code {
@@ -264,8 +290,10 @@ impl RuleSpec {
         }
         rule.msg_contains = self.msg_contains;
         if let Some(pattern) = self.msg_regex {
-            let regex = Regex::new(&pattern)
-                .map_err(|e| format!("msg_regex {pattern:?} is not a valid regex: {e}"))?;
+            let regex = Regex::new(&pattern).map_err(|e| RuleError::BadRegex {
+                problem: e.to_string(),
+                pattern: pattern.clone(),
+            })?;
             rule.msg_regex = Some(MsgRegex(regex));
         }
         for class in self.route_class {
@@ -273,22 +301,20 @@ impl RuleSpec {
                 "submission" => RouteClass::Submission,
                 "read" => RouteClass::Read,
                 "other" => RouteClass::Other,
-                _ => return Err(format!("route_class {class:?} is not submission, read or other")),
+                _ => return Err(RuleError::BadRouteClass(class)),
             });
         }
         if let Some(delay) = self.delay {
-            rule.delay = Some(duration::parse(&delay).map_err(|e| format!("delay: {e}"))?);
+            rule.delay = Some(duration::parse(&delay)?);
         }
         if let Some(max) = self.max_attempts {
             if max == 0 {
-                return Err("max_attempts must be at least 1".into());
+                return Err(RuleError::ZeroAttempts);
             }
             rule.max_attempts = Some(max);
         }
         if !rule.has_condition() {
-            return Err(
-                "a rule needs at least one of status, code, msg_contains, msg_regex or route_class".into(),
-            );
+            return Err(RuleError::NoCondition);
         }
         Ok(rule)
     }
@@ -296,6 +322,7 @@ impl RuleSpec {
 
 /// The verdict on one attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Verdict<'a> {
     /// What to do.
     pub action: Action,
@@ -475,7 +502,7 @@ mod tests {
         let build = |text: &str| {
             toml::from_str::<RuleSpec>(text)
                 .map_err(|e| e.to_string())
-                .and_then(|s| s.build(0))
+                .and_then(|s| s.build(0).map_err(|e| e.to_string()))
         };
         assert!(build("action = \"retry\"").unwrap_err().contains("at least one"));
         assert!(

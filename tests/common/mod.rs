@@ -12,10 +12,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use runway_proxy::app::Proxy;
 use runway_proxy::body::{self, Body};
 use runway_proxy::config::{Config, Overrides};
 use runway_proxy::mock::{MockConfig, MockUpstream};
-use runway_proxy::proxy::Proxy;
 use tokio::sync::{Notify, oneshot};
 
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;

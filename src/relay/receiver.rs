@@ -8,16 +8,15 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use ring::digest;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::RelayMetrics;
 use super::outbox::{Enqueued, NewDelivery, Outbox};
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, ReadError};
 use crate::callback::{HOOK_PATH, Keyring};
 use crate::envelope;
-use crate::metrics::Metrics;
 
 /// Receives CometAPI's callbacks and stores them in the outbox.
 ///
@@ -28,7 +27,7 @@ use crate::metrics::Metrics;
 /// as it is (the upstream may add fields), and logged.
 ///
 /// It is a tower `Service`, so an application can mount it in its own router at
-/// `/hooks/runway/{token}`.
+/// `/hooks/runway/{token}`; [`Relay::receiver`](super::Relay::receiver) hands it out.
 #[derive(Clone)]
 pub struct WebhookReceiver {
     shared: Arc<Shared>,
@@ -39,7 +38,7 @@ struct Shared {
     outbox: Arc<dyn Outbox>,
     body_limit: usize,
     wake: Arc<Notify>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<RelayMetrics>,
 }
 
 impl std::fmt::Debug for WebhookReceiver {
@@ -53,12 +52,12 @@ impl std::fmt::Debug for WebhookReceiver {
 impl WebhookReceiver {
     /// A receiver that verifies tokens with `keys` and stores into `outbox`, waking the
     /// delivery workers through `wake`.
-    pub fn new(
+    pub(super) fn new(
         keys: Arc<Keyring>,
         outbox: Arc<dyn Outbox>,
         wake: Arc<Notify>,
         body_limit: usize,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<RelayMetrics>,
     ) -> Self {
         WebhookReceiver {
             shared: Arc::new(Shared {
@@ -151,22 +150,14 @@ impl Shared {
                 return envelope::error_response(StatusCode::NOT_FOUND, "unknown callback token");
             }
         };
-        let too_large = || {
-            let msg = format!("webhook body larger than {} bytes", self.body_limit);
-            envelope::error_response(StatusCode::PAYLOAD_TOO_LARGE, &msg)
-        };
-        let body = request.into_body();
-        if body.size_hint().lower() > self.body_limit as u64 {
-            return too_large();
-        }
-        let bytes = match Limited::new(body, self.body_limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Err(err) => {
-                let msg = format!(
-                    "could not read the webhook body: {}",
-                    body::error_chain(err.as_ref())
-                );
+        let bytes = match body::read_to_limit(request.into_body(), self.body_limit).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge(limit)) => {
+                let msg = format!("webhook body larger than {limit} bytes");
+                return envelope::error_response(StatusCode::PAYLOAD_TOO_LARGE, &msg);
+            }
+            Err(ReadError::Failed(err)) => {
+                let msg = format!("could not read the webhook body: {}", body::error_chain(&err));
                 return envelope::error_response(StatusCode::BAD_REQUEST, &msg);
             }
         };
@@ -227,10 +218,8 @@ impl Shared {
         }
     }
 
-    fn count(&self, record: impl FnOnce(&Metrics)) {
-        if let Some(metrics) = &self.metrics {
-            record(metrics);
-        }
+    fn count(&self, record: impl FnOnce(&RelayMetrics)) {
+        record(&self.metrics);
     }
 }
 

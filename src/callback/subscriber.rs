@@ -11,13 +11,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::Uri;
 
-/// Policy for subscriber URLs.
+/// Which subscriber URLs are accepted: by default any public `http(s)` host, no internal
+/// address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TargetPolicy {
-    /// Allow loopback, private and other internal addresses (for development and tests).
-    pub allow_private: bool,
-    /// When not empty, only these hosts (exact, or `*.example.com` for subdomains).
-    pub allowed_hosts: Vec<String>,
+pub struct SubscriberPolicy {
+    allow_private: bool,
+    allowed_hosts: Vec<String>,
 }
 
 /// Why a subscriber URL was refused.
@@ -27,7 +26,8 @@ pub struct Refused(pub String);
 
 /// A subscriber URL that passed the checks, with its parts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
+#[non_exhaustive]
+pub struct SubscriberUrl {
     /// The URL.
     pub uri: Uri,
     /// Its host, lower case, without brackets or a trailing dot.
@@ -36,9 +36,39 @@ pub struct Target {
     pub ip: Option<IpAddr>,
 }
 
-impl TargetPolicy {
+impl SubscriberPolicy {
+    /// Allow loopback, private and other internal addresses (for development and tests).
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        self
+    }
+
+    /// Only these hosts (exact, or `*.example.com` for subdomains); empty means any.
+    pub fn allowed_hosts<I, H>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = H>,
+        H: Into<String>,
+    {
+        self.allowed_hosts = hosts
+            .into_iter()
+            .map(|h| h.into().trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        self
+    }
+
+    /// Whether internal addresses are allowed.
+    pub fn allows_private(&self) -> bool {
+        self.allow_private
+    }
+
+    /// The host allow list (empty: any host).
+    pub fn hosts(&self) -> &[String] {
+        &self.allowed_hosts
+    }
+
     /// Check a subscriber URL's form, host and (if literal) address.
-    pub fn check(&self, url: &str) -> Result<Target, Refused> {
+    pub fn check(&self, url: &str) -> Result<SubscriberUrl, Refused> {
         let refuse = |why: &str| Err(Refused(why.to_owned()));
         if url.len() > super::token::MAX_URL {
             return refuse("it is longer than 2048 bytes");
@@ -94,7 +124,7 @@ impl TargetPolicy {
                 return Err(Refused(format!("host {host} is a cloud metadata service")));
             }
         }
-        Ok(Target { uri, host, ip })
+        Ok(SubscriberUrl { uri, host, ip })
     }
 
     /// Check the addresses a host resolved to (at delivery time).
@@ -195,8 +225,8 @@ fn unsafe_v4(ip: Ipv4Addr) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn strict() -> TargetPolicy {
-        TargetPolicy::default()
+    fn strict() -> SubscriberPolicy {
+        SubscriberPolicy::default()
     }
 
     #[test]
@@ -263,15 +293,9 @@ mod tests {
 
     #[test]
     fn private_can_be_allowed_and_hosts_listed() {
-        let open = TargetPolicy {
-            allow_private: true,
-            allowed_hosts: vec![],
-        };
+        let open = SubscriberPolicy::default().allow_private(true);
         assert!(open.check("http://127.0.0.1:9000/hook").is_ok());
-        let listed = TargetPolicy {
-            allow_private: false,
-            allowed_hosts: vec!["*.example.com".into(), "hooks.io".into()],
-        };
+        let listed = SubscriberPolicy::default().allowed_hosts(["*.example.com", "Hooks.io "]);
         assert!(listed.check("https://a.example.com/").is_ok());
         assert!(listed.check("https://hooks.io/").is_ok());
         assert!(listed.check("https://example.com/").is_err());

@@ -1,0 +1,327 @@
+//! The sidecar wired from its configuration: the only place that takes a [`Config`].
+//!
+//! [`Proxy::bind`] builds everything `runway-proxy serve` runs, in one direction: the
+//! forwarder, [`RunwayLayer`] around it (exactly the layer an embedder uses), the relay
+//! through [`Relay::builder`] (with the same [`Callbacks`] as the rewrite), the
+//! [`Sidecar`] service on top, and both listeners. [`Proxy::run`] serves until shutdown.
+//!
+//! ```text
+//!  main.rs ─► app ─► config
+//!              │
+//!              ├─► sidecar ──► RunwayLayer (callback ─► retry ─► limit) ──► upstream::Forward
+//!              └─► relay (receiver, outbox, workers)   ◄── webhook listener
+//! ```
+//!
+//! # Example
+//!
+//! ```no_run
+//! use runway_proxy::app::Proxy;
+//! use runway_proxy::config::Config;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let proxy = Proxy::bind(&Config::default()).await?;
+//! println!("listening on {}", proxy.local_addr());
+//! proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tower::Layer;
+
+use crate::callback::{CallbackError, Callbacks, Keyring, KeyringError, random_secret};
+use crate::config::{Config, ConfigError};
+use crate::metrics::MetricSet;
+use crate::relay::{
+    OutboxError, Relay, RelayError, SecretError, SqliteOutbox, WebhookReceiver, WebhookSigner,
+};
+use crate::runway::{Runway, RunwayLayer};
+use crate::settings::InvalidSetting;
+use crate::sidecar::{Readiness, RequestMetrics, Sidecar};
+use crate::upstream::{ClientError, Forward};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration does not check out.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A setting is out of range.
+    #[error(transparent)]
+    Setting(#[from] InvalidSetting),
+    /// A file or directory the proxy needs could not be read or written.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// What the proxy was doing ("cannot create the data directory", ...).
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen {what} on {addr}: {source}")]
+    Listen {
+        /// Which listener ("", "for webhooks").
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stored webhook secret is not valid.
+    #[error("the webhook secret in {}: {source}", path.display())]
+    WebhookSecret {
+        /// Where it is kept.
+        path: PathBuf,
+        /// Why it was refused.
+        source: SecretError,
+    },
+    /// Stored callback token keys are not valid.
+    #[error("the callback token keys in {}: {source}", path.display())]
+    TokenKeys {
+        /// Where they are kept.
+        path: PathBuf,
+        /// Why they were refused.
+        source: KeyringError,
+    },
+    /// The public URL is not usable.
+    #[error("public_url: {0}")]
+    PublicUrl(#[from] CallbackError),
+    /// The upstream client could not be set up.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The relay could not start.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+/// Every metric set the sidecar records, in the order `/-/metrics` renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    sets: Vec<Arc<dyn MetricSet>>,
+}
+
+impl Metrics {
+    /// The sets, to hand to [`Sidecar::metric_sets`].
+    pub fn sets(&self) -> Vec<Arc<dyn MetricSet>> {
+        self.sets.clone()
+    }
+
+    /// Render every set in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let sets: Vec<&dyn MetricSet> = self.sets.iter().map(|s| s.as_ref()).collect();
+        crate::metrics::render_all(&sets)
+    }
+}
+
+/// The sidecar bound to its listeners, ready to run: the proxy listener (forwarding and
+/// admin paths), the webhook listener, and the relay's outbox and delivery workers.
+#[derive(Debug)]
+pub struct Proxy {
+    listener: TcpListener,
+    webhook_listener: TcpListener,
+    service: Sidecar<Runway<Forward>>,
+    receiver: WebhookReceiver,
+    relay: Relay,
+    readiness: Readiness,
+    grace: Duration,
+}
+
+impl Proxy {
+    /// Build everything `serve` runs from `config`, and bind both listeners.
+    pub async fn bind(config: &Config) -> Result<Proxy, StartError> {
+        config.validate()?;
+        create_private_dir(&config.data_dir).map_err(|source| StartError::File {
+            what: "cannot create the data directory",
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let signer = webhook_signer(config)?;
+        let keys = token_keys(config)?;
+        let outbox = Arc::new(SqliteOutbox::open(&config.data_dir.join("outbox.sqlite3"))?);
+
+        let listen = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { what, addr, source })
+        };
+        let listener = listen(config.listen, "").await?;
+        let webhook_listener = listen(config.webhook_listen, "for webhooks").await?;
+        let public_url = match &config.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let addr = webhook_listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen {
+                        what: "for webhooks",
+                        addr: config.webhook_listen,
+                        source,
+                    })?;
+                if addr.ip().is_unspecified() {
+                    tracing::warn!(%addr, "webhook listener on an unspecified address: set --public-url to the URL the upstream can reach");
+                }
+                format!("http://{addr}")
+            }
+        };
+        // One value for the rewrite and the relay: the same keys, policy and body limit.
+        let callbacks = Callbacks::new(&public_url, keys)?
+            .with_policy(config.callback.policy())
+            .with_body_limit(config.callback.body_limit);
+
+        let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?;
+        // Exactly the layer an embedding application uses.
+        let runway = RunwayLayer::builder()
+            .retry(config.retry.clone())
+            .rate_limit(config.limit.clone())
+            .callbacks(callbacks.clone())
+            .build()?;
+        let relay = Relay::builder(&callbacks, outbox.clone(), signer)
+            .settings(config.delivery.clone())
+            .start()?;
+
+        let requests = Arc::new(RequestMetrics::default());
+        let metrics = Metrics {
+            sets: vec![
+                Arc::clone(&requests) as Arc<dyn MetricSet>,
+                forward.metrics(),
+                runway.retry().metrics(),
+                runway.rate_limit().metrics(),
+                relay.metrics(),
+            ],
+        };
+        let readiness = Readiness::default();
+        let service = Sidecar::new(runway.layer(forward), requests, readiness.clone())
+            .metric_sets(metrics.sets())
+            .relay_admin(relay.admin());
+        tracing::info!(public_url = %public_url, outbox = %outbox.path().display(), "webhook relay ready");
+        Ok(Proxy {
+            listener,
+            webhook_listener,
+            service,
+            receiver: relay.receiver(),
+            relay,
+            readiness,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The address the proxy listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The address the webhook listener listens on.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serve until `shutdown` completes, then drain in-flight requests for up to the
+    /// configured grace period, and let the delivery workers finish or hand back what
+    /// they hold.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.readiness.set(true);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let proxy = crate::server::serve(self.listener, self.service, signal(stopped.clone()), self.grace);
+        let hooks = crate::server::serve(self.webhook_listener, self.receiver, signal(stopped), self.grace);
+        let readiness = self.readiness.clone();
+        let trigger = async move {
+            shutdown.await;
+            readiness.set(false);
+            let _ = stop.send(true);
+        };
+        tokio::join!(proxy, hooks, trigger);
+        self.relay.shutdown(self.grace).await;
+    }
+}
+
+fn webhook_signer(config: &Config) -> Result<WebhookSigner, StartError> {
+    let path = config.data_dir.join("webhook-secret");
+    let secret = match &config.webhook_secret {
+        // Checked when the config was loaded.
+        Some(secret) => secret.expose().to_owned(),
+        None => secret_file(
+            &path,
+            "webhook signing secret",
+            "subscribers verify with it, replicas sign with it",
+            WebhookSigner::generate_secret,
+        )?,
+    };
+    WebhookSigner::from_secret(&secret).map_err(|source| StartError::WebhookSecret { path, source })
+}
+
+fn token_keys(config: &Config) -> Result<Keyring, StartError> {
+    let path = config.data_dir.join("callback-token-keys");
+    let text = match &config.callback.token_keys {
+        Some(keys) => keys.expose().to_owned(),
+        None => secret_file(
+            &path,
+            "callback token key",
+            "every replica needs the same one",
+            || format!("1:{}", random_secret()),
+        )?,
+    };
+    Keyring::parse(&text).map_err(|source| StartError::TokenKeys { path, source })
+}
+
+/// Create the data directory readable by its owner only: it holds secrets and the
+/// webhooks' payloads.
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// Read a secret from `path`, or generate one and store it there (readable by the owner
+/// only). The secret itself is never logged, only where it is.
+fn secret_file(
+    path: &Path,
+    what: &str,
+    who_needs_it: &str,
+    generate: impl FnOnce() -> String,
+) -> Result<String, StartError> {
+    let fail = |doing: &'static str| {
+        let path = path.to_owned();
+        move |source| StartError::File {
+            what: doing,
+            path,
+            source,
+        }
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text.trim().to_owned()),
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(fail("cannot read")(err)),
+        Err(_) => {}
+    }
+    let secret = generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(fail("cannot store a generated secret at"))?;
+    std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(fail("cannot store a generated secret at"))?;
+    tracing::info!(path = %path.display(), "generated a {what} (keep it: {who_needs_it})");
+    Ok(secret)
+}

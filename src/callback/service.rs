@@ -1,0 +1,130 @@
+//! [`RewriteCallback`], the service: rewrite a submission's `callback_url`, then call the
+//! inner service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use tower::{Service, ServiceExt};
+
+use super::CallbackUrl;
+use super::layer::Shared;
+use crate::body::{self, Body, BoxError, ReadError};
+use crate::envelope;
+use crate::route::RouteClass;
+
+/// Rewrites `callback_url` in submissions, then calls `S`. See the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct RewriteCallback<S> {
+    inner: S,
+    /// `None`: rewriting is off and every request passes through.
+    shared: Option<Arc<Shared>>,
+}
+
+impl<S> RewriteCallback<S> {
+    pub(super) fn new(inner: S, shared: Option<Arc<Shared>>) -> Self {
+        RewriteCallback { inner, shared }
+    }
+
+    /// A service that rewrites nothing (for a stack with callback rewriting turned off).
+    pub fn passthrough(inner: S) -> Self {
+        RewriteCallback { inner, shared: None }
+    }
+}
+
+/// Response future of [`RewriteCallback`].
+pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for RewriteCallback<S>
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let shared = match &self.shared {
+            Some(shared)
+                if RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission =>
+            {
+                Arc::clone(shared)
+            }
+            // Not a submission (or rewriting is off): stream it through untouched.
+            _ => {
+                return Box::pin(async move {
+                    let response = inner.oneshot(request.map(body::boxed)).await?;
+                    Ok(response.map(body::boxed))
+                });
+            }
+        };
+        Box::pin(async move {
+            let request = match shared.rewrite(request).await {
+                Ok(request) => request,
+                Err(refusal) => return Ok(refusal),
+            };
+            let response = inner.oneshot(request).await?;
+            Ok(response.map(body::boxed))
+        })
+    }
+}
+
+impl Shared {
+    /// The request with its `callback_url` rewritten, or the error response to send back.
+    async fn rewrite<B>(&self, request: Request<B>) -> Result<Request<Body>, Response<Body>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let limit = self.callbacks.body_limit();
+        let bytes = match body::read_to_limit(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge(_)) => {
+                let msg = format!(
+                    "the request body is larger than {limit} bytes, the most runway-proxy reads from a submission"
+                );
+                return Err(envelope::error_response(StatusCode::PAYLOAD_TOO_LARGE, &msg));
+            }
+            Err(ReadError::Failed(err)) => {
+                let msg = format!("could not read the request body: {}", body::error_chain(&err));
+                return Err(envelope::error_response(StatusCode::BAD_REQUEST, &msg));
+            }
+        };
+        let bad_request = |msg: String| envelope::error_response(StatusCode::BAD_REQUEST, &msg);
+        let found = match CallbackUrl::find(&bytes) {
+            Ok(Some(found)) if !found.url.is_empty() => found,
+            // No callback_url (or an empty one, which CometAPI answers itself): unchanged.
+            Ok(_) => return Ok(Request::from_parts(parts, body::full(bytes))),
+            Err(err) => return Err(bad_request(err.to_string())),
+        };
+        let policy = self.callbacks.policy();
+        let subscriber = policy
+            .check(&found.url)
+            .map_err(|refused| bad_request(refused.to_string()))?;
+        if subscriber.ip.is_none() && !policy.allows_private() {
+            self.resolved
+                .check(&subscriber, policy)
+                .await
+                .map_err(|refused| bad_request(refused.to_string()))?;
+        }
+        let rewritten = found.replace(&bytes, &self.callbacks.hook_url(&found.url));
+        // The length changed; hyper sets the new one from the body.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Ok(Request::from_parts(parts, body::full(rewritten)))
+    }
+}

@@ -1,0 +1,68 @@
+//! The TOML config file, flattened to `dotted.key = value text` so a file value goes
+//! through the same parser as a flag or an environment variable.
+
+use std::collections::BTreeMap;
+
+use super::{ConfigError, KEYS, Origin};
+use crate::retry::RuleSpec;
+
+/// Flatten a TOML document into `dotted.key -> value text`, refusing keys not in [`KEYS`],
+/// and take out the structured `[[retry.rules]]`.
+pub(super) fn flatten_toml(text: &str) -> Result<(BTreeMap<String, String>, Vec<RuleSpec>), ConfigError> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
+    let rules = match table
+        .get_mut("retry")
+        .and_then(|r| r.as_table_mut())
+        .and_then(|r| r.remove("rules"))
+    {
+        Some(value) => value
+            .try_into::<Vec<RuleSpec>>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "retry.rules",
+                problem: e.to_string().trim().to_owned(),
+                origin: Origin::File,
+            })?,
+        None => Vec::new(),
+    };
+    let mut out = BTreeMap::new();
+    flatten_into(&table, "", &mut out)?;
+    Ok((out, rules))
+}
+
+fn flatten_into(
+    table: &toml::Table,
+    prefix: &str,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let text = match value {
+            toml::Value::Table(inner) => {
+                flatten_into(inner, &key, out)?;
+                continue;
+            }
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            // A list of words, such as route classes, reads like the flag's `a,b`.
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => items
+                .iter()
+                .filter_map(toml::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        if !KEYS.iter().any(|k| k.toml == key) {
+            return Err(ConfigError::UnknownKey(key));
+        }
+        out.insert(key, text);
+    }
+    Ok(())
+}

@@ -1,0 +1,520 @@
+//! Every setting, described once: its config key, environment variable, flag and help,
+//! how a value is read into [`Config`] and how the value in force is written back. The
+//! CLI builds its flags from this table, the README's table is checked against it, and
+//! each default is read off [`Config::default`].
+
+use super::values::*;
+use super::{Config, LogFormat, Secret, ValueError};
+use crate::callback::Keyring;
+use crate::duration;
+use crate::limit::parse_optional;
+use crate::relay::WebhookSigner;
+
+/// One configuration setting: a row of [`KEYS`].
+#[derive(Clone, Copy)]
+pub struct Key {
+    /// Key in the TOML file (dotted for a key inside a table, e.g. `retry.max_attempts`).
+    pub toml: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Command-line flag, without the leading `--`.
+    pub flag: &'static str,
+    /// One line describing the setting.
+    pub doc: &'static str,
+    set: fn(&mut Config, &str) -> Result<(), ValueError>,
+    show: fn(&Config) -> String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("toml", &self.toml)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// Read `raw` into `config`.
+    pub fn set(&self, config: &mut Config, raw: &str) -> Result<(), ValueError> {
+        (self.set)(config, raw)
+    }
+
+    /// The value `config` holds, written as the file would (`generated` for an unset
+    /// secret, never a secret itself).
+    pub fn show(&self, config: &Config) -> String {
+        (self.show)(config)
+    }
+
+    /// The default, as the file would write it.
+    pub fn default_value(&self) -> String {
+        self.show(&Config::default())
+    }
+
+    /// Whether this is an on/off switch (`--allow-private-callbacks` alone means true).
+    pub fn is_switch(&self) -> bool {
+        let value = self.default_value();
+        value == "false" || value == "true"
+    }
+}
+
+fn generated(secret: &Option<Secret>) -> String {
+    match secret {
+        Some(_) => "(set)".to_owned(),
+        None => "generated".to_owned(),
+    }
+}
+
+/// Every setting of [`Config`].
+pub const KEYS: &[Key] = &[
+    Key {
+        toml: "listen",
+        env: "RUNWAY_PROXY_LISTEN",
+        flag: "listen",
+        doc: "Address the proxy listens on for your application's calls.",
+        set: |c, raw| {
+            c.listen = socket_addr(raw, "127.0.0.1:8080")?;
+            Ok(())
+        },
+        show: |c| c.listen.to_string(),
+    },
+    Key {
+        toml: "upstream",
+        env: "RUNWAY_PROXY_UPSTREAM",
+        flag: "upstream",
+        doc: "Base URL requests are forwarded to, path and query unchanged.",
+        set: |c, raw| {
+            c.upstream = base_url(raw)?;
+            Ok(())
+        },
+        show: |c| c.upstream.to_string().trim_end_matches('/').to_owned(),
+    },
+    Key {
+        toml: "connect_timeout",
+        env: "RUNWAY_PROXY_CONNECT_TIMEOUT",
+        flag: "connect-timeout",
+        doc: "Time allowed to open a TCP and TLS connection to the upstream.",
+        set: |c, raw| {
+            c.connect_timeout = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.connect_timeout),
+    },
+    Key {
+        toml: "request_timeout",
+        env: "RUNWAY_PROXY_REQUEST_TIMEOUT",
+        flag: "request-timeout",
+        doc: "Time allowed for the upstream's response headers once the request is sent.",
+        set: |c, raw| {
+            c.request_timeout = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.request_timeout),
+    },
+    Key {
+        toml: "shutdown_grace",
+        env: "RUNWAY_PROXY_SHUTDOWN_GRACE",
+        flag: "shutdown-grace",
+        doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
+        set: |c, raw| {
+            c.shutdown_grace = duration::parse(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.shutdown_grace),
+    },
+    Key {
+        toml: "retry.max_attempts",
+        env: "RUNWAY_PROXY_MAX_ATTEMPTS",
+        flag: "max-attempts",
+        doc: "Attempts per request in all, counting the first.",
+        set: |c, raw| {
+            c.retry.max_attempts = number(raw)?;
+            Ok(())
+        },
+        show: |c| c.retry.max_attempts.to_string(),
+    },
+    Key {
+        toml: "retry.base_delay",
+        env: "RUNWAY_PROXY_RETRY_BASE_DELAY",
+        flag: "retry-base-delay",
+        doc: "Backoff base: the first retry waits a random time up to this.",
+        set: |c, raw| {
+            c.retry.base_delay = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.retry.base_delay),
+    },
+    Key {
+        toml: "retry.max_delay",
+        env: "RUNWAY_PROXY_RETRY_MAX_DELAY",
+        flag: "retry-max-delay",
+        doc: "Backoff cap: no backoff wait is longer.",
+        set: |c, raw| {
+            c.retry.max_delay = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.retry.max_delay),
+    },
+    Key {
+        toml: "retry.deadline",
+        env: "RUNWAY_PROXY_RETRY_DEADLINE",
+        flag: "retry-deadline",
+        doc: "One deadline for all attempts and waits of a request.",
+        set: |c, raw| {
+            c.retry.deadline = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.retry.deadline),
+    },
+    Key {
+        toml: "retry.attempt_timeout",
+        env: "RUNWAY_PROXY_ATTEMPT_TIMEOUT",
+        flag: "attempt-timeout",
+        doc: "Time allowed for one attempt, response body included.",
+        set: |c, raw| {
+            c.retry.attempt_timeout = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.retry.attempt_timeout),
+    },
+    Key {
+        toml: "retry.retry_after_cap",
+        env: "RUNWAY_PROXY_RETRY_AFTER_CAP",
+        flag: "retry-after-cap",
+        doc: "The longest wait a Retry-After header can ask for.",
+        set: |c, raw| {
+            c.retry.retry_after_cap = duration::parse(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.retry.retry_after_cap),
+    },
+    Key {
+        toml: "retry.budget_percent",
+        env: "RUNWAY_PROXY_RETRY_BUDGET_PERCENT",
+        flag: "retry-budget-percent",
+        doc: "Retries may add at most this percentage of recent requests...",
+        set: |c, raw| {
+            c.retry.budget_percent = percentage(raw)?;
+            Ok(())
+        },
+        show: |c| c.retry.budget_percent.to_string(),
+    },
+    Key {
+        toml: "retry.budget_min_per_sec",
+        env: "RUNWAY_PROXY_RETRY_BUDGET_MIN_PER_SEC",
+        flag: "retry-budget-min-per-sec",
+        doc: "...plus this many retries per second (a floor for quiet periods).",
+        set: |c, raw| {
+            c.retry.budget_min_per_sec = number(raw)?;
+            Ok(())
+        },
+        show: |c| c.retry.budget_min_per_sec.to_string(),
+    },
+    Key {
+        toml: "retry.body_limit",
+        env: "RUNWAY_PROXY_RETRY_BODY_LIMIT",
+        flag: "retry-body-limit",
+        doc: "Largest body buffered to replay a request or classify a response.",
+        set: |c, raw| {
+            c.retry.body_limit = size(raw)?;
+            Ok(())
+        },
+        show: |c| show_size(c.retry.body_limit),
+    },
+    Key {
+        toml: "retry.unknown_outcome",
+        env: "RUNWAY_PROXY_RETRY_UNKNOWN_OUTCOME",
+        flag: "retry-unknown-outcome",
+        doc: "Route classes retried after a timeout or reset once the request was written.",
+        set: |c, raw| {
+            c.retry.unknown_outcome = classes(raw)?;
+            Ok(())
+        },
+        show: |c| show_classes(&c.retry.unknown_outcome),
+    },
+    Key {
+        toml: "limit.rate",
+        env: "RUNWAY_PROXY_RATE_LIMIT",
+        flag: "rate-limit",
+        doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
+        set: |c, raw| {
+            c.limit.rate = parse_optional(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.limit.rate),
+    },
+    Key {
+        toml: "limit.rate_per_key",
+        env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
+        flag: "rate-limit-per-key",
+        doc: "Quota for each API key (bearer token, kept only as a hash).",
+        set: |c, raw| {
+            c.limit.rate_per_key = parse_optional(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.limit.rate_per_key),
+    },
+    Key {
+        toml: "limit.submit_rate",
+        env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
+        flag: "submit-rate-limit",
+        doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
+        set: |c, raw| {
+            c.limit.submit_rate = parse_optional(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.limit.submit_rate),
+    },
+    Key {
+        toml: "limit.read_rate",
+        env: "RUNWAY_PROXY_READ_RATE_LIMIT",
+        flag: "read-rate-limit",
+        doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
+        set: |c, raw| {
+            c.limit.read_rate = parse_optional(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.limit.read_rate),
+    },
+    Key {
+        toml: "limit.max_concurrency",
+        env: "RUNWAY_PROXY_MAX_CONCURRENCY",
+        flag: "max-concurrency",
+        doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
+        set: |c, raw| {
+            c.limit.max_concurrency = optional_count(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.limit.max_concurrency),
+    },
+    Key {
+        toml: "limit.max_concurrency_per_key",
+        env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
+        flag: "max-concurrency-per-key",
+        doc: "Most requests in flight to the upstream at once for one API key.",
+        set: |c, raw| {
+            c.limit.max_concurrency_per_key = optional_count(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.limit.max_concurrency_per_key),
+    },
+    Key {
+        toml: "limit.max_wait",
+        env: "RUNWAY_PROXY_MAX_WAIT",
+        flag: "max-wait",
+        doc: "Longest a request waits for its turn before a 429.",
+        set: |c, raw| {
+            c.limit.max_wait = duration::parse(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.limit.max_wait),
+    },
+    Key {
+        toml: "limit.max_queue",
+        env: "RUNWAY_PROXY_MAX_QUEUE",
+        flag: "max-queue",
+        doc: "Most requests waiting for their turn at once; more get a 429.",
+        set: |c, raw| {
+            c.limit.max_queue = count(raw)? as usize;
+            Ok(())
+        },
+        show: |c| c.limit.max_queue.to_string(),
+    },
+    Key {
+        toml: "limit.max_keys",
+        env: "RUNWAY_PROXY_RATE_LIMIT_MAX_KEYS",
+        flag: "rate-limit-max-keys",
+        doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
+        set: |c, raw| {
+            c.limit.max_keys = count(raw)? as usize;
+            Ok(())
+        },
+        show: |c| c.limit.max_keys.to_string(),
+    },
+    Key {
+        toml: "webhook_listen",
+        env: "RUNWAY_PROXY_WEBHOOK_LISTEN",
+        flag: "webhook-listen",
+        doc: "Address of the webhook listener (in production, the public one).",
+        set: |c, raw| {
+            c.webhook_listen = socket_addr(raw, "127.0.0.1:8081")?;
+            Ok(())
+        },
+        show: |c| c.webhook_listen.to_string(),
+    },
+    Key {
+        toml: "public_url",
+        env: "RUNWAY_PROXY_PUBLIC_URL",
+        flag: "public-url",
+        doc: "Base URL the upstream uses to reach the webhook listener (auto: http://{webhook_listen}).",
+        set: |c, raw| {
+            c.public_url = match raw.trim() {
+                "" | "auto" => None,
+                url => {
+                    // A path prefix is fine: webhooks come to {public_url}/hooks/runway/...
+                    base_url(url)?;
+                    Some(url.trim_end_matches('/').to_owned())
+                }
+            };
+            Ok(())
+        },
+        show: |c| c.public_url.clone().unwrap_or_else(|| "auto".to_owned()),
+    },
+    Key {
+        toml: "data_dir",
+        env: "RUNWAY_PROXY_DATA_DIR",
+        flag: "data-dir",
+        doc: "Directory of the outbox database and generated secrets.",
+        set: |c, raw| {
+            if raw.trim().is_empty() {
+                return Err(ValueError::Form("the data directory must not be empty".into()));
+            }
+            c.data_dir = raw.into();
+            Ok(())
+        },
+        show: |c| c.data_dir.display().to_string(),
+    },
+    Key {
+        toml: "webhook_secret",
+        env: "RUNWAY_PROXY_WEBHOOK_SECRET",
+        flag: "webhook-secret",
+        doc: "whsec_<base64> secret that signs relayed webhooks (generated: made once, kept in data_dir).",
+        set: |c, raw| {
+            c.webhook_secret = match raw.trim() {
+                "" | "generated" => None,
+                secret => {
+                    // Checked here so a bad secret stops the start, never the first delivery.
+                    WebhookSigner::from_secret(secret)?;
+                    Some(Secret::new(secret))
+                }
+            };
+            Ok(())
+        },
+        show: |c| generated(&c.webhook_secret),
+    },
+    Key {
+        toml: "callback.allow_private",
+        env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
+        flag: "allow-private-callbacks",
+        doc: "Let callback_url point at loopback, private and other internal addresses.",
+        set: |c, raw| {
+            c.callback.allow_private = boolean(raw)?;
+            Ok(())
+        },
+        show: |c| c.callback.allow_private.to_string(),
+    },
+    Key {
+        toml: "callback.allowed_hosts",
+        env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
+        flag: "callback-allowed-hosts",
+        doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
+        set: |c, raw| {
+            c.callback.allowed_hosts = match raw.trim() {
+                "" | "any" | "*" => Vec::new(),
+                hosts => hosts
+                    .split(',')
+                    .map(|h| h.trim().to_ascii_lowercase())
+                    .filter(|h| !h.is_empty())
+                    .collect(),
+            };
+            Ok(())
+        },
+        show: |c| match c.callback.allowed_hosts.as_slice() {
+            [] => "any".to_owned(),
+            hosts => hosts.join(","),
+        },
+    },
+    Key {
+        toml: "callback.token_keys",
+        env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
+        flag: "callback-token-keys",
+        doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
+        set: |c, raw| {
+            c.callback.token_keys = match raw.trim() {
+                "" | "generated" => None,
+                keys => {
+                    Keyring::parse(keys)?;
+                    Some(Secret::new(keys))
+                }
+            };
+            Ok(())
+        },
+        show: |c| generated(&c.callback.token_keys),
+    },
+    Key {
+        toml: "callback.body_limit",
+        env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
+        flag: "callback-body-limit",
+        doc: "Largest submission body rewritten, and largest webhook body accepted.",
+        set: |c, raw| {
+            c.callback.body_limit = size(raw)?;
+            Ok(())
+        },
+        show: |c| show_size(c.callback.body_limit),
+    },
+    Key {
+        toml: "delivery.schedule",
+        env: "RUNWAY_PROXY_DELIVERY_SCHEDULE",
+        flag: "delivery-schedule",
+        doc: "Wait before each delivery attempt (with jitter); then a dead letter.",
+        set: |c, raw| {
+            c.delivery.schedule = schedule(raw)?;
+            Ok(())
+        },
+        show: |c| show_schedule(&c.delivery.schedule),
+    },
+    Key {
+        toml: "delivery.timeout",
+        env: "RUNWAY_PROXY_DELIVERY_TIMEOUT",
+        flag: "delivery-timeout",
+        doc: "Time allowed for one delivery attempt.",
+        set: |c, raw| {
+            c.delivery.timeout = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.delivery.timeout),
+    },
+    Key {
+        toml: "delivery.workers",
+        env: "RUNWAY_PROXY_DELIVERY_WORKERS",
+        flag: "delivery-workers",
+        doc: "Delivery workers (each sends up to 16 webhooks at once).",
+        set: |c, raw| {
+            c.delivery.workers = count(raw)? as usize;
+            Ok(())
+        },
+        show: |c| c.delivery.workers.to_string(),
+    },
+    Key {
+        toml: "delivery.retry_after_cap",
+        env: "RUNWAY_PROXY_DELIVERY_RETRY_AFTER_CAP",
+        flag: "delivery-retry-after-cap",
+        doc: "The longest a subscriber's Retry-After can push a delivery back.",
+        set: |c, raw| {
+            c.delivery.retry_after_cap = duration::parse(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.delivery.retry_after_cap),
+    },
+    Key {
+        toml: "log_format",
+        env: "RUNWAY_PROXY_LOG_FORMAT",
+        flag: "log-format",
+        doc: "Log line format: pretty or json. The level comes from RUST_LOG (default info).",
+        set: |c, raw| {
+            c.log_format = match raw {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ValueError::Form(format!(
+                        "{raw:?} is not a log format (pretty or json)"
+                    )));
+                }
+            };
+            Ok(())
+        },
+        show: |c| match c.log_format {
+            LogFormat::Pretty => "pretty".to_owned(),
+            LogFormat::Json => "json".to_owned(),
+        },
+    },
+];

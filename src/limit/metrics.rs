@@ -1,0 +1,91 @@
+//! What the rate limiter records.
+
+use std::sync::Arc;
+
+use crate::metrics::{
+    Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricSet, header, write_family, write_one,
+};
+
+/// Metrics of [`RateLimit`](super::RateLimit): shared by every service one
+/// [`RateLimitLayer`](super::RateLimitLayer) makes.
+#[derive(Debug)]
+pub struct LimitMetrics {
+    /// Time requests spent waiting for the rate limit and concurrency cap.
+    pub wait: Histogram,
+    /// Requests waiting for their turn now.
+    pub waiting: Gauge,
+    /// Requests let through the limiter and not yet done (in flight to the upstream).
+    pub in_flight: Arc<Gauge>,
+    /// API keys with per-key rate-limit state after the last pruning.
+    pub tracked_keys: Gauge,
+    refusals: [Counter; 3],
+}
+
+impl Default for LimitMetrics {
+    fn default() -> Self {
+        LimitMetrics {
+            wait: Histogram::new(LATENCY_BUCKETS),
+            waiting: Gauge::default(),
+            in_flight: Arc::default(),
+            tracked_keys: Gauge::default(),
+            refusals: Default::default(),
+        }
+    }
+}
+
+/// Refusal reasons: queue full, waited too long, and new keys not limited because the
+/// per-key state was full.
+const REASONS: [&str; 3] = ["queue_full", "max_wait", "keys_overflow"];
+
+impl LimitMetrics {
+    /// Count a refusal (`queue_full`, `max_wait`, `keys_overflow`).
+    pub(super) fn refused(&self, reason: &str) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            self.refusals[i].inc();
+        }
+    }
+
+    /// Refusals for `reason` so far.
+    pub fn refusals(&self, reason: &str) -> u64 {
+        REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.refusals[i].get())
+    }
+}
+
+impl MetricSet for LimitMetrics {
+    fn render(&self, out: &mut String) {
+        let name = "runway_proxy_limit_wait_seconds";
+        let help = "Time requests waited for the rate limit and concurrency cap.";
+        header(out, name, "histogram", help);
+        self.wait.render(out, name, "");
+        let gauge = |out: &mut String, name, help, value: i64| write_one(out, name, "gauge", help, value);
+        gauge(
+            out,
+            "runway_proxy_limit_waiting",
+            "Requests waiting for their turn now.",
+            self.waiting.get(),
+        );
+        gauge(
+            out,
+            "runway_proxy_upstream_in_flight",
+            "Requests let through the limiter and in flight to the upstream.",
+            self.in_flight.get(),
+        );
+        gauge(
+            out,
+            "runway_proxy_limit_tracked_keys",
+            "API keys with per-key rate-limit state after the last pruning.",
+            self.tracked_keys.get(),
+        );
+        write_family(
+            out,
+            "runway_proxy_limit_refusals_total",
+            "counter",
+            "Requests refused by the rate limit, by reason.",
+            "reason",
+            REASONS.iter().zip(self.refusals.iter().map(Counter::get)),
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! [`RateLimit`], the service: wait for a turn, then call the inner service, holding the
+//! concurrency slot until the response body is done.
+
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use tower::{Service, ServiceExt};
+
+use super::wait::{Permit, Shared};
+use crate::body::{self, Body, BoxError};
+use crate::route::RouteClass;
+
+/// Holds each request until its quotas and a concurrency slot allow it. See the module docs.
+#[derive(Clone, Debug)]
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> RateLimit<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        RateLimit { inner, shared }
+    }
+}
+
+/// Response future of [`RateLimit`].
+pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Waiting happens per request in the future, where it can be bounded and cancelled.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let inner = self.inner.clone();
+        let class = RouteClass::of(request.method(), request.uri().path());
+        let key = (shared.rate_per_key.is_some() || shared.concurrency_per_key.is_some()).then(|| {
+            // The token is hashed, never kept: the state is keyed by the hash.
+            let token = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map_or(&b""[..], HeaderValue::as_bytes);
+            shared.hasher.hash_one(token)
+        });
+        Box::pin(async move {
+            let permit = match shared.wait_turn(class, key).await {
+                Ok(permit) => permit,
+                Err(refusal) => return Ok(refusal.into_response()),
+            };
+            let response = inner.oneshot(request).await?;
+            // The slot is held until the response body is done with, not just its headers.
+            Ok(response.map(|body| {
+                body::boxed(WithPermit {
+                    body,
+                    _permit: permit,
+                })
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps the request's concurrency slot until it is dropped.
+    struct WithPermit<B> {
+        #[pin]
+        body: B,
+        _permit: Permit,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for WithPermit<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

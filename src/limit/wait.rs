@@ -1,0 +1,271 @@
+//! Waiting for a turn: every quota that applies, then a concurrency slot, within
+//! `max_wait`; or a refusal that says when to come back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use governor::Jitter;
+use governor::clock::Clock;
+use http::{HeaderValue, Response, StatusCode, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::gate::{Gate, KeyedGate, KeyedSlots, TokioClock};
+use super::{LimitMetrics, LimitSettings};
+use crate::body::Body;
+use crate::duration;
+use crate::envelope;
+use crate::metrics::GaugeGuard;
+use crate::route::RouteClass;
+
+/// What every service made by one [`RateLimitLayer`](super::RateLimitLayer) shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) settings: LimitSettings,
+    pub(super) rate: Option<Gate>,
+    pub(super) submit_rate: Option<Gate>,
+    pub(super) read_rate: Option<Gate>,
+    pub(super) rate_per_key: Option<KeyedGate>,
+    pub(super) concurrency: Option<Arc<Semaphore>>,
+    pub(super) concurrency_per_key: Option<KeyedSlots>,
+    pub(super) waiting: AtomicUsize,
+    pub(super) hasher: std::hash::RandomState,
+    pub(super) jitter: Jitter,
+    pub(super) clock: TokioClock,
+    pub(super) metrics: Arc<LimitMetrics>,
+}
+
+/// What a request holds while it is in flight to the upstream.
+#[derive(Debug)]
+pub(super) struct Permit {
+    _global: Option<OwnedSemaphorePermit>,
+    _per_key: Option<OwnedSemaphorePermit>,
+    _in_flight: GaugeGuard,
+}
+
+/// Why a request was not let through.
+#[derive(Debug)]
+pub(super) enum Refusal {
+    QueueFull {
+        waiting: usize,
+        retry_after: Duration,
+    },
+    MaxWait {
+        waited_for: String,
+        max_wait: Duration,
+        retry_after: Duration,
+    },
+}
+
+impl Refusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::MaxWait { .. } => "max_wait",
+        }
+    }
+
+    pub(super) fn into_response(self) -> Response<Body> {
+        let (msg, retry_after) = match self {
+            Refusal::QueueFull { waiting, retry_after } => (
+                format!(
+                    "rate limited by runway-proxy: {waiting} requests are already waiting for their turn; \
+                     try again in {}s",
+                    whole_seconds(retry_after)
+                ),
+                retry_after,
+            ),
+            Refusal::MaxWait {
+                waited_for,
+                max_wait,
+                retry_after,
+            } => (
+                format!(
+                    "rate limited by runway-proxy: no {waited_for} within the {} it may wait; try again in {}s",
+                    duration::format(max_wait),
+                    whole_seconds(retry_after)
+                ),
+                retry_after,
+            ),
+        };
+        let mut response = envelope::error_response(StatusCode::TOO_MANY_REQUESTS, &msg);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(retry_after)));
+        response
+    }
+}
+
+/// Seconds for `Retry-After`: rounded up, at least 1.
+pub(super) fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0).max(u64::from(duration.is_zero()))
+}
+
+/// Counts a request as waiting for as long as it lives (so a cancelled waiter gives its
+/// place back).
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.waiting.add(-1);
+    }
+}
+
+impl Shared {
+    /// Wait until every quota that applies lets the request through and a concurrency
+    /// slot is free, all within `max_wait`.
+    pub(super) async fn wait_turn(&self, class: RouteClass, key: Option<u64>) -> Result<Permit, Refusal> {
+        let started = Instant::now();
+        let deadline = started + self.settings.max_wait;
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.metrics.waiting.add(1);
+        let _waiting = Waiting(self);
+        if waiting >= self.settings.max_queue {
+            let retry_after = self.estimate_wait(waiting);
+            return Err(self.refuse(Refusal::QueueFull { waiting, retry_after }));
+        }
+        // Most specific first: a key waiting on its own quota takes no shared capacity
+        // and holds no place in a shared line.
+        if let (Some(gate), Some(key)) = (&self.rate_per_key, key) {
+            if gate.prune_if_due(&self.metrics) >= gate.max_keys {
+                // Full of keys all active right now: this key goes unlimited rather than
+                // grow the map without bound; the shared quotas still apply.
+                tracing::warn!(
+                    max_keys = gate.max_keys,
+                    "per-key rate limit state is full; not limiting a new key"
+                );
+                self.metrics.refused("keys_overflow");
+            } else {
+                self.wait_keyed(gate, key, deadline).await?;
+            }
+        }
+        let class_gate = match class {
+            RouteClass::Submission => self.submit_rate.as_ref(),
+            RouteClass::Read => self.read_rate.as_ref(),
+            RouteClass::Other => None,
+        };
+        for gate in class_gate.into_iter().chain(self.rate.as_ref()) {
+            self.wait_gate(gate, deadline).await?;
+        }
+        let global = match &self.concurrency {
+            Some(semaphore) => Some(self.acquire(semaphore, deadline, "free upstream slot").await?),
+            None => None,
+        };
+        let per_key = match (&self.concurrency_per_key, key) {
+            (Some(slots), Some(key)) => match slots.semaphore(key) {
+                Some(semaphore) => Some(
+                    self.acquire(&semaphore, deadline, "free slot for this API key")
+                        .await?,
+                ),
+                None => None,
+            },
+            _ => None,
+        };
+        let waited = started.elapsed();
+        self.metrics.wait.observe(waited);
+        if waited >= self.settings.slow_wait {
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                route_class = class.as_str(),
+                "request waited for its turn under the rate limit"
+            );
+        }
+        Ok(Permit {
+            _global: global,
+            _per_key: per_key,
+            _in_flight: self.metrics.in_flight.track(),
+        })
+    }
+
+    /// Wait at a shared gate: line up behind earlier arrivals, then sleep until GCRA allows.
+    async fn wait_gate(&self, gate: &Gate, deadline: Instant) -> Result<(), Refusal> {
+        // Nobody in line and a cell free: go. (Checking the line first keeps a newcomer
+        // from taking the cell the head of the line is sleeping for.)
+        if gate.in_line.load(Ordering::Acquire) == 0 && gate.limiter.check().is_ok() {
+            return Ok(());
+        }
+        let ahead = gate.in_line.fetch_add(1, Ordering::AcqRel);
+        struct InLine<'a>(&'a AtomicUsize);
+        impl Drop for InLine<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _in_line = InLine(&gate.in_line);
+        let what = || format!("{} quota ({}) permit", gate.name, gate.spec);
+        let head = match tokio::time::timeout_at(deadline, Arc::clone(&gate.line).acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                let retry_after = gate.spec.replenish_interval().saturating_mul(ahead as u32 + 1);
+                return Err(self.max_wait(what(), retry_after));
+            }
+        };
+        loop {
+            let wait = match gate.limiter.check() {
+                Ok(()) => break,
+                Err(not_until) => not_until.wait_time_from(self.clock.now()),
+            };
+            if Instant::now() + wait > deadline {
+                drop(head);
+                return Err(self.max_wait(what(), wait));
+            }
+            tokio::time::sleep(self.jitter + wait).await;
+        }
+        drop(head);
+        Ok(())
+    }
+
+    async fn wait_keyed(&self, gate: &KeyedGate, key: u64, deadline: Instant) -> Result<(), Refusal> {
+        loop {
+            let wait = match gate.limiter.check_key(&key) {
+                Ok(()) => return Ok(()),
+                Err(not_until) => not_until.wait_time_from(self.clock.now()),
+            };
+            if Instant::now() + wait > deadline {
+                return Err(self.max_wait(format!("per-key quota ({}) permit", gate.spec), wait));
+            }
+            tokio::time::sleep(self.jitter + wait).await;
+        }
+    }
+
+    async fn acquire(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<OwnedSemaphorePermit, Refusal> {
+        match tokio::time::timeout_at(deadline, Arc::clone(semaphore).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Nobody knows when a slow upstream call ends; a second is a fair guess.
+            _ => Err(self.max_wait(what.to_owned(), Duration::from_secs(1))),
+        }
+    }
+
+    fn max_wait(&self, waited_for: String, retry_after: Duration) -> Refusal {
+        self.refuse(Refusal::MaxWait {
+            waited_for,
+            max_wait: self.settings.max_wait,
+            retry_after,
+        })
+    }
+
+    fn refuse(&self, refusal: Refusal) -> Refusal {
+        tracing::info!(reason = refusal.reason(), "request refused by the rate limit");
+        self.metrics.refused(refusal.reason());
+        refusal
+    }
+
+    /// A guess of when a full queue will have room: the waiters ahead, at the pace of the
+    /// tightest shared quota.
+    fn estimate_wait(&self, waiting: usize) -> Duration {
+        let interval = [&self.rate, &self.submit_rate, &self.read_rate]
+            .into_iter()
+            .flatten()
+            .map(|gate| gate.spec.replenish_interval())
+            .max()
+            .unwrap_or(Duration::from_millis(10));
+        interval.saturating_mul(u32::try_from(waiting).unwrap_or(u32::MAX))
+    }
+}

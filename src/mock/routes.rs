@@ -1,0 +1,309 @@
+//! CometAPI's Runway routes as the stand-in answers them.
+
+use super::*;
+
+pub(super) async fn handle(state: &Arc<State>, request: Request<Body>) -> Result<Response<Body>, Reset> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let at = Instant::now();
+    let fault = {
+        let mut inner = state.lock();
+        inner.routes.entry(path.clone()).or_default().requests += 1;
+        inner.faults.take(&path)
+    };
+    let fault = fault.filter(|f| *f != Fault::Pass);
+    if fault == Some(Fault::ResetBeforeBody) {
+        record(state, &parts, Bytes::new(), at);
+        return Err(Reset);
+    }
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            return Ok(reverse_error(
+                StatusCode::BAD_REQUEST,
+                400,
+                &format!("cannot read request body: {err}"),
+            ));
+        }
+    };
+    record(state, &parts, bytes.clone(), at);
+    let task_fault = match fault {
+        Some(Fault::Delay { ms }) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            None
+        }
+        Some(Fault::Envelope { status, code, msg }) => {
+            let body = json!({ "code": code, "msg": msg, "data": null });
+            return Ok(json_response(status_or_500(status), &body));
+        }
+        Some(Fault::Status {
+            status,
+            retry_after,
+            body,
+        }) => {
+            let status = status_or_500(status);
+            let body = body.map_or_else(
+                || envelope::error_body(status, status.canonical_reason().unwrap_or("error")),
+                String::into_bytes,
+            );
+            let mut response = json_response_bytes(status, body);
+            if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Ok(response);
+        }
+        Some(Fault::Respond {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut response = Response::new(body::full(body));
+            *response.status_mut() = status_or_500(status);
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                    response.headers_mut().append(name, value);
+                }
+            }
+            return Ok(response);
+        }
+        other => other,
+    };
+    let reset_after = task_fault == Some(Fault::ResetAfterBody);
+    let task_fault = task_fault.filter(Fault::is_task_fault);
+    let response = route(state, &parts, &bytes, task_fault);
+    if reset_after { Err(Reset) } else { Ok(response) }
+}
+
+pub(super) fn record(state: &State, parts: &http::request::Parts, body: Bytes, at: Instant) {
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let mut inner = state.lock();
+    if inner.recorded.len() == MAX_RECORDED {
+        inner.recorded.pop_front();
+    }
+    inner.recorded.push_back(RecordedRequest {
+        method: parts.method.clone(),
+        uri,
+        headers: parts.headers.clone(),
+        body,
+        at,
+    });
+}
+
+pub(super) fn status_or_500(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Dispatch a request that no fault answered.
+pub(super) fn route(
+    state: &Arc<State>,
+    parts: &http::request::Parts,
+    body: &[u8],
+    fault: Option<Fault>,
+) -> Response<Body> {
+    let path = parts.uri.path();
+    let method = &parts.method;
+    let reverse = matches!(
+        path,
+        "/runway/pro/generate" | "/runway/pro/video2video" | "/runway/pro/act_one"
+    );
+    let official = matches!(
+        path,
+        "/runwayml/v1/image_to_video" | "/runwayml/v1/video_to_video"
+    );
+    let task_read = path
+        .strip_prefix("/runwayml/v1/tasks/")
+        .filter(|id| !id.is_empty() && !id.contains('/'));
+    let known = (*method == Method::POST && (reverse || official || path == "/runway/feed"))
+        || (*method == Method::GET && task_read.is_some());
+    if !known {
+        return reverse_error(
+            StatusCode::NOT_FOUND,
+            404,
+            &format!("no route {method} {path} on the CometAPI stand-in"),
+        );
+    }
+    if !authorized(&state.config, &parts.headers) {
+        return if official || task_read.is_some() {
+            json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"error": "Unauthorized: a valid bearer token is required"}),
+            )
+        } else {
+            reverse_error(
+                StatusCode::UNAUTHORIZED,
+                401,
+                "invalid token: an Authorization: Bearer <key> header is required",
+            )
+        };
+    }
+    if let Some(id) = task_read {
+        return match state.lock().tasks.get(id) {
+            Some(task) => json_response(StatusCode::OK, &task.official()),
+            None => json_response(StatusCode::NOT_FOUND, &json!({"error": "Task not found"})),
+        };
+    }
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return if official {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "the body must be a JSON object"}),
+            )
+        } else {
+            reverse_error(
+                StatusCode::BAD_REQUEST,
+                400,
+                "invalid_request: the body must be a JSON object",
+            )
+        };
+    };
+    if path == "/runway/feed" {
+        return feed(state, &fields);
+    }
+    let callback_url = fields
+        .get("callback_url")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty());
+    if reverse && callback_url.is_none() {
+        return json_response(
+            StatusCode::OK,
+            &json!({"code": 400, "msg": "callback_url_empty", "data": null}),
+        );
+    }
+    let prompt = ["prompt", "promptText"]
+        .iter()
+        .find_map(|k| fields.get(*k).and_then(Value::as_str))
+        .unwrap_or_default();
+    let id = create_task(state, path, prompt, callback_url.map(str::to_owned), fault);
+    if official {
+        json_response(StatusCode::OK, &json!({ "id": id }))
+    } else {
+        json_response(
+            StatusCode::OK,
+            &json!({"code": 200, "msg": "success", "data": {"task_id": id}, "exec_time": 0.01}),
+        )
+    }
+}
+
+pub(super) fn authorized(config: &MockConfig, headers: &HeaderMap) -> bool {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .filter(|t| !t.is_empty())
+    else {
+        return false;
+    };
+    config.api_key.as_ref().is_none_or(|key| key.as_bytes() == token)
+}
+
+pub(super) fn feed(state: &State, fields: &serde_json::Map<String, Value>) -> Response<Body> {
+    let id = fields.get("task_id").and_then(Value::as_str).unwrap_or_default();
+    let inner = state.lock();
+    match inner.tasks.get(id) {
+        Some(task) if task.created_at.elapsed() >= state.config.feed_delay => {
+            let mut data = task.callback_payload();
+            let word = match task.status {
+                0 => "queued",
+                1 => "running",
+                2 => "failed",
+                _ => "succeeded",
+            };
+            data["state"] = Value::from(word);
+            json_response(
+                StatusCode::OK,
+                &json!({"code": 200, "msg": "success", "data": data}),
+            )
+        }
+        _ => json_response(
+            StatusCode::OK,
+            &json!({"code": 404, "msg": "task_not_exist", "data": null}),
+        ),
+    }
+}
+
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(super) fn create_task(
+    state: &Arc<State>,
+    path: &str,
+    prompt: &str,
+    callback_url: Option<String>,
+    fault: Option<Fault>,
+) -> String {
+    let id = task_id();
+    let now = unix_now();
+    {
+        let mut inner = state.lock();
+        inner.routes.entry(path.to_owned()).or_default().accepted += 1;
+        inner.tasks.insert(
+            id.clone(),
+            Task {
+                id: id.clone(),
+                prompt: prompt.to_owned(),
+                callback_url,
+                created_at: Instant::now(),
+                create_time: now,
+                update_time: now,
+                status: 0,
+                will_fail: fault == Some(Fault::FailTask),
+            },
+        );
+    }
+    let plan = match fault {
+        Some(Fault::DuplicateCallbacks) => CallbackPlan::Duplicate,
+        Some(Fault::OutOfOrderCallbacks) => CallbackPlan::OutOfOrder,
+        _ => CallbackPlan::Normal,
+    };
+    tokio::spawn(lifecycle(Arc::clone(state), id.clone(), plan));
+    id
+}
+
+/// A random id in the UUID v4 text form CometAPI uses.
+pub(super) fn task_id() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
+    )
+}
+
+pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    json_response_bytes(status, value.to_string().into_bytes())
+}
+
+pub(super) fn json_response_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, envelope::JSON);
+    response
+}
+
+/// A reverse-format error: the envelope with `code`, under HTTP `status`.
+pub(super) fn reverse_error(status: StatusCode, code: u16, msg: &str) -> Response<Body> {
+    json_response(status, &json!({"code": code, "msg": msg, "data": null}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_look_like_uuids() {
+        let id = task_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4');
+        assert_ne!(id, task_id());
+    }
+}

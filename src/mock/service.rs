@@ -1,0 +1,52 @@
+//! The stand-in as a tower service: control paths, faults, then the routes.
+
+use super::*;
+
+/// The connection is dropped without an answer (a scripted reset).
+#[derive(Debug, thiserror::Error)]
+#[error("connection reset by the stand-in's fault script")]
+pub(super) struct Reset;
+
+#[derive(Clone, Debug)]
+pub(super) struct MockService(pub(super) Arc<State>);
+
+impl tower::Service<Request<Body>> for MockService {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let state = Arc::clone(&self.0);
+        Box::pin(async move {
+            if request.uri().path().starts_with("/-/mock/") {
+                return Ok(control(&state, request).await);
+            }
+            let _in_flight = InFlight::enter(&state);
+            handle(&state, request)
+                .await
+                .map_err(|reset| -> BoxError { Box::new(reset) })
+        })
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+pub(super) struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a State) -> Self {
+        let mut inner = state.lock();
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
+}

@@ -1,0 +1,104 @@
+//! The stand-in's state: its tasks, counters, recorded requests and queued faults.
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) struct Task {
+    pub(super) id: String,
+    pub(super) prompt: String,
+    pub(super) callback_url: Option<String>,
+    pub(super) created_at: Instant,
+    pub(super) create_time: u64,
+    pub(super) update_time: u64,
+    /// 0 queued, 1 running, 2 failed, 3 succeeded.
+    pub(super) status: u8,
+    pub(super) will_fail: bool,
+}
+
+impl Task {
+    pub(super) fn snapshot(&self) -> TaskSnapshot {
+        TaskSnapshot {
+            id: self.id.clone(),
+            status: self.status_str(),
+            callback_url: self.callback_url.clone(),
+            prompt: self.prompt.clone(),
+        }
+    }
+
+    pub(super) fn status_str(&self) -> &'static str {
+        ["0", "1", "2", "3"][usize::from(self.status.min(3))]
+    }
+
+    /// The callback body, in CometAPI's documented shape: flat, every value a string.
+    pub(super) fn callback_payload(&self) -> Value {
+        let done = self.status == 3;
+        let media = |kind: &str, ext: &str| {
+            if done {
+                format!("https://cdn.mock.invalid/{kind}/{}.{ext}", self.id)
+            } else {
+                String::new()
+            }
+        };
+        json!({
+            "task_id": self.id,
+            "status": self.status_str(),
+            "prompt": self.prompt,
+            "prompt_en": self.prompt,
+            "video_url": media("video", "mp4"),
+            "poster": media("poster", "png"),
+            "last_frame": media("last_frame", "png"),
+            "msg": if self.status == 2 { Value::from("generation failed") } else { Value::Null },
+            "point": "320",
+            "refund": if self.status == 2 { "320" } else { "0" },
+            "create_time": self.create_time.to_string(),
+            "update_time": self.update_time.to_string(),
+        })
+    }
+
+    pub(super) fn official(&self) -> Value {
+        let status = match self.status {
+            0 => "PENDING",
+            1 => "RUNNING",
+            2 => "FAILED",
+            _ => "SUCCEEDED",
+        };
+        json!({
+            "id": self.id,
+            "status": status,
+            "createdAt": self.create_time,
+            "output": if self.status == 3 { json!([format!("https://cdn.mock.invalid/video/{}.mp4", self.id)]) } else { json!([]) },
+            "failure": if self.status == 2 { Value::from("generation failed") } else { Value::Null },
+            "failureCode": if self.status == 2 { Value::from("INTERNAL") } else { Value::Null },
+            "progress": match self.status { 0 => 0.0, 1 => 0.5, _ => 1.0 },
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Inner {
+    pub(super) faults: FaultQueue,
+    pub(super) routes: BTreeMap<String, RouteStats>,
+    pub(super) recorded: VecDeque<RecordedRequest>,
+    pub(super) tasks: HashMap<String, Task>,
+    pub(super) callbacks_sent: u64,
+    pub(super) callbacks_failed: u64,
+    pub(super) sent_callbacks: Vec<SentCallback>,
+    pub(super) in_flight: u64,
+    pub(super) max_in_flight: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) config: MockConfig,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) callback_client: Client<HttpConnector, Full<Bytes>>,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl State {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock can't leave `Inner` half-updated in a way that
+        // matters to a test double; keep serving.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,130 @@
+//! The relay's admin paths: `/-/deliveries` (list) and `/-/deliveries/{id}/replay`.
+
+use std::sync::Arc;
+
+use http::{Method, Response, StatusCode, header};
+use tokio::sync::Notify;
+
+use super::{DeliveryState, Outbox};
+use crate::body::{self, Body};
+use crate::envelope;
+
+/// Most deliveries one admin page lists.
+const PAGE: usize = 100;
+
+/// Answers the relay's admin paths (on a private listener): lists deliveries and dead
+/// letters, and replays them. Made by [`Relay::admin`](super::Relay::admin).
+#[derive(Clone)]
+pub struct RelayAdmin {
+    outbox: Arc<dyn Outbox>,
+    /// Notified after a replay so the workers pick it up at once.
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for RelayAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayAdmin { .. }")
+    }
+}
+
+impl RelayAdmin {
+    pub(super) fn new(outbox: Arc<dyn Outbox>, wake: Arc<Notify>) -> Self {
+        RelayAdmin { outbox, wake }
+    }
+
+    /// Answer the relay's admin paths:
+    ///
+    /// - `GET /-/deliveries?state=pending|in_flight|delivered|dead|superseded&after=ID&limit=N`:
+    ///   a page of deliveries, oldest first, with `next` (the `after` for the next page).
+    /// - `POST /-/deliveries/{id}/replay`: make a delivery pending again with a fresh schedule.
+    ///
+    /// `None` for a path that is not the relay's.
+    pub async fn handle(&self, method: &Method, path: &str, query: Option<&str>) -> Option<Response<Body>> {
+        handle(self, method, path, query).await
+    }
+}
+
+async fn handle(
+    relay: &RelayAdmin,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+) -> Option<Response<Body>> {
+    let rest = path.strip_prefix("/-/deliveries")?;
+    let bad = |status: StatusCode, msg: &str| Some(envelope::error_response(status, msg));
+    if rest.is_empty() {
+        if method != Method::GET {
+            return bad(StatusCode::METHOD_NOT_ALLOWED, "/-/deliveries only answers GET");
+        }
+        let mut state = DeliveryState::Pending;
+        let mut after = 0i64;
+        let mut limit = PAGE;
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "state" => match DeliveryState::parse(value) {
+                    Some(parsed) => state = parsed,
+                    None => {
+                        let msg = format!(
+                            "state {value:?} is not pending, in_flight, delivered, dead or superseded"
+                        );
+                        return bad(StatusCode::BAD_REQUEST, &msg);
+                    }
+                },
+                "after" => match value.parse() {
+                    Ok(parsed) => after = parsed,
+                    Err(_) => return bad(StatusCode::BAD_REQUEST, "after must be a delivery id"),
+                },
+                "limit" => match value.parse::<usize>() {
+                    Ok(parsed) if parsed > 0 => limit = parsed.min(1000),
+                    _ => return bad(StatusCode::BAD_REQUEST, "limit must be a number from 1 to 1000"),
+                },
+                _ => {
+                    return bad(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown query parameter {key:?}"),
+                    );
+                }
+            }
+        }
+        return Some(match relay.outbox.list(state, after, limit).await {
+            Ok(deliveries) => {
+                let next = (deliveries.len() == limit)
+                    .then(|| deliveries.last().map(|d| d.id))
+                    .flatten();
+                let page = serde_json::json!({ "state": state, "deliveries": deliveries, "next": next });
+                json(StatusCode::OK, &page)
+            }
+            Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+        });
+    }
+    let id = rest.strip_prefix('/').and_then(|r| r.strip_suffix("/replay"))?;
+    if method != Method::POST {
+        return bad(StatusCode::METHOD_NOT_ALLOWED, "replay with POST");
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return bad(StatusCode::BAD_REQUEST, "the delivery id must be a number");
+    };
+    Some(match relay.outbox.replay(id).await {
+        Ok(true) => {
+            relay.wake.notify_waiters();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"code": 200, "msg": "replaying", "data": {"id": id}}),
+            )
+        }
+        Ok(false) => {
+            envelope::error_response(StatusCode::NOT_FOUND, "no such delivery, or it is in flight now")
+        }
+        Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    })
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, envelope::JSON);
+    response
+}

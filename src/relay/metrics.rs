@@ -1,0 +1,112 @@
+//! What the webhook receiver and the delivery workers record.
+
+use crate::metrics::{
+    Counter, DELIVERY_BUCKETS, Gauge, Histogram, MetricSet, header, write_family, write_one,
+};
+
+/// Metrics of the [`Relay`](super::Relay).
+#[derive(Debug)]
+pub struct RelayMetrics {
+    /// Webhooks received with a valid token.
+    pub webhooks_received: Counter,
+    /// Webhooks stored for delivery.
+    pub webhooks_stored: Counter,
+    /// Webhooks that were stored before (not stored again).
+    pub webhooks_duplicate: Counter,
+    /// Webhooks stored but not to be delivered (an older status after the terminal one).
+    pub webhooks_superseded: Counter,
+    /// Webhooks refused for a bad or forged token.
+    pub webhooks_rejected: Counter,
+    /// Delivery attempts that reached the subscriber.
+    pub delivered: Counter,
+    /// Delivery attempts that failed and will be tried again.
+    pub retried: Counter,
+    /// Deliveries given up: dead letters.
+    pub dead: Counter,
+    /// Deliveries pending or in flight, as the outbox last reported (refreshed every second).
+    pub outbox_depth: Gauge,
+    /// Time from storing a webhook to its delivery.
+    pub delivery_latency: Histogram,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        RelayMetrics {
+            webhooks_received: Counter::default(),
+            webhooks_stored: Counter::default(),
+            webhooks_duplicate: Counter::default(),
+            webhooks_superseded: Counter::default(),
+            webhooks_rejected: Counter::default(),
+            delivered: Counter::default(),
+            retried: Counter::default(),
+            dead: Counter::default(),
+            outbox_depth: Gauge::default(),
+            delivery_latency: Histogram::new(DELIVERY_BUCKETS),
+        }
+    }
+}
+
+impl MetricSet for RelayMetrics {
+    fn render(&self, out: &mut String) {
+        for (name, help, counter) in [
+            (
+                "runway_proxy_webhooks_received_total",
+                "Webhooks received with a valid token.",
+                &self.webhooks_received,
+            ),
+            (
+                "runway_proxy_webhooks_stored_total",
+                "Webhooks stored for delivery.",
+                &self.webhooks_stored,
+            ),
+            (
+                "runway_proxy_webhooks_duplicate_total",
+                "Webhooks stored before, not stored again.",
+                &self.webhooks_duplicate,
+            ),
+            (
+                "runway_proxy_webhooks_superseded_total",
+                "Webhooks not delivered: an older status after the terminal one.",
+                &self.webhooks_superseded,
+            ),
+            (
+                "runway_proxy_webhooks_rejected_total",
+                "Webhooks refused for a bad token.",
+                &self.webhooks_rejected,
+            ),
+        ] {
+            write_one(out, name, "counter", help, counter.get());
+        }
+        let results = [
+            ("delivered", &self.delivered),
+            ("retried", &self.retried),
+            ("dead", &self.dead),
+        ];
+        let help = "Delivery attempts by result.";
+        let results = results.map(|(result, counter)| (result, counter.get()));
+        write_family(
+            out,
+            "runway_proxy_deliveries_total",
+            "counter",
+            help,
+            "result",
+            results,
+        );
+        let depth = self.outbox_depth.get();
+        write_one(
+            out,
+            "runway_proxy_outbox_depth",
+            "gauge",
+            "Deliveries pending or in flight.",
+            depth,
+        );
+        let name = "runway_proxy_delivery_latency_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "Time from storing a webhook to its delivery.",
+        );
+        self.delivery_latency.render(out, name, "");
+    }
+}

@@ -1,0 +1,416 @@
+//! One request's attempts: send, judge the outcome, decide whether and when to go again,
+//! and answer. Each step is a small function; [`Attempts::run`] only strings them together.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use tokio::time::Instant;
+use tower::retry::budget::Budget;
+use tower::{Service, ServiceExt};
+
+use super::layer::Shared;
+use super::{ATTEMPTS_HEADER, Action, Backoff, OUTCOME_UNKNOWN, RetryOutcome, STOPPED_HEADER};
+use crate::body::{self, Body, BodyError, Bounded, BoxError};
+use crate::duration;
+use crate::envelope::{self, Envelope};
+use crate::route::RouteClass;
+use crate::upstream::{UpstreamError, retry_after};
+
+/// Less time than this left before the deadline is no time for another attempt.
+const MIN_ATTEMPT: Duration = Duration::from_millis(5);
+
+/// How a request's body can be sent again.
+enum Replay {
+    /// Buffered whole: every attempt sends these bytes.
+    Bytes(Bytes),
+    /// Not replayable: sent once, then gone.
+    Once(Option<Body>),
+}
+
+impl Replay {
+    /// Buffer what may be retried: submissions and reads within the body limit, and
+    /// bodiless idempotent requests on other routes (retried on connect failures only).
+    async fn prepare(
+        class: RouteClass,
+        method: &Method,
+        body: Body,
+        limit: usize,
+    ) -> Result<Replay, BodyError> {
+        match class {
+            RouteClass::Submission | RouteClass::Read => match body::read_bounded(body, limit).await? {
+                Bounded::Whole(bytes) => Ok(Replay::Bytes(bytes)),
+                Bounded::Partial(body) => Ok(Replay::Once(Some(body))),
+            },
+            RouteClass::Other if is_idempotent(method) && body.is_end_stream() => {
+                Ok(Replay::Bytes(Bytes::new()))
+            }
+            RouteClass::Other => Ok(Replay::Once(Some(body))),
+        }
+    }
+
+    fn take(&mut self) -> Body {
+        match self {
+            Replay::Bytes(bytes) => body::full(bytes.clone()),
+            Replay::Once(body) => body.take().unwrap_or_else(body::empty),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Replay::Bytes(_))
+    }
+}
+
+/// What one attempt produced.
+enum Outcome {
+    /// A response, its body read up to the bound.
+    Response(http::response::Parts, Bounded),
+    /// No response.
+    Failed(UpstreamError),
+}
+
+/// The verdict on one attempt, with what a retry of it must respect.
+#[derive(Debug, PartialEq, Eq)]
+struct Judgement<'a> {
+    action: Action,
+    /// The rule or failure kind that decided, for logs and metrics.
+    rule: &'a str,
+    /// Wait at least this long before the retry (a rule's delay, a `Retry-After`).
+    min_wait: Option<Duration>,
+    /// The rule's cap on attempts.
+    max_attempts: Option<u32>,
+}
+
+/// Why the retry loop stopped while the last outcome still called for a retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    MaxAttempts,
+    Deadline,
+    Budget,
+    NotReplayable,
+}
+
+impl Stop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stop::MaxAttempts => "max-attempts",
+            Stop::Deadline => "deadline",
+            Stop::Budget => "budget",
+            Stop::NotReplayable => "not-replayable",
+        }
+    }
+
+    fn outcome(self) -> RetryOutcome {
+        match self {
+            Stop::MaxAttempts => RetryOutcome::MaxAttempts,
+            Stop::Deadline => RetryOutcome::Deadline,
+            Stop::Budget => RetryOutcome::Budget,
+            Stop::NotReplayable => RetryOutcome::NotReplayable,
+        }
+    }
+}
+
+/// The state of one request's attempts.
+pub(super) struct Attempts<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    class: RouteClass,
+}
+
+impl<S, RB> Attempts<S>
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    pub(super) fn new(inner: S, shared: Arc<Shared>, class: RouteClass) -> Self {
+        Attempts { inner, shared, class }
+    }
+
+    pub(super) async fn run(self, request: Request<Body>) -> Response<Body> {
+        let settings = &self.shared.settings;
+        let (parts, body) = request.into_parts();
+        let mut replay = match Replay::prepare(self.class, &parts.method, body, settings.body_limit).await {
+            Ok(replay) => replay,
+            Err(err) => {
+                let msg = format!("could not read the request body: {}", body::error_chain(&err));
+                let refusal = envelope::error_response(StatusCode::BAD_REQUEST, &msg);
+                return self.finish(refusal, 0, RetryOutcome::ClientError);
+            }
+        };
+        self.shared.budget.deposit();
+        let deadline = Instant::now() + settings.deadline;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let time = settings
+                .attempt_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let outcome = send_attempt(
+                self.inner.clone(),
+                &parts,
+                replay.take(),
+                time,
+                settings.body_limit,
+            )
+            .await;
+            let judgement = self.judge(parts.uri.path(), &outcome);
+            if judgement.action != Action::Retry {
+                tracing::debug!(
+                    attempt,
+                    outcome = judgement.action.as_str(),
+                    rule = judgement.rule,
+                    "attempt finished"
+                );
+                return self.respond(outcome, attempt, None, judgement.action);
+            }
+            let wait = match self.next_wait(&replay, attempt, &judgement, deadline) {
+                Ok(wait) => wait,
+                Err(stop) => {
+                    tracing::info!(
+                        attempt,
+                        outcome = "retry",
+                        rule = judgement.rule,
+                        stopped = stop.as_str(),
+                        "not retrying"
+                    );
+                    return self.respond(outcome, attempt, Some(stop), Action::Retry);
+                }
+            };
+            tracing::info!(
+                attempt,
+                outcome = "retry",
+                rule = judgement.rule,
+                wait_ms = wait.as_millis() as u64,
+                "retrying"
+            );
+            self.shared.metrics.retries.inc(&judgement.rule.to_owned());
+            tokio::time::sleep(wait).await;
+            // A wait that ended late (a busy machine) leaves no time for an attempt: one
+            // started now would time out before it was even sent, and would then read as
+            // an unknown outcome. Stop here with the last real answer instead.
+            if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT {
+                tracing::info!(
+                    attempt,
+                    stopped = Stop::Deadline.as_str(),
+                    "no time left for another attempt"
+                );
+                return self.respond(outcome, attempt, Some(Stop::Deadline), Action::Retry);
+            }
+        }
+    }
+
+    /// What an attempt's outcome calls for.
+    fn judge<'a>(&'a self, path: &str, outcome: &Outcome) -> Judgement<'a> {
+        let settings = &self.shared.settings;
+        let decided = |action, rule| Judgement {
+            action,
+            rule,
+            min_wait: None,
+            max_attempts: None,
+        };
+        match outcome {
+            // Made by a layer below (the rate limiter, which already waited its bound).
+            Outcome::Response(head, _) if head.extensions.get::<envelope::Generated>().is_some() => {
+                decided(Action::Fail, "proxy-generated")
+            }
+            Outcome::Response(..) if self.class == RouteClass::Other => {
+                decided(Action::Success, "other-route")
+            }
+            Outcome::Response(head, bounded) => {
+                let envelope = match bounded {
+                    Bounded::Whole(bytes) => Envelope::parse(bytes),
+                    Bounded::Partial(_) => None,
+                };
+                let verdict = settings
+                    .rules
+                    .classify(self.class, path, head.status, envelope.as_ref());
+                let retry_after = retry_after(&head.headers, SystemTime::now(), settings.retry_after_cap);
+                Judgement {
+                    action: verdict.action,
+                    rule: verdict.rule,
+                    min_wait: retry_after.into_iter().chain(verdict.delay).max(),
+                    max_attempts: verdict.max_attempts,
+                }
+            }
+            Outcome::Failed(failure) => {
+                let retryable =
+                    !failure.may_have_been_sent() || settings.unknown_outcome.contains(&self.class);
+                let action = if retryable { Action::Retry } else { Action::Fail };
+                decided(action, failure.kind())
+            }
+        }
+    }
+
+    /// How long to wait before the next attempt, or why there will be none.
+    fn next_wait(
+        &self,
+        replay: &Replay,
+        attempt: u32,
+        judgement: &Judgement<'_>,
+        deadline: Instant,
+    ) -> Result<Duration, Stop> {
+        let settings = &self.shared.settings;
+        if !replay.replayable() {
+            return Err(Stop::NotReplayable);
+        }
+        let max_attempts = judgement
+            .max_attempts
+            .map_or(settings.max_attempts, |m| m.min(settings.max_attempts));
+        if attempt >= max_attempts {
+            return Err(Stop::MaxAttempts);
+        }
+        let backoff = Backoff::new(settings.base_delay, settings.max_delay).wait(attempt);
+        let wait = judgement
+            .min_wait
+            .map_or(backoff, |at_least| backoff.max(at_least));
+        if Instant::now() + wait + MIN_ATTEMPT > deadline {
+            return Err(Stop::Deadline);
+        }
+        if !self.shared.budget.withdraw() {
+            self.shared.metrics.budget_exhausted.inc();
+            return Err(Stop::Budget);
+        }
+        Ok(wait)
+    }
+
+    /// The response the client gets for the last outcome.
+    fn respond(&self, outcome: Outcome, attempts: u32, stop: Option<Stop>, action: Action) -> Response<Body> {
+        let (mut response, label) = match outcome {
+            Outcome::Response(head, bounded) => {
+                let body = match bounded {
+                    Bounded::Whole(bytes) => body::full(bytes),
+                    Bounded::Partial(body) => body,
+                };
+                let label = match (stop, action) {
+                    (Some(stop), _) => stop.outcome(),
+                    (None, Action::Success) => RetryOutcome::Success,
+                    (None, _) => RetryOutcome::Fail,
+                };
+                (Response::from_parts(head, body), label)
+            }
+            Outcome::Failed(failure) => self.failure_response(&failure, attempts, stop),
+        };
+        if let Some(stop) = stop {
+            response
+                .headers_mut()
+                .insert(STOPPED_HEADER, HeaderValue::from_static(stop.as_str()));
+        }
+        self.finish(response, attempts, label)
+    }
+
+    /// The error envelope for a last attempt that got no response.
+    fn failure_response(
+        &self,
+        failure: &UpstreamError,
+        attempts: u32,
+        stop: Option<Stop>,
+    ) -> (Response<Body>, RetryOutcome) {
+        let (status, msg, label) = match stop {
+            None if failure.may_have_been_sent() && self.class == RouteClass::Submission => {
+                tracing::warn!(
+                    attempts,
+                    cause = %failure,
+                    "submission outcome unknown: not resubmitting a task the upstream may have accepted"
+                );
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("{OUTCOME_UNKNOWN} ({failure})"),
+                    RetryOutcome::OutcomeUnknown,
+                )
+            }
+            None => (
+                failure.status(),
+                failure.to_string(),
+                RetryOutcome::TransportError,
+            ),
+            Some(Stop::Deadline) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "retry deadline of {} reached after {attempts} attempts; last error: {failure}",
+                    duration::format(self.shared.settings.deadline),
+                ),
+                RetryOutcome::Deadline,
+            ),
+            // Nothing was retried (retries off, or a body too large to replay): the
+            // failure speaks for itself.
+            Some(stop @ (Stop::MaxAttempts | Stop::NotReplayable)) if attempts == 1 => {
+                (failure.status(), failure.to_string(), stop.outcome())
+            }
+            Some(stop) => {
+                let why = match stop {
+                    Stop::MaxAttempts => "gave up",
+                    Stop::Budget => "retry budget exhausted",
+                    _ => "request body too large to replay",
+                };
+                (
+                    failure.status(),
+                    format!("{failure} ({why} after {attempts} attempts)"),
+                    stop.outcome(),
+                )
+            }
+        };
+        (envelope::error_response(status, &msg), label)
+    }
+
+    fn finish(&self, mut response: Response<Body>, attempts: u32, outcome: RetryOutcome) -> Response<Body> {
+        response
+            .headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        self.shared.metrics.finished(outcome);
+        response
+    }
+}
+
+/// Send one attempt and read its response body up to `body_limit`, all within `time`
+/// (the attempt timeout, or what is left of the deadline).
+///
+/// A free function rather than a method so that its future holds no `&Attempts`, which
+/// would require the inner service to be `Sync`.
+async fn send_attempt<S, RB>(
+    inner: S,
+    parts: &http::request::Parts,
+    body: Body,
+    time: Duration,
+    body_limit: usize,
+) -> Outcome
+where
+    S: Service<Request<Body>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    let exchange = async move {
+        let response = inner
+            .oneshot(request)
+            .await
+            .map_err(|e| UpstreamError::from_service_error(e.into()))?;
+        let (head, body) = response.into_parts();
+        let bounded = body::read_bounded(body::boxed(body), body_limit)
+            .await
+            .map_err(UpstreamError::response_body)?;
+        Ok::<_, UpstreamError>((head, bounded))
+    };
+    match tokio::time::timeout(time, exchange).await {
+        Ok(Ok((head, bounded))) => Outcome::Response(head, bounded),
+        Ok(Err(failure)) => Outcome::Failed(failure),
+        Err(_) => Outcome::Failed(UpstreamError::Timeout(time)),
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}

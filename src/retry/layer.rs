@@ -1,0 +1,164 @@
+//! [`RetryLayer`] and its builder: settings checked, shared state made once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+use tower::retry::budget::TpsBudget;
+
+use super::{Retry, RetryMetrics, RetrySettings, Rules};
+use crate::route::RouteClass;
+use crate::settings::InvalidSetting;
+
+/// How far back the retry budget remembers requests.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// What every service made by one [`RetryLayer`] (and its clones) shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) settings: RetrySettings,
+    pub(super) budget: TpsBudget,
+    pub(super) metrics: Arc<RetryMetrics>,
+}
+
+/// Applies [`Retry`] to a service. Clones, and every service it makes, share one retry
+/// budget and one set of metrics.
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryLayer {
+    /// A layer with the default settings.
+    pub fn new() -> Self {
+        // The defaults are valid (a unit test says so).
+        Self::from_valid(RetrySettings::default())
+    }
+
+    /// A builder starting from the default settings.
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder {
+            settings: RetrySettings::default(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &RetrySettings {
+        &self.shared.settings
+    }
+
+    /// What the services of this layer record.
+    pub fn metrics(&self) -> Arc<RetryMetrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    fn from_valid(settings: RetrySettings) -> Self {
+        let budget = TpsBudget::new(
+            BUDGET_WINDOW,
+            settings.budget_min_per_sec,
+            settings.budget_percent / 100.0,
+        );
+        RetryLayer {
+            shared: Arc::new(Shared {
+                settings,
+                budget,
+                metrics: Arc::default(),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Collects the settings of a [`RetryLayer`]; [`build`](Self::build) checks them and makes
+/// the shared state.
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until built"]
+pub struct RetryLayerBuilder {
+    settings: RetrySettings,
+}
+
+impl RetryLayerBuilder {
+    /// Start from these settings (the config's `[retry]`, say) instead of the defaults.
+    pub fn settings(mut self, settings: RetrySettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Attempts in all, counting the first.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.settings.max_attempts = attempts;
+        self
+    }
+
+    /// Backoff base and cap.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.base_delay = base;
+        self.settings.max_delay = max;
+        self
+    }
+
+    /// One deadline covering every attempt and wait.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.settings.deadline = deadline;
+        self
+    }
+
+    /// Time allowed for one attempt.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.attempt_timeout = timeout;
+        self
+    }
+
+    /// The longest wait a `Retry-After` header can ask for.
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.settings.retry_after_cap = cap;
+        self
+    }
+
+    /// Retries may add at most `percent` of recent requests plus `min_per_sec` per second.
+    pub fn budget(mut self, percent: f32, min_per_sec: u32) -> Self {
+        self.settings.budget_percent = percent;
+        self.settings.budget_min_per_sec = min_per_sec;
+        self
+    }
+
+    /// Largest body buffered to replay a request or classify a response.
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.settings.body_limit = limit;
+        self
+    }
+
+    /// Retry (or not) a timeout or reset after the request was written, for `class`.
+    pub fn unknown_outcome(mut self, class: RouteClass, retry: bool) -> Self {
+        self.settings.unknown_outcome.retain(|c| *c != class);
+        if retry {
+            self.settings.unknown_outcome.push(class);
+        }
+        self
+    }
+
+    /// The rule table.
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.settings.rules = rules;
+        self
+    }
+
+    /// Check the settings and make the layer (its retry budget and metrics, once).
+    pub fn build(self) -> Result<RetryLayer, InvalidSetting> {
+        self.settings.validate()?;
+        Ok(RetryLayer::from_valid(self.settings))
+    }
+}

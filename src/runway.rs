@@ -1,0 +1,227 @@
+//! One layer for embedders: rate limit, retry and `callback_url` rewrite, composed in the
+//! right order.
+//!
+//! [`RunwayLayer`] wraps any `Service<http::Request<Body>>` whose response body can be
+//! read (the hyper-util legacy client first of all, or a `tower::ServiceBuilder` stack)
+//! in, from the outside in:
+//!
+//! 1. [`RewriteCallback`]: checks the subscriber URL and rewrites `callback_url` once per
+//!    request, before anything is sent;
+//! 2. [`Retry`]: decides from each attempt's body whether to try again, never resubmitting
+//!    a task that may have been accepted;
+//! 3. [`RateLimit`]: every attempt waits for its own permit, so retries respect the limit.
+//!
+//! [`RunwayLayer::builder`] collects the settings; [`build`](RunwayLayerBuilder::build)
+//! checks them and makes the shared state (the limiter, the retry budget, the metrics)
+//! once. Clones of the layer, and every service it makes, share that state.
+//! `runway-proxy serve` uses exactly this layer around its forwarding client, so the
+//! sidecar and an embedding application behave the same.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use runway_proxy::body::Body;
+//! use runway_proxy::callback::{Callbacks, Keyring};
+//! use runway_proxy::limit::LimitSettings;
+//! use runway_proxy::retry::RetrySettings;
+//! use runway_proxy::RunwayLayer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+//!     .build_http::<Body>();
+//! let mut limits = LimitSettings::default();
+//! limits.submit_rate = Some("5/s".parse()?);
+//! limits.max_concurrency = Some(5);
+//! let mut retry = RetrySettings::default();
+//! retry.max_attempts = 4;
+//! let keys: Keyring = "1:a-secret-of-at-least-thirty-two-bytes".parse()?;
+//! let layer = RunwayLayer::builder()
+//!     .rate_limit(limits)
+//!     .retry(retry)
+//!     .callbacks(Callbacks::new("https://hooks.example.com", keys)?)
+//!     .build()?;
+//! let runway = tower::ServiceBuilder::new().layer(layer).service(client);
+//! # let _ = runway;
+//! # Ok(())
+//! # }
+//! ```
+
+use tower::Layer;
+
+use crate::callback::{Callbacks, RewriteCallback, RewriteCallbackLayer};
+use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
+use crate::retry::{Retry, RetryLayer, RetrySettings};
+use crate::settings::InvalidSetting;
+
+/// The service [`RunwayLayer`] makes around `S`.
+pub type Runway<S> = RewriteCallback<Retry<RateLimit<S>>>;
+
+/// Rate limit, retry and `callback_url` rewrite in one layer. See the module docs.
+///
+/// Clones, and every service the layer makes, share one retry budget, one set of rate
+/// limits and one set of metrics.
+#[derive(Clone, Debug, Default)]
+pub struct RunwayLayer {
+    retry: RetryLayer,
+    limit: RateLimitLayer,
+    callbacks: Option<RewriteCallbackLayer>,
+}
+
+impl RunwayLayer {
+    /// Default retries, no rate limits, no callback rewriting.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> RunwayLayerBuilder {
+        RunwayLayerBuilder::default()
+    }
+
+    /// The retry layer inside (its settings and metrics).
+    pub fn retry(&self) -> &RetryLayer {
+        &self.retry
+    }
+
+    /// The rate-limit layer inside (its settings, state and metrics).
+    pub fn rate_limit(&self) -> &RateLimitLayer {
+        &self.limit
+    }
+
+    /// The callback rewrite, when it is on.
+    pub fn callbacks(&self) -> Option<&Callbacks> {
+        self.callbacks.as_ref().map(RewriteCallbackLayer::callbacks)
+    }
+}
+
+impl<S> Layer<S> for RunwayLayer {
+    type Service = Runway<S>;
+
+    fn layer(&self, inner: S) -> Runway<S> {
+        let retrying = self.retry.layer(self.limit.layer(inner));
+        match &self.callbacks {
+            Some(rewrite) => rewrite.layer(retrying),
+            None => RewriteCallback::passthrough(retrying),
+        }
+    }
+}
+
+/// Collects the settings of a [`RunwayLayer`]. Nothing is made until
+/// [`build`](Self::build), so the order of the calls does not matter.
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until built"]
+pub struct RunwayLayerBuilder {
+    retry: RetrySettings,
+    limit: LimitSettings,
+    callbacks: Option<Callbacks>,
+}
+
+impl RunwayLayerBuilder {
+    /// Retry settings and rules.
+    pub fn retry(mut self, settings: RetrySettings) -> Self {
+        self.retry = settings;
+        self
+    }
+
+    /// Rate limits and concurrency caps.
+    pub fn rate_limit(mut self, settings: LimitSettings) -> Self {
+        self.limit = settings;
+        self
+    }
+
+    /// Rewrite `callback_url` in submissions by `callbacks` (give the relay the same
+    /// value, so both check subscribers by one policy).
+    pub fn callbacks(mut self, callbacks: Callbacks) -> Self {
+        self.callbacks = Some(callbacks);
+        self
+    }
+
+    /// Check every setting and make the layers and their shared state, once.
+    pub fn build(self) -> Result<RunwayLayer, InvalidSetting> {
+        Ok(RunwayLayer {
+            retry: RetryLayer::builder().settings(self.retry).build()?,
+            limit: RateLimitLayer::builder().settings(self.limit).build()?,
+            callbacks: self.callbacks.map(RewriteCallbackLayer::new),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use http::{Request, Response, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::body::{self, Body};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clone_of_the_layer_shares_the_limiter_and_the_retry_budget() {
+        let busy = tower::service_fn(|_request: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(body::full(r#"{"code":500,"msg":"busy"}"#)))
+        });
+        let limits = LimitSettings {
+            submit_rate: Some("2/min".parse().unwrap()),
+            max_wait: Duration::ZERO,
+            ..Default::default()
+        };
+        let retry = RetrySettings {
+            budget_percent: 50.0,
+            budget_min_per_sec: 0,
+            ..Default::default()
+        };
+        let layer = RunwayLayer::builder()
+            .rate_limit(limits)
+            .retry(retry)
+            .build()
+            .unwrap();
+        let clone = layer.clone();
+        let submit = || {
+            Request::post("http://upstream.test/runway/pro/generate")
+                .body(body::full("{}"))
+                .unwrap()
+        };
+
+        // Half a retry deposited: no retry, one permit used.
+        let first = layer.layer(busy).oneshot(submit()).await.unwrap();
+        assert_eq!(first.headers()["x-runway-proxy-retry-stopped"], "budget");
+        // Through the clone: the budget now holds a whole retry, and the limiter's second
+        // permit goes to the first attempt, so the retry is refused by the shared limiter.
+        let second = clone.layer(busy).oneshot(submit()).await.unwrap();
+        assert_eq!(
+            second.headers()["x-runway-proxy-attempts"],
+            "2",
+            "the shared budget allowed a retry"
+        );
+        assert_eq!(
+            second.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "the shared quota was spent"
+        );
+        assert_eq!(layer.retry().metrics().budget_exhausted.get(), 1);
+        assert_eq!(layer.rate_limit().metrics().refusals("max_wait"), 1);
+    }
+
+    #[test]
+    fn every_setting_is_checked_at_build() {
+        let retry = RetrySettings {
+            max_attempts: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            RunwayLayer::builder().retry(retry).build().unwrap_err().key,
+            "retry.max_attempts"
+        );
+        let limits = LimitSettings {
+            max_queue: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            RunwayLayer::builder().rate_limit(limits).build().unwrap_err().key,
+            "limit.max_queue"
+        );
+    }
+}

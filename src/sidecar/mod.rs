@@ -1,0 +1,249 @@
+//! The sidecar's outermost service: admin paths, request metrics and logs, error envelopes.
+//!
+//! [`Sidecar`] answers the reserved admin paths under `/-/` itself ([`admin`]: never
+//! forwarded), counts and logs every request, and turns the inner stack's errors into
+//! CometAPI-shaped error envelopes. It knows nothing of how the stack below it was built;
+//! the [`app`](crate::app) module wires it from the configuration.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use runway_proxy::sidecar::{Readiness, RequestMetrics, Sidecar};
+//! use runway_proxy::RunwayLayer;
+//! use tower::Layer;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let forward = runway_proxy::upstream::Forward::new(
+//!     &"https://api.cometapi.com".parse()?,
+//!     std::time::Duration::from_secs(10),
+//!     std::time::Duration::from_secs(60),
+//! )?;
+//! let stack = RunwayLayer::new().layer(forward);
+//! let requests = Arc::new(RequestMetrics::default());
+//! let sidecar = Sidecar::new(stack, Arc::clone(&requests), Readiness::default())
+//!     .metric_sets(vec![requests]);
+//! # let _ = sidecar;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod admin;
+mod metrics;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
+
+pub use metrics::RequestMetrics;
+
+use crate::body::{self, Body, BoxError};
+use crate::envelope;
+use crate::metrics::{GaugeGuard, MetricSet};
+use crate::relay::RelayAdmin;
+use crate::route::RouteClass;
+use crate::upstream::{UpstreamError, UpstreamLatency};
+
+/// Prefix of the admin paths the proxy answers itself.
+pub const ADMIN_PREFIX: &str = "/-/";
+
+/// Whether the proxy is ready to take traffic; cleared when shutdown begins.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Mark the proxy ready (or not).
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    /// Whether the proxy is ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What the admin paths answer from: readiness, the metric sets to render, the relay.
+#[derive(Clone, Debug)]
+pub(crate) struct AdminState {
+    readiness: Readiness,
+    metric_sets: Arc<[Arc<dyn MetricSet>]>,
+    relay: Option<RelayAdmin>,
+}
+
+/// The outermost service of the sidecar: admin paths, metrics, logging, error envelopes.
+#[derive(Clone, Debug)]
+pub struct Sidecar<S> {
+    inner: S,
+    requests: Arc<RequestMetrics>,
+    admin: AdminState,
+}
+
+impl<S> Sidecar<S> {
+    /// Wrap the forwarding stack `inner`, counting requests in `requests`.
+    pub fn new(inner: S, requests: Arc<RequestMetrics>, readiness: Readiness) -> Self {
+        Sidecar {
+            inner,
+            admin: AdminState {
+                readiness,
+                metric_sets: Arc::new([Arc::clone(&requests) as Arc<dyn MetricSet>]),
+                relay: None,
+            },
+            requests,
+        }
+    }
+
+    /// Render these metric sets, in this order, at `/-/metrics`.
+    pub fn metric_sets(mut self, sets: Vec<Arc<dyn MetricSet>>) -> Self {
+        self.admin.metric_sets = sets.into();
+        self
+    }
+
+    /// Answer the relay's admin paths (`/-/deliveries`) too.
+    pub fn relay_admin(mut self, relay: RelayAdmin) -> Self {
+        self.admin.relay = Some(relay);
+        self
+    }
+}
+
+impl<S> Service<Request<Body>> for Sidecar<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness of `inner` is awaited per request (on a clone, by `Oneshot`), so one
+        // limited route never blocks the admin paths or the rest of the connection.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.uri().path().starts_with(ADMIN_PREFIX) {
+            let admin = self.admin.clone();
+            let (method, uri) = (request.method().clone(), request.uri().clone());
+            return ResponseFuture {
+                kind: Kind::Admin {
+                    future: Box::pin(async move { admin::answer(&admin, &method, &uri).await }),
+                },
+            };
+        }
+        let log = RequestLog {
+            class: RouteClass::of(request.method(), request.uri().path()),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            started: Instant::now(),
+            _in_flight: self.requests.in_flight.track(),
+            metrics: Arc::clone(&self.requests),
+        };
+        let future = self.inner.clone().oneshot(request);
+        ResponseFuture {
+            kind: Kind::Forward { future, log },
+        }
+    }
+}
+
+/// What is needed to count and log a request once its response is known.
+struct RequestLog {
+    class: RouteClass,
+    method: Method,
+    /// The URI as received (a cheap clone; only its path is ever logged).
+    uri: http::Uri,
+    started: Instant,
+    // Held for the life of the request, however it ends (even if the client goes away).
+    _in_flight: GaugeGuard,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl RequestLog {
+    fn finish(&self, response: &Response<Body>) {
+        let status = response.status().as_u16();
+        self.metrics.requests.inc(&(self.class, status));
+        let upstream_ms = response
+            .extensions()
+            .get::<UpstreamLatency>()
+            .map(|l| millis(l.0));
+        // Path only: a query string may carry a secret a client put there.
+        tracing::info!(
+            method = %self.method,
+            path = self.uri.path(),
+            route_class = self.class.as_str(),
+            status,
+            upstream_ms,
+            total_ms = millis(self.started.elapsed()),
+            "request"
+        );
+    }
+}
+
+/// Milliseconds with microsecond precision, for log fields.
+fn millis(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1e3
+}
+
+pin_project! {
+    /// Response future of [`Sidecar`].
+    pub struct ResponseFuture<S>
+    where
+        S: Service<Request<Body>>,
+    {
+        #[pin]
+        kind: Kind<S>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S>
+    where
+        S: Service<Request<Body>>,
+    {
+        Admin { future: Pin<Box<dyn Future<Output = Response<Body>> + Send>> },
+        Forward { #[pin] future: Oneshot<S, Request<Body>>, log: RequestLog },
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Admin { future } => future.as_mut().poll(cx).map(Ok),
+            KindProj::Forward { future, log } => {
+                let response = match ready!(future.poll(cx)) {
+                    Ok(response) => response,
+                    Err(err) => error_response(err.into()),
+                };
+                log.finish(&response);
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+/// Turn an error from the forwarding stack into the envelope a client sees.
+pub fn error_response(err: BoxError) -> Response<Body> {
+    if let Some(upstream) = err.downcast_ref::<UpstreamError>() {
+        tracing::warn!(error = %upstream, "upstream call failed");
+        return upstream.to_response();
+    }
+    let msg = format!("runway-proxy failed: {}", body::error_chain(err.as_ref()));
+    tracing::error!(error = %msg, "request failed inside the proxy");
+    envelope::error_response(StatusCode::BAD_GATEWAY, &msg)
+}

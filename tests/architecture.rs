@@ -1,0 +1,151 @@
+//! The crate's layering, checked: each module imports only modules in layers below its
+//! own, so there is no upward import and no import circle.
+//!
+//! Every `crate::module` path in `src/` (outside comments) is an edge from the file's
+//! top-level module to `module`. The layers are the README's architecture diagram.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Bottom first. A module may use modules of lower layers only.
+const LAYERS: &[&[&str]] = &[
+    &["body", "duration", "route", "settings", "metrics"],
+    &["envelope"],
+    &["upstream"],
+    &["callback", "limit", "retry", "server"],
+    &["mock", "relay", "runway"],
+    &["sidecar"],
+    &["config"],
+    &["app"],
+];
+
+fn layer_of(module: &str) -> usize {
+    LAYERS
+        .iter()
+        .position(|layer| layer.contains(&module))
+        .unwrap_or_else(|| {
+            panic!("module {module} is in no layer: add it to LAYERS and the README's diagram")
+        })
+}
+
+/// `src/retry/attempts.rs` -> `retry`; `src/lib.rs`, `src/main.rs` and the binary's own
+/// modules sit on top of everything and are not checked.
+fn module_of(path: &Path, src: &Path) -> Option<String> {
+    let relative = path.strip_prefix(src).ok()?;
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(name, "lib" | "main" | "demo")).then(|| name.to_owned())
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("src is readable") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Modules named by `crate::NAME` in code (not comments).
+fn imports(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or_default();
+        let mut rest = code;
+        while let Some(at) = rest.find("crate::") {
+            let after = &rest[at + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.insert(name);
+            }
+            rest = after;
+        }
+        // `use crate::{a, b}` groups.
+        if let Some(group) = code.split("crate::{").nth(1) {
+            for name in group.split([',', '}', ' ']).filter(|w| !w.is_empty()) {
+                let name = name.split("::").next().unwrap_or_default();
+                if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    found.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let Some(module) = module_of(&file, &src) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&file).expect("readable");
+        let deps: Vec<String> = imports(&text).into_iter().filter(|d| *d != module).collect();
+        graph.entry(module).or_default().extend(deps);
+    }
+    graph
+}
+
+#[test]
+fn no_module_imports_one_above_it() {
+    let mut upward = Vec::new();
+    for (module, deps) in graph() {
+        for dep in deps {
+            if layer_of(&dep) >= layer_of(&module) {
+                upward.push(format!(
+                    "{module} (layer {}) imports {dep} (layer {})",
+                    layer_of(&module),
+                    layer_of(&dep)
+                ));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports against the layering:\n{}",
+        upward.join("\n")
+    );
+}
+
+#[test]
+fn the_import_graph_has_no_circle() {
+    // Independent of the layer table: repeatedly remove modules that import nothing left.
+    let mut graph = graph();
+    while !graph.is_empty() {
+        let leaves: Vec<String> = graph
+            .iter()
+            .filter(|(_, deps)| deps.iter().all(|d| !graph.contains_key(d)))
+            .map(|(m, _)| m.clone())
+            .collect();
+        assert!(
+            !leaves.is_empty(),
+            "an import circle among: {:?}",
+            graph.keys().collect::<Vec<_>>()
+        );
+        for leaf in leaves {
+            graph.remove(&leaf);
+        }
+    }
+}
+
+#[test]
+fn the_checker_sees_imports() {
+    let found = imports(
+        "use crate::body::{self, Body};\nuse crate::{envelope, route::RouteClass};\n// crate::app in a comment\nlet x = crate::duration::format(d);",
+    );
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        ["body", "duration", "envelope", "route"]
+    );
+    let graph = graph();
+    assert!(graph["retry"].contains("upstream"), "{:?}", graph["retry"]);
+    assert!(graph["app"].contains("config"));
+}
