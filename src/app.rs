@@ -1,4 +1,5 @@
 //! The sidecar wired from its configuration: the only place that takes a [`Config`].
+//! Available with the `config` feature.
 //!
 //! [`Proxy::bind`] builds everything `runway-proxy serve` runs, in one direction: the
 //! forwarder, [`RunwayLayer`] around it (exactly the layer an embedder uses), the relay
@@ -105,14 +106,15 @@ pub enum StartError {
     Relay(#[from] RelayError),
 }
 
-/// Every metric set the sidecar records, in the order `/-/metrics` renders them.
-#[derive(Debug)]
+/// Every metric set the sidecar records (each layer's own), in the order `/-/metrics`
+/// renders them.
+#[derive(Clone, Debug)]
 pub struct Metrics {
     sets: Vec<Arc<dyn MetricSet>>,
 }
 
 impl Metrics {
-    /// The sets, to hand to [`Sidecar::metric_sets`].
+    /// The sets, as [`Sidecar::metric_sets`] takes them.
     pub fn sets(&self) -> Vec<Arc<dyn MetricSet>> {
         self.sets.clone()
     }
@@ -133,6 +135,7 @@ pub struct Proxy {
     service: Sidecar<Runway<Forward>>,
     receiver: WebhookReceiver,
     relay: Relay,
+    metrics: Metrics,
     readiness: Readiness,
     grace: Duration,
 }
@@ -210,9 +213,15 @@ impl Proxy {
             service,
             receiver: relay.receiver(),
             relay,
+            metrics,
             readiness,
             grace: config.shutdown_grace,
         })
+    }
+
+    /// Everything the running proxy records, as `/-/metrics` shows it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The address the proxy listens on (useful after binding port 0).

@@ -85,6 +85,59 @@
 //! # }
 //! ```
 //!
+//! # Errors
+//!
+//! Every fallible constructor returns a typed error that is `std::error::Error + Send +
+//! Sync + 'static`, so `?` works in any application's `main`:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use runway_proxy::app::Proxy;
+//! use runway_proxy::callback::{Callbacks, Keyring};
+//! use runway_proxy::config::{Config, Overrides};
+//! use runway_proxy::limit::{QuotaSpec, RateLimitLayer};
+//! use runway_proxy::relay::{Relay, SqliteOutbox, WebhookSigner};
+//! use runway_proxy::retry::{RetryLayer, RuleSpec};
+//! use runway_proxy::upstream::Forward;
+//! use runway_proxy::RunwayLayer;
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//!     let rate: QuotaSpec = "5/s burst 10".parse()?;
+//!     let wait = runway_proxy::duration::parse("30s")?;
+//!     let keys: Keyring = "1:a-secret-of-at-least-thirty-two-bytes".parse()?;
+//!     let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret())?;
+//!     let callbacks = Callbacks::new("https://hooks.my-app.example", keys)?;
+//!     let rule = toml::from_str::<RuleSpec>(r#"msg_contains = "quota"
+//!         action = "fail""#)?.build(0)?;
+//!
+//!     let retry = RetryLayer::builder().max_attempts(4).build()?;
+//!     let limit = RateLimitLayer::builder().submit_rate(rate).max_wait(wait).build()?;
+//!     let runway = RunwayLayer::builder().callbacks(callbacks.clone()).build()?;
+//!     let upstream = "https://api.cometapi.com".parse()?;
+//!     let forward = Forward::new(&upstream, Duration::from_secs(10), Duration::from_secs(60))?;
+//!
+//!     let data = std::env::temp_dir().join(format!("runway-proxy-errors-{}", std::process::id()));
+//!     std::fs::create_dir_all(&data)?;
+//!     let outbox = Arc::new(SqliteOutbox::open(&data.join("outbox.sqlite3"))?);
+//!     let relay = Relay::builder(&callbacks, outbox, signer).start()?;
+//!
+//!     let flags = Overrides::from([
+//!         ("listen", "127.0.0.1:0".to_owned()),
+//!         ("webhook_listen", "127.0.0.1:0".to_owned()),
+//!         ("data_dir", data.join("sidecar").display().to_string()),
+//!     ]);
+//!     let config = Config::load(None, &|_| None, &flags)?;
+//!     let proxy = Proxy::bind(&config).await?;
+//!
+//!     # let _ = (rule, retry, limit, runway, forward, proxy);
+//!     relay.shutdown(Duration::from_secs(1)).await;
+//!     # let _ = std::fs::remove_dir_all(&data);
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Layers
 //!
 //! Each module imports only modules below it (a test, `tests/architecture.rs`, holds

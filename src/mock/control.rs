@@ -1,6 +1,13 @@
 //! The control API under `/-/mock/`.
 
-use super::*;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Value, json};
+
+use super::routes::{json_response, reverse_error};
+use super::state::{Inner, State};
+use super::{Fault, stats};
+use crate::body::Body;
 
 /// The control API under `/-/mock/`.
 pub(super) async fn control(state: &State, request: Request<Body>) -> Response<Body> {

@@ -1,6 +1,15 @@
 //! A task's life: its statuses one step apart, and a callback at each change.
 
-use super::*;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Full;
+
+use super::SentCallback;
+use super::routes::unix_now;
+use super::state::State;
+use crate::body;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum CallbackPlan {

@@ -6,7 +6,8 @@
 //! through its statuses, POSTs a callback to the task's `callback_url` at each change,
 //! and answers reads (`/runway/feed`, `/runwayml/v1/tasks/{id}`). Faults ([`Fault`]) are
 //! scripted per route, from Rust or over the control API under `/-/mock/`; it counts
-//! every request it receives and every task it accepts.
+//! every request it receives and every task it accepts. Available with the `mock`
+//! feature (on in the default `cli` build and in this crate's own tests).
 //!
 //! # Example
 //!
@@ -41,36 +42,24 @@ mod routes;
 mod service;
 mod state;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderMap, Method};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use control::control;
 pub use fault::Fault;
-use fault::FaultQueue;
-use lifecycle::{CallbackPlan, lifecycle};
-use routes::*;
-use service::{MockService, Reset};
+use service::MockService;
 use state::{Inner, State, Task};
-
-use crate::body::{self, Body, BoxError};
-use crate::envelope;
 
 /// Largest request body the stand-in reads (the proxy's pass-through tests send several MB).
 const MAX_BODY: usize = 64 * 1024 * 1024;

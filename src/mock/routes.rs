@@ -1,6 +1,19 @@
 //! CometAPI's Runway routes as the stand-in answers them.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Value, json};
+
+use super::lifecycle::{CallbackPlan, lifecycle};
+use super::service::Reset;
+use super::state::{State, Task};
+use super::{Fault, MAX_BODY, MAX_RECORDED, MockConfig, RecordedRequest};
+use crate::body::{self, Body};
+use crate::envelope;
 
 pub(super) async fn handle(state: &Arc<State>, request: Request<Body>) -> Result<Response<Body>, Reset> {
     let (parts, body) = request.into_parts();

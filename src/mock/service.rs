@@ -1,6 +1,16 @@
 //! The stand-in as a tower service: control paths, faults, then the routes.
 
-use super::*;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+
+use super::control::control;
+use super::routes::handle;
+use super::state::State;
+use crate::body::{Body, BoxError};
 
 /// The connection is dropped without an answer (a scripted reset).
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,18 @@
 //! The stand-in's state: its tasks, counters, recorded requests and queued faults.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::fault::FaultQueue;
+use super::{MockConfig, RecordedRequest, RouteStats, SentCallback, TaskSnapshot};
 
 #[derive(Debug)]
 pub(super) struct Task {
