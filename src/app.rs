@@ -187,6 +187,8 @@ impl Proxy {
             .retry(config.retry.clone())
             .rate_limit(config.limit.clone())
             .callbacks(callbacks.clone())
+            // Idempotency records live in the outbox's database: durable, one store.
+            .idempotency(outbox.clone(), config.idempotency.clone())
             .build()?;
         let relay = Relay::builder(&callbacks, outbox.clone(), signer)
             .settings(config.delivery.clone())
@@ -264,13 +266,21 @@ fn webhook_signer(config: &Config) -> Result<WebhookSigner, StartError> {
     let path = config.data_dir.join("webhook-secret");
     let secret = match &config.webhook_secret {
         // Checked when the config was loaded.
-        Some(secret) => secret.expose().to_owned(),
-        None => secret_file(
-            &path,
-            "webhook signing secret",
-            "subscribers verify with it, replicas sign with it",
-            WebhookSigner::generate_secret,
-        )?,
+        Some(secret) => {
+            tracing::info!("webhook signing secret: from the configuration (webhook_secret)");
+            secret.expose().to_owned()
+        }
+        None => {
+            let secret = secret_file(
+                &path,
+                "webhook signing secret",
+                "subscribers verify with it, replicas sign with it",
+                WebhookSigner::generate_secret,
+            )?;
+            // Every start, not just the first: subscribers need to find it.
+            tracing::info!(path = %path.display(), "webhook signing secret: give it to your subscribers");
+            secret
+        }
     };
     WebhookSigner::from_secret(&secret).map_err(|source| StartError::WebhookSecret { path, source })
 }
@@ -328,7 +338,9 @@ fn secret_file(
     let mut file = options
         .open(path)
         .map_err(fail("cannot store a generated secret at"))?;
-    std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())
+    // No trailing newline: some Standard Webhooks libraries (the JS one) refuse the
+    // secret with one when it is read from the file as it is.
+    std::io::Write::write_all(&mut file, secret.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(fail("cannot store a generated secret at"))?;
     tracing::info!(path = %path.display(), "generated a {what} (keep it: {who_needs_it})");

@@ -23,13 +23,26 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::body::{self, Body};
 
 /// Content type of every JSON body this crate produces.
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Response header telling a client whether retrying this request is safe and useful
+/// (`true`) or could pay twice or multiply load (`false`). The official Runway SDKs
+/// (Stainless) follow it before their own status-based rules.
+pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// Mark `response` as safe (`true`) or unsafe (`false`) for a client to retry.
+pub fn should_retry(response: &mut Response<Body>, retry: bool) {
+    let value = if retry { "true" } else { "false" };
+    response
+        .headers_mut()
+        .insert(SHOULD_RETRY, HeaderValue::from_static(value));
+}
 
 /// Serialize the error envelope `{"code": <status>, "msg": msg, "data": null}`.
 pub fn error_body(status: StatusCode, msg: &str) -> Vec<u8> {
@@ -46,7 +59,23 @@ pub struct Generated;
 
 /// An HTTP response with status `status` carrying the error envelope for `msg`.
 pub fn error_response(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut response = Response::new(body::full(error_body(status, msg)));
+    generated(status, error_body(status, msg))
+}
+
+/// The error shape a client of `path` expects: Runway's own `{"error": msg}` on the
+/// official routes (`/runwayml/...`, what the Runway SDKs parse), CometAPI's envelope
+/// everywhere else.
+pub fn error_response_for(path: &str, status: StatusCode, msg: &str) -> Response<Body> {
+    if path.starts_with("/runwayml/") {
+        let body = serde_json::to_vec(&serde_json::json!({ "error": msg })).unwrap_or_default();
+        generated(status, body)
+    } else {
+        error_response(status, msg)
+    }
+}
+
+fn generated(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, JSON);
     response.extensions_mut().insert(Generated);
@@ -85,9 +114,11 @@ impl fmt::Display for Code<'_> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Envelope<'a> {
-    /// `code`, when present and a number or a string.
+    /// `code`, when present and a number or a string; else `error.code` (CometAPI's
+    /// OpenAI-style errors: `"invalid_request"`).
     pub code: Option<Code<'a>>,
-    /// `msg`, else `message`, else a string `error` or `error.message` (Runway's own shape).
+    /// `msg`, else `message`, else a string `error` or `error.message` (Runway's own
+    /// shape, and CometAPI's OpenAI-style `{"error": {"message", "type", "code"}}`).
     pub msg: Option<Cow<'a, str>>,
     /// Whether the body has an `error` member (how the official format reports failure).
     pub has_error: bool,
@@ -124,6 +155,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut envelope = Envelope::default();
         let mut message = None;
         let mut error = None;
+        let mut error_code = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match key.as_ref() {
                 "code" => envelope.code = map.next_value::<Lenient<CodeValue<'de>>>()?.0.map(|c| c.0),
@@ -133,6 +165,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                     let value = map.next_value::<ErrorValue<'de>>()?;
                     envelope.has_error = value.present;
                     error = value.message;
+                    error_code = value.code;
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -140,6 +173,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
             }
         }
         envelope.msg = envelope.msg.or(message).or(error);
+        envelope.code = envelope.code.or(error_code);
         Ok(envelope)
     }
 }
@@ -229,10 +263,12 @@ impl<'de, T: LenientValue<'de>> Visitor<'de> for LenientVisitor<T> {
     }
 }
 
-/// The `error` member: present or not (null counts as absent), and its message if any.
+/// The `error` member: present or not (null counts as absent), its message and code if any.
+#[derive(Default)]
 struct ErrorValue<'a> {
     present: bool,
     message: Option<Cow<'a, str>>,
+    code: Option<Code<'a>>,
 }
 
 impl<'de> de::Deserialize<'de> for ErrorValue<'de> {
@@ -247,42 +283,49 @@ impl<'de> de::Deserialize<'de> for ErrorValue<'de> {
                 Ok(ErrorValue {
                     present: false,
                     message: None,
+                    code: None,
                 })
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(ErrorValue {
                     present: true,
                     message: Some(Cow::Borrowed(v)),
+                    code: None,
                 })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(ErrorValue {
                     present: true,
                     message: Some(Cow::Owned(v.to_owned())),
+                    code: None,
                 })
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
                 Ok(ErrorValue {
                     present: v,
                     message: None,
+                    code: None,
                 })
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
                 Ok(ErrorValue {
                     present: true,
                     message: None,
+                    code: None,
                 })
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
                 Ok(ErrorValue {
                     present: true,
                     message: None,
+                    code: None,
                 })
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
                 Ok(ErrorValue {
                     present: true,
                     message: None,
+                    code: None,
                 })
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -290,20 +333,25 @@ impl<'de> de::Deserialize<'de> for ErrorValue<'de> {
                 Ok(ErrorValue {
                     present: true,
                     message: None,
+                    code: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut message = None;
+                let mut code = None;
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == "message" {
-                        message = map.next_value::<Lenient<Text<'de>>>()?.0.map(|t| t.0);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                    match key.as_ref() {
+                        "message" => message = map.next_value::<Lenient<Text<'de>>>()?.0.map(|t| t.0),
+                        "code" => code = map.next_value::<Lenient<CodeValue<'de>>>()?.0.map(|c| c.0),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
                 Ok(ErrorValue {
                     present: true,
                     message,
+                    code,
                 })
             }
         }
@@ -351,6 +399,19 @@ mod tests {
         assert_eq!(e.msg.as_deref(), Some("invalid_request: bad ratio"));
         let e = Envelope::parse(br#"{"id":"abc","error":null}"#).unwrap();
         assert!(!e.has_error);
+    }
+
+    #[test]
+    fn reads_cometapi_openai_style_errors() {
+        let body = br#"{"error":{"message":"invalid_request: ratio","type":"comet_api_error","code":"invalid_request"}}"#;
+        let e = Envelope::parse(body).unwrap();
+        assert!(e.has_error);
+        assert_eq!(e.code, Some(Code::Str("invalid_request".into())));
+        assert_eq!(e.msg.as_deref(), Some("invalid_request: ratio"));
+        let e = Envelope::parse(br#"{"code":500,"error":{"code":"x"}}"#).unwrap();
+        assert_eq!(e.code, Some(Code::Int(500)), "a top-level code wins");
+        let e = Envelope::parse(br#"{"error":{"code":503}}"#).unwrap();
+        assert_eq!(e.code, Some(Code::Int(503)));
     }
 
     #[test]

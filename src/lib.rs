@@ -149,9 +149,10 @@
 //! | configuration | [`config`] (feature `config`) | one typed `Config`, each setting described once |
 //! | sidecar | [`sidecar`] | the outermost service: admin paths, request metrics and logs, error envelopes |
 //! | composition | [`runway`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; the webhook relay; the CometAPI stand-in |
+//! | idempotency | [`idempotency`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded |
 //! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
 //! | upstream | [`upstream`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS |
-//! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`] | shared types |
+//! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`], [`store`] | shared types |
 //!
 //! # Features
 //!
@@ -173,6 +174,7 @@ pub mod envelope;
 pub mod metrics;
 pub mod route;
 pub mod settings;
+pub mod store;
 // talking to the upstream
 pub mod upstream;
 // middleware, and serving a service
@@ -180,6 +182,8 @@ pub mod callback;
 pub mod limit;
 pub mod retry;
 pub mod server;
+// the idempotency record, which reads the retry layer's verdict
+pub mod idempotency;
 // composition
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]

@@ -5,11 +5,13 @@
 //! read (the hyper-util legacy client first of all, or a `tower::ServiceBuilder` stack)
 //! in, from the outside in:
 //!
-//! 1. [`RewriteCallback`]: checks the subscriber URL and rewrites `callback_url` once per
+//! 1. [`Idempotent`] (with a store): a submission with an `Idempotency-Key` is sent once,
+//!    its repeats get the first answer;
+//! 2. [`RewriteCallback`]: checks the subscriber URL and rewrites `callback_url` once per
 //!    request, before anything is sent;
-//! 2. [`Retry`]: decides from each attempt's body whether to try again, never resubmitting
+//! 3. [`Retry`]: decides from each attempt's body whether to try again, never resubmitting
 //!    a task that may have been accepted;
-//! 3. [`RateLimit`]: every attempt waits for its own permit, so retries respect the limit.
+//! 4. [`RateLimit`]: every attempt waits for its own permit, so retries respect the limit.
 //!
 //! [`RunwayLayer::builder`] collects the settings; [`build`](RunwayLayerBuilder::build)
 //! checks them and makes the shared state (the limiter, the retry budget, the metrics)
@@ -47,15 +49,18 @@
 //! # }
 //! ```
 
+use std::sync::Arc;
+
 use tower::Layer;
 
 use crate::callback::{Callbacks, RewriteCallback, RewriteCallbackLayer};
+use crate::idempotency::{IdempotencyLayer, IdempotencySettings, IdempotencyStore, Idempotent};
 use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer, RetrySettings};
 use crate::settings::InvalidSetting;
 
 /// The service [`RunwayLayer`] makes around `S`.
-pub type Runway<S> = RewriteCallback<Retry<RateLimit<S>>>;
+pub type Runway<S> = Idempotent<RewriteCallback<Retry<RateLimit<S>>>>;
 
 /// Rate limit, retry and `callback_url` rewrite in one layer. See the module docs.
 ///
@@ -66,6 +71,7 @@ pub struct RunwayLayer {
     retry: RetryLayer,
     limit: RateLimitLayer,
     callbacks: Option<RewriteCallbackLayer>,
+    idempotency: Option<IdempotencyLayer>,
 }
 
 impl RunwayLayer {
@@ -100,9 +106,13 @@ impl<S> Layer<S> for RunwayLayer {
 
     fn layer(&self, inner: S) -> Runway<S> {
         let retrying = self.retry.layer(self.limit.layer(inner));
-        match &self.callbacks {
+        let rewriting = match &self.callbacks {
             Some(rewrite) => rewrite.layer(retrying),
             None => RewriteCallback::passthrough(retrying),
+        };
+        match &self.idempotency {
+            Some(idempotency) => idempotency.layer(rewriting),
+            None => Idempotent::passthrough(rewriting),
         }
     }
 }
@@ -115,6 +125,7 @@ pub struct RunwayLayerBuilder {
     retry: RetrySettings,
     limit: LimitSettings,
     callbacks: Option<Callbacks>,
+    idempotency: Option<(Arc<dyn IdempotencyStore>, IdempotencySettings)>,
 }
 
 impl RunwayLayerBuilder {
@@ -137,12 +148,23 @@ impl RunwayLayerBuilder {
         self
     }
 
+    /// Honour `Idempotency-Key` on submissions, recording them in `store`.
+    pub fn idempotency(mut self, store: Arc<dyn IdempotencyStore>, settings: IdempotencySettings) -> Self {
+        self.idempotency = Some((store, settings));
+        self
+    }
+
     /// Check every setting and make the layers and their shared state, once.
     pub fn build(self) -> Result<RunwayLayer, InvalidSetting> {
+        let idempotency = match self.idempotency {
+            Some((store, settings)) => Some(IdempotencyLayer::with_settings(store, settings)?),
+            None => None,
+        };
         Ok(RunwayLayer {
             retry: RetryLayer::builder().settings(self.retry).build()?,
             limit: RateLimitLayer::builder().settings(self.limit).build()?,
             callbacks: self.callbacks.map(RewriteCallbackLayer::new),
+            idempotency,
         })
     }
 }

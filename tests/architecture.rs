@@ -9,10 +9,11 @@ use std::path::Path;
 
 /// Bottom first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["body", "duration", "route", "settings", "metrics"],
+    &["body", "duration", "route", "settings", "metrics", "store"],
     &["envelope"],
     &["upstream"],
     &["callback", "limit", "retry", "server"],
+    &["idempotency"],
     &["mock", "relay", "runway"],
     &["sidecar"],
     &["config"],

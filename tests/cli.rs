@@ -441,3 +441,43 @@ fn demo_runs_end_to_end_and_exits_0() {
         "{stdout}"
     );
 }
+
+/// The README's "try it without a CometAPI key" block, run as written (with the built
+/// binary standing in for `cargo run --release --`), answers with a task.
+#[test]
+fn the_readme_quick_start_runs_as_written() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("To try it without a CometAPI key")
+        .expect("the quick start is in the README");
+    let block = &readme[start..];
+    let block = &block[block.find("```sh\n").expect("a shell block") + 6..];
+    let block = &block[..block.find("```").expect("the block ends")];
+    let script = block.replace("cargo run --release --", BIN);
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new("bash")
+        .arg("-c")
+        // Stop what the block starts in the background, however it ends.
+        .arg(format!(
+            "trap 'kill $(jobs -p) 2>/dev/null' EXIT\nset -e\n{script}"
+        ))
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(answer["code"], 200, "{answer}");
+    assert!(
+        answer["data"]["task_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{answer}"
+    );
+}

@@ -5,16 +5,25 @@ use runway_proxy::config::{Config, KEYS, Overrides};
 #[test]
 fn readme_documents_every_setting() {
     let readme = include_str!("../README.md");
-    for key in KEYS {
-        let row = format!(
-            "| `{}` | `{}` | `--{}` | `{}` |",
-            key.toml,
-            key.env,
-            key.flag,
-            key.default_value()
-        );
-        assert!(readme.contains(&row), "README is missing the row {row}");
-    }
+    let rows: Vec<String> = KEYS
+        .iter()
+        .map(|key| {
+            format!(
+                "| `{}` | `{}` | `--{}` | `{}` | {} |",
+                key.toml,
+                key.env,
+                key.flag,
+                key.default_value(),
+                key.doc
+            )
+        })
+        .collect();
+    let missing: Vec<&String> = rows.iter().filter(|row| !readme.contains(row.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "README's configuration table is out of date: {missing:#?}\n\nThe table as it should read:\n{}",
+        rows.join("\n")
+    );
 }
 
 #[test]

@@ -71,7 +71,7 @@ pub struct Callbacks {
 
 impl Callbacks {
     /// Webhooks come back to `{public_url}/hooks/runway/{token}`, tokens sealed with `keys`;
-    /// the strict [`SubscriberPolicy`] and a 1 MiB body limit until told otherwise.
+    /// the strict [`SubscriberPolicy`] and a 16 MiB body limit until told otherwise.
     pub fn new(public_url: &str, keys: impl Into<Arc<Keyring>>) -> Result<Callbacks, CallbackError> {
         let base = public_url.trim_end_matches('/');
         let uri: http::Uri = base
@@ -87,7 +87,7 @@ impl Callbacks {
             prefix: format!("{base}{HOOK_PATH}").into(),
             keys: keys.into(),
             policy: SubscriberPolicy::default(),
-            body_limit: 1024 * 1024,
+            body_limit: 16 * 1024 * 1024,
         })
     }
 
@@ -97,7 +97,7 @@ impl Callbacks {
         self
     }
 
-    /// Largest submission body rewritten and webhook body accepted (default 1 MiB).
+    /// Largest submission body rewritten and webhook body accepted (default 16 MiB: a 5 MB image as a base64 data URI fits).
     pub fn with_body_limit(mut self, limit: usize) -> Self {
         self.body_limit = limit;
         self

@@ -59,12 +59,11 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let shared = match &self.shared {
-            Some(shared)
-                if RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission =>
-            {
+            Some(shared) if carries_callback_url(request.method(), request.uri().path()) => {
                 Arc::clone(shared)
             }
-            // Not a submission (or rewriting is off): stream it through untouched.
+            // Not a submission with a callback_url (or rewriting is off): stream it through
+            // untouched, whatever its size.
             _ => {
                 return Box::pin(async move {
                     let response = inner.oneshot(request.map(body::boxed)).await?;
@@ -83,6 +82,13 @@ where
     }
 }
 
+/// Whether a request is a submission in the reverse format (`POST /runway/pro/*`), the
+/// one whose body may carry a `callback_url`. The official routes (`/runwayml/v1/*`)
+/// have no webhook; their bodies (base64 images of several MB) are never read here.
+fn carries_callback_url(method: &http::Method, path: &str) -> bool {
+    RouteClass::of(method, path) == RouteClass::Submission && path.starts_with("/runway/")
+}
+
 impl Shared {
     /// The request with its `callback_url` rewritten, or the error response to send back.
     async fn rewrite<B>(&self, request: Request<B>) -> Result<Request<Body>, Response<Body>>
@@ -96,7 +102,8 @@ impl Shared {
             Ok(bytes) => bytes,
             Err(ReadError::TooLarge(_)) => {
                 let msg = format!(
-                    "the request body is larger than {limit} bytes, the most runway-proxy reads from a submission"
+                    "the request body is larger than {limit} bytes (callback.body_limit), the most runway-proxy \
+                     reads from a submission to rewrite its callback_url"
                 );
                 return Err(envelope::error_response(StatusCode::PAYLOAD_TOO_LARGE, &msg));
             }

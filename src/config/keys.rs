@@ -232,6 +232,17 @@ pub const KEYS: &[Key] = &[
         show: |c| show_classes(&c.retry.unknown_outcome),
     },
     Key {
+        toml: "retry.surface_envelope_errors",
+        env: "RUNWAY_PROXY_SURFACE_ENVELOPE_ERRORS",
+        flag: "surface-envelope-errors",
+        doc: "Answer a failure inside an HTTP 200 with the HTTP status of its code (502 if none), so SDKs raise.",
+        set: |c, raw| {
+            c.retry.surface_envelope_errors = boolean(raw)?;
+            Ok(())
+        },
+        show: |c| c.retry.surface_envelope_errors.to_string(),
+    },
+    Key {
         toml: "limit.rate",
         env: "RUNWAY_PROXY_RATE_LIMIT",
         flag: "rate-limit",
@@ -494,6 +505,17 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         show: |c| duration::format(c.delivery.retry_after_cap),
+    },
+    Key {
+        toml: "idempotency.ttl",
+        env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
+        flag: "idempotency-ttl",
+        doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
+        set: |c, raw| {
+            c.idempotency.ttl = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.idempotency.ttl),
     },
     Key {
         toml: "log_format",

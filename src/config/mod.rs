@@ -43,6 +43,7 @@ pub use keys::{KEYS, Key};
 pub use values::ValueError;
 
 use crate::callback::SubscriberPolicy;
+use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
 use crate::relay::DeliverySettings;
 use crate::retry::{RetrySettings, Rules};
@@ -82,6 +83,8 @@ pub struct Config {
     pub callback: CallbackSettings,
     /// Webhook delivery (`[delivery]`).
     pub delivery: DeliverySettings,
+    /// `Idempotency-Key` records (`[idempotency]`).
+    pub idempotency: IdempotencySettings,
 }
 
 impl Default for Config {
@@ -101,6 +104,7 @@ impl Default for Config {
             webhook_secret: None,
             callback: CallbackSettings::default(),
             delivery: DeliverySettings::default(),
+            idempotency: IdempotencySettings::default(),
         }
     }
 }
@@ -125,7 +129,7 @@ impl Default for CallbackSettings {
             allow_private: false,
             allowed_hosts: Vec::new(),
             token_keys: None,
-            body_limit: 1024 * 1024,
+            body_limit: 16 * 1024 * 1024,
         }
     }
 }
@@ -309,6 +313,7 @@ impl Config {
         self.retry.validate()?;
         self.limit.validate()?;
         self.delivery.validate()?;
+        self.idempotency.validate()?;
         for (key, value) in [
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),

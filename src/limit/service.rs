@@ -64,7 +64,7 @@ where
         Box::pin(async move {
             let permit = match shared.wait_turn(class, key).await {
                 Ok(permit) => permit,
-                Err(refusal) => return Ok(refusal.into_response()),
+                Err(refusal) => return Ok(refusal.into_response(request.uri().path())),
             };
             let response = inner.oneshot(request).await?;
             // The slot is held until the response body is done with, not just its headers.

@@ -66,7 +66,9 @@ impl Refusal {
         }
     }
 
-    pub(super) fn into_response(self) -> Response<Body> {
+    /// The 429 for a request to `path`: nothing was sent, so a retry after `Retry-After`
+    /// is safe, and clients are told so.
+    pub(super) fn into_response(self, path: &str) -> Response<Body> {
         let (msg, retry_after) = match self {
             Refusal::QueueFull { waiting, retry_after } => (
                 format!(
@@ -89,10 +91,11 @@ impl Refusal {
                 retry_after,
             ),
         };
-        let mut response = envelope::error_response(StatusCode::TOO_MANY_REQUESTS, &msg);
+        let mut response = envelope::error_response_for(path, StatusCode::TOO_MANY_REQUESTS, &msg);
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(retry_after)));
+        envelope::should_retry(&mut response, true);
         response
     }
 }

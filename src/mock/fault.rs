@@ -47,6 +47,12 @@ pub enum Fault {
         /// Milliseconds to wait.
         ms: u64,
     },
+    /// Act on the request (a submission creates its task), then wait this long before
+    /// answering: an upstream slower than the client's timeout, after accepting.
+    AcceptThenDelay {
+        /// Milliseconds to wait before the answer.
+        ms: u64,
+    },
     /// Close the connection without reading the request body or answering.
     ResetBeforeBody,
     /// Read the whole request and act on it (a submission creates its task), then close

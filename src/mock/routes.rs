@@ -82,8 +82,16 @@ pub(super) async fn handle(state: &Arc<State>, request: Request<Body>) -> Result
         other => other,
     };
     let reset_after = task_fault == Some(Fault::ResetAfterBody);
+    let answer_after = match task_fault {
+        Some(Fault::AcceptThenDelay { ms }) => Some(Duration::from_millis(ms)),
+        _ => None,
+    };
     let task_fault = task_fault.filter(Fault::is_task_fault);
     let response = route(state, &parts, &bytes, task_fault);
+    if let Some(wait) = answer_after {
+        // The task exists already; a client that gives up now can't know it.
+        tokio::time::sleep(wait).await;
+    }
     if reset_after { Err(Reset) } else { Ok(response) }
 }
 

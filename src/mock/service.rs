@@ -10,7 +10,7 @@ use http::{Request, Response};
 use super::control::control;
 use super::routes::handle;
 use super::state::State;
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 
 /// The connection is dropped without an answer (a scripted reset).
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +22,9 @@ pub(super) struct MockService(pub(super) Arc<State>);
 
 impl tower::Service<Request<Body>> for MockService {
     type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    // Failing the service makes the server drop the connection without an answer.
+    type Error = Reset;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Reset>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -36,9 +37,7 @@ impl tower::Service<Request<Body>> for MockService {
                 return Ok(control(&state, request).await);
             }
             let _in_flight = InFlight::enter(&state);
-            handle(&state, request)
-                .await
-                .map_err(|reset| -> BoxError { Box::new(reset) })
+            handle(&state, request).await
         })
     }
 }

@@ -40,6 +40,7 @@
 //! ```
 
 mod admin;
+mod idempotency_store;
 mod metrics;
 mod outbox;
 mod receiver;
@@ -58,7 +59,7 @@ pub use outbox::{
     BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
 };
 pub use receiver::WebhookReceiver;
-pub use signing::{SecretError, WebhookSigner};
+pub use signing::{SecretError, TOLERANCE, WebhookSigner};
 pub use sqlite::SqliteOutbox;
 pub use worker::DeliverySettings;
 

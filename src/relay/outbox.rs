@@ -5,15 +5,12 @@
 //! several concurrent delivery workers: a worker *claims* deliveries with a lease, and a
 //! claim whose lease runs out (its worker crashed) can be claimed again.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 
-/// A boxed future, so the trait can be used as `dyn Outbox`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::store::BoxFuture;
 
 /// A webhook to store.
 #[derive(Clone, Debug, PartialEq, Eq)]

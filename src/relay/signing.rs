@@ -2,10 +2,15 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
+
+/// How far a webhook's timestamp may be from the subscriber's clock (the Standard
+/// Webhooks libraries' default): older messages are refused as possible replays.
+pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// Why a webhook secret was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -61,9 +66,34 @@ impl WebhookSigner {
         format!("v1,{}", STANDARD.encode(context.sign().as_ref()))
     }
 
-    /// Whether any `v1` signature in `header` (space-separated, as the spec allows during
-    /// rotation) matches the message. What a subscriber does; used by the tests and demo.
+    /// Whether the message is fresh (its timestamp within [`TOLERANCE`] of now, as the
+    /// Standard Webhooks libraries require, against replays) and any `v1` signature in
+    /// `header` (space-separated, as the spec allows during rotation) matches it. What a
+    /// subscriber does; used by the tests and the demo.
     pub fn verify(&self, id: &str, timestamp: u64, body: &[u8], header: &str) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.verify_at(id, timestamp, body, header, now, TOLERANCE)
+    }
+
+    /// [`verify`](Self::verify) as of `now` (Unix seconds), with `tolerance` either way.
+    pub fn verify_at(
+        &self,
+        id: &str,
+        timestamp: u64,
+        body: &[u8],
+        header: &str,
+        now: u64,
+        tolerance: Duration,
+    ) -> bool {
+        if now.abs_diff(timestamp) > tolerance.as_secs() {
+            return false;
+        }
+        self.signature_matches(id, timestamp, body, header)
+    }
+
+    fn signature_matches(&self, id: &str, timestamp: u64, body: &[u8], header: &str) -> bool {
         let mut message = Vec::with_capacity(id.len() + body.len() + 24);
         message.extend_from_slice(id.as_bytes());
         message.push(b'.');
@@ -92,13 +122,17 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let signature = signer.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(signer.verify(
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            body,
-            &format!("v1,bm9wZQ== {signature}")
-        ));
-        assert!(!signer.verify("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265331, body, &signature));
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let now = 1614265330 + 60;
+        let rotated = format!("v1,bm9wZQ== {signature}");
+        assert!(signer.verify_at(id, 1614265330, body, &rotated, now, TOLERANCE));
+        assert!(!signer.verify_at(id, 1614265331, body, &signature, now, TOLERANCE));
+        assert!(
+            !signer.verify(id, 1614265330, body, &signature),
+            "a 2021 timestamp is a replay today"
+        );
+        let week_later = 1614265330 + 7 * 24 * 3600;
+        assert!(!signer.verify_at(id, 1614265330, body, &signature, week_later, TOLERANCE));
     }
 
     #[test]
@@ -106,5 +140,10 @@ mod tests {
         assert!(WebhookSigner::from_secret("whsec_!!").is_err());
         assert!(WebhookSigner::from_secret("whsec_c2hvcnQ=").is_err());
         assert!(WebhookSigner::from_secret(&WebhookSigner::generate_secret()).is_ok());
+        let with_newline = format!("{}\n", WebhookSigner::generate_secret());
+        assert!(
+            WebhookSigner::from_secret(&with_newline).is_ok(),
+            "a trailing newline is tolerated"
+        );
     }
 }

@@ -45,6 +45,17 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_task ON deliveries (task_key, state);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key          TEXT    PRIMARY KEY,
+    fingerprint  TEXT    NOT NULL,
+    state        TEXT    NOT NULL,
+    status       INTEGER,
+    content_type TEXT,
+    body         BLOB,
+    lease_until  INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
 ";
 
 /// How a batch's commit went, handed to every command of the batch.
@@ -104,7 +115,7 @@ impl SqliteOutbox {
     }
 
     /// Run `apply` in the writer's next transaction and wait for its commit.
-    async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         apply: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, OutboxError> {
@@ -164,7 +175,7 @@ fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -15,7 +15,7 @@ use super::layer::Shared;
 use super::{ATTEMPTS_HEADER, Action, Backoff, OUTCOME_UNKNOWN, RetryOutcome, STOPPED_HEADER};
 use crate::body::{self, Body, BodyError, Bounded, BoxError};
 use crate::duration;
-use crate::envelope::{self, Envelope};
+use crate::envelope::{self, Code, Envelope};
 use crate::route::RouteClass;
 use crate::upstream::{UpstreamError, retry_after};
 
@@ -138,7 +138,7 @@ where
             Ok(replay) => replay,
             Err(err) => {
                 let msg = format!("could not read the request body: {}", body::error_chain(&err));
-                let refusal = envelope::error_response(StatusCode::BAD_REQUEST, &msg);
+                let refusal = envelope::error_response_for(parts.uri.path(), StatusCode::BAD_REQUEST, &msg);
                 return self.finish(refusal, 0, RetryOutcome::ClientError);
             }
         };
@@ -166,7 +166,7 @@ where
                     rule = judgement.rule,
                     "attempt finished"
                 );
-                return self.respond(outcome, attempt, None, judgement.action);
+                return self.respond(parts.uri.path(), outcome, attempt, None, judgement.action);
             }
             let wait = match self.next_wait(&replay, attempt, &judgement, deadline) {
                 Ok(wait) => wait,
@@ -178,7 +178,7 @@ where
                         stopped = stop.as_str(),
                         "not retrying"
                     );
-                    return self.respond(outcome, attempt, Some(stop), Action::Retry);
+                    return self.respond(parts.uri.path(), outcome, attempt, Some(stop), Action::Retry);
                 }
             };
             tracing::info!(
@@ -199,7 +199,13 @@ where
                     stopped = Stop::Deadline.as_str(),
                     "no time left for another attempt"
                 );
-                return self.respond(outcome, attempt, Some(Stop::Deadline), Action::Retry);
+                return self.respond(
+                    parts.uri.path(),
+                    outcome,
+                    attempt,
+                    Some(Stop::Deadline),
+                    Action::Retry,
+                );
             }
         }
     }
@@ -278,22 +284,56 @@ where
         Ok(wait)
     }
 
-    /// The response the client gets for the last outcome.
-    fn respond(&self, outcome: Outcome, attempts: u32, stop: Option<Stop>, action: Action) -> Response<Body> {
+    /// The response the client gets for the last outcome, marked with whether the client
+    /// itself may retry it.
+    fn respond(
+        &self,
+        path: &str,
+        outcome: Outcome,
+        attempts: u32,
+        stop: Option<Stop>,
+        action: Action,
+    ) -> Response<Body> {
         let (mut response, label) = match outcome {
             Outcome::Response(head, bounded) => {
-                let body = match bounded {
-                    Bounded::Whole(bytes) => body::full(bytes),
-                    Bounded::Partial(body) => body,
-                };
+                let generated = head.extensions.get::<envelope::Generated>().is_some();
                 let label = match (stop, action) {
                     (Some(stop), _) => stop.outcome(),
                     (None, Action::Success) => RetryOutcome::Success,
                     (None, _) => RetryOutcome::Fail,
                 };
-                (Response::from_parts(head, body), label)
+                let mut response = match bounded {
+                    Bounded::Whole(bytes) => {
+                        let status = self.surfaced_status(head.status, action, &bytes);
+                        let mut response = Response::from_parts(head, body::full(bytes));
+                        *response.status_mut() = status;
+                        response
+                    }
+                    Bounded::Partial(body) => Response::from_parts(head, body),
+                };
+                // A failure the proxy stands behind (a rule said so, or it stopped
+                // retrying): a blind retry by the client would only repeat it, and for a
+                // submission it could pay twice. What a layer below made (the limiter's
+                // 429) carries its own advice.
+                if !generated && (stop.is_some() || action != Action::Success) {
+                    envelope::should_retry(&mut response, false);
+                }
+                (response, label)
             }
-            Outcome::Failed(failure) => self.failure_response(&failure, attempts, stop),
+            Outcome::Failed(failure) => {
+                let (mut response, label) = self.failure_response(path, &failure, attempts, stop);
+                let outage = matches!(stop, Some(Stop::Budget | Stop::Deadline));
+                if !failure.may_have_been_sent() && !outage {
+                    // Nothing reached the upstream: trying again later is safe.
+                    envelope::should_retry(&mut response, true);
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                } else {
+                    envelope::should_retry(&mut response, false);
+                }
+                (response, label)
+            }
         };
         if let Some(stop) = stop {
             response
@@ -303,9 +343,36 @@ where
         self.finish(response, attempts, label)
     }
 
-    /// The error envelope for a last attempt that got no response.
+    /// With `retry.surface_envelope_errors`, a failure reported inside an HTTP 200 is
+    /// answered with the HTTP status its envelope code names (502 when the code is not an
+    /// HTTP error status), so HTTP clients such as the Runway SDKs raise an error.
+    fn surfaced_status(&self, status: StatusCode, action: Action, body: &Bytes) -> StatusCode {
+        if !self.shared.settings.surface_envelope_errors
+            || status != StatusCode::OK
+            || action == Action::Success
+        {
+            return status;
+        }
+        let Some(code) = Envelope::parse(body).and_then(|e| e.code) else {
+            return status;
+        };
+        if code.is_success() {
+            return status;
+        }
+        match code {
+            Code::Int(n) => u16::try_from(n)
+                .ok()
+                .filter(|n| (400..=599).contains(n))
+                .and_then(|n| StatusCode::from_u16(n).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
+            Code::Str(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The error for a last attempt that got no response.
     fn failure_response(
         &self,
+        path: &str,
         failure: &UpstreamError,
         attempts: u32,
         stop: Option<Stop>,
@@ -354,13 +421,15 @@ where
                 )
             }
         };
-        (envelope::error_response(status, &msg), label)
+        (envelope::error_response_for(path, status, &msg), label)
     }
 
     fn finish(&self, mut response: Response<Body>, attempts: u32, outcome: RetryOutcome) -> Response<Body> {
         response
             .headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        // For the layers above (the idempotency record): how this request ended.
+        response.extensions_mut().insert(outcome);
         self.shared.metrics.finished(outcome);
         response
     }

@@ -150,6 +150,12 @@ impl RetryLayerBuilder {
         self
     }
 
+    /// Answer failures reported inside an HTTP 200 with the HTTP status of their code.
+    pub fn surface_envelope_errors(mut self, surface: bool) -> Self {
+        self.settings.surface_envelope_errors = surface;
+        self
+    }
+
     /// The rule table.
     pub fn rules(mut self, rules: Rules) -> Self {
         self.settings.rules = rules;

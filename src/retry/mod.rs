@@ -98,11 +98,15 @@ pub struct RetrySettings {
     pub budget_percent: f32,
     /// ...plus this many retries per second regardless (default 1).
     pub budget_min_per_sec: u32,
-    /// Largest request or response body buffered to replay or classify (default 1 MiB).
+    /// Largest request or response body buffered to replay or classify (default 16 MiB: a 5 MB image as a base64 data URI fits).
     pub body_limit: usize,
     /// Route classes on which a timeout or reset after the request was written is retried
     /// (default: reads only; a submission so retried may be paid for twice).
     pub unknown_outcome: Vec<RouteClass>,
+    /// Answer a failure reported inside an HTTP 200 with the HTTP status of its envelope
+    /// code (502 when that is not an HTTP error status), body unchanged, so HTTP clients
+    /// raise an error (default off: the wire stays CometAPI's).
+    pub surface_envelope_errors: bool,
     /// The rule table.
     pub rules: Rules,
 }
@@ -118,8 +122,9 @@ impl Default for RetrySettings {
             retry_after_cap: Duration::from_secs(60),
             budget_percent: 20.0,
             budget_min_per_sec: 1,
-            body_limit: 1024 * 1024,
+            body_limit: 16 * 1024 * 1024,
             unknown_outcome: vec![RouteClass::Read],
+            surface_envelope_errors: false,
             rules: Rules::default(),
         }
     }

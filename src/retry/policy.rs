@@ -195,8 +195,10 @@ pub fn default_rules() -> Vec<Rule> {
     let retryable = RETRYABLE.iter().map(|&c| i64::from(c));
     let client_errors = CLIENT_ERRORS.iter().map(|&c| i64::from(c));
     vec![
-        // A 500 that says invalid_request will fail the same way every time.
+        // A 500 that says invalid_request will fail the same way every time, whether it
+        // says so in msg or in an OpenAI-style error.code.
         Rule::new("invalid-request", Action::Fail).msg_contains("invalid_request"),
+        Rule::new("invalid-request-code", Action::Fail).code_str("invalid_request"),
         // The feed doesn't know a task for a few seconds after its creation.
         Rule::new("task-not-exist", Action::Retry)
             .route_class([RouteClass::Read])
@@ -365,9 +367,11 @@ impl Rules {
     /// was a JSON object, its envelope fields.
     ///
     /// When no rule matches, a response is a success only when nothing in it says
-    /// otherwise: an HTTP 2xx without an envelope `code` on a route that doesn't use the
-    /// envelope (Runway's official format says failure with an `error` member), never on
-    /// a reverse-format (`/runway/...`) route, whose success must be a success code.
+    /// otherwise: an HTTP 2xx JSON object without an envelope `code` or `error` on a route
+    /// that doesn't use the envelope (Runway's official format says failure with an
+    /// `error` member), never on a reverse-format (`/runway/...`) route, whose success
+    /// must be a success code. A body that is not a JSON object (an HTML page, a
+    /// redirect) is never a success.
     pub fn classify<'a>(
         &'a self,
         class: RouteClass,
@@ -388,7 +392,7 @@ impl Rules {
             };
         }
         let envelope_route = path.starts_with("/runway/");
-        let clean = envelope.is_none_or(|e| e.code.is_none() && !e.has_error);
+        let clean = envelope.is_some_and(|e| e.code.is_none() && !e.has_error);
         let action = if status.is_success() && !envelope_route && clean {
             Action::Success
         } else {
@@ -473,6 +477,49 @@ mod tests {
         assert_eq!(
             classify(s, "/runwayml/v1/image_to_video", 502, r#"{"error":"x"}"#).0,
             Action::Retry
+        );
+    }
+
+    #[test]
+    fn every_documented_shape_is_read() {
+        use Action::*;
+        let s = RouteClass::Submission;
+        let official = "/runwayml/v1/image_to_video";
+        let openai = r#"{"error":{"message":"bad ratio","type":"comet_api_error","code":"invalid_request"}}"#;
+        assert_eq!(
+            classify(s, GEN, 500, openai),
+            (Fail, "invalid-request-code".into())
+        );
+        assert_eq!(classify(s, official, 500, openai).0, Fail, "never retried");
+        assert_eq!(
+            classify(s, GEN, 200, r#"{"code":"success","data":{"task_id":"t"}}"#).0,
+            Success
+        );
+        let read = "/runwayml/v1/tasks/t";
+        let bare = r#"{"id":"t","status":"SUCCEEDED","output":["https://x/v.mp4"]}"#;
+        assert_eq!(classify(RouteClass::Read, read, 200, bare).0, Success);
+        let wrapped = r#"{"code":"success","message":"","data":{"status":"SUCCEEDED","data":{"id":"t"}}}"#;
+        assert_eq!(classify(RouteClass::Read, read, 200, wrapped).0, Success);
+        let failed_task = r#"{"id":"t","status":"FAILED","failure":"x","failureCode":"INTERNAL"}"#;
+        assert_eq!(
+            classify(RouteClass::Read, read, 200, failed_task).0,
+            Success,
+            "reading a failed task succeeded"
+        );
+        assert_eq!(
+            classify(s, official, 200, "<html>not found</html>").0,
+            Fail,
+            "HTML is never a success"
+        );
+        assert_eq!(
+            classify(s, official, 302, "").0,
+            Fail,
+            "a redirect is never a success"
+        );
+        assert_eq!(
+            classify(s, official, 200, "").0,
+            Fail,
+            "an empty body is not a task"
         );
     }
 

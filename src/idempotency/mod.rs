@@ -1,0 +1,201 @@
+//! `Idempotency-Key` on submissions: a client that sends a submission twice with the same
+//! key (a retry after a timeout, a double click) pays for one task.
+//!
+//! [`Idempotent`] (made by [`IdempotencyLayer`]) follows the IETF httpapi draft's header,
+//! as Stripe uses it. A submission that carries `Idempotency-Key` is recorded in an
+//! [`IdempotencyStore`] under a hash of the client's API key and the key, with a hash of
+//! its body, *before* it is sent:
+//!
+//! - a repeat with the same key and body gets the stored answer, marked
+//!   `idempotent-replayed: true`, without a second upstream call;
+//! - a repeat while the first is still in flight gets `409` (retry it shortly);
+//! - the same key with a different body gets `422`;
+//! - a submission whose outcome is unknown (the upstream may have created the task) stays
+//!   recorded as unknown: its repeat gets the same `504 outcome unknown`, never a second
+//!   task;
+//! - an answer that proves no task was created (the limiter's 429, a connect failure,
+//!   CometAPI still busy when the proxy stopped retrying, a refused `callback_url`)
+//!   releases the key, so the client's retry with it goes through;
+//! - records expire after the TTL (default 24 h).
+//!
+//! The sidecar keeps the records in its SQLite outbox, so they survive a restart;
+//! [`MemoryIdempotencyStore`] serves an embedder with a single process.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use runway_proxy::idempotency::{IdempotencyLayer, MemoryIdempotencyStore};
+//!
+//! let layer = IdempotencyLayer::new(Arc::new(MemoryIdempotencyStore::default()));
+//! let stack = tower::ServiceBuilder::new().layer(layer); // outermost: it sees the client's body
+//! # let _ = stack;
+//! ```
+
+mod memory;
+mod service;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderName;
+use tower::Layer;
+
+pub use memory::MemoryIdempotencyStore;
+pub use service::{Idempotent, ResponseFuture};
+
+use crate::settings::{InvalidSetting, check};
+use crate::store::{BoxFuture, StoreError};
+
+/// The request header a client names its submission with.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The response header marking an answer replayed from the record.
+pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Settings of the idempotency layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdempotencySettings {
+    /// How long a record is kept (`idempotency.ttl`, default 24 h).
+    pub ttl: Duration,
+    /// How long a submission may stay in flight before its record counts as an unknown
+    /// outcome (a process that died mid-request never finishes it; default 10 min).
+    pub lease: Duration,
+    /// Largest body hashed; a larger submission with a key gets 413 (default 16 MiB).
+    pub body_limit: usize,
+    /// Largest answer stored for replay; a larger one is recorded as an unknown outcome
+    /// (default 1 MiB; a submission's answer is a few hundred bytes).
+    pub answer_limit: usize,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        IdempotencySettings {
+            ttl: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(600),
+            body_limit: 16 * 1024 * 1024,
+            answer_limit: 1024 * 1024,
+        }
+    }
+}
+
+impl IdempotencySettings {
+    /// Check every value.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        check(!self.ttl.is_zero(), "idempotency.ttl", || {
+            "must be longer than zero".into()
+        })?;
+        check(self.lease <= self.ttl, "idempotency.ttl", || {
+            format!(
+                "is shorter than a submission may stay in flight ({})",
+                crate::duration::format(self.lease)
+            )
+        })
+    }
+}
+
+/// An answer kept for replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Its `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// The body, exactly as the client got it.
+    pub body: Bytes,
+}
+
+/// What a store knows of a key when a submission with it arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// The key is new: it is now recorded as in flight, and the submission may go.
+    Started,
+    /// The first submission with this key is still in flight.
+    InFlight,
+    /// The key was used with a different body.
+    Mismatch,
+    /// The first submission's answer.
+    Replay(StoredAnswer),
+    /// The first submission's outcome is unknown: it may have created a task.
+    Unknown,
+}
+
+/// How a recorded submission ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// With this answer, to replay.
+    Answer(StoredAnswer),
+    /// With an unknown outcome.
+    Unknown,
+}
+
+/// A store of idempotency records, shared by every replica that should honour a key.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Look `key` up for a submission whose body hashes to `fingerprint`; when the key is
+    /// new (or its record expired), record it as in flight for `lease` and keep it `ttl`.
+    fn begin(
+        &self,
+        key: String,
+        fingerprint: String,
+        lease: Duration,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Begin, StoreError>>;
+
+    /// Record how the submission with `key` ended.
+    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Forget `key`: the submission provably created nothing, so its retry may go.
+    fn release(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+impl std::fmt::Debug for dyn IdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdempotencyStore")
+    }
+}
+
+/// Applies [`Idempotent`]: see the module docs.
+#[derive(Clone, Debug)]
+pub struct IdempotencyLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    store: Arc<dyn IdempotencyStore>,
+    settings: IdempotencySettings,
+}
+
+impl IdempotencyLayer {
+    /// Record submissions' keys in `store`, with the default settings.
+    pub fn new(store: Arc<dyn IdempotencyStore>) -> Self {
+        IdempotencyLayer {
+            shared: Arc::new(Shared {
+                store,
+                settings: IdempotencySettings::default(),
+            }),
+        }
+    }
+
+    /// Record submissions' keys in `store`, with `settings` (checked).
+    pub fn with_settings(
+        store: Arc<dyn IdempotencyStore>,
+        settings: IdempotencySettings,
+    ) -> Result<Self, InvalidSetting> {
+        settings.validate()?;
+        Ok(IdempotencyLayer {
+            shared: Arc::new(Shared { store, settings }),
+        })
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotent<S>;
+
+    fn layer(&self, inner: S) -> Idempotent<S> {
+        Idempotent::new(inner, Some(Arc::clone(&self.shared)))
+    }
+}

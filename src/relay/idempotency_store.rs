@@ -1,0 +1,188 @@
+//! Idempotency records in the outbox's SQLite database: durable like the webhooks, written
+//! by the same thread with the same group commit.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::sqlite::{SqliteOutbox, now_ms};
+use crate::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+use crate::store::{BoxFuture, StoreError};
+
+/// Expired records deleted per lookup (the table stays small without a sweeper).
+const PURGE: i64 = 64;
+
+fn begin(
+    tx: &Transaction<'_>,
+    key: &str,
+    fingerprint: &str,
+    lease: Duration,
+    ttl: Duration,
+) -> rusqlite::Result<Begin> {
+    let now = now_ms();
+    tx.execute(
+        "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+        params![now, PURGE],
+    )?;
+    type Row = (
+        String,
+        String,
+        Option<u16>,
+        Option<String>,
+        Option<Vec<u8>>,
+        i64,
+        i64,
+    );
+    let found: Option<Row> = tx
+        .query_row(
+            "SELECT fingerprint, state, status, content_type, body, lease_until, expires_at FROM idempotency WHERE key = ?1",
+            params![key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )
+        .optional()?;
+    match found {
+        Some((stored, state, status, content_type, body, lease_until, expires_at)) if expires_at > now => {
+            if stored != fingerprint {
+                return Ok(Begin::Mismatch);
+            }
+            Ok(match state.as_str() {
+                "in_flight" if lease_until > now => Begin::InFlight,
+                "done" => Begin::Replay(StoredAnswer {
+                    status: status.unwrap_or(200),
+                    content_type,
+                    body: Bytes::from(body.unwrap_or_default()),
+                }),
+                // Unknown, or in flight past its lease (the process died mid-request).
+                _ => {
+                    tx.execute(
+                        "UPDATE idempotency SET state = 'unknown' WHERE key = ?1",
+                        params![key],
+                    )?;
+                    Begin::Unknown
+                }
+            })
+        }
+        _ => {
+            tx.execute(
+                "INSERT OR REPLACE INTO idempotency (key, fingerprint, state, lease_until, expires_at)
+                 VALUES (?1, ?2, 'in_flight', ?3, ?4)",
+                params![
+                    key,
+                    fingerprint,
+                    now + lease.as_millis() as i64,
+                    now + ttl.as_millis() as i64
+                ],
+            )?;
+            Ok(Begin::Started)
+        }
+    }
+}
+
+fn store_error(err: super::OutboxError) -> StoreError {
+    StoreError(err.0)
+}
+
+impl IdempotencyStore for SqliteOutbox {
+    fn begin(
+        &self,
+        key: String,
+        fingerprint: String,
+        lease: Duration,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Begin, StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| begin(tx, &key, &fingerprint, lease, ttl))
+                .await
+                .map_err(store_error)
+        })
+    }
+
+    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                match finished {
+                    Finished::Answer(answer) => tx.execute(
+                        "UPDATE idempotency SET state = 'done', status = ?2, content_type = ?3, body = ?4 WHERE key = ?1",
+                        params![key, answer.status, answer.content_type, answer.body.as_ref()],
+                    )?,
+                    Finished::Unknown => {
+                        tx.execute("UPDATE idempotency SET state = 'unknown' WHERE key = ?1", params![key])?
+                    }
+                };
+                Ok(())
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
+    fn release(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                tx.execute("DELETE FROM idempotency WHERE key = ?1", params![key])
+                    .map(drop)
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite3");
+        let (lease, ttl) = (Duration::from_secs(60), Duration::from_secs(3600));
+        {
+            let store = SqliteOutbox::open(&path).unwrap();
+            assert_eq!(
+                store.begin("k".into(), "f".into(), lease, ttl).await,
+                Ok(Begin::Started)
+            );
+            assert_eq!(
+                store.begin("k".into(), "f".into(), lease, ttl).await,
+                Ok(Begin::InFlight)
+            );
+            assert_eq!(
+                store.begin("k".into(), "g".into(), lease, ttl).await,
+                Ok(Begin::Mismatch)
+            );
+            let answer = StoredAnswer {
+                status: 200,
+                content_type: Some("application/json".into()),
+                body: Bytes::from_static(br#"{"code":200}"#),
+            };
+            store.finish("k".into(), Finished::Answer(answer)).await.unwrap();
+            store.begin("u".into(), "f".into(), lease, ttl).await.unwrap();
+            store.finish("u".into(), Finished::Unknown).await.unwrap();
+            store.begin("r".into(), "f".into(), lease, ttl).await.unwrap();
+            store.release("r".into()).await.unwrap();
+        }
+        let store = SqliteOutbox::open(&path).unwrap();
+        let Ok(Begin::Replay(answer)) = store.begin("k".into(), "f".into(), lease, ttl).await else {
+            panic!("the answer is kept across a restart");
+        };
+        assert_eq!(answer.body, r#"{"code":200}"#);
+        assert_eq!(
+            store.begin("u".into(), "f".into(), lease, ttl).await,
+            Ok(Begin::Unknown)
+        );
+        assert_eq!(
+            store.begin("r".into(), "f".into(), lease, ttl).await,
+            Ok(Begin::Started),
+            "released"
+        );
+        let expired = store.begin("x".into(), "f".into(), lease, Duration::ZERO).await;
+        assert_eq!(expired, Ok(Begin::Started));
+        assert_eq!(
+            store.begin("x".into(), "f".into(), lease, ttl).await,
+            Ok(Begin::Started),
+            "an expired key is new again"
+        );
+    }
+}
