@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use ring::digest;
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::{Begin, Finished, IDEMPOTENCY_KEY, REPLAYED, Shared, StoredAnswer};
@@ -35,8 +36,44 @@ impl<S> Idempotent<S> {
     }
 }
 
-/// Response future of [`Idempotent`].
-pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+pin_project_lite::pin_project! {
+    /// Response future of [`Idempotent`]: the inner service's own future when there is
+    /// no key to honour (no allocation on that path), a boxed one when there is.
+    pub struct ResponseFuture<S, RB>
+    where
+        S: Service<Request<Body>, Response = Response<RB>>,
+    {
+        #[pin]
+        kind: Kind<S>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<S>
+    where
+        S: Service<Request<Body>>,
+    {
+        Passthrough { #[pin] future: Oneshot<S, Request<Body>> },
+        Keyed { future: Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>> },
+    }
+}
+
+impl<S, RB> Future for ResponseFuture<S, RB>
+where
+    S: Service<Request<Body>, Response = Response<RB>>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { future } => future.poll(cx).map_ok(|r| r.map(body::boxed)),
+            KindProj::Keyed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
 
 impl<S, B, RB> Service<Request<B>> for Idempotent<S>
 where
@@ -50,7 +87,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S, RB>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -58,18 +95,21 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let keyed = request.headers().contains_key(IDEMPOTENCY_KEY)
-            && RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission;
-        match &self.shared {
+        // The class first: two string comparisons, and most requests stop there.
+        let keyed = RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission
+            && request.headers().contains_key(IDEMPOTENCY_KEY);
+        let kind = match &self.shared {
             Some(shared) if keyed => {
                 let shared = Arc::clone(shared);
-                Box::pin(async move { shared.submit(inner, request).await })
+                Kind::Keyed {
+                    future: Box::pin(async move { shared.submit(inner, request).await }),
+                }
             }
-            _ => Box::pin(async move {
-                let response = inner.oneshot(request.map(body::boxed)).await?;
-                Ok(response.map(body::boxed))
-            }),
-        }
+            _ => Kind::Passthrough {
+                future: inner.oneshot(request.map(body::boxed)),
+            },
+        };
+        ResponseFuture { kind }
     }
 }
 

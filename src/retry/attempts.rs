@@ -428,8 +428,11 @@ where
         response
             .headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
-        // For the layers above (the idempotency record): how this request ended.
-        response.extensions_mut().insert(outcome);
+        // For the idempotency record above, which keys submissions only: how this one
+        // ended. (Other classes skip it: an insert can allocate the extensions map.)
+        if self.class == RouteClass::Submission {
+            response.extensions_mut().insert(outcome);
+        }
         self.shared.metrics.finished(outcome);
         response
     }
