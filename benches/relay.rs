@@ -94,6 +94,7 @@ fn bench(c: &mut Criterion) {
             subscriber,
             std::future::pending(),
             Duration::from_secs(1),
+            runway_proxy::server::ConnectionLimits::default(),
         ));
         let keys = Arc::new(Keyring::parse("1:bench-secret-of-at-least-32-bytes!!").expect("keys"));
         let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret()).expect("signer");
@@ -109,6 +110,7 @@ fn bench(c: &mut Criterion) {
             relay.receiver(),
             std::future::pending(),
             Duration::from_secs(1),
+            runway_proxy::server::ConnectionLimits::default(),
         ));
         std::mem::forget(relay); // runs for the life of the bench
         let token = keys.mint(&format!("http://{subscriber_addr}/hook"));

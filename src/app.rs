@@ -37,14 +37,15 @@ use tokio::net::TcpListener;
 use tower::Layer;
 
 use crate::callback::{CallbackError, Callbacks, Keyring, KeyringError, random_secret};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Secret};
 use crate::metrics::MetricSet;
 use crate::relay::{
     OutboxError, Relay, RelayError, SecretError, SqliteOutbox, WebhookReceiver, WebhookSigner,
 };
 use crate::runway::{Runway, RunwayLayer};
+use crate::server::ConnectionLimits;
 use crate::settings::InvalidSetting;
-use crate::sidecar::{Readiness, RequestMetrics, Sidecar};
+use crate::sidecar::{AdminAccess, Readiness, RequestMetrics, Sidecar};
 use crate::upstream::{ClientError, Forward};
 
 /// Why the proxy could not start.
@@ -138,6 +139,7 @@ pub struct Proxy {
     metrics: Metrics,
     readiness: Readiness,
     grace: Duration,
+    connections: ConnectionLimits,
 }
 
 impl Proxy {
@@ -179,7 +181,8 @@ impl Proxy {
         // One value for the rewrite and the relay: the same keys, policy and body limit.
         let callbacks = Callbacks::new(&public_url, keys)?
             .with_policy(config.callback.policy())
-            .with_body_limit(config.callback.body_limit);
+            .with_body_limit(config.callback.body_limit)
+            .with_token_lifetime(config.callback.token_lifetime);
 
         let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?;
         // Exactly the layer an embedding application uses.
@@ -205,9 +208,18 @@ impl Proxy {
             ],
         };
         let readiness = Readiness::default();
+        let access = AdminAccess::new(config.admin_token.as_ref().map(Secret::expose), config.listen);
+        if access.relay_locked() {
+            tracing::warn!(
+                listen = %config.listen,
+                "the proxy listener is not loopback and no admin token is set: /-/deliveries and replays are \
+                 refused (set --admin-token to use them)"
+            );
+        }
         let service = Sidecar::new(runway.layer(forward), requests, readiness.clone())
             .metric_sets(metrics.sets())
-            .relay_admin(relay.admin());
+            .relay_admin(relay.admin())
+            .admin_access(access);
         tracing::info!(public_url = %public_url, outbox = %outbox.path().display(), "webhook relay ready");
         Ok(Proxy {
             listener,
@@ -218,6 +230,7 @@ impl Proxy {
             metrics,
             readiness,
             grace: config.shutdown_grace,
+            connections: config.connections,
         })
     }
 
@@ -249,8 +262,21 @@ impl Proxy {
         let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let proxy = crate::server::serve(self.listener, self.service, signal(stopped.clone()), self.grace);
-        let hooks = crate::server::serve(self.webhook_listener, self.receiver, signal(stopped), self.grace);
+        let limits = self.connections;
+        let proxy = crate::server::serve(
+            self.listener,
+            self.service,
+            signal(stopped.clone()),
+            self.grace,
+            limits,
+        );
+        let hooks = crate::server::serve(
+            self.webhook_listener,
+            self.receiver,
+            signal(stopped),
+            self.grace,
+            limits,
+        );
         let readiness = self.readiness.clone();
         let trigger = async move {
             shutdown.await;

@@ -367,6 +367,7 @@ async fn start_subscriber(signer: WebhookSigner, received: Received) -> Result<S
         service,
         std::future::pending(),
         Duration::from_secs(1),
+        runway_proxy::server::ConnectionLimits::default(),
     ));
     Ok(addr)
 }

@@ -1,4 +1,4 @@
-//! Durations as people write them in flags and config files: `250ms`, `2s`, `1.5s`, `1m`, `2h`.
+//! Durations as people write them in flags and config files: `250ms`, `2s`, `1.5s`, `1m`, `2h`, `7d`.
 
 use std::time::Duration;
 
@@ -11,15 +11,15 @@ pub enum DurationError {
     /// Not a number followed by a unit.
     #[error("{0:?} is not a duration like 250ms, 2s or 1m")]
     Malformed(String),
-    /// A unit other than `ms`, `s`, `m` or `h`.
-    #[error("{0:?} has an unknown unit (use ms, s, m or h)")]
+    /// A unit other than `ms`, `s`, `m`, `h` or `d`.
+    #[error("{0:?} has an unknown unit (use ms, s, m, h or d)")]
     UnknownUnit(String),
     /// Longer than anything this crate waits for.
     #[error("{0:?} is too long")]
     TooLong(String),
 }
 
-/// Parse a duration written as a number followed by a unit (`ms`, `s`, `m` or `h`).
+/// Parse a duration written as a number followed by a unit (`ms`, `s`, `m`, `h` or `d`).
 ///
 /// A bare number is refused: `timeout = 30` is ambiguous between seconds and
 /// milliseconds, and guessing wrong by a factor of 1000 is worse than an error.
@@ -37,6 +37,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
         _ => return Err(DurationError::UnknownUnit(text.to_owned())),
     };
     let secs = value * scale;
@@ -47,11 +48,16 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
 }
 
 /// Format a duration the way [`parse`] reads it, in the largest unit that keeps it exact
-/// to the millisecond: `250ms`, `45s`, `1.5s`, `2m`, `1h`.
+/// to the millisecond: `250ms`, `45s`, `1.5s`, `2m`, `1h`, `24h`, `7d` (days only past one,
+/// where hours stop reading easily).
 pub fn format(duration: Duration) -> String {
+    const DAY: u128 = 86_400_000;
     let millis = duration.as_millis();
     if millis == 0 {
         return "0s".to_owned();
+    }
+    if millis > DAY && millis.is_multiple_of(DAY) {
+        return format!("{}d", millis / DAY);
     }
     if millis < 1000 {
         return format!("{millis}ms");
@@ -76,6 +82,7 @@ mod tests {
         assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse(" 2h "), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse("0s"), Ok(Duration::ZERO));
     }
 
@@ -101,7 +108,9 @@ mod tests {
 
     #[test]
     fn formats_round_trip() {
-        for text in ["250ms", "45s", "1.5s", "0s", "2.25s", "2m", "90s", "1h", "10h"] {
+        for text in [
+            "250ms", "45s", "1.5s", "0s", "2.25s", "2m", "90s", "1h", "10h", "24h", "7d", "36h",
+        ] {
             assert_eq!(format(parse(text).unwrap()), text);
         }
         assert_eq!(format(Duration::from_secs(60)), "1m");

@@ -2,6 +2,13 @@
 //!
 //! The class decides how a request may be retried and which quota it draws from, so it is
 //! computed once, from the method and path alone, before anything else looks at the request.
+//!
+//! A class is only as good as the path it is read from: an upstream that normalises paths
+//! (merging `//`, resolving `/./` and `/../`, decoding `%2F` or `%70`, dropping `;params`
+//! or a trailing `/`, folding case) would create a paid task from a spelling that an exact
+//! comparison calls "other", and that request would skip the callback check, the
+//! submission quota and the never-resubmit rule. [`check_path`] refuses every such
+//! spelling of a CometAPI route before anything is sent; the sidecar calls it first.
 
 use http::Method;
 
@@ -52,6 +59,167 @@ impl RouteClass {
     pub const ALL: [RouteClass; 3] = [RouteClass::Submission, RouteClass::Read, RouteClass::Other];
 }
 
+/// Why a request's path was refused: it spells a CometAPI route in a form that is not the
+/// canonical one, which no legitimate client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathProblem {
+    /// `//`: an empty segment.
+    #[error("an empty path segment (//)")]
+    EmptySegment,
+    /// `/./` or `/../`.
+    #[error("a dot segment (/. or /..)")]
+    DotSegment,
+    /// A percent-encoded `/` or a percent-encoded character that needs no encoding.
+    #[error("a percent-encoded / or unreserved character")]
+    Encoded,
+    /// A `;parameter` inside a segment (some servers drop it).
+    #[error("a ;parameter in a path segment")]
+    Parameter,
+    /// A trailing `/` on a route.
+    #[error("a trailing /")]
+    TrailingSlash,
+    /// The path or the method matches a route only when letter case is ignored.
+    #[error("letter case that differs from the route's")]
+    Case,
+}
+
+/// Check that a request's path is the canonical spelling of its route.
+///
+/// `Err` when the path (or the method) reaches a CometAPI route (a submission or a read)
+/// only after a normalisation some server applies: merging empty segments, resolving dot
+/// segments, decoding `%2F` or unreserved characters once, dropping `;params`, dropping a
+/// trailing `/`, or folding letter case. Paths that normalise to no CometAPI route are
+/// not this check's concern and pass whatever their form.
+///
+/// ```
+/// use http::Method;
+/// use runway_proxy::route::{PathProblem, check_path};
+///
+/// assert_eq!(check_path(&Method::POST, "/runway/pro/generate"), Ok(()));
+/// assert_eq!(check_path(&Method::POST, "/runway//pro/generate"), Err(PathProblem::EmptySegment));
+/// assert_eq!(check_path(&Method::POST, "/Runway/pro/generate"), Err(PathProblem::Case));
+/// assert_eq!(check_path(&Method::GET, "/v1//models"), Ok(()));
+/// ```
+pub fn check_path(method: &Method, path: &str) -> Result<(), PathProblem> {
+    // The common case costs one pass over the bytes and no allocation.
+    let bytes = path.as_bytes();
+    let suspicious = bytes.len() > 1 && bytes.ends_with(b"/")
+        || bytes
+            .windows(2)
+            .any(|w| w == b"//" || w == b"/." || w[0] == b'%' || w[0] == b';')
+        || bytes.last() == Some(&b'%')
+        || bytes.last() == Some(&b';')
+        || (bytes.len() >= 7 && bytes[..7].eq_ignore_ascii_case(b"/runway") && has_upper(bytes))
+        || (*method != Method::POST && *method != Method::GET && is_post_or_get(method));
+    if !suspicious {
+        return Ok(());
+    }
+    let method_folded = if is_post_or_get(method) {
+        if method.as_str().eq_ignore_ascii_case("POST") {
+            Method::POST
+        } else {
+            Method::GET
+        }
+    } else {
+        method.clone()
+    };
+    let (normal, problem) = normalise(path);
+    let folded = normal.to_ascii_lowercase();
+    let class = RouteClass::of(&method_folded, &folded);
+    if class == RouteClass::Other {
+        return Ok(());
+    }
+    if let Some(problem) = problem {
+        return Err(problem);
+    }
+    if RouteClass::of(method, path) != class {
+        return Err(PathProblem::Case);
+    }
+    Ok(())
+}
+
+fn has_upper(bytes: &[u8]) -> bool {
+    bytes.iter().any(u8::is_ascii_uppercase)
+}
+
+/// `post`, `Get` and the like: an extension method as far as `http` is concerned, the
+/// real one to a server that folds case.
+fn is_post_or_get(method: &Method) -> bool {
+    let name = method.as_str();
+    name.eq_ignore_ascii_case("POST") || name.eq_ignore_ascii_case("GET")
+}
+
+/// The path as a lenient server would read it, and the first thing that differed.
+fn normalise(path: &str) -> (String, Option<PathProblem>) {
+    let mut problem = None;
+    let mut note = |p: PathProblem| {
+        problem.get_or_insert(p);
+    };
+    let decoded = decode_once(path, &mut note);
+    let mut segments: Vec<&str> = Vec::new();
+    let mut pieces = decoded.split('/').skip(1).peekable();
+    while let Some(segment) = pieces.next() {
+        let segment = match segment.split_once(';') {
+            Some((kept, _)) => {
+                note(PathProblem::Parameter);
+                kept
+            }
+            None => segment,
+        };
+        match segment {
+            "" if pieces.peek().is_none() && !segments.is_empty() => note(PathProblem::TrailingSlash),
+            "" => note(PathProblem::EmptySegment),
+            "." => note(PathProblem::DotSegment),
+            ".." => {
+                note(PathProblem::DotSegment);
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    (normal, problem)
+}
+
+/// Decode `%XX` once where it stands for `/` or an unreserved character (RFC 3986:
+/// letters, digits, `-`, `.`, `_`, `~`), which is what a normalising server does.
+fn decode_once(path: &str, note: &mut impl FnMut(PathProblem)) -> String {
+    if !path.contains('%') {
+        return path.to_owned();
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = bytes.get(i + 1..i + 3).and_then(hex_byte)
+            && (byte == b'/' || byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+        {
+            note(PathProblem::Encoded);
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    // Only ASCII was decoded into ASCII, so the bytes are as valid UTF-8 as the path was.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+}
+
 fn non_empty_suffix(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
@@ -93,6 +261,49 @@ mod tests {
         );
         assert_eq!(RouteClass::of(&post, "/runway/feed"), RouteClass::Read);
         assert_eq!(RouteClass::of(&get, "/runwayml/v1/tasks/abc"), RouteClass::Read);
+    }
+
+    #[test]
+    fn canonical_routes_pass_and_other_spellings_are_refused() {
+        let post = Method::POST;
+        for path in [
+            "/runway/pro/generate",
+            "/runway/feed",
+            "/runwayml/v1/image_to_video",
+            "/runway/pro/GenerateX",
+        ] {
+            assert_eq!(check_path(&post, path), Ok(()), "{path}");
+        }
+        assert_eq!(check_path(&Method::GET, "/runwayml/v1/tasks/ABC%20d"), Ok(()));
+        let refused = [
+            ("/runway/pro/generate/", PathProblem::TrailingSlash),
+            ("//runway/pro/generate", PathProblem::EmptySegment),
+            ("/runway//pro/generate", PathProblem::EmptySegment),
+            ("/runway/pro/./generate", PathProblem::DotSegment),
+            ("/runway/x/../pro/generate", PathProblem::DotSegment),
+            ("/Runway/pro/generate", PathProblem::Case),
+            ("/runway/PRO/generate", PathProblem::Case),
+            ("/RUNWAYML/v1/image_to_video", PathProblem::Case),
+            ("/runway%2Fpro/generate", PathProblem::Encoded),
+            ("/runway/%70ro/generate", PathProblem::Encoded),
+            ("/runway/pro;x=1/generate", PathProblem::Parameter),
+            ("/runway/feed/", PathProblem::TrailingSlash),
+        ];
+        for (path, problem) in refused {
+            assert_eq!(check_path(&post, path), Err(problem), "{path}");
+        }
+        let lower_post = Method::from_bytes(b"post").unwrap();
+        assert_eq!(
+            check_path(&lower_post, "/runway/pro/generate"),
+            Err(PathProblem::Case)
+        );
+    }
+
+    #[test]
+    fn odd_spellings_of_other_paths_are_not_this_checks_business() {
+        for path in ["/v1//models", "/", "//", "/a/./b/", "/%41", "/x;y", "/runway%zz"] {
+            assert_eq!(check_path(&Method::POST, path), Ok(()), "{path}");
+        }
     }
 
     #[test]

@@ -1,42 +1,122 @@
-//! Serve a tower service over HTTP/1.1 and h2c on a TCP listener, with graceful shutdown.
+//! Serve a tower service over HTTP/1.1 and h2c on a TCP listener, with bounded
+//! connections and graceful shutdown.
 //!
 //! Used by the sidecar, the stand-in upstream and the webhook listener alike: accept,
 //! hand each connection to hyper-util's auto (HTTP/1.1 or HTTP/2 prior knowledge)
 //! builder, and on shutdown stop accepting, let in-flight requests finish within a grace
 //! period, then close what is left.
+//!
+//! A listener that faces the internet (the webhook one) must not be held open by clients
+//! that never finish a request, so [`ConnectionLimits`] bounds:
+//!
+//! - the time a request's head may take to arrive (`header_read_timeout`): hyper's own
+//!   timer, which starts whenever an HTTP/1.1 connection waits for a request head,
+//!   so it also closes a kept-alive connection that sends nothing for that long;
+//! - the time a connection may stay open with no request in flight (`idle_timeout`), for
+//!   HTTP/2 connections above all, which hyper's header timer does not cover;
+//! - the number of open connections (`max_connections`): past it the listener stops
+//!   accepting (new connections wait in the kernel's backlog) until one closes, so the
+//!   process never runs out of file descriptors.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body, BoxError};
+use crate::settings::{InvalidSetting, check};
 use crate::upstream::ClientAddr;
 use futures_util::TryFutureExt;
 
 type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ServiceError>> + Send>>;
 
+/// Bounds on the connections one listener takes. See the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// Longest time a request's head may take to arrive (and an HTTP/1.1 connection may
+    /// wait for its next request).
+    pub header_read_timeout: Duration,
+    /// Longest time a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// 10 s for a request head (nginx allows 60 s; no client of an API needs that long),
+    /// 60 s idle, 512 connections (each proxied one may need an upstream connection too,
+    /// and a laptop's default limit is 1,024 open files).
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// Check the limits (every one must be above zero); errors name the `[connections]` keys.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        check(
+            !self.header_read_timeout.is_zero(),
+            "connections.header_read_timeout",
+            || "must be longer than zero".into(),
+        )?;
+        check(!self.idle_timeout.is_zero(), "connections.idle_timeout", || {
+            "must be longer than zero".into()
+        })?;
+        check(self.max_connections > 0, "connections.max_connections", || {
+            "must be at least 1".into()
+        })
+    }
+}
+
 /// Serve `service` on `listener` until `shutdown` completes, then drain for up to `grace`.
 ///
 /// Each request carries the peer's address as a [`ClientAddr`] extension.
-pub async fn serve<S>(listener: TcpListener, service: S, shutdown: impl Future<Output = ()>, grace: Duration)
-where
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    limits: ConnectionLimits,
+) where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closing_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // A free slot first: at the cap, new connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -51,9 +131,12 @@ where
         };
         // Small JSON requests and responses: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
         let service = service.clone();
+        let requests = Arc::clone(&activity);
         let hyper_service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
+            let busy = requests.begin();
             // Boxing erases `S`'s associated types, which otherwise trip rustc's
             // higher-ranked lifetime check when the connection future is spawned.
             // An error from the service makes hyper drop the connection without an answer
@@ -62,17 +145,41 @@ where
                 service
                     .clone()
                     .oneshot(request.map(body::boxed))
-                    .map_err(ServiceError::new::<S::Error>),
+                    .map_err(ServiceError::new::<S::Error>)
+                    .map(move |result| {
+                        drop(busy);
+                        result
+                    }),
             );
             future
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), hyper_service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let mut closing = closing_rx.clone();
+        let idle_timeout = limits.idle_timeout;
         connections.spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, %peer, "connection ended with an error");
+            let _slot = slot;
+            tokio::pin!(connection);
+            let mut winding_down = false;
+            loop {
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(err) = ended {
+                            tracing::debug!(error = %err, %peer, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = activity.idle_for(idle_timeout), if !winding_down => {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        winding_down = true;
+                    }
+                    _ = closing.wait_for(|closing| *closing), if !winding_down => {
+                        connection.as_mut().graceful_shutdown();
+                        winding_down = true;
+                    }
+                }
             }
         });
         // Reap finished connections so the set does not grow with every client.
@@ -80,10 +187,64 @@ where
     }
     drop(listener);
     tracing::info!(grace = %crate::duration::format(grace), "shutting down: draining in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let _ = closing.send(true);
+    let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} });
+    if drained.await.is_err() {
         tracing::warn!("grace period over: closing connections that are still busy");
     }
     connections.abort_all();
+}
+
+/// What one connection is doing: how many requests are in flight, and when the last one
+/// ended. Two atomics per request; the idle check wakes once per `idle_timeout`.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` when the connection last had a request end.
+    last_ms: AtomicU64,
+}
+
+/// Marks a request in flight until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let now = activity.opened.elapsed().as_millis() as u64;
+        activity.last_ms.store(now, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Acquire);
+        Busy(Arc::clone(self))
+    }
+
+    /// Resolves once the connection has had no request in flight for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let deadline = if self.in_flight.load(Ordering::Acquire) == 0 {
+                let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+                self.opened + last + timeout
+            } else {
+                Instant::now() + timeout
+            };
+            if deadline <= Instant::now() && self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
 }
 
 /// A service's error handed to hyper. A concrete type for the same reason as
@@ -105,3 +266,30 @@ impl std::fmt::Display for ServiceError {
 }
 
 impl std::error::Error for ServiceError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_with_no_request_in_flight() {
+        let activity = Arc::new(Activity::new());
+        let busy = activity.begin();
+        let idle = tokio::time::timeout(
+            Duration::from_secs(300),
+            activity.idle_for(Duration::from_secs(60)),
+        );
+        assert!(
+            idle.await.is_err(),
+            "a request in flight keeps the connection open"
+        );
+        drop(busy);
+        let started = Instant::now();
+        activity.idle_for(Duration::from_secs(60)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(60),
+            "idle from the end of the last request"
+        );
+    }
+}

@@ -153,8 +153,20 @@ async fn callbacks_reach_the_subscriber_signed_with_the_original_bytes() {
             == 2
     })
     .await;
+    // The admin listing hides the subscriber's query (secrets live there)...
     let delivered = get_json(proxy.url("/-/deliveries?state=delivered")).await;
-    assert_eq!(delivered["deliveries"][0]["target_url"], hook);
+    let shown = hook.split_once('?').unwrap().0.to_owned() + "?";
+    assert_eq!(delivered["deliveries"][0]["target_url"], shown);
+    // ...and shows it whole only to a holder of the admin token, which is not set here.
+    let reveal = send(
+        &client(),
+        Request::get(proxy.url("/-/deliveries?state=delivered&reveal=1"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reveal.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
@@ -206,7 +218,25 @@ async fn bodies_that_cannot_be_rewritten_never_reach_the_upstream() {
             StatusCode::BAD_REQUEST,
             "not a JSON object",
         ),
-        (b"\xff\xfe".to_vec(), StatusCode::BAD_REQUEST, "not a JSON object"),
+        (b"\xff\xfe".to_vec(), StatusCode::BAD_REQUEST, "not valid UTF-8"),
+        // Invalid UTF-8 inside a string the rewrite would otherwise skip over.
+        (
+            b"{\"callback_url\":\"http://a.example/\",\"prompt\":\"\xc3\x28\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not valid UTF-8",
+        ),
+        // A second spelling a case-insensitive decoder (Go's encoding/json) would use.
+        (
+            br#"{"callback_url":"http://a.example/","CALLBACK_URL":"http://169.254.169.254/latest"}"#
+                .to_vec(),
+            StatusCode::BAD_REQUEST,
+            "CALLBACK_URL",
+        ),
+        (
+            br#"{"Callback_Url":"http://169.254.169.254/latest"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "case-insensitive",
+        ),
         (
             br#"{"callback_url": 7}"#.to_vec(),
             StatusCode::BAD_REQUEST,
@@ -528,6 +558,7 @@ async fn the_receiver_answers_503_when_the_store_fails() {
         receiver,
         std::future::pending(),
         Duration::from_secs(1),
+        runway_proxy::server::ConnectionLimits::default(),
     ));
     let token = keys.mint("https://hooks.example.com/");
     let request = Request::post(format!("http://{addr}/hooks/runway/{token}"))

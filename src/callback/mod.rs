@@ -39,6 +39,7 @@ mod subscriber;
 mod token;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use layer::RewriteCallbackLayer;
 pub use rewrite::{CallbackUrl, RewriteError};
@@ -67,7 +68,12 @@ pub struct Callbacks {
     keys: Arc<Keyring>,
     policy: SubscriberPolicy,
     body_limit: usize,
+    token_lifetime: Duration,
 }
+
+/// How long a route token is honoured unless told otherwise: a week, longer than any
+/// Runway task takes.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Callbacks {
     /// Webhooks come back to `{public_url}/hooks/runway/{token}`, tokens sealed with `keys`;
@@ -88,7 +94,21 @@ impl Callbacks {
             keys: keys.into(),
             policy: SubscriberPolicy::default(),
             body_limit: 16 * 1024 * 1024,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
         })
+    }
+
+    /// Honour a route token for `lifetime` after it was minted (default
+    /// [`DEFAULT_TOKEN_LIFETIME`]); a webhook with an older one is refused (404), so a
+    /// hook URL that leaked stops working.
+    pub fn with_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// How long a route token is honoured.
+    pub fn token_lifetime(&self) -> Duration {
+        self.token_lifetime
     }
 
     /// Accept subscriber URLs by `policy`, at submission and again at delivery.

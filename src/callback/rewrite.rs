@@ -18,6 +18,14 @@ pub enum RewriteError {
     /// `callback_url` is there but not a string.
     #[error("callback_url must be a string")]
     NotAString,
+    /// Another key is `callback_url` under case folding (`CALLBACK_URL`, `Callback_Url`):
+    /// a decoder that matches keys case-insensitively (Go's `encoding/json`) could use it
+    /// instead of the checked one.
+    #[error("the request body has a key {0:?}, which reads as callback_url to a case-insensitive decoder")]
+    Ambiguous(String),
+    /// Bytes that are not UTF-8: decoders disagree on what they mean.
+    #[error("the request body is not valid UTF-8")]
+    InvalidUtf8,
 }
 
 /// The top-level `callback_url` of a submission body: what it says, and where it sits.
@@ -49,6 +57,10 @@ impl CallbackUrl {
 }
 
 fn find_callback_url(body: &[u8]) -> Result<Option<CallbackUrl>, RewriteError> {
+    // serde_json skips the strings it ignores without checking them, so check all at once.
+    if std::str::from_utf8(body).is_err() {
+        return Err(RewriteError::InvalidUtf8);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let found = deserializer
         .deserialize_map(TopLevel {
@@ -59,6 +71,9 @@ fn find_callback_url(body: &[u8]) -> Result<Option<CallbackUrl>, RewriteError> {
             let text = e.to_string();
             if text.starts_with(DUPLICATE) {
                 RewriteError::Duplicate
+            } else if let Some(rest) = text.strip_prefix(AMBIGUOUS) {
+                let key = rest.split(" at line ").next().unwrap_or_default();
+                RewriteError::Ambiguous(key.to_owned())
             } else if text.starts_with(NOT_A_STRING) {
                 RewriteError::NotAString
             } else {
@@ -91,6 +106,19 @@ fn replace(body: &[u8], span: Range<usize>, url: &str) -> Bytes {
 
 const DUPLICATE: &str = "runway-proxy: duplicate callback_url";
 const NOT_A_STRING: &str = "runway-proxy: callback_url not a string";
+const AMBIGUOUS: &str = "runway-proxy: ambiguous key ";
+
+/// Whether `key` is `callback_url` to a decoder that folds case, Unicode's simple folds
+/// included (the Kelvin sign is a `k` to Go's `encoding/json`).
+fn folds_to_callback_url(key: &str) -> bool {
+    let fold = |c: char| match c {
+        '\u{212A}' => 'k',
+        '\u{0130}' | '\u{0131}' => 'i',
+        '\u{017F}' => 's',
+        c => c.to_ascii_lowercase(),
+    };
+    key.chars().map(fold).eq("callback_url".chars())
+}
 
 struct TopLevel {
     base: usize,
@@ -107,6 +135,9 @@ impl<'de> Visitor<'de> for TopLevel {
         let mut found = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key != "callback_url" {
+                if folds_to_callback_url(&key) {
+                    return Err(de::Error::custom(format_args!("{AMBIGUOUS}{}", key.as_ref())));
+                }
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
@@ -164,20 +195,51 @@ mod tests {
             find_callback_url(br#"{"callback_url":42}"#),
             Err(RewriteError::NotAString)
         );
-        for bad in [
-            &b"[]"[..],
-            b"\"x\"",
-            b"",
-            b"{",
-            b"{\"a\":1} x",
-            b"{\"a\":01}",
-            b"\xff",
-        ] {
+        for bad in [&b"[]"[..], b"\"x\"", b"", b"{", b"{\"a\":1} x", b"{\"a\":01}"] {
             assert!(
                 matches!(find_callback_url(bad), Err(RewriteError::NotAnObject(_))),
                 "{bad:?}"
             );
         }
         assert_eq!(find_callback_url(br#"{"prompt":"x"}"#), Ok(None));
+    }
+
+    #[test]
+    fn refuses_keys_that_fold_to_callback_url_and_invalid_utf8() {
+        for key in [
+            "CALLBACK_URL",
+            "Callback_Url",
+            "callbac\\u212a_url",
+            "callbac\u{212A}_url",
+        ] {
+            let body =
+                format!(r#"{{"callback_url":"https://a.example/h","{key}":"http://169.254.169.254/"}}"#);
+            assert!(
+                matches!(
+                    find_callback_url(body.as_bytes()),
+                    Err(RewriteError::Ambiguous(_))
+                ),
+                "{key}"
+            );
+            // Without the real one too: the unchecked URL would otherwise pass unchanged.
+            let alone = format!(r#"{{"{key}":"http://169.254.169.254/"}}"#);
+            assert!(matches!(
+                find_callback_url(alone.as_bytes()),
+                Err(RewriteError::Ambiguous(_))
+            ));
+        }
+        let err = find_callback_url(br#"{"CALLBACK_URL":"x"}"#).unwrap_err();
+        assert_eq!(err, RewriteError::Ambiguous("CALLBACK_URL".into()));
+        assert!(err.to_string().contains("CALLBACK_URL"));
+        assert_eq!(
+            find_callback_url(b"{\"callback_url\":\"https://a.example/h\",\"prompt\":\"\xff\xfe\"}"),
+            Err(RewriteError::InvalidUtf8)
+        );
+        // Nested objects are the upstream's business, not a second callback_url.
+        assert!(
+            find_callback_url(br#"{"o":{"CALLBACK_URL":"x"}}"#)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -41,6 +41,9 @@ pub enum TokenError {
     /// The signature does not match: forged or altered.
     #[error("callback token signature does not verify")]
     BadSignature,
+    /// Genuine, but minted longer ago than the token lifetime.
+    #[error("callback token expired")]
+    Expired,
 }
 
 /// Why a keyring could not be read from `id:secret,...`.
@@ -188,7 +191,23 @@ impl Keyring {
         URL_SAFE_NO_PAD.encode(token)
     }
 
-    /// Check a token and recover its route.
+    /// Check a token, and that it was minted no longer than `lifetime` ago.
+    ///
+    /// Every token carries its minting time (it is signed with the rest), so the lifetime
+    /// applies to all of them, whichever key signed them; a key that is retired from the
+    /// keyring stops its tokens at once.
+    pub fn verify_fresh(&self, token: &str, lifetime: Duration) -> Result<Route, TokenError> {
+        let route = self.verify(token)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now.saturating_sub(u64::from(route.issued_at)) > lifetime.as_secs() {
+            return Err(TokenError::Expired);
+        }
+        Ok(route)
+    }
+
+    /// Check a token and recover its route, whatever its age.
     pub fn verify(&self, token: &str) -> Result<Route, TokenError> {
         // A token is at most the header, the longest URL and the tag in base64.
         if token.len() > (HEADER + MAX_URL + TAG) * 4 / 3 + 4 {
@@ -298,6 +317,25 @@ mod tests {
         let fresh = rotated.mint(URL);
         assert_eq!(rotated.verify(&fresh).unwrap().key_id, 2);
         assert_eq!(old.verify(&fresh), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn tokens_older_than_their_lifetime_are_refused() {
+        let keys = ring(&[(1, "first-secret-of-at-least-32-bytes!!")]);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as u32;
+        let fresh = keys.mint_at(URL, now - 3600, [7; 12]);
+        assert_eq!(keys.verify_fresh(&fresh, week).unwrap().url, URL);
+        let old = keys.mint_at(URL, now - 8 * 24 * 3600, [7; 12]);
+        assert_eq!(keys.verify_fresh(&old, week), Err(TokenError::Expired));
+        assert!(keys.verify(&old).is_ok(), "still genuine, only too old");
+        // Rotation: a token of the older key is honoured for its lifetime too.
+        let rotated = ring(&[
+            (1, "first-secret-of-at-least-32-bytes!!"),
+            (2, "second-secret-of-at-least-32-bytes"),
+        ]);
+        assert_eq!(rotated.verify_fresh(&fresh, week).unwrap().key_id, 1);
+        assert_eq!(rotated.verify_fresh(&old, week), Err(TokenError::Expired));
     }
 
     #[test]

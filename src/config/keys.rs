@@ -463,6 +463,17 @@ pub const KEYS: &[Key] = &[
         show: |c| show_size(c.callback.body_limit),
     },
     Key {
+        toml: "callback.token_lifetime",
+        env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
+        flag: "callback-token-lifetime",
+        doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
+        set: |c, raw| {
+            c.callback.token_lifetime = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.callback.token_lifetime),
+    },
+    Key {
         toml: "delivery.schedule",
         env: "RUNWAY_PROXY_DELIVERY_SCHEDULE",
         flag: "delivery-schedule",
@@ -516,6 +527,56 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         show: |c| duration::format(c.idempotency.ttl),
+    },
+    Key {
+        toml: "connections.header_read_timeout",
+        env: "RUNWAY_PROXY_HEADER_READ_TIMEOUT",
+        flag: "header-read-timeout",
+        doc: "Longest a request's head may take to arrive (and an HTTP/1.1 connection may wait for its next request).",
+        set: |c, raw| {
+            c.connections.header_read_timeout = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.connections.header_read_timeout),
+    },
+    Key {
+        toml: "connections.idle_timeout",
+        env: "RUNWAY_PROXY_IDLE_TIMEOUT",
+        flag: "idle-timeout",
+        doc: "Longest a connection stays open with no request in flight.",
+        set: |c, raw| {
+            c.connections.idle_timeout = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.connections.idle_timeout),
+    },
+    Key {
+        toml: "connections.max_connections",
+        env: "RUNWAY_PROXY_MAX_CONNECTIONS",
+        flag: "max-connections",
+        doc: "Most connections open at once on each listener; more wait to be accepted.",
+        set: |c, raw| {
+            c.connections.max_connections = count(raw)? as usize;
+            Ok(())
+        },
+        show: |c| c.connections.max_connections.to_string(),
+    },
+    Key {
+        toml: "admin_token",
+        env: "RUNWAY_PROXY_ADMIN_TOKEN",
+        flag: "admin-token",
+        doc: "Bearer token every admin path but /-/healthz and /-/readyz requires (none: open on loopback only).",
+        set: |c, raw| {
+            c.admin_token = match raw.trim() {
+                "" | "none" => None,
+                token => Some(Secret::new(token)),
+            };
+            Ok(())
+        },
+        show: |c| match c.admin_token {
+            Some(_) => "(set)".to_owned(),
+            None => "none".to_owned(),
+        },
     },
     Key {
         toml: "log_format",

@@ -47,6 +47,7 @@ use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
 use crate::relay::DeliverySettings;
 use crate::retry::{RetrySettings, Rules};
+use crate::server::ConnectionLimits;
 use crate::settings::{InvalidSetting, check};
 
 /// The sidecar's settings. Build it with [`Config::load`] or start from
@@ -85,6 +86,12 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// `Idempotency-Key` records (`[idempotency]`).
     pub idempotency: IdempotencySettings,
+    /// Bounds on each listener's connections (`[connections]`).
+    pub connections: ConnectionLimits,
+    /// The token every admin path but `healthz` and `readyz` requires
+    /// (`Authorization: Bearer ...`); `None`: admin paths are open on a loopback listener,
+    /// and the relay's refused on any other.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for Config {
@@ -105,6 +112,8 @@ impl Default for Config {
             callback: CallbackSettings::default(),
             delivery: DeliverySettings::default(),
             idempotency: IdempotencySettings::default(),
+            connections: ConnectionLimits::default(),
+            admin_token: None,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct CallbackSettings {
     pub token_keys: Option<Secret>,
     /// Largest submission body rewritten and webhook body accepted.
     pub body_limit: usize,
+    /// How long a route token is honoured after it was minted.
+    pub token_lifetime: Duration,
 }
 
 impl Default for CallbackSettings {
@@ -130,6 +141,7 @@ impl Default for CallbackSettings {
             allowed_hosts: Vec::new(),
             token_keys: None,
             body_limit: 16 * 1024 * 1024,
+            token_lifetime: crate::callback::DEFAULT_TOKEN_LIFETIME,
         }
     }
 }
@@ -314,6 +326,17 @@ impl Config {
         self.limit.validate()?;
         self.delivery.validate()?;
         self.idempotency.validate()?;
+        self.connections.validate()?;
+        check(
+            !self.callback.token_lifetime.is_zero(),
+            "callback.token_lifetime",
+            || "must be longer than zero".into(),
+        )?;
+        if let Some(token) = &self.admin_token {
+            check(token.expose().len() >= 16, "admin_token", || {
+                "must be at least 16 characters (use a random one)".into()
+            })?;
+        }
         for (key, value) in [
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),

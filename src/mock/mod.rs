@@ -223,6 +223,7 @@ impl MockUpstream {
                 let _ = signal.wait_for(|stopped| *stopped).await;
             },
             Duration::from_secs(1),
+            crate::server::ConnectionLimits::default(),
         ));
         Ok(MockUpstream {
             addr,

@@ -36,11 +36,21 @@ impl RelayAdmin {
     ///
     /// - `GET /-/deliveries?state=pending|in_flight|delivered|dead|superseded&after=ID&limit=N`:
     ///   a page of deliveries, oldest first, with `next` (the `after` for the next page).
+    ///   Subscriber URLs are shown without their user info, query or fragment (where
+    ///   secrets live) unless `reveal=1` is asked and `may_reveal` (the caller presented
+    ///   the admin token).
     /// - `POST /-/deliveries/{id}/replay`: make a delivery pending again with a fresh schedule.
     ///
-    /// `None` for a path that is not the relay's.
-    pub async fn handle(&self, method: &Method, path: &str, query: Option<&str>) -> Option<Response<Body>> {
-        handle(self, method, path, query).await
+    /// `None` for a path that is not the relay's. Who may call it at all is the
+    /// caller's decision (the sidecar's [`AdminAccess`](crate::sidecar::AdminAccess)).
+    pub async fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        may_reveal: bool,
+    ) -> Option<Response<Body>> {
+        handle(self, method, path, query, may_reveal).await
     }
 }
 
@@ -49,6 +59,7 @@ async fn handle(
     method: &Method,
     path: &str,
     query: Option<&str>,
+    may_reveal: bool,
 ) -> Option<Response<Body>> {
     let rest = path.strip_prefix("/-/deliveries")?;
     let bad = |status: StatusCode, msg: &str| Some(envelope::error_response(status, msg));
@@ -59,6 +70,7 @@ async fn handle(
         let mut state = DeliveryState::Pending;
         let mut after = 0i64;
         let mut limit = PAGE;
+        let mut reveal = false;
         for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
@@ -75,6 +87,18 @@ async fn handle(
                     Ok(parsed) => after = parsed,
                     Err(_) => return bad(StatusCode::BAD_REQUEST, "after must be a delivery id"),
                 },
+                "reveal" => match value {
+                    "1" | "true" if may_reveal => reveal = true,
+                    "1" | "true" => {
+                        return bad(
+                            StatusCode::FORBIDDEN,
+                            "reveal=1 shows subscriber URLs whole (query strings may hold secrets) and needs the \
+                             admin token: set --admin-token and send Authorization: Bearer <token>",
+                        );
+                    }
+                    "0" | "false" => {}
+                    _ => return bad(StatusCode::BAD_REQUEST, "reveal must be 1 or 0"),
+                },
                 "limit" => match value.parse::<usize>() {
                     Ok(parsed) if parsed > 0 => limit = parsed.min(1000),
                     _ => return bad(StatusCode::BAD_REQUEST, "limit must be a number from 1 to 1000"),
@@ -88,7 +112,12 @@ async fn handle(
             }
         }
         return Some(match relay.outbox.list(state, after, limit).await {
-            Ok(deliveries) => {
+            Ok(mut deliveries) => {
+                if !reveal {
+                    for delivery in &mut deliveries {
+                        delivery.target_url = redact(&delivery.target_url);
+                    }
+                }
                 let next = (deliveries.len() == limit)
                     .then(|| deliveries.last().map(|d| d.id))
                     .flatten();
@@ -120,6 +149,30 @@ async fn handle(
     })
 }
 
+/// A subscriber URL without the parts that carry secrets: user info, query, fragment.
+/// (`?` stays, to show there was a query.)
+fn redact(url: &str) -> String {
+    let (base, had_query) = match url.find(['?', '#']) {
+        Some(at) => (&url[..at], url[at..].starts_with('?')),
+        None => (url, false),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let mut out = String::with_capacity(base.len() + 2);
+    if !scheme.is_empty() {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    out.push_str(host);
+    out.push_str(path);
+    if had_query {
+        out.push('?');
+    }
+    out
+}
+
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));
     *response.status_mut() = status;
@@ -127,4 +180,23 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, envelope::JSON);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacted_urls_keep_where_they_go_and_lose_what_they_carry() {
+        assert_eq!(
+            redact("https://user:pw@hooks.example.com:8443/h/1?secret=abc#x"),
+            "https://hooks.example.com:8443/h/1?"
+        );
+        assert_eq!(
+            redact("https://hooks.example.com/h"),
+            "https://hooks.example.com/h"
+        );
+        assert_eq!(redact("http://a.example#frag"), "http://a.example");
+        assert_eq!(redact("http://a@b@c.example/?q"), "http://c.example/?");
+    }
 }

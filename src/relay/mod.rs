@@ -163,10 +163,9 @@ impl RelayBuilder {
         let metrics = Arc::new(RelayMetrics::default());
         let wake = Arc::new(Notify::new());
         let receiver = WebhookReceiver::new(
-            Arc::clone(self.callbacks.keys()),
+            &self.callbacks,
             Arc::clone(&self.outbox),
             Arc::clone(&wake),
-            self.callbacks.body_limit(),
             Arc::clone(&metrics),
         );
         let admin = RelayAdmin::new(Arc::clone(&self.outbox), Arc::clone(&wake));

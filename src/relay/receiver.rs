@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -15,7 +16,7 @@ use tokio::sync::Notify;
 use super::RelayMetrics;
 use super::outbox::{Enqueued, NewDelivery, Outbox};
 use crate::body::{self, Body, BoxError, ReadError};
-use crate::callback::{HOOK_PATH, Keyring};
+use crate::callback::{Callbacks, HOOK_PATH, Keyring};
 use crate::envelope;
 
 /// Receives CometAPI's callbacks and stores them in the outbox.
@@ -35,6 +36,7 @@ pub struct WebhookReceiver {
 
 struct Shared {
     keys: Arc<Keyring>,
+    token_lifetime: Duration,
     outbox: Arc<dyn Outbox>,
     body_limit: usize,
     wake: Arc<Notify>,
@@ -53,17 +55,17 @@ impl WebhookReceiver {
     /// A receiver that verifies tokens with `keys` and stores into `outbox`, waking the
     /// delivery workers through `wake`.
     pub(super) fn new(
-        keys: Arc<Keyring>,
+        callbacks: &Callbacks,
         outbox: Arc<dyn Outbox>,
         wake: Arc<Notify>,
-        body_limit: usize,
         metrics: Arc<RelayMetrics>,
     ) -> Self {
         WebhookReceiver {
             shared: Arc::new(Shared {
-                keys,
+                keys: Arc::clone(callbacks.keys()),
+                token_lifetime: callbacks.token_lifetime(),
+                body_limit: callbacks.body_limit(),
                 outbox,
-                body_limit,
                 wake,
                 metrics,
             }),
@@ -141,7 +143,7 @@ impl Shared {
         if request.method() != Method::POST {
             return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "webhooks are POSTed");
         }
-        let route = match self.keys.verify(token) {
+        let route = match self.keys.verify_fresh(token, self.token_lifetime) {
             Ok(route) => route,
             Err(err) => {
                 // Never log the token itself: it is a bearer credential for this route.
@@ -179,10 +181,13 @@ impl Shared {
             "msg_{}",
             &hex(digest::digest(&digest::SHA256, identity.dedup_key.as_bytes()).as_ref())[..32]
         );
+        // Deduped and ordered per subscriber: the holder of another route token must not
+        // be able to suppress this subscriber's webhook by posting its task fields first.
+        let scope = &hex(digest::digest(&digest::SHA256, route.url.as_bytes()).as_ref())[..24];
         let delivery = NewDelivery {
             webhook_id,
-            dedup_key: identity.dedup_key,
-            task_key: identity.task_key,
+            dedup_key: format!("{scope}/{}", identity.dedup_key),
+            task_key: format!("{scope}/{}", identity.task_key),
             status: identity.status,
             terminal: identity.terminal,
             target_url: route.url,

@@ -75,7 +75,14 @@ impl SqliteOutbox {
     ///
     /// The file belongs to this process: deliveries left in flight by a previous run
     /// (killed mid-send) are returned to pending at once rather than after their lease.
+    ///
+    /// "Belongs" is enforced: the outbox takes an exclusive lock (`flock`) on
+    /// `{path}.lock` for as long as it is open, and refuses to open a file another process
+    /// holds, naming that process. (Two processes on one outbox would each take the
+    /// other's deliveries in flight for a crash and send them again.) The kernel releases
+    /// the lock when the process dies, however it dies.
     pub fn open(path: &Path) -> Result<SqliteOutbox, OutboxError> {
+        let lock = lock_exclusively(path)?;
         let connection = Connection::open(path)
             .map_err(|e| OutboxError(format!("cannot open {}: {e}", path.display())))?;
         connection
@@ -101,7 +108,11 @@ impl SqliteOutbox {
         let (commands, receiver) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("runway-proxy-outbox".into())
-            .spawn(move || writer(connection, receiver))
+            .spawn(move || {
+                // Held for as long as the connection is open.
+                let _lock = lock;
+                writer(connection, receiver)
+            })
             .map_err(|e| OutboxError(format!("cannot start the outbox thread: {e}")))?;
         Ok(SqliteOutbox {
             commands,
@@ -139,6 +150,67 @@ impl SqliteOutbox {
             .await
             .map_err(|_| OutboxError("the writer thread has stopped".into()))?
     }
+}
+
+/// Take the lock that makes `db` this process's alone, and write this process's id into
+/// the lock file for whoever is refused next.
+fn lock_exclusively(db: &Path) -> Result<std::fs::File, OutboxError> {
+    use std::io::{Seek, Write};
+    let mut lock_path = db.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let cannot = |e: std::io::Error| OutboxError(format!("cannot lock {}: {e}", lock_path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(cannot)?;
+    // This process's own earlier outbox on the same file may still be closing (its writer
+    // thread lets go when it sees the last handle dropped): give it a moment.
+    let mut waited = Duration::ZERO;
+    let mut locked = file.try_lock();
+    while matches!(locked, Err(std::fs::TryLockError::WouldBlock))
+        && waited < Duration::from_secs(2)
+        && holder_pid(&mut file) == Some(std::process::id())
+    {
+        std::thread::sleep(Duration::from_millis(5));
+        waited += Duration::from_millis(5);
+        locked = file.try_lock();
+    }
+    match locked {
+        Ok(()) => {
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| write!(file, "{}", std::process::id()))
+                .map_err(cannot)?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = match holder_pid(&mut file) {
+                Some(pid) => format!("the process with PID {pid}"),
+                None => "another process".to_owned(),
+            };
+            let dir = db.parent().unwrap_or(db);
+            Err(OutboxError(format!(
+                "the data directory {} is in use by {holder} (it holds {}); two proxies on one \
+                 data directory would send each other's webhooks twice: give each its own --data-dir",
+                dir.display(),
+                lock_path.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(cannot(e)),
+    }
+}
+
+/// The PID the lock's holder wrote into the lock file.
+fn holder_pid(file: &mut std::fs::File) -> Option<u32> {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// The writer thread: batches of commands, one transaction and one commit per batch.

@@ -1,18 +1,123 @@
 //! The admin paths under `/-/`, answered by the sidecar itself and never forwarded: one
-//! router for health, readiness, metrics and the relay's deliveries.
+//! router for health, readiness, metrics and the relay's deliveries, and who may use them.
 
-use http::{Method, Response, StatusCode, Uri, header};
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
+use ring::digest;
 
 use super::AdminState;
 use crate::body::{self, Body};
 use crate::envelope;
 
+/// Who may use the admin paths. `/-/healthz` and `/-/readyz` answer everyone (probes
+/// carry no credentials).
+///
+/// - With a token, every other admin path requires `Authorization: Bearer <token>`
+///   (compared in constant time), and `/-/deliveries?reveal=1` shows subscriber URLs
+///   whole.
+/// - Without one, `/-/metrics` answers everyone, and `/-/deliveries` (which lists
+///   subscriber URLs and can replay webhooks) answers only on a loopback listener.
+#[derive(Clone, Default)]
+pub struct AdminAccess {
+    /// SHA-256 of the token: compared digest to digest, so the comparison's time says
+    /// nothing about the token's length either.
+    token: Option<Arc<digest::Digest>>,
+    loopback: bool,
+}
+
+impl std::fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAccess")
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("loopback", &self.loopback)
+            .finish()
+    }
+}
+
+impl AdminAccess {
+    /// Access for a listener bound to `listen`, with `token` if one is set.
+    pub fn new(token: Option<&str>, listen: std::net::SocketAddr) -> Self {
+        AdminAccess {
+            token: token.map(|t| Arc::new(digest::digest(&digest::SHA256, t.as_bytes()))),
+            loopback: listen.ip().is_loopback(),
+        }
+    }
+
+    /// Whether the relay's admin paths are refused for want of a token (a listener that
+    /// is not loopback, and no token): worth a warning at start.
+    pub fn relay_locked(&self) -> bool {
+        self.token.is_none() && !self.loopback
+    }
+
+    /// What `authorization` may do.
+    fn grant(&self, authorization: Option<&HeaderValue>) -> Grant {
+        let Some(expected) = &self.token else {
+            return Grant::NoToken;
+        };
+        let presented = authorization
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .map(|token| digest::digest(&digest::SHA256, token));
+        match presented {
+            Some(presented) if constant_time_eq(presented.as_ref(), expected.as_ref().as_ref()) => {
+                Grant::Admin
+            }
+            _ => Grant::Refused,
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a request to an admin path may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grant {
+    /// The token is set and was presented.
+    Admin,
+    /// The token is set and was not presented (or was wrong).
+    Refused,
+    /// No token is set.
+    NoToken,
+}
+
 /// Answer an admin path.
-pub(crate) async fn answer(state: &AdminState, method: &Method, uri: &Uri) -> Response<Body> {
+pub(crate) async fn answer(
+    state: &AdminState,
+    method: &Method,
+    uri: &Uri,
+    authorization: Option<&HeaderValue>,
+) -> Response<Body> {
     let path = uri.path();
+    if path == "/-/healthz" || path == "/-/readyz" {
+        return probe(state, method, path);
+    }
+    let grant = state.access.grant(authorization);
+    if grant == Grant::Refused {
+        let mut response = envelope::error_response(
+            StatusCode::UNAUTHORIZED,
+            "runway-proxy admin paths need Authorization: Bearer <admin token> (--admin-token)",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"runway-proxy admin\""),
+        );
+        return response;
+    }
     if path.starts_with("/-/deliveries") {
+        if grant == Grant::NoToken && !state.access.loopback {
+            return envelope::error_response(
+                StatusCode::FORBIDDEN,
+                "/-/deliveries lists subscriber URLs and replays webhooks, so on a listener that is not loopback \
+                 it needs an admin token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send \
+                 Authorization: Bearer <token>",
+            );
+        }
         if let Some(relay) = &state.relay
-            && let Some(response) = relay.handle(method, path, uri.query()).await
+            && let Some(response) = relay
+                .handle(method, path, uri.query(), grant == Grant::Admin)
+                .await
         {
             return response;
         }
@@ -25,9 +130,6 @@ pub(crate) async fn answer(state: &AdminState, method: &Method, uri: &Uri) -> Re
         );
     }
     match path {
-        "/-/healthz" => json(StatusCode::OK, r#"{"status":"alive"}"#),
-        "/-/readyz" if state.readiness.get() => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        "/-/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#),
         "/-/metrics" => {
             let sets: Vec<_> = state.metric_sets.iter().map(|s| s.as_ref()).collect();
             let mut response = Response::new(body::full(crate::metrics::render_all(&sets)));
@@ -38,6 +140,21 @@ pub(crate) async fn answer(state: &AdminState, method: &Method, uri: &Uri) -> Re
             response
         }
         _ => not_found(path),
+    }
+}
+
+/// The probes: no credentials, GET or HEAD.
+fn probe(state: &AdminState, method: &Method, path: &str) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        return envelope::error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{path} is an admin path of runway-proxy and only answers GET"),
+        );
+    }
+    match path {
+        "/-/healthz" => json(StatusCode::OK, r#"{"status":"alive"}"#),
+        _ if state.readiness.get() => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        _ => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#),
     }
 }
 

@@ -44,13 +44,14 @@ use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+pub use admin::AdminAccess;
 pub use metrics::RequestMetrics;
 
 use crate::body::{self, Body, BoxError};
 use crate::envelope;
 use crate::metrics::{GaugeGuard, MetricSet};
 use crate::relay::RelayAdmin;
-use crate::route::RouteClass;
+use crate::route::{self, RouteClass};
 use crate::upstream::{UpstreamError, UpstreamLatency};
 
 /// Prefix of the admin paths the proxy answers itself.
@@ -76,6 +77,7 @@ impl Readiness {
 #[derive(Clone, Debug)]
 pub(crate) struct AdminState {
     readiness: Readiness,
+    access: AdminAccess,
     metric_sets: Arc<[Arc<dyn MetricSet>]>,
     relay: Option<RelayAdmin>,
 }
@@ -95,6 +97,7 @@ impl<S> Sidecar<S> {
             inner,
             admin: AdminState {
                 readiness,
+                access: AdminAccess::default(),
                 metric_sets: Arc::new([Arc::clone(&requests) as Arc<dyn MetricSet>]),
                 relay: None,
             },
@@ -105,6 +108,13 @@ impl<S> Sidecar<S> {
     /// Render these metric sets, in this order, at `/-/metrics`.
     pub fn metric_sets(mut self, sets: Vec<Arc<dyn MetricSet>>) -> Self {
         self.admin.metric_sets = sets.into();
+        self
+    }
+
+    /// Who may use the admin paths (default: no token, and a listener taken for one that
+    /// is not loopback, so `/-/deliveries` is refused).
+    pub fn admin_access(mut self, access: AdminAccess) -> Self {
+        self.admin.access = access;
         self
     }
 
@@ -134,23 +144,49 @@ where
         if request.uri().path().starts_with(ADMIN_PREFIX) {
             let admin = self.admin.clone();
             let (method, uri) = (request.method().clone(), request.uri().clone());
+            let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
             return ResponseFuture {
                 kind: Kind::Admin {
-                    future: Box::pin(async move { admin::answer(&admin, &method, &uri).await }),
+                    future: Box::pin(async move {
+                        admin::answer(&admin, &method, &uri, authorization.as_ref()).await
+                    }),
                 },
             };
         }
-        let log = RequestLog {
+        // Before the class is read from the path: a spelling of a CometAPI route that an
+        // upstream might normalise must not slip through as "other".
+        if let Err(problem) = route::check_path(request.method(), request.uri().path()) {
+            let path = request.uri().path();
+            let msg = format!(
+                "runway-proxy refuses {path:?}: {problem}; send the route's canonical path \
+                 (as CometAPI documents it)"
+            );
+            tracing::info!(method = %request.method(), path, reason = %problem, "request refused: path not canonical");
+            let response = envelope::error_response_for(path, StatusCode::BAD_REQUEST, &msg);
+            return ResponseFuture {
+                kind: Kind::Refused {
+                    response: Some(response),
+                    log: self.log(&request),
+                },
+            };
+        }
+        let log = self.log(&request);
+        let future = self.inner.clone().oneshot(request);
+        ResponseFuture {
+            kind: Kind::Forward { future, log },
+        }
+    }
+}
+
+impl<S> Sidecar<S> {
+    fn log(&self, request: &Request<Body>) -> RequestLog {
+        RequestLog {
             class: RouteClass::of(request.method(), request.uri().path()),
             method: request.method().clone(),
             uri: request.uri().clone(),
             started: Instant::now(),
             _in_flight: self.requests.in_flight.track(),
             metrics: Arc::clone(&self.requests),
-        };
-        let future = self.inner.clone().oneshot(request);
-        ResponseFuture {
-            kind: Kind::Forward { future, log },
         }
     }
 }
@@ -212,6 +248,7 @@ pin_project! {
     {
         Admin { future: Pin<Box<dyn Future<Output = Response<Body>> + Send>> },
         Forward { #[pin] future: Oneshot<S, Request<Body>>, log: RequestLog },
+        Refused { response: Option<Response<Body>>, log: RequestLog },
     }
 }
 
@@ -230,6 +267,13 @@ where
                     Ok(response) => response,
                     Err(err) => error_response(err.into()),
                 };
+                log.finish(&response);
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Refused { response, log } => {
+                let response = response.take().unwrap_or_else(|| {
+                    envelope::error_response(StatusCode::BAD_REQUEST, "polled after completion")
+                });
                 log.finish(&response);
                 Poll::Ready(Ok(response))
             }

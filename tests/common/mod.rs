@@ -193,6 +193,7 @@ impl Subscriber {
             service,
             std::future::pending(),
             Duration::from_secs(1),
+            runway_proxy::server::ConnectionLimits::default(),
         ));
         subscriber
     }
