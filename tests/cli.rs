@@ -238,7 +238,8 @@ async fn secrets_never_reach_the_logs() {
             .env(
                 "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
                 "7:token-key-secret-of-at-least-32-bytes",
-            ),
+            )
+            .env("RUNWAY_PROXY_ADMIN_TOKEN", "admin-token-secret-0123"),
     );
     let listen = running.wait_for_log("runway-proxy serving")["listen"]
         .as_str()
@@ -252,6 +253,14 @@ async fn secrets_never_reach_the_logs() {
     let reply = send(&client(), request).await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     let logged = running.wait_for_log("request");
+    // An admin call with the token, and one with a wrong one.
+    for token in ["admin-token-secret-0123", "admin-token-secret-0124"] {
+        let admin = Request::get(format!("http://{listen}/-/metrics"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::default())
+            .unwrap();
+        send(&client(), admin).await.unwrap();
+    }
     assert_eq!(logged["path"], "/runway/feed");
     assert_eq!(logged["status"], 200);
     assert_eq!(logged["method"], "POST");
@@ -274,6 +283,10 @@ async fn secrets_never_reach_the_logs() {
         assert!(
             !line.contains("token-key-secret"),
             "token key in a log line: {line}"
+        );
+        assert!(
+            !line.contains("admin-token-secret"),
+            "admin token in a log line: {line}"
         );
     }
     assert!(lines.len() > 3, "trace logging produced lines to check");
@@ -480,4 +493,33 @@ fn the_readme_quick_start_runs_as_written() {
             .is_some_and(|id| !id.is_empty()),
         "{answer}"
     );
+}
+
+#[test]
+fn a_second_proxy_on_one_data_dir_exits_1_naming_the_holder_until_it_dies() {
+    let data = data_dir();
+    let spawn = || {
+        Running::spawn(serve().env("RUNWAY_PROXY_DATA_DIR", &data).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]))
+    };
+    let mut first = spawn();
+    first.wait_for_log("runway-proxy serving");
+    let (code, lines) = spawn().finish();
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let refusal = lines.join("\n");
+    assert!(refusal.contains(&data.display().to_string()), "{refusal}");
+    assert!(
+        refusal.contains(&format!("PID {}", first.child.id())),
+        "names the holder: {refusal}"
+    );
+    // However the holder dies, the kernel lets go of the lock.
+    first.signal("KILL");
+    let (code, _) = first.finish();
+    assert_eq!(code, None, "killed by a signal");
+    let mut second = spawn();
+    second.wait_for_log("runway-proxy serving");
 }

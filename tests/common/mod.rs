@@ -123,7 +123,7 @@ pub async fn metrics_text(proxy: &RunningProxy) -> String {
 pub async fn start_proxy_with(file: Option<&str>, upstream: &str, flags: &Overrides) -> RunningProxy {
     let data = tempfile::tempdir().unwrap();
     let mut flags = flags.clone();
-    flags.insert("listen", "127.0.0.1:0".to_owned());
+    flags.entry("listen").or_insert_with(|| "127.0.0.1:0".to_owned());
     flags.insert("upstream", upstream.to_owned());
     flags
         .entry("webhook_listen")
