@@ -131,7 +131,8 @@ impl Metrics {
 /// admin paths), the webhook listener, and the relay's outbox and delivery workers.
 #[derive(Debug)]
 pub struct Proxy {
-    listener: TcpListener,
+    /// One per serving thread, all on the same address (`SO_REUSEPORT`).
+    listeners: Vec<std::net::TcpListener>,
     webhook_listener: TcpListener,
     service: Sidecar<Runway<Forward>>,
     receiver: WebhookReceiver,
@@ -160,7 +161,16 @@ impl Proxy {
                 .await
                 .map_err(|source| StartError::Listen { what, addr, source })
         };
-        let listener = listen(config.listen, "").await?;
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let listeners =
+            crate::server::bind_shared(config.listen, threads).map_err(|source| StartError::Listen {
+                what: "",
+                addr: config.listen,
+                source,
+            })?;
         let webhook_listener = listen(config.webhook_listen, "for webhooks").await?;
         let public_url = match &config.public_url {
             Some(url) => url.clone(),
@@ -219,10 +229,11 @@ impl Proxy {
         let service = Sidecar::new(runway.layer(forward), requests, readiness.clone())
             .metric_sets(metrics.sets())
             .relay_admin(relay.admin())
-            .admin_access(access);
+            .admin_access(access)
+            .access_log(config.access_log);
         tracing::info!(public_url = %public_url, outbox = %outbox.path().display(), "webhook relay ready");
         Ok(Proxy {
-            listener,
+            listeners,
             webhook_listener,
             service,
             receiver: relay.receiver(),
@@ -241,9 +252,10 @@ impl Proxy {
 
     /// The address the proxy listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listeners
+            .first()
+            .and_then(|listener| listener.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The address the webhook listener listens on.
@@ -256,25 +268,36 @@ impl Proxy {
     /// Serve until `shutdown` completes, then drain in-flight requests for up to the
     /// configured grace period, and let the delivery workers finish or hand back what
     /// they hold.
+    ///
+    /// The proxy listener is served thread per core: each serving thread runs a
+    /// current-thread runtime with its own listener and upstream pool, so a request is
+    /// accepted, handled and forwarded on one thread with no hand-off between threads.
+    /// The shared state (limits, retry budget, metrics, outbox) is shared by `Arc`. The
+    /// webhook listener and the delivery workers run on the caller's runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         self.readiness.set(true);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        let limits = self.connections;
-        let proxy = crate::server::serve(
-            self.listener,
-            self.service,
-            signal(stopped.clone()),
-            self.grace,
-            limits,
-        );
+        let (grace, limits) = (self.grace, self.connections);
+        let mut serving = Vec::with_capacity(self.listeners.len());
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let service = self.service.clone();
+            let stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("runway-proxy-serve-{index}"))
+                .spawn(move || serve_thread(index, listener, service, signal(stopped), grace, limits));
+            match thread {
+                Ok(thread) => serving.push(thread),
+                Err(err) => tracing::error!(error = %err, index, "cannot start a serving thread"),
+            }
+        }
         let hooks = crate::server::serve(
             self.webhook_listener,
             self.receiver,
             signal(stopped),
-            self.grace,
+            grace,
             limits,
         );
         let readiness = self.readiness.clone();
@@ -283,9 +306,40 @@ impl Proxy {
             readiness.set(false);
             let _ = stop.send(true);
         };
-        tokio::join!(proxy, hooks, trigger);
+        tokio::join!(hooks, trigger);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in serving {
+                let _ = thread.join();
+            }
+        })
+        .await;
         self.relay.shutdown(self.grace).await;
     }
+}
+
+/// One serving thread: its own current-thread runtime, serving `listener` until `stop`.
+fn serve_thread(
+    index: usize,
+    listener: std::net::TcpListener,
+    service: Sidecar<Runway<Forward>>,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+    limits: ConnectionLimits,
+) {
+    crate::upstream::serve_on_this_thread(index);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, index, "cannot start a serving thread's runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => crate::server::serve(listener, service, stop, grace, limits).await,
+            Err(err) => tracing::error!(error = %err, index, "cannot serve on a listener"),
+        }
+    });
 }
 
 fn webhook_signer(config: &Config) -> Result<WebhookSigner, StartError> {

@@ -148,7 +148,7 @@ async fn serve(args: &ArgMatches) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(config.log_format);
+    let _log = init_tracing(config.log_format);
     let proxy = match Proxy::bind(&config).await {
         Ok(proxy) => proxy,
         Err(err) => {
@@ -172,7 +172,7 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
         Some("json") => LogFormat::Json,
         _ => LogFormat::Pretty,
     };
-    init_tracing(format);
+    let _log = init_tracing(format);
     let mut parsed = BTreeMap::new();
     for name in ["step", "feed-delay"] {
         let raw = args.get_one::<String>(name).map(String::as_str).unwrap_or("0s");
@@ -210,16 +210,30 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr through a writer thread: formatting happens where the event is
+/// made, but the `write(2)` is the writer thread's, one per batch of lines (a buffered
+/// stderr flushed whenever the queue runs dry), never one per line on a request's path.
+/// Colour codes only on a terminal, and never with `NO_COLOR` set. Keep the guard for
+/// the life of the process: dropping it flushes what is queued.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Block rather than drop lines when the writer falls behind.
+        .lossy(false)
+        .thread_name("runway-proxy-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Pretty => builder.init(),
     }
+    guard
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

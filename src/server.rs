@@ -84,6 +84,30 @@ impl ConnectionLimits {
     }
 }
 
+/// Bind `count` listeners to one address with `SO_REUSEPORT`, for one serving thread
+/// each: the kernel spreads new connections over them, and each connection then lives
+/// on one thread from accept to close. With port 0, the first listener picks the port and
+/// the others join it. (Linux lets only the same user join a port this way.)
+pub fn bind_shared(addr: std::net::SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
 /// Serve `service` on `listener` until `shutdown` completes, then drain for up to `grace`.
 ///
 /// Each request carries the peer's address as a [`ClientAddr`] extension.

@@ -78,6 +78,23 @@ pub const KEYS: &[Key] = &[
         show: |c| c.listen.to_string(),
     },
     Key {
+        toml: "threads",
+        env: "RUNWAY_PROXY_THREADS",
+        flag: "threads",
+        doc: "Serving threads, each with its own listener, runtime and upstream pool (auto: one per core).",
+        set: |c, raw| {
+            c.threads = match raw.trim() {
+                "auto" | "0" => 0,
+                n => count(n)? as usize,
+            };
+            Ok(())
+        },
+        show: |c| match c.threads {
+            0 => "auto".to_owned(),
+            n => n.to_string(),
+        },
+    },
+    Key {
         toml: "upstream",
         env: "RUNWAY_PROXY_UPSTREAM",
         flag: "upstream",
@@ -577,6 +594,17 @@ pub const KEYS: &[Key] = &[
             Some(_) => "(set)".to_owned(),
             None => "none".to_owned(),
         },
+    },
+    Key {
+        toml: "access_log",
+        env: "RUNWAY_PROXY_ACCESS_LOG",
+        flag: "access-log",
+        doc: "One log line per proxied request at info (off: at debug). Refusals, retries and webhooks are logged either way.",
+        set: |c, raw| {
+            c.access_log = boolean(raw)?;
+            Ok(())
+        },
+        show: |c| c.access_log.to_string(),
     },
     Key {
         toml: "log_format",

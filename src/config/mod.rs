@@ -57,6 +57,9 @@ use crate::settings::{InvalidSetting, check};
 pub struct Config {
     /// Address the proxy listens on for the application's calls.
     pub listen: SocketAddr,
+    /// Serving threads for `listen`, each with its own runtime, listener and upstream
+    /// pool; 0: one per available core.
+    pub threads: usize,
     /// Base URL of CometAPI (or the stand-in); paths and queries are appended unchanged.
     pub upstream: Uri,
     /// How long to wait for a TCP (and TLS) connection to the upstream.
@@ -67,6 +70,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Log one line per proxied request at info (otherwise at debug).
+    pub access_log: bool,
     /// The retry middleware's settings and rule table (`[retry]`, `[[retry.rules]]`).
     pub retry: RetrySettings,
     /// The rate limiter's quotas and bounds (`[limit]`).
@@ -98,11 +103,13 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            threads: 0,
             upstream: Uri::from_static("https://api.cometapi.com"),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             log_format: LogFormat::Pretty,
+            access_log: false,
             retry: RetrySettings::default(),
             limit: LimitSettings::default(),
             webhook_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),

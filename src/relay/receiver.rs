@@ -184,6 +184,11 @@ impl Shared {
         // Deduped and ordered per subscriber: the holder of another route token must not
         // be able to suppress this subscriber's webhook by posting its task fields first.
         let scope = &hex(digest::digest(&digest::SHA256, route.url.as_bytes()).as_ref())[..24];
+        let (logged_id, logged_task, logged_status) = (
+            webhook_id.clone(),
+            identity.task_key.clone(),
+            identity.status.clone(),
+        );
         let delivery = NewDelivery {
             webhook_id,
             dedup_key: format!("{scope}/{}", identity.dedup_key),
@@ -210,6 +215,14 @@ impl Shared {
                         "stored: superseded by the task's final status"
                     }
                 };
+                // Never the token: it is a bearer credential for this route.
+                tracing::info!(
+                    webhook_id = %logged_id,
+                    task = %logged_task,
+                    status = logged_status.as_deref(),
+                    outcome = msg,
+                    "webhook received"
+                );
                 let mut response = Response::new(body::full(envelope_ok(msg)));
                 response
                     .headers_mut()

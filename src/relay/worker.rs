@@ -369,6 +369,13 @@ impl Worker {
                 metrics.delivered.inc();
                 let age = (now_ms() - delivery.created_at).max(0) as u64;
                 metrics.delivery_latency.observe(Duration::from_millis(age));
+                tracing::info!(
+                    id = delivery.id,
+                    webhook_id = %delivery.webhook_id,
+                    attempt = delivery.attempts + 1,
+                    since_received_ms = age,
+                    "webhook delivered"
+                );
             }
             Completion::RetryAt { error, .. } => {
                 metrics.retried.inc();

@@ -172,6 +172,8 @@ where
                 Ok(wait) => wait,
                 Err(stop) => {
                     tracing::info!(
+                        route_class = self.class.as_str(),
+                        path = parts.uri.path(),
                         attempt,
                         outcome = "retry",
                         rule = judgement.rule,
@@ -182,6 +184,8 @@ where
                 }
             };
             tracing::info!(
+                route_class = self.class.as_str(),
+                path = parts.uri.path(),
                 attempt,
                 outcome = "retry",
                 rule = judgement.rule,
@@ -195,6 +199,8 @@ where
             // an unknown outcome. Stop here with the last real answer instead.
             if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT {
                 tracing::info!(
+                    route_class = self.class.as_str(),
+                    path = parts.uri.path(),
                     attempt,
                     stopped = Stop::Deadline.as_str(),
                     "no time left for another attempt"

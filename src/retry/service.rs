@@ -54,7 +54,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let class = RouteClass::of(request.method(), request.uri().path());
-        let span = tracing::info_span!("retry", route_class = class.as_str(), path = request.uri().path());
+        // A span per request costs an allocation and a few µs when it is recorded, so it is
+        // at debug: the events that matter (a retry, a stop) carry the class and path
+        // themselves.
+        let span = tracing::debug_span!("retry", route_class = class.as_str(), path = request.uri().path());
         let attempts = Attempts::new(self.inner.clone(), Arc::clone(&self.shared), class);
         let request = request.map(body::boxed);
         Box::pin(async move { Ok(attempts.run(request).await) }.instrument(span))

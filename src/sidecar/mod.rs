@@ -45,7 +45,7 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 pub use admin::AdminAccess;
-pub use metrics::RequestMetrics;
+pub use metrics::{RequestMetrics, StatusCounts};
 
 use crate::body::{self, Body, BoxError};
 use crate::envelope;
@@ -88,6 +88,7 @@ pub struct Sidecar<S> {
     inner: S,
     requests: Arc<RequestMetrics>,
     admin: AdminState,
+    access_log: bool,
 }
 
 impl<S> Sidecar<S> {
@@ -102,7 +103,15 @@ impl<S> Sidecar<S> {
                 relay: None,
             },
             requests,
+            access_log: false,
         }
+    }
+
+    /// Log one line per request at info (default: at debug, where it costs nothing
+    /// unless `RUST_LOG` asks for it).
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
     }
 
     /// Render these metric sets, in this order, at `/-/metrics`.
@@ -187,6 +196,7 @@ impl<S> Sidecar<S> {
             started: Instant::now(),
             _in_flight: self.requests.in_flight.track(),
             metrics: Arc::clone(&self.requests),
+            access_log: self.access_log,
         }
     }
 }
@@ -201,6 +211,7 @@ struct RequestLog {
     // Held for the life of the request, however it ends (even if the client goes away).
     _in_flight: GaugeGuard,
     metrics: Arc<RequestMetrics>,
+    access_log: bool,
 }
 
 impl RequestLog {
@@ -211,16 +222,26 @@ impl RequestLog {
             .extensions()
             .get::<UpstreamLatency>()
             .map(|l| millis(l.0));
-        // Path only: a query string may carry a secret a client put there.
-        tracing::info!(
-            method = %self.method,
-            path = self.uri.path(),
-            route_class = self.class.as_str(),
-            status,
-            upstream_ms,
-            total_ms = millis(self.started.elapsed()),
-            "request"
-        );
+        // Path only: a query string may carry a secret a client put there. Two call
+        // sites, because a tracing event's level is fixed where it is written.
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    method = %self.method,
+                    path = self.uri.path(),
+                    route_class = self.class.as_str(),
+                    status,
+                    upstream_ms,
+                    total_ms = millis(self.started.elapsed()),
+                    "request"
+                )
+            };
+        }
+        if self.access_log {
+            line!(info);
+        } else {
+            line!(debug);
+        }
     }
 }
 

@@ -7,9 +7,10 @@
 //! something was sent and the answer is unknown ([`UpstreamError::Request`]), or no
 //! answer came in time ([`UpstreamError::Timeout`]).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,12 @@ pub struct Forward {
 
 #[derive(Debug)]
 struct ForwardInner {
+    /// The pool of threads that are not serving threads (an embedder's runtime).
     client: HttpsClient,
+    /// One pool per serving thread, made on its first request there (empty when the
+    /// client was given: it is used everywhere).
+    local: Box<[OnceLock<HttpsClient>]>,
+    connect_timeout: Duration,
     base: UpstreamBase,
     request_timeout: Duration,
     metrics: Arc<UpstreamMetrics>,
@@ -80,12 +86,22 @@ struct ForwardInner {
 
 impl Forward {
     /// A forwarder to `upstream` (an `http` or `https` base URL) with its own client.
+    ///
+    /// On the sidecar's serving threads (see [`serve_on_this_thread`]) each thread gets
+    /// a pool of its own, so a request, its upstream connection and that connection's
+    /// task stay on one thread; elsewhere every thread shares one pool.
     pub fn new(
         upstream: &Uri,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Self, ClientError> {
-        Self::with_client(super::https_client(connect_timeout)?, upstream, request_timeout)
+        let mut forward =
+            Self::with_client(super::https_client(connect_timeout)?, upstream, request_timeout)?;
+        if let Some(inner) = Arc::get_mut(&mut forward.inner) {
+            inner.local = (0..MAX_SERVING_THREADS).map(|_| OnceLock::new()).collect();
+            inner.connect_timeout = connect_timeout;
+        }
+        Ok(forward)
     }
 
     /// A forwarder that sends through an existing client (sharing its pool).
@@ -97,6 +113,8 @@ impl Forward {
         Ok(Forward {
             inner: Arc::new(ForwardInner {
                 client,
+                local: Box::new([]),
+                connect_timeout: Duration::ZERO,
                 base: UpstreamBase::new(upstream)?,
                 request_timeout,
                 metrics: Arc::default(),
@@ -126,6 +144,33 @@ impl Forward {
     }
 }
 
+/// Serving threads that get a pool of their own; more share the common one.
+const MAX_SERVING_THREADS: usize = 64;
+
+thread_local! {
+    static SERVING_THREAD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Mark this thread as serving thread `index` (from 0): [`Forward`]s used on it send
+/// through a pool of this thread's own. The sidecar calls it at the start of each of
+/// its serving threads, each of which runs a current-thread runtime.
+pub fn serve_on_this_thread(index: usize) {
+    SERVING_THREAD.with(|cell| cell.set(Some(index)));
+}
+
+impl ForwardInner {
+    fn client(&self) -> &HttpsClient {
+        let index = SERVING_THREAD.with(Cell::get);
+        match index.and_then(|i| self.local.get(i)) {
+            Some(slot) => slot.get_or_init(|| {
+                // The same settings as the shared pool, which was built from them already.
+                super::https_client(self.connect_timeout).unwrap_or_else(|_| self.client.clone())
+            }),
+            None => &self.client,
+        }
+    }
+}
+
 impl tower::Service<Request<Body>> for Forward {
     type Response = Response<Body>;
     type Error = UpstreamError;
@@ -143,7 +188,7 @@ impl tower::Service<Request<Body>> for Forward {
             // A URI that can't be rebuilt never left this process.
             prepared.map_err(|e| UpstreamError::Connect(e.into()))?;
             let started = Instant::now();
-            let result = tokio::time::timeout(this.request_timeout, this.client.request(request)).await;
+            let result = tokio::time::timeout(this.request_timeout, this.client().request(request)).await;
             let latency = started.elapsed();
             let result = match result {
                 Err(_elapsed) => Err(UpstreamError::Timeout(this.request_timeout)),

@@ -38,7 +38,7 @@ use std::time::Duration;
 pub(crate) use client::tls_client;
 pub use client::{ClientError, HttpsClient, https_client};
 pub use error::UpstreamError;
-pub use forward::Forward;
+pub use forward::{Forward, serve_on_this_thread};
 pub use metrics::UpstreamMetrics;
 pub use retry_after::retry_after;
 

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# runway-proxy beside nginx proxy_pass, in one run on this machine.
+#
+# One nginx is the upstream (it answers the feed and a submission with CometAPI's
+# envelope); in front of it, in turn, an nginx `proxy_pass` (2 workers, upstream
+# keepalive) and `runway-proxy serve` (release build, every layer on, the callback
+# rewrite included). wrk drives each with keep-alive connections; each pair of runs is
+# back to back, so both see the same machine. Printed per workload: requests per second,
+# the ratio to nginx, and the proxy's CPU time per request (user + system, from /proc).
+#
+#   benches/compare-nginx.sh                  # 10 s per run, 64 connections, 2 rounds
+#   DURATION=5 CONNECTIONS=128 ROUNDS=3 benches/compare-nginx.sh
+#   PROXY_ARGS="--access-log true" benches/compare-nginx.sh   # extra flags for serve
+#
+# Needs nginx and wrk; it says so and stops when they are missing (on Debian:
+# apt-get install nginx-light wrk). Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+ROUNDS=${ROUNDS:-2}
+PROXY_ARGS=${PROXY_ARGS:-}
+
+for tool in nginx wrk; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "compare-nginx: $tool is not installed (Debian: apt-get install nginx-light wrk)" >&2
+        exit 1
+    fi
+done
+
+echo "building runway-proxy (release)..." >&2
+cargo build --release --quiet --bin runway-proxy
+bin="$PWD/target/release/runway-proxy"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for conf in "$work"/*.conf; do
+        [ -f "$conf" ] && nginx -q -p "$work" -c "$conf" -s stop 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+upstream_port=$(free_port)
+nginx_port=$(free_port)
+proxy_port=$(free_port)
+hooks_port=$(free_port)
+
+feed='{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478","status":"3","video_url":"https://cdn.example/v.mp4","point":"320","refund":"0"}}'
+accepted='{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478"},"exec_time":0.41}'
+
+common_nginx() {
+    cat <<EOF
+daemon on;
+error_log $work/$1-error.log warn;
+pid $work/$1.pid;
+events { worker_connections 4096; }
+EOF
+}
+
+# The upstream: one worker, shared by both proxies.
+{
+    common_nginx upstream
+    echo "worker_processes 1;"
+    cat <<EOF
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$upstream_port;
+        default_type application/json;
+        location = /runway/feed { return 200 '$feed'; }
+        location /runway/pro/ { return 200 '$accepted'; }
+    }
+}
+EOF
+} >"$work/upstream.conf"
+
+# The peer: nginx proxy_pass as one would deploy it (2 workers, upstream keepalive).
+{
+    common_nginx proxy
+    echo "worker_processes 2;"
+    cat <<EOF
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream cometapi { server 127.0.0.1:$upstream_port; keepalive 128; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://cometapi;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+} >"$work/proxy.conf"
+
+nginx -q -p "$work" -c "$work/upstream.conf"
+nginx -q -p "$work" -c "$work/proxy.conf"
+
+# shellcheck disable=SC2086
+"$bin" serve --listen "127.0.0.1:$proxy_port" --webhook-listen "127.0.0.1:$hooks_port" \
+    --upstream "http://127.0.0.1:$upstream_port" --data-dir "$work/data" \
+    --allow-private-callbacks $PROXY_ARGS 2>"$work/runway-proxy.log" &
+pids+=($!)
+proxy_pid=$!
+for _ in $(seq 100); do
+    if curl -sf "http://127.0.0.1:$proxy_port/-/readyz" >/dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+
+cat >"$work/feed.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+EOF
+# A 1 KB submission with a callback_url the proxy rewrites.
+python3 - "$work/submit.lua" <<'EOF'
+import json, sys
+body = {"prompt": "a cat " + "x" * 880, "model": "gen4_turbo", "ratio": "16:9",
+        "options": {"seconds": 5}, "callback_url": "http://127.0.0.1:9/hook"}
+text = json.dumps(body)
+lua = ('wrk.method = "POST"\nwrk.body = %s\n'
+       'wrk.headers["Content-Type"] = "application/json"\n'
+       'wrk.headers["Authorization"] = "Bearer sk-bench"\n') % json.dumps(text)
+open(sys.argv[1], "w").write(lua)
+EOF
+
+# CPU ticks (user + system) of a process and its children's threads: /proc/PID/stat.
+ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        if [ -r "/proc/$pid/stat" ]; then
+            total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        fi
+    done
+    echo "$total"
+}
+nginx_pids() { echo "$(cat "$work/proxy.pid") $(pgrep -P "$(cat "$work/proxy.pid")" | tr '\n' ' ')"; }
+hz=$(getconf CLK_TCK)
+
+# run NAME PORT SCRIPT PATH PIDS... -> "requests_per_second cpu_us_per_request"
+run() {
+    local port=$1 script=$2 path=$3
+    shift 3
+    local before after out requests rps
+    before=$(ticks "$@")
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$script" "http://127.0.0.1:$port$path")
+    after=$(ticks "$@")
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    if echo "$out" | grep -q "Non-2xx"; then
+        echo "compare-nginx: non-2xx answers on port $port $path:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    awk -v r="$rps" -v n="$requests" -v t=$((after - before)) -v hz="$hz" \
+        'BEGIN { printf "%.0f %.1f\n", r, (t / hz) / n * 1e6 }'
+}
+
+# Warm both up (connections, caches).
+run "$nginx_port" "$work/feed.lua" /runway/feed $(nginx_pids) >/dev/null
+run "$proxy_port" "$work/feed.lua" /runway/feed "$proxy_pid" >/dev/null
+
+printf '%-12s %5s | %14s %10s | %14s %10s | %6s\n' workload round "nginx req/s" "nginx µs" "runway req/s" "runway µs" ratio
+for round in $(seq "$ROUNDS"); do
+    for workload in feed submit; do
+        case $workload in
+            feed) path=/runway/feed ;;
+            submit) path=/runway/pro/generate ;;
+        esac
+        read -r n_rps n_cpu < <(run "$nginx_port" "$work/$workload.lua" "$path" $(nginx_pids))
+        read -r r_rps r_cpu < <(run "$proxy_port" "$work/$workload.lua" "$path" "$proxy_pid")
+        awk -v w="$workload" -v round="$round" -v a="$n_rps" -v b="$n_cpu" -v c="$r_rps" -v d="$r_cpu" \
+            'BEGIN { printf "%-12s %5s | %14s %10s | %14s %10s | %6.2f\n", w, round, a, b, c, d, c / a }'
+    done
+done
+echo "(wrk -t1 -c$CONNECTIONS -d${DURATION}s per run; µs = proxy CPU time per request, user + system)"
