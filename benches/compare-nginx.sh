@@ -11,6 +11,8 @@
 #   benches/compare-nginx.sh                  # 10 s per run, 64 connections, 2 rounds
 #   DURATION=5 CONNECTIONS=128 ROUNDS=3 benches/compare-nginx.sh
 #   PROXY_ARGS="--access-log true" benches/compare-nginx.sh   # extra flags for serve
+#   PERF_RECORD=perf.data WORKLOAD=feed benches/compare-nginx.sh   # profile the proxy (perf record -g)
+#   PERF_STAT=1 benches/compare-nginx.sh      # also syscalls and context switches per request
 #
 # Needs nginx and wrk; it says so and stops when they are missing (on Debian:
 # apt-get install nginx-light wrk). Everything listens on 127.0.0.1 only.
@@ -21,6 +23,9 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 ROUNDS=${ROUNDS:-2}
 PROXY_ARGS=${PROXY_ARGS:-}
+PERF_RECORD=${PERF_RECORD:-}
+PERF_STAT=${PERF_STAT:-}
+WORKLOADS=${WORKLOAD:-feed submit}
 
 for tool in nginx wrk; do
     if ! command -v "$tool" >/dev/null; then
@@ -154,9 +159,21 @@ run() {
     local port=$1 script=$2 path=$3
     shift 3
     local before after out requests rps
+    local stat_pid=
+    if [ -n "$PERF_STAT" ]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$(echo "$@" | tr ' ' ',')" \
+            -o "$work/stat.txt" -- sleep "$DURATION" 2>/dev/null &
+        stat_pid=$!
+    fi
     before=$(ticks "$@")
     out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$script" "http://127.0.0.1:$port$path")
     after=$(ticks "$@")
+    if [ -n "$stat_pid" ]; then
+        wait "$stat_pid" || true
+        awk -F, -v n="$(echo "$out" | awk '/requests in/ {print $1}')" -v port="$port" \
+            '/raw_syscalls|context-switches/ { printf "  port %s: %.2f %s per request\n", port, $1 / n, $3 }' \
+            "$work/stat.txt" >&2
+    fi
     requests=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     if echo "$out" | grep -q "Non-2xx"; then
@@ -174,13 +191,18 @@ run "$proxy_port" "$work/feed.lua" /runway/feed "$proxy_pid" >/dev/null
 
 printf '%-12s %5s | %14s %10s | %14s %10s | %6s\n' workload round "nginx req/s" "nginx µs" "runway req/s" "runway µs" ratio
 for round in $(seq "$ROUNDS"); do
-    for workload in feed submit; do
+    for workload in $WORKLOADS; do
         case $workload in
             feed) path=/runway/feed ;;
             submit) path=/runway/pro/generate ;;
         esac
         read -r n_rps n_cpu < <(run "$nginx_port" "$work/$workload.lua" "$path" $(nginx_pids))
+        if [ -n "$PERF_RECORD" ] && [ "$round" = 1 ]; then
+            perf record -q -F 1999 -g -o "$PERF_RECORD" -p "$proxy_pid" -- sleep "$DURATION" 2>/dev/null &
+            perf_pid=$!
+        fi
         read -r r_rps r_cpu < <(run "$proxy_port" "$work/$workload.lua" "$path" "$proxy_pid")
+        if [ -n "${perf_pid:-}" ]; then wait "$perf_pid" || true; unset perf_pid; fi
         awk -v w="$workload" -v round="$round" -v a="$n_rps" -v b="$n_cpu" -v c="$r_rps" -v d="$r_cpu" \
             'BEGIN { printf "%-12s %5s | %14s %10s | %14s %10s | %6.2f\n", w, round, a, b, c, d, c / a }'
     done

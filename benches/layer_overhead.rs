@@ -6,105 +6,27 @@
 //! Compare the difference with one loopback round trip (`proxy_throughput`, direct, one
 //! client): the target is under 5% of it.
 
-use std::convert::Infallible;
-use std::sync::Arc;
+#[path = "support/layer.rs"]
+mod layer;
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use runway_proxy::RunwayLayer;
-use runway_proxy::callback::{Callbacks, Keyring};
-use runway_proxy::limit::{LimitSettings, QuotaSpec};
-use tower::{ServiceBuilder, ServiceExt};
-
-const ACCEPTED: &[u8] =
-    br#"{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478"},"exec_time":0.41}"#;
-
-fn feed_answer() -> Bytes {
-    Bytes::from(
-        serde_json::json!({"code": 200, "msg": "success", "data": {
-            "task_id": "d51c94db-f7fa-4ad3-a083-b8918686c478", "state": "succeeded", "status": "3",
-            "prompt": "a cat", "prompt_en": "a little kitten.",
-            "video_url": "https://runwaycdn.cometapi.com/attachments/video/runway/8af2304880d6b32bfff5f0ea33007566.mp4",
-            "poster": "https://runwaycdn.cometapi.com/attachments/video/runway/6771c68bf540b62a96e7c4a5b2b375a7.png",
-            "last_frame": "https://runwaycdn.cometapi.com/attachments/video/runway/8af7cc2b46fc7ad5d1e0efedd0bd0893.png",
-            "msg": null, "point": "320", "refund": "0", "create_time": "1728622596", "update_time": "1728622955"}})
-        .to_string(),
-    )
-}
-
-fn submission_1kb() -> Bytes {
-    let prompt = "a slow dolly shot through a rain-soaked neon market at night, ".repeat(13);
-    Bytes::from(
-        serde_json::json!({"prompt": prompt, "model": "gen4", "ratio": "16:9",
-            "options": {"seconds": 10}, "callback_url": "https://hooks.example.com/runway?tenant=42"})
-        .to_string(),
-    )
-}
+use http_body_util::BodyExt;
+use tower::ServiceExt;
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let feed = feed_answer();
-    let upstream = tower::service_fn(move |request: Request<runway_proxy::body::Body>| {
-        let answer = if request.uri().path() == "/runway/feed" {
-            feed.clone()
-        } else {
-            Bytes::from_static(ACCEPTED)
-        };
-        async move {
-            // Like a real upstream, the request body is read before answering.
-            let _ = request.into_body().collect().await;
-            Ok::<_, Infallible>(Response::new(Full::new(answer)))
-        }
-    });
-    let quota = |text: &str| QuotaSpec::parse(text).expect("quota");
-    let mut limits = LimitSettings::default();
-    limits.rate = Some(quota("1000000000/s"));
-    limits.submit_rate = Some(quota("1000000000/s"));
-    limits.rate_per_key = Some(quota("1000000000/s"));
-    limits.max_concurrency = Some(1_000_000);
-    let keys = Arc::new(Keyring::parse("1:bench-secret-of-at-least-32-bytes!!").expect("keys"));
-    let layered = ServiceBuilder::new()
-        .layer(
-            RunwayLayer::builder()
-                .rate_limit(limits)
-                .callbacks(Callbacks::new("https://proxy.example.com", keys).expect("public URL"))
-                .build()
-                .expect("valid settings"),
-        )
-        .service(upstream.clone());
-    let bare = ServiceBuilder::new()
-        .map_request(|r: Request<Full<Bytes>>| r.map(runway_proxy::body::boxed))
-        .service(upstream);
-
-    let submission = submission_1kb();
-    let cases = [
-        ("submission_1KB", "/runway/pro/generate", submission),
-        (
-            "feed_read",
-            "/runway/feed",
-            Bytes::from_static(br#"{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478"}"#),
-        ),
-    ];
+    let (bare, layered) = layer::stacks();
     let mut group = c.benchmark_group("layer_overhead");
-    for (name, path, body) in cases {
-        let request = move || {
-            Request::post(format!("https://api.cometapi.com{path}"))
-                .header("authorization", "Bearer sk-bench-0123456789")
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()))
-                .expect("request")
-        };
+    for (name, path, body) in layer::cases() {
         let bare = bare.clone();
-        let make = request.clone();
+        let (p, b2) = (path, body.clone());
         group.bench_function(BenchmarkId::new("bare_service", name), |b| {
             b.to_async(&runtime).iter(|| {
                 let bare = bare.clone();
-                let request = make();
+                let request = layer::request(p, &b2);
                 async move {
                     let response = bare.oneshot(request).await.expect("ok");
                     response.into_body().collect().await.expect("body").to_bytes()
@@ -115,7 +37,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("runway_layer", name), |b| {
             b.to_async(&runtime).iter(|| {
                 let layered = layered.clone();
-                let request = request();
+                let request = layer::request(path, &body);
                 async move {
                     let response = layered.oneshot(request).await.expect("ok");
                     assert_eq!(response.headers()["x-runway-proxy-attempts"], "1");

@@ -156,7 +156,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut message = None;
         let mut error = None;
         let mut error_code = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(JsonKey(key)) = map.next_key::<JsonKey<'de>>()? {
             match key.as_ref() {
                 "code" => envelope.code = map.next_value::<Lenient<CodeValue<'de>>>()?.0.map(|c| c.0),
                 "msg" => envelope.msg = map.next_value::<Lenient<Text<'de>>>()?.0.map(|t| t.0),
@@ -175,6 +175,33 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         envelope.msg = envelope.msg.or(message).or(error);
         envelope.code = envelope.code.or(error_code);
         Ok(envelope)
+    }
+}
+
+/// An object key, borrowed from the body where it can be. (serde's own `Cow<str>` always
+/// copies: one allocation per key of every body read.)
+pub(crate) struct JsonKey<'de>(pub(crate) Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for JsonKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = JsonKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonKey(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                // Escapes in the key: serde_json had to unescape it into a scratch buffer.
+                Ok(JsonKey(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(JsonKey(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -339,7 +366,7 @@ impl<'de> de::Deserialize<'de> for ErrorValue<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut message = None;
                 let mut code = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(JsonKey(key)) = map.next_key::<JsonKey<'de>>()? {
                     match key.as_ref() {
                         "message" => message = map.next_value::<Lenient<Text<'de>>>()?.0.map(|t| t.0),
                         "code" => code = map.next_value::<Lenient<CodeValue<'de>>>()?.0.map(|c| c.0),

@@ -156,10 +156,12 @@ pub async fn serve<S>(
         // Small JSON requests and responses: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
+        // Once per connection: every request on it carries a clone.
+        let client = ClientAddr::new(peer);
         let service = service.clone();
         let requests = Arc::clone(&activity);
         let hyper_service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ClientAddr(peer));
+            request.extensions_mut().insert(client.clone());
             let busy = requests.begin();
             // Boxing erases `S`'s associated types, which otherwise trip rustc's
             // higher-ranked lifetime check when the connection future is spawned.

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
+use futures_util::future::{Either, MapOk};
 use http::{Request, Response, StatusCode, header};
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::CallbackUrl;
@@ -35,8 +38,20 @@ impl<S> RewriteCallback<S> {
     }
 }
 
-/// Response future of [`RewriteCallback`].
-pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+/// Response future of [`RewriteCallback`]: the inner service's own future for a request
+/// it does not read (no allocation), a boxed one for a submission it rewrites.
+pub type ResponseFuture<S, RB, E> = Either<
+    MapOk<Oneshot<S, Request<Body>>, fn(Response<RB>) -> Response<Body>>,
+    Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
+>;
+
+fn boxed_response<RB>(response: Response<RB>) -> Response<Body>
+where
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    response.map(body::boxed)
+}
 
 impl<S, B, RB> Service<Request<B>> for RewriteCallback<S>
 where
@@ -50,7 +65,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S, RB, S::Error>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -65,20 +80,18 @@ where
             // Not a submission with a callback_url (or rewriting is off): stream it through
             // untouched, whatever its size.
             _ => {
-                return Box::pin(async move {
-                    let response = inner.oneshot(request.map(body::boxed)).await?;
-                    Ok(response.map(body::boxed))
-                });
+                let map: fn(Response<RB>) -> Response<Body> = boxed_response::<RB>;
+                return Either::Left(inner.oneshot(request.map(body::boxed)).map_ok(map));
             }
         };
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let request = match shared.rewrite(request).await {
                 Ok(request) => request,
                 Err(refusal) => return Ok(refusal),
             };
             let response = inner.oneshot(request).await?;
             Ok(response.map(body::boxed))
-        })
+        }))
     }
 }
 

@@ -433,7 +433,7 @@ where
     fn finish(&self, mut response: Response<Body>, attempts: u32, outcome: RetryOutcome) -> Response<Body> {
         response
             .headers_mut()
-            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+            .insert(ATTEMPTS_HEADER, attempts_value(attempts));
         // For the idempotency record above, which keys submissions only: how this one
         // ended. (Other classes skip it: an insert can allocate the extensions map.)
         if self.class == RouteClass::Submission {
@@ -491,4 +491,14 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// The attempt count as a header value: a static one for the counts that occur (no
+/// allocation), a formatted one past them.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const COUNTS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match COUNTS.get(attempts as usize) {
+        Some(count) => HeaderValue::from_static(count),
+        None => HeaderValue::from(attempts),
+    }
 }

@@ -60,6 +60,10 @@ where
         let span = tracing::debug_span!("retry", route_class = class.as_str(), path = request.uri().path());
         let attempts = Attempts::new(self.inner.clone(), Arc::clone(&self.shared), class);
         let request = request.map(body::boxed);
+        if span.is_disabled() {
+            // Nothing records it: skip entering and leaving it at every poll.
+            return Box::pin(async move { Ok(attempts.run(request).await) });
+        }
         Box::pin(async move { Ok(attempts.run(request).await) }.instrument(span))
     }
 }

@@ -137,8 +137,14 @@ impl Forward {
         headers::remove_hop_by_hop(headers);
         // The client sets `Host` (or `:authority` on HTTP/2) from the new URI.
         headers.remove(http::header::HOST);
-        if let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>().copied() {
-            headers::append_forwarded_for(request.headers_mut(), addr.ip());
+        // A clone of the connection's header value: a reference count, no formatting.
+        if let Some(ip) = request
+            .extensions()
+            .get::<ClientAddr>()
+            .and_then(ClientAddr::ip_header)
+            .cloned()
+        {
+            headers::append_forwarded_for_value(request.headers_mut(), &ip);
         }
         Ok(())
     }

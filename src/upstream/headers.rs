@@ -39,8 +39,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Append the client's address to `X-Forwarded-For`, keeping any earlier hops.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
+    if let Ok(ip) = HeaderValue::from_str(&client.to_string()) {
+        append_forwarded_for_value(headers, &ip);
+    }
+}
+
+/// [`append_forwarded_for`] with the client's IP already written as a header value (as
+/// [`ClientAddr`](super::ClientAddr) keeps it, once per connection).
+pub fn append_forwarded_for_value(headers: &mut HeaderMap, ip: &HeaderValue) {
     let name = HeaderName::from_static("x-forwarded-for");
-    let ip = client.to_string();
     let value = match headers.get(&name) {
         // Earlier hops are kept as the bytes they were, even if they are not UTF-8.
         Some(existing) => {
@@ -50,7 +57,7 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
             joined.extend_from_slice(ip.as_bytes());
             HeaderValue::from_bytes(&joined)
         }
-        None => HeaderValue::from_str(&ip),
+        None => Ok(ip.clone()),
     };
     // Neither can fail: an existing valid value plus ASCII digits stays valid.
     if let Ok(value) = value {

@@ -44,8 +44,32 @@ pub use retry_after::retry_after;
 
 /// The address of the client that sent a request, put in its extensions by the server
 /// and read by [`Forward`] for `X-Forwarded-For`.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub SocketAddr);
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    addr: SocketAddr,
+    /// The IP as a header value, written once per connection rather than per request.
+    ip_header: Option<http::HeaderValue>,
+}
+
+impl ClientAddr {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        ClientAddr {
+            addr,
+            ip_header: http::HeaderValue::from_str(&addr.ip().to_string()).ok(),
+        }
+    }
+
+    /// The client's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The client's IP, as `X-Forwarded-For` carries it.
+    pub fn ip_header(&self) -> Option<&http::HeaderValue> {
+        self.ip_header.as_ref()
+    }
+}
 
 /// How long the upstream took to answer with headers, put in the response's extensions.
 #[derive(Clone, Copy, Debug)]
