@@ -297,6 +297,17 @@ impl std::error::Error for ServiceError {}
 mod tests {
     use super::*;
 
+    #[test]
+    fn shared_listeners_take_one_port() {
+        let listeners = bind_shared(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), 3).unwrap();
+        assert_eq!(listeners.len(), 3);
+        let port = listeners[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert!(listeners.iter().all(|l| l.local_addr().unwrap().port() == port));
+        // And the kernel hands connections to them.
+        let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_only_with_no_request_in_flight() {
         let activity = Arc::new(Activity::new());

@@ -523,3 +523,27 @@ fn a_second_proxy_on_one_data_dir_exits_1_naming_the_holder_until_it_dies() {
     let mut second = spawn();
     second.wait_for_log("runway-proxy serving");
 }
+
+#[test]
+fn logs_piped_to_a_file_carry_no_escape_codes() {
+    // The default (pretty) format, stderr a pipe, as under systemd or `2> file`.
+    let running = Running::spawn(serve().args(["--listen", "127.0.0.1:0"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = running
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("a start line");
+        assert!(
+            !line.contains('\u{1b}'),
+            "an escape code in a piped log line: {line:?}"
+        );
+        if line.contains("runway-proxy serving") {
+            break;
+        }
+    }
+    running.signal("TERM");
+    let (code, lines) = running.finish();
+    assert_eq!(code, Some(0));
+    assert!(lines.iter().all(|line| !line.contains('\u{1b}')), "{lines:#?}");
+}

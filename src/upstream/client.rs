@@ -30,10 +30,32 @@ pub fn https_client(connect_timeout: Duration) -> Result<HttpsClient, ClientErro
     tls_client(HttpConnector::new(), connect_timeout)
 }
 
+/// The connector under [`https_client`], for the serving threads' own pools.
+pub(crate) fn https_connector(
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, ClientError> {
+    tls_connector(HttpConnector::new(), connect_timeout)
+}
+
+fn tls_connector<R>(
+    mut http: HttpConnector<R>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector<R>>, ClientError> {
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http))
+}
+
 /// The same client over a connector with its own resolver (the relay's, which drops
 /// internal addresses), for any request body type.
 pub(crate) fn tls_client<R, B>(
-    mut http: HttpConnector<R>,
+    http: HttpConnector<R>,
     connect_timeout: Duration,
 ) -> Result<Client<HttpsConnector<HttpConnector<R>>, B>, ClientError>
 where
@@ -44,14 +66,6 @@ where
     B: http_body::Body + Send,
     B::Data: Send,
 {
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let https = tls_connector(http, connect_timeout)?;
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }

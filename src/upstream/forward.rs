@@ -15,7 +15,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use super::pool::{LocalPool, PoolError};
 
 use super::{ClientAddr, ClientError, HttpsClient, UpstreamError, UpstreamLatency, UpstreamMetrics, headers};
 use crate::body::{self, Body};
@@ -25,6 +29,8 @@ use crate::body::{self, Body};
 struct UpstreamBase {
     scheme: Scheme,
     authority: Authority,
+    /// `Host` for HTTP/1.1 requests on the serving threads' pools.
+    host: HeaderValue,
     /// The base URL's path without its trailing `/` ("" for a bare host).
     base_path: String,
 }
@@ -38,8 +44,10 @@ impl UpstreamBase {
         }
         let authority = upstream.authority().cloned().ok_or_else(bad)?;
         let base_path = upstream.path().trim_end_matches('/').to_owned();
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
         Ok(UpstreamBase {
             scheme,
+            host,
             authority,
             base_path,
         })
@@ -75,10 +83,11 @@ pub struct Forward {
 struct ForwardInner {
     /// The pool of threads that are not serving threads (an embedder's runtime).
     client: HttpsClient,
-    /// One pool per serving thread, made on its first request there (empty when the
+    /// One pool per serving thread, made on its first request there (none when the
     /// client was given: it is used everywhere).
-    local: Box<[OnceLock<HttpsClient>]>,
-    connect_timeout: Duration,
+    local: Box<[OnceLock<Arc<LocalPool>>]>,
+    /// What the serving threads' pools connect with.
+    connector: Option<HttpsConnector<HttpConnector>>,
     base: UpstreamBase,
     request_timeout: Duration,
     metrics: Arc<UpstreamMetrics>,
@@ -99,7 +108,7 @@ impl Forward {
             Self::with_client(super::https_client(connect_timeout)?, upstream, request_timeout)?;
         if let Some(inner) = Arc::get_mut(&mut forward.inner) {
             inner.local = (0..MAX_SERVING_THREADS).map(|_| OnceLock::new()).collect();
-            inner.connect_timeout = connect_timeout;
+            inner.connector = Some(super::https_connector(connect_timeout)?);
         }
         Ok(forward)
     }
@@ -114,7 +123,7 @@ impl Forward {
             inner: Arc::new(ForwardInner {
                 client,
                 local: Box::new([]),
-                connect_timeout: Duration::ZERO,
+                connector: None,
                 base: UpstreamBase::new(upstream)?,
                 request_timeout,
                 metrics: Arc::default(),
@@ -165,14 +174,28 @@ pub fn serve_on_this_thread(index: usize) {
 }
 
 impl ForwardInner {
-    fn client(&self) -> &HttpsClient {
-        let index = SERVING_THREAD.with(Cell::get);
-        match index.and_then(|i| self.local.get(i)) {
-            Some(slot) => slot.get_or_init(|| {
-                // The same settings as the shared pool, which was built from them already.
-                super::https_client(self.connect_timeout).unwrap_or_else(|_| self.client.clone())
-            }),
-            None => &self.client,
+    /// This serving thread's pool, or `None` off the serving threads.
+    fn local_pool(&self) -> Option<&Arc<LocalPool>> {
+        let index = SERVING_THREAD.with(Cell::get)?;
+        let connector = self.connector.as_ref()?;
+        let slot = self.local.get(index)?;
+        Some(slot.get_or_init(|| LocalPool::new(connector.clone())))
+    }
+
+    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        match self.local_pool() {
+            Some(pool) => pool
+                .send(request, &self.base.host)
+                .await
+                .map_err(|err| match err {
+                    PoolError::Connect(err) => UpstreamError::Connect(err),
+                    PoolError::Request(err) => UpstreamError::Request(err.into()),
+                }),
+            None => match self.client.request(request).await {
+                Ok(response) => Ok(response.map(body::boxed)),
+                Err(err) if err.is_connect() => Err(UpstreamError::Connect(err.into())),
+                Err(err) => Err(UpstreamError::Request(err.into())),
+            },
         }
     }
 }
@@ -194,13 +217,11 @@ impl tower::Service<Request<Body>> for Forward {
             // A URI that can't be rebuilt never left this process.
             prepared.map_err(|e| UpstreamError::Connect(e.into()))?;
             let started = Instant::now();
-            let result = tokio::time::timeout(this.request_timeout, this.client().request(request)).await;
+            let result = tokio::time::timeout(this.request_timeout, this.send(request)).await;
             let latency = started.elapsed();
             let result = match result {
                 Err(_elapsed) => Err(UpstreamError::Timeout(this.request_timeout)),
-                Ok(Err(err)) if err.is_connect() => Err(UpstreamError::Connect(err.into())),
-                Ok(Err(err)) => Err(UpstreamError::Request(err.into())),
-                Ok(Ok(response)) => Ok(response),
+                Ok(result) => result,
             };
             match &result {
                 Ok(_) => this.metrics.latency.observe(latency),
@@ -209,7 +230,7 @@ impl tower::Service<Request<Body>> for Forward {
             let mut response = result?;
             headers::remove_hop_by_hop(response.headers_mut());
             response.extensions_mut().insert(UpstreamLatency(latency));
-            Ok(response.map(body::boxed))
+            Ok(response)
         })
     }
 }

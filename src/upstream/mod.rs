@@ -30,13 +30,14 @@ mod error;
 mod forward;
 pub mod headers;
 mod metrics;
+mod pool;
 mod retry_after;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub(crate) use client::tls_client;
 pub use client::{ClientError, HttpsClient, https_client};
+pub(crate) use client::{https_connector, tls_client};
 pub use error::UpstreamError;
 pub use forward::{Forward, serve_on_this_thread};
 pub use metrics::UpstreamMetrics;
