@@ -11,7 +11,7 @@
 #   benches/compare-nginx.sh                  # 10 s per run, 64 connections, 2 rounds
 #   DURATION=5 CONNECTIONS=128 ROUNDS=3 benches/compare-nginx.sh
 #   PROXY_ARGS="--access-log true" benches/compare-nginx.sh   # extra flags for serve
-#   PERF_RECORD=perf.data WORKLOAD=feed benches/compare-nginx.sh   # profile the proxy (perf record -g)
+#   PERF_RECORD=perf.data WORKLOAD=feed benches/compare-nginx.sh   # profile serve (and nginx: perf.data.nginx)
 #   PERF_STAT=1 benches/compare-nginx.sh      # also syscalls and context switches per request
 #
 # Needs nginx and wrk; it says so and stops when they are missing (on Debian:
@@ -196,7 +196,13 @@ for round in $(seq "$ROUNDS"); do
             feed) path=/runway/feed ;;
             submit) path=/runway/pro/generate ;;
         esac
+        if [ -n "$PERF_RECORD" ] && [ "$round" = 1 ]; then
+            perf record -q -F 1999 -g -o "$PERF_RECORD.nginx" -p "$(nginx_pids | tr ' ' ',' | sed 's/,*$//')" \
+                -- sleep "$DURATION" 2>/dev/null &
+            perf_pid=$!
+        fi
         read -r n_rps n_cpu < <(run "$nginx_port" "$work/$workload.lua" "$path" $(nginx_pids))
+        if [ -n "${perf_pid:-}" ]; then wait "$perf_pid" || true; unset perf_pid; fi
         if [ -n "$PERF_RECORD" ] && [ "$round" = 1 ]; then
             perf record -q -F 1999 -g -o "$PERF_RECORD" -p "$proxy_pid" -- sleep "$DURATION" 2>/dev/null &
             perf_pid=$!

@@ -150,14 +150,9 @@ where
             let time = settings
                 .attempt_timeout
                 .min(deadline.saturating_duration_since(Instant::now()));
-            let outcome = send_attempt(
-                self.inner.clone(),
-                &parts,
-                replay.take(),
-                time,
-                settings.body_limit,
-            )
-            .await;
+            // Only Runway routes are judged by their body; any other streams through.
+            let read_limit = (self.class != RouteClass::Other).then_some(settings.body_limit);
+            let outcome = send_attempt(self.inner.clone(), &parts, replay.take(), time, read_limit).await;
             let judgement = self.judge(parts.uri.path(), &outcome);
             if judgement.action != Action::Retry {
                 tracing::debug!(
@@ -454,7 +449,7 @@ async fn send_attempt<S, RB>(
     parts: &http::request::Parts,
     body: Body,
     time: Duration,
-    body_limit: usize,
+    read_limit: Option<usize>,
 ) -> Outcome
 where
     S: Service<Request<Body>, Response = Response<RB>>,
@@ -474,9 +469,12 @@ where
             .await
             .map_err(|e| UpstreamError::from_service_error(e.into()))?;
         let (head, body) = response.into_parts();
-        let bounded = body::read_bounded(body::boxed(body), body_limit)
-            .await
-            .map_err(UpstreamError::response_body)?;
+        let bounded = match read_limit {
+            Some(limit) => body::read_bounded(body::boxed(body), limit)
+                .await
+                .map_err(UpstreamError::response_body)?,
+            None => Bounded::Partial(body::boxed(body)),
+        };
         Ok::<_, UpstreamError>((head, bounded))
     };
     match tokio::time::timeout(time, exchange).await {

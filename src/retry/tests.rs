@@ -292,3 +292,22 @@ fn settings_check_themselves() {
         "retry.body_limit"
     );
 }
+
+#[tokio::test]
+async fn an_other_routes_body_streams_through_unread() {
+    // An answer whose body never ends: reading it first would never answer at all.
+    let upstream = tower::service_fn(|_request: Request<Body>| async {
+        let body = http_body_util::StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, Infallible>,
+        >());
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let retry = RetryLayer::builder().build().unwrap().layer(upstream);
+    let request = Request::get("/v1/files/large").body(body::empty()).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), retry.oneshot(request))
+        .await
+        .expect("answered before its body ends")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[ATTEMPTS_HEADER], "1");
+}
