@@ -202,7 +202,9 @@ impl LocalPool {
                                 request = unsent;
                                 *request.uri_mut() = uri.clone();
                             }
-                            _ => return Err(PoolError::Request(err.into_error())),
+                            // Handed back unsent: nothing reached the upstream.
+                            Some(_) => return Err(PoolError::Connect(err.into_error().into())),
+                            None => return Err(PoolError::Request(err.into_error())),
                         },
                     }
                 }
@@ -223,7 +225,8 @@ impl LocalPool {
                                 self.lock().h2 = None;
                                 request = unsent;
                             }
-                            _ => return Err(PoolError::Request(err.into_error())),
+                            Some(_) => return Err(PoolError::Connect(err.into_error().into())),
+                            None => return Err(PoolError::Request(err.into_error())),
                         },
                     }
                 }
