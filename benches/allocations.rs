@@ -29,25 +29,18 @@ fn main() {
     );
     for (name, path, body) in layer::cases() {
         let count = |stack: &layer::Stack| {
+            let requests = async |n: usize| {
+                for _ in 0..n {
+                    let request = layer::request(path, &body);
+                    let response = stack.clone().oneshot(request).await.expect("ok");
+                    let _ = response.into_body().collect().await;
+                }
+            };
             runtime.block_on(async {
                 // Warm up: first-use allocations (limiter keys, caches) are not per request.
-                for _ in 0..100 {
-                    let response = stack
-                        .clone()
-                        .oneshot(layer::request(path, &body))
-                        .await
-                        .expect("ok");
-                    let _ = response.into_body().collect().await;
-                }
+                requests(100).await;
                 let region = Region::new(GLOBAL);
-                for _ in 0..REQUESTS {
-                    let response = stack
-                        .clone()
-                        .oneshot(layer::request(path, &body))
-                        .await
-                        .expect("ok");
-                    let _ = response.into_body().collect().await;
-                }
+                requests(REQUESTS).await;
                 let stats = region.change();
                 (
                     stats.allocations as f64 / REQUESTS as f64,
