@@ -45,6 +45,7 @@ pub use layer::RewriteCallbackLayer;
 pub use rewrite::{CallbackUrl, RewriteError};
 pub use service::{ResponseFuture, RewriteCallback};
 pub use subscriber::{Refused, SubscriberPolicy, SubscriberUrl, unsafe_address};
+pub(crate) use token::constant_time_eq;
 pub use token::{Keyring, KeyringError, MAX_URL, Route, TokenError, random_secret};
 
 /// The path prefix webhooks come back on.

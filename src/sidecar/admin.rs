@@ -8,6 +8,7 @@ use ring::digest;
 
 use super::AdminState;
 use crate::body::{self, Body};
+use crate::callback::constant_time_eq;
 use crate::envelope;
 
 /// Who may use the admin paths. `/-/healthz` and `/-/readyz` answer everyone (probes
@@ -65,10 +66,6 @@ impl AdminAccess {
             _ => Grant::Refused,
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What a request to an admin path may do.
