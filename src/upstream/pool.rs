@@ -166,7 +166,9 @@ impl LocalPool {
             let conn = match reused.then(|| self.checkout()).flatten() {
                 Some(conn) => conn,
                 None if reused => continue,
-                None => self.connect(&uri).await?,
+                // Boxed: connecting (TLS, handshakes) is a large state machine, and rare;
+                // inline, it would make every request's future several kilobytes.
+                None => Box::pin(self.connect(&uri)).await?,
             };
             match conn {
                 Conn::H1(mut send) => {
