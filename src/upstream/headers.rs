@@ -21,19 +21,46 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Header values are bytes, not always UTF-8: a `Connection` value that is not valid
 /// text, or names something that is not a header name, is skipped, never a panic.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Every message passes through here twice, and most carry one hop-by-hop header at
+    // most (`Connection: keep-alive`): one pass over the names present (comparisons, no
+    // hashing) finds them, and only those are removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << at;
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present == 0 {
+        return;
+    }
+    // `Connection` is first in the list.
+    if present & 1 != 0 {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        // Nearly always one value; a copy of its bytes is a reference count.
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&more) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let Ok(name) = std::str::from_utf8(token.trim_ascii()) else {
+                    continue;
+                };
+                // Options that name no header (`close`) or one removed below anyway.
+                if name.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+                {
+                    continue;
+                }
+                // A borrowed lookup: a name that is not a valid header name finds nothing.
+                headers.remove(name);
+            }
+        }
+    }
+    for (at, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << at) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -84,6 +111,21 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["authorization", "x-runway-version"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        headers.append("x-multi", HeaderValue::from_static("1"));
+        headers.append("x-multi", HeaderValue::from_static("2"));
+        let before = headers.clone();
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+        // One listed header alone, without `Connection`, still goes.
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 
     #[test]
