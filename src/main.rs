@@ -3,6 +3,11 @@
 
 mod demo;
 
+/// See the `mimalloc` feature in Cargo.toml: measured in BENCHMARKS.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
