@@ -13,6 +13,8 @@
 #   PROXY_ARGS="--access-log true" benches/compare-nginx.sh   # extra flags for serve
 #   PERF_RECORD=perf.data WORKLOAD=feed benches/compare-nginx.sh   # profile serve (and nginx: perf.data.nginx)
 #   PERF_STAT=1 benches/compare-nginx.sh      # also syscalls and context switches per request
+#   RUNWAY_BIN=/tmp/other-build benches/compare-nginx.sh   # a binary built elsewhere (A/B)
+#   BARE=1 benches/compare-nginx.sh           # also hyper alone (examples/bare_proxy): the floor
 #
 # Needs nginx and wrk; it says so and stops when they are missing (on Debian:
 # apt-get install nginx-light wrk). Everything listens on 127.0.0.1 only.
@@ -25,6 +27,7 @@ ROUNDS=${ROUNDS:-2}
 PROXY_ARGS=${PROXY_ARGS:-}
 PERF_RECORD=${PERF_RECORD:-}
 PERF_STAT=${PERF_STAT:-}
+BARE=${BARE:-}
 WORKLOADS=${WORKLOAD:-feed submit}
 
 for tool in nginx wrk; do
@@ -34,9 +37,16 @@ for tool in nginx wrk; do
     fi
 done
 
-echo "building runway-proxy (release)..." >&2
-cargo build --release --quiet --bin runway-proxy
-bin="$PWD/target/release/runway-proxy"
+if [ -n "${RUNWAY_BIN:-}" ]; then
+    bin=$RUNWAY_BIN
+else
+    echo "building runway-proxy (release)..." >&2
+    cargo build --release --quiet --bin runway-proxy
+    bin="$PWD/target/release/runway-proxy"
+fi
+if [ -n "$BARE" ]; then
+    cargo build --release --quiet --example bare_proxy
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -56,6 +66,7 @@ upstream_port=$(free_port)
 nginx_port=$(free_port)
 proxy_port=$(free_port)
 hooks_port=$(free_port)
+bare_port=$(free_port)
 
 feed='{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478","status":"3","video_url":"https://cdn.example/v.mp4","point":"320","refund":"0"}}'
 accepted='{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478"},"exec_time":0.41}'
@@ -118,6 +129,11 @@ nginx -q -p "$work" -c "$work/proxy.conf"
     --allow-private-callbacks $PROXY_ARGS 2>"$work/runway-proxy.log" &
 pids+=($!)
 proxy_pid=$!
+if [ -n "$BARE" ]; then
+    "$PWD/target/release/examples/bare_proxy" "127.0.0.1:$bare_port" "127.0.0.1:$upstream_port" 2>"$work/bare.log" &
+    pids+=($!)
+    bare_pid=$!
+fi
 for _ in $(seq 100); do
     if curl -sf "http://127.0.0.1:$proxy_port/-/readyz" >/dev/null 2>&1; then break; fi
     sleep 0.1
@@ -188,8 +204,11 @@ run() {
 # Warm both up (connections, caches).
 run "$nginx_port" "$work/feed.lua" /runway/feed $(nginx_pids) >/dev/null
 run "$proxy_port" "$work/feed.lua" /runway/feed "$proxy_pid" >/dev/null
+if [ -n "$BARE" ]; then run "$bare_port" "$work/feed.lua" /runway/feed "$bare_pid" >/dev/null; fi
 
-printf '%-12s %5s | %14s %10s | %14s %10s | %6s\n' workload round "nginx req/s" "nginx µs" "runway req/s" "runway µs" ratio
+bare_header=
+if [ -n "$BARE" ]; then bare_header=$(printf ' | %12s %9s %6s' "bare req/s" "bare µs" ratio); fi
+printf '%-12s %5s | %14s %10s | %14s %10s | %6s%s\n' workload round "nginx req/s" "nginx µs" "runway req/s" "runway µs" ratio "$bare_header"
 for round in $(seq "$ROUNDS"); do
     for workload in $WORKLOADS; do
         case $workload in
@@ -209,8 +228,13 @@ for round in $(seq "$ROUNDS"); do
         fi
         read -r r_rps r_cpu < <(run "$proxy_port" "$work/$workload.lua" "$path" "$proxy_pid")
         if [ -n "${perf_pid:-}" ]; then wait "$perf_pid" || true; unset perf_pid; fi
-        awk -v w="$workload" -v round="$round" -v a="$n_rps" -v b="$n_cpu" -v c="$r_rps" -v d="$r_cpu" \
-            'BEGIN { printf "%-12s %5s | %14s %10s | %14s %10s | %6.2f\n", w, round, a, b, c, d, c / a }'
+        bare_cols=
+        if [ -n "$BARE" ]; then
+            read -r b_rps b_cpu < <(run "$bare_port" "$work/$workload.lua" "$path" "$bare_pid")
+            bare_cols=$(awk -v a="$n_rps" -v e="$b_rps" -v f="$b_cpu" 'BEGIN { printf " | %12s %9s %6.2f", e, f, e / a }')
+        fi
+        awk -v w="$workload" -v round="$round" -v a="$n_rps" -v b="$n_cpu" -v c="$r_rps" -v d="$r_cpu" -v bare="$bare_cols" \
+            'BEGIN { printf "%-12s %5s | %14s %10s | %14s %10s | %6.2f%s\n", w, round, a, b, c, d, c / a, bare }'
     done
 done
 echo "(wrk -t1 -c$CONNECTIONS -d${DURATION}s per run; µs = proxy CPU time per request, user + system)"
