@@ -43,6 +43,8 @@ mod layer;
 mod metrics;
 mod quota;
 mod service;
+#[cfg(feature = "redis")]
+mod shared;
 #[cfg(test)]
 mod tests;
 mod wait;
@@ -53,6 +55,8 @@ pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use metrics::LimitMetrics;
 pub use quota::{QuotaError, QuotaSpec, parse_optional};
 pub use service::{RateLimit, ResponseFuture};
+#[cfg(feature = "redis")]
+pub use shared::{SharedDecision, SharedLimitError, SharedLimits};
 
 use crate::settings::{InvalidSetting, check};
 

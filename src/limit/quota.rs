@@ -68,6 +68,11 @@ impl QuotaSpec {
         Ok(spec)
     }
 
+    /// How many requests may go at once after a quiet spell.
+    pub fn burst_size(&self) -> NonZeroU32 {
+        self.burst
+    }
+
     /// Time for one request's worth of quota to come back.
     pub fn replenish_interval(&self) -> Duration {
         self.period / self.count.get()
