@@ -144,6 +144,22 @@ fn invalid_value_is_refused_with_exit_code_2_naming_the_key() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
+
+    // A URL that may carry a password is named without it.
+    let output = serve()
+        .env("RUNWAY_PROXY_REDIS_URL", "http://user:hunter2@redis.internal/")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("limit.redis_url: http://…@redis.internal/ is not a Redis URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let output = serve().args(["--redis-fallback", "maybe"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("\"maybe\" is not local or refuse"));
 }
 
 #[tokio::test]

@@ -204,9 +204,10 @@ async fn a_cancelled_waiter_gives_its_place_back() {
         .lines()
         .filter(|l| l.starts_with("runway_proxy_limit_refusals_total{"))
         .collect();
+    // queue_full, max_wait, keys_overflow, shared_unavailable.
     assert_eq!(
         refusals.len(),
-        3,
+        4,
         "every reason is exposed, at zero until it happens: {text}"
     );
     assert!(

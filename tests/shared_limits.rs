@@ -4,6 +4,8 @@
 //! the Redis (installing it from Debian's packages when missing).
 #![cfg(feature = "redis")]
 
+mod common;
+
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -39,6 +41,18 @@ fn prefix(test: &str) -> String {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
+}
+
+/// Remove `key`: the layer's key names are fixed per deployment, so a test that uses
+/// them starts from nothing left by an earlier run.
+async fn forget(key: &str) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
 }
 
 async fn limits(prefix: &str) -> SharedLimits {
@@ -215,4 +229,250 @@ async fn an_unreachable_redis_is_an_error_that_names_no_password() {
         .await
         .expect_err("not a Redis URL");
     assert!(matches!(err, SharedLimitError::Url(_)), "{err:?}");
+}
+
+mod through_the_layer {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use runway_proxy::body::{self, Body};
+    use runway_proxy::limit::{LimitSettings, RateLimitLayer, RedisUrl, SharedFallback};
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+
+    fn settings(url: &str, rate: &str, fallback: SharedFallback) -> LimitSettings {
+        let mut settings = LimitSettings::default();
+        settings.rate = Some(quota(rate));
+        settings.redis_url = Some(RedisUrl::new(url));
+        settings.redis_fallback = fallback;
+        settings
+    }
+
+    fn layer(settings: LimitSettings) -> RateLimitLayer {
+        RateLimitLayer::builder()
+            .settings(settings)
+            .build()
+            .expect("valid settings")
+    }
+
+    /// Sends one feed read through `layer` to an upstream that counts what reaches it.
+    async fn read(layer: &RateLimitLayer, reached: &Arc<AtomicU32>) -> Response<Body> {
+        let reached = Arc::clone(reached);
+        let upstream = tower::service_fn(move |_request: Request<Body>| {
+            reached.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, Infallible>(Response::new(body::full(r#"{"code":200,"msg":"success"}"#))) }
+        });
+        let request = Request::post("http://upstream.test/runway/feed")
+            .body(body::full(r#"{"task_id":"t"}"#))
+            .unwrap();
+        layer.layer(upstream).oneshot(request).await.unwrap()
+    }
+
+    fn dead_redis_url() -> String {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        format!("redis://127.0.0.1:{port}/")
+    }
+
+    #[tokio::test]
+    async fn replicas_hold_one_quota_at_the_upstream() {
+        let rate = "16/s burst 1";
+        let url = redis_url();
+        forget("runway-proxy:rate:global").await;
+        let replicas = [
+            layer(settings(url, rate, SharedFallback::Refuse)),
+            layer(settings(url, rate, SharedFallback::Refuse)),
+            layer(settings(url, rate, SharedFallback::Refuse)),
+        ];
+        let reached = Arc::new(AtomicU32::new(0));
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        for replica in replicas {
+            for _ in 0..4 {
+                let (replica, reached) = (replica.clone(), Arc::clone(&reached));
+                clients.push(tokio::spawn(async move {
+                    while started.elapsed() < Duration::from_millis(1500) {
+                        let response = read(&replica, &reached).await;
+                        assert_eq!(response.status(), StatusCode::OK);
+                    }
+                }));
+            }
+        }
+        for client in clients {
+            client.await.unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let reached = f64::from(reached.load(Ordering::Relaxed));
+        // 16/s shared by three replicas, not 48/s: within 10% of the quota (the last
+        // waiters may be admitted just after the 1.5 s).
+        let expected = 1.0 + 16.0 * elapsed;
+        assert!(
+            (reached - expected).abs() <= expected * 0.1 + 1.0,
+            "{reached} reached the upstream in {elapsed:.2}s; the quota allows {expected:.0}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_falls_back_to_the_local_limiter() {
+        let mut settings = settings(&dead_redis_url(), "2/min", SharedFallback::Local);
+        settings.max_wait = Duration::ZERO;
+        let layer = layer(settings);
+        let reached = Arc::new(AtomicU32::new(0));
+        for _ in 0..2 {
+            assert_eq!(read(&layer, &reached).await.status(), StatusCode::OK);
+        }
+        // The local limiter holds the quota meanwhile.
+        assert_eq!(
+            read(&layer, &reached).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(reached.load(Ordering::Relaxed), 2);
+        assert!(layer.metrics().shared_unavailable.get() >= 3);
+    }
+
+    #[tokio::test]
+    async fn with_refuse_an_unreachable_redis_is_a_503_then_recovers() {
+        // A Redis of this test's own, started only after the first request.
+        super::redis_url(); // installs redis-server when missing
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://127.0.0.1:{port}/");
+        let layer = layer(settings(&url, "100/s", SharedFallback::Refuse));
+        let reached = Arc::new(AtomicU32::new(0));
+
+        let refused = read(&layer, &reached).await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            envelope["msg"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was sent upstream"),
+            "{envelope}"
+        );
+        assert_eq!(reached.load(Ordering::Relaxed), 0, "nothing reached the upstream");
+        assert_eq!(layer.metrics().refusals("shared_unavailable"), 1);
+
+        let data = tempfile::tempdir().unwrap();
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(data.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        // Recovery needs no restart: the next decision after the reconnect pause goes
+        // through Redis again.
+        let recovered = async {
+            loop {
+                if read(&layer, &reached).await.status() == StatusCode::OK {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(10), recovered).await;
+        let _ = server.kill();
+        let _ = server.wait();
+        outcome.expect("the limiter uses Redis again once it answers");
+    }
+}
+
+mod replicas {
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::Full;
+    use runway_proxy::config::Overrides;
+    use runway_proxy::mock::MockConfig;
+    use serde_json::json;
+
+    use super::common::*;
+    use super::*;
+
+    const FEED: &str = "/runway/feed";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quota_over_three_replicas_holds_at_the_upstream() {
+        let url = redis_url();
+        super::forget("runway-proxy:rate:read").await;
+        let mock = start_mock(MockConfig::default()).await;
+        let flags = Overrides::from([
+            ("limit.read_rate", "5/s burst 1".to_owned()),
+            ("limit.redis_url", url.to_owned()),
+            ("limit.redis_fallback", "refuse".to_owned()),
+        ]);
+        // A task the stand-in knows, so every feed read is answered at the first attempt.
+        let created = send(
+            &client(),
+            Request::post(format!("{}/runway/pro/generate", mock.url()))
+                .header("authorization", "Bearer sk-replicas")
+                .body(Full::new(Bytes::from(
+                    json!({"prompt": "a cat", "model": "gen4_turbo", "callback_url": "http://127.0.0.1:9/hook"}).to_string(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let task_id = created.json()["data"]["task_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the stand-in made no task: {:?}", created.json()))
+            .to_owned();
+        let mut replicas = Vec::new();
+        for _ in 0..3 {
+            replicas.push(start_proxy_with(None, &mock.url(), &flags).await);
+        }
+        let run_for = Duration::from_secs(10);
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        for replica in &replicas {
+            for _ in 0..3 {
+                let url = replica.url(FEED);
+                let task_id = task_id.clone();
+                clients.push(tokio::spawn(async move {
+                    let client = client();
+                    let mut answered = 0u32;
+                    while started.elapsed() < run_for {
+                        let request = Request::post(&url)
+                            .header("content-type", "application/json")
+                            .header("authorization", "Bearer sk-replicas")
+                            .body(Full::new(Bytes::from(json!({"task_id": task_id}).to_string())))
+                            .unwrap();
+                        let reply = send(&client, request).await.unwrap();
+                        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+                        answered += 1;
+                    }
+                    answered
+                }));
+            }
+        }
+        let mut answered = 0;
+        for client in clients {
+            answered += client.await.unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let reached = mock.stats().received(FEED) as f64;
+        let expected = 1.0 + 5.0 * elapsed;
+        assert_eq!(reached as u32, answered, "every answer came from the upstream");
+        assert!(
+            (reached - expected).abs() <= expected * 0.1,
+            "{reached} feed reads reached the upstream in {elapsed:.1}s through 3 replicas; 5/s allows {expected:.0}"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use super::values::*;
 use super::{Config, LogFormat, Secret, ValueError};
 use crate::callback::Keyring;
 use crate::duration;
-use crate::limit::parse_optional;
+use crate::limit::{RedisUrl, parse_optional};
 use crate::relay::WebhookSigner;
 
 /// One configuration setting: a row of [`KEYS`].
@@ -357,6 +357,36 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         show: |c| c.limit.max_keys.to_string(),
+    },
+    Key {
+        toml: "limit.redis_url",
+        env: "RUNWAY_PROXY_REDIS_URL",
+        flag: "redis-url",
+        doc: "Redis that keeps the rate quotas, shared by every replica that names it (none: in memory).",
+        set: |c, raw| {
+            c.limit.redis_url = match raw.trim() {
+                "" | "none" => None,
+                url => Some(RedisUrl::new(url)),
+            };
+            Ok(())
+        },
+        show: |c| {
+            c.limit
+                .redis_url
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), RedisUrl::redacted)
+        },
+    },
+    Key {
+        toml: "limit.redis_fallback",
+        env: "RUNWAY_PROXY_REDIS_FALLBACK",
+        flag: "redis-fallback",
+        doc: "When that Redis is unreachable: local (this process's own limiter, with a warning) or refuse (503).",
+        set: |c, raw| {
+            c.limit.redis_fallback = raw.parse().map_err(ValueError::Form)?;
+            Ok(())
+        },
+        show: |c| c.limit.redis_fallback.as_str().to_owned(),
     },
     Key {
         toml: "webhook_listen",

@@ -14,6 +14,10 @@ use super::wait::Shared;
 use super::{LimitMetrics, LimitSettings, QuotaSpec, RateLimit};
 use crate::settings::InvalidSetting;
 
+/// Every key in the shared store starts with this, so one Redis can serve other uses too.
+#[cfg(feature = "redis")]
+const SHARED_PREFIX: &str = "runway-proxy";
+
 /// Applies [`RateLimit`] to a service. Clones, and every service it makes, share one set
 /// of quotas, slots and metrics.
 #[derive(Clone, Debug)]
@@ -95,6 +99,16 @@ impl RateLimitLayer {
             jitter: Jitter::up_to(Duration::from_millis(5)),
             clock: TokioClock,
             metrics: Arc::default(),
+            #[cfg(feature = "redis")]
+            remote: settings.redis_url.as_ref().and_then(|url| {
+                // `validate` has checked the URL; connecting waits for the first request.
+                let limits = super::SharedLimits::new(url.expose(), SHARED_PREFIX).ok()?;
+                Some(super::wait::Remote {
+                    limits,
+                    fallback: settings.redis_fallback,
+                    away: std::sync::atomic::AtomicBool::new(false),
+                })
+            }),
             settings,
         };
         RateLimitLayer {

@@ -18,7 +18,10 @@ pub struct LimitMetrics {
     pub in_flight: Arc<Gauge>,
     /// API keys with per-key rate-limit state after the last pruning.
     pub tracked_keys: Gauge,
-    refusals: [Counter; 3],
+    /// Decisions the shared store (Redis) could not make, so the local limiter made them
+    /// (`limit.redis_fallback = "local"`) or the request was refused (`"refuse"`).
+    pub shared_unavailable: Counter,
+    refusals: [Counter; 4],
 }
 
 impl Default for LimitMetrics {
@@ -28,17 +31,19 @@ impl Default for LimitMetrics {
             waiting: Gauge::default(),
             in_flight: Arc::default(),
             tracked_keys: Gauge::default(),
+            shared_unavailable: Counter::default(),
             refusals: Default::default(),
         }
     }
 }
 
-/// Refusal reasons: queue full, waited too long, and new keys not limited because the
-/// per-key state was full.
-const REASONS: [&str; 3] = ["queue_full", "max_wait", "keys_overflow"];
+/// Refusal reasons: queue full, waited too long, new keys not limited because the
+/// per-key state was full, and the shared store unreachable (with `redis_fallback =
+/// "refuse"`).
+const REASONS: [&str; 4] = ["queue_full", "max_wait", "keys_overflow", "shared_unavailable"];
 
 impl LimitMetrics {
-    /// Count a refusal (`queue_full`, `max_wait`, `keys_overflow`).
+    /// Count a refusal (`queue_full`, `max_wait`, `keys_overflow`, `shared_unavailable`).
     pub(super) fn refused(&self, reason: &str) {
         if let Some(i) = REASONS.iter().position(|r| *r == reason) {
             self.refusals[i].inc();
@@ -86,6 +91,13 @@ impl MetricSet for LimitMetrics {
             "Requests refused by the rate limit, by reason.",
             "reason",
             REASONS.iter().zip(self.refusals.iter().map(Counter::get)),
+        );
+        write_one(
+            out,
+            "runway_proxy_limit_shared_unavailable_total",
+            "counter",
+            "Limit decisions the shared store (Redis) could not make.",
+            self.shared_unavailable.get(),
         );
     }
 }

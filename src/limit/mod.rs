@@ -85,6 +85,79 @@ pub struct LimitSettings {
     pub max_keys: usize,
     /// A wait longer than this is logged (default 1 s; not a config key).
     pub slow_wait: Duration,
+    /// Keep the rate quotas in this Redis, shared by every replica that names it (needs
+    /// the `redis` feature). Unset: in this process's memory.
+    pub redis_url: Option<RedisUrl>,
+    /// What to do when the Redis of `redis_url` cannot be reached (default: fall back to
+    /// this process's own limiter).
+    pub redis_fallback: SharedFallback,
+}
+
+/// A Redis URL (`redis://[user:password@]host:port/db`). It may carry a password, so it
+/// is never printed whole: `Debug` and [`redacted`](Self::redacted) leave the user part out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Wrap a URL (checked by [`LimitSettings::validate`]).
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisUrl(url.into())
+    }
+
+    /// The URL itself, for the code that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its user and password, for logs and `config` output.
+    pub fn redacted(&self) -> String {
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://…@{host}"),
+                None => self.0.clone(),
+            },
+            None => "(not a URL)".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
+/// What the limiter does when its shared store (Redis) does not answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SharedFallback {
+    /// Decide with this process's own limiter (each replica then allows the whole quota),
+    /// with a warning and a metric, until Redis answers again.
+    #[default]
+    Local,
+    /// Refuse with a 503 that tells clients to come back, until Redis answers again.
+    Refuse,
+}
+
+impl SharedFallback {
+    /// The config value: `local` or `refuse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedFallback::Local => "local",
+            SharedFallback::Refuse => "refuse",
+        }
+    }
+}
+
+impl std::str::FromStr for SharedFallback {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim() {
+            "local" => Ok(SharedFallback::Local),
+            "refuse" => Ok(SharedFallback::Refuse),
+            other => Err(format!("{other:?} is not local or refuse")),
+        }
+    }
 }
 
 impl Default for LimitSettings {
@@ -100,6 +173,8 @@ impl Default for LimitSettings {
             max_queue: 1024,
             max_keys: 10_000,
             slow_wait: Duration::from_secs(1),
+            redis_url: None,
+            redis_fallback: SharedFallback::Local,
         }
     }
 }
@@ -130,6 +205,32 @@ impl LimitSettings {
         })?;
         check(self.max_keys > 0, "limit.max_keys", || {
             "must be at least 1".into()
-        })
+        })?;
+        if let Some(url) = &self.redis_url {
+            check_redis_url(url)?;
+        }
+        Ok(())
     }
+}
+
+#[cfg(feature = "redis")]
+fn check_redis_url(url: &RedisUrl) -> Result<(), InvalidSetting> {
+    // The message never quotes the URL: it may carry a password.
+    check(
+        redis::Client::open(url.expose()).is_ok(),
+        "limit.redis_url",
+        || {
+            format!(
+                "{} is not a Redis URL (redis://[user:password@]host:port/db)",
+                url.redacted()
+            )
+        },
+    )
+}
+
+#[cfg(not(feature = "redis"))]
+fn check_redis_url(_: &RedisUrl) -> Result<(), InvalidSetting> {
+    check(false, "limit.redis_url", || {
+        "this build has no Redis support (build with the `redis` feature)".into()
+    })
 }

@@ -61,8 +61,15 @@ where
                 .map_or(&b""[..], HeaderValue::as_bytes);
             shared.hasher.hash_one(token)
         });
+        let digest = shared.shares_per_key_quota().then(|| {
+            let token = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map_or(&b""[..], HeaderValue::as_bytes);
+            token_digest(token)
+        });
         Box::pin(async move {
-            let permit = match shared.wait_turn(class, key).await {
+            let permit = match shared.wait_turn(class, key, digest).await {
                 Ok(permit) => permit,
                 Err(refusal) => return Ok(refusal.into_response(request.uri().path())),
             };
@@ -76,6 +83,15 @@ where
             }))
         })
     }
+}
+
+/// The name of an API key in the state shared by replicas: the first 16 bytes of its
+/// SHA-256, the same in every process (the local state's hash is keyed per process).
+fn token_digest(token: &[u8]) -> [u8; 16] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut name = [0u8; 16];
+    name.copy_from_slice(&digest.as_ref()[..16]);
+    name
 }
 
 pin_project_lite::pin_project! {

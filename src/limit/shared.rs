@@ -14,8 +14,9 @@
 //!   flight, scored by the lease's expiry. A replica killed mid-request never releases
 //!   its lease; it lapses after the lease time and the slot is free again.
 //!
-//! This module decides; [`RateLimit`](super::RateLimit) waits. Wiring it into the layer
-//! (with the fallback to the local limiter when Redis is away) is issue 13's next step.
+//! This module decides; [`RateLimit`](super::RateLimit) waits, when
+//! [`LimitSettings::redis_url`](super::LimitSettings::redis_url) is set. The concurrency
+//! caps of the layer are still per process; the leases here are what they will use.
 //!
 //! # Example
 //!
@@ -33,9 +34,12 @@
 //! # }
 //! ```
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
 
 use super::QuotaSpec;
 
@@ -48,6 +52,9 @@ pub enum SharedLimitError {
     /// Redis did not answer, or answered with an error.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The last connect failed less than a second ago; not tried again yet.
+    #[error("Redis is unreachable (the last connect failed moments ago)")]
+    Unavailable,
 }
 
 /// What the quotas say about one request.
@@ -116,7 +123,17 @@ return 1
 /// same server and prefix. Cheap to clone: clones share one multiplexed connection.
 #[derive(Clone)]
 pub struct SharedLimits {
-    connection: ConnectionManager,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    /// Made on first use, so a proxy can start while Redis is away.
+    connection: OnceCell<ConnectionManager>,
+    /// Milliseconds after `epoch` of the last failed connect: while Redis is away, one
+    /// connect a second at most, not one per request.
+    failed_at_ms: AtomicU64,
+    epoch: Instant,
     prefix: String,
     gcra: redis::Script,
     acquire: redis::Script,
@@ -127,7 +144,7 @@ impl std::fmt::Debug for SharedLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password: it is not kept, and never printed.
         f.debug_struct("SharedLimits")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -136,48 +153,91 @@ impl std::fmt::Debug for SharedLimits {
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// While Redis is away, how often a connect is tried again.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
 impl SharedLimits {
-    /// Connect to the Redis at `url` (`redis://[user:password@]host:port/db`). Keys are
-    /// named `{prefix}:…`: replicas that share a budget use the same prefix.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedLimitError> {
+    /// Limits in the Redis at `url` (`redis://[user:password@]host:port/db`), connected on
+    /// first use. Keys are named `{prefix}:…`: replicas that share a budget use the same
+    /// prefix.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, SharedLimitError> {
         let client = redis::Client::open(url).map_err(SharedLimitError::Url)?;
-        // One multiplexed connection: a decision is one round trip, never a connect; it
-        // reconnects by itself after Redis comes back.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = client.get_connection_manager_with_config(config).await?;
         Ok(SharedLimits {
-            connection,
-            prefix: prefix.to_owned(),
-            gcra: redis::Script::new(GCRA),
-            acquire: redis::Script::new(ACQUIRE),
-            renew: redis::Script::new(RENEW),
+            inner: Arc::new(Inner {
+                client,
+                connection: OnceCell::new(),
+                failed_at_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+                prefix: prefix.to_owned(),
+                gcra: redis::Script::new(GCRA),
+                acquire: redis::Script::new(ACQUIRE),
+                renew: redis::Script::new(RENEW),
+            }),
         })
     }
 
+    /// [`new`](Self::new), connected now: an error if Redis does not answer.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedLimitError> {
+        let limits = Self::new(url, prefix)?;
+        limits.connection().await?;
+        Ok(limits)
+    }
+
+    /// The multiplexed connection: a decision is one round trip on it, never a connect.
+    /// Once made it reconnects by itself when Redis comes back.
+    async fn connection(&self) -> Result<ConnectionManager, SharedLimitError> {
+        let inner = &self.inner;
+        if let Some(connection) = inner.connection.get() {
+            return Ok(connection.clone());
+        }
+        let failed = inner.failed_at_ms.load(Ordering::Relaxed);
+        let now = inner.epoch.elapsed().as_millis() as u64 + 1;
+        if failed != 0 && now.saturating_sub(failed) < RECONNECT_EVERY.as_millis() as u64 {
+            return Err(SharedLimitError::Unavailable);
+        }
+        let made = inner
+            .connection
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(1);
+                inner.client.get_connection_manager_with_config(config).await
+            })
+            .await;
+        match made {
+            Ok(connection) => Ok(connection.clone()),
+            Err(err) => {
+                inner.failed_at_ms.store(now, Ordering::Relaxed);
+                Err(err.into())
+            }
+        }
+    }
+
     fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}:{kind}:{name}", self.prefix)
+        format!("{}:{kind}:{name}", self.inner.prefix)
     }
 
     /// Whether a request that falls under each of `quotas` (a name, unique per quota and
     /// per key of a keyed quota, and its rate) may go now. Admitted by all, it is counted
     /// by all; refused by one, it is counted by none.
-    pub async fn check(&self, quotas: &[(&str, QuotaSpec)]) -> Result<SharedDecision, SharedLimitError> {
+    pub async fn check<N: AsRef<str>>(
+        &self,
+        quotas: &[(N, QuotaSpec)],
+    ) -> Result<SharedDecision, SharedLimitError> {
         if quotas.is_empty() {
             return Ok(SharedDecision::Allowed);
         }
-        let mut invocation = self.gcra.prepare_invoke();
+        let mut invocation = self.inner.gcra.prepare_invoke();
         for (name, spec) in quotas {
             let interval = micros(spec.replenish_interval());
             let tolerance = interval.saturating_mul(u64::from(spec.burst_size().get() - 1));
             invocation
-                .key(self.key("rate", name))
+                .key(self.key("rate", name.as_ref()))
                 .arg(interval)
                 .arg(tolerance);
         }
-        let wait: u64 = invocation.invoke_async(&mut self.connection.clone()).await?;
+        let wait: u64 = invocation.invoke_async(&mut self.connection().await?).await?;
         Ok(match wait {
             0 => SharedDecision::Allowed,
             micros => SharedDecision::Wait(Duration::from_micros(micros)),
@@ -194,12 +254,13 @@ impl SharedLimits {
         lease: Duration,
     ) -> Result<bool, SharedLimitError> {
         let taken: u8 = self
+            .inner
             .acquire
             .key(self.key("slots", name))
             .arg(cap)
             .arg(holder)
             .arg(millis(lease))
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connection().await?)
             .await?;
         Ok(taken == 1)
     }
@@ -208,11 +269,12 @@ impl SharedLimits {
     /// slot may be someone else's now).
     pub async fn renew(&self, name: &str, holder: &str, lease: Duration) -> Result<bool, SharedLimitError> {
         let renewed: u8 = self
+            .inner
             .renew
             .key(self.key("slots", name))
             .arg(holder)
             .arg(millis(lease))
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connection().await?)
             .await?;
         Ok(renewed == 1)
     }
@@ -222,7 +284,7 @@ impl SharedLimits {
         let _: u8 = redis::cmd("ZREM")
             .arg(self.key("slots", name))
             .arg(holder)
-            .query_async(&mut self.connection.clone())
+            .query_async(&mut self.connection().await?)
             .await?;
         Ok(())
     }

@@ -178,3 +178,21 @@ fn settings_check_themselves() {
         Err(QuotaError::Malformed(text)) if text == "5/fortnight"
     ));
 }
+
+#[test]
+fn a_redis_url_is_never_printed_with_its_password() {
+    let url = RedisUrl::new("redis://user:hunter2@redis.internal:6379/0");
+    assert_eq!(url.redacted(), "redis://…@redis.internal:6379/0");
+    assert!(!format!("{url:?}").contains("hunter2"));
+    let settings = LimitSettings {
+        redis_url: Some(url),
+        ..Default::default()
+    };
+    assert!(!format!("{settings:?}").contains("hunter2"));
+    assert_eq!(
+        RedisUrl::new("redis://localhost:6379/").redacted(),
+        "redis://localhost:6379/"
+    );
+    assert_eq!("refuse".parse::<SharedFallback>(), Ok(SharedFallback::Refuse));
+    assert!("sometimes".parse::<SharedFallback>().is_err());
+}

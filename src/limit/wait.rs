@@ -34,6 +34,19 @@ pub(super) struct Shared {
     pub(super) jitter: Jitter,
     pub(super) clock: TokioClock,
     pub(super) metrics: Arc<LimitMetrics>,
+    /// The rate quotas' shared store, when replicas share them.
+    #[cfg(feature = "redis")]
+    pub(super) remote: Option<Remote>,
+}
+
+/// The rate quotas in Redis, and whether it answered last time (so that losing and
+/// regaining it is logged once each, not per request).
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub(super) struct Remote {
+    pub(super) limits: super::SharedLimits,
+    pub(super) fallback: super::SharedFallback,
+    pub(super) away: std::sync::atomic::AtomicBool,
 }
 
 /// What a request holds while it is in flight to the upstream.
@@ -56,6 +69,9 @@ pub(super) enum Refusal {
         max_wait: Duration,
         retry_after: Duration,
     },
+    /// The shared store did not answer and `redis_fallback` is `refuse`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    SharedUnavailable,
 }
 
 impl Refusal {
@@ -63,13 +79,24 @@ impl Refusal {
         match self {
             Refusal::QueueFull { .. } => "queue_full",
             Refusal::MaxWait { .. } => "max_wait",
+            Refusal::SharedUnavailable => "shared_unavailable",
         }
     }
 
     /// The 429 for a request to `path`: nothing was sent, so a retry after `Retry-After`
     /// is safe, and clients are told so.
     pub(super) fn into_response(self, path: &str) -> Response<Body> {
+        let status = match self {
+            Refusal::SharedUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::TOO_MANY_REQUESTS,
+        };
         let (msg, retry_after) = match self {
+            Refusal::SharedUnavailable => (
+                "runway-proxy cannot reach the rate-limit store it shares with its replicas \
+                 (Redis); nothing was sent upstream; try again in 1s"
+                    .to_owned(),
+                Duration::from_secs(1),
+            ),
             Refusal::QueueFull { waiting, retry_after } => (
                 format!(
                     "rate limited by runway-proxy: {waiting} requests are already waiting for their turn; \
@@ -91,7 +118,7 @@ impl Refusal {
                 retry_after,
             ),
         };
-        let mut response = envelope::error_response_for(path, StatusCode::TOO_MANY_REQUESTS, &msg);
+        let mut response = envelope::error_response_for(path, status, &msg);
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(retry_after)));
@@ -117,9 +144,25 @@ impl Drop for Waiting<'_> {
 }
 
 impl Shared {
+    /// Whether the per-key quota is kept in the store shared with replicas.
+    pub(super) fn shares_per_key_quota(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if self.remote.is_some() {
+            return self.rate_per_key.is_some();
+        }
+        false
+    }
+
     /// Wait until every quota that applies lets the request through and a concurrency
     /// slot is free, all within `max_wait`.
-    pub(super) async fn wait_turn(&self, class: RouteClass, key: Option<u64>) -> Result<Permit, Refusal> {
+    /// `key` names the request's API key for this process's state, `digest` for the
+    /// state shared with replicas (present only when a per-key quota is shared).
+    pub(super) async fn wait_turn(
+        &self,
+        class: RouteClass,
+        key: Option<u64>,
+        digest: Option<[u8; 16]>,
+    ) -> Result<Permit, Refusal> {
         let started = Instant::now();
         let deadline = started + self.settings.max_wait;
         let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -129,28 +172,18 @@ impl Shared {
             let retry_after = self.estimate_wait(waiting);
             return Err(self.refuse(Refusal::QueueFull { waiting, retry_after }));
         }
-        // Most specific first: a key waiting on its own quota takes no shared capacity
-        // and holds no place in a shared line.
-        if let (Some(gate), Some(key)) = (&self.rate_per_key, key) {
-            if gate.prune_if_due(&self.metrics) >= gate.max_keys {
-                // Full of keys all active right now: this key goes unlimited rather than
-                // grow the map without bound; the shared quotas still apply.
-                tracing::warn!(
-                    max_keys = gate.max_keys,
-                    "per-key rate limit state is full; not limiting a new key"
-                );
-                self.metrics.refused("keys_overflow");
-            } else {
-                self.wait_keyed(gate, key, deadline).await?;
-            }
-        }
-        let class_gate = match class {
-            RouteClass::Submission => self.submit_rate.as_ref(),
-            RouteClass::Read => self.read_rate.as_ref(),
-            RouteClass::Other => None,
+        #[cfg(feature = "redis")]
+        let decided = match &self.remote {
+            Some(remote) => self.wait_remote(remote, class, digest, deadline).await?,
+            None => false,
         };
-        for gate in class_gate.into_iter().chain(self.rate.as_ref()) {
-            self.wait_gate(gate, deadline).await?;
+        #[cfg(not(feature = "redis"))]
+        let decided = {
+            let _ = digest;
+            false
+        };
+        if !decided {
+            self.wait_local(class, key, deadline).await?;
         }
         let global = match &self.concurrency {
             Some(semaphore) => Some(self.acquire(semaphore, deadline, "free upstream slot").await?),
@@ -180,6 +213,99 @@ impl Shared {
             _per_key: per_key,
             _in_flight: self.metrics.in_flight.track(),
         })
+    }
+
+    /// Wait for every rate quota that applies, in this process's memory.
+    async fn wait_local(
+        &self,
+        class: RouteClass,
+        key: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), Refusal> {
+        // Most specific first: a key waiting on its own quota takes no shared capacity
+        // and holds no place in a shared line.
+        if let (Some(gate), Some(key)) = (&self.rate_per_key, key) {
+            if gate.prune_if_due(&self.metrics) >= gate.max_keys {
+                // Full of keys all active right now: this key goes unlimited rather than
+                // grow the map without bound; the shared quotas still apply.
+                tracing::warn!(
+                    max_keys = gate.max_keys,
+                    "per-key rate limit state is full; not limiting a new key"
+                );
+                self.metrics.refused("keys_overflow");
+            } else {
+                self.wait_keyed(gate, key, deadline).await?;
+            }
+        }
+        let class_gate = match class {
+            RouteClass::Submission => self.submit_rate.as_ref(),
+            RouteClass::Read => self.read_rate.as_ref(),
+            RouteClass::Other => None,
+        };
+        for gate in class_gate.into_iter().chain(self.rate.as_ref()) {
+            self.wait_gate(gate, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for every rate quota that applies, in the store shared with the replicas:
+    /// one decision over all of them per round trip. `Ok(false)`: the store did not
+    /// answer and the fallback is this process's limiter.
+    #[cfg(feature = "redis")]
+    async fn wait_remote(
+        &self,
+        remote: &Remote,
+        class: RouteClass,
+        digest: Option<[u8; 16]>,
+        deadline: Instant,
+    ) -> Result<bool, Refusal> {
+        let class_quota = match class {
+            RouteClass::Submission => self.submit_rate.as_ref(),
+            RouteClass::Read => self.read_rate.as_ref(),
+            RouteClass::Other => None,
+        };
+        let mut quotas: Vec<(String, super::QuotaSpec)> = Vec::with_capacity(3);
+        if let (Some(gate), Some(digest)) = (&self.rate_per_key, digest) {
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            quotas.push((format!("key:{hex}"), gate.spec));
+        }
+        for gate in class_quota.into_iter().chain(self.rate.as_ref()) {
+            quotas.push((gate.name.to_owned(), gate.spec));
+        }
+        if quotas.is_empty() {
+            return Ok(true);
+        }
+        loop {
+            match remote.limits.check(&quotas).await {
+                Ok(decision) => {
+                    if remote.away.swap(false, Ordering::AcqRel) {
+                        tracing::warn!("rate-limit store (Redis) answers again: quotas are shared again");
+                    }
+                    let wait = match decision {
+                        super::SharedDecision::Allowed => return Ok(true),
+                        super::SharedDecision::Wait(wait) => wait,
+                    };
+                    if Instant::now() + wait > deadline {
+                        return Err(self.max_wait("shared quota permit".to_owned(), wait));
+                    }
+                    tokio::time::sleep(self.jitter + wait).await;
+                }
+                Err(err) => {
+                    self.metrics.shared_unavailable.inc();
+                    if !remote.away.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(
+                            error = %err,
+                            fallback = remote.fallback.as_str(),
+                            "rate-limit store (Redis) unreachable"
+                        );
+                    }
+                    return match remote.fallback {
+                        super::SharedFallback::Local => Ok(false),
+                        super::SharedFallback::Refuse => Err(self.refuse(Refusal::SharedUnavailable)),
+                    };
+                }
+            }
+        }
     }
 
     /// Wait at a shared gate: line up behind earlier arrivals, then sleep until GCRA allows.
