@@ -59,44 +59,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=benches/support/nginx.sh
+source benches/support/nginx.sh
 upstream_port=$(free_port)
 nginx_port=$(free_port)
 proxy_port=$(free_port)
 hooks_port=$(free_port)
 bare_port=$(free_port)
 
-feed='{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478","status":"3","video_url":"https://cdn.example/v.mp4","point":"320","refund":"0"}}'
-accepted='{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478"},"exec_time":0.41}'
-
-common_nginx() {
-    cat <<EOF
-daemon on;
-error_log $work/$1-error.log warn;
-pid $work/$1.pid;
-events { worker_connections 4096; }
-EOF
-}
-
 # The upstream: one worker, shared by both proxies.
-{
-    common_nginx upstream
-    echo "worker_processes 1;"
-    cat <<EOF
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$upstream_port;
-        default_type application/json;
-        location = /runway/feed { return 200 '$feed'; }
-        location /runway/pro/ { return 200 '$accepted'; }
-    }
-}
-EOF
-} >"$work/upstream.conf"
+write_upstream_conf "$upstream_port"
 
 # The peer: nginx proxy_pass as one would deploy it (2 workers, upstream keepalive).
 {

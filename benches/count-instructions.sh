@@ -51,28 +51,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=benches/support/nginx.sh
+source benches/support/nginx.sh
 upstream_port=$(free_port)
-
-cat >"$work/upstream.conf" <<EOF
-daemon on;
-error_log $work/upstream-error.log warn;
-pid $work/upstream.pid;
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$upstream_port;
-        default_type application/json;
-        location = /runway/feed { return 200 '{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478","status":"3","video_url":"https://cdn.example/v.mp4","point":"320","refund":"0"}}'; }
-        location /runway/pro/ { return 200 '{"code":200,"msg":"success","data":{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478"},"exec_time":0.41}'; }
-    }
-}
-EOF
+write_upstream_conf "$upstream_port"
 nginx -q -p "$work" -c "$work/upstream.conf"
 
 case $WORKLOAD in

@@ -15,29 +15,16 @@ use http_body_util::Full;
 use runway_proxy::limit::{LimitSettings, QuotaSpec, RateLimitLayer, RedisUrl, SharedLimits};
 use tower::{ServiceBuilder, ServiceExt};
 
-fn redis_url() -> String {
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let output = std::process::Command::new(repo.join("scripts/test-services"))
-        .output()
-        .expect("scripts/test-services runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|line| line.strip_prefix("RUNWAY_PROXY_TEST_REDIS_URL="))
-        .expect("a Redis URL")
-        .to_owned()
-}
+#[path = "../tests/common/services.rs"]
+#[allow(dead_code)]
+mod services;
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let url = redis_url();
+    let url = services::redis_url().to_owned();
     let quota = |text: &str| QuotaSpec::parse(text).expect("quota");
     // Far above the request rate: every decision admits, as on the fast path.
     let roomy = quota("1000000000/s");

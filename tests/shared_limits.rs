@@ -7,31 +7,10 @@
 mod common;
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::services::redis_url;
 use runway_proxy::limit::{QuotaSpec, SharedDecision, SharedLimitError, SharedLimits};
-
-fn redis_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let output = std::process::Command::new(repo.join("scripts/test-services"))
-            .output()
-            .expect("scripts/test-services runs");
-        assert!(
-            output.status.success(),
-            "scripts/test-services failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .find_map(|line| line.strip_prefix("RUNWAY_PROXY_TEST_REDIS_URL="))
-            .expect("scripts/test-services prints the Redis URL")
-            .to_owned()
-    })
-}
 
 /// A prefix of its own per test: tests run at once against one Redis.
 fn prefix(test: &str) -> String {

@@ -53,21 +53,15 @@ where
         let shared = Arc::clone(&self.shared);
         let inner = self.inner.clone();
         let class = RouteClass::of(request.method(), request.uri().path());
-        let key = (shared.rate_per_key.is_some() || shared.concurrency_per_key.is_some()).then(|| {
-            // The token is hashed, never kept: the state is keyed by the hash.
-            let token = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map_or(&b""[..], HeaderValue::as_bytes);
-            shared.hasher.hash_one(token)
-        });
-        let digest = shared.shares_per_key_quota().then(|| {
-            let token = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map_or(&b""[..], HeaderValue::as_bytes);
-            token_digest(token)
-        });
+        // The token is hashed, never kept: the state is keyed by the hash (per process
+        // here, and a digest that is the same in every replica for the shared state).
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        let key = (shared.rate_per_key.is_some() || shared.concurrency_per_key.is_some())
+            .then(|| shared.hasher.hash_one(token));
+        let digest = shared.shares_per_key_quota().then(|| token_digest(token));
         Box::pin(async move {
             let permit = match shared.wait_turn(class, key, digest).await {
                 Ok(permit) => permit,

@@ -140,6 +140,19 @@ struct Inner {
     renew: redis::Script,
 }
 
+impl Inner {
+    /// An error while the last failed connect is less than [`RECONNECT_EVERY`] old.
+    fn connection_backed_off(&self) -> Result<(), SharedLimitError> {
+        // Stored one above the elapsed milliseconds, so 0 means "never failed".
+        let failed = self.failed_at_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        if failed != 0 && now.saturating_sub(failed) < RECONNECT_EVERY.as_millis() as u64 {
+            return Err(SharedLimitError::Unavailable);
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for SharedLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password: it is not kept, and never printed.
@@ -190,28 +203,28 @@ impl SharedLimits {
         if let Some(connection) = inner.connection.get() {
             return Ok(connection.clone());
         }
-        let failed = inner.failed_at_ms.load(Ordering::Relaxed);
-        let now = inner.epoch.elapsed().as_millis() as u64 + 1;
-        if failed != 0 && now.saturating_sub(failed) < RECONNECT_EVERY.as_millis() as u64 {
-            return Err(SharedLimitError::Unavailable);
-        }
+        inner.connection_backed_off()?;
+        // Requests that queued behind a failed connect find the fresh failure here and
+        // return at once, rather than each trying (and timing out) in turn.
         let made = inner
             .connection
             .get_or_try_init(|| async {
+                inner.connection_backed_off()?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_number_of_retries(1);
-                inner.client.get_connection_manager_with_config(config).await
+                match inner.client.get_connection_manager_with_config(config).await {
+                    Ok(connection) => Ok(connection),
+                    Err(err) => {
+                        let now = inner.epoch.elapsed().as_millis() as u64 + 1;
+                        inner.failed_at_ms.store(now, Ordering::Relaxed);
+                        Err(SharedLimitError::from(err))
+                    }
+                }
             })
-            .await;
-        match made {
-            Ok(connection) => Ok(connection.clone()),
-            Err(err) => {
-                inner.failed_at_ms.store(now, Ordering::Relaxed);
-                Err(err.into())
-            }
-        }
+            .await?;
+        Ok(made.clone())
     }
 
     fn key(&self, kind: &str, name: &str) -> String {

@@ -172,17 +172,7 @@ impl Shared {
             let retry_after = self.estimate_wait(waiting);
             return Err(self.refuse(Refusal::QueueFull { waiting, retry_after }));
         }
-        #[cfg(feature = "redis")]
-        let decided = match &self.remote {
-            Some(remote) => self.wait_remote(remote, class, digest, deadline).await?,
-            None => false,
-        };
-        #[cfg(not(feature = "redis"))]
-        let decided = {
-            let _ = digest;
-            false
-        };
-        if !decided {
+        if !self.wait_shared(class, digest, deadline).await? {
             self.wait_local(class, key, deadline).await?;
         }
         let global = match &self.concurrency {
@@ -237,40 +227,48 @@ impl Shared {
                 self.wait_keyed(gate, key, deadline).await?;
             }
         }
-        let class_gate = match class {
-            RouteClass::Submission => self.submit_rate.as_ref(),
-            RouteClass::Read => self.read_rate.as_ref(),
-            RouteClass::Other => None,
-        };
-        for gate in class_gate.into_iter().chain(self.rate.as_ref()) {
+        for gate in self.class_gate(class).into_iter().chain(self.rate.as_ref()) {
             self.wait_gate(gate, deadline).await?;
         }
         Ok(())
     }
 
+    /// The quota of the request's route class, if one is set.
+    fn class_gate(&self, class: RouteClass) -> Option<&Gate> {
+        match class {
+            RouteClass::Submission => self.submit_rate.as_ref(),
+            RouteClass::Read => self.read_rate.as_ref(),
+            RouteClass::Other => None,
+        }
+    }
+
     /// Wait for every rate quota that applies, in the store shared with the replicas:
-    /// one decision over all of them per round trip. `Ok(false)`: the store did not
-    /// answer and the fallback is this process's limiter.
+    /// one decision over all of them per round trip. `Ok(false)`: no store is set, or it
+    /// did not answer and the fallback is this process's limiter.
     #[cfg(feature = "redis")]
-    async fn wait_remote(
+    async fn wait_shared(
         &self,
-        remote: &Remote,
         class: RouteClass,
         digest: Option<[u8; 16]>,
         deadline: Instant,
     ) -> Result<bool, Refusal> {
-        let class_quota = match class {
-            RouteClass::Submission => self.submit_rate.as_ref(),
-            RouteClass::Read => self.read_rate.as_ref(),
-            RouteClass::Other => None,
+        use std::borrow::Cow;
+        use std::fmt::Write as _;
+
+        let Some(remote) = &self.remote else {
+            return Ok(false);
         };
-        let mut quotas: Vec<(String, super::QuotaSpec)> = Vec::with_capacity(3);
+        let mut quotas: Vec<(Cow<'static, str>, super::QuotaSpec)> = Vec::with_capacity(3);
         if let (Some(gate), Some(digest)) = (&self.rate_per_key, digest) {
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            quotas.push((format!("key:{hex}"), gate.spec));
+            let mut name = String::with_capacity(4 + 2 * digest.len());
+            name.push_str("key:");
+            for byte in digest {
+                let _ = write!(name, "{byte:02x}");
+            }
+            quotas.push((Cow::Owned(name), gate.spec));
         }
-        for gate in class_quota.into_iter().chain(self.rate.as_ref()) {
-            quotas.push((gate.name.to_owned(), gate.spec));
+        for gate in self.class_gate(class).into_iter().chain(self.rate.as_ref()) {
+            quotas.push((Cow::Borrowed(gate.name), gate.spec));
         }
         if quotas.is_empty() {
             return Ok(true);
@@ -278,7 +276,8 @@ impl Shared {
         loop {
             match remote.limits.check(&quotas).await {
                 Ok(decision) => {
-                    if remote.away.swap(false, Ordering::AcqRel) {
+                    // A load first: the common case (never away) writes nothing shared.
+                    if remote.away.load(Ordering::Relaxed) && remote.away.swap(false, Ordering::AcqRel) {
                         tracing::warn!("rate-limit store (Redis) answers again: quotas are shared again");
                     }
                     let wait = match decision {
@@ -306,6 +305,17 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Without the `redis` feature nothing is shared.
+    #[cfg(not(feature = "redis"))]
+    async fn wait_shared(
+        &self,
+        _class: RouteClass,
+        _digest: Option<[u8; 16]>,
+        _deadline: Instant,
+    ) -> Result<bool, Refusal> {
+        Ok(false)
     }
 
     /// Wait at a shared gate: line up behind earlier arrivals, then sleep until GCRA allows.

@@ -18,6 +18,8 @@ use runway_proxy::config::{Config, Overrides};
 use runway_proxy::mock::{MockConfig, MockUpstream};
 use tokio::sync::{Notify, oneshot};
 
+pub mod services;
+
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> TestClient {
