@@ -12,7 +12,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
-use runway_proxy::limit::{LimitSettings, QuotaSpec, RateLimitLayer, RedisUrl, SharedLimits};
+use runway_proxy::limit::{LimitSettings, QuotaSpec, RateLimitLayer, ServiceUrl, SharedLimits};
 use tower::{ServiceBuilder, ServiceExt};
 
 #[path = "../tests/common/services.rs"]
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
         settings.rate = Some(roomy);
         settings.rate_per_key = Some(roomy);
         settings.submit_rate = Some(roomy);
-        settings.redis_url = redis.map(RedisUrl::new);
+        settings.redis_url = redis.map(ServiceUrl::new);
         RateLimitLayer::builder()
             .settings(settings)
             .build()

@@ -38,9 +38,10 @@ use tower::Layer;
 
 use crate::callback::{CallbackError, Callbacks, Keyring, KeyringError, random_secret};
 use crate::config::{Config, ConfigError, Secret};
+use crate::idempotency::IdempotencyStore;
 use crate::metrics::MetricSet;
 use crate::relay::{
-    OutboxError, Relay, RelayError, SecretError, SqliteOutbox, WebhookReceiver, WebhookSigner,
+    Outbox, OutboxError, Relay, RelayError, SecretError, SqliteOutbox, WebhookReceiver, WebhookSigner,
 };
 use crate::runway::{Runway, RunwayLayer};
 use crate::server::ConnectionLimits;
@@ -139,6 +140,7 @@ pub struct Proxy {
     relay: Relay,
     metrics: Metrics,
     readiness: Readiness,
+    outbox: Arc<dyn Outbox>,
     grace: Duration,
     connections: ConnectionLimits,
 }
@@ -154,7 +156,7 @@ impl Proxy {
         })?;
         let signer = webhook_signer(config)?;
         let keys = token_keys(config)?;
-        let outbox = Arc::new(SqliteOutbox::open(&config.data_dir.join("outbox.sqlite3"))?);
+        let store = open_store(config).await?;
 
         let listen = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
@@ -201,9 +203,9 @@ impl Proxy {
             .rate_limit(config.limit.clone())
             .callbacks(callbacks.clone())
             // Idempotency records live in the outbox's database: durable, one store.
-            .idempotency(outbox.clone(), config.idempotency.clone())
+            .idempotency(Arc::clone(&store.idempotency), config.idempotency.clone())
             .build()?;
-        let relay = Relay::builder(&callbacks, outbox.clone(), signer)
+        let relay = Relay::builder(&callbacks, Arc::clone(&store.outbox), signer)
             .settings(config.delivery.clone())
             .start()?;
 
@@ -231,7 +233,7 @@ impl Proxy {
             .relay_admin(relay.admin())
             .admin_access(access)
             .access_log(config.access_log);
-        tracing::info!(public_url = %public_url, outbox = %outbox.path().display(), "webhook relay ready");
+        tracing::info!(public_url = %public_url, outbox = %store.described, "webhook relay ready");
         Ok(Proxy {
             listeners,
             webhook_listener,
@@ -240,6 +242,7 @@ impl Proxy {
             relay,
             metrics,
             readiness,
+            outbox: store.outbox,
             grace: config.shutdown_grace,
             connections: config.connections,
         })
@@ -293,6 +296,7 @@ impl Proxy {
                 Err(err) => tracing::error!(error = %err, index, "cannot start a serving thread"),
             }
         }
+        let probe = watch_store(self.outbox, self.readiness.clone(), stopped.clone());
         let hooks = crate::server::serve(
             self.webhook_listener,
             self.receiver,
@@ -306,7 +310,7 @@ impl Proxy {
             readiness.set(false);
             let _ = stop.send(true);
         };
-        tokio::join!(hooks, trigger);
+        tokio::join!(hooks, trigger, probe);
         let _ = tokio::task::spawn_blocking(move || {
             for thread in serving {
                 let _ = thread.join();
@@ -314,6 +318,60 @@ impl Proxy {
         })
         .await;
         self.relay.shutdown(self.grace).await;
+    }
+}
+
+/// The outbox and the idempotency records: one store, SQLite in the data directory or
+/// the PostgreSQL that replicas share.
+struct Store {
+    outbox: Arc<dyn Outbox>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    described: String,
+}
+
+async fn open_store(config: &Config) -> Result<Store, StartError> {
+    #[cfg(feature = "postgres")]
+    if config.database.url.is_some() {
+        let store = Arc::new(crate::relay::PostgresOutbox::connect(&config.database).await?);
+        return Ok(Store {
+            described: store.target().to_owned(),
+            outbox: Arc::clone(&store) as Arc<dyn Outbox>,
+            idempotency: store,
+        });
+    }
+    let store = Arc::new(SqliteOutbox::open(&config.data_dir.join("outbox.sqlite3"))?);
+    Ok(Store {
+        described: store.path().display().to_string(),
+        outbox: Arc::clone(&store) as Arc<dyn Outbox>,
+        idempotency: store,
+    })
+}
+
+/// How often readiness asks the outbox whether it answers.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Keep readiness in step with the outbox: a replica whose store does not answer says it
+/// is not ready (its webhook listener answers 503 meanwhile), and is ready again when the
+/// store is back.
+async fn watch_store(
+    outbox: Arc<dyn Outbox>,
+    readiness: Readiness,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut available = true;
+    loop {
+        let now = outbox.ping().await;
+        match (&now, available) {
+            (Err(err), true) => tracing::error!(error = %err, "the outbox does not answer: not ready"),
+            (Ok(()), false) => tracing::info!("the outbox answers again: ready"),
+            _ => {}
+        }
+        available = now.is_ok();
+        readiness.set_store_available(available);
+        tokio::select! {
+            () = tokio::time::sleep(STORE_PROBE_EVERY) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
     }
 }
 

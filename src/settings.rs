@@ -36,3 +36,38 @@ pub(crate) fn check(
         Err(InvalidSetting::new(key, problem()))
     }
 }
+
+/// The URL of a service that holds shared state (Redis, PostgreSQL). It may carry a
+/// password, so it is never printed whole: `Debug` and [`redacted`](Self::redacted) leave
+/// the user part out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUrl(String);
+
+impl ServiceUrl {
+    /// Wrap a URL (the settings that hold it check it in their `validate`).
+    pub fn new(url: impl Into<String>) -> Self {
+        ServiceUrl(url.into())
+    }
+
+    /// The URL itself, for the code that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL without its user and password, for logs and `config` output.
+    pub fn redacted(&self) -> String {
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://…@{host}"),
+                None => self.0.clone(),
+            },
+            None => "(not a URL)".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceUrl({})", self.redacted())
+    }
+}

@@ -218,7 +218,7 @@ mod through_the_layer {
     use http::{Request, Response, StatusCode};
     use http_body_util::BodyExt;
     use runway_proxy::body::{self, Body};
-    use runway_proxy::limit::{LimitSettings, RateLimitLayer, RedisUrl, SharedFallback};
+    use runway_proxy::limit::{LimitSettings, RateLimitLayer, ServiceUrl, SharedFallback};
     use tower::{Layer, ServiceExt};
 
     use super::*;
@@ -226,7 +226,7 @@ mod through_the_layer {
     fn settings(url: &str, rate: &str, fallback: SharedFallback) -> LimitSettings {
         let mut settings = LimitSettings::default();
         settings.rate = Some(quota(rate));
-        settings.redis_url = Some(RedisUrl::new(url));
+        settings.redis_url = Some(ServiceUrl::new(url));
         settings.redis_fallback = fallback;
         settings
     }

@@ -7,8 +7,9 @@ use super::values::*;
 use super::{Config, LogFormat, Secret, ValueError};
 use crate::callback::Keyring;
 use crate::duration;
-use crate::limit::{RedisUrl, parse_optional};
+use crate::limit::parse_optional;
 use crate::relay::WebhookSigner;
+use crate::settings::ServiceUrl;
 
 /// One configuration setting: a row of [`KEYS`].
 #[derive(Clone, Copy)]
@@ -366,7 +367,7 @@ pub const KEYS: &[Key] = &[
         set: |c, raw| {
             c.limit.redis_url = match raw.trim() {
                 "" | "none" => None,
-                url => Some(RedisUrl::new(url)),
+                url => Some(ServiceUrl::new(url)),
             };
             Ok(())
         },
@@ -374,7 +375,7 @@ pub const KEYS: &[Key] = &[
             c.limit
                 .redis_url
                 .as_ref()
-                .map_or_else(|| "none".to_owned(), RedisUrl::redacted)
+                .map_or_else(|| "none".to_owned(), ServiceUrl::redacted)
         },
     },
     Key {
@@ -430,6 +431,47 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         show: |c| c.data_dir.display().to_string(),
+    },
+    Key {
+        toml: "database.url",
+        env: "RUNWAY_PROXY_DATABASE_URL",
+        flag: "database-url",
+        doc: "PostgreSQL that keeps the outbox and idempotency records, shared by every replica that names it (none: SQLite in data_dir).",
+        set: |c, raw| {
+            c.database.url = match raw.trim() {
+                "" | "none" => None,
+                url => Some(ServiceUrl::new(url)),
+            };
+            Ok(())
+        },
+        show: |c| {
+            c.database
+                .url
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), ServiceUrl::redacted)
+        },
+    },
+    Key {
+        toml: "database.pool_size",
+        env: "RUNWAY_PROXY_DATABASE_POOL_SIZE",
+        flag: "database-pool-size",
+        doc: "Most connections to that PostgreSQL this process opens.",
+        set: |c, raw| {
+            c.database.pool_size = count(raw)? as usize;
+            Ok(())
+        },
+        show: |c| c.database.pool_size.to_string(),
+    },
+    Key {
+        toml: "database.timeout",
+        env: "RUNWAY_PROXY_DATABASE_TIMEOUT",
+        flag: "database-timeout",
+        doc: "The longest one PostgreSQL operation may take (a webhook not stored by then is answered 503).",
+        set: |c, raw| {
+            c.database.timeout = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.database.timeout),
     },
     Key {
         toml: "webhook_secret",

@@ -45,7 +45,7 @@ pub use values::ValueError;
 use crate::callback::SubscriberPolicy;
 use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
-use crate::relay::DeliverySettings;
+use crate::relay::{DatabaseSettings, DeliverySettings};
 use crate::retry::{RetrySettings, Rules};
 use crate::server::ConnectionLimits;
 use crate::settings::{InvalidSetting, check};
@@ -83,6 +83,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Directory of the outbox database and generated secrets.
     pub data_dir: PathBuf,
+    /// The PostgreSQL outbox replicas share (`[database]`); no URL: SQLite in `data_dir`.
+    pub database: DatabaseSettings,
     /// The secret that signs relayed webhooks; `None`: generated once, kept in `data_dir`.
     pub webhook_secret: Option<Secret>,
     /// The `callback_url` rewrite (`[callback]`).
@@ -115,6 +117,7 @@ impl Default for Config {
             webhook_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             public_url: None,
             data_dir: PathBuf::from("./runway-proxy-data"),
+            database: DatabaseSettings::default(),
             webhook_secret: None,
             callback: CallbackSettings::default(),
             delivery: DeliverySettings::default(),
@@ -334,6 +337,20 @@ impl Config {
         self.delivery.validate()?;
         self.idempotency.validate()?;
         self.connections.validate()?;
+        self.database.validate()?;
+        if self.database.url.is_some() {
+            // Generated ones are made per data directory: each replica would sign with its
+            // own secret, and refuse the callback tokens the others minted.
+            check(
+                self.webhook_secret.is_some() && self.callback.token_keys.is_some(),
+                "database.url",
+                || {
+                    "replicas sharing a database must sign with one secret and verify with one set of \
+                     keys: set webhook_secret and callback.token_keys too (the same on every replica)"
+                        .into()
+                },
+            )?;
+        }
         check(
             !self.callback.token_lifetime.is_zero(),
             "callback.token_lifetime",

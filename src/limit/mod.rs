@@ -58,6 +58,7 @@ pub use service::{RateLimit, ResponseFuture};
 #[cfg(feature = "redis")]
 pub use shared::{SharedDecision, SharedLimitError, SharedLimits};
 
+pub use crate::settings::ServiceUrl;
 use crate::settings::{InvalidSetting, check};
 
 /// Settings of the rate limiter (`[limit]` in the config file). Every quota is optional;
@@ -87,44 +88,10 @@ pub struct LimitSettings {
     pub slow_wait: Duration,
     /// Keep the rate quotas in this Redis, shared by every replica that names it (needs
     /// the `redis` feature). Unset: in this process's memory.
-    pub redis_url: Option<RedisUrl>,
+    pub redis_url: Option<ServiceUrl>,
     /// What to do when the Redis of `redis_url` cannot be reached (default: fall back to
     /// this process's own limiter).
     pub redis_fallback: SharedFallback,
-}
-
-/// A Redis URL (`redis://[user:password@]host:port/db`). It may carry a password, so it
-/// is never printed whole: `Debug` and [`redacted`](Self::redacted) leave the user part out.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(String);
-
-impl RedisUrl {
-    /// Wrap a URL (checked by [`LimitSettings::validate`]).
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisUrl(url.into())
-    }
-
-    /// The URL itself, for the code that connects.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL without its user and password, for logs and `config` output.
-    pub fn redacted(&self) -> String {
-        match self.0.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://…@{host}"),
-                None => self.0.clone(),
-            },
-            None => "(not a URL)".to_owned(),
-        }
-    }
-}
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RedisUrl({})", self.redacted())
-    }
 }
 
 /// What the limiter does when its shared store (Redis) does not answer.
@@ -214,7 +181,7 @@ impl LimitSettings {
 }
 
 #[cfg(feature = "redis")]
-fn check_redis_url(url: &RedisUrl) -> Result<(), InvalidSetting> {
+fn check_redis_url(url: &ServiceUrl) -> Result<(), InvalidSetting> {
     // The message never quotes the URL: it may carry a password.
     check(
         redis::Client::open(url.expose()).is_ok(),
@@ -229,7 +196,7 @@ fn check_redis_url(url: &RedisUrl) -> Result<(), InvalidSetting> {
 }
 
 #[cfg(not(feature = "redis"))]
-fn check_redis_url(_: &RedisUrl) -> Result<(), InvalidSetting> {
+fn check_redis_url(_: &ServiceUrl) -> Result<(), InvalidSetting> {
     check(false, "limit.redis_url", || {
         "this build has no Redis support (build with the `redis` feature)".into()
     })

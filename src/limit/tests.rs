@@ -181,7 +181,7 @@ fn settings_check_themselves() {
 
 #[test]
 fn a_redis_url_is_never_printed_with_its_password() {
-    let url = RedisUrl::new("redis://user:hunter2@redis.internal:6379/0");
+    let url = ServiceUrl::new("redis://user:hunter2@redis.internal:6379/0");
     assert_eq!(url.redacted(), "redis://…@redis.internal:6379/0");
     assert!(!format!("{url:?}").contains("hunter2"));
     let settings = LimitSettings {
@@ -190,7 +190,7 @@ fn a_redis_url_is_never_printed_with_its_password() {
     };
     assert!(!format!("{settings:?}").contains("hunter2"));
     assert_eq!(
-        RedisUrl::new("redis://localhost:6379/").redacted(),
+        ServiceUrl::new("redis://localhost:6379/").redacted(),
         "redis://localhost:6379/"
     );
     assert_eq!("refuse".parse::<SharedFallback>(), Ok(SharedFallback::Refuse));

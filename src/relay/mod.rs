@@ -7,8 +7,8 @@
 //! - [`WebhookReceiver`] (a tower `Service`) answers `POST /hooks/runway/{token}`: it
 //!   verifies the route token, stores the body in the [`Outbox`] *before* answering 2xx,
 //!   and answers 503 when it can't, so the sender tries again.
-//! - [`SqliteOutbox`] is the embedded store (WAL, group commit); [`Outbox`] is the trait a
-//!   shared store implements for several replicas. The same (task, status, update time)
+//! - [`SqliteOutbox`] is the embedded store (WAL, group commit); `PostgresOutbox`
+//!   (feature `postgres`) is the one several replicas share; [`Outbox`] is their trait. The same (task, status, update time)
 //!   is stored once, and a task's older status is never delivered after its terminal one.
 //! - The delivery workers send each webhook with Standard Webhooks headers
 //!   ([`WebhookSigner`]), retry on a schedule ([`DeliverySettings`]: honouring
@@ -40,9 +40,12 @@
 //! ```
 
 mod admin;
+mod database;
 mod idempotency_store;
 mod metrics;
 mod outbox;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod receiver;
 mod signing;
 mod sqlite;
@@ -53,11 +56,16 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+pub use crate::settings::ServiceUrl;
 pub use admin::RelayAdmin;
+pub use database::DatabaseSettings;
 pub use metrics::RelayMetrics;
 pub use outbox::{
     BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
 };
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PostgresOutbox;
 pub use receiver::WebhookReceiver;
 pub use signing::{SecretError, TOLERANCE, WebhookSigner};
 pub use sqlite::SqliteOutbox;

@@ -1,7 +1,7 @@
 //! The durable store of webhooks waiting to be relayed: the [`Outbox`] trait.
 //!
-//! The trait is what a shared store (PostgreSQL, say) would implement to back several
-//! replicas; the embedded default is [`SqliteOutbox`](super::SqliteOutbox). It is built for
+//! The embedded default is [`SqliteOutbox`](super::SqliteOutbox); replicas share a
+//! [`PostgresOutbox`](super::PostgresOutbox) (feature `postgres`). It is built for
 //! several concurrent delivery workers: a worker *claims* deliveries with a lease, and a
 //! claim whose lease runs out (its worker crashed) can be claimed again.
 
@@ -134,7 +134,7 @@ pub enum Completion {
 }
 
 /// A failure of the store itself.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("outbox: {0}")]
 pub struct OutboxError(pub String);
 
@@ -193,4 +193,10 @@ pub trait Outbox: Send + Sync + 'static {
     /// How many deliveries are pending, in flight and dead (the delivery workers publish
     /// it as `runway_proxy_outbox_depth`).
     fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>>;
+
+    /// Whether the store answers now (the sidecar's readiness asks every second). The
+    /// default says yes: a store that can't fail apart from its operations needs no probe.
+    fn ping(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
+        Box::pin(async { Ok(()) })
+    }
 }

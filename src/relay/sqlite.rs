@@ -474,4 +474,9 @@ impl Outbox for SqliteOutbox {
             })
         }))
     }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
+        // Through the writer thread: a writer that stopped or stalls fails it.
+        Box::pin(self.run(|_| Ok(())))
+    }
 }

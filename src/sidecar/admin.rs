@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use ring::digest;
 
-use super::AdminState;
+use super::{AdminState, NotReady};
 use crate::body::{self, Body};
 use crate::callback::constant_time_eq;
 use crate::envelope;
@@ -150,8 +150,16 @@ fn probe(state: &AdminState, method: &Method, path: &str) -> Response<Body> {
     }
     match path {
         "/-/healthz" => json(StatusCode::OK, r#"{"status":"alive"}"#),
-        _ if state.readiness.get() => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        _ => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#),
+        _ => match state.readiness.why_not() {
+            None => json(StatusCode::OK, r#"{"status":"ready"}"#),
+            Some(NotReady::OutboxUnavailable) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"outbox unavailable"}"#,
+            ),
+            Some(NotReady::ShuttingDown) => {
+                json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#)
+            }
+        },
     }
 }
 

@@ -35,7 +35,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -57,20 +57,67 @@ use crate::upstream::{UpstreamError, UpstreamLatency};
 /// Prefix of the admin paths the proxy answers itself.
 pub const ADMIN_PREFIX: &str = "/-/";
 
-/// Whether the proxy is ready to take traffic; cleared when shutdown begins.
-#[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether the proxy is ready to take traffic: it is serving (set when it starts, cleared
+/// when shutdown begins) and its outbox answers. `/-/readyz` answers from it.
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<AtomicU8>);
+
+/// Not serving: not started yet, or shutting down.
+const NOT_SERVING: u8 = 1;
+/// The outbox does not answer (its database is down).
+const STORE_DOWN: u8 = 2;
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(AtomicU8::new(NOT_SERVING)))
+    }
+}
 
 impl Readiness {
-    /// Mark the proxy ready (or not).
+    /// Mark the proxy serving (or not).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.flag(NOT_SERVING, !ready);
+    }
+
+    /// Record whether the outbox answers: a proxy whose webhooks can't be stored is not
+    /// ready, so a load balancer sends them to a replica whose can.
+    pub fn set_store_available(&self, available: bool) {
+        self.flag(STORE_DOWN, !available);
+    }
+
+    fn flag(&self, bit: u8, raised: bool) {
+        if raised {
+            self.0.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.0.fetch_and(!bit, Ordering::AcqRel);
+        }
     }
 
     /// Whether the proxy is ready.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) == 0
     }
+
+    /// Why it is not ready, if it is not.
+    pub fn why_not(&self) -> Option<NotReady> {
+        let flags = self.0.load(Ordering::Acquire);
+        if flags & NOT_SERVING != 0 {
+            Some(NotReady::ShuttingDown)
+        } else if flags & STORE_DOWN != 0 {
+            Some(NotReady::OutboxUnavailable)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the proxy is not ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    /// Not started yet, or shutting down.
+    ShuttingDown,
+    /// The outbox does not answer.
+    OutboxUnavailable,
 }
 
 /// What the admin paths answer from: readiness, the metric sets to render, the relay.

@@ -31,3 +31,34 @@ fn service_url(name: &str) -> &'static str {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("scripts/test-services printed no {name}"))
 }
+
+/// The URL of the test PostgreSQL's shared database (`RUNWAY_PROXY_TEST_DATABASE_URL`).
+pub fn database_url() -> &'static str {
+    service_url("RUNWAY_PROXY_TEST_DATABASE_URL")
+}
+
+/// A new, empty database on the test PostgreSQL, for one test alone: no test sees
+/// another's rows, and a test that runs again starts clean.
+pub async fn fresh_database() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = database_url();
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL answers");
+    tokio::spawn(connection);
+    let name = format!(
+        "runway_test_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("CREATE DATABASE");
+    let (prefix, _) = base.rsplit_once('/').expect("a database URL ends in /name");
+    format!("{prefix}/{name}")
+}

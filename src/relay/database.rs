@@ -1,0 +1,87 @@
+//! Where the shared outbox lives: [`DatabaseSettings`] for
+//! [`PostgresOutbox`](super::PostgresOutbox).
+
+use std::time::Duration;
+
+use crate::settings::{InvalidSetting, ServiceUrl, check};
+
+/// The PostgreSQL database that replicas share for the outbox and the idempotency records
+/// (`[database]` in the config file). With no URL, each process keeps its own SQLite file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/database`; `None`: the embedded SQLite outbox.
+    pub url: Option<ServiceUrl>,
+    /// Most connections this process opens (default 8). Two replicas with the default
+    /// hold 16 of the server's `max_connections`.
+    pub pool_size: usize,
+    /// The longest any one store operation may take, from waiting for a pooled
+    /// connection through connecting to the statement itself (default 5 s). A webhook
+    /// that can't be stored within it is answered 503, so its sender tries again.
+    pub timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: None,
+            pool_size: 8,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// Settings for the database at `url`, with the default pool.
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseSettings {
+            url: Some(ServiceUrl::new(url)),
+            ..DatabaseSettings::default()
+        }
+    }
+
+    /// Check every value; the config and [`PostgresOutbox::connect`](super::PostgresOutbox::connect)
+    /// both call this.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        // Writes (group commits) and claims each need a connection of their own.
+        check(self.pool_size >= 2, "database.pool_size", || {
+            "must be at least 2".into()
+        })?;
+        check(
+            !self.timeout.is_zero() && self.timeout <= Duration::from_secs(300),
+            "database.timeout",
+            || "must be longer than zero and at most 5m".into(),
+        )?;
+        match &self.url {
+            Some(url) => check_database_url(url),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn check_database_url(url: &ServiceUrl) -> Result<(), InvalidSetting> {
+    use tokio_postgres::config::SslMode;
+    // The messages never quote the URL: it may carry a password.
+    let parsed = url.expose().parse::<tokio_postgres::Config>().map_err(|_| {
+        InvalidSetting::new(
+            "database.url",
+            format!(
+                "{} is not a PostgreSQL URL (postgres://user:password@host:port/database)",
+                url.redacted()
+            ),
+        )
+    })?;
+    check(parsed.get_ssl_mode() != SslMode::Require, "database.url", || {
+        "sslmode=require: this build speaks to PostgreSQL without TLS; reach it over a private \
+         network or a local TLS-terminating proxy, and drop sslmode=require"
+            .into()
+    })
+}
+
+#[cfg(not(feature = "postgres"))]
+fn check_database_url(_: &ServiceUrl) -> Result<(), InvalidSetting> {
+    check(false, "database.url", || {
+        "this build has no PostgreSQL support (build with the `postgres` feature)".into()
+    })
+}

@@ -1,0 +1,119 @@
+//! Idempotency records in the outbox's PostgreSQL database, shared by every replica: a
+//! retry of a submission that reaches another replica still finds its key.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{PostgresOutbox, pool_error};
+use crate::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+use crate::store::{BoxFuture, StoreError};
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl PostgresOutbox {
+    /// Run one statement of the idempotency records on the outbox's runtime.
+    async fn idempotency_statement(
+        &self,
+        sql: &'static str,
+        key: String,
+        finished: Option<Finished>,
+    ) -> Result<(), StoreError> {
+        let pool = self.pool();
+        self.call(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let statement = client.prepare_cached(sql).await.map_err(super::db_error)?;
+            let done = match finished {
+                Some(Finished::Answer(answer)) => {
+                    let status = i32::from(answer.status);
+                    client
+                        .execute(
+                            &statement,
+                            &[&key, &status, &answer.content_type, &answer.body.as_ref()],
+                        )
+                        .await
+                }
+                _ => client.execute(&statement, &[&key]).await,
+            };
+            done.map(drop).map_err(super::db_error)
+        })
+        .await
+        .map_err(|e| StoreError(e.0))
+    }
+}
+
+impl IdempotencyStore for PostgresOutbox {
+    fn begin(
+        &self,
+        key: String,
+        fingerprint: String,
+        lease: Duration,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Begin, StoreError>> {
+        let pool = self.pool();
+        Box::pin(async move {
+            self.call(async move {
+                let client = pool.get().await.map_err(pool_error)?;
+                let begin = client
+                    .prepare_cached(
+                        "SELECT o_outcome, o_status, o_content_type, o_body
+                         FROM runway_proxy_idempotency_begin($1, $2, $3, $4)",
+                    )
+                    .await
+                    .map_err(super::db_error)?;
+                let row = client
+                    .query_one(&begin, &[&key, &fingerprint, &millis(lease), &millis(ttl)])
+                    .await
+                    .map_err(super::db_error)?;
+                let outcome: String = row.try_get(0).map_err(super::db_error)?;
+                Ok(match outcome.as_str() {
+                    "started" => Begin::Started,
+                    "in_flight" => Begin::InFlight,
+                    "mismatch" => Begin::Mismatch,
+                    "replay" => {
+                        let status: Option<i32> = row.try_get(1).map_err(super::db_error)?;
+                        let body: Option<Vec<u8>> = row.try_get(3).map_err(super::db_error)?;
+                        Begin::Replay(StoredAnswer {
+                            status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+                            content_type: row.try_get(2).map_err(super::db_error)?,
+                            body: Bytes::from(body.unwrap_or_default()),
+                        })
+                    }
+                    _ => Begin::Unknown,
+                })
+            })
+            .await
+            .map_err(|e| StoreError(e.0))
+        })
+    }
+
+    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            match finished {
+                Finished::Answer(_) => {
+                    self.idempotency_statement(
+                        "UPDATE runway_proxy_idempotency
+                         SET state = 'done', status = $2, content_type = $3, body = $4 WHERE key = $1",
+                        key,
+                        Some(finished),
+                    )
+                    .await
+                }
+                Finished::Unknown => {
+                    self.idempotency_statement(
+                        "UPDATE runway_proxy_idempotency SET state = 'unknown' WHERE key = $1",
+                        key,
+                        None,
+                    )
+                    .await
+                }
+            }
+        })
+    }
+
+    fn release(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.idempotency_statement("DELETE FROM runway_proxy_idempotency WHERE key = $1", key, None))
+    }
+}

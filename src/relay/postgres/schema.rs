@@ -1,0 +1,201 @@
+//! The PostgreSQL schema, as numbered migrations applied at start.
+//!
+//! Every replica runs [`migrate`] when it connects. The migrations run in one transaction
+//! that first takes an advisory lock, so replicas starting together apply each one once,
+//! and a replica never sees a half-made schema. A database migrated by a newer
+//! runway-proxy than this one is refused rather than written with old assumptions.
+
+use deadpool_postgres::Object;
+
+use super::super::outbox::OutboxError;
+use super::db_error;
+
+/// The advisory lock the migrations hold ("runway" and 1).
+const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
+
+/// Each migration, in order; its number is its position (from 1). Never edit one that has
+/// shipped: add the next.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The newest schema version this build knows.
+pub(super) const LATEST: i32 = MIGRATIONS.len() as i32;
+
+const V1: &str = r#"
+-- The database's clock decides leases and due times, so replicas whose clocks disagree
+-- still agree on whose claim has expired.
+CREATE FUNCTION runway_proxy_now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS
+$$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+CREATE TABLE runway_proxy_deliveries (
+    id              bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    webhook_id      text    NOT NULL,
+    dedup_key       text    NOT NULL UNIQUE,
+    task_key        text    NOT NULL,
+    status          text,
+    terminal        boolean NOT NULL,
+    target_url      text    NOT NULL,
+    body            bytea   NOT NULL,
+    state           text    NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at bigint  NOT NULL,
+    lease_owner     text,
+    lease_until     bigint,
+    last_error      text,
+    created_at      bigint  NOT NULL,
+    updated_at      bigint  NOT NULL,
+    delivered_at    bigint
+);
+-- Partial indexes hold only the rows that still need work, so claims cost the batch
+-- however many webhooks have ever been delivered.
+CREATE INDEX runway_proxy_deliveries_due ON runway_proxy_deliveries (next_attempt_at, id)
+    WHERE state = 'pending';
+CREATE INDEX runway_proxy_deliveries_leased ON runway_proxy_deliveries (lease_until)
+    WHERE state = 'in_flight';
+CREATE INDEX runway_proxy_deliveries_open ON runway_proxy_deliveries (task_key, id)
+    WHERE state IN ('pending', 'in_flight');
+CREATE INDEX runway_proxy_deliveries_terminal ON runway_proxy_deliveries (task_key)
+    WHERE terminal AND state <> 'superseded';
+CREATE INDEX runway_proxy_deliveries_state ON runway_proxy_deliveries (state, id);
+
+-- Store one webhook: the same rules as the SQLite outbox, in one round trip.
+CREATE FUNCTION runway_proxy_enqueue(
+    p_lock bigint, p_webhook_id text, p_dedup_key text, p_task_key text, p_status text,
+    p_terminal boolean, p_target_url text, p_body bytea,
+    OUT o_id bigint, OUT o_outcome text
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint := runway_proxy_now_ms();
+    v_terminal_seen boolean := false;
+BEGIN
+    -- One task's webhooks are stored one at a time (whichever replica took them), so its
+    -- ids follow the order they were stored in and the terminal check can't race.
+    PERFORM pg_advisory_xact_lock(p_lock);
+    SELECT d.id INTO o_id FROM runway_proxy_deliveries d WHERE d.dedup_key = p_dedup_key;
+    IF FOUND THEN
+        o_outcome := 'duplicate';
+        RETURN;
+    END IF;
+    IF NOT p_terminal THEN
+        v_terminal_seen := EXISTS (
+            SELECT 1 FROM runway_proxy_deliveries d
+            WHERE d.task_key = p_task_key AND d.terminal AND d.state <> 'superseded');
+    END IF;
+    INSERT INTO runway_proxy_deliveries (webhook_id, dedup_key, task_key, status, terminal, target_url,
+                                         body, state, next_attempt_at, created_at, updated_at)
+    VALUES (p_webhook_id, p_dedup_key, p_task_key, p_status, p_terminal, p_target_url, p_body,
+            CASE WHEN v_terminal_seen THEN 'superseded' ELSE 'pending' END, v_now, v_now, v_now)
+    RETURNING id INTO o_id;
+    IF v_terminal_seen THEN
+        o_outcome := 'superseded';
+        RETURN;
+    END IF;
+    IF p_terminal THEN
+        -- Older statuses still waiting would arrive after the terminal one: drop them.
+        UPDATE runway_proxy_deliveries d SET state = 'superseded', updated_at = v_now
+        WHERE d.task_key = p_task_key AND d.id < o_id AND NOT d.terminal AND d.state = 'pending';
+    END IF;
+    o_outcome := 'stored';
+END $$;
+
+CREATE TABLE runway_proxy_idempotency (
+    key          text    PRIMARY KEY,
+    fingerprint  text    NOT NULL,
+    state        text    NOT NULL,
+    status       integer,
+    content_type text,
+    body         bytea,
+    lease_until  bigint  NOT NULL,
+    expires_at   bigint  NOT NULL
+);
+CREATE INDEX runway_proxy_idempotency_expiry ON runway_proxy_idempotency (expires_at);
+
+-- Look a submission's key up, recording it as in flight when it is new: one round trip,
+-- and the row lock makes two replicas' lookups of one key take turns.
+CREATE FUNCTION runway_proxy_idempotency_begin(
+    p_key text, p_fingerprint text, p_lease_ms bigint, p_ttl_ms bigint,
+    OUT o_outcome text, OUT o_status integer, OUT o_content_type text, OUT o_body bytea
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint := runway_proxy_now_ms();
+    r runway_proxy_idempotency%ROWTYPE;
+BEGIN
+    -- A few expired records go with each lookup: the table stays small without a sweeper.
+    DELETE FROM runway_proxy_idempotency WHERE key IN (
+        SELECT i.key FROM runway_proxy_idempotency i
+        WHERE i.expires_at <= v_now AND i.key <> p_key
+        LIMIT 64 FOR UPDATE SKIP LOCKED);
+    LOOP
+        INSERT INTO runway_proxy_idempotency (key, fingerprint, state, lease_until, expires_at)
+        VALUES (p_key, p_fingerprint, 'in_flight', v_now + p_lease_ms, v_now + p_ttl_ms)
+        ON CONFLICT (key) DO NOTHING;
+        IF FOUND THEN
+            o_outcome := 'started';
+            RETURN;
+        END IF;
+        SELECT * INTO r FROM runway_proxy_idempotency i WHERE i.key = p_key FOR UPDATE;
+        -- Gone between the two (another lookup purged it as expired): insert again.
+        EXIT WHEN FOUND;
+    END LOOP;
+    IF r.expires_at <= v_now THEN
+        UPDATE runway_proxy_idempotency i
+        SET fingerprint = p_fingerprint, state = 'in_flight', status = NULL, content_type = NULL,
+            body = NULL, lease_until = v_now + p_lease_ms, expires_at = v_now + p_ttl_ms
+        WHERE i.key = p_key;
+        o_outcome := 'started';
+    ELSIF r.fingerprint <> p_fingerprint THEN
+        o_outcome := 'mismatch';
+    ELSIF r.state = 'in_flight' AND r.lease_until > v_now THEN
+        o_outcome := 'in_flight';
+    ELSIF r.state = 'done' THEN
+        o_outcome := 'replay';
+        o_status := r.status;
+        o_content_type := r.content_type;
+        o_body := r.body;
+    ELSE
+        -- Unknown, or in flight past its lease (its replica died mid-request).
+        UPDATE runway_proxy_idempotency i SET state = 'unknown' WHERE i.key = p_key;
+        o_outcome := 'unknown';
+    END IF;
+END $$;
+"#;
+
+/// Bring the database's schema up to [`LATEST`].
+pub(super) async fn migrate(client: &mut Object) -> Result<i32, OutboxError> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db_error)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS runway_proxy_schema (
+             version    integer     PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(db_error)?;
+    let current: i32 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM runway_proxy_schema", &[])
+        .await
+        .map_err(db_error)?
+        .get(0);
+    if current > LATEST {
+        return Err(OutboxError(format!(
+            "the database's schema is version {current}, newer than this runway-proxy knows \
+             ({LATEST}): run the newer runway-proxy, or a database of this version's own"
+        )));
+    }
+    for (version, sql) in (1..).zip(MIGRATIONS).skip(current as usize) {
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| OutboxError(format!("migration {version} failed: {}", db_error(e).0)))?;
+        tx.execute(
+            "INSERT INTO runway_proxy_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(db_error)?;
+        tracing::info!(version, "applied a PostgreSQL schema migration");
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(LATEST)
+}

@@ -1,0 +1,467 @@
+//! The outbox's promises, held by every store: the embedded SQLite one, and (with the
+//! `postgres` feature) the PostgreSQL one that replicas share, each test on a database of
+//! its own in the real server that `scripts/test-services` starts.
+//!
+//! Each scenario is written once, against the `Outbox` and `IdempotencyStore` traits, and
+//! run on both stores.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use runway_proxy::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+use runway_proxy::relay::{Completion, DeliveryState, Enqueued, NewDelivery, Outbox};
+
+trait Store: Outbox + IdempotencyStore {}
+impl<T: Outbox + IdempotencyStore> Store for T {}
+
+fn webhook(task: &str, status: &str, at: u32) -> NewDelivery {
+    let terminal = matches!(status, "SUCCEEDED" | "FAILED");
+    NewDelivery {
+        webhook_id: format!("msg_{task}_{status}_{at}"),
+        dedup_key: format!("{task}/{status}/{at}"),
+        task_key: task.to_owned(),
+        status: Some(status.to_owned()),
+        terminal,
+        target_url: "http://127.0.0.1:9/hook".to_owned(),
+        body: Bytes::from(format!(
+            r#"{{"id":"{task}","status":"{status}","at":{at},"raw":"\u00e9 \u0000"}}"#
+        )),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn stores_once_and_keeps_the_exact_bytes(store: Arc<dyn Store>) {
+    let first = webhook("t1", "RUNNING", 1);
+    let Enqueued::Stored(id) = store.enqueue(first.clone()).await.unwrap() else {
+        panic!("a new webhook is stored");
+    };
+    assert_eq!(
+        store.enqueue(first.clone()).await.unwrap(),
+        Enqueued::Duplicate(id)
+    );
+    let claimed = store.claim("a".into(), 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let d = &claimed[0];
+    assert_eq!(
+        (
+            d.id,
+            &d.webhook_id,
+            &d.task_key,
+            d.status.as_deref(),
+            &d.target_url,
+            &d.body
+        ),
+        (
+            id,
+            &first.webhook_id,
+            &first.task_key,
+            Some("RUNNING"),
+            &first.target_url,
+            &first.body
+        )
+    );
+    assert_eq!((d.state, d.attempts), (DeliveryState::InFlight, 0));
+    assert_eq!(
+        store.enqueue(first).await.unwrap(),
+        Enqueued::Duplicate(id),
+        "still a duplicate while in flight"
+    );
+}
+
+async fn a_terminal_status_supersedes_older_ones(store: Arc<dyn Store>) {
+    let Enqueued::Stored(running) = store.enqueue(webhook("t1", "RUNNING", 1)).await.unwrap() else {
+        panic!()
+    };
+    let Enqueued::Stored(done) = store.enqueue(webhook("t1", "SUCCEEDED", 2)).await.unwrap() else {
+        panic!()
+    };
+    let Enqueued::Superseded(late) = store.enqueue(webhook("t1", "RUNNING", 3)).await.unwrap() else {
+        panic!("a status arriving after the terminal one is never delivered")
+    };
+    let superseded: Vec<i64> = store
+        .list(DeliveryState::Superseded, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(superseded, vec![running, late]);
+    let claimed = store.claim("a".into(), 10, LEASE).await.unwrap();
+    assert_eq!(claimed.iter().map(|d| d.id).collect::<Vec<_>>(), vec![done]);
+}
+
+async fn one_delivery_per_task_in_flight_in_order(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for (task, status, at) in [("t1", "PENDING", 1), ("t1", "RUNNING", 2), ("t2", "RUNNING", 1)] {
+        let Enqueued::Stored(id) = store.enqueue(webhook(task, status, at)).await.unwrap() else {
+            panic!()
+        };
+        ids.push(id);
+    }
+    let first: Vec<i64> = store
+        .claim("a".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(first, vec![ids[0], ids[2]], "t1's second waits for its first");
+    assert!(store.claim("b".into(), 10, LEASE).await.unwrap().is_empty());
+    store
+        .complete(ids[0], "a".into(), Completion::Delivered)
+        .await
+        .unwrap();
+    let next = store.claim("b".into(), 10, LEASE).await.unwrap();
+    assert_eq!(next.iter().map(|d| d.id).collect::<Vec<_>>(), vec![ids[1]]);
+    let delivered = store.list(DeliveryState::Delivered, 0, 10).await.unwrap();
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].delivered_at.is_some());
+    assert_eq!(delivered[0].attempts, 1);
+}
+
+async fn an_expired_lease_is_claimed_again_and_the_old_owner_is_ignored(store: Arc<dyn Store>) {
+    let Enqueued::Stored(id) = store.enqueue(webhook("t1", "RUNNING", 1)).await.unwrap() else {
+        panic!()
+    };
+    let short = Duration::from_millis(300);
+    assert_eq!(store.claim("dead".into(), 10, short).await.unwrap().len(), 1);
+    assert!(
+        store.claim("live".into(), 10, LEASE).await.unwrap().is_empty(),
+        "leased: nobody else takes it"
+    );
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let again = store.claim("live".into(), 10, LEASE).await.unwrap();
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
+    // The owner whose lease ran out comes back: its word no longer counts.
+    store
+        .complete(id, "dead".into(), Completion::Delivered)
+        .await
+        .unwrap();
+    Outbox::release(&*store, id, "dead".into()).await.unwrap();
+    assert_eq!(store.depth().await.unwrap().in_flight, 1);
+    store
+        .complete(id, "live".into(), Completion::Delivered)
+        .await
+        .unwrap();
+    let depth = store.depth().await.unwrap();
+    assert_eq!((depth.pending, depth.in_flight, depth.dead), (0, 0, 0));
+}
+
+async fn a_retry_waits_for_its_time(store: Arc<dyn Store>) {
+    store.enqueue(webhook("t1", "RUNNING", 1)).await.unwrap();
+    let [claimed] = store
+        .claim("a".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let at = now_ms() + 600;
+    let retry = Completion::RetryAt {
+        at,
+        error: "subscriber answered 503".into(),
+    };
+    store.complete(claimed.id, "a".into(), retry).await.unwrap();
+    assert!(
+        store.claim("a".into(), 10, LEASE).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    let due = store.next_due().await.unwrap().expect("something is due later");
+    assert!((due - at).abs() < 250, "next due {due}, scheduled {at}");
+    let pending = store.list(DeliveryState::Pending, 0, 10).await.unwrap();
+    assert_eq!(pending[0].last_error.as_deref(), Some("subscriber answered 503"));
+    assert_eq!(pending[0].attempts, 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(store.claim("a".into(), 10, LEASE).await.unwrap().len(), 1);
+}
+
+async fn dead_letters_are_listed_and_replayed(store: Arc<dyn Store>) {
+    let Enqueued::Stored(id) = store.enqueue(webhook("t1", "SUCCEEDED", 1)).await.unwrap() else {
+        panic!()
+    };
+    store.claim("a".into(), 10, LEASE).await.unwrap();
+    assert!(
+        !store.replay(id).await.unwrap(),
+        "an in-flight delivery is not replayed"
+    );
+    let dead = Completion::Dead {
+        error: "410 Gone".into(),
+    };
+    store.complete(id, "a".into(), dead).await.unwrap();
+    let letters = store.list(DeliveryState::Dead, 0, 10).await.unwrap();
+    assert_eq!(letters.iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(letters[0].last_error.as_deref(), Some("410 Gone"));
+    assert_eq!(store.depth().await.unwrap().dead, 1);
+    assert!(
+        store.list(DeliveryState::Dead, id, 10).await.unwrap().is_empty(),
+        "paged by id"
+    );
+    assert!(store.replay(id).await.unwrap());
+    assert!(!store.replay(id + 1000).await.unwrap(), "no such delivery");
+    let [again] = store
+        .claim("b".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!((again.id, again.attempts), (id, 0));
+}
+
+async fn a_released_claim_is_pending_again(store: Arc<dyn Store>) {
+    store.enqueue(webhook("t1", "RUNNING", 1)).await.unwrap();
+    let [claimed] = store
+        .claim("a".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    Outbox::release(&*store, claimed.id, "a".into()).await.unwrap();
+    let [again] = store
+        .claim("b".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        (again.id, again.attempts),
+        (claimed.id, 0),
+        "released unattempted"
+    );
+}
+
+async fn idempotency_keys_keep_their_answer(store: Arc<dyn Store>) {
+    let (lease, ttl) = (Duration::from_secs(60), Duration::from_secs(3600));
+    let begin =
+        |key: &str, fingerprint: &str, ttl: Duration| store.begin(key.into(), fingerprint.into(), lease, ttl);
+    assert_eq!(begin("k", "f", ttl).await, Ok(Begin::Started));
+    assert_eq!(begin("k", "f", ttl).await, Ok(Begin::InFlight));
+    assert_eq!(begin("k", "g", ttl).await, Ok(Begin::Mismatch));
+    let answer = StoredAnswer {
+        status: 200,
+        content_type: Some("application/json".into()),
+        body: Bytes::from_static(br#"{"code":200,"data":{"task_id":"x"}}"#),
+    };
+    store
+        .finish("k".into(), Finished::Answer(answer.clone()))
+        .await
+        .unwrap();
+    assert_eq!(begin("k", "f", ttl).await, Ok(Begin::Replay(answer)));
+    begin("u", "f", ttl).await.unwrap();
+    store.finish("u".into(), Finished::Unknown).await.unwrap();
+    assert_eq!(begin("u", "f", ttl).await, Ok(Begin::Unknown));
+    begin("r", "f", ttl).await.unwrap();
+    IdempotencyStore::release(&*store, "r".into()).await.unwrap();
+    assert_eq!(begin("r", "f", ttl).await, Ok(Begin::Started), "released");
+    assert_eq!(begin("x", "f", Duration::ZERO).await, Ok(Begin::Started));
+    assert_eq!(
+        begin("x", "g", ttl).await,
+        Ok(Begin::Started),
+        "expired: new again"
+    );
+    let short = Duration::from_millis(200);
+    assert_eq!(
+        store.begin("l".into(), "f".into(), short, ttl).await,
+        Ok(Begin::Started)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        begin("l", "f", ttl).await,
+        Ok(Begin::Unknown),
+        "in flight past its lease: its process died mid-request"
+    );
+}
+
+/// Claimers racing on the same store (several workers, or several replicas each with
+/// its own connection to it): every delivery is claimed exactly once, a task never has
+/// two deliveries in flight, and a task's deliveries go in the order they were stored.
+async fn racing_claimers_share_nothing(stores: Vec<Arc<dyn Store>>) {
+    const TASKS: u32 = 20;
+    const PER_TASK: u32 = 6;
+    for at in 1..=PER_TASK {
+        for task in 0..TASKS {
+            stores[0]
+                .enqueue(webhook(&format!("t{task}"), "RUNNING", at))
+                .await
+                .unwrap();
+        }
+    }
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, Vec<i64>>>> = Arc::default();
+    let mut claimers = Vec::new();
+    for (n, store) in stores.iter().cycle().take(6).enumerate() {
+        let (store, in_flight, seen) = (Arc::clone(store), Arc::clone(&in_flight), Arc::clone(&seen));
+        claimers.push(tokio::spawn(async move {
+            let owner = format!("claimer-{n}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut idle = 0;
+            while idle < 20 && tokio::time::Instant::now() < deadline {
+                let claimed = store.claim(owner.clone(), 4, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                idle = 0;
+                for d in &claimed {
+                    assert!(
+                        in_flight.lock().unwrap().insert(d.task_key.clone()),
+                        "two deliveries of {} in flight at once",
+                        d.task_key
+                    );
+                    seen.lock()
+                        .unwrap()
+                        .entry(d.task_key.clone())
+                        .or_default()
+                        .push(d.id);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                for d in claimed {
+                    in_flight.lock().unwrap().remove(&d.task_key);
+                    store
+                        .complete(d.id, owner.clone(), Completion::Delivered)
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for claimer in claimers {
+        claimer.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), TASKS as usize);
+    for (task, ids) in seen.iter() {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(ids, &sorted, "{task}: claimed once each, in order");
+        assert_eq!(ids.len(), PER_TASK as usize, "{task}: every delivery claimed");
+    }
+}
+
+macro_rules! on_every_store {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = runway_proxy::relay::SqliteOutbox::open(&dir.path().join("outbox.sqlite3")).unwrap();
+                    super::$scenario(Arc::new(store)).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn racing_claimers_share_nothing() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = runway_proxy::relay::SqliteOutbox::open(&dir.path().join("outbox.sqlite3")).unwrap();
+                super::racing_claimers_share_nothing(vec![Arc::new(store)]).await;
+            }
+        }
+
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            use super::*;
+            use runway_proxy::relay::{DatabaseSettings, PostgresOutbox};
+
+            pub(super) async fn connect(url: &str) -> PostgresOutbox {
+                PostgresOutbox::connect(&DatabaseSettings::new(url)).await.unwrap()
+            }
+
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let url = common::services::fresh_database().await;
+                    super::$scenario(Arc::new(connect(&url).await)).await;
+                }
+            )*
+
+            /// Three replicas' stores on one database.
+            #[tokio::test]
+            async fn racing_claimers_share_nothing() {
+                let url = common::services::fresh_database().await;
+                let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+                for _ in 0..3 {
+                    stores.push(Arc::new(connect(&url).await));
+                }
+                super::racing_claimers_share_nothing(stores).await;
+            }
+        }
+    };
+}
+
+on_every_store!(
+    stores_once_and_keeps_the_exact_bytes,
+    a_terminal_status_supersedes_older_ones,
+    one_delivery_per_task_in_flight_in_order,
+    an_expired_lease_is_claimed_again_and_the_old_owner_is_ignored,
+    a_retry_waits_for_its_time,
+    dead_letters_are_listed_and_replayed,
+    a_released_claim_is_pending_again,
+    idempotency_keys_keep_their_answer,
+);
+
+#[cfg(feature = "postgres")]
+mod postgres_schema {
+    use super::*;
+    use runway_proxy::relay::{DatabaseSettings, PostgresOutbox};
+
+    async fn sql(url: &str, statement: &str) -> Vec<tokio_postgres::Row> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.query(statement, &[]).await.unwrap()
+    }
+
+    /// Replicas starting together migrate once, and agree.
+    #[tokio::test]
+    async fn replicas_starting_together_migrate_once() {
+        let url = common::services::fresh_database().await;
+        let settings = DatabaseSettings::new(url.clone());
+        let starts = (0..4).map(|_| PostgresOutbox::connect(&settings));
+        for started in futures_util::future::join_all(starts).await {
+            started.unwrap();
+        }
+        let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
+        assert_eq!(
+            versions.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
+            vec![1]
+        );
+        // And a restart finds the schema as it left it.
+        PostgresOutbox::connect(&settings).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_this_build_is_refused() {
+        let url = common::services::fresh_database().await;
+        let settings = DatabaseSettings::new(url.clone());
+        PostgresOutbox::connect(&settings).await.unwrap();
+        sql(&url, "INSERT INTO runway_proxy_schema (version) VALUES (99)").await;
+        let err = PostgresOutbox::connect(&settings).await.unwrap_err();
+        assert!(err.to_string().contains("version 99, newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_fails_fast_without_the_password() {
+        let dead = common::dead_address().await;
+        let mut settings = DatabaseSettings::new(format!("postgres://runway:hunter2@{dead}/runway"));
+        settings.timeout = Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        let err = PostgresOutbox::connect(&settings).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "bounded by the timeout"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
