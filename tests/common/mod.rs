@@ -18,6 +18,8 @@ use runway_proxy::config::{Config, Overrides};
 use runway_proxy::mock::{MockConfig, MockUpstream};
 use tokio::sync::{Notify, oneshot};
 
+#[cfg(feature = "cli")]
+pub mod process;
 pub mod services;
 
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;
@@ -150,6 +152,15 @@ pub async fn start_proxy_with(file: Option<&str>, upstream: &str, flags: &Overri
     }
 }
 
+/// A webhook id being answered; forgotten when dropped.
+struct Open(Arc<Mutex<std::collections::HashSet<String>>>, String);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().remove(&self.1);
+    }
+}
+
 /// A webhook subscriber: records every request and answers with a settable status.
 #[derive(Clone)]
 pub struct Subscriber {
@@ -158,6 +169,9 @@ pub struct Subscriber {
     status: Arc<Mutex<StatusCode>>,
     delay: Arc<Mutex<Duration>>,
     arrived: Arc<Notify>,
+    /// Webhook ids being answered now, and how often one arrived while it already was.
+    open: Arc<Mutex<std::collections::HashSet<String>>>,
+    overlaps: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Subscriber {
@@ -170,6 +184,8 @@ impl Subscriber {
             status: Arc::new(Mutex::new(StatusCode::OK)),
             delay: Arc::default(),
             arrived: Arc::default(),
+            open: Arc::default(),
+            overlaps: Arc::default(),
         };
         let this = subscriber.clone();
         let service = tower::service_fn(move |request: Request<Body>| {
@@ -181,6 +197,17 @@ impl Subscriber {
                 let status = *this.status.lock().unwrap();
                 let delay = *this.delay.lock().unwrap();
                 let (parts, body) = request.into_parts();
+                let id = parts
+                    .headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                if !id.is_empty() && !this.open.lock().unwrap().insert(id.clone()) {
+                    this.overlaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                // Closed however the answer ends, a sender that hung up included.
+                let _open = Open(Arc::clone(&this.open), id);
                 let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                 this.received.lock().unwrap().push((parts.headers, bytes));
                 this.arrived.notify_waiters();
@@ -211,6 +238,12 @@ impl Subscriber {
     /// Wait this long before answering each request.
     pub fn set_delay(&self, delay: Duration) {
         *self.delay.lock().unwrap() = delay;
+    }
+
+    /// How many times a webhook arrived while the same webhook (by `webhook-id`) was
+    /// still being answered: two senders at once.
+    pub fn overlaps(&self) -> usize {
+        self.overlaps.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<(HeaderMap, Bytes)> {
