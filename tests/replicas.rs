@@ -1,6 +1,7 @@
-//! Several `runway-proxy serve` processes sharing one PostgreSQL outbox (and one Redis),
-//! as replicas behind a load balancer run: the relay's promises across processes, a
-//! replica killed with SIGKILL, and the database going away under a running replica.
+//! Several `runway-proxy serve` processes sharing one PostgreSQL outbox and one Redis, as
+//! replicas behind a load balancer run: one quota and one concurrency cap at the
+//! upstream, the relay's promises across processes, a replica killed with SIGKILL, and
+//! the database going away under a running replica.
 //! The servers are the real ones `scripts/test-services` starts.
 #![cfg(all(feature = "cli", feature = "postgres", feature = "redis"))]
 
@@ -19,7 +20,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use runway_proxy::callback::Keyring;
-use runway_proxy::mock::MockConfig;
+use runway_proxy::mock::{Fault, MockConfig};
 use runway_proxy::relay::WebhookSigner;
 use serde_json::{Value, json};
 
@@ -85,6 +86,161 @@ impl Replica {
 
     fn kill(&self) {
         self.process.signal("KILL");
+    }
+}
+
+/// A Redis database of its own (by index) for one test, emptied: its keys (the quota
+/// and cap names are fixed) meet no other test's.
+async fn own_redis(index: u8) -> String {
+    let url = format!("{}{index}", redis_url());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut connection).await.unwrap();
+    url
+}
+
+const FEED: &str = "/runway/feed";
+
+/// A task the stand-in knows, so that feed reads of it are answered at the first attempt.
+async fn known_task(mock: &runway_proxy::mock::MockUpstream) -> String {
+    let created = post_json(
+        &client(),
+        &format!("{}/runway/pro/generate", mock.url()),
+        &json!({"prompt": "a cat", "model": "gen4_turbo", "callback_url": "http://127.0.0.1:9/hook"}),
+    )
+    .await
+    .unwrap();
+    created.json()["data"]["task_id"].as_str().unwrap().to_owned()
+}
+
+async fn read_feed(replica: &str, task_id: &str) -> Reply {
+    let request = Request::post(format!("http://{replica}{FEED}"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-replicas")
+        .body(Full::new(Bytes::from(json!({"task_id": task_id}).to_string())))
+        .unwrap();
+    send(&client(), request).await.unwrap()
+}
+
+/// A 5/s quota given to three replicas is 5/s at the upstream, not 15/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_over_three_replicas_holds_at_the_upstream() {
+    let mock = start_mock(MockConfig::default()).await;
+    let database = fresh_database().await;
+    let redis = own_redis(4).await;
+    let task_id = known_task(&mock).await;
+    let settings = [
+        ("RUNWAY_PROXY_READ_RATE_LIMIT", "5/s burst 1"),
+        ("RUNWAY_PROXY_REDIS_URL", redis.as_str()),
+        ("RUNWAY_PROXY_REDIS_FALLBACK", "refuse"),
+    ];
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&mock.url(), &database, &settings))
+        .collect();
+    let run_for = Duration::from_secs(10);
+    let started = tokio::time::Instant::now();
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        for _ in 0..3 {
+            let (listen, task_id) = (replica.listen.clone(), task_id.clone());
+            clients.push(tokio::spawn(async move {
+                let mut answered = 0u32;
+                while started.elapsed() < run_for {
+                    let reply = read_feed(&listen, &task_id).await;
+                    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+                    answered += 1;
+                }
+                answered
+            }));
+        }
+    }
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let reached = mock.stats().received(FEED) as f64;
+    let expected = 1.0 + 5.0 * elapsed;
+    assert_eq!(reached as u32, answered, "every answer came from the upstream");
+    assert!(
+        (reached - expected).abs() <= expected * 0.1,
+        "{reached} feed reads reached the upstream in {elapsed:.1}s through 3 replicas; 5/s allows {expected:.0}"
+    );
+}
+
+/// A concurrency cap of 2 given to three replicas is 2 at the upstream; and the slots a
+/// replica held when it was killed are free again once their leases lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_cap_holds_across_replicas_and_outlives_a_killed_one() {
+    let mock = start_mock(MockConfig::default()).await;
+    let database = fresh_database().await;
+    let redis = own_redis(5).await;
+    let task_id = known_task(&mock).await;
+    // Each read takes the upstream 100 ms: long enough to pile up if the cap leaked.
+    mock.inject(FEED, Fault::delay(Duration::from_millis(100)), 0);
+    let settings = [
+        ("RUNWAY_PROXY_MAX_CONCURRENCY", "2"),
+        ("RUNWAY_PROXY_REDIS_URL", redis.as_str()),
+        ("RUNWAY_PROXY_REDIS_FALLBACK", "refuse"),
+        ("RUNWAY_PROXY_MAX_WAIT", "30s"),
+    ];
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&mock.url(), &database, &settings))
+        .collect();
+    let reads = (0..24).map(|n| {
+        let (listen, task_id) = (replicas[n % 3].listen.clone(), task_id.clone());
+        tokio::spawn(async move { read_feed(&listen, &task_id).await.status })
+    });
+    for status in futures_util::future::join_all(reads).await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        mock.stats().max_in_flight,
+        2,
+        "three replicas with a cap of 2 had more (or never 2) requests at the upstream at once"
+    );
+    // Every slot was given back when its response ended, not left to lapse.
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    eventually("every slot given back", Duration::from_secs(2), async || {
+        let held: u64 = redis::cmd("ZCARD")
+            .arg("runway-proxy:slots:global")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        held == 0
+    })
+    .await;
+
+    // The first replica takes both slots with reads that hang, and is killed.
+    mock.clear_faults();
+    mock.inject(FEED, Fault::delay(Duration::from_secs(60)), 2);
+    let before = mock.stats().received(FEED);
+    let hanging: Vec<_> = (0..2)
+        .map(|_| {
+            let (listen, task_id) = (replicas[0].listen.clone(), task_id.clone());
+            tokio::spawn(async move { read_feed(&listen, &task_id).await })
+        })
+        .collect();
+    eventually("both slots taken", Duration::from_secs(10), async || {
+        mock.stats().received(FEED) == before + 2
+    })
+    .await;
+    replicas[0].kill();
+    let started = tokio::time::Instant::now();
+    let reply = read_feed(&replicas[1].listen, &task_id).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "a slot is free again: {:?}",
+        reply.body
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited for a killed replica's lease to lapse"
+    );
+    for request in hanging {
+        request.abort();
     }
 }
 

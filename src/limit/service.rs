@@ -61,7 +61,7 @@ where
             .map_or(&b""[..], HeaderValue::as_bytes);
         let key = (shared.rate_per_key.is_some() || shared.concurrency_per_key.is_some())
             .then(|| shared.hasher.hash_one(token));
-        let digest = shared.shares_per_key_quota().then(|| token_digest(token));
+        let digest = shared.shares_per_key_state().then(|| token_digest(token));
         Box::pin(async move {
             let permit = match shared.wait_turn(class, key, digest).await {
                 Ok(permit) => permit,

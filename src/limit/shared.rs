@@ -15,8 +15,9 @@
 //!   its lease; it lapses after the lease time and the slot is free again.
 //!
 //! This module decides; [`RateLimit`](super::RateLimit) waits, when
-//! [`LimitSettings::redis_url`](super::LimitSettings::redis_url) is set. The concurrency
-//! caps of the layer are still per process; the leases here are what they will use.
+//! [`LimitSettings::redis_url`](super::LimitSettings::redis_url) is set: for the rate
+//! quotas, and for `max_concurrency` and `max_concurrency_per_key`, whose leases last
+//! 10 s and are renewed every 3 s while the request is in flight.
 //!
 //! # Example
 //!

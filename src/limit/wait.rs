@@ -39,8 +39,8 @@ pub(super) struct Shared {
     pub(super) remote: Option<Remote>,
 }
 
-/// The rate quotas in Redis, and whether it answered last time (so that losing and
-/// regaining it is logged once each, not per request).
+/// The rate quotas and concurrency caps in Redis, and whether it answered last time (so
+/// that losing and regaining it is logged once each, not per request).
 #[cfg(feature = "redis")]
 #[derive(Debug)]
 pub(super) struct Remote {
@@ -49,12 +49,93 @@ pub(super) struct Remote {
     pub(super) away: std::sync::atomic::AtomicBool,
 }
 
+#[cfg(feature = "redis")]
+impl Remote {
+    /// Redis answered: note it if it had been away.
+    fn answered(&self) {
+        // A load first: the common case (never away) writes nothing shared.
+        if self.away.load(Ordering::Relaxed) && self.away.swap(false, Ordering::AcqRel) {
+            tracing::warn!("rate-limit store (Redis) answers again: quotas and caps are shared again");
+        }
+    }
+}
+
+/// Give back the slots taken before a later cap refused.
+#[cfg(feature = "redis")]
+fn give_back(limits: &super::SharedLimits, holder: String, held: Vec<String>) {
+    if !held.is_empty() {
+        drop(SharedSlots::hold(limits.clone(), holder, held));
+    }
+}
+
+/// An API key's name in the state shared with replicas: `key:` and its digest in hex.
+#[cfg(feature = "redis")]
+fn shared_key_name(digest: &[u8; 16]) -> String {
+    use std::fmt::Write as _;
+    let mut name = String::with_capacity(4 + 2 * digest.len());
+    name.push_str("key:");
+    for byte in digest {
+        let _ = write!(name, "{byte:02x}");
+    }
+    name
+}
+
 /// What a request holds while it is in flight to the upstream.
 #[derive(Debug)]
 pub(super) struct Permit {
     _global: Option<OwnedSemaphorePermit>,
     _per_key: Option<OwnedSemaphorePermit>,
+    #[cfg(feature = "redis")]
+    _shared: Option<SharedSlots>,
     _in_flight: GaugeGuard,
+}
+
+/// How long a concurrency slot in Redis is leased for: a replica killed mid-request
+/// holds its slots this long at most.
+#[cfg(feature = "redis")]
+pub(super) const SLOT_LEASE: Duration = Duration::from_secs(10);
+/// How often a request still in flight renews its leases.
+#[cfg(feature = "redis")]
+const SLOT_RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How often a request waiting for a full shared cap asks again. (Redis can't wake a
+/// waiter in another process; a short poll is what a wait costs.)
+#[cfg(feature = "redis")]
+const SLOT_POLL: Duration = Duration::from_millis(20);
+
+/// Slots held in the concurrency caps shared by replicas. A task renews their leases
+/// while the request is in flight and gives them back when this is dropped.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+struct SharedSlots {
+    _held: tokio::sync::oneshot::Sender<()>,
+}
+
+#[cfg(feature = "redis")]
+impl SharedSlots {
+    fn hold(limits: super::SharedLimits, holder: String, names: Vec<String>) -> SharedSlots {
+        let (held, mut dropped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut dropped => break,
+                    () = tokio::time::sleep(SLOT_RENEW_EVERY) => {
+                        for name in &names {
+                            match limits.renew(name, &holder, SLOT_LEASE).await {
+                                Ok(true) => {}
+                                Ok(false) => tracing::warn!(cap = %name, "a shared concurrency lease lapsed mid-request"),
+                                Err(err) => tracing::debug!(error = %err, "cannot renew a shared concurrency lease"),
+                            }
+                        }
+                    }
+                }
+            }
+            for name in &names {
+                // Not given back (Redis away): it lapses after the lease.
+                let _ = limits.release(name, &holder).await;
+            }
+        });
+        SharedSlots { _held: held }
+    }
 }
 
 /// Why a request was not let through.
@@ -144,11 +225,12 @@ impl Drop for Waiting<'_> {
 }
 
 impl Shared {
-    /// Whether the per-key quota is kept in the store shared with replicas.
-    pub(super) fn shares_per_key_quota(&self) -> bool {
+    /// Whether per-key state (a quota or a concurrency cap) is kept in the store shared
+    /// with replicas, which then needs the key's digest.
+    pub(super) fn shares_per_key_state(&self) -> bool {
         #[cfg(feature = "redis")]
         if self.remote.is_some() {
-            return self.rate_per_key.is_some();
+            return self.rate_per_key.is_some() || self.concurrency_per_key.is_some();
         }
         false
     }
@@ -156,7 +238,7 @@ impl Shared {
     /// Wait until every quota that applies lets the request through and a concurrency
     /// slot is free, all within `max_wait`.
     /// `key` names the request's API key for this process's state, `digest` for the
-    /// state shared with replicas (present only when a per-key quota is shared).
+    /// state shared with replicas (present only when per-key state is shared).
     pub(super) async fn wait_turn(
         &self,
         class: RouteClass,
@@ -189,6 +271,9 @@ impl Shared {
             },
             _ => None,
         };
+        // This process's slots first: a request that can't have one here asks Redis nothing.
+        #[cfg(feature = "redis")]
+        let shared = self.acquire_shared(digest, deadline).await?;
         let waited = started.elapsed();
         self.metrics.wait.observe(waited);
         if waited >= self.settings.slow_wait {
@@ -201,6 +286,8 @@ impl Shared {
         Ok(Permit {
             _global: global,
             _per_key: per_key,
+            #[cfg(feature = "redis")]
+            _shared: shared,
             _in_flight: self.metrics.in_flight.track(),
         })
     }
@@ -253,19 +340,13 @@ impl Shared {
         deadline: Instant,
     ) -> Result<bool, Refusal> {
         use std::borrow::Cow;
-        use std::fmt::Write as _;
 
         let Some(remote) = &self.remote else {
             return Ok(false);
         };
         let mut quotas: Vec<(Cow<'static, str>, super::QuotaSpec)> = Vec::with_capacity(3);
         if let (Some(gate), Some(digest)) = (&self.rate_per_key, digest) {
-            let mut name = String::with_capacity(4 + 2 * digest.len());
-            name.push_str("key:");
-            for byte in digest {
-                let _ = write!(name, "{byte:02x}");
-            }
-            quotas.push((Cow::Owned(name), gate.spec));
+            quotas.push((Cow::Owned(shared_key_name(&digest)), gate.spec));
         }
         for gate in self.class_gate(class).into_iter().chain(self.rate.as_ref()) {
             quotas.push((Cow::Borrowed(gate.name), gate.spec));
@@ -276,10 +357,7 @@ impl Shared {
         loop {
             match remote.limits.check(&quotas).await {
                 Ok(decision) => {
-                    // A load first: the common case (never away) writes nothing shared.
-                    if remote.away.load(Ordering::Relaxed) && remote.away.swap(false, Ordering::AcqRel) {
-                        tracing::warn!("rate-limit store (Redis) answers again: quotas are shared again");
-                    }
+                    remote.answered();
                     let wait = match decision {
                         super::SharedDecision::Allowed => return Ok(true),
                         super::SharedDecision::Wait(wait) => wait,
@@ -289,21 +367,75 @@ impl Shared {
                     }
                     tokio::time::sleep(self.jitter + wait).await;
                 }
-                Err(err) => {
-                    self.metrics.shared_unavailable.inc();
-                    if !remote.away.swap(true, Ordering::AcqRel) {
-                        tracing::warn!(
-                            error = %err,
-                            fallback = remote.fallback.as_str(),
-                            "rate-limit store (Redis) unreachable"
-                        );
+                Err(err) => return self.shared_failed(remote, &err).map(|()| false),
+            }
+        }
+    }
+
+    /// Take a slot of every concurrency cap shared with the replicas that applies, within
+    /// `deadline`. `None`: no cap is shared, or Redis did not answer and the fallback is
+    /// this process's caps alone.
+    #[cfg(feature = "redis")]
+    async fn acquire_shared(
+        &self,
+        digest: Option<[u8; 16]>,
+        deadline: Instant,
+    ) -> Result<Option<SharedSlots>, Refusal> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let mut caps: Vec<(String, u32, &'static str)> = Vec::with_capacity(2);
+        if let Some(cap) = self.settings.max_concurrency {
+            caps.push(("global".to_owned(), cap, "free upstream slot"));
+        }
+        if let (Some(cap), Some(digest)) = (self.settings.max_concurrency_per_key, digest) {
+            caps.push((shared_key_name(&digest), cap, "free slot for this API key"));
+        }
+        if caps.is_empty() {
+            return Ok(None);
+        }
+        let holder = format!("{:032x}", rand::random::<u128>());
+        let mut held = Vec::with_capacity(caps.len());
+        for (name, cap, what) in caps {
+            loop {
+                match remote.limits.acquire(&name, cap, &holder, SLOT_LEASE).await {
+                    Ok(true) => {
+                        remote.answered();
+                        held.push(name);
+                        break;
                     }
-                    return match remote.fallback {
-                        super::SharedFallback::Local => Ok(false),
-                        super::SharedFallback::Refuse => Err(self.refuse(Refusal::SharedUnavailable)),
-                    };
+                    Ok(false) if Instant::now() + SLOT_POLL <= deadline => {
+                        tokio::time::sleep(self.jitter + SLOT_POLL).await;
+                    }
+                    Ok(false) => {
+                        give_back(&remote.limits, holder, held);
+                        return Err(self.max_wait(what.to_owned(), Duration::from_secs(1)));
+                    }
+                    Err(err) => {
+                        give_back(&remote.limits, holder, held);
+                        return self.shared_failed(remote, &err).map(|()| None);
+                    }
                 }
             }
+        }
+        Ok(Some(SharedSlots::hold(remote.limits.clone(), holder, held)))
+    }
+
+    /// Redis did not answer: count and log it (once until it answers again), then go on
+    /// with this process's limiter or refuse, as `redis_fallback` says.
+    #[cfg(feature = "redis")]
+    fn shared_failed(&self, remote: &Remote, err: &super::SharedLimitError) -> Result<(), Refusal> {
+        self.metrics.shared_unavailable.inc();
+        if !remote.away.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                error = %err,
+                fallback = remote.fallback.as_str(),
+                "rate-limit store (Redis) unreachable"
+            );
+        }
+        match remote.fallback {
+            super::SharedFallback::Local => Ok(()),
+            super::SharedFallback::Refuse => Err(self.refuse(Refusal::SharedUnavailable)),
         }
     }
 
