@@ -1,5 +1,8 @@
-//! Webhooks accepted per second into the durable SQLite outbox: many concurrent writers
-//! sharing group commits, beside one writer paying a commit (an fsync) per webhook.
+//! Webhooks accepted per second into each durable outbox: many concurrent writers sharing
+//! group commits, beside one writer paying a commit (an fsync) per webhook; then end to
+//! end over HTTP. On SQLite (the embedded store), and with the `postgres` feature on the
+//! PostgreSQL that replicas share (`scripts/test-services` starts one, installing it when
+//! missing; durability on: `fsync` and `synchronous_commit`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +18,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use runway_proxy::callback::{Callbacks, Keyring, SubscriberPolicy};
 use runway_proxy::relay::{NewDelivery, Outbox, Relay, SqliteOutbox, WebhookSigner};
+
+#[cfg(feature = "postgres")]
+#[path = "../tests/common/services.rs"]
+#[allow(dead_code)]
+mod services;
 
 const BODY: &[u8] = br#"{"task_id":"d51c94db-f7fa-4ad3-a083-b8918686c478","status":"3","prompt":"a cat","prompt_en":"a little kitten.","video_url":"https://cdn.example.com/8af2304880d6b32bfff5f0ea33007566.mp4","poster":"https://cdn.example.com/6771c68bf540b62a96e7c4a5b2b375a7.png","last_frame":"https://cdn.example.com/8af7cc2b46fc7ad5d1e0efedd0bd0893.png","msg":null,"point":"320","refund":"0","create_time":"1728622596","update_time":"1728622955"}"#;
 
@@ -36,15 +44,44 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("bench.sqlite3")).expect("outbox"));
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut group = c.benchmark_group("relay/outbox_accept");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    let open = |name: &str| -> Arc<dyn Outbox> {
+        Arc::new(SqliteOutbox::open(&dir.path().join(name)).expect("outbox"))
+    };
+    stores(c, &runtime, "sqlite", open("bench.sqlite3"), open("e2e.sqlite3"));
+    #[cfg(feature = "postgres")]
+    {
+        use runway_proxy::relay::{DatabaseSettings, PostgresOutbox};
+        let connect = || -> Arc<dyn Outbox> {
+            runtime.block_on(async {
+                let url = services::fresh_database().await;
+                Arc::new(
+                    PostgresOutbox::connect(&DatabaseSettings::new(url))
+                        .await
+                        .expect("outbox"),
+                )
+            })
+        };
+        let (bench, e2e) = (connect(), connect());
+        stores(c, &runtime, "postgres", bench, e2e);
+    }
+}
 
+/// The groups for one kind of store: `outbox` for the store alone, `e2e` behind the
+/// webhook receiver.
+fn stores(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    store: &str,
+    outbox: Arc<dyn Outbox>,
+    e2e: Arc<dyn Outbox>,
+) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut group = c.benchmark_group(format!("relay/{store}/outbox_accept"));
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
     const CONCURRENT: u64 = 512;
     group.throughput(Throughput::Elements(CONCURRENT));
     group.bench_function("512_concurrent_group_commit", |b| {
-        b.to_async(&runtime).iter_custom(|iters| {
+        b.to_async(runtime).iter_custom(|iters| {
             let outbox = Arc::clone(&outbox);
             let next = Arc::clone(&next);
             async move {
@@ -66,7 +103,7 @@ fn bench(c: &mut Criterion) {
 
     group.throughput(Throughput::Elements(1));
     group.bench_function("1_sequential_commit_each", |b| {
-        b.to_async(&runtime).iter(|| {
+        b.to_async(runtime).iter(|| {
             let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outbox = Arc::clone(&outbox);
             async move { outbox.enqueue(delivery(n)).await.expect("stored") }
@@ -98,11 +135,10 @@ fn bench(c: &mut Criterion) {
         ));
         let keys = Arc::new(Keyring::parse("1:bench-secret-of-at-least-32-bytes!!").expect("keys"));
         let signer = WebhookSigner::from_secret(&WebhookSigner::generate_secret()).expect("signer");
-        let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("e2e.sqlite3")).expect("outbox"));
         let callbacks = Callbacks::new("http://127.0.0.1", Arc::clone(&keys))
             .expect("public URL")
             .with_policy(SubscriberPolicy::default().allow_private(true));
-        let relay = Relay::builder(&callbacks, outbox, signer).start().expect("relay");
+        let relay = Relay::builder(&callbacks, e2e, signer).start().expect("relay");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let receiver_addr = listener.local_addr().expect("addr");
         tokio::spawn(runway_proxy::server::serve(
@@ -121,7 +157,7 @@ fn bench(c: &mut Criterion) {
     });
     let _ = subscriber_addr;
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut group = c.benchmark_group("relay/end_to_end");
+    let mut group = c.benchmark_group(format!("relay/{store}/end_to_end"));
     group.sample_size(10).measurement_time(Duration::from_secs(10));
     const WEBHOOKS: u64 = 512;
     group.throughput(Throughput::Elements(WEBHOOKS));
@@ -130,7 +166,7 @@ fn bench(c: &mut Criterion) {
         ("512_webhooks_32_senders_received_stored_delivered", true),
     ] {
         group.bench_function(name, |b| {
-            b.to_async(&runtime).iter_custom(|iters| {
+            b.to_async(runtime).iter_custom(|iters| {
                 let (client, url, next, delivered) = (
                     client.clone(),
                     receiver.clone(),

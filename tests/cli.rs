@@ -54,6 +54,36 @@ fn invalid_value_is_refused_with_exit_code_2_naming_the_key() {
     let output = serve().args(["--redis-fallback", "maybe"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("\"maybe\" is not local or refuse"));
+
+    // The same for the database, and a shared database needs shared secrets.
+    let output = serve()
+        .env(
+            "RUNWAY_PROXY_DATABASE_URL",
+            "postgres://runway:hunter2@db.internal:99999/runway",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("database.url: postgres://…@db.internal:99999/runway is not a PostgreSQL URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let output = serve()
+        .env(
+            "RUNWAY_PROXY_DATABASE_URL",
+            "postgres://runway:hunter2@db.internal/runway",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("set webhook_secret and callback.token_keys too"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
 #[tokio::test]

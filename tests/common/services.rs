@@ -47,6 +47,7 @@ pub async fn fresh_database() -> String {
         .await
         .expect("the test PostgreSQL answers");
     tokio::spawn(connection);
+    forget_finished_runs(&client).await;
     let name = format!(
         "runway_test_{}_{}_{}",
         std::process::id(),
@@ -61,4 +62,28 @@ pub async fn fresh_database() -> String {
         .expect("CREATE DATABASE");
     let (prefix, _) = base.rsplit_once('/').expect("a database URL ends in /name");
     format!("{prefix}/{name}")
+}
+
+/// Drop the databases of test processes that have ended (named with their PID), once per
+/// process: the test server keeps no more than the runs still going.
+async fn forget_finished_runs(client: &tokio_postgres::Client) {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let Ok(rows) = client
+            .query("SELECT datname FROM pg_database WHERE datname LIKE 'runway_test_%'", &[])
+            .await
+        else {
+            return;
+        };
+        for row in rows {
+            let name: String = row.get(0);
+            let pid = name.split('_').nth(2).unwrap_or_default();
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        }
+    })
+    .await;
 }

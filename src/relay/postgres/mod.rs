@@ -275,6 +275,8 @@ fn task_lock(task_key: &str) -> i64 {
 /// time, each answered after its commit.
 async fn write_batches(pool: Pool, mut queue: mpsc::Receiver<Write>, writers: usize) {
     let permits = Arc::new(Semaphore::new(writers));
+    let mut written: u64 = 0;
+    let mut next_analyze = FIRST_ANALYZE;
     while let Some(first) = queue.recv().await {
         // Waiting for a free writer is what lets a burst gather into one transaction.
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -287,11 +289,39 @@ async fn write_batches(pool: Pool, mut queue: mpsc::Receiver<Write>, writers: us
                 Err(_) => break,
             }
         }
+        written += batch.len() as u64;
+        if written >= next_analyze {
+            next_analyze = next_analyze.saturating_mul(10);
+            tokio::spawn(analyze(pool.clone()));
+        }
         let pool = pool.clone();
         tokio::spawn(async move {
             commit(&pool, batch).await;
             drop(permit);
         });
+    }
+}
+
+/// Writes after which the writer first refreshes the planner's statistics, then every
+/// tenfold more (1k, 10k, 100k, ...).
+const FIRST_ANALYZE: u64 = 1000;
+
+/// Refresh the statistics of the outbox's tables. A new table has none until autovacuum
+/// gets to it (up to a minute, longer on a busy server), and the plans each connection
+/// caches meanwhile were made for an empty table: the lookup that supersedes a task's
+/// older statuses, say, walking every pending row. An `ANALYZE` gives the planner the
+/// table as it is and makes every connection plan again. Autovacuum keeps them fresh
+/// after that; this covers a replica's first burst.
+async fn analyze(pool: Pool) {
+    let analyzed = async {
+        let client = pool.get().await.map_err(pool_error)?;
+        client
+            .batch_execute("ANALYZE runway_proxy_deliveries, runway_proxy_idempotency")
+            .await
+            .map_err(db_error)
+    };
+    if let Err(err) = analyzed.await {
+        tracing::debug!(error = %err, "cannot refresh the outbox's statistics");
     }
 }
 
@@ -434,15 +464,18 @@ const TASK_IS_FREE: &str = "
                     AND o.state IN ('pending', 'in_flight'))";
 
 fn claim_sql() -> String {
+    // The time is read once, and compared as `(SELECT t FROM now)`: a value the planner
+    // can put into an index condition. (Joined as a table, it is a filter applied after
+    // the scan, and the scan of leases walks every lease, live or dead, on each claim.)
     format!(
         "WITH now AS (SELECT runway_proxy_now_ms() AS t),
          expired AS (
              SELECT d.id, d.task_key FROM runway_proxy_deliveries d, now
-             WHERE d.state = 'in_flight' AND d.lease_until <= now.t {TASK_IS_FREE}
+             WHERE d.state = 'in_flight' AND d.lease_until <= (SELECT t FROM now) {TASK_IS_FREE}
              ORDER BY d.lease_until LIMIT $1 FOR UPDATE OF d SKIP LOCKED),
          due AS (
              SELECT d.id, d.task_key FROM runway_proxy_deliveries d, now
-             WHERE d.state = 'pending' AND d.next_attempt_at <= now.t {TASK_IS_FREE}
+             WHERE d.state = 'pending' AND d.next_attempt_at <= (SELECT t FROM now) {TASK_IS_FREE}
              ORDER BY d.next_attempt_at, d.id LIMIT $1 FOR UPDATE OF d SKIP LOCKED),
          picked AS (
              SELECT DISTINCT ON (c.task_key) c.id

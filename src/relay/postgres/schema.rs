@@ -44,6 +44,17 @@ CREATE TABLE runway_proxy_deliveries (
     created_at      bigint  NOT NULL,
     updated_at      bigint  NOT NULL,
     delivered_at    bigint
+) WITH (
+    -- A queue: every webhook leaves two dead row versions behind (claimed, then done),
+    -- and claims walk the dead ones until vacuum clears them. Vacuum it by the count of
+    -- dead rows rather than a share of a table that only grows, and unthrottled (a
+    -- table with its own cost settings is also kept out of the shared cost balance).
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 20000,
+    autovacuum_vacuum_cost_delay = 0,
+    autovacuum_analyze_scale_factor = 0.02
 );
 -- Partial indexes hold only the rows that still need work, so claims cost the batch
 -- however many webhooks have ever been delivered.
@@ -62,7 +73,8 @@ CREATE FUNCTION runway_proxy_enqueue(
     p_lock bigint, p_webhook_id text, p_dedup_key text, p_task_key text, p_status text,
     p_terminal boolean, p_target_url text, p_body bytea,
     OUT o_id bigint, OUT o_outcome text
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+AS $$
 DECLARE
     v_now bigint := runway_proxy_now_ms();
     v_terminal_seen boolean := false;
