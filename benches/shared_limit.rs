@@ -1,7 +1,7 @@
 //! What a shared limit decision costs: `SharedLimits::check` (one GCRA script over one
 //! and over three quotas, one round trip to Redis on loopback) and a request through
-//! `RateLimitLayer` with its quotas in Redis, beside a bare `PING` to the same server and
-//! the same layer in memory, all in the same run.
+//! `RateLimitLayer` with its quotas (and a concurrency cap) in Redis, beside a bare `PING`
+//! to the same server and the same layer in memory, all in the same run.
 //!
 //! Needs Redis: `scripts/test-services` starts one (installing it when missing).
 //! `cargo bench --bench shared_limit --features redis`.
@@ -65,19 +65,25 @@ fn bench(c: &mut Criterion) {
     let bare = tower::service_fn(|_request: Request<Full<Bytes>>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(br#"{"code":200}"#))))
     });
-    let layer = |redis: Option<&str>| {
+    let layer = |redis: Option<&str>, cap: Option<u32>| {
         let mut settings = LimitSettings::default();
         settings.rate = Some(roomy);
         settings.rate_per_key = Some(roomy);
         settings.submit_rate = Some(roomy);
+        settings.max_concurrency = cap;
         settings.redis_url = redis.map(ServiceUrl::new);
         RateLimitLayer::builder()
             .settings(settings)
             .build()
             .expect("valid limits")
     };
-    let in_memory = ServiceBuilder::new().layer(layer(None)).service(bare);
-    let in_redis = ServiceBuilder::new().layer(layer(Some(&url))).service(bare);
+    let in_memory = ServiceBuilder::new().layer(layer(None, None)).service(bare);
+    let in_redis = ServiceBuilder::new().layer(layer(Some(&url), None)).service(bare);
+    // A cap far above what one bench loop holds: every request takes a lease and gives
+    // it back, as on the fast path.
+    let capped = ServiceBuilder::new()
+        .layer(layer(Some(&url), Some(1_000_000)))
+        .service(bare);
     let request = || {
         Request::post("http://api.cometapi.com/runway/pro/generate")
             .header("authorization", "Bearer sk-bench-0123456789")
@@ -92,6 +98,12 @@ fn bench(c: &mut Criterion) {
     group.bench_function("quotas_in_redis", |b| {
         b.to_async(&runtime)
             .iter(|| async { in_redis.clone().oneshot(request()).await.expect("ok") })
+    });
+    // The response is dropped at once, so its lease is given back (in the background)
+    // while the next request takes its own.
+    group.bench_function("quotas_and_a_cap_in_redis", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { capped.clone().oneshot(request()).await.expect("ok") })
     });
     group.finish();
 }

@@ -1,4 +1,5 @@
 //! The `runway-proxy` binary: configuration errors, precedence, signals, logs.
+#![cfg(feature = "cli")]
 
 mod common;
 

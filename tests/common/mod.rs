@@ -266,8 +266,13 @@ impl Subscriber {
     }
 }
 
-/// A local address nothing listens on.
+/// A local address nothing listens on, and nothing will: the port stays bound (without
+/// listening) for the rest of the test process, so connects are refused and no other
+/// test's listener can be given the port in the meantime.
 pub async fn dead_address() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }

@@ -70,7 +70,10 @@ async fn forget_finished_runs(client: &tokio_postgres::Client) {
     static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     ONCE.get_or_init(|| async {
         let Ok(rows) = client
-            .query("SELECT datname FROM pg_database WHERE datname LIKE 'runway_test_%'", &[])
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'runway_test_%'",
+                &[],
+            )
             .await
         else {
             return;
