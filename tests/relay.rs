@@ -85,16 +85,9 @@ async fn get_json(url: String) -> Value {
         .json()
 }
 
-/// Wait until `check` holds, polling.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Wait until `check` holds, polling, for up to `WAIT`.
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    common::eventually(what, WAIT, check).await;
 }
 
 #[tokio::test]

@@ -271,17 +271,6 @@ fn verified(headers: &http::HeaderMap, body: &[u8]) -> bool {
     )
 }
 
-async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A webhook acknowledged by a replica that then dies mid-delivery is delivered by
 /// another replica once the dead one's lease runs out: signed, the same bytes, the same
 /// message id (so the subscriber can tell it is the same webhook).

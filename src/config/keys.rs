@@ -58,6 +58,19 @@ impl Key {
     }
 }
 
+/// A service's URL, or none (`none` or empty). Checked by the settings' `validate`.
+fn service_url(raw: &str) -> Option<ServiceUrl> {
+    match raw.trim() {
+        "" | "none" => None,
+        url => Some(ServiceUrl::new(url)),
+    }
+}
+
+/// A service's URL as the file would write it: without its user and password.
+fn show_service_url(url: Option<&ServiceUrl>) -> String {
+    url.map_or_else(|| "none".to_owned(), ServiceUrl::redacted)
+}
+
 fn generated(secret: &Option<Secret>) -> String {
     match secret {
         Some(_) => "(set)".to_owned(),
@@ -365,18 +378,10 @@ pub const KEYS: &[Key] = &[
         flag: "redis-url",
         doc: "Redis that keeps the rate quotas, shared by every replica that names it (none: in memory).",
         set: |c, raw| {
-            c.limit.redis_url = match raw.trim() {
-                "" | "none" => None,
-                url => Some(ServiceUrl::new(url)),
-            };
+            c.limit.redis_url = service_url(raw);
             Ok(())
         },
-        show: |c| {
-            c.limit
-                .redis_url
-                .as_ref()
-                .map_or_else(|| "none".to_owned(), ServiceUrl::redacted)
-        },
+        show: |c| show_service_url(c.limit.redis_url.as_ref()),
     },
     Key {
         toml: "limit.redis_fallback",
@@ -438,18 +443,10 @@ pub const KEYS: &[Key] = &[
         flag: "database-url",
         doc: "PostgreSQL that keeps the outbox and idempotency records, shared by every replica that names it (none: SQLite in data_dir).",
         set: |c, raw| {
-            c.database.url = match raw.trim() {
-                "" | "none" => None,
-                url => Some(ServiceUrl::new(url)),
-            };
+            c.database.url = service_url(raw);
             Ok(())
         },
-        show: |c| {
-            c.database
-                .url
-                .as_ref()
-                .map_or_else(|| "none".to_owned(), ServiceUrl::redacted)
-        },
+        show: |c| show_service_url(c.database.url.as_ref()),
     },
     Key {
         toml: "database.pool_size",

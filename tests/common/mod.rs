@@ -266,6 +266,18 @@ impl Subscriber {
     }
 }
 
+/// Wait until `check` holds, polling, or panic naming `what` after `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A local address nothing listens on, and nothing will: the port stays bound (without
 /// listening) for the rest of the test process, so connects are refused and no other
 /// test's listener can be given the port in the meantime.
