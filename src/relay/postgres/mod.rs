@@ -463,6 +463,9 @@ const TASK_IS_FREE: &str = "
     AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key AND o.id < d.id
                     AND o.state IN ('pending', 'in_flight'))";
 
+/// The claim statement, made once.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(claim_sql);
+
 fn claim_sql() -> String {
     // The time is read once, and compared as `(SELECT t FROM now)`: a value the planner
     // can put into an index condition. (Joined as a table, it is a filter applied after
@@ -508,7 +511,7 @@ impl Outbox for PostgresOutbox {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
-            let claim = client.prepare_cached(&claim_sql()).await.map_err(db_error)?;
+            let claim = client.prepare_cached(&CLAIM).await.map_err(db_error)?;
             let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
             let rows = client
                 .query(&claim, &[&(max as i64), &owner, &lease_ms])
