@@ -328,6 +328,36 @@ async fn task_faults_change_the_callbacks() {
     let got = callbacks(&reordered.wait_for(2, Duration::from_secs(5)).await);
     assert_eq!(got[0]["status"], "3", "terminal status first");
     assert_eq!(got[1]["status"], "1", "then the stale one");
+
+    // Lost callbacks: the task still runs its life, the feed follows it, and a late
+    // callback can be sent on demand.
+    let forgotten = Subscriber::start().await;
+    mock.inject("/runway/pro/generate", Fault::DropCallbacks, 1);
+    let reply = post_json(&client, &url, &submission(&forgotten.url("/l")))
+        .await
+        .unwrap();
+    let id = reply.json()["data"]["task_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mock.task(&id).unwrap().status != "3" {
+        assert!(tokio::time::Instant::now() < deadline, "the task never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(forgotten.received().is_empty(), "no callback was sent");
+    let feed = post_json(
+        &client,
+        &format!("{}/runway/feed", mock.url()),
+        &json!({"task_id": id}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(feed.json()["data"]["status"], "3");
+    assert!(mock.send_callback_now(&id).await);
+    let got = callbacks(&forgotten.wait_for(1, Duration::from_secs(5)).await);
+    assert_eq!(
+        (got[0]["task_id"].as_str(), got[0]["status"].as_str()),
+        (Some(id.as_str()), Some("3"))
+    );
+    assert!(!mock.send_callback_now("no-such-task").await);
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use serde_json::Value;
 /// One scripted misbehaviour of the stand-in.
 ///
 /// Request-level faults replace or disturb the answer to one request; task-level faults
-/// ([`Fault::FailTask`], [`Fault::DuplicateCallbacks`], [`Fault::OutOfOrderCallbacks`])
+/// ([`Fault::FailTask`], [`Fault::DuplicateCallbacks`], [`Fault::OutOfOrderCallbacks`],
+/// [`Fault::DropCallbacks`])
 /// let the request succeed and change the life of the task it creates.
 ///
 /// Over the control API a fault is JSON tagged by `kind`, for example
@@ -75,6 +76,9 @@ pub enum Fault {
     DuplicateCallbacks,
     /// Accept the submission and send the terminal callback before the earlier one.
     OutOfOrderCallbacks,
+    /// Accept the submission and never call back: the task runs its life (the feed and
+    /// `GET /runwayml/v1/tasks/{id}` follow it), but its callbacks are lost.
+    DropCallbacks,
 }
 
 fn ok() -> u16 {
@@ -111,7 +115,7 @@ impl Fault {
     pub(crate) fn is_task_fault(&self) -> bool {
         matches!(
             self,
-            Fault::FailTask | Fault::DuplicateCallbacks | Fault::OutOfOrderCallbacks
+            Fault::FailTask | Fault::DuplicateCallbacks | Fault::OutOfOrderCallbacks | Fault::DropCallbacks
         )
     }
 }

@@ -16,6 +16,7 @@ pub(super) enum CallbackPlan {
     Normal,
     Duplicate,
     OutOfOrder,
+    Dropped,
 }
 
 /// Move a task through running to its end, one step apart, sending a callback per change.
@@ -48,6 +49,7 @@ pub(super) async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan)
                 send_callback(&state, &url, body.clone()).await;
                 send_callback(&state, &url, body).await;
             }
+            CallbackPlan::Dropped => {}
             CallbackPlan::OutOfOrder => match held_back.take() {
                 None => held_back = Some(body),
                 Some(earlier) => {

@@ -274,6 +274,22 @@ impl MockUpstream {
         self.state.lock().tasks.get(id).map(Task::snapshot)
     }
 
+    /// Send task `id`'s callback for its current status now, as a late callback would
+    /// arrive (after [`Fault::DropCallbacks`], say). `false`: no such task, or it has no
+    /// `callback_url`.
+    pub async fn send_callback_now(&self, id: &str) -> bool {
+        let (url, payload) = {
+            let inner = self.state.lock();
+            match inner.tasks.get(id) {
+                Some(task) => (task.callback_url.clone(), task.callback_payload()),
+                None => return false,
+            }
+        };
+        let Some(url) = url else { return false };
+        lifecycle::send_callback(&self.state, &url, bytes::Bytes::from(payload.to_string())).await;
+        true
+    }
+
     /// Every task accepted so far.
     pub fn tasks(&self) -> Vec<TaskSnapshot> {
         self.state.lock().tasks.values().map(Task::snapshot).collect()

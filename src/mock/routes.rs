@@ -279,6 +279,7 @@ pub(super) fn create_task(
     let plan = match fault {
         Some(Fault::DuplicateCallbacks) => CallbackPlan::Duplicate,
         Some(Fault::OutOfOrderCallbacks) => CallbackPlan::OutOfOrder,
+        Some(Fault::DropCallbacks) => CallbackPlan::Dropped,
         _ => CallbackPlan::Normal,
     };
     tokio::spawn(lifecycle(Arc::clone(state), id.clone(), plan));
