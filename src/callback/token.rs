@@ -20,9 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::hmac;
+use ring::{aead, hmac};
 
 const VERSION: u8 = 1;
+/// The first byte of a sealed secret (see [`Keyring::seal`]): never a token's version.
+const SEALED: u8 = 0x51;
 const HEADER: usize = 1 + 1 + 4 + 12;
 const TAG: usize = 16;
 /// Longest subscriber URL a token carries.
@@ -67,15 +69,21 @@ pub enum KeyringError {
 struct Key {
     mac: hmac::Key,
     encryption: hmac::Key,
+    sealing: aead::LessSafeKey,
 }
 
 impl Key {
     fn derive(secret: &[u8]) -> Key {
         let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let sub = |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label).as_ref());
+        let sealing = hmac::sign(&root, b"runway-proxy/sealed/v1");
+        let sealing = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &sealing.as_ref()[..32])
+            .map(aead::LessSafeKey::new)
+            .unwrap_or_else(|_| unreachable!("a 32-byte ChaCha20-Poly1305 key is always valid"));
         Key {
             mac: sub(b"runway-proxy/callback-token/mac/v1"),
             encryption: sub(b"runway-proxy/callback-token/enc/v1"),
+            sealing,
         }
     }
 
@@ -238,6 +246,52 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// Encrypt `secret` to be stored (an API key the proxy must use again after a
+    /// restart, say), with ChaCha20-Poly1305 under a key derived from the newest secret.
+    /// `purpose` is bound into it: a secret sealed for one purpose does not open as
+    /// another. Whoever reads the store without the keyring learns nothing of it.
+    pub fn seal(&self, purpose: &str, secret: &[u8]) -> String {
+        let id = self.current_id();
+        let Some(key) = self.keys.get(&id) else {
+            return String::new();
+        };
+        let nonce: [u8; 12] = rand::random();
+        let mut out = Vec::with_capacity(2 + 12 + secret.len() + TAG);
+        out.extend_from_slice(&[SEALED, id]);
+        out.extend_from_slice(&nonce);
+        let mut sealed = secret.to_vec();
+        let aad = aead::Aad::from(purpose.as_bytes());
+        if key
+            .sealing
+            .seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aad, &mut sealed)
+            .is_err()
+        {
+            return String::new();
+        }
+        out.extend_from_slice(&sealed);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// Decrypt what [`seal`](Self::seal) made for `purpose`, with whichever key of the
+    /// keyring sealed it. `None`: altered, sealed for another purpose, or under a key
+    /// this keyring no longer has.
+    pub fn open(&self, purpose: &str, sealed: &str) -> Option<Vec<u8>> {
+        let bytes = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        if bytes.len() < 2 + 12 + TAG || bytes[0] != SEALED {
+            return None;
+        }
+        let key = self.keys.get(&bytes[1])?;
+        let nonce = aead::Nonce::try_assume_unique_for_key(&bytes[2..14]).ok()?;
+        let mut data = bytes[14..].to_vec();
+        let plain = key
+            .sealing
+            .open_in_place(nonce, aead::Aad::from(purpose.as_bytes()), &mut data)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
 /// Compare in time that depends only on the length (tokens' tags here, the admin token's
 /// digest in the sidecar).
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -259,6 +313,44 @@ mod tests {
     }
 
     const URL: &str = "https://hooks.example.com/runway?secret=abc&x=%20y";
+
+    #[test]
+    fn sealed_secrets_open_only_for_their_purpose_and_keys() {
+        let old = ring(&[(1, "first-secret-of-at-least-32-bytes!!")]);
+        let sealed = old.seal("api-key", b"sk-live-0123456789");
+        assert!(!sealed.contains("sk-live"), "{sealed}");
+        assert_ne!(
+            sealed,
+            old.seal("api-key", b"sk-live-0123456789"),
+            "a fresh nonce each time"
+        );
+        assert_eq!(
+            old.open("api-key", &sealed).as_deref(),
+            Some(&b"sk-live-0123456789"[..])
+        );
+        assert_eq!(old.open("other-purpose", &sealed), None);
+        // Rotated: the old key still opens what it sealed; a keyring without it can't.
+        let rotated = ring(&[
+            (1, "first-secret-of-at-least-32-bytes!!"),
+            (2, "second-secret-of-at-least-32-bytes!"),
+        ]);
+        assert_eq!(
+            rotated.open("api-key", &sealed).as_deref(),
+            Some(&b"sk-live-0123456789"[..])
+        );
+        let other = ring(&[(1, "another-secret-of-at-least-32-bytes")]);
+        assert_eq!(other.open("api-key", &sealed), None);
+        // Altered, truncated, or a route token: refused.
+        let mut altered = URL_SAFE_NO_PAD.decode(&sealed).unwrap();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert_eq!(old.open("api-key", &URL_SAFE_NO_PAD.encode(altered)), None);
+        assert_eq!(old.open("api-key", &sealed[..10]), None);
+        assert_eq!(old.open("api-key", &old.mint(URL)), None);
+        assert_eq!(old.open("api-key", "not base64 !"), None);
+        // And a sealed secret is no route token.
+        assert!(old.verify(&sealed).is_err());
+    }
 
     #[test]
     fn round_trips_and_hides_the_url() {
