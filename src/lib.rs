@@ -149,7 +149,7 @@
 //! | configuration | [`config`] (feature `config`) | one typed `Config`, each setting described once |
 //! | sidecar | [`sidecar`] | the outermost service: admin paths, request metrics and logs, error envelopes |
 //! | composition | [`runway`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; the webhook relay; the CometAPI stand-in |
-//! | idempotency | [`idempotency`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded |
+//! | records | [`idempotency`], [`tasks`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded; the watch list of accepted tasks |
 //! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
 //! | upstream | [`upstream`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS |
 //! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`], [`store`] | shared types |
@@ -160,6 +160,9 @@
 //! - `config`: [`config::Config`] (TOML, environment, flags) and [`app::Proxy`].
 //! - `mock`: [`mock::MockUpstream`], the CometAPI stand-in.
 //! - `axum`: [`relay::Relay::router`].
+//! - `redis` (default): [`limit::SharedLimits`], quotas and caps shared by replicas.
+//! - `postgres` (default): `relay::PostgresOutbox`, the outbox, idempotency records and
+//!   watch list shared by replicas.
 //!
 //! `cargo build --lib --no-default-features` builds the layers and the relay alone,
 //! without clap, indicatif, toml, tracing-subscriber or the stand-in.
@@ -184,6 +187,8 @@ pub mod retry;
 pub mod server;
 // the idempotency record, which reads the retry layer's verdict
 pub mod idempotency;
+// the watch list of accepted tasks
+pub mod tasks;
 // composition
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["envelope"],
     &["upstream"],
     &["callback", "limit", "retry", "server"],
-    &["idempotency"],
+    &["idempotency", "tasks"],
     &["mock", "relay", "runway"],
     &["sidecar"],
     &["config"],

@@ -1,9 +1,9 @@
-//! The outbox's promises, held by every store: the embedded SQLite one, and (with the
+//! The stores' promises, held by every store: the embedded SQLite one, and (with the
 //! `postgres` feature) the PostgreSQL one that replicas share, each test on a database of
 //! its own in the real server that `scripts/test-services` starts.
 //!
-//! Each scenario is written once, against the `Outbox` and `IdempotencyStore` traits, and
-//! run on both stores.
+//! Each scenario is written once, against the `Outbox`, `IdempotencyStore` and
+//! `TaskStore` traits, and run on both stores.
 
 mod common;
 
@@ -14,9 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use runway_proxy::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
 use runway_proxy::relay::{Completion, DeliveryState, Enqueued, NewDelivery, Outbox};
+use runway_proxy::tasks::{Checked, NewTask, TaskFormat, TaskStore, WatchState};
 
-trait Store: Outbox + IdempotencyStore {}
-impl<T: Outbox + IdempotencyStore> Store for T {}
+trait Store: Outbox + IdempotencyStore + TaskStore {}
+impl<T: Outbox + IdempotencyStore + TaskStore> Store for T {}
 
 fn webhook(task: &str, status: &str, at: u32) -> NewDelivery {
     let terminal = matches!(status, "SUCCEEDED" | "FAILED");
@@ -281,6 +282,224 @@ async fn idempotency_keys_keep_their_answer(store: Arc<dyn Store>) {
     );
 }
 
+fn task(id: &str, format: TaskFormat) -> NewTask {
+    NewTask {
+        task_id: id.to_owned(),
+        format,
+        route: match format {
+            TaskFormat::Reverse => "/runway/pro/generate".to_owned(),
+            TaskFormat::Official => "/runwayml/v1/image_to_video".to_owned(),
+        },
+        key_hash: "0123abcd".to_owned(),
+        sealed_key: Some("sealed".to_owned()),
+        subscriber: Some("https://hooks.example.com/runway".to_owned()),
+        outcome_unknown: false,
+    }
+}
+
+fn check(status: &str, done: bool, again_after: Duration) -> Checked {
+    Checked {
+        status: Some(status.to_owned()),
+        done,
+        recovered: done,
+        again_after,
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn tasks_are_recorded_once_and_checked_when_due(store: Arc<dyn Store>) {
+    store
+        .record(task("t1", TaskFormat::Official), Duration::ZERO)
+        .await
+        .unwrap();
+    store.record(task("t2", TaskFormat::Reverse), HOUR).await.unwrap();
+    let mut again = task("t1", TaskFormat::Reverse);
+    again.route = "/elsewhere".into();
+    store.record(again, Duration::ZERO).await.unwrap();
+    let [claimed] = store
+        .claim_due("a".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        (claimed.task_id.as_str(), claimed.format, claimed.route.as_str()),
+        ("t1", TaskFormat::Official, "/runwayml/v1/image_to_video"),
+        "the first record is kept; t2 is not due"
+    );
+    assert_eq!(claimed.sealed_key.as_deref(), Some("sealed"));
+    assert_eq!(
+        claimed.subscriber.as_deref(),
+        Some("https://hooks.example.com/runway")
+    );
+    assert_eq!((claimed.state, claimed.checks), (WatchState::Watching, 0));
+    assert!(
+        store.claim_due("b".into(), 10, LEASE).await.unwrap().is_empty(),
+        "leased"
+    );
+    store
+        .checked("t1".into(), "a".into(), check("RUNNING", false, Duration::ZERO))
+        .await
+        .unwrap();
+    let [again] = store
+        .claim_due("b".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!((again.status.as_deref(), again.checks), (Some("RUNNING"), 1));
+    store
+        .checked("t1".into(), "b".into(), check("SUCCEEDED", true, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(
+        store.claim_due("a".into(), 10, LEASE).await.unwrap().is_empty(),
+        "done"
+    );
+    let done = store.list_tasks(Some(WatchState::Done), 0, 10).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0].status.as_deref(), done[0].checks, done[0].recovered),
+        (Some("SUCCEEDED"), 2, true)
+    );
+    let all = store.list_tasks(None, 0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
+        ["t1", "t2"]
+    );
+    assert!(
+        store.list_tasks(None, all[0].id, 10).await.unwrap().len() == 1,
+        "paged by id"
+    );
+}
+
+async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: Arc<dyn Store>) {
+    store
+        .record(task("t1", TaskFormat::Reverse), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .callback_seen("t1".into(), Some("1".into()), false, HOUR)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.claim_due("a".into(), 10, LEASE).await.unwrap().is_empty(),
+        "pushed back"
+    );
+    let [watched] = store
+        .list_tasks(Some(WatchState::Watching), 0, 10)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(watched.status.as_deref(), Some("1"));
+    assert!(watched.last_callback_at.is_some());
+    assert!(
+        store
+            .callback_seen("t1".into(), Some("3".into()), true, HOUR)
+            .await
+            .unwrap()
+    );
+    let [done] = store
+        .list_tasks(Some(WatchState::Done), 0, 10)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!((done.status.as_deref(), done.recovered), (Some("3"), false));
+    // A late callback for a finished task changes nothing; an unknown task is not listed.
+    assert!(
+        store
+            .callback_seen("t1".into(), Some("1".into()), false, HOUR)
+            .await
+            .unwrap()
+    );
+    let [done] = store
+        .list_tasks(Some(WatchState::Done), 0, 10)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(done.status.as_deref(), Some("3"));
+    assert!(
+        !store
+            .callback_seen("nope".into(), None, true, HOUR)
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_lapsed_watch_lease_is_claimed_again_and_the_old_owner_ignored(store: Arc<dyn Store>) {
+    store
+        .record(task("t1", TaskFormat::Official), Duration::ZERO)
+        .await
+        .unwrap();
+    let mut unknown = task("u1", TaskFormat::Reverse);
+    unknown.outcome_unknown = true;
+    store.record(unknown, Duration::ZERO).await.unwrap();
+    let short = Duration::from_millis(300);
+    let claimed = store.claim_due("dead".into(), 10, short).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
+        ["t1"],
+        "unknown: never checked"
+    );
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    assert_eq!(store.claim_due("live".into(), 10, LEASE).await.unwrap().len(), 1);
+    store
+        .checked(
+            "t1".into(),
+            "dead".into(),
+            check("SUCCEEDED", true, Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .list_tasks(Some(WatchState::Done), 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the old owner's word"
+    );
+    let unknown = store.list_tasks(Some(WatchState::Unknown), 0, 10).await.unwrap();
+    assert_eq!(unknown.len(), 1);
+}
+
+/// Watchers racing for due tasks (several replicas' included): each task is claimed by
+/// exactly one of them while its lease holds.
+async fn racing_watchers_claim_each_task_once(stores: Vec<Arc<dyn Store>>) {
+    for n in 0..40 {
+        stores[0]
+            .record(task(&format!("t{n}"), TaskFormat::Official), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let claims = stores.iter().cycle().take(6).enumerate().map(|(n, store)| {
+        let store = Arc::clone(store);
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..10 {
+                let claimed = store.claim_due(format!("w{n}"), 3, LEASE).await.unwrap();
+                mine.extend(claimed.into_iter().map(|t| t.task_id));
+            }
+            mine
+        })
+    });
+    let mut all: Vec<String> = Vec::new();
+    for claim in futures_util::future::join_all(claims).await {
+        all.extend(claim.unwrap());
+    }
+    all.sort();
+    let claimed = all.len();
+    all.dedup();
+    assert_eq!(claimed, all.len(), "a task was claimed twice");
+    assert_eq!(all.len(), 40, "every due task was claimed");
+}
+
 /// Claimers racing on the same store (several workers, or several replicas each with
 /// its own connection to it): every delivery is claimed exactly once, a task never has
 /// two deliveries in flight, and a task's deliveries go in the order they were stored.
@@ -368,6 +587,13 @@ macro_rules! on_every_store {
                 let store = runway_proxy::relay::SqliteOutbox::open(&dir.path().join("outbox.sqlite3")).unwrap();
                 super::racing_claimers_share_nothing(vec![Arc::new(store)]).await;
             }
+
+            #[tokio::test]
+            async fn racing_watchers_claim_each_task_once() {
+                let dir = tempfile::tempdir().unwrap();
+                let store = runway_proxy::relay::SqliteOutbox::open(&dir.path().join("outbox.sqlite3")).unwrap();
+                super::racing_watchers_claim_each_task_once(vec![Arc::new(store)]).await;
+            }
         }
 
         #[cfg(feature = "postgres")]
@@ -397,6 +623,17 @@ macro_rules! on_every_store {
                 }
                 super::racing_claimers_share_nothing(stores).await;
             }
+
+            /// Three replicas' stores on one database.
+            #[tokio::test]
+            async fn racing_watchers_claim_each_task_once() {
+                let url = common::services::fresh_database().await;
+                let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+                for _ in 0..3 {
+                    stores.push(Arc::new(connect(&url).await));
+                }
+                super::racing_watchers_claim_each_task_once(stores).await;
+            }
         }
     };
 }
@@ -410,6 +647,9 @@ on_every_store!(
     dead_letters_are_listed_and_replayed,
     a_released_claim_is_pending_again,
     idempotency_keys_keep_their_answer,
+    tasks_are_recorded_once_and_checked_when_due,
+    callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch,
+    a_lapsed_watch_lease_is_claimed_again_and_the_old_owner_ignored,
 );
 
 #[cfg(feature = "postgres")]
@@ -433,10 +673,8 @@ mod postgres_schema {
             started.unwrap();
         }
         let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
-        assert_eq!(
-            versions.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
-            vec![1]
-        );
+        let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
+        assert_eq!(versions, [1, 2], "each migration once, in order");
         // And a restart finds the schema as it left it.
         PostgresOutbox::connect(&settings).await.unwrap();
     }

@@ -49,6 +49,7 @@ mod postgres;
 mod receiver;
 mod signing;
 mod sqlite;
+mod task_store;
 mod worker;
 
 use std::sync::Arc;

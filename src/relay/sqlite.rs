@@ -56,6 +56,27 @@ CREATE TABLE IF NOT EXISTS idempotency (
     expires_at   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at);
+CREATE TABLE IF NOT EXISTS tasks (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id          TEXT    NOT NULL UNIQUE,
+    format           TEXT    NOT NULL,
+    route            TEXT    NOT NULL,
+    key_hash         TEXT    NOT NULL,
+    sealed_key       TEXT,
+    subscriber       TEXT,
+    state            TEXT    NOT NULL,
+    status           TEXT,
+    submitted_at     INTEGER NOT NULL,
+    last_callback_at INTEGER,
+    next_check_at    INTEGER NOT NULL,
+    checks           INTEGER NOT NULL DEFAULT 0,
+    recovered        INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_until      INTEGER,
+    updated_at       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (state, next_check_at);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
 ";
 
 /// How a batch's commit went, handed to every command of the batch.

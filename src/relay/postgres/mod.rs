@@ -42,6 +42,7 @@
 
 mod idempotency;
 mod schema;
+mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;

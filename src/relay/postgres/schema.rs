@@ -15,7 +15,7 @@ const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
 
 /// Each migration, in order; its number is its position (from 1). Never edit one that has
 /// shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The newest schema version this build knows.
 pub(super) const LATEST: i32 = MIGRATIONS.len() as i32;
@@ -169,6 +169,31 @@ BEGIN
         o_outcome := 'unknown';
     END IF;
 END $$;
+"#;
+
+const V2: &str = r#"
+-- The watch list: every accepted task until its final result is relayed.
+CREATE TABLE runway_proxy_tasks (
+    id               bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id          text    NOT NULL UNIQUE,
+    format           text    NOT NULL,
+    route            text    NOT NULL,
+    key_hash         text    NOT NULL,
+    sealed_key       text,
+    subscriber       text,
+    state            text    NOT NULL,
+    status           text,
+    submitted_at     bigint  NOT NULL,
+    last_callback_at bigint,
+    next_check_at    bigint  NOT NULL,
+    checks           integer NOT NULL DEFAULT 0,
+    recovered        boolean NOT NULL DEFAULT false,
+    lease_owner      text,
+    lease_until      bigint,
+    updated_at       bigint  NOT NULL
+);
+CREATE INDEX runway_proxy_tasks_due ON runway_proxy_tasks (next_check_at) WHERE state = 'watching';
+CREATE INDEX runway_proxy_tasks_state ON runway_proxy_tasks (state, id);
 "#;
 
 /// Bring the database's schema up to [`LATEST`].

@@ -1,0 +1,202 @@
+//! The watch list: every task the proxy submitted, until its final result has been
+//! relayed, in the same durable store as the outbox.
+//!
+//! A [`TaskStore`] keeps one record per accepted task: which API format and route made
+//! it, a hash of the API key that paid for it (and the key itself, sealed with the
+//! callback token keys, so the task can still be polled after a restart), the subscriber
+//! its events go to, the last status known, and when it is next to be checked. Watchers
+//! (several replicas' included) *claim* due records with a lease, as delivery workers
+//! claim deliveries, so each task is checked by one of them at a time, and a watcher
+//! that dies mid-check gives its tasks back when the lease runs out.
+//!
+//! Implemented by [`SqliteOutbox`](crate::relay::SqliteOutbox) and, with the `postgres`
+//! feature, `PostgresOutbox`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::store::{BoxFuture, StoreError};
+
+/// Which of CometAPI's two API shapes a task was submitted through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskFormat {
+    /// `POST /runway/pro/*`: `{"code", "msg", "data": {"task_id"}}`, results by callback
+    /// and `POST /runway/feed`.
+    Reverse,
+    /// `POST /runwayml/v1/*`: the official shape, results by `GET /runwayml/v1/tasks/{id}`
+    /// only.
+    Official,
+}
+
+impl TaskFormat {
+    /// The name used in the store and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskFormat::Reverse => "reverse",
+            TaskFormat::Official => "official",
+        }
+    }
+
+    /// Parse a format name.
+    pub fn parse(text: &str) -> Option<TaskFormat> {
+        match text {
+            "reverse" => Some(TaskFormat::Reverse),
+            "official" => Some(TaskFormat::Official),
+            _ => None,
+        }
+    }
+}
+
+/// Where a watched task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchState {
+    /// Not finished as far as the proxy knows: it is checked when due.
+    Watching,
+    /// Its final status has been relayed (or stored to be).
+    Done,
+    /// The submission's outcome is unknown (a timeout after sending): there is no task id
+    /// to check, so it is kept for the record only.
+    Unknown,
+}
+
+impl WatchState {
+    /// The name used in the store and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchState::Watching => "watching",
+            WatchState::Done => "done",
+            WatchState::Unknown => "unknown",
+        }
+    }
+
+    /// Parse a state name.
+    pub fn parse(text: &str) -> Option<WatchState> {
+        match text {
+            "watching" => Some(WatchState::Watching),
+            "done" => Some(WatchState::Done),
+            "unknown" => Some(WatchState::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// An accepted submission, to watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTask {
+    /// CometAPI's task id (for an outcome-unknown submission, an id of the proxy's own).
+    pub task_id: String,
+    /// The API shape it was submitted in.
+    pub format: TaskFormat,
+    /// The submission's path (`/runway/pro/generate`, `/runwayml/v1/image_to_video`).
+    pub route: String,
+    /// Hex SHA-256 prefix of the bearer token that submitted it (never the token).
+    pub key_hash: String,
+    /// The bearer token, sealed with the token keys ([`Keyring::seal`](crate::callback::Keyring::seal)),
+    /// to check the task with after a restart.
+    pub sealed_key: Option<String>,
+    /// Where its events go, if anywhere.
+    pub subscriber: Option<String>,
+    /// Whether the submission's outcome is unknown (see [`WatchState::Unknown`]).
+    pub outcome_unknown: bool,
+}
+
+/// A watched task and what is known of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WatchedTask {
+    /// Row id (the admin API pages by it).
+    pub id: i64,
+    /// CometAPI's task id.
+    pub task_id: String,
+    /// The API shape it was submitted in.
+    pub format: TaskFormat,
+    /// The submission's path.
+    pub route: String,
+    /// Hex SHA-256 prefix of the bearer token that submitted it.
+    pub key_hash: String,
+    /// The bearer token, sealed.
+    #[serde(skip)]
+    pub sealed_key: Option<String>,
+    /// Where its events go.
+    #[serde(skip)]
+    pub subscriber: Option<String>,
+    /// Where it is.
+    pub state: WatchState,
+    /// The last status known (from a callback or a check), as the upstream wrote it.
+    pub status: Option<String>,
+    /// When it was submitted (Unix milliseconds).
+    pub submitted_at: i64,
+    /// When its last callback arrived (Unix milliseconds).
+    pub last_callback_at: Option<i64>,
+    /// When it is next due to be checked (Unix milliseconds).
+    pub next_check_at: i64,
+    /// Checks made so far.
+    pub checks: u32,
+    /// Whether its final status was recovered by a check rather than called back.
+    pub recovered: bool,
+}
+
+/// How a check of a claimed task ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The status the check found, if it found one.
+    pub status: Option<String>,
+    /// The task is final and its last event is stored: stop watching it.
+    pub done: bool,
+    /// Its final event was recovered by this check (not called back).
+    pub recovered: bool,
+    /// Otherwise, check again after this long.
+    pub again_after: Duration,
+}
+
+/// The watch list's store. See the module docs.
+pub trait TaskStore: Send + Sync + 'static {
+    /// Record an accepted submission, first due `check_after` from now. Recording a task
+    /// id twice keeps the first record.
+    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A callback for `task_id` arrived with `status`: remember it, and push the next
+    /// check back to `check_after` from now; a terminal status ends the watch. `false`:
+    /// the task is not on the list.
+    fn callback_seen(
+        &self,
+        task_id: String,
+        status: Option<String>,
+        terminal: bool,
+        check_after: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Claim up to `max` watched tasks that are due, for `owner`, leased for `lease`.
+    fn claim_due(
+        &self,
+        owner: String,
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>>;
+
+    /// Record how `owner`'s check of a claimed task ended, and give the claim back. A
+    /// claim whose lease has passed to another owner is not touched.
+    fn checked(
+        &self,
+        task_id: String,
+        owner: String,
+        checked: Checked,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Tasks in `state` (every state: `None`) with a row id above `after`, oldest first,
+    /// at most `limit`.
+    fn list_tasks(
+        &self,
+        state: Option<WatchState>,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>>;
+}
+
+impl std::fmt::Debug for dyn TaskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskStore")
+    }
+}
