@@ -9,9 +9,11 @@
 //!    its repeats get the first answer;
 //! 2. [`RewriteCallback`]: checks the subscriber URL and rewrites `callback_url` once per
 //!    request, before anything is sent;
-//! 3. [`Retry`]: decides from each attempt's body whether to try again, never resubmitting
+//! 3. [`RecordTasks`] (with a watch list): puts each accepted submission that names a
+//!    subscriber on the watch list before its answer goes back;
+//! 4. [`Retry`]: decides from each attempt's body whether to try again, never resubmitting
 //!    a task that may have been accepted;
-//! 4. [`RateLimit`]: every attempt waits for its own permit, so retries respect the limit.
+//! 5. [`RateLimit`]: every attempt waits for its own permit, so retries respect the limit.
 //!
 //! [`RunwayLayer::builder`] collects the settings; [`build`](RunwayLayerBuilder::build)
 //! checks them and makes the shared state (the limiter, the retry budget, the metrics)
@@ -58,9 +60,10 @@ use crate::idempotency::{IdempotencyLayer, IdempotencySettings, IdempotencyStore
 use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer, RetrySettings};
 use crate::settings::InvalidSetting;
+use crate::tasks::{RecordTasks, RecordTasksLayer, TaskStore, WatchSettings};
 
 /// The service [`RunwayLayer`] makes around `S`.
-pub type Runway<S> = Idempotent<RewriteCallback<Retry<RateLimit<S>>>>;
+pub type Runway<S> = Idempotent<RewriteCallback<RecordTasks<Retry<RateLimit<S>>>>>;
 
 /// Rate limit, retry and `callback_url` rewrite in one layer. See the module docs.
 ///
@@ -72,6 +75,7 @@ pub struct RunwayLayer {
     limit: RateLimitLayer,
     callbacks: Option<RewriteCallbackLayer>,
     idempotency: Option<IdempotencyLayer>,
+    tasks: Option<RecordTasksLayer>,
 }
 
 impl RunwayLayer {
@@ -106,9 +110,13 @@ impl<S> Layer<S> for RunwayLayer {
 
     fn layer(&self, inner: S) -> Runway<S> {
         let retrying = self.retry.layer(self.limit.layer(inner));
+        let recording = match &self.tasks {
+            Some(tasks) => tasks.layer(retrying),
+            None => RecordTasks::passthrough(retrying),
+        };
         let rewriting = match &self.callbacks {
-            Some(rewrite) => rewrite.layer(retrying),
-            None => RewriteCallback::passthrough(retrying),
+            Some(rewrite) => rewrite.layer(recording),
+            None => RewriteCallback::passthrough(recording),
         };
         match &self.idempotency {
             Some(idempotency) => idempotency.layer(rewriting),
@@ -126,6 +134,7 @@ pub struct RunwayLayerBuilder {
     limit: LimitSettings,
     callbacks: Option<Callbacks>,
     idempotency: Option<(Arc<dyn IdempotencyStore>, IdempotencySettings)>,
+    tasks: Option<(Arc<dyn TaskStore>, WatchSettings)>,
 }
 
 impl RunwayLayerBuilder {
@@ -154,17 +163,43 @@ impl RunwayLayerBuilder {
         self
     }
 
+    /// Put every accepted submission that names a subscriber on the watch list in
+    /// `store` (needs [`callbacks`](Self::callbacks): its keys seal the API keys the
+    /// watcher polls with). The watcher itself runs beside the relay.
+    pub fn watch(mut self, store: Arc<dyn TaskStore>, settings: WatchSettings) -> Self {
+        self.tasks = Some((store, settings));
+        self
+    }
+
     /// Check every setting and make the layers and their shared state, once.
     pub fn build(self) -> Result<RunwayLayer, InvalidSetting> {
         let idempotency = match self.idempotency {
             Some((store, settings)) => Some(IdempotencyLayer::with_settings(store, settings)?),
             None => None,
         };
+        let tasks = match (self.tasks, &self.callbacks) {
+            (Some((store, settings)), Some(callbacks)) => {
+                settings.validate()?;
+                Some(RecordTasksLayer::new(
+                    store,
+                    Arc::clone(callbacks.keys()),
+                    settings,
+                ))
+            }
+            (Some(_), None) => {
+                return Err(InvalidSetting::new(
+                    "watch",
+                    "watching tasks needs the callback rewrite (its keys seal the API keys polled with)",
+                ));
+            }
+            (None, _) => None,
+        };
         Ok(RunwayLayer {
             retry: RetryLayer::builder().settings(self.retry).build()?,
             limit: RateLimitLayer::builder().settings(self.limit).build()?,
             callbacks: self.callbacks.map(RewriteCallbackLayer::new),
             idempotency,
+            tasks,
         })
     }
 }

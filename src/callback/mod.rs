@@ -51,6 +51,18 @@ pub use token::{Keyring, KeyringError, MAX_URL, Route, TokenError, random_secret
 /// The path prefix webhooks come back on.
 pub const HOOK_PATH: &str = "/hooks/runway/";
 
+/// Request header naming the subscriber of an official-format submission
+/// (`POST /runwayml/v1/*`, whose body has no `callback_url`): checked like a
+/// `callback_url`, and never sent upstream.
+pub const CALLBACK_URL_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-runway-proxy-callback-url");
+
+/// The subscriber a submission named (its `callback_url`, or the [`CALLBACK_URL_HEADER`]
+/// of an official-format one), once checked: [`RewriteCallback`] puts it in the request's
+/// extensions for the layers inside it (the watch list records it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSubscriber(pub String);
+
 /// Why [`Callbacks`] could not be made.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackError {

@@ -13,8 +13,8 @@ use http::{Request, Response, StatusCode, header};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
-use super::CallbackUrl;
 use super::layer::Shared;
+use super::{CALLBACK_URL_HEADER, CallbackUrl, TaskSubscriber};
 use crate::body::{self, Body, BoxError, ReadError};
 use crate::envelope;
 use crate::route::RouteClass;
@@ -77,6 +77,17 @@ where
             Some(shared) if carries_callback_url(request.method(), request.uri().path()) => {
                 Arc::clone(shared)
             }
+            Some(shared) if request.headers().contains_key(CALLBACK_URL_HEADER) => {
+                let shared = Arc::clone(shared);
+                return Either::Right(Box::pin(async move {
+                    let request = match shared.official_subscriber(request).await {
+                        Ok(request) => request,
+                        Err(refusal) => return Ok(refusal),
+                    };
+                    let response = inner.oneshot(request).await?;
+                    Ok(response.map(body::boxed))
+                }));
+            }
             // Not a submission with a callback_url (or rewriting is off): stream it through
             // untouched, whatever its size.
             _ => {
@@ -103,6 +114,52 @@ fn carries_callback_url(method: &http::Method, path: &str) -> bool {
 }
 
 impl Shared {
+    /// Check `url` as a subscriber: the policy, and (for a host name) where it resolves.
+    async fn check_subscriber(&self, url: &str) -> Result<(), Response<Body>> {
+        let bad_request = |msg: String| envelope::error_response(StatusCode::BAD_REQUEST, &msg);
+        let policy = self.callbacks.policy();
+        let subscriber = policy
+            .check(url)
+            .map_err(|refused| bad_request(refused.to_string()))?;
+        if subscriber.ip.is_none() && !policy.allows_private() {
+            self.resolved
+                .check(&subscriber, policy)
+                .await
+                .map_err(|refused| bad_request(refused.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// An official-format submission's subscriber, from [`CALLBACK_URL_HEADER`]: checked,
+    /// taken off the request (the upstream never sees it) and put in its extensions. Only
+    /// submissions may name one.
+    async fn official_subscriber<B>(&self, request: Request<B>) -> Result<Request<Body>, Response<Body>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let bad_request = |msg: &str| envelope::error_response(StatusCode::BAD_REQUEST, msg);
+        if RouteClass::of(&parts.method, parts.uri.path()) != RouteClass::Submission {
+            return Err(bad_request(
+                "x-runway-proxy-callback-url names the subscriber of a submission; this request is not one",
+            ));
+        }
+        let Some(value) = parts.headers.remove(CALLBACK_URL_HEADER) else {
+            return Ok(Request::from_parts(parts, body::boxed(body)));
+        };
+        let url = value
+            .to_str()
+            .map_err(|_| {
+                bad_request("x-runway-proxy-callback-url is not a valid URL (it is not ASCII text)")
+            })?
+            .trim()
+            .to_owned();
+        self.check_subscriber(&url).await?;
+        parts.extensions.insert(TaskSubscriber(url));
+        Ok(Request::from_parts(parts, body::boxed(body)))
+    }
+
     /// The request with its `callback_url` rewritten, or the error response to send back.
     async fn rewrite<B>(&self, request: Request<B>) -> Result<Request<Body>, Response<Body>>
     where
@@ -110,6 +167,9 @@ impl Shared {
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = request.into_parts();
+        // The body's callback_url names a reverse-format task's subscriber; the header is
+        // for the official format, and never goes upstream.
+        parts.headers.remove(CALLBACK_URL_HEADER);
         let limit = self.callbacks.body_limit();
         let bytes = match body::read_to_limit(body, limit).await {
             Ok(bytes) => bytes,
@@ -132,19 +192,11 @@ impl Shared {
             Ok(_) => return Ok(Request::from_parts(parts, body::full(bytes))),
             Err(err) => return Err(bad_request(err.to_string())),
         };
-        let policy = self.callbacks.policy();
-        let subscriber = policy
-            .check(&found.url)
-            .map_err(|refused| bad_request(refused.to_string()))?;
-        if subscriber.ip.is_none() && !policy.allows_private() {
-            self.resolved
-                .check(&subscriber, policy)
-                .await
-                .map_err(|refused| bad_request(refused.to_string()))?;
-        }
+        self.check_subscriber(&found.url).await?;
         let rewritten = found.replace(&bytes, &self.callbacks.hook_url(&found.url));
         // The length changed; hyper sets the new one from the body.
         parts.headers.remove(header::CONTENT_LENGTH);
+        parts.extensions.insert(TaskSubscriber(found.url.clone()));
         Ok(Request::from_parts(parts, body::full(rewritten)))
     }
 }

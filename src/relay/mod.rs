@@ -67,13 +67,14 @@ pub use outbox::{
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresOutbox;
-pub use receiver::WebhookReceiver;
+pub use receiver::{WebhookReceiver, event_delivery};
 pub use signing::{SecretError, TOLERANCE, WebhookSigner};
 pub use sqlite::SqliteOutbox;
 pub use worker::DeliverySettings;
 
 use crate::callback::Callbacks;
 use crate::settings::InvalidSetting;
+use crate::tasks::TaskStore;
 use crate::upstream::ClientError;
 use worker::DeliveryWorkers;
 
@@ -97,6 +98,26 @@ pub struct Relay {
     admin: RelayAdmin,
     workers: DeliveryWorkers,
     metrics: Arc<RelayMetrics>,
+    events: EventSink,
+}
+
+/// Stores events the proxy makes itself (the task watcher's) for delivery, like received
+/// webhooks, and wakes the delivery workers. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EventSink {
+    outbox: Arc<dyn Outbox>,
+    wake: Arc<Notify>,
+}
+
+impl EventSink {
+    /// Store `delivery` durably (deduped and ordered like a received webhook).
+    pub async fn enqueue(&self, delivery: NewDelivery) -> Result<Enqueued, OutboxError> {
+        let enqueued = self.outbox.enqueue(delivery).await?;
+        if matches!(enqueued, Enqueued::Stored(_)) {
+            self.wake.notify_waiters();
+        }
+        Ok(enqueued)
+    }
 }
 
 /// Settings for [`Relay::builder`]; [`start`](RelayBuilder::start) checks them and starts
@@ -108,6 +129,7 @@ pub struct RelayBuilder {
     outbox: Arc<dyn Outbox>,
     signer: WebhookSigner,
     settings: DeliverySettings,
+    tasks: Option<(Arc<dyn TaskStore>, Duration)>,
 }
 
 impl std::fmt::Debug for dyn Outbox {
@@ -126,6 +148,7 @@ impl Relay {
             outbox,
             signer,
             settings: DeliverySettings::default(),
+            tasks: None,
         }
     }
 
@@ -137,6 +160,11 @@ impl Relay {
     /// The admin handle that answers `/-/deliveries` (mount it on a private route).
     pub fn admin(&self) -> RelayAdmin {
         self.admin.clone()
+    }
+
+    /// Where the proxy's own events go to be delivered.
+    pub fn events(&self) -> EventSink {
+        self.events.clone()
     }
 
     /// What the receiver and the workers record.
@@ -166,6 +194,14 @@ impl RelayBuilder {
         self
     }
 
+    /// Tell the watch list in `store` of every callback received, so a task that called
+    /// back is not recovered from the feed before `recover_after` more has passed (and
+    /// not at all once its terminal callback came).
+    pub fn watch_list(mut self, store: Arc<dyn TaskStore>, recover_after: Duration) -> Self {
+        self.tasks = Some((store, recover_after));
+        self
+    }
+
     /// Check the settings and start the delivery workers on the current Tokio runtime.
     pub fn start(self) -> Result<Relay, RelayError> {
         self.settings.validate()?;
@@ -176,8 +212,13 @@ impl RelayBuilder {
             Arc::clone(&self.outbox),
             Arc::clone(&wake),
             Arc::clone(&metrics),
+            self.tasks,
         );
         let admin = RelayAdmin::new(Arc::clone(&self.outbox), Arc::clone(&wake));
+        let events = EventSink {
+            outbox: Arc::clone(&self.outbox),
+            wake: Arc::clone(&wake),
+        };
         let workers = DeliveryWorkers::start(
             self.outbox,
             self.signer,
@@ -191,6 +232,7 @@ impl RelayBuilder {
             admin,
             workers,
             metrics,
+            events,
         })
     }
 }

@@ -18,6 +18,7 @@ use super::outbox::{Enqueued, NewDelivery, Outbox};
 use crate::body::{self, Body, BoxError, ReadError};
 use crate::callback::{Callbacks, HOOK_PATH, Keyring};
 use crate::envelope;
+use crate::tasks::TaskStore;
 
 /// Receives CometAPI's callbacks and stores them in the outbox.
 ///
@@ -41,6 +42,8 @@ struct Shared {
     body_limit: usize,
     wake: Arc<Notify>,
     metrics: Arc<RelayMetrics>,
+    /// The watch list, told of each callback, and how long a task may then go silent.
+    tasks: Option<(Arc<dyn TaskStore>, Duration)>,
 }
 
 impl std::fmt::Debug for WebhookReceiver {
@@ -59,6 +62,7 @@ impl WebhookReceiver {
         outbox: Arc<dyn Outbox>,
         wake: Arc<Notify>,
         metrics: Arc<RelayMetrics>,
+        tasks: Option<(Arc<dyn TaskStore>, Duration)>,
     ) -> Self {
         WebhookReceiver {
             shared: Arc::new(Shared {
@@ -68,6 +72,7 @@ impl WebhookReceiver {
                 outbox,
                 wake,
                 metrics,
+                tasks,
             }),
         }
     }
@@ -92,10 +97,11 @@ where
     }
 }
 
-/// The fields of a callback that identify it.
+/// The fields of a callback (or an event the watcher made) that identify it.
 struct Identity {
     dedup_key: String,
     task_key: String,
+    task_id: Option<String>,
     status: Option<String>,
     terminal: bool,
 }
@@ -110,16 +116,70 @@ fn text(value: &Value) -> Option<String> {
 
 fn identify(body: &[u8]) -> Option<Identity> {
     let value: Value = serde_json::from_slice(body).ok()?;
-    let task_id = value.get("task_id").and_then(text)?;
+    if let Some(task_id) = value.get("task_id").and_then(text) {
+        // CometAPI's flat callback (and a result the watcher read from the feed).
+        let status = value.get("status").and_then(text)?;
+        let update_time = value.get("update_time").and_then(text).unwrap_or_default();
+        return Some(Identity {
+            dedup_key: format!("task:{task_id}\u{1f}{status}\u{1f}{update_time}"),
+            // "2" failed and "3" succeeded are the ends of a task's life.
+            terminal: matches!(status.as_str(), "2" | "3"),
+            task_key: format!("task:{task_id}"),
+            task_id: Some(task_id),
+            status: Some(status),
+        });
+    }
+    // An official-format task, as `GET /runwayml/v1/tasks/{id}` shows it (the watcher's
+    // events): one event per status.
+    let task_id = value.get("id").and_then(text)?;
     let status = value.get("status").and_then(text)?;
-    let update_time = value.get("update_time").and_then(text).unwrap_or_default();
     Some(Identity {
-        dedup_key: format!("task:{task_id}\u{1f}{status}\u{1f}{update_time}"),
-        // "2" failed and "3" succeeded are the ends of a task's life.
-        terminal: matches!(status.as_str(), "2" | "3"),
+        dedup_key: format!("task:{task_id}\u{1f}{status}"),
+        terminal: matches!(status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED"),
         task_key: format!("task:{task_id}"),
+        task_id: Some(task_id),
         status: Some(status),
     })
+}
+
+/// The delivery of `body` to `subscriber`: what the receiver stores for a callback, and
+/// the watcher for an event it made. Deduped and ordered per subscriber (the holder of
+/// another route token must not be able to suppress this subscriber's webhook by posting
+/// its task fields first), by task, status and update time.
+pub fn event_delivery(subscriber: &str, body: Bytes) -> NewDelivery {
+    event(subscriber, body).0
+}
+
+fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<String>) {
+    let identity = identify(&body).unwrap_or_else(|| {
+        tracing::warn!(
+            bytes = body.len(),
+            "webhook is not the documented callback shape; relaying it as it is"
+        );
+        let key = format!("body:{}", hex(digest::digest(&digest::SHA256, &body).as_ref()));
+        Identity {
+            dedup_key: key.clone(),
+            task_key: key,
+            task_id: None,
+            status: None,
+            terminal: false,
+        }
+    });
+    let webhook_id = format!(
+        "msg_{}",
+        &hex(digest::digest(&digest::SHA256, identity.dedup_key.as_bytes()).as_ref())[..32]
+    );
+    let scope = &hex(digest::digest(&digest::SHA256, subscriber.as_bytes()).as_ref())[..24];
+    let delivery = NewDelivery {
+        webhook_id,
+        dedup_key: format!("{scope}/{}", identity.dedup_key),
+        task_key: format!("{scope}/{}", identity.task_key),
+        status: identity.status,
+        terminal: identity.terminal,
+        target_url: subscriber.to_owned(),
+        body,
+    };
+    (delivery, identity.task_id)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -164,40 +224,13 @@ impl Shared {
             }
         };
         self.count(|m| m.webhooks_received.inc());
-        let identity = identify(&bytes).unwrap_or_else(|| {
-            tracing::warn!(
-                bytes = bytes.len(),
-                "webhook is not the documented callback shape; relaying it as it is"
-            );
-            let key = format!("body:{}", hex(digest::digest(&digest::SHA256, &bytes).as_ref()));
-            Identity {
-                dedup_key: key.clone(),
-                task_key: key,
-                status: None,
-                terminal: false,
-            }
-        });
-        let webhook_id = format!(
-            "msg_{}",
-            &hex(digest::digest(&digest::SHA256, identity.dedup_key.as_bytes()).as_ref())[..32]
-        );
-        // Deduped and ordered per subscriber: the holder of another route token must not
-        // be able to suppress this subscriber's webhook by posting its task fields first.
-        let scope = &hex(digest::digest(&digest::SHA256, route.url.as_bytes()).as_ref())[..24];
+        let (delivery, task_id) = event(&route.url, bytes);
         let (logged_id, logged_task, logged_status) = (
-            webhook_id.clone(),
-            identity.task_key.clone(),
-            identity.status.clone(),
+            delivery.webhook_id.clone(),
+            delivery.task_key.clone(),
+            delivery.status.clone(),
         );
-        let delivery = NewDelivery {
-            webhook_id,
-            dedup_key: format!("{scope}/{}", identity.dedup_key),
-            task_key: format!("{scope}/{}", identity.task_key),
-            status: identity.status,
-            terminal: identity.terminal,
-            target_url: route.url,
-            body: bytes,
-        };
+        let (status, terminal) = (delivery.status.clone(), delivery.terminal);
         match self.outbox.enqueue(delivery).await {
             Ok(outcome) => {
                 let msg = match outcome {
@@ -215,6 +248,17 @@ impl Shared {
                         "stored: superseded by the task's final status"
                     }
                 };
+                if let (Some((tasks, recover_after)), Some(task_id)) = (&self.tasks, task_id) {
+                    // The task's watch: a callback came, so no need to recover it yet (or
+                    // at all, once terminal). Stored already: a failure here costs at most
+                    // a feed read later.
+                    if let Err(err) = tasks
+                        .callback_seen(task_id, status, terminal, *recover_after)
+                        .await
+                    {
+                        tracing::warn!(error = %err, "could not note a callback on the watch list");
+                    }
+                }
                 // Never the token: it is a bearer credential for this route.
                 tracing::info!(
                     webhook_id = %logged_id,
@@ -263,5 +307,14 @@ mod tests {
         assert_eq!(running.task_key, a.task_key);
         assert!(identify(b"[1,2]").is_none());
         assert!(identify(br#"{"status":"3"}"#).is_none());
+        // The watcher's official-format events: one per status.
+        let official = identify(br#"{"id":"o1","status":"RUNNING","progress":0.4}"#).unwrap();
+        let later = identify(br#"{"id":"o1","status":"RUNNING","progress":0.9}"#).unwrap();
+        assert_eq!(official.dedup_key, later.dedup_key);
+        assert!(!official.terminal);
+        for end in ["SUCCEEDED", "FAILED", "CANCELLED"] {
+            let body = format!(r#"{{"id":"o1","status":"{end}"}}"#);
+            assert!(identify(body.as_bytes()).unwrap().terminal, "{end}");
+        }
     }
 }

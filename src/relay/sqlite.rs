@@ -305,16 +305,16 @@ fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> 
     {
         return Ok(Enqueued::Duplicate(id));
     }
-    // A task's older status is never delivered after its terminal one.
-    let terminal_seen = !d.terminal
-        && tx
-            .query_row(
-                "SELECT 1 FROM deliveries WHERE task_key = ?1 AND terminal = 1 AND state <> 'superseded' LIMIT 1",
-                params![d.task_key],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
+    // A task's older status is never delivered after its terminal one, nor a second
+    // terminal one (a late callback after the result was recovered from the feed).
+    let terminal_seen = tx
+        .query_row(
+            "SELECT 1 FROM deliveries WHERE task_key = ?1 AND terminal = 1 AND state <> 'superseded' LIMIT 1",
+            params![d.task_key],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
     let state = if terminal_seen {
         DeliveryState::Superseded
     } else {

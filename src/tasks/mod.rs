@@ -12,11 +12,57 @@
 //! Implemented by [`SqliteOutbox`](crate::relay::SqliteOutbox) and, with the `postgres`
 //! feature, `PostgresOutbox`.
 
+mod record;
+
 use std::time::Duration;
 
 use serde::Serialize;
 
+pub use record::{RecordTasks, RecordTasksLayer, ResponseFuture, SEALED_KEY_PURPOSE, jittered};
+
+use crate::settings::{InvalidSetting, check};
 use crate::store::{BoxFuture, StoreError};
+
+/// How accepted tasks are watched (`[watch]` in the config file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WatchSettings {
+    /// How often an official-format task is polled (`GET /runwayml/v1/tasks/{id}`), with
+    /// ±20% jitter, and a reverse-format one's feed read once it is overdue (default 5 s,
+    /// the least Runway advises).
+    pub poll_interval: Duration,
+    /// How long a reverse-format task may go without its terminal callback, after its
+    /// submission or its last callback, before the feed is read for it (default 15 min).
+    pub recover_after: Duration,
+    /// Where the events of official-format submissions that name no subscriber (with
+    /// `x-runway-proxy-callback-url`) go; `None`: they are not watched.
+    pub official_callback_url: Option<String>,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            poll_interval: Duration::from_secs(5),
+            recover_after: Duration::from_secs(15 * 60),
+            official_callback_url: None,
+        }
+    }
+}
+
+impl WatchSettings {
+    /// Check every value (the subscriber URL is checked against the callback policy
+    /// where the watcher is built).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        check(
+            self.poll_interval >= Duration::from_millis(100),
+            "watch.poll_interval",
+            || "must be at least 100ms (Runway asks for 5s or more)".into(),
+        )?;
+        check(!self.recover_after.is_zero(), "watch.recover_after", || {
+            "must be longer than zero".into()
+        })
+    }
+}
 
 /// Which of CometAPI's two API shapes a task was submitted through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

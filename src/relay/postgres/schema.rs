@@ -87,11 +87,11 @@ BEGIN
         o_outcome := 'duplicate';
         RETURN;
     END IF;
-    IF NOT p_terminal THEN
-        v_terminal_seen := EXISTS (
-            SELECT 1 FROM runway_proxy_deliveries d
-            WHERE d.task_key = p_task_key AND d.terminal AND d.state <> 'superseded');
-    END IF;
+    -- Nothing after a terminal status: not an older status, not a second terminal one
+    -- (a late callback after the result was recovered from the feed).
+    v_terminal_seen := EXISTS (
+        SELECT 1 FROM runway_proxy_deliveries d
+        WHERE d.task_key = p_task_key AND d.terminal AND d.state <> 'superseded');
     INSERT INTO runway_proxy_deliveries (webhook_id, dedup_key, task_key, status, terminal, target_url,
                                          body, state, next_attempt_at, created_at, updated_at)
     VALUES (p_webhook_id, p_dedup_key, p_task_key, p_status, p_terminal, p_target_url, p_body,

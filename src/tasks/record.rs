@@ -1,0 +1,279 @@
+//! [`RecordTasks`]: put every accepted submission on the watch list before its answer
+//! goes back to the client.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryFutureExt;
+use futures_util::future::{Either, MapOk};
+use http::{HeaderValue, Request, Response, header};
+use serde_json::Value;
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
+
+use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
+use crate::body::{self, Body, Bounded, BoxError};
+use crate::callback::{Keyring, TaskSubscriber};
+use crate::retry::RetryOutcome;
+use crate::route::RouteClass;
+
+/// What a sealed API key is sealed for ([`Keyring::seal`]).
+pub const SEALED_KEY_PURPOSE: &str = "runway-proxy/task-api-key";
+
+/// Largest submission answer read for its task id (CometAPI's are under 200 bytes).
+const ANSWER_LIMIT: usize = 64 * 1024;
+
+/// Applies [`RecordTasks`]. Goes inside [`RewriteCallback`](crate::callback::RewriteCallback)
+/// (which names the subscriber) and outside [`Retry`](crate::retry::Retry) (which says
+/// whether the submission was accepted).
+#[derive(Clone, Debug)]
+pub struct RecordTasksLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn TaskStore>,
+    keys: Arc<Keyring>,
+    settings: WatchSettings,
+}
+
+impl RecordTasksLayer {
+    /// Record into `store`, sealing API keys with `keys`.
+    pub fn new(store: Arc<dyn TaskStore>, keys: Arc<Keyring>, settings: WatchSettings) -> Self {
+        RecordTasksLayer {
+            shared: Arc::new(Shared {
+                store,
+                keys,
+                settings,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RecordTasksLayer {
+    type Service = RecordTasks<S>;
+
+    fn layer(&self, inner: S) -> RecordTasks<S> {
+        RecordTasks {
+            inner,
+            shared: Some(Arc::clone(&self.shared)),
+        }
+    }
+}
+
+/// Records every accepted submission that names a subscriber on the watch list, before
+/// its answer goes back; a submission whose outcome is unknown is recorded as such.
+/// Other requests pass through untouched. A store that fails is logged and the answer
+/// still goes back: the task exists upstream, and failing its answer would only invite
+/// the client to pay for it again.
+#[derive(Clone, Debug)]
+pub struct RecordTasks<S> {
+    inner: S,
+    shared: Option<Arc<Shared>>,
+}
+
+impl<S> RecordTasks<S> {
+    /// A service that records nothing.
+    pub fn passthrough(inner: S) -> Self {
+        RecordTasks { inner, shared: None }
+    }
+}
+
+/// Response future of [`RecordTasks`]: the inner future for what is not recorded.
+pub type ResponseFuture<S, RB, E> = Either<
+    MapOk<Oneshot<S, Request<Body>>, fn(Response<RB>) -> Response<Body>>,
+    Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
+>;
+
+fn boxed_response<RB>(response: Response<RB>) -> Response<Body>
+where
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    response.map(body::boxed)
+}
+
+/// What is known of a submission before it is sent.
+struct Pending {
+    format: TaskFormat,
+    route: String,
+    key_hash: String,
+    sealed_key: Option<String>,
+    subscriber: String,
+}
+
+impl<S, B, RB> Service<Request<B>> for RecordTasks<S>
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, RB, S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let pending = self.shared.as_ref().and_then(|shared| shared.pending(&request));
+        let (Some(shared), Some(pending)) = (self.shared.clone(), pending) else {
+            let map: fn(Response<RB>) -> Response<Body> = boxed_response::<RB>;
+            return Either::Left(inner.oneshot(request.map(body::boxed)).map_ok(map));
+        };
+        Either::Right(Box::pin(async move {
+            let response = inner.oneshot(request.map(body::boxed)).await?;
+            Ok(shared.record(pending, response.map(body::boxed)).await)
+        }))
+    }
+}
+
+impl Shared {
+    /// The submission's details, if it is one to watch.
+    fn pending<B>(&self, request: &Request<B>) -> Option<Pending> {
+        let path = request.uri().path();
+        if RouteClass::of(request.method(), path) != RouteClass::Submission {
+            return None;
+        }
+        let format = if path.starts_with("/runwayml/") {
+            TaskFormat::Official
+        } else {
+            TaskFormat::Reverse
+        };
+        let subscriber = match request.extensions().get::<TaskSubscriber>() {
+            Some(TaskSubscriber(url)) => url.clone(),
+            None if format == TaskFormat::Official => self.settings.official_callback_url.clone()?,
+            // A reverse-format task without a callback_url is refused upstream.
+            None => return None,
+        };
+        let authorization = request.headers().get(header::AUTHORIZATION);
+        let token = authorization.map_or(&b""[..], HeaderValue::as_bytes);
+        let digest = ring::digest::digest(&ring::digest::SHA256, token);
+        Some(Pending {
+            format,
+            route: path.to_owned(),
+            key_hash: digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect(),
+            sealed_key: authorization.map(|value| self.keys.seal(SEALED_KEY_PURPOSE, value.as_bytes())),
+            subscriber,
+        })
+    }
+
+    async fn record(&self, pending: Pending, response: Response<Body>) -> Response<Body> {
+        let (task_id, response) = match response.extensions().get::<RetryOutcome>().copied() {
+            Some(RetryOutcome::Success) => {
+                let (parts, body) = response.into_parts();
+                match body::read_bounded(body, ANSWER_LIMIT).await {
+                    Ok(Bounded::Whole(bytes)) => {
+                        let id = accepted_task_id(pending.format, parts.status, &bytes);
+                        (id, Response::from_parts(parts, body::full(bytes)))
+                    }
+                    Ok(Bounded::Partial(body)) => (None, Response::from_parts(parts, body)),
+                    Err(err) => {
+                        tracing::warn!(error = %body::error_chain(&err), "a submission's answer broke off");
+                        (None, Response::from_parts(parts, body::empty()))
+                    }
+                }
+            }
+            Some(RetryOutcome::OutcomeUnknown) => {
+                // No id to watch by: kept for the record (`/-/tasks?status=unknown`).
+                let id = format!("unknown-{:032x}", rand::random::<u128>());
+                self.store(pending, id, true).await;
+                return response;
+            }
+            _ => return response,
+        };
+        if let Some(task_id) = task_id {
+            self.store(pending, task_id, false).await;
+        }
+        response
+    }
+
+    async fn store(&self, pending: Pending, task_id: String, outcome_unknown: bool) {
+        let check_after = match pending.format {
+            TaskFormat::Official => self.settings.poll_interval,
+            TaskFormat::Reverse => self.settings.recover_after,
+        };
+        let task = NewTask {
+            task_id,
+            format: pending.format,
+            route: pending.route,
+            key_hash: pending.key_hash,
+            sealed_key: pending.sealed_key,
+            subscriber: Some(pending.subscriber),
+            outcome_unknown,
+        };
+        if let Err(err) = self.store.record(task, check_after).await {
+            tracing::error!(error = %err, "an accepted task could not be put on the watch list");
+        }
+    }
+}
+
+/// The id of the task an accepted submission created: `data.task_id` of a reverse-format
+/// envelope whose `code` is 200, `id` of an official-format 2xx answer.
+fn accepted_task_id(format: TaskFormat, status: http::StatusCode, body: &[u8]) -> Option<String> {
+    if !status.is_success() {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let id = match format {
+        TaskFormat::Reverse => {
+            let code = value.get("code")?;
+            if code.as_u64() != Some(200) && code.as_str() != Some("200") {
+                return None;
+            }
+            value.get("data")?.get("task_id")?
+        }
+        TaskFormat::Official => value.get("id")?,
+    };
+    id.as_str().filter(|id| !id.is_empty()).map(str::to_owned)
+}
+
+/// How long to wait, `jittered` by ±20%: checks of many tasks submitted together spread
+/// out.
+pub fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_are_read_from_both_formats_only_when_accepted() {
+        let ok = http::StatusCode::OK;
+        let reverse = br#"{"code":200,"msg":"success","data":{"task_id":"t-1"}}"#;
+        assert_eq!(
+            accepted_task_id(TaskFormat::Reverse, ok, reverse).as_deref(),
+            Some("t-1")
+        );
+        let busy = br#"{"code":500,"msg":"busy","data":{"task_id":"t-1"}}"#;
+        assert_eq!(accepted_task_id(TaskFormat::Reverse, ok, busy), None);
+        assert_eq!(
+            accepted_task_id(TaskFormat::Official, ok, br#"{"id":"o-1"}"#).as_deref(),
+            Some("o-1")
+        );
+        let created = http::StatusCode::CREATED;
+        assert_eq!(
+            accepted_task_id(TaskFormat::Official, created, br#"{"id":"o-1"}"#).as_deref(),
+            Some("o-1")
+        );
+        let bad = http::StatusCode::BAD_REQUEST;
+        assert_eq!(
+            accepted_task_id(TaskFormat::Official, bad, br#"{"id":"o-1"}"#),
+            None
+        );
+        assert_eq!(accepted_task_id(TaskFormat::Official, ok, br#"{"id":""}"#), None);
+        assert_eq!(accepted_task_id(TaskFormat::Reverse, ok, b"not json"), None);
+    }
+}
