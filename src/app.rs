@@ -47,7 +47,9 @@ use crate::runway::{Runway, RunwayLayer};
 use crate::server::ConnectionLimits;
 use crate::settings::InvalidSetting;
 use crate::sidecar::{AdminAccess, Readiness, RequestMetrics, Sidecar};
+use crate::tasks::TaskStore;
 use crate::upstream::{ClientError, Forward};
+use crate::watch::{TaskWatcher, WatchMetrics};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +143,7 @@ pub struct Proxy {
     metrics: Metrics,
     readiness: Readiness,
     outbox: Arc<dyn Outbox>,
+    watcher: TaskWatcher,
     grace: Duration,
     connections: ConnectionLimits,
 }
@@ -198,16 +201,36 @@ impl Proxy {
 
         let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?;
         // Exactly the layer an embedding application uses.
+        if let Some(url) = &config.watch.official_callback_url {
+            callbacks
+                .policy()
+                .check(url)
+                .map_err(|refused| InvalidSetting::new("watch.official_callback_url", refused.to_string()))?;
+        }
         let runway = RunwayLayer::builder()
             .retry(config.retry.clone())
             .rate_limit(config.limit.clone())
             .callbacks(callbacks.clone())
-            // Idempotency records live in the outbox's database: durable, one store.
+            // Idempotency records and the watch list live in the outbox's database:
+            // durable, one store.
             .idempotency(Arc::clone(&store.idempotency), config.idempotency.clone())
+            .watch(Arc::clone(&store.tasks), config.watch.clone())
             .build()?;
         let relay = Relay::builder(&callbacks, Arc::clone(&store.outbox), signer)
             .settings(config.delivery.clone())
+            .watch_list(Arc::clone(&store.tasks), config.watch.recover_after)
             .start()?;
+        // The watcher checks tasks through the same stack as the application's calls: its
+        // reads wait in the read quota and are retried like theirs.
+        let watch_metrics = Arc::new(WatchMetrics::default());
+        let watcher = TaskWatcher::start(
+            runway.layer(forward.clone()),
+            Arc::clone(&store.tasks),
+            relay.events(),
+            Arc::clone(callbacks.keys()),
+            config.watch.clone(),
+            Arc::clone(&watch_metrics),
+        );
 
         let requests = Arc::new(RequestMetrics::default());
         let metrics = Metrics {
@@ -217,6 +240,7 @@ impl Proxy {
                 runway.retry().metrics(),
                 runway.rate_limit().metrics(),
                 relay.metrics(),
+                watch_metrics,
             ],
         };
         let readiness = Readiness::default();
@@ -231,6 +255,7 @@ impl Proxy {
         let service = Sidecar::new(runway.layer(forward), requests, readiness.clone())
             .metric_sets(metrics.sets())
             .relay_admin(relay.admin())
+            .task_admin(Arc::clone(&store.tasks))
             .admin_access(access)
             .access_log(config.access_log);
         tracing::info!(public_url = %public_url, outbox = %store.described, "webhook relay ready");
@@ -243,6 +268,7 @@ impl Proxy {
             metrics,
             readiness,
             outbox: store.outbox,
+            watcher,
             grace: config.shutdown_grace,
             connections: config.connections,
         })
@@ -317,6 +343,7 @@ impl Proxy {
             }
         })
         .await;
+        self.watcher.shutdown().await;
         self.relay.shutdown(self.grace).await;
     }
 }
@@ -326,6 +353,7 @@ impl Proxy {
 struct Store {
     outbox: Arc<dyn Outbox>,
     idempotency: Arc<dyn IdempotencyStore>,
+    tasks: Arc<dyn TaskStore>,
     described: String,
 }
 
@@ -336,14 +364,16 @@ async fn open_store(config: &Config) -> Result<Store, StartError> {
         return Ok(Store {
             described: store.target().to_owned(),
             outbox: Arc::clone(&store) as Arc<dyn Outbox>,
-            idempotency: store,
+            idempotency: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
+            tasks: store,
         });
     }
     let store = Arc::new(SqliteOutbox::open(&config.data_dir.join("outbox.sqlite3"))?);
     Ok(Store {
         described: store.path().display().to_string(),
         outbox: Arc::clone(&store) as Arc<dyn Outbox>,
-        idempotency: store,
+        idempotency: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
+        tasks: store,
     })
 }
 

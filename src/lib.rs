@@ -147,7 +147,7 @@
 //! |---|---|---|
 //! | app | [`app`] (feature `config`) | the only place that takes a [`config::Config`] and wires everything |
 //! | configuration | [`config`] (feature `config`) | one typed `Config`, each setting described once |
-//! | sidecar | [`sidecar`] | the outermost service: admin paths, request metrics and logs, error envelopes |
+//! | sidecar | [`sidecar`], [`watch`] | the outermost service: admin paths, request metrics and logs, error envelopes; the task watcher |
 //! | composition | [`runway`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; the webhook relay; the CometAPI stand-in |
 //! | records | [`idempotency`], [`tasks`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded; the watch list of accepted tasks |
 //! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
@@ -197,6 +197,7 @@ pub mod relay;
 pub mod runway;
 // the sidecar
 pub mod sidecar;
+pub mod watch;
 // configuration and wiring
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]

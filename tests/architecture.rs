@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["callback", "limit", "retry", "server"],
     &["idempotency", "tasks"],
     &["mock", "relay", "runway"],
-    &["sidecar"],
+    &["sidecar", "watch"],
     &["config"],
     &["app"],
 ];

@@ -604,6 +604,47 @@ pub const KEYS: &[Key] = &[
         show: |c| duration::format(c.delivery.retry_after_cap),
     },
     Key {
+        toml: "watch.poll_interval",
+        env: "RUNWAY_PROXY_TASK_POLL_INTERVAL",
+        flag: "task-poll-interval",
+        doc: "How often an official-format task is polled for its status, and an overdue reverse-format one read from the feed (with jitter).",
+        set: |c, raw| {
+            c.watch.poll_interval = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.watch.poll_interval),
+    },
+    Key {
+        toml: "watch.recover_after",
+        env: "RUNWAY_PROXY_RECOVER_AFTER",
+        flag: "recover-after",
+        doc: "How long a reverse-format task may go without its final callback before its result is read from the feed.",
+        set: |c, raw| {
+            c.watch.recover_after = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.watch.recover_after),
+    },
+    Key {
+        toml: "watch.official_callback_url",
+        env: "RUNWAY_PROXY_OFFICIAL_CALLBACK_URL",
+        flag: "official-callback-url",
+        doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: those are not watched).",
+        set: |c, raw| {
+            c.watch.official_callback_url = match raw.trim() {
+                "" | "none" => None,
+                url => Some(url.to_owned()),
+            };
+            Ok(())
+        },
+        show: |c| {
+            c.watch
+                .official_callback_url
+                .clone()
+                .unwrap_or_else(|| "none".to_owned())
+        },
+    },
+    Key {
         toml: "idempotency.ttl",
         env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
         flag: "idempotency-ttl",

@@ -49,6 +49,7 @@ use crate::relay::{DatabaseSettings, DeliverySettings};
 use crate::retry::{RetrySettings, Rules};
 use crate::server::ConnectionLimits;
 use crate::settings::{InvalidSetting, check};
+use crate::tasks::WatchSettings;
 
 /// The sidecar's settings. Build it with [`Config::load`] or start from
 /// [`Config::default`]. Field names are the config keys.
@@ -93,6 +94,8 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// `Idempotency-Key` records (`[idempotency]`).
     pub idempotency: IdempotencySettings,
+    /// The task watcher (`[watch]`).
+    pub watch: WatchSettings,
     /// Bounds on each listener's connections (`[connections]`).
     pub connections: ConnectionLimits,
     /// The token every admin path but `healthz` and `readyz` requires
@@ -122,6 +125,7 @@ impl Default for Config {
             callback: CallbackSettings::default(),
             delivery: DeliverySettings::default(),
             idempotency: IdempotencySettings::default(),
+            watch: WatchSettings::default(),
             connections: ConnectionLimits::default(),
             admin_token: None,
         }
@@ -336,6 +340,7 @@ impl Config {
         self.limit.validate()?;
         self.delivery.validate()?;
         self.idempotency.validate()?;
+        self.watch.validate()?;
         self.connections.validate()?;
         self.database.validate()?;
         if self.database.url.is_some() {

@@ -10,6 +10,7 @@ use super::{AdminState, NotReady};
 use crate::body::{self, Body};
 use crate::callback::constant_time_eq;
 use crate::envelope;
+use crate::tasks::{TaskStore, WatchState};
 
 /// Who may use the admin paths. `/-/healthz` and `/-/readyz` answer everyone (probes
 /// carry no credentials).
@@ -102,6 +103,22 @@ pub(crate) async fn answer(
         );
         return response;
     }
+    if path == "/-/tasks" {
+        if grant == Grant::NoToken && !state.access.loopback {
+            return envelope::error_response(
+                StatusCode::FORBIDDEN,
+                "/-/tasks lists the tasks the proxy watches, so on a listener that is not loopback it needs an \
+                 admin token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send Authorization: Bearer <token>",
+            );
+        }
+        return match &state.tasks {
+            Some(store) if method == Method::GET || method == Method::HEAD => {
+                tasks(store.as_ref(), uri.query()).await
+            }
+            Some(_) => envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "/-/tasks only answers GET"),
+            None => not_found(path),
+        };
+    }
     if path.starts_with("/-/deliveries") {
         if grant == Grant::NoToken && !state.access.loopback {
             return envelope::error_response(
@@ -137,6 +154,48 @@ pub(crate) async fn answer(
             response
         }
         _ => not_found(path),
+    }
+}
+
+/// Most tasks one page of `/-/tasks` lists.
+const TASK_PAGE: usize = 100;
+
+/// `GET /-/tasks?status=watching|done|unknown&after=ID&limit=N`: a page of the watch list,
+/// oldest first, with `next` (the `after` for the next page).
+async fn tasks(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
+    let bad = |msg: &str| envelope::error_response(StatusCode::BAD_REQUEST, msg);
+    let (mut status, mut after, mut limit) = (None, 0i64, TASK_PAGE);
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "status" => match WatchState::parse(value) {
+                Some(parsed) => status = Some(parsed),
+                None => return bad(&format!("status {value:?} is not watching, done or unknown")),
+            },
+            "after" => match value.parse() {
+                Ok(parsed) => after = parsed,
+                Err(_) => return bad("after must be a task row id"),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(parsed) if parsed > 0 => limit = parsed.min(1000),
+                _ => return bad("limit must be a number from 1 to 1000"),
+            },
+            _ => return bad(&format!("unknown query parameter {key:?}")),
+        }
+    }
+    match store.list_tasks(status, after, limit).await {
+        Ok(tasks) => {
+            let next = (tasks.len() == limit)
+                .then(|| tasks.last().map(|t| t.id))
+                .flatten();
+            let page = serde_json::json!({ "status": status, "tasks": tasks, "next": next });
+            let mut response = Response::new(body::full(page.to_string()));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, envelope::JSON);
+            response
+        }
+        Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
 }
 

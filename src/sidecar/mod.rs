@@ -52,6 +52,7 @@ use crate::envelope;
 use crate::metrics::{GaugeGuard, MetricSet};
 use crate::relay::RelayAdmin;
 use crate::route::{self, RouteClass};
+use crate::tasks::TaskStore;
 use crate::upstream::{UpstreamError, UpstreamLatency};
 
 /// Prefix of the admin paths the proxy answers itself.
@@ -127,6 +128,7 @@ pub(crate) struct AdminState {
     access: AdminAccess,
     metric_sets: Arc<[Arc<dyn MetricSet>]>,
     relay: Option<RelayAdmin>,
+    tasks: Option<Arc<dyn TaskStore>>,
 }
 
 /// The outermost service of the sidecar: admin paths, metrics, logging, error envelopes.
@@ -148,6 +150,7 @@ impl<S> Sidecar<S> {
                 access: AdminAccess::default(),
                 metric_sets: Arc::new([Arc::clone(&requests) as Arc<dyn MetricSet>]),
                 relay: None,
+                tasks: None,
             },
             requests,
             access_log: false,
@@ -177,6 +180,12 @@ impl<S> Sidecar<S> {
     /// Answer the relay's admin paths (`/-/deliveries`) too.
     pub fn relay_admin(mut self, relay: RelayAdmin) -> Self {
         self.admin.relay = Some(relay);
+        self
+    }
+
+    /// Answer `/-/tasks` (the watch list) from `store` too.
+    pub fn task_admin(mut self, store: Arc<dyn TaskStore>) -> Self {
+        self.admin.tasks = Some(store);
         self
     }
 }

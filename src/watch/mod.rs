@@ -1,0 +1,468 @@
+//! The task watcher: makes sure every task on the watch list ends with its final result
+//! delivered, whether or not CometAPI calls back.
+//!
+//! [`TaskWatcher`] claims due tasks from the [`TaskStore`] (with a lease, so with several
+//! replicas each task is checked by one at a time, and a watcher that dies gives its tasks
+//! back) and checks each through the same stack as the application's own calls (so its
+//! reads count in the read quota and are retried like theirs), with the API key that
+//! submitted it:
+//!
+//! - **Official-format tasks** (`/runwayml/v1/*`, which have no webhooks) are polled with
+//!   `GET /runwayml/v1/tasks/{id}` every [`WatchSettings::poll_interval`], and each status
+//!   change becomes a signed event for the subscriber: the task as Runway shows it, plus
+//!   `"runway_proxy_source": "poll"`.
+//! - **Reverse-format tasks** whose terminal callback has not come within
+//!   [`WatchSettings::recover_after`] (of the submission or the last callback) are read
+//!   from `POST /runway/feed`; once the feed shows them finished, their final status is
+//!   relayed in the flat shape of CometAPI's callbacks, plus
+//!   `"runway_proxy_source": "recovered"`. It is deduped against the real callback
+//!   (the same task, status and update time is stored once, and nothing is delivered after
+//!   a task's terminal status), so a callback that arrives late is not delivered twice.
+//!
+//! Events go through the relay's outbox ([`EventSink`]): durable, deduped, ordered per
+//! task, retried, signed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, header};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::{Service, ServiceExt};
+
+use crate::body::{self, Body, Bounded};
+use crate::callback::Keyring;
+use crate::metrics::{Counter, MetricSet, write_family, write_one};
+use crate::relay::{Enqueued, EventSink, event_delivery};
+use crate::tasks::{
+    Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskStore, WatchSettings, WatchedTask, jittered,
+};
+
+/// Tasks one claim takes at most.
+const BATCH: usize = 16;
+/// How often the watcher looks for due tasks.
+const TICK: Duration = Duration::from_millis(500);
+/// Longest a check may hold its claim: a watcher that dies frees its tasks after this.
+const LEASE: Duration = Duration::from_secs(120);
+/// Largest task answer read.
+const ANSWER_LIMIT: usize = 1024 * 1024;
+
+/// What the watcher records (`/-/metrics`).
+#[derive(Debug, Default)]
+pub struct WatchMetrics {
+    /// Checks of official-format tasks (`GET /runwayml/v1/tasks/{id}`).
+    pub official_checks: Counter,
+    /// Feed reads for reverse-format tasks overdue a callback.
+    pub recovery_checks: Counter,
+    /// Checks that got no usable answer (to be tried again).
+    pub failed_checks: Counter,
+    /// Status events stored for official-format tasks.
+    pub events: Counter,
+    /// Final results recovered from the feed (their callback never came).
+    pub recovered: Counter,
+    /// Tasks whose check was given up (no key to check with).
+    pub abandoned: Counter,
+}
+
+impl MetricSet for WatchMetrics {
+    fn render(&self, out: &mut String) {
+        write_family(
+            out,
+            "runway_proxy_task_checks_total",
+            "counter",
+            "Checks of watched tasks, by kind: polls of official-format tasks, feed reads of overdue ones, failures.",
+            "kind",
+            [
+                ("poll", self.official_checks.get()),
+                ("recovery", self.recovery_checks.get()),
+                ("failed", self.failed_checks.get()),
+            ],
+        );
+        write_one(
+            out,
+            "runway_proxy_task_events_total",
+            "counter",
+            "Status events stored for official-format tasks.",
+            self.events.get(),
+        );
+        write_one(
+            out,
+            "runway_proxy_tasks_recovered_total",
+            "counter",
+            "Final results recovered from the feed because their callback never came.",
+            self.recovered.get(),
+        );
+        write_one(
+            out,
+            "runway_proxy_tasks_abandoned_total",
+            "counter",
+            "Watched tasks given up: no API key to check them with.",
+            self.abandoned.get(),
+        );
+    }
+}
+
+/// The running watcher. See the [module docs](self).
+#[derive(Debug)]
+pub struct TaskWatcher {
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// What one check needs.
+struct Watcher<S> {
+    poller: S,
+    store: Arc<dyn TaskStore>,
+    events: EventSink,
+    keys: Arc<Keyring>,
+    settings: WatchSettings,
+    metrics: Arc<WatchMetrics>,
+    owner: String,
+}
+
+/// What one check found.
+#[derive(Debug, PartialEq)]
+enum Found {
+    /// The task's status now, and the event to relay if it is new.
+    Status {
+        status: String,
+        terminal: bool,
+        event: Option<Bytes>,
+    },
+    /// Not known upstream yet (`task_not_exist` right after creation) or not finished.
+    NotYet,
+    /// No usable answer.
+    Failed(String),
+}
+
+impl TaskWatcher {
+    /// Start watching the tasks in `store`, checking them through `poller` and storing
+    /// their events in `events`.
+    pub fn start<S>(
+        poller: S,
+        store: Arc<dyn TaskStore>,
+        events: EventSink,
+        keys: Arc<Keyring>,
+        settings: WatchSettings,
+        metrics: Arc<WatchMetrics>,
+    ) -> TaskWatcher
+    where
+        S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+        S::Error: std::fmt::Display + Send,
+        S::Future: Send,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let watcher = Arc::new(Watcher {
+            poller,
+            store,
+            events,
+            keys,
+            settings,
+            metrics,
+            owner: format!("watcher-{:08x}", rand::random::<u32>()),
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(watcher.run(stopped));
+        TaskWatcher { stop, tasks }
+    }
+
+    /// Stop claiming; checks in progress end with the runtime (their claims lapse).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+    }
+}
+
+impl<S> Watcher<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    S::Error: std::fmt::Display + Send,
+    S::Future: Send,
+{
+    async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            match self.store.claim_due(self.owner.clone(), BATCH, LEASE).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    let checks = claimed.into_iter().map(|task| {
+                        let this = Arc::clone(&self);
+                        async move { this.check(task).await }
+                    });
+                    futures_util::future::join_all(checks).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::error!(error = %err, "cannot claim watched tasks"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+    }
+
+    /// Check one claimed task and record what came of it.
+    async fn check(&self, task: WatchedTask) {
+        let Some(authorization) = task
+            .sealed_key
+            .as_deref()
+            .and_then(|sealed| self.keys.open(SEALED_KEY_PURPOSE, sealed))
+            .and_then(|key| HeaderValue::from_bytes(&key).ok())
+        else {
+            // Sealed with a key since retired, or never given: nothing can check it.
+            tracing::warn!(task_id = %task.task_id, "a watched task has no API key to check it with; giving it up");
+            self.metrics.abandoned.inc();
+            self.record(&task, None, true, false).await;
+            return;
+        };
+        let found = match task.format {
+            TaskFormat::Official => {
+                self.metrics.official_checks.inc();
+                self.poll_official(&task, authorization).await
+            }
+            TaskFormat::Reverse => {
+                self.metrics.recovery_checks.inc();
+                self.read_feed(&task, authorization).await
+            }
+        };
+        match found {
+            Found::Status {
+                status,
+                terminal,
+                event,
+            } => {
+                if let Some(event) = event {
+                    let Some(subscriber) = task.subscriber.as_deref() else {
+                        self.record(&task, Some(status), true, false).await;
+                        return;
+                    };
+                    match self.events.enqueue(event_delivery(subscriber, event)).await {
+                        Ok(enqueued) => {
+                            if task.format == TaskFormat::Official {
+                                self.metrics.events.inc();
+                            } else if terminal && matches!(enqueued, Enqueued::Stored(_)) {
+                                self.metrics.recovered.inc();
+                                tracing::info!(task_id = %task.task_id, status, "recovered a final result from the feed");
+                            }
+                        }
+                        Err(err) => {
+                            // Not stored: keep the task as it was, and try again.
+                            tracing::error!(error = %err, task_id = %task.task_id, "cannot store a task's event");
+                            self.metrics.failed_checks.inc();
+                            self.record(&task, None, false, false).await;
+                            return;
+                        }
+                    }
+                }
+                let recovered = terminal && task.format == TaskFormat::Reverse;
+                self.record(&task, Some(status), terminal, recovered).await;
+            }
+            Found::NotYet => self.record(&task, None, false, false).await,
+            Found::Failed(why) => {
+                tracing::warn!(task_id = %task.task_id, error = %why, "a watched task's check failed");
+                self.metrics.failed_checks.inc();
+                self.record(&task, None, false, false).await;
+            }
+        }
+    }
+
+    async fn record(&self, task: &WatchedTask, status: Option<String>, done: bool, recovered: bool) {
+        let checked = Checked {
+            status,
+            done,
+            recovered,
+            again_after: jittered(self.settings.poll_interval),
+        };
+        if let Err(err) = self
+            .store
+            .checked(task.task_id.clone(), self.owner.clone(), checked)
+            .await
+        {
+            // The claim lapses and the task is checked again: nothing is lost.
+            tracing::warn!(error = %err, task_id = %task.task_id, "cannot record a task's check");
+        }
+    }
+
+    /// Send `request` through the poller and read its answer.
+    async fn ask(&self, request: Request<Body>) -> Result<(http::StatusCode, Bytes), String> {
+        let response = self
+            .poller
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = response.into_parts();
+        match body::read_bounded(body, ANSWER_LIMIT).await {
+            Ok(Bounded::Whole(bytes)) => Ok((parts.status, bytes)),
+            Ok(Bounded::Partial(_)) => Err(format!("the answer is larger than {ANSWER_LIMIT} bytes")),
+            Err(err) => Err(body::error_chain(&err)),
+        }
+    }
+
+    async fn poll_official(&self, task: &WatchedTask, authorization: HeaderValue) -> Found {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/runwayml/v1/tasks/{}", task.task_id))
+            .header(header::AUTHORIZATION, authorization)
+            .body(body::empty());
+        let Ok(request) = request else {
+            return Found::Failed("the task id is not a valid path".into());
+        };
+        match self.ask(request).await {
+            Ok((status, bytes)) if status.is_success() => official_found(&bytes, task.status.as_deref()),
+            Ok((status, _)) if status == http::StatusCode::NOT_FOUND => Found::NotYet,
+            Ok((status, _)) => Found::Failed(format!("the upstream answered {status}")),
+            Err(why) => Found::Failed(why),
+        }
+    }
+
+    async fn read_feed(&self, task: &WatchedTask, authorization: HeaderValue) -> Found {
+        let query = serde_json::json!({ "task_id": task.task_id }).to_string();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/runway/feed")
+            .header(header::AUTHORIZATION, authorization)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body::full(query));
+        let Ok(request) = request else {
+            return Found::Failed("cannot build the feed request".into());
+        };
+        match self.ask(request).await {
+            Ok((status, bytes)) if status.is_success() => feed_found(&bytes),
+            Ok((status, _)) => Found::Failed(format!("the upstream answered {status}")),
+            Err(why) => Found::Failed(why),
+        }
+    }
+}
+
+/// What `GET /runwayml/v1/tasks/{id}` says, bare (`{"id", "status", ...}`) or wrapped in
+/// CometAPI's envelope (`{"code", "data": {...}}`): an event when the status is new.
+fn official_found(bytes: &[u8], known: Option<&str>) -> Found {
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return Found::Failed("the task answer is not JSON".into());
+    };
+    let mut task = match value.get("data") {
+        Some(data) if data.get("status").is_some() => data.clone(),
+        _ => value,
+    };
+    let Some(status) = task.get("status").and_then(Value::as_str).map(str::to_owned) else {
+        return Found::Failed("the task answer has no status".into());
+    };
+    let terminal = matches!(status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED");
+    let event = (known != Some(status.as_str())).then(|| {
+        if let Some(fields) = task.as_object_mut() {
+            fields.insert("runway_proxy_source".into(), Value::from("poll"));
+        }
+        Bytes::from(task.to_string())
+    });
+    Found::Status {
+        status,
+        terminal,
+        event,
+    }
+}
+
+/// What the feed says of a reverse-format task: its final result, in the flat shape of
+/// CometAPI's callbacks, once it has one.
+fn feed_found(bytes: &[u8]) -> Found {
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return Found::Failed("the feed answer is not JSON".into());
+    };
+    let code = value.get("code");
+    if code.and_then(Value::as_u64) != Some(200) && code.and_then(Value::as_str) != Some("200") {
+        // `task_not_exist` right after creation, or a passing error: ask again later.
+        return Found::NotYet;
+    }
+    let Some(mut data) = value.get("data").filter(|d| d.is_object()).cloned() else {
+        return Found::NotYet;
+    };
+    let status = match data.get("status") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Found::NotYet,
+    };
+    // "2" failed and "3" succeeded are the ends of a task's life.
+    if !matches!(status.as_str(), "2" | "3") {
+        return Found::NotYet;
+    }
+    if let Some(fields) = data.as_object_mut() {
+        // The feed's own word for the state is not part of a callback.
+        fields.remove("state");
+        fields.insert("runway_proxy_source".into(), Value::from("recovered"));
+    }
+    Found::Status {
+        status,
+        terminal: true,
+        event: Some(Bytes::from(data.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn official_answers_bare_or_wrapped_make_an_event_per_new_status() {
+        let bare = br#"{"id":"o1","status":"RUNNING","progress":0.5}"#;
+        let Found::Status {
+            status,
+            terminal,
+            event,
+        } = official_found(bare, Some("PENDING"))
+        else {
+            panic!()
+        };
+        assert_eq!((status.as_str(), terminal), ("RUNNING", false));
+        let event: Value = serde_json::from_slice(&event.unwrap()).unwrap();
+        assert_eq!(event["progress"], 0.5);
+        assert_eq!(event["runway_proxy_source"], "poll");
+        let Found::Status { event, .. } = official_found(bare, Some("RUNNING")) else {
+            panic!()
+        };
+        assert_eq!(event, None, "the same status again: no event");
+        let wrapped =
+            br#"{"code":200,"data":{"id":"o1","status":"FAILED","failure":"x","failureCode":"INTERNAL"}}"#;
+        let Found::Status { terminal, event, .. } = official_found(wrapped, None) else {
+            panic!()
+        };
+        assert!(terminal);
+        let event: Value = serde_json::from_slice(&event.unwrap()).unwrap();
+        assert_eq!(event["failureCode"], "INTERNAL");
+        assert!(matches!(official_found(b"<html>", None), Found::Failed(_)));
+        assert!(matches!(
+            official_found(br#"{"id":"o1"}"#, None),
+            Found::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn the_feed_gives_a_final_result_in_the_callback_shape_or_nothing_yet() {
+        let done = br#"{"code":200,"msg":"success","data":{"task_id":"t1","status":"3","state":"succeeded","update_time":"17","video_url":"v"}}"#;
+        let Found::Status {
+            status,
+            terminal,
+            event,
+        } = feed_found(done)
+        else {
+            panic!()
+        };
+        assert_eq!((status.as_str(), terminal), ("3", true));
+        let event: Value = serde_json::from_slice(&event.unwrap()).unwrap();
+        assert_eq!(event["update_time"], "17");
+        assert_eq!(event["runway_proxy_source"], "recovered");
+        assert!(event.get("state").is_none());
+        let running = br#"{"code":200,"data":{"task_id":"t1","status":"1"}}"#;
+        assert_eq!(feed_found(running), Found::NotYet);
+        let missing = br#"{"code":404,"msg":"task_not_exist","data":null}"#;
+        assert_eq!(feed_found(missing), Found::NotYet);
+        assert!(matches!(feed_found(b"nope"), Found::Failed(_)));
+    }
+}
