@@ -231,6 +231,9 @@ impl Proxy {
             config.watch.clone(),
             Arc::clone(&watch_metrics),
         );
+        if config.watch.confirm_callbacks {
+            relay.confirm_callbacks(watcher.confirmer());
+        }
 
         let requests = Arc::new(RequestMetrics::default());
         let metrics = Metrics {

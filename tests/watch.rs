@@ -319,3 +319,53 @@ async fn the_task_list_checks_its_query() {
         StatusCode::METHOD_NOT_ALLOWED
     );
 }
+
+#[tokio::test]
+async fn with_confirmation_a_forged_final_callback_is_not_relayed() {
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(600))).await;
+    let proxy = start_proxy_with(None, &mock.url(), &flags(&[("watch.confirm_callbacks", "true")])).await;
+    let subscriber = Subscriber::start().await;
+    let hook = subscriber.url("/hook");
+    let reply = post_json(
+        &client(),
+        &proxy.url("/runway/pro/generate"),
+        &json!({"prompt": "a cat", "model": "gen4", "callback_url": hook}),
+    )
+    .await
+    .unwrap();
+    let id = reply.json()["data"]["task_id"].as_str().unwrap().to_owned();
+
+    // Whoever knows the callback URL posts a success the task has not had.
+    let token = runway_proxy::callback::Keyring::parse(TOKEN_KEYS)
+        .unwrap()
+        .mint(&hook);
+    let forged =
+        json!({"task_id": id, "status": "3", "update_time": "1", "video_url": "https://evil.example/x.mp4"});
+    let request = Request::post(format!("http://{}/hooks/runway/{token}", proxy.webhook_addr))
+        .body(Full::new(Bytes::from(forged.to_string())))
+        .unwrap();
+    let answer = send(&client(), request).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&answer.body).contains("not relayed"));
+
+    // The real life of the task still reaches the subscriber, and only it.
+    let all = wait_for_status(&subscriber, "status", "3").await;
+    assert!(
+        all.iter().all(|e| e["video_url"] != "https://evil.example/x.mp4"),
+        "{all:?}"
+    );
+    let done = all.iter().find(|e| e["status"] == "3").unwrap();
+    assert_eq!(
+        done["video_url"],
+        format!("https://cdn.mock.invalid/video/{id}.mp4")
+    );
+    let metrics = metrics_text(&proxy).await;
+    assert!(
+        metrics.contains("runway_proxy_callback_confirmations_total{result=\"contradicted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("runway_proxy_callback_confirmations_total{result=\"confirmed\"} 1"),
+        "{metrics}"
+    );
+}

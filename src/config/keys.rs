@@ -645,6 +645,17 @@ pub const KEYS: &[Key] = &[
         },
     },
     Key {
+        toml: "watch.confirm_callbacks",
+        env: "RUNWAY_PROXY_CONFIRM_CALLBACKS",
+        flag: "confirm-callbacks",
+        doc: "Relay a reverse-format task's final callback only once a feed read agrees (callbacks are not signed).",
+        set: |c, raw| {
+            c.watch.confirm_callbacks = boolean(raw)?;
+            Ok(())
+        },
+        show: |c| c.watch.confirm_callbacks.to_string(),
+    },
+    Key {
         toml: "idempotency.ttl",
         env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
         flag: "idempotency-ttl",

@@ -17,6 +17,12 @@ pub struct RelayMetrics {
     pub webhooks_superseded: Counter,
     /// Webhooks refused for a bad or forged token.
     pub webhooks_rejected: Counter,
+    /// Terminal callbacks the upstream confirmed (`--confirm-callbacks`).
+    pub callbacks_confirmed: Counter,
+    /// Terminal callbacks the upstream contradicted: not relayed.
+    pub callbacks_contradicted: Counter,
+    /// Terminal callbacks that could not be checked: relayed as they came.
+    pub callbacks_unconfirmed: Counter,
     /// Delivery attempts that reached the subscriber.
     pub delivered: Counter,
     /// Delivery attempts that failed and will be tried again.
@@ -37,6 +43,9 @@ impl Default for RelayMetrics {
             webhooks_duplicate: Counter::default(),
             webhooks_superseded: Counter::default(),
             webhooks_rejected: Counter::default(),
+            callbacks_confirmed: Counter::default(),
+            callbacks_contradicted: Counter::default(),
+            callbacks_unconfirmed: Counter::default(),
             delivered: Counter::default(),
             retried: Counter::default(),
             dead: Counter::default(),
@@ -77,6 +86,18 @@ impl MetricSet for RelayMetrics {
         ] {
             write_one(out, name, "counter", help, counter.get());
         }
+        write_family(
+            out,
+            "runway_proxy_callback_confirmations_total",
+            "counter",
+            "Final callbacks checked against the upstream before relaying (--confirm-callbacks), by result.",
+            "result",
+            [
+                ("confirmed", self.callbacks_confirmed.get()),
+                ("contradicted", self.callbacks_contradicted.get()),
+                ("unconfirmed", self.callbacks_unconfirmed.get()),
+            ],
+        );
         let results = [
             ("delivered", &self.delivered),
             ("retried", &self.retried),

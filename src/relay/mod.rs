@@ -55,6 +55,7 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 pub use crate::settings::ServiceUrl;
@@ -99,6 +100,27 @@ pub struct Relay {
     workers: DeliveryWorkers,
     metrics: Arc<RelayMetrics>,
     events: EventSink,
+}
+
+/// What a check of a terminal callback against the upstream found
+/// ([`CallbackCheck`], `--confirm-callbacks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The upstream agrees: relay the callback.
+    Confirmed,
+    /// The upstream says otherwise: do not relay the callback; relay this instead (the
+    /// upstream's own version, in the callback's shape), if anything.
+    Contradicted(Option<Bytes>),
+    /// It could not be checked (why): relay the callback as it came.
+    Unconfirmed(String),
+}
+
+/// Checks a terminal callback against the upstream before it is relayed: CometAPI's
+/// callbacks are not signed, so the route token proves the URL but not the content. The
+/// task watcher implements it with one feed read.
+pub trait CallbackCheck: Send + Sync + 'static {
+    /// Check that task `task_id` ended with `status`.
+    fn confirm(&self, task_id: String, status: String) -> BoxFuture<'_, Confirmation>;
 }
 
 /// Stores events the proxy makes itself (the task watcher's) for delivery, like received
@@ -160,6 +182,12 @@ impl Relay {
     /// The admin handle that answers `/-/deliveries` (mount it on a private route).
     pub fn admin(&self) -> RelayAdmin {
         self.admin.clone()
+    }
+
+    /// Check every terminal callback with `check` before relaying it (see
+    /// [`CallbackCheck`]). Set once; later calls are ignored.
+    pub fn confirm_callbacks(&self, check: Arc<dyn CallbackCheck>) {
+        self.receiver.confirm_with(check);
     }
 
     /// Where the proxy's own events go to be delivered.

@@ -13,8 +13,8 @@ use ring::digest;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::RelayMetrics;
 use super::outbox::{Enqueued, NewDelivery, Outbox};
+use super::{CallbackCheck, Confirmation, RelayMetrics};
 use crate::body::{self, Body, BoxError, ReadError};
 use crate::callback::{Callbacks, HOOK_PATH, Keyring};
 use crate::envelope;
@@ -44,6 +44,8 @@ struct Shared {
     metrics: Arc<RelayMetrics>,
     /// The watch list, told of each callback, and how long a task may then go silent.
     tasks: Option<(Arc<dyn TaskStore>, Duration)>,
+    /// Checks terminal callbacks before they are relayed, once set.
+    confirm: std::sync::OnceLock<Arc<dyn CallbackCheck>>,
 }
 
 impl std::fmt::Debug for WebhookReceiver {
@@ -73,8 +75,14 @@ impl WebhookReceiver {
                 wake,
                 metrics,
                 tasks,
+                confirm: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Check terminal callbacks with `check` from now on.
+    pub(super) fn confirm_with(&self, check: Arc<dyn CallbackCheck>) {
+        let _ = self.shared.confirm.set(check);
     }
 }
 
@@ -224,7 +232,35 @@ impl Shared {
             }
         };
         self.count(|m| m.webhooks_received.inc());
-        let (delivery, task_id) = event(&route.url, bytes);
+        let (mut delivery, task_id) = event(&route.url, bytes);
+        if let (true, Some(check), Some(id), Some(status)) = (
+            delivery.terminal,
+            self.confirm.get(),
+            task_id.as_deref(),
+            delivery.status.as_deref(),
+        ) {
+            match check.confirm(id.to_owned(), status.to_owned()).await {
+                Confirmation::Confirmed => self.count(|m| m.callbacks_confirmed.inc()),
+                Confirmation::Unconfirmed(why) => {
+                    tracing::warn!(task_id = id, reason = %why, "a final callback could not be confirmed; relaying it as it came");
+                    self.count(|m| m.callbacks_unconfirmed.inc());
+                }
+                Confirmation::Contradicted(upstream) => {
+                    self.count(|m| m.callbacks_contradicted.inc());
+                    tracing::warn!(
+                        task_id = id,
+                        status,
+                        "a final callback the upstream contradicts: not relayed (the upstream's version is, if it has one)"
+                    );
+                    match upstream {
+                        Some(version) => delivery = event(&route.url, version).0,
+                        // Not finished upstream: nothing to relay yet, and the watch goes
+                        // on (its recovery relays the real end).
+                        None => return ok_response("not relayed: the upstream contradicts it"),
+                    }
+                }
+            }
+        }
         let (logged_id, logged_task, logged_status) = (
             delivery.webhook_id.clone(),
             delivery.task_key.clone(),
@@ -267,11 +303,7 @@ impl Shared {
                     outcome = msg,
                     "webhook received"
                 );
-                let mut response = Response::new(body::full(envelope_ok(msg)));
-                response
-                    .headers_mut()
-                    .insert(http::header::CONTENT_TYPE, envelope::JSON);
-                response
+                ok_response(msg)
             }
             Err(err) => {
                 tracing::error!(error = %err, "webhook not stored; answering 503 so the sender retries");
@@ -283,6 +315,14 @@ impl Shared {
     fn count(&self, record: impl FnOnce(&RelayMetrics)) {
         record(&self.metrics);
     }
+}
+
+fn ok_response(msg: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(envelope_ok(msg)));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, envelope::JSON);
+    response
 }
 
 fn envelope_ok(msg: &str) -> Vec<u8> {

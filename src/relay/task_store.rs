@@ -178,6 +178,19 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
+    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                let mut select =
+                    tx.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ?1"))?;
+                let mut rows = select.query_map(params![task_id], row_to_task)?;
+                rows.next().transpose()
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
     fn list_tasks(
         &self,
         state: Option<WatchState>,

@@ -37,6 +37,9 @@ pub struct WatchSettings {
     /// Where the events of official-format submissions that name no subscriber (with
     /// `x-runway-proxy-callback-url`) go; `None`: they are not watched.
     pub official_callback_url: Option<String>,
+    /// Relay a reverse-format task's final callback only once a feed read agrees with it
+    /// (CometAPI's callbacks are not signed; default off: it costs a read per task).
+    pub confirm_callbacks: bool,
 }
 
 impl Default for WatchSettings {
@@ -45,6 +48,7 @@ impl Default for WatchSettings {
             poll_interval: Duration::from_secs(5),
             recover_after: Duration::from_secs(15 * 60),
             official_callback_url: None,
+            confirm_callbacks: false,
         }
     }
 }
@@ -230,6 +234,9 @@ pub trait TaskStore: Send + Sync + 'static {
         owner: String,
         checked: Checked,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The record of `task_id`, if it is on the list.
+    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, StoreError>>;
 
     /// Tasks in `state` (every state: `None`) with a row id above `after`, oldest first,
     /// at most `limit`.

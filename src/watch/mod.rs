@@ -21,6 +21,11 @@
 //!
 //! Events go through the relay's outbox ([`EventSink`]): durable, deduped, ordered per
 //! task, retried, signed.
+//!
+//! With `--confirm-callbacks`, the watcher is also the relay's [`CallbackCheck`]: a
+//! reverse-format task's final callback is relayed only once one feed read agrees; when
+//! the feed says otherwise the feed's version is relayed instead (marked
+//! `"runway_proxy_source": "feed"`), or nothing until the task really ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +40,8 @@ use tower::{Service, ServiceExt};
 use crate::body::{self, Body, Bounded};
 use crate::callback::Keyring;
 use crate::metrics::{Counter, MetricSet, write_family, write_one};
-use crate::relay::{Enqueued, EventSink, event_delivery};
+use crate::relay::{CallbackCheck, Confirmation, Enqueued, EventSink, event_delivery};
+use crate::store::BoxFuture;
 use crate::tasks::{
     Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskStore, WatchSettings, WatchedTask, jittered,
 };
@@ -56,6 +62,8 @@ pub struct WatchMetrics {
     pub official_checks: Counter,
     /// Feed reads for reverse-format tasks overdue a callback.
     pub recovery_checks: Counter,
+    /// Feed reads confirming a final callback (`--confirm-callbacks`).
+    pub confirm_checks: Counter,
     /// Checks that got no usable answer (to be tried again).
     pub failed_checks: Counter,
     /// Status events stored for official-format tasks.
@@ -72,11 +80,12 @@ impl MetricSet for WatchMetrics {
             out,
             "runway_proxy_task_checks_total",
             "counter",
-            "Checks of watched tasks, by kind: polls of official-format tasks, feed reads of overdue ones, failures.",
+            "Checks of watched tasks, by kind: polls of official-format tasks, feed reads of overdue ones and of final callbacks to confirm, failures.",
             "kind",
             [
                 ("poll", self.official_checks.get()),
                 ("recovery", self.recovery_checks.get()),
+                ("confirm", self.confirm_checks.get()),
                 ("failed", self.failed_checks.get()),
             ],
         );
@@ -109,6 +118,13 @@ impl MetricSet for WatchMetrics {
 pub struct TaskWatcher {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    confirmer: Arc<dyn CallbackCheck>,
+}
+
+impl std::fmt::Debug for dyn CallbackCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallbackCheck")
+    }
 }
 
 /// What one check needs.
@@ -164,8 +180,18 @@ impl TaskWatcher {
             owner: format!("watcher-{:08x}", rand::random::<u32>()),
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(watcher.run(stopped));
-        TaskWatcher { stop, tasks }
+        tasks.spawn(Arc::clone(&watcher).run(stopped));
+        TaskWatcher {
+            stop,
+            tasks,
+            confirmer: watcher,
+        }
+    }
+
+    /// Confirms final callbacks with one feed read each, for
+    /// [`Relay::confirm_callbacks`](crate::relay::Relay::confirm_callbacks).
+    pub fn confirmer(&self) -> Arc<dyn CallbackCheck> {
+        Arc::clone(&self.confirmer)
     }
 
     /// Stop claiming; checks in progress end with the runtime (their claims lapse).
@@ -209,14 +235,17 @@ where
         }
     }
 
-    /// Check one claimed task and record what came of it.
-    async fn check(&self, task: WatchedTask) {
-        let Some(authorization) = task
-            .sealed_key
+    /// The `Authorization` the task was submitted with, unsealed.
+    fn authorization(&self, task: &WatchedTask) -> Option<HeaderValue> {
+        task.sealed_key
             .as_deref()
             .and_then(|sealed| self.keys.open(SEALED_KEY_PURPOSE, sealed))
             .and_then(|key| HeaderValue::from_bytes(&key).ok())
-        else {
+    }
+
+    /// Check one claimed task and record what came of it.
+    async fn check(&self, task: WatchedTask) {
+        let Some(authorization) = self.authorization(&task) else {
             // Sealed with a key since retired, or never given: nothing can check it.
             tracing::warn!(task_id = %task.task_id, "a watched task has no API key to check it with; giving it up");
             self.metrics.abandoned.inc();
@@ -230,7 +259,7 @@ where
             }
             TaskFormat::Reverse => {
                 self.metrics.recovery_checks.inc();
-                self.read_feed(&task, authorization).await
+                self.read_feed(&task, authorization, "recovered").await
             }
         };
         match found {
@@ -324,7 +353,7 @@ where
         }
     }
 
-    async fn read_feed(&self, task: &WatchedTask, authorization: HeaderValue) -> Found {
+    async fn read_feed(&self, task: &WatchedTask, authorization: HeaderValue, source: &str) -> Found {
         let query = serde_json::json!({ "task_id": task.task_id }).to_string();
         let request = Request::builder()
             .method(Method::POST)
@@ -336,7 +365,7 @@ where
             return Found::Failed("cannot build the feed request".into());
         };
         match self.ask(request).await {
-            Ok((status, bytes)) if status.is_success() => feed_found(&bytes),
+            Ok((status, bytes)) if status.is_success() => feed_found(&bytes, source),
             Ok((status, _)) => Found::Failed(format!("the upstream answered {status}")),
             Err(why) => Found::Failed(why),
         }
@@ -370,9 +399,41 @@ fn official_found(bytes: &[u8], known: Option<&str>) -> Found {
     }
 }
 
+impl<S> CallbackCheck for Watcher<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    S::Error: std::fmt::Display + Send,
+    S::Future: Send,
+{
+    fn confirm(&self, task_id: String, status: String) -> BoxFuture<'_, Confirmation> {
+        Box::pin(async move {
+            let task = match self.store.task(task_id).await {
+                Ok(Some(task)) if task.format == TaskFormat::Reverse => task,
+                Ok(Some(_)) => return Confirmation::Unconfirmed("not a reverse-format task".into()),
+                Ok(None) => return Confirmation::Unconfirmed("not on the watch list".into()),
+                Err(err) => return Confirmation::Unconfirmed(err.to_string()),
+            };
+            let Some(authorization) = self.authorization(&task) else {
+                return Confirmation::Unconfirmed("no API key to read the feed with".into());
+            };
+            self.metrics.confirm_checks.inc();
+            match self.read_feed(&task, authorization, "feed").await {
+                Found::Status { status: upstream, .. } if upstream == status => Confirmation::Confirmed,
+                Found::Status { event, .. } => Confirmation::Contradicted(event),
+                // The feed has it unfinished (or unknown): the callback's end is not true yet.
+                Found::NotYet => Confirmation::Contradicted(None),
+                Found::Failed(why) => {
+                    self.metrics.failed_checks.inc();
+                    Confirmation::Unconfirmed(why)
+                }
+            }
+        })
+    }
+}
+
 /// What the feed says of a reverse-format task: its final result, in the flat shape of
-/// CometAPI's callbacks, once it has one.
-fn feed_found(bytes: &[u8]) -> Found {
+/// CometAPI's callbacks (marked with `source`), once it has one.
+fn feed_found(bytes: &[u8], source: &str) -> Found {
     let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
         return Found::Failed("the feed answer is not JSON".into());
     };
@@ -396,7 +457,7 @@ fn feed_found(bytes: &[u8]) -> Found {
     if let Some(fields) = data.as_object_mut() {
         // The feed's own word for the state is not part of a callback.
         fields.remove("state");
-        fields.insert("runway_proxy_source".into(), Value::from("recovered"));
+        fields.insert("runway_proxy_source".into(), Value::from(source));
     }
     Found::Status {
         status,
@@ -450,7 +511,7 @@ mod tests {
             status,
             terminal,
             event,
-        } = feed_found(done)
+        } = feed_found(done, "recovered")
         else {
             panic!()
         };
@@ -460,9 +521,9 @@ mod tests {
         assert_eq!(event["runway_proxy_source"], "recovered");
         assert!(event.get("state").is_none());
         let running = br#"{"code":200,"data":{"task_id":"t1","status":"1"}}"#;
-        assert_eq!(feed_found(running), Found::NotYet);
+        assert_eq!(feed_found(running, "recovered"), Found::NotYet);
         let missing = br#"{"code":404,"msg":"task_not_exist","data":null}"#;
-        assert_eq!(feed_found(missing), Found::NotYet);
-        assert!(matches!(feed_found(b"nope"), Found::Failed(_)));
+        assert_eq!(feed_found(missing, "recovered"), Found::NotYet);
+        assert!(matches!(feed_found(b"nope", "recovered"), Found::Failed(_)));
     }
 }

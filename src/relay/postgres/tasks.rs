@@ -197,6 +197,22 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
+    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .task_statement(
+                    concat!(
+                        "SELECT ",
+                        columns!(),
+                        " FROM runway_proxy_tasks t WHERE t.task_id = $1"
+                    ),
+                    vec![Box::new(task_id)],
+                )
+                .await?;
+            Ok(rows_to_tasks(rows)?.into_iter().next())
+        })
+    }
+
     fn list_tasks(
         &self,
         state: Option<WatchState>,
