@@ -1,10 +1,12 @@
 //! `runway-proxy demo`: the whole proxy at work in one process, without a CometAPI key.
 //!
-//! It starts the CometAPI stand-in with a realistic share of faults, the proxy in front
-//! of it, and a subscriber that verifies every relayed webhook; submits tasks through the
-//! proxy; waits for their results; and prints what happened. It exits 0 only when every
-//! task the upstream accepted had its final status delivered to the subscriber with a
-//! valid signature, and the upstream never saw a task submitted twice.
+//! It starts the CometAPI stand-in with a realistic share of faults (lost callbacks
+//! among them), the proxy in front of it, and a subscriber that verifies every relayed
+//! webhook; submits tasks through the proxy, in both API formats (the official one has no
+//! webhooks: the proxy polls it); waits for their results; and prints what happened. It
+//! exits 0 only when every task the upstream accepted had its final status delivered to
+//! the subscriber with a valid signature, and the upstream never saw a task submitted
+//! twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -31,6 +33,15 @@ struct Seen {
     statuses: Vec<String>,
     verified: usize,
     forged: usize,
+    /// Events the proxy made itself: recovered from the feed, or polled.
+    recovered: usize,
+    polled: usize,
+}
+
+/// Whether `status` ends a task: "2" failed and "3" succeeded (reverse format), or the
+/// official format's ends.
+fn is_final(status: &str) -> bool {
+    matches!(status, "2" | "3" | "SUCCEEDED" | "FAILED" | "CANCELLED")
 }
 
 type Received = Arc<Mutex<HashMap<String, Seen>>>;
@@ -69,6 +80,7 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
             26..=30 => Fault::DuplicateCallbacks,
             31..=33 => Fault::OutOfOrderCallbacks,
             34..=35 => Fault::FailTask,
+            36..=40 => Fault::DropCallbacks,
             _ => Fault::Pass,
         };
         cometapi.inject("/runway/pro/generate", fault, 1);
@@ -89,6 +101,9 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         ("limit.submit_rate", "20/s burst 5".to_owned()),
         ("limit.max_concurrency", "5".to_owned()),
         ("delivery.schedule", "0s,200ms,500ms,1s,2s".to_owned()),
+        // Quicker than production (5s, 15m), so the demo ends in seconds.
+        ("watch.poll_interval", "250ms".to_owned()),
+        ("watch.recover_after", "2s".to_owned()),
         ("shutdown_grace", "2s".to_owned()),
     ]);
     let config = Config::load(None, &|_| None, &flags)?;
@@ -127,7 +142,30 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
             (outcome, sent.elapsed())
         });
     }
-    let mut latencies = Vec::with_capacity(tasks);
+    // A few official-format tasks too: no webhooks upstream; the proxy polls them and
+    // relays each status change to the subscriber the header names.
+    let official = (tasks / 10).max(2);
+    for n in 0..official {
+        let client = client.clone();
+        let callback = format!("http://{subscriber}/runway-results");
+        submissions.spawn(async move {
+            let body = serde_json::json!({"model": "gen4_turbo", "promptText": format!("official demo task #{n}"),
+                                          "promptImage": "https://example.com/cat.png", "ratio": "1280:720"});
+            let request = Request::post(format!("http://{proxy_addr}/runwayml/v1/image_to_video"))
+                .header("authorization", "Bearer sk-demo")
+                .header("content-type", "application/json")
+                .header("x-runway-proxy-callback-url", callback)
+                .body(Full::new(Bytes::from(body.to_string())))
+                .map_err(|e| e.to_string());
+            let sent = Instant::now();
+            let outcome = match request {
+                Ok(request) => submit(&client, request).await,
+                Err(e) => Outcome::Failed(e),
+            };
+            (outcome, sent.elapsed())
+        });
+    }
+    let mut latencies = Vec::with_capacity(tasks + official);
     let (mut accepted, mut unknown, mut failed) = (0, 0, Vec::new());
     while let Some(joined) = submissions.join_next().await {
         let (outcome, latency) = joined?;
@@ -152,7 +190,7 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
                 .iter()
                 .filter(|t| {
                     seen.get(&t.id)
-                        .is_some_and(|s| s.statuses.iter().any(|st| st == "2" || st == "3"))
+                        .is_some_and(|s| s.statuses.iter().any(|st| is_final(st)))
                 })
                 .count()
         };
@@ -172,12 +210,17 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         *prompts.entry(task.prompt.as_str()).or_default() += 1;
     }
     let duplicates: usize = prompts.values().map(|n| n.saturating_sub(1)).sum();
-    let (relayed, verified, forged) = {
+    let (relayed, verified, forged, recovered, polled) = {
         let seen = lock(&received);
         let relayed: usize = seen.values().map(|s| s.statuses.len()).sum();
         let verified: usize = seen.values().map(|s| s.verified).sum();
         let forged: usize = seen.values().map(|s| s.forged).sum();
-        (relayed, verified, forged)
+        let recovered: usize = seen.values().map(|s| s.recovered).sum();
+        let official_done = seen
+            .values()
+            .filter(|s| s.polled > 0 && s.statuses.iter().any(|st| is_final(st)))
+            .count();
+        (relayed, verified, forged, recovered, official_done)
     };
     latencies.sort();
     let percentile = |p: f64| {
@@ -188,7 +231,10 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
     let stats = cometapi.stats();
 
     let mut rows: Vec<(String, String)> = vec![
-        ("submitted".into(), tasks.to_string()),
+        (
+            "submitted".into(),
+            format!("{} ({official} in the official format)", tasks + official),
+        ),
         ("accepted (client saw success)".into(), accepted.to_string()),
         (
             "outcome unknown (reset after sending; not resubmitted)".into(),
@@ -238,6 +284,17 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
             format!("{}", counter("runway_proxy_webhooks_superseded_total")),
         ),
         ("webhooks relayed to the subscriber".into(), relayed.to_string()),
+        (
+            "official-format tasks finished (events by polling)".into(),
+            format!("{polled} of {official}"),
+        ),
+        (
+            "callbacks lost upstream: results recovered from the feed".into(),
+            format!(
+                "{recovered} (checks: {})",
+                counter("runway_proxy_task_checks_total{kind=\"recovery\"}")
+            ),
+        ),
         (
             "signatures verified".into(),
             format!("{verified} (bad: {forged})"),
@@ -296,7 +353,8 @@ async fn submit(client: &Client<HttpConnector, Full<Bytes>>, request: Request<Fu
     };
     let envelope: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let msg = envelope["msg"].as_str().unwrap_or_default();
-    if envelope["code"] == 200 {
+    // The reverse format's envelope, or the official format's bare `{"id": ...}`.
+    if envelope["code"] == 200 || envelope["id"].is_string() {
         Outcome::Accepted
     } else if msg.starts_with("outcome unknown") {
         Outcome::Unknown
@@ -342,9 +400,19 @@ async fn start_subscriber(signer: WebhookSigner, received: Received) -> Result<S
                 header("webhook-signature"),
             );
             let payload: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let task = payload["task_id"].as_str().unwrap_or_default().to_owned();
+            // Reverse-format callbacks name the task `task_id`, official-format events `id`.
+            let task = payload["task_id"]
+                .as_str()
+                .or_else(|| payload["id"].as_str())
+                .unwrap_or_default()
+                .to_owned();
             let mut seen = lock(&received);
             let entry = seen.entry(task).or_default();
+            match payload["runway_proxy_source"].as_str() {
+                Some("recovered") => entry.recovered += 1,
+                Some("poll") => entry.polled += 1,
+                _ => {}
+            }
             entry
                 .statuses
                 .push(payload["status"].as_str().unwrap_or_default().to_owned());
