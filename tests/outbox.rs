@@ -471,6 +471,8 @@ async fn a_lapsed_watch_lease_is_claimed_again_and_the_old_owner_ignored(store: 
     );
     let unknown = store.list_tasks(Some(WatchState::Unknown), 0, 10).await.unwrap();
     assert_eq!(unknown.len(), 1);
+    let counts = store.count_tasks().await.unwrap();
+    assert_eq!((counts.watching, counts.done, counts.unknown), (1, 0, 1));
 }
 
 /// Watchers racing for due tasks (several replicas' included): each task is claimed by

@@ -7,7 +7,7 @@ use rusqlite::{Transaction, params};
 
 use super::sqlite::{SqliteOutbox, now_ms};
 use crate::store::{BoxFuture, StoreError};
-use crate::tasks::{Checked, NewTask, TaskFormat, TaskStore, WatchState, WatchedTask};
+use crate::tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchState, WatchedTask};
 
 const COLUMNS: &str = "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
                        submitted_at, last_callback_at, next_check_at, checks, recovered";
@@ -172,6 +172,24 @@ impl TaskStore for SqliteOutbox {
                     ],
                 )
                 .map(drop)
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
+    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, StoreError>> {
+        Box::pin(async move {
+            self.run(|tx| {
+                // One index range count per state.
+                let mut count = tx.prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = ?1")?;
+                let mut of =
+                    |state: WatchState| count.query_row(params![state.as_str()], |r| r.get::<_, u64>(0));
+                Ok(TaskCounts {
+                    watching: of(WatchState::Watching)?,
+                    done: of(WatchState::Done)?,
+                    unknown: of(WatchState::Unknown)?,
+                })
             })
             .await
             .map_err(store_error)

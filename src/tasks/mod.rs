@@ -188,6 +188,17 @@ pub struct WatchedTask {
     pub recovered: bool,
 }
 
+/// How many tasks the watch list holds in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TaskCounts {
+    /// Being watched.
+    pub watching: u64,
+    /// Final result relayed.
+    pub done: u64,
+    /// Outcome unknown.
+    pub unknown: u64,
+}
+
 /// How a check of a claimed task ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checked {
@@ -234,6 +245,10 @@ pub trait TaskStore: Send + Sync + 'static {
         owner: String,
         checked: Checked,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// How many tasks are in each state (the watcher publishes it as
+    /// `runway_proxy_tasks{state}`).
+    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, StoreError>>;
 
     /// The record of `task_id`, if it is on the list.
     fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, StoreError>>;

@@ -39,7 +39,7 @@ use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body, Bounded};
 use crate::callback::Keyring;
-use crate::metrics::{Counter, MetricSet, write_family, write_one};
+use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::relay::{CallbackCheck, Confirmation, Enqueued, EventSink, event_delivery};
 use crate::store::BoxFuture;
 use crate::tasks::{
@@ -52,6 +52,8 @@ const BATCH: usize = 16;
 const TICK: Duration = Duration::from_millis(500);
 /// Longest a check may hold its claim: a watcher that dies frees its tasks after this.
 const LEASE: Duration = Duration::from_secs(120);
+/// How often the task counts are refreshed from the store.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Largest task answer read.
 const ANSWER_LIMIT: usize = 1024 * 1024;
 
@@ -72,6 +74,12 @@ pub struct WatchMetrics {
     pub recovered: Counter,
     /// Tasks whose check was given up (no key to check with).
     pub abandoned: Counter,
+    /// Tasks on the watch list by state, as the store last reported them.
+    pub watching: Gauge,
+    /// See `watching`.
+    pub done: Gauge,
+    /// See `watching`.
+    pub unknown: Gauge,
 }
 
 impl MetricSet for WatchMetrics {
@@ -102,6 +110,18 @@ impl MetricSet for WatchMetrics {
             "counter",
             "Final results recovered from the feed because their callback never came.",
             self.recovered.get(),
+        );
+        write_family(
+            out,
+            "runway_proxy_tasks",
+            "gauge",
+            "Tasks on the watch list by state (refreshed every few seconds).",
+            "state",
+            [
+                ("watching", self.watching.get()),
+                ("done", self.done.get()),
+                ("unknown", self.unknown.get()),
+            ],
         );
         write_one(
             out,
@@ -212,9 +232,14 @@ where
     S::Future: Send,
 {
     async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let mut counted_at: Option<tokio::time::Instant> = None;
         loop {
             if *stopped.borrow() {
                 return;
+            }
+            if counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+                counted_at = Some(tokio::time::Instant::now());
+                self.publish_counts().await;
             }
             match self.store.claim_due(self.owner.clone(), BATCH, LEASE).await {
                 Ok(claimed) if !claimed.is_empty() => {
@@ -232,6 +257,16 @@ where
                 () = tokio::time::sleep(TICK) => {}
                 _ = stopped.changed() => {}
             }
+        }
+    }
+
+    /// Keep `runway_proxy_tasks{state}` equal to what the store holds (every replica's).
+    async fn publish_counts(&self) {
+        if let Ok(counts) = self.store.count_tasks().await {
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.metrics.watching.set(gauge(counts.watching));
+            self.metrics.done.set(gauge(counts.done));
+            self.metrics.unknown.set(gauge(counts.unknown));
         }
     }
 

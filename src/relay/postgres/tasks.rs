@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 
 use super::{PostgresOutbox, db_error, pool_error};
 use crate::store::{BoxFuture, StoreError};
-use crate::tasks::{Checked, NewTask, TaskFormat, TaskStore, WatchState, WatchedTask};
+use crate::tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchState, WatchedTask};
 
 /// The columns `row_to_task` reads, in its order (a macro, so statements stay literals).
 macro_rules! columns {
@@ -194,6 +194,31 @@ impl TaskStore for PostgresOutbox {
             )
             .await
             .map(drop)
+        })
+    }
+
+    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .task_statement(
+                    "SELECT COUNT(*) FILTER (WHERE state = 'watching'), COUNT(*) FILTER (WHERE state = 'done'),
+                            COUNT(*) FILTER (WHERE state = 'unknown')
+                     FROM runway_proxy_tasks",
+                    Vec::new(),
+                )
+                .await?;
+            let get = |i: usize| -> Result<u64, StoreError> {
+                rows.first()
+                    .map(|row| row.try_get::<_, i64>(i))
+                    .transpose()
+                    .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+                    .map_err(|e| StoreError(db_error(e).0))
+            };
+            Ok(TaskCounts {
+                watching: get(0)?,
+                done: get(1)?,
+                unknown: get(2)?,
+            })
         })
     }
 
