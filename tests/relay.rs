@@ -68,14 +68,7 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
 
 /// Check the Standard Webhooks signature of a relayed request.
 fn verified(headers: &http::HeaderMap, body: &[u8]) -> bool {
-    let signer = WebhookSigner::from_secret(SECRET).unwrap();
-    let timestamp: u64 = header(headers, "webhook-timestamp").parse().unwrap();
-    signer.verify(
-        header(headers, "webhook-id"),
-        timestamp,
-        body,
-        header(headers, "webhook-signature"),
-    )
+    signed_by(SECRET, headers, body)
 }
 
 async fn get_json(url: String) -> Value {

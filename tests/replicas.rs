@@ -21,7 +21,6 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use runway_proxy::callback::Keyring;
 use runway_proxy::mock::{Fault, MockConfig};
-use runway_proxy::relay::WebhookSigner;
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -259,16 +258,7 @@ fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
 }
 
 fn verified(headers: &http::HeaderMap, body: &[u8]) -> bool {
-    let signer = WebhookSigner::from_secret(SECRET).unwrap();
-    let Ok(timestamp) = header(headers, "webhook-timestamp").parse() else {
-        return false;
-    };
-    signer.verify(
-        header(headers, "webhook-id"),
-        timestamp,
-        body,
-        header(headers, "webhook-signature"),
-    )
+    signed_by(SECRET, headers, body)
 }
 
 /// A webhook acknowledged by a replica that then dies mid-delivery is delivered by

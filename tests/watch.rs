@@ -13,7 +13,6 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use runway_proxy::config::Overrides;
 use runway_proxy::mock::{Fault, MockConfig};
-use runway_proxy::relay::WebhookSigner;
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -36,18 +35,8 @@ fn flags(extra: &[(&'static str, &str)]) -> Overrides {
     flags
 }
 
-fn verified(headers: &HeaderMap, body: &[u8]) -> bool {
-    let signer = WebhookSigner::from_secret(SECRET).unwrap();
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    };
-    let Ok(timestamp) = header("webhook-timestamp").parse() else {
-        return false;
-    };
-    signer.verify(header("webhook-id"), timestamp, body, header("webhook-signature"))
+fn verified(headers: &http::HeaderMap, body: &[u8]) -> bool {
+    signed_by(SECRET, headers, body)
 }
 
 fn events(received: &[(HeaderMap, Bytes)]) -> Vec<Value> {

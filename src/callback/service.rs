@@ -1,16 +1,12 @@
 //! [`RewriteCallback`], the service: rewrite a submission's `callback_url`, then call the
 //! inner service.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::TryFutureExt;
-use futures_util::future::{Either, MapOk};
+use futures_util::future::Either;
 use http::{Request, Response, StatusCode, header};
-use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::layer::Shared;
@@ -40,18 +36,7 @@ impl<S> RewriteCallback<S> {
 
 /// Response future of [`RewriteCallback`]: the inner service's own future for a request
 /// it does not read (no allocation), a boxed one for a submission it rewrites.
-pub type ResponseFuture<S, RB, E> = Either<
-    MapOk<Oneshot<S, Request<Body>>, fn(Response<RB>) -> Response<Body>>,
-    Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
->;
-
-fn boxed_response<RB>(response: Response<RB>) -> Response<Body>
-where
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    response.map(body::boxed)
-}
+pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
 
 impl<S, B, RB> Service<Request<B>> for RewriteCallback<S>
 where
@@ -91,8 +76,7 @@ where
             // Not a submission with a callback_url (or rewriting is off): stream it through
             // untouched, whatever its size.
             _ => {
-                let map: fn(Response<RB>) -> Response<Body> = boxed_response::<RB>;
-                return Either::Left(inner.oneshot(request.map(body::boxed)).map_ok(map));
+                return body::pass_through(inner, request);
             }
         };
         Either::Right(Box::pin(async move {

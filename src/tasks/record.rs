@@ -1,18 +1,14 @@
 //! [`RecordTasks`]: put every accepted submission on the watch list before its answer
 //! goes back to the client.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryFutureExt;
-use futures_util::future::{Either, MapOk};
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, header};
 use serde_json::Value;
-use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
@@ -85,18 +81,7 @@ impl<S> RecordTasks<S> {
 }
 
 /// Response future of [`RecordTasks`]: the inner future for what is not recorded.
-pub type ResponseFuture<S, RB, E> = Either<
-    MapOk<Oneshot<S, Request<Body>>, fn(Response<RB>) -> Response<Body>>,
-    Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
->;
-
-fn boxed_response<RB>(response: Response<RB>) -> Response<Body>
-where
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    response.map(body::boxed)
-}
+pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
 
 /// What is known of a submission before it is sent.
 struct Pending {
@@ -129,8 +114,7 @@ where
         let inner = self.inner.clone();
         let pending = self.shared.as_ref().and_then(|shared| shared.pending(&request));
         let (Some(shared), Some(pending)) = (self.shared.clone(), pending) else {
-            let map: fn(Response<RB>) -> Response<Body> = boxed_response::<RB>;
-            return Either::Left(inner.oneshot(request.map(body::boxed)).map_ok(map));
+            return body::pass_through(inner, request);
         };
         Either::Right(Box::pin(async move {
             let response = inner.oneshot(request.map(body::boxed)).await?;

@@ -266,6 +266,21 @@ impl Subscriber {
     }
 }
 
+/// Whether a relayed request's Standard Webhooks signature verifies under `secret`.
+pub fn signed_by(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let signer = runway_proxy::relay::WebhookSigner::from_secret(secret).unwrap();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    let Ok(timestamp) = header("webhook-timestamp").parse() else {
+        return false;
+    };
+    signer.verify(header("webhook-id"), timestamp, body, header("webhook-signature"))
+}
+
 /// Wait until `check` holds, polling, or panic naming `what` after `within`.
 pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
