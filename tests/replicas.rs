@@ -478,3 +478,34 @@ async fn without_its_database_a_replica_answers_503_and_is_not_ready() {
     let received = subscriber.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].1, body);
 }
+
+/// The watch list is the replicas' together: an official-format task submitted through a
+/// replica that is then SIGKILLed still gets its events, from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_watched_by_a_killed_replica_is_finished_by_another() {
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(500))).await;
+    let database = fresh_database().await;
+    let subscriber = Subscriber::start().await;
+    let settings = [("RUNWAY_PROXY_TASK_POLL_INTERVAL", "200ms")];
+    let first = Replica::start(&mock.url(), &database, &settings);
+    let second = Replica::start(&mock.url(), &database, &settings);
+    let request = Request::post(first.url("/runwayml/v1/image_to_video"))
+        .header("authorization", "Bearer sk-replicas")
+        .header("content-type", "application/json")
+        .header("x-runway-proxy-callback-url", subscriber.url("/events"))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gen4_turbo","promptImage":"https://example.com/a.png"}"#,
+        )))
+        .unwrap();
+    let reply = send(&client(), request).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    first.kill();
+    eventually("the final event", Duration::from_secs(20), async || {
+        subscriber.received().iter().any(|(headers, body)| {
+            verified(headers, body) && String::from_utf8_lossy(body).contains("SUCCEEDED")
+        })
+    })
+    .await;
+    let done = second.get("/-/tasks?status=done").await.json();
+    assert_eq!(done["tasks"].as_array().map(Vec::len), Some(1), "{done}");
+}
