@@ -71,6 +71,24 @@ pub fn format(duration: Duration) -> String {
     format!("{}.{}s", millis / 1000, fraction.trim_end_matches('0'))
 }
 
+/// `duration` scaled by a random factor in [0.8, 1.2], so waits of many things that
+/// started together (retries of deliveries, checks of tasks) spread out.
+pub fn jittered(duration: Duration) -> Duration {
+    duration.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
+
+/// `duration` in whole milliseconds, as the stores keep times (saturating).
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The time now, in Unix milliseconds (0 before 1970).
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -197,7 +197,15 @@ impl RunwayLayerBuilder {
         Ok(RunwayLayer {
             retry: RetryLayer::builder().settings(self.retry).build()?,
             limit: RateLimitLayer::builder().settings(self.limit).build()?,
-            callbacks: self.callbacks.map(RewriteCallbackLayer::new),
+            // The watch list reads the subscriber the rewrite checked; nothing else does.
+            callbacks: self.callbacks.map(|callbacks| {
+                let layer = RewriteCallbackLayer::new(callbacks);
+                if tasks.is_some() {
+                    layer.naming_subscribers()
+                } else {
+                    layer
+                }
+            }),
             idempotency,
             tasks,
         })

@@ -18,6 +18,8 @@ pub struct RewriteCallbackLayer {
 pub(super) struct Shared {
     pub(super) callbacks: Callbacks,
     pub(super) resolved: ResolvedCache,
+    /// Put each submission's checked subscriber in its extensions ([`TaskSubscriber`](super::TaskSubscriber)).
+    pub(super) name_subscribers: bool,
 }
 
 impl RewriteCallbackLayer {
@@ -27,6 +29,20 @@ impl RewriteCallbackLayer {
             shared: Arc::new(Shared {
                 callbacks,
                 resolved: ResolvedCache::default(),
+                name_subscribers: false,
+            }),
+        }
+    }
+
+    /// Also put each submission's checked subscriber in its request extensions, as a
+    /// [`TaskSubscriber`](super::TaskSubscriber), for a layer inside that needs it (the
+    /// watch list). Off by default: the extension costs a few allocations per submission.
+    pub fn naming_subscribers(self) -> Self {
+        RewriteCallbackLayer {
+            shared: Arc::new(Shared {
+                callbacks: self.shared.callbacks.clone(),
+                resolved: ResolvedCache::default(),
+                name_subscribers: true,
             }),
         }
     }

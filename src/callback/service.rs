@@ -180,7 +180,9 @@ impl Shared {
         let rewritten = found.replace(&bytes, &self.callbacks.hook_url(&found.url));
         // The length changed; hyper sets the new one from the body.
         parts.headers.remove(header::CONTENT_LENGTH);
-        parts.extensions.insert(TaskSubscriber(found.url.clone()));
+        if self.name_subscribers {
+            parts.extensions.insert(TaskSubscriber(found.url));
+        }
         Ok(Request::from_parts(parts, body::full(rewritten)))
     }
 }

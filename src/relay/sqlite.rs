@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -268,11 +268,7 @@ fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
     }
 }
 
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(super) use crate::duration::unix_millis as now_ms;
 
 const COLUMNS: &str = "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
 

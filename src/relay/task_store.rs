@@ -12,9 +12,7 @@ use crate::tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchSta
 const COLUMNS: &str = "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
                        submitted_at, last_callback_at, next_check_at, checks, recovered";
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
+use crate::duration::millis;
 
 fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<WatchedTask> {
     let format: String = row.get(2)?;

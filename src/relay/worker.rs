@@ -22,6 +22,7 @@ use super::outbox::{Completion, Delivery, Outbox};
 use super::signing::WebhookSigner;
 use crate::body;
 use crate::callback::SubscriberPolicy;
+use crate::duration::{jittered, unix_millis as now_ms};
 use crate::settings::{InvalidSetting, check};
 use crate::upstream::{ClientError, retry_after, tls_client};
 
@@ -208,18 +209,6 @@ async fn publish_depth(
             _ = stopped.wait_for(|s| *s) => return,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// `delay` scaled by a random factor in [0.8, 1.2], so retries of many deliveries that
-/// failed together spread out.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
 impl Worker {

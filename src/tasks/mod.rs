@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use record::{RecordTasks, RecordTasksLayer, ResponseFuture, SEALED_KEY_PURPOSE, jittered};
+pub use record::{RecordTasks, RecordTasksLayer, ResponseFuture, SEALED_KEY_PURPOSE};
 
 use crate::settings::{InvalidSetting, check};
 use crate::store::{BoxFuture, StoreError};

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::Either;
@@ -112,8 +111,12 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let pending = self.shared.as_ref().and_then(|shared| shared.pending(&request));
-        let (Some(shared), Some(pending)) = (self.shared.clone(), pending) else {
+        // Only a submission to watch takes a reference to the shared state.
+        let watched = self
+            .shared
+            .as_ref()
+            .and_then(|shared| Some((shared.pending(&request)?, Arc::clone(shared))));
+        let Some((pending, shared)) = watched else {
             return body::pass_through(inner, request);
         };
         Either::Right(Box::pin(async move {
@@ -221,12 +224,6 @@ fn accepted_task_id(format: TaskFormat, status: http::StatusCode, body: &[u8]) -
         TaskFormat::Official => value.get("id")?,
     };
     id.as_str().filter(|id| !id.is_empty()).map(str::to_owned)
-}
-
-/// How long to wait, `jittered` by ±20%: checks of many tasks submitted together spread
-/// out.
-pub fn jittered(wait: Duration) -> Duration {
-    wait.mul_f64(0.8 + 0.4 * rand::random::<f64>())
 }
 
 #[cfg(test)]

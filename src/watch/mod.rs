@@ -39,12 +39,11 @@ use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body, Bounded};
 use crate::callback::Keyring;
+use crate::duration::jittered;
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::relay::{CallbackCheck, Confirmation, Enqueued, EventSink, event_delivery};
 use crate::store::BoxFuture;
-use crate::tasks::{
-    Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskStore, WatchSettings, WatchedTask, jittered,
-};
+use crate::tasks::{Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskStore, WatchSettings, WatchedTask};
 
 /// Tasks one claim takes at most.
 const BATCH: usize = 16;

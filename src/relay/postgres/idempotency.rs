@@ -9,9 +9,7 @@ use super::{PostgresOutbox, pool_error};
 use crate::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
 use crate::store::{BoxFuture, StoreError};
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
+use crate::duration::millis;
 
 impl PostgresOutbox {
     /// Run one statement of the idempotency records on the outbox's runtime.

@@ -46,7 +46,7 @@ mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -258,11 +258,7 @@ fn pool_error(err: deadpool_postgres::PoolError) -> OutboxError {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::duration::unix_millis as now_ms;
 
 /// The advisory lock of a task: 64 bits of a hash of its key.
 fn task_lock(task_key: &str) -> i64 {

@@ -18,9 +18,7 @@ macro_rules! columns {
     };
 }
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
+use crate::duration::millis;
 
 fn row_to_task(row: &Row) -> Result<WatchedTask, tokio_postgres::Error> {
     let format: &str = row.try_get(2)?;
