@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["callback", "limit", "retry", "server"],
     &["idempotency", "tasks"],
-    &["mock", "relay", "runway"],
+    &["guard", "mock", "relay", "runway"],
     &["sidecar", "watch"],
     &["config"],
     &["app"],
