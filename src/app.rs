@@ -219,7 +219,11 @@ impl Proxy {
             .build()?;
         let relay = Relay::builder(&callbacks, Arc::clone(&store.outbox), signer)
             .settings(config.delivery.clone())
-            .watch_list(Arc::clone(&store.tasks), config.watch.recover_after, runway.usage())
+            .watch_list(
+                Arc::clone(&store.tasks),
+                config.watch.recover_after,
+                runway.usage(),
+            )
             .start()?;
         // The watcher checks tasks through the same stack as the application's calls: its
         // reads wait in the read quota and are retried like theirs.

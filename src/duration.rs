@@ -112,7 +112,10 @@ pub fn parse_time(text: &str) -> Option<i64> {
     }
     let number = |range: std::ops::Range<usize>| -> Option<i64> {
         let digits = text.get(range)?;
-        digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok())?
+        digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse().ok())?
     };
     let bytes = text.as_bytes();
     if bytes.len() < 10 || bytes[4] != b'-' || bytes[7] != b'-' {
@@ -124,7 +127,11 @@ pub fn parse_time(text: &str) -> Option<i64> {
     }
     let mut secs = days_from_civil(year, month, day) * 86_400;
     if bytes.len() > 10 {
-        if !matches!(bytes[10], b'T' | b't' | b' ') || bytes.len() < 19 || bytes[13] != b':' || bytes[16] != b':' {
+        if !matches!(bytes[10], b'T' | b't' | b' ')
+            || bytes.len() < 19
+            || bytes[13] != b':'
+            || bytes[16] != b':'
+        {
             return None;
         }
         let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
@@ -191,9 +198,20 @@ mod tests {
         }
         assert_eq!(parse_time("2026-12-02"), Some(1_796_169_600_000));
         assert_eq!(parse_time("1796236857"), Some(1_796_236_857_000));
-        assert_eq!(parse_time("2026-12-02T19:40:57.250+01:00"), Some(1_796_236_857_000));
+        assert_eq!(
+            parse_time("2026-12-02T19:40:57.250+01:00"),
+            Some(1_796_236_857_000)
+        );
         assert_eq!(parse_time("2026-12-02T17:40:57-01:00"), Some(1_796_236_857_000));
-        for bad in ["", "yesterday", "2026-13-01", "2026-12-02T25:00:00Z", "2026-12-02T10:00:00", "-5", "2026-12-02T10:00:00.Z"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-12-02T25:00:00Z",
+            "2026-12-02T10:00:00",
+            "-5",
+            "2026-12-02T10:00:00.Z",
+        ] {
             assert_eq!(parse_time(bad), None, "{bad:?}");
         }
     }

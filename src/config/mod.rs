@@ -43,13 +43,13 @@ pub use keys::{KEYS, Key};
 pub use values::ValueError;
 
 use crate::callback::SubscriberPolicy;
+use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
 use crate::relay::{DatabaseSettings, DeliverySettings};
 use crate::retry::{RetrySettings, Rules};
 use crate::server::ConnectionLimits;
 use crate::settings::{InvalidSetting, check};
-use crate::guard::GuardSettings;
 use crate::tasks::WatchSettings;
 
 /// The sidecar's settings. Build it with [`Config::load`] or start from

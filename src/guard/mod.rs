@@ -165,7 +165,9 @@ impl GuardSettings {
             && self.daily_task_budget_per_key.is_none()
             && self.daily_point_budget_per_key.is_none()
             && self.keys.iter().all(|k| {
-                k.max_tasks_in_flight.is_none() && k.daily_task_budget.is_none() && k.daily_point_budget.is_none()
+                k.max_tasks_in_flight.is_none()
+                    && k.daily_task_budget.is_none()
+                    && k.daily_point_budget.is_none()
             })
     }
 
@@ -178,7 +180,10 @@ impl GuardSettings {
     pub(crate) fn directory(&self) -> Result<Directory, InvalidSetting> {
         for (key, cap) in [
             ("guard.max_tasks_in_flight", self.max_tasks_in_flight),
-            ("guard.max_tasks_in_flight_per_key", self.max_tasks_in_flight_per_key),
+            (
+                "guard.max_tasks_in_flight_per_key",
+                self.max_tasks_in_flight_per_key,
+            ),
         ] {
             check(cap != Some(0), key, || {
                 "0 lets no task through; leave it unset for unlimited".into()
@@ -204,7 +209,9 @@ impl GuardSettings {
                     )));
                 }
                 if normal_hash(label).is_some() {
-                    return Err(problem(format!("label {label:?} looks like a key hash; pick a name")));
+                    return Err(problem(format!(
+                        "label {label:?} looks like a key hash; pick a name"
+                    )));
                 }
             }
             if entry.max_tasks_in_flight == Some(0) {
@@ -229,7 +236,9 @@ impl GuardSettings {
                 if let Some(other) = directory.labels.insert(hash.clone(), key.clone())
                     && other != key
                 {
-                    return Err(problem(format!("key {hash} is labelled both {other:?} and {key:?}")));
+                    return Err(problem(format!(
+                        "key {hash} is labelled both {other:?} and {key:?}"
+                    )));
                 }
             }
             let own = directory.overrides.entry(key).or_default();
@@ -344,7 +353,10 @@ mod tests {
         assert!(refused(KeyOverride::label(ALICE, [ALICE])).contains("looks like a key hash"));
         assert!(refused(KeyOverride::default()).contains("names no key"));
         let twice = GuardSettings {
-            keys: vec![KeyOverride::label("alice", [ALICE]), KeyOverride::label("bob", [ALICE])],
+            keys: vec![
+                KeyOverride::label("alice", [ALICE]),
+                KeyOverride::label("bob", [ALICE]),
+            ],
             ..Default::default()
         };
         assert!(twice.validate().unwrap_err().problem.contains("labelled both"));

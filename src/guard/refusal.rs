@@ -199,7 +199,10 @@ pub(super) fn frees_at(spent: &[Spend], budget: u64, points: bool, window: Durat
         }
     }
     // The entries changed since the refusal: there is room already.
-    spent.last().map(|last| last.submitted_at + window + 1).or(Some(0))
+    spent
+        .last()
+        .map(|last| last.submitted_at + window + 1)
+        .or(Some(0))
 }
 
 #[cfg(test)]
@@ -240,7 +243,10 @@ mod tests {
         assert_eq!(budget.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(budget.headers()["x-should-retry"], "false");
         assert_eq!(budget.headers()["retry-after"], "3600");
-        assert_eq!(budget.headers()["x-runway-proxy-limit"], "daily_point_budget_per_key");
+        assert_eq!(
+            budget.headers()["x-runway-proxy-limit"],
+            "daily_point_budget_per_key"
+        );
         let never = Refusal::Budget {
             limit: Limit::Tasks,
             key: "alice".into(),

@@ -202,12 +202,16 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let shared = match &self.shared {
-            Some(shared) if RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission => {
+            Some(shared)
+                if RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission =>
+            {
                 Arc::clone(shared)
             }
             _ => return body::pass_through(inner, request),
         };
-        Either::Right(Box::pin(async move { shared.guard(inner, request.map(body::boxed)).await }))
+        Either::Right(Box::pin(async move {
+            shared.guard(inner, request.map(body::boxed)).await
+        }))
     }
 }
 
@@ -219,7 +223,11 @@ struct ModelOnly<'a> {
 }
 
 impl Shared {
-    async fn guard<S, RB>(self: Arc<Self>, inner: S, request: Request<Body>) -> Result<Response<Body>, S::Error>
+    async fn guard<S, RB>(
+        self: Arc<Self>,
+        inner: S,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
     where
         S: Service<Request<Body>, Response = Response<RB>> + Send,
         S::Future: Send,
@@ -240,7 +248,10 @@ impl Shared {
             // The client went away mid-body: nothing to send, nothing reserved.
             Err(err) => {
                 tracing::debug!(error = %body::error_chain(&err), "a submission's body broke off");
-                let msg = format!("the submission's body could not be read: {}", body::error_chain(&err));
+                let msg = format!(
+                    "the submission's body could not be read: {}",
+                    body::error_chain(&err)
+                );
                 return Ok(crate::envelope::error_response_for(
                     parts.uri.path(),
                     http::StatusCode::BAD_REQUEST,
@@ -353,7 +364,13 @@ impl Shared {
     }
 
     /// The refusal of a spent budget, with when it frees up.
-    async fn budget_refusal(&self, wanted: &Reservation, limits: TaskLimits, limit: Limit, used: i64) -> Refusal {
+    async fn budget_refusal(
+        &self,
+        wanted: &Reservation,
+        limits: TaskLimits,
+        limit: Limit,
+        used: i64,
+    ) -> Refusal {
         let (budget, points) = match limit {
             Limit::Tasks => (limits.tasks, false),
             Limit::Points => (limits.points, true),
@@ -402,7 +419,9 @@ impl<'a> Queued<'a> {
     fn join(shared: &'a Shared) -> Option<Queued<'a>> {
         let joined = shared
             .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < shared.max_queue).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.max_queue).then_some(n + 1)
+            })
             .is_ok();
         joined.then(|| Queued {
             shared,
@@ -431,7 +450,7 @@ impl Drop for Held {
         // Drop cannot wait; a reservation left behind still expires after `unknown_for`.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                match shared.store.release(id).await {
+                match shared.store.cancel_reservation(id).await {
                     Ok(()) => shared.usage.freed(),
                     Err(err) => tracing::warn!(error = %err, "a task reservation could not be released"),
                 }
@@ -511,7 +530,10 @@ mod tests {
 
     #[test]
     fn only_plausible_model_names_reach_the_ledger() {
-        assert_eq!(model_of(br#"{"model":"gen4_turbo","x":[1,2]}"#).as_deref(), Some("gen4_turbo"));
+        assert_eq!(
+            model_of(br#"{"model":"gen4_turbo","x":[1,2]}"#).as_deref(),
+            Some("gen4_turbo")
+        );
         assert_eq!(model_of(br#"{"prompt":"a cat"}"#), None);
         assert_eq!(model_of(br#"{"model":"a\nb"}"#), None);
         assert_eq!(model_of(&[b'{', 0xff]), None);

@@ -227,7 +227,12 @@ impl RelayBuilder {
     /// not at all once its terminal callback came). A callback that ends a task counts
     /// it, and its points, in `usage` (the ledger's counters, which also wake the
     /// submissions waiting for a task slot).
-    pub fn watch_list(mut self, store: Arc<dyn TaskStore>, recover_after: Duration, usage: Arc<Usage>) -> Self {
+    pub fn watch_list(
+        mut self,
+        store: Arc<dyn TaskStore>,
+        recover_after: Duration,
+        usage: Arc<Usage>,
+    ) -> Self {
         self.tasks = Some(receiver::WatchList {
             store,
             recover_after,

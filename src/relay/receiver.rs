@@ -306,10 +306,16 @@ impl Shared {
                     // a feed read later.
                     report.status = status;
                     report.terminal = terminal;
-                    match watch.store.callback_seen(task_id, report, watch.recover_after).await {
+                    match watch
+                        .store
+                        .callback_seen(task_id, report, watch.recover_after)
+                        .await
+                    {
                         Ok(Seen::Finished(finished)) => watch.usage.finished(&finished),
                         Ok(_) => {}
-                        Err(err) => tracing::warn!(error = %err, "could not note a callback on the watch list"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not note a callback on the watch list")
+                        }
                     }
                 }
                 // Never the token: it is a bearer credential for this route.

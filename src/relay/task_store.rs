@@ -8,8 +8,8 @@ use rusqlite::{Transaction, params};
 use super::sqlite::{SqliteOutbox, now_ms};
 use crate::store::{BoxFuture, StoreError};
 use crate::tasks::{
-    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts, TaskFormat,
-    TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
+    TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
 
 const COLUMNS: &str = "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
@@ -64,24 +64,35 @@ fn row_to_finished(row: &rusqlite::Row<'_>) -> rusqlite::Result<Finished> {
 
 /// Which limit `reservation` would pass, if any; the check and the insert run in one
 /// command of the single writer, so no other reservation comes between them.
-fn reserve(tx: &Transaction<'_>, reservation: &Reservation, limits: &TaskLimits) -> rusqlite::Result<Reserved> {
+fn reserve(
+    tx: &Transaction<'_>,
+    reservation: &Reservation,
+    limits: &TaskLimits,
+) -> rusqlite::Result<Reserved> {
     let now = now_ms();
     let window_start = now - millis(limits.window);
     let unknown_since = now - millis(limits.unknown_for);
     let key = reservation.key.as_str();
-    let budget = |limit: Limit, cap: Option<u64>, per_key: bool, points: bool| -> rusqlite::Result<Option<Reserved>> {
-        let Some(cap) = cap else { return Ok(None) };
-        let what = if points {
-            "COALESCE(SUM(COALESCE(points, 0) - COALESCE(refunded, 0)), 0)"
-        } else {
-            "COUNT(*)"
+    let budget =
+        |limit: Limit, cap: Option<u64>, per_key: bool, points: bool| -> rusqlite::Result<Option<Reserved>> {
+            let Some(cap) = cap else { return Ok(None) };
+            let what = if points {
+                "COALESCE(SUM(COALESCE(points, 0) - COALESCE(refunded, 0)), 0)"
+            } else {
+                "COUNT(*)"
+            };
+            let scope = if per_key {
+                "key_label = ?2 AND"
+            } else {
+                "?2 IS NOT NULL AND"
+            };
+            let used: i64 = tx
+                .prepare_cached(&format!(
+                    "SELECT {what} FROM tasks WHERE {scope} submitted_at > ?1"
+                ))?
+                .query_row(params![window_start, key], |row| row.get(0))?;
+            Ok((used >= i64::try_from(cap).unwrap_or(i64::MAX)).then_some(Reserved::Refused { limit, used }))
         };
-        let scope = if per_key { "key_label = ?2 AND" } else { "?2 IS NOT NULL AND" };
-        let used: i64 = tx
-            .prepare_cached(&format!("SELECT {what} FROM tasks WHERE {scope} submitted_at > ?1"))?
-            .query_row(params![window_start, key], |row| row.get(0))?;
-        Ok((used >= i64::try_from(cap).unwrap_or(i64::MAX)).then_some(Reserved::Refused { limit, used }))
-    };
     for (limit, cap, per_key, points) in [
         (Limit::TasksPerKey, limits.tasks_per_key, true, false),
         (Limit::PointsPerKey, limits.points_per_key, true, true),
@@ -97,7 +108,11 @@ fn reserve(tx: &Transaction<'_>, reservation: &Reservation, limits: &TaskLimits)
         (Limit::InFlight, limits.in_flight, false),
     ] {
         let Some(cap) = cap else { continue };
-        let scope = if per_key { "key_label = ?2 AND" } else { "?2 IS NOT NULL AND" };
+        let scope = if per_key {
+            "key_label = ?2 AND"
+        } else {
+            "?2 IS NOT NULL AND"
+        };
         let used: i64 = tx
             .prepare_cached(&format!(
                 "SELECT COUNT(*) FROM tasks WHERE {scope}
@@ -369,7 +384,7 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn release(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.run(move |tx| {
                 tx.execute(
@@ -416,7 +431,7 @@ impl TaskStore for SqliteOutbox {
                     "SELECT key_label, model, state, status, COUNT(*), COALESCE(SUM(points), 0),
                             COALESCE(SUM(refunded), 0)
                      FROM tasks WHERE (?1 IS NULL OR key_label = ?1 OR key_hash = ?1)
-                       AND submitted_at >= ?2 AND submitted_at < ?3
+                       AND submitted_at >= ?2 AND submitted_at < ?3 AND state <> 'pending'
                      GROUP BY key_label, model, state, status",
                 )?;
                 let rows = select.query_map(params![key, from, to], |row| {

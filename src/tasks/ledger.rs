@@ -222,7 +222,10 @@ impl Limit {
 
     /// Whether it counts one key's tasks.
     pub fn is_per_key(self) -> bool {
-        matches!(self, Limit::InFlightPerKey | Limit::TasksPerKey | Limit::PointsPerKey)
+        matches!(
+            self,
+            Limit::InFlightPerKey | Limit::TasksPerKey | Limit::PointsPerKey
+        )
     }
 }
 
@@ -433,10 +436,22 @@ mod tests {
 
     #[test]
     fn statuses_of_both_shapes_share_one_vocabulary() {
-        assert_eq!(StatusClass::of(WatchState::Done, Some("3")), StatusClass::Succeeded);
-        assert_eq!(StatusClass::of(WatchState::Done, Some("FAILED")), StatusClass::Failed);
-        assert_eq!(StatusClass::of(WatchState::Watching, Some("1")), StatusClass::Unfinished);
-        assert_eq!(StatusClass::of(WatchState::Pending, None), StatusClass::Unfinished);
+        assert_eq!(
+            StatusClass::of(WatchState::Done, Some("3")),
+            StatusClass::Succeeded
+        );
+        assert_eq!(
+            StatusClass::of(WatchState::Done, Some("FAILED")),
+            StatusClass::Failed
+        );
+        assert_eq!(
+            StatusClass::of(WatchState::Watching, Some("1")),
+            StatusClass::Unfinished
+        );
+        assert_eq!(
+            StatusClass::of(WatchState::Pending, None),
+            StatusClass::Unfinished
+        );
         assert_eq!(StatusClass::of(WatchState::Unknown, None), StatusClass::Unknown);
         assert_eq!(StatusClass::of(WatchState::Done, None), StatusClass::Unknown);
     }

@@ -23,7 +23,7 @@ pub use ledger::{
     Finished, Limit, Reservation, Reserved, Seen, Spend, StatusClass, TaskLimits, TaskReport, Totals, Usage,
     UsageReport, UsageRow, key_hash,
 };
-pub use record::{Recorded, RecordTasks, RecordTasksLayer, ResponseFuture, SEALED_KEY_PURPOSE, Submission};
+pub use record::{RecordTasks, RecordTasksLayer, Recorded, ResponseFuture, SEALED_KEY_PURPOSE, Submission};
 
 use crate::settings::{InvalidSetting, check};
 use crate::store::{BoxFuture, StoreError};
@@ -315,7 +315,7 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Drop a reservation whose submission was not accepted (nothing is charged for it).
     /// A reservation already turned into a task is not touched.
-    fn release(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// What `key` (every key: `None`) spent since `since` (Unix milliseconds): one entry
     /// per task, oldest first.
@@ -323,6 +323,7 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Ledger totals of tasks submitted in `[from, to)` (Unix milliseconds), of `key` (a
     /// label or a key hash; every key: `None`), by key, model and how they ended.
+    /// Reservations not yet answered are not tasks and are left out.
     fn usage(
         &self,
         key: Option<String>,

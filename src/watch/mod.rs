@@ -43,7 +43,9 @@ use crate::duration::jittered;
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::relay::{CallbackCheck, Confirmation, Enqueued, EventSink, event_delivery};
 use crate::store::BoxFuture;
-use crate::tasks::{Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskReport, TaskStore, Usage, WatchSettings, WatchedTask};
+use crate::tasks::{
+    Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskReport, TaskStore, Usage, WatchSettings, WatchedTask,
+};
 
 /// Tasks one claim takes at most.
 const BATCH: usize = 16;
@@ -278,7 +280,10 @@ where
         let before = crate::duration::unix_millis() - crate::duration::millis(self.settings.ledger_retention);
         match self.store.prune(before).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(tasks = n, "forgot ledger records older than watch.ledger_retention"),
+            Ok(n) => tracing::info!(
+                tasks = n,
+                "forgot ledger records older than watch.ledger_retention"
+            ),
             Err(err) => tracing::warn!(error = %err, "cannot prune the ledger"),
         }
     }
@@ -342,24 +347,37 @@ where
                             // Not stored: keep the task as it was, and try again.
                             tracing::error!(error = %err, task_id = %task.task_id, "cannot store a task's event");
                             self.metrics.failed_checks.inc();
-                            self.record(&task, None, false, false, TaskReport::default()).await;
+                            self.record(&task, None, false, false, TaskReport::default())
+                                .await;
                             return;
                         }
                     }
                 }
                 let recovered = terminal && task.format == TaskFormat::Reverse && task.subscriber.is_some();
-                self.record(&task, Some(status), terminal, recovered, points).await;
+                self.record(&task, Some(status), terminal, recovered, points)
+                    .await;
             }
-            Found::NotYet => self.record(&task, None, false, false, TaskReport::default()).await,
+            Found::NotYet => {
+                self.record(&task, None, false, false, TaskReport::default())
+                    .await
+            }
             Found::Failed(why) => {
                 tracing::warn!(task_id = %task.task_id, error = %why, "a watched task's check failed");
                 self.metrics.failed_checks.inc();
-                self.record(&task, None, false, false, TaskReport::default()).await;
+                self.record(&task, None, false, false, TaskReport::default())
+                    .await;
             }
         }
     }
 
-    async fn record(&self, task: &WatchedTask, status: Option<String>, done: bool, recovered: bool, points: TaskReport) {
+    async fn record(
+        &self,
+        task: &WatchedTask,
+        status: Option<String>,
+        done: bool,
+        recovered: bool,
+        points: TaskReport,
+    ) {
         let checked = Checked {
             status,
             done,

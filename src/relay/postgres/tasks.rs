@@ -9,8 +9,8 @@ use tokio_postgres::Row;
 use super::{PostgresOutbox, db_error, pool_error};
 use crate::store::{BoxFuture, StoreError};
 use crate::tasks::{
-    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts, TaskFormat,
-    TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
+    TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
 
 /// The columns `row_to_task` reads, in its order (a macro, so statements stay literals).
@@ -222,7 +222,10 @@ impl TaskStore for PostgresOutbox {
                 status: {
                     let state: Option<&str> = row.try_get(3).map_err(|e| StoreError(db_error(e).0))?;
                     let status: Option<&str> = row.try_get(4).map_err(|e| StoreError(db_error(e).0))?;
-                    StatusClass::of(state.and_then(WatchState::parse).unwrap_or(WatchState::Done), status)
+                    StatusClass::of(
+                        state.and_then(WatchState::parse).unwrap_or(WatchState::Done),
+                        status,
+                    )
                 },
                 points: row.try_get(5).map_err(|e| StoreError(db_error(e).0))?,
                 refunded: row.try_get(6).map_err(|e| StoreError(db_error(e).0))?,
@@ -412,7 +415,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn release(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             self.task_statement(
                 "DELETE FROM runway_proxy_tasks WHERE task_id = $1 AND state = 'pending'",
@@ -457,7 +460,7 @@ impl TaskStore for PostgresOutbox {
                             COALESCE(SUM(refunded), 0)::bigint
                      FROM runway_proxy_tasks
                      WHERE ($1::text IS NULL OR key_label = $1 OR key_hash = $1)
-                       AND submitted_at >= $2 AND submitted_at < $3
+                       AND submitted_at >= $2 AND submitted_at < $3 AND state <> 'pending'
                      GROUP BY key_label, model, state, status",
                     vec![Box::new(key), Box::new(from), Box::new(to)],
                 )
@@ -470,7 +473,10 @@ impl TaskStore for PostgresOutbox {
                     Ok(UsageRow {
                         key: row.try_get(0)?,
                         model: row.try_get(1)?,
-                        status: StatusClass::of(WatchState::parse(state).unwrap_or(WatchState::Unknown), status),
+                        status: StatusClass::of(
+                            WatchState::parse(state).unwrap_or(WatchState::Unknown),
+                            status,
+                        ),
                         tasks: u64::try_from(tasks).unwrap_or(0),
                         points: row.try_get(5)?,
                         refunded: row.try_get(6)?,
