@@ -629,7 +629,7 @@ pub const KEYS: &[Key] = &[
         toml: "watch.official_callback_url",
         env: "RUNWAY_PROXY_OFFICIAL_CALLBACK_URL",
         flag: "official-callback-url",
-        doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: those are not watched).",
+        doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: their events are not relayed; they are still followed to their end for the ledger).",
         set: |c, raw| {
             c.watch.official_callback_url = match raw.trim() {
                 "" | "none" => None,

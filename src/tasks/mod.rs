@@ -40,7 +40,7 @@ pub struct WatchSettings {
     /// submission or its last callback, before the feed is read for it (default 15 min).
     pub recover_after: Duration,
     /// Where the events of official-format submissions that name no subscriber (with
-    /// `x-runway-proxy-callback-url`) go; `None`: they are not watched.
+    /// `x-runway-proxy-callback-url`) go; `None`: their events are not relayed (they are still followed to their end, for the ledger and the task guard).
     pub official_callback_url: Option<String>,
     /// Relay a reverse-format task's final callback only once a feed read agrees with it
     /// (CometAPI's callbacks are not signed; default off: it costs a read per task).
