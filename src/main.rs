@@ -75,6 +75,13 @@ fn cli() -> Command {
                 .help("How long after creation the feed still answers task_not_exist"),
         )
         .arg(
+            Arg::new("max-running")
+                .long("max-running")
+                .value_name("N")
+                .value_parser(clap::value_parser!(usize))
+                .help("Run at most N tasks at once, like a Runway tier; more wait as THROTTLED (default: no limit)"),
+        )
+        .arg(
             Arg::new("log-format")
                 .long("log-format")
                 .value_name("FORMAT")
@@ -163,10 +170,15 @@ fn print_key_hash() -> ExitCode {
     let key = text.trim();
     let key = key.strip_prefix("Bearer ").map_or(key, str::trim);
     if key.is_empty() || key.contains(char::is_whitespace) {
-        eprintln!("runway-proxy key-hash: write one API key on stdin, like: printf '%s' \"$COMETAPI_KEY\" | runway-proxy key-hash");
+        eprintln!(
+            "runway-proxy key-hash: write one API key on stdin, like: printf '%s' \"$COMETAPI_KEY\" | runway-proxy key-hash"
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
-    println!("{}", runway_proxy::tasks::key_hash(format!("Bearer {key}").as_bytes()));
+    println!(
+        "{}",
+        runway_proxy::tasks::key_hash(format!("Bearer {key}").as_bytes())
+    );
     ExitCode::SUCCESS
 }
 
@@ -234,9 +246,12 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let config = MockConfig::default()
+    let mut config = MockConfig::default()
         .step(parsed.get("step").copied().unwrap_or(Duration::from_secs(2)))
         .feed_delay(parsed.get("feed-delay").copied().unwrap_or_default());
+    if let Some(most) = args.get_one::<usize>("max-running") {
+        config = config.max_running(*most);
+    }
     let mock = match MockUpstream::start(listen, config).await {
         Ok(mock) => mock,
         Err(err) => {

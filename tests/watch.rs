@@ -185,7 +185,9 @@ async fn official_tasks_without_a_subscriber_go_to_the_default_one_or_are_not_wa
     assert_eq!(done["tasks"][0]["status"], "SUCCEEDED");
     let deliveries = send(
         &client(),
-        Request::get(unwatched.url("/-/deliveries")).body(Full::default()).unwrap(),
+        Request::get(unwatched.url("/-/deliveries"))
+            .body(Full::default())
+            .unwrap(),
     )
     .await
     .unwrap()

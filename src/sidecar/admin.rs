@@ -180,7 +180,11 @@ async fn tasks(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
         match key {
             "status" => match WatchState::parse(value) {
                 Some(parsed) => status = Some(parsed),
-                None => return bad(&format!("status {value:?} is not pending, watching, done or unknown")),
+                None => {
+                    return bad(&format!(
+                        "status {value:?} is not pending, watching, done or unknown"
+                    ));
+                }
             },
             "after" => match value.parse() {
                 Ok(parsed) => after = parsed,
@@ -242,7 +246,11 @@ async fn usage(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
                 Ok(at) => to = Some(at),
                 Err(response) => return response,
             },
-            _ => return bad(&format!("unknown query parameter {name:?}: /-/usage takes key, from and to")),
+            _ => {
+                return bad(&format!(
+                    "unknown query parameter {name:?}: /-/usage takes key, from and to"
+                ));
+            }
         }
     }
     let to = to.unwrap_or_else(crate::duration::unix_millis);
