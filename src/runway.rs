@@ -187,9 +187,9 @@ impl RunwayLayerBuilder {
         self
     }
 
-    /// Put every accepted submission that names a subscriber on the watch list in
-    /// `store` (needs [`callbacks`](Self::callbacks): its keys seal the API keys the
-    /// watcher polls with). The watcher itself runs beside the relay.
+    /// Put every accepted submission on the watch list (and the ledger) in `store`
+    /// (needs [`callbacks`](Self::callbacks): its keys seal the API keys the watcher
+    /// polls with). The watcher itself runs beside the relay.
     pub fn watch(mut self, store: Arc<dyn TaskStore>, settings: WatchSettings) -> Self {
         self.tasks = Some((store, settings));
         self
