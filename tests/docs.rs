@@ -78,7 +78,12 @@ fn readme_task_guard_example_is_a_valid_config() {
     assert_eq!(config.guard.max_tasks_in_flight, Some(5));
     assert_eq!(config.guard.max_tasks_in_flight_per_key, Some(3));
     assert_eq!(config.guard.daily_point_budget_per_key, Some(2000));
-    let labels: Vec<_> = config.guard.keys.iter().filter_map(|k| k.label.as_deref()).collect();
+    let labels: Vec<_> = config
+        .guard
+        .keys
+        .iter()
+        .filter_map(|k| k.label.as_deref())
+        .collect();
     assert_eq!(labels, ["editing", "social", "batch"]);
     assert_eq!(config.guard.keys[1].hashes.len(), 2);
 }

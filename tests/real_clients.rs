@@ -169,11 +169,7 @@ async fn the_sdk_passes_an_idempotency_key_and_gets_the_first_task_back() {
 /// the SDK, which retries 429 on its own otherwise, raises at once.
 #[tokio::test]
 async fn a_spent_budget_is_not_retried_by_the_sdk() {
-    let (mock, proxy) = setup(
-        MockConfig::default(),
-        &[("guard.daily_task_budget_per_key", "1")],
-    )
-    .await;
+    let (mock, proxy) = setup(MockConfig::default(), &[("guard.daily_task_budget_per_key", "1")]).await;
     let outcome = sdk(&proxy, "create-twice").await;
     assert_eq!(outcome["first"]["result"], "created", "{outcome}");
     let again = &outcome["again"];

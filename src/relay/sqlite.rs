@@ -90,8 +90,12 @@ const LEDGER_COLUMNS: &[(&str, &str)] = &[
 ];
 const LEDGER_INDEXES: &str = "
 UPDATE tasks SET key_label = key_hash WHERE key_label = '';
-CREATE INDEX IF NOT EXISTS tasks_key ON tasks (key_label, submitted_at);
-CREATE INDEX IF NOT EXISTS tasks_submitted ON tasks (submitted_at);
+-- The budgets read a window of one key's (or every key's) tasks: covering indexes, so a
+-- reservation reads index entries, not rows. The tasks in flight are few: a partial one.
+CREATE INDEX IF NOT EXISTS tasks_spend ON tasks (key_label, submitted_at, points, refunded);
+CREATE INDEX IF NOT EXISTS tasks_spend_all ON tasks (submitted_at, points, refunded);
+CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (key_label, state, submitted_at)
+    WHERE state IN ('pending', 'watching', 'unknown');
 ";
 
 /// Give an earlier version's `tasks` table the ledger's columns.

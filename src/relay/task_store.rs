@@ -115,8 +115,8 @@ fn reserve(
         };
         let used: i64 = tx
             .prepare_cached(&format!(
-                "SELECT COUNT(*) FROM tasks WHERE {scope}
-                   (state = 'watching' OR (state IN ('pending', 'unknown') AND submitted_at > ?1))"
+                "SELECT COUNT(*) FROM tasks WHERE state IN ('pending', 'watching', 'unknown') AND {scope}
+                   (state = 'watching' OR submitted_at > ?1)"
             ))?
             .query_row(params![unknown_since, key], |row| row.get(0))?;
         if used >= i64::from(cap) {

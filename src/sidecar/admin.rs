@@ -227,24 +227,22 @@ async fn usage(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
         let Some(value) = percent_decoded(raw) else {
             return bad(&format!("{name}: the value is not percent-encoded UTF-8"));
         };
-        let time = || {
-            crate::duration::parse_time(&value).ok_or_else(|| {
-                bad(&format!(
-                    "{name} {value:?} is not a time: write RFC 3339 (2026-12-02T18:00:00Z), a date (2026-12-02) \
-                     or Unix seconds"
-                ))
-            })
+        let not_a_time = || {
+            bad(&format!(
+                "{name} {value:?} is not a time: write RFC 3339 (2026-12-02T18:00:00Z), a date (2026-12-02) \
+                 or Unix seconds"
+            ))
         };
         match name {
             "key" if !value.is_empty() => key = Some(value),
             "key" => return bad("key must name a key label or hash"),
-            "from" => match time() {
-                Ok(at) => from = Some(at),
-                Err(response) => return response,
+            "from" => match crate::duration::parse_time(&value) {
+                Some(at) => from = Some(at),
+                None => return not_a_time(),
             },
-            "to" => match time() {
-                Ok(at) => to = Some(at),
-                Err(response) => return response,
+            "to" => match crate::duration::parse_time(&value) {
+                Some(at) => to = Some(at),
+                None => return not_a_time(),
             },
             _ => {
                 return bad(&format!(

@@ -205,9 +205,11 @@ ALTER TABLE runway_proxy_tasks
     ADD COLUMN refunded    bigint,
     ADD COLUMN finished_at bigint;
 UPDATE runway_proxy_tasks SET key_label = key_hash WHERE key_label = '';
-CREATE INDEX runway_proxy_tasks_key ON runway_proxy_tasks (key_label, submitted_at);
-CREATE INDEX runway_proxy_tasks_submitted ON runway_proxy_tasks (submitted_at);
-CREATE INDEX runway_proxy_tasks_unfinished ON runway_proxy_tasks (key_label)
+-- The budgets read a window of one key's (or every key's) tasks: covering indexes, so a
+-- reservation reads index entries, not rows. The tasks in flight are few: a partial one.
+CREATE INDEX runway_proxy_tasks_spend ON runway_proxy_tasks (key_label, submitted_at) INCLUDE (points, refunded);
+CREATE INDEX runway_proxy_tasks_spend_all ON runway_proxy_tasks (submitted_at) INCLUDE (points, refunded);
+CREATE INDEX runway_proxy_tasks_unfinished ON runway_proxy_tasks (key_label, state, submitted_at)
     WHERE state IN ('pending', 'watching', 'unknown');
 
 -- The task guard's reservation: check every limit and record the submission as
