@@ -215,10 +215,15 @@ impl Proxy {
             // durable, one store.
             .idempotency(Arc::clone(&store.idempotency), config.idempotency.clone())
             .watch(Arc::clone(&store.tasks), config.watch.clone())
+            .guard(config.guard.clone())
             .build()?;
         let relay = Relay::builder(&callbacks, Arc::clone(&store.outbox), signer)
             .settings(config.delivery.clone())
-            .watch_list(Arc::clone(&store.tasks), config.watch.recover_after)
+            .watch_list(
+                Arc::clone(&store.tasks),
+                config.watch.recover_after,
+                runway.usage(),
+            )
             .start()?;
         // The watcher checks tasks through the same stack as the application's calls: its
         // reads wait in the read quota and are retried like theirs.
@@ -230,6 +235,7 @@ impl Proxy {
             Arc::clone(callbacks.keys()),
             config.watch.clone(),
             Arc::clone(&watch_metrics),
+            runway.usage(),
         );
         if config.watch.confirm_callbacks {
             relay.confirm_callbacks(watcher.confirmer());
@@ -244,7 +250,11 @@ impl Proxy {
                 runway.rate_limit().metrics(),
                 relay.metrics(),
                 watch_metrics,
-            ],
+                runway.usage(),
+            ]
+            .into_iter()
+            .chain(runway.guard().map(|guard| guard.metrics() as Arc<dyn MetricSet>))
+            .collect(),
         };
         let readiness = Readiness::default();
         let access = AdminAccess::new(config.admin_token.as_ref().map(Secret::expose), config.listen);

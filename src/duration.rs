@@ -89,9 +89,132 @@ pub fn unix_millis() -> i64 {
         .map_or(0, millis)
 }
 
+/// Unix milliseconds as an RFC 3339 UTC time, to the second: `2026-12-02T18:40:57Z`.
+pub fn rfc3339(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// A point in time as the admin API takes it: RFC 3339 (`2026-12-02T18:40:57Z`, an offset
+/// such as `+01:00`, fractional seconds ignored), a date (`2026-12-02`, midnight UTC), or
+/// Unix seconds. Unix milliseconds, or `None` when it is none of these.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<i64>().ok()?.checked_mul(1000);
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = text.get(range)?;
+        digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse().ok())?
+    };
+    let bytes = text.as_bytes();
+    if bytes.len() < 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut secs = days_from_civil(year, month, day) * 86_400;
+    if bytes.len() > 10 {
+        if !matches!(bytes[10], b'T' | b't' | b' ')
+            || bytes.len() < 19
+            || bytes[13] != b':'
+            || bytes[16] != b':'
+        {
+            return None;
+        }
+        let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+        if hour > 23 || minute > 59 || second > 60 {
+            return None;
+        }
+        secs += hour * 3600 + minute * 60 + second;
+        let mut rest = &text[19..];
+        if let Some(fraction) = rest.strip_prefix('.') {
+            let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return None;
+            }
+            rest = &fraction[digits..];
+        }
+        match rest {
+            "Z" | "z" => {}
+            offset if offset.len() == 6 && matches!(&offset[..1], "+" | "-") && &offset[3..4] == ":" => {
+                let hours: i64 = offset[1..3].parse().ok()?;
+                let minutes: i64 = offset[4..6].parse().ok()?;
+                let shift = hours * 3600 + minutes * 60;
+                secs -= if offset.starts_with('+') { shift } else { -shift };
+            }
+            _ => return None,
+        }
+    }
+    secs.checked_mul(1000)
+}
+
+// Howard Hinnant's civil-calendar algorithms (proleptic Gregorian, days since 1970-01-01).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_and_read_in_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_236_857_000), "2026-12-02T18:40:57Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        for ms in [0, 951_782_400_000, 1_796_236_857_000, 4_102_444_800_000] {
+            assert_eq!(parse_time(&rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(parse_time("2026-12-02"), Some(1_796_169_600_000));
+        assert_eq!(parse_time("1796236857"), Some(1_796_236_857_000));
+        assert_eq!(
+            parse_time("2026-12-02T19:40:57.250+01:00"),
+            Some(1_796_236_857_000)
+        );
+        assert_eq!(parse_time("2026-12-02T17:40:57-01:00"), Some(1_796_236_857_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-12-02T25:00:00Z",
+            "2026-12-02T10:00:00",
+            "-5",
+            "2026-12-02T10:00:00.Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn parses_common_forms() {

@@ -148,7 +148,7 @@
 //! | app | [`app`] (feature `config`) | the only place that takes a [`config::Config`] and wires everything |
 //! | configuration | [`config`] (feature `config`) | one typed `Config`, each setting described once |
 //! | sidecar | [`sidecar`], [`watch`] | the outermost service: admin paths, request metrics and logs, error envelopes; the task watcher |
-//! | composition | [`runway`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; the webhook relay; the CometAPI stand-in |
+//! | composition | [`runway`], [`guard`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; task limits and budgets; the webhook relay; the CometAPI stand-in |
 //! | records | [`idempotency`], [`tasks`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded; the watch list of accepted tasks |
 //! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
 //! | upstream | [`upstream`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS |
@@ -190,6 +190,7 @@ pub mod idempotency;
 // the watch list of accepted tasks
 pub mod tasks;
 // composition
+pub mod guard;
 #[cfg(feature = "mock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;

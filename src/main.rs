@@ -75,6 +75,13 @@ fn cli() -> Command {
                 .help("How long after creation the feed still answers task_not_exist"),
         )
         .arg(
+            Arg::new("max-running")
+                .long("max-running")
+                .value_name("N")
+                .value_parser(clap::value_parser!(usize))
+                .help("Run at most N tasks at once, like a Runway tier; more wait as THROTTLED (default: no limit)"),
+        )
+        .arg(
             Arg::new("log-format")
                 .long("log-format")
                 .value_name("FORMAT")
@@ -98,6 +105,15 @@ fn cli() -> Command {
                 .value_parser(clap::value_parser!(u64))
                 .help("Seed of the fault sequence, to repeat a run exactly"),
         );
+    let key_hash = Command::new("key-hash")
+        .about("Print the hash that names an API key in [[guard.keys]], /-/usage and the metrics (reads the key on stdin)")
+        .long_about(
+            "Print the hash that names an API key in [[guard.keys]], /-/usage, /-/tasks and the metrics.\n\n\
+             Reads one key on stdin (so it stays out of the shell's history and the process list), with or \
+             without its `Bearer ` prefix, and prints the hex of the first 16 bytes of the SHA-256 of \
+             `Bearer <key>`, the Authorization value the SDKs send:\n\n    \
+             printf '%s' \"$COMETAPI_KEY\" | runway-proxy key-hash",
+        );
     Command::new("runway-proxy")
         .version(env!("CARGO_PKG_VERSION"))
         .about("An outbound gateway for CometAPI's Runway video endpoints")
@@ -106,6 +122,7 @@ fn cli() -> Command {
         .subcommand(serve)
         .subcommand(mock)
         .subcommand(demo)
+        .subcommand(key_hash)
 }
 
 fn main() -> ExitCode {
@@ -120,6 +137,7 @@ fn main() -> ExitCode {
     match matches.subcommand() {
         Some(("serve", args)) => runtime.block_on(serve(args)),
         Some(("mock-upstream", args)) => runtime.block_on(mock_upstream(args)),
+        Some(("key-hash", _)) => print_key_hash(),
         Some(("demo", args)) => {
             let tasks = args.get_one::<usize>("tasks").copied().unwrap_or(50);
             let seed = args.get_one::<u64>("seed").copied().unwrap_or(7);
@@ -134,6 +152,34 @@ fn main() -> ExitCode {
         }
         _ => ExitCode::from(EXIT_CONFIG),
     }
+}
+
+/// `runway-proxy key-hash`: the key from stdin, its hash on stdout.
+fn print_key_hash() -> ExitCode {
+    use std::io::Read as _;
+    let mut input = Vec::new();
+    // A key is short; more than this is not a key (and is not read into memory whole).
+    if let Err(err) = std::io::stdin().take(64 * 1024).read_to_end(&mut input) {
+        eprintln!("runway-proxy key-hash: cannot read stdin: {err}");
+        return ExitCode::FAILURE;
+    }
+    let Ok(text) = std::str::from_utf8(&input) else {
+        eprintln!("runway-proxy key-hash: the key on stdin is not UTF-8");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let key = text.trim();
+    let key = key.strip_prefix("Bearer ").map_or(key, str::trim);
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        eprintln!(
+            "runway-proxy key-hash: write one API key on stdin, like: printf '%s' \"$COMETAPI_KEY\" | runway-proxy key-hash"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!(
+        "{}",
+        runway_proxy::tasks::key_hash(format!("Bearer {key}").as_bytes())
+    );
+    ExitCode::SUCCESS
 }
 
 async fn serve(args: &ArgMatches) -> ExitCode {
@@ -200,9 +246,12 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let config = MockConfig::default()
+    let mut config = MockConfig::default()
         .step(parsed.get("step").copied().unwrap_or(Duration::from_secs(2)))
         .feed_delay(parsed.get("feed-delay").copied().unwrap_or_default());
+    if let Some(most) = args.get_one::<usize>("max-running") {
+        config = config.max_running(*most);
+    }
     let mock = match MockUpstream::start(listen, config).await {
         Ok(mock) => mock,
         Err(err) => {

@@ -21,6 +21,11 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Add `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The current count.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -157,15 +162,20 @@ impl<K> Default for CounterVec<K> {
 impl<K: Eq + Hash + Clone + Ord> CounterVec<K> {
     /// Add one to the counter for `key`.
     pub fn inc(&self, key: &K) {
+        self.add(key, 1);
+    }
+
+    /// Add `n` to the counter for `key`.
+    pub fn add(&self, key: &K, n: u64) {
         if let Some(counter) = self.read().get(key) {
-            counter.inc();
+            counter.add(n);
             return;
         }
         let mut map = match self.counters.write() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.entry(key.clone()).or_default().inc();
+        map.entry(key.clone()).or_default().add(n);
     }
 
     /// The count for `key` (0 when never incremented).

@@ -9,11 +9,14 @@
 //!    its repeats get the first answer;
 //! 2. [`RewriteCallback`]: checks the subscriber URL and rewrites `callback_url` once per
 //!    request, before anything is sent;
-//! 3. [`RecordTasks`] (with a watch list): puts each accepted submission that names a
-//!    subscriber on the watch list before its answer goes back;
-//! 4. [`Retry`]: decides from each attempt's body whether to try again, never resubmitting
+//! 3. [`TaskGuard`] (with a watch list): holds a submission until a task slot is free and
+//!    refuses it when a budget is spent, before anything is sent; names its key and model
+//!    for the ledger;
+//! 4. [`RecordTasks`] (with a watch list): puts each accepted submission on the watch list
+//!    before its answer goes back;
+//! 5. [`Retry`]: decides from each attempt's body whether to try again, never resubmitting
 //!    a task that may have been accepted;
-//! 5. [`RateLimit`]: every attempt waits for its own permit, so retries respect the limit.
+//! 6. [`RateLimit`]: every attempt waits for its own permit, so retries respect the limit.
 //!
 //! [`RunwayLayer::builder`] collects the settings; [`build`](RunwayLayerBuilder::build)
 //! checks them and makes the shared state (the limiter, the retry budget, the metrics)
@@ -56,14 +59,15 @@ use std::sync::Arc;
 use tower::Layer;
 
 use crate::callback::{Callbacks, RewriteCallback, RewriteCallbackLayer};
+use crate::guard::{GuardSettings, TaskGuard, TaskGuardLayer};
 use crate::idempotency::{IdempotencyLayer, IdempotencySettings, IdempotencyStore, Idempotent};
 use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer, RetrySettings};
 use crate::settings::InvalidSetting;
-use crate::tasks::{RecordTasks, RecordTasksLayer, TaskStore, WatchSettings};
+use crate::tasks::{RecordTasks, RecordTasksLayer, TaskStore, Usage, WatchSettings};
 
 /// The service [`RunwayLayer`] makes around `S`.
-pub type Runway<S> = Idempotent<RewriteCallback<RecordTasks<Retry<RateLimit<S>>>>>;
+pub type Runway<S> = Idempotent<RewriteCallback<TaskGuard<RecordTasks<Retry<RateLimit<S>>>>>>;
 
 /// Rate limit, retry and `callback_url` rewrite in one layer. See the module docs.
 ///
@@ -76,6 +80,8 @@ pub struct RunwayLayer {
     callbacks: Option<RewriteCallbackLayer>,
     idempotency: Option<IdempotencyLayer>,
     tasks: Option<RecordTasksLayer>,
+    guard: Option<TaskGuardLayer>,
+    usage: Arc<Usage>,
 }
 
 impl RunwayLayer {
@@ -103,6 +109,19 @@ impl RunwayLayer {
     pub fn callbacks(&self) -> Option<&Callbacks> {
         self.callbacks.as_ref().map(RewriteCallbackLayer::callbacks)
     }
+
+    /// The task guard, when there is a watch list.
+    pub fn guard(&self) -> Option<&TaskGuardLayer> {
+        self.guard.as_ref()
+    }
+
+    /// The ledger's counters: give them to the relay's
+    /// [`watch_list`](crate::relay::RelayBuilder::watch_list) and the
+    /// [`TaskWatcher`](crate::watch::TaskWatcher), which count the tasks that end (and wake
+    /// the submissions waiting for a slot).
+    pub fn usage(&self) -> Arc<Usage> {
+        Arc::clone(&self.usage)
+    }
 }
 
 impl<S> Layer<S> for RunwayLayer {
@@ -114,9 +133,13 @@ impl<S> Layer<S> for RunwayLayer {
             Some(tasks) => tasks.layer(retrying),
             None => RecordTasks::passthrough(retrying),
         };
+        let guarded = match &self.guard {
+            Some(guard) => guard.layer(recording),
+            None => TaskGuard::passthrough(recording),
+        };
         let rewriting = match &self.callbacks {
-            Some(rewrite) => rewrite.layer(recording),
-            None => RewriteCallback::passthrough(recording),
+            Some(rewrite) => rewrite.layer(guarded),
+            None => RewriteCallback::passthrough(guarded),
         };
         match &self.idempotency {
             Some(idempotency) => idempotency.layer(rewriting),
@@ -135,6 +158,7 @@ pub struct RunwayLayerBuilder {
     callbacks: Option<Callbacks>,
     idempotency: Option<(Arc<dyn IdempotencyStore>, IdempotencySettings)>,
     tasks: Option<(Arc<dyn TaskStore>, WatchSettings)>,
+    guard: GuardSettings,
 }
 
 impl RunwayLayerBuilder {
@@ -163,11 +187,19 @@ impl RunwayLayerBuilder {
         self
     }
 
-    /// Put every accepted submission that names a subscriber on the watch list in
-    /// `store` (needs [`callbacks`](Self::callbacks): its keys seal the API keys the
-    /// watcher polls with). The watcher itself runs beside the relay.
+    /// Put every accepted submission on the watch list (and the ledger) in `store`
+    /// (needs [`callbacks`](Self::callbacks): its keys seal the API keys the watcher
+    /// polls with). The watcher itself runs beside the relay.
     pub fn watch(mut self, store: Arc<dyn TaskStore>, settings: WatchSettings) -> Self {
         self.tasks = Some((store, settings));
+        self
+    }
+
+    /// Limit tasks in flight and spend per key (needs [`watch`](Self::watch): tasks are
+    /// counted on the watch list). With a watch list and no limits, submissions are still
+    /// labelled for the ledger.
+    pub fn guard(mut self, settings: GuardSettings) -> Self {
+        self.guard = settings;
         self
     }
 
@@ -177,14 +209,33 @@ impl RunwayLayerBuilder {
             Some((store, settings)) => Some(IdempotencyLayer::with_settings(store, settings)?),
             None => None,
         };
+        self.guard.validate()?;
+        let usage = Usage::new();
+        let mut guard = None;
         let tasks = match (self.tasks, &self.callbacks) {
             (Some((store, settings)), Some(callbacks)) => {
                 settings.validate()?;
+                check_retention(&settings, &self.guard)?;
+                guard = Some(
+                    TaskGuardLayer::builder(Arc::clone(&store), Arc::clone(&usage))
+                        .settings(self.guard)
+                        .max_wait(self.limit.max_wait)
+                        .max_queue(self.limit.max_queue)
+                        .unknown_for(settings.recover_after)
+                        .body_limit(callbacks.body_limit())
+                        .build()?,
+                );
                 Some(RecordTasksLayer::new(
                     store,
                     Arc::clone(callbacks.keys()),
                     settings,
                 ))
+            }
+            (None, _) if !self.guard.is_unlimited() => {
+                return Err(InvalidSetting::new(
+                    "guard",
+                    "task limits and budgets need the watch list (it counts the tasks): set a data dir and callbacks",
+                ));
             }
             (Some(_), None) => {
                 return Err(InvalidSetting::new(
@@ -208,8 +259,24 @@ impl RunwayLayerBuilder {
             }),
             idempotency,
             tasks,
+            guard,
+            usage,
         })
     }
+}
+
+/// The ledger must remember a task at least as long as a budget counts it.
+fn check_retention(watch: &WatchSettings, guard: &GuardSettings) -> Result<(), InvalidSetting> {
+    crate::settings::check(
+        watch.ledger_retention >= guard.budget_window,
+        "watch.ledger_retention",
+        || {
+            format!(
+                "must be at least guard.budget_window ({}): the budgets count the tasks it keeps",
+                crate::duration::format(guard.budget_window)
+            )
+        },
+    )
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["callback", "limit", "retry", "server"],
     &["idempotency", "tasks"],
+    &["guard"],
     &["mock", "relay", "runway"],
     &["sidecar", "watch"],
     &["config"],

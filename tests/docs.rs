@@ -59,3 +59,31 @@ fn sidecar_example_is_a_valid_production_config() {
     assert!(!config.callback.allow_private);
     assert_eq!(config.callback.allowed_hosts.len(), 2);
 }
+
+/// The task guard's worked example in the README is a config the proxy accepts, and
+/// means what the README says of it.
+#[test]
+fn readme_task_guard_example_is_a_valid_config() {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split_once("### A worked example: three keys, one tier-3 account")
+        .expect("the worked example is in the README")
+        .1;
+    let toml = section
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("it has a toml block")
+        .0;
+    let config = Config::load(Some(toml), &|_| None, &Overrides::new()).expect("the example loads");
+    assert_eq!(config.guard.max_tasks_in_flight, Some(5));
+    assert_eq!(config.guard.max_tasks_in_flight_per_key, Some(3));
+    assert_eq!(config.guard.daily_point_budget_per_key, Some(2000));
+    let labels: Vec<_> = config
+        .guard
+        .keys
+        .iter()
+        .filter_map(|k| k.label.as_deref())
+        .collect();
+    assert_eq!(labels, ["editing", "social", "batch"]);
+    assert_eq!(config.guard.keys[1].hashes.len(), 2);
+}

@@ -427,3 +427,67 @@ async fn control_api_scripts_faults_and_reports_counts() {
     post_json(&client, &control("reset"), &json!({})).await.unwrap();
     assert_eq!(mock.stats().received("/runway/pro/act_one"), 0);
 }
+
+/// Like a Runway tier: past `max_running` a task waits as `THROTTLED` until a slot
+/// frees; each task costs 32 points per second of video, refunded when it fails; and the
+/// stand-in keeps its own count per key, for the proxy's ledger to be checked against.
+#[tokio::test]
+async fn a_tier_limit_throttles_tasks_and_each_key_is_charged_by_duration() {
+    let mock = start_mock(MockConfig::default().step(STEP).max_running(2)).await;
+    let client = client();
+    let url = format!("{}/runwayml/v1/image_to_video", mock.url());
+    let body = json!({"promptImage": "https://x/y.png", "model": "gen4_turbo", "duration": 5});
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let created = post_json(&client, &url, &body).await.unwrap().json();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let status = |id: &str| {
+        let request = Request::get(format!("{}/runwayml/v1/tasks/{id}", mock.url()))
+            .header("authorization", "Bearer sk-test")
+            .body(Full::default())
+            .unwrap();
+        let client = client.clone();
+        async move { send(&client, request).await.unwrap().json()["status"].clone() }
+    };
+    assert_eq!(status(&ids[3]).await, "THROTTLED", "two run, the rest wait");
+    assert!(mock.task(&ids[2]).unwrap().throttled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mock.tasks().iter().any(|t| t.status != "3") {
+        assert!(Instant::now() < deadline, "the throttled tasks never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status(&ids[3]).await, "SUCCEEDED");
+
+    // A failed reverse task of another key: charged, then refunded in full.
+    let failing = Subscriber::start().await;
+    mock.inject("/runway/pro/generate", Fault::FailTask, 1);
+    let request = Request::post(format!("{}/runway/pro/generate", mock.url()))
+        .header("authorization", "Bearer sk-other")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            json!({"callback_url": failing.url("/f"), "prompt": "a cat", "model": "gen4", "duration": "10"})
+                .to_string(),
+        )))
+        .unwrap();
+    send(&client, request).await.unwrap();
+    let got = callbacks(&failing.wait_for(2, Duration::from_secs(5)).await);
+    assert_eq!(
+        (got[0]["point"].as_str(), got[0]["refund"].as_str()),
+        (Some("320"), Some("0"))
+    );
+    assert_eq!(
+        (got[1]["point"].as_str(), got[1]["refund"].as_str()),
+        (Some("320"), Some("320"))
+    );
+
+    let stats = mock.stats();
+    assert_eq!((stats.throttled, stats.peak_unfinished), (2, 4));
+    let test_key = &stats.keys[&runway_proxy::tasks::key_hash(b"Bearer sk-test")];
+    assert_eq!(
+        (test_key.tasks, test_key.points, test_key.refunded),
+        (4, 4 * 160, 0)
+    );
+    let other = &stats.keys[&runway_proxy::tasks::key_hash(b"Bearer sk-other")];
+    assert_eq!((other.tasks, other.points, other.refunded), (1, 320, 320));
+}

@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use runway_proxy::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
 use runway_proxy::relay::{Completion, DeliveryState, Enqueued, NewDelivery, Outbox};
-use runway_proxy::tasks::{Checked, NewTask, TaskFormat, TaskStore, WatchState};
+use runway_proxy::tasks::{
+    Checked, Finished as TaskFinished, Limit, NewTask, Reservation, Reserved, Seen, StatusClass, TaskFormat,
+    TaskLimits, TaskReport, TaskStore, UsageReport, WatchState,
+};
 
 trait Store: Outbox + IdempotencyStore + TaskStore {}
 impl<T: Outbox + IdempotencyStore + TaskStore> Store for T {}
@@ -295,9 +298,21 @@ fn task(id: &str, format: TaskFormat) -> NewTask {
             TaskFormat::Official => "/runwayml/v1/image_to_video".to_owned(),
         },
         key_hash: "0123abcd".to_owned(),
+        key: "team-a".to_owned(),
+        model: Some("gen4_turbo".to_owned()),
+        reservation: None,
         sealed_key: Some("sealed".to_owned()),
         subscriber: Some("https://hooks.example.com/runway".to_owned()),
         outcome_unknown: false,
+    }
+}
+
+fn report(status: Option<&str>, terminal: bool) -> TaskReport {
+    TaskReport {
+        status: status.map(str::to_owned),
+        terminal,
+        points: None,
+        refunded: None,
     }
 }
 
@@ -307,6 +322,8 @@ fn check(status: &str, done: bool, again_after: Duration) -> Checked {
         done,
         recovered: done,
         again_after,
+        points: None,
+        refunded: None,
     }
 }
 
@@ -383,11 +400,12 @@ async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: 
         .record(task("t1", TaskFormat::Reverse), Duration::ZERO)
         .await
         .unwrap();
-    assert!(
+    assert_eq!(
         store
-            .callback_seen("t1".into(), Some("1".into()), false, HOUR)
+            .callback_seen("t1".into(), report(Some("1"), false), HOUR)
             .await
-            .unwrap()
+            .unwrap(),
+        Seen::Listed
     );
     assert!(
         store.claim_due("a".into(), 10, LEASE).await.unwrap().is_empty(),
@@ -401,11 +419,18 @@ async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: 
         .unwrap();
     assert_eq!(watched.status.as_deref(), Some("1"));
     assert!(watched.last_callback_at.is_some());
-    assert!(
-        store
-            .callback_seen("t1".into(), Some("3".into()), true, HOUR)
-            .await
-            .unwrap()
+    let mut succeeded = report(Some("3"), true);
+    succeeded.points = Some(320);
+    assert_eq!(
+        store.callback_seen("t1".into(), succeeded, HOUR).await.unwrap(),
+        Seen::Finished(TaskFinished {
+            key: "team-a".into(),
+            model: Some("gen4_turbo".into()),
+            status: StatusClass::Succeeded,
+            points: 320,
+            refunded: 0,
+        }),
+        "the callback that ends the task reports it, once"
     );
     let [done] = store
         .list_tasks(Some(WatchState::Done), 0, 10)
@@ -415,11 +440,12 @@ async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: 
         .unwrap();
     assert_eq!((done.status.as_deref(), done.recovered), (Some("3"), false));
     // A late callback for a finished task changes nothing; an unknown task is not listed.
-    assert!(
+    assert_eq!(
         store
-            .callback_seen("t1".into(), Some("1".into()), false, HOUR)
+            .callback_seen("t1".into(), report(Some("1"), false), HOUR)
             .await
-            .unwrap()
+            .unwrap(),
+        Seen::Listed
     );
     let [done] = store
         .list_tasks(Some(WatchState::Done), 0, 10)
@@ -428,11 +454,12 @@ async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: 
         .try_into()
         .unwrap();
     assert_eq!(done.status.as_deref(), Some("3"));
-    assert!(
-        !store
-            .callback_seen("nope".into(), None, true, HOUR)
+    assert_eq!(
+        store
+            .callback_seen("nope".into(), report(None, true), HOUR)
             .await
-            .unwrap()
+            .unwrap(),
+        Seen::NotListed
     );
 }
 
@@ -473,6 +500,326 @@ async fn a_lapsed_watch_lease_is_claimed_again_and_the_old_owner_ignored(store: 
     assert_eq!(unknown.len(), 1);
     let counts = store.count_tasks().await.unwrap();
     assert_eq!((counts.watching, counts.done, counts.unknown), (1, 0, 1));
+}
+
+fn reservation(id: &str, key: &str) -> Reservation {
+    Reservation {
+        id: id.to_owned(),
+        format: TaskFormat::Reverse,
+        route: "/runway/pro/generate".to_owned(),
+        key_hash: format!("hash-of-{key}"),
+        key: key.to_owned(),
+        model: Some("gen4_turbo".to_owned()),
+    }
+}
+
+fn keyed(id: &str, key: &str, model: &str) -> NewTask {
+    let mut task = task(id, TaskFormat::Reverse);
+    task.key = key.to_owned();
+    task.key_hash = format!("hash-of-{key}");
+    task.model = Some(model.to_owned());
+    task
+}
+
+fn limits() -> TaskLimits {
+    TaskLimits {
+        window: Duration::from_secs(24 * 3600),
+        unknown_for: HOUR,
+        ..TaskLimits::default()
+    }
+}
+
+fn ended(status: &str, points: i64, refunded: i64) -> TaskReport {
+    TaskReport {
+        status: Some(status.to_owned()),
+        terminal: true,
+        points: Some(points),
+        refunded: Some(refunded),
+    }
+}
+
+/// Tasks in flight are counted from the reservation, through the task it turns into,
+/// until the task ends; a released reservation and a finished task free their slot.
+async fn tasks_in_flight_are_counted_from_reservation_to_the_end(store: Arc<dyn Store>) {
+    let slots = TaskLimits {
+        in_flight: Some(2),
+        in_flight_per_key: Some(1),
+        ..limits()
+    };
+    let reserve = |id: &str, key: &str| store.reserve(reservation(id, key), slots);
+    assert_eq!(reserve("r1", "a").await.unwrap(), Reserved::Granted);
+    assert_eq!(
+        reserve("r2", "a").await.unwrap(),
+        Reserved::Refused {
+            limit: Limit::InFlightPerKey,
+            used: 1
+        }
+    );
+    assert_eq!(reserve("r3", "b").await.unwrap(), Reserved::Granted);
+    assert_eq!(
+        reserve("r4", "c").await.unwrap(),
+        Reserved::Refused {
+            limit: Limit::InFlight,
+            used: 2
+        }
+    );
+    store.cancel_reservation("r3".into()).await.unwrap();
+    assert_eq!(reserve("r4", "c").await.unwrap(), Reserved::Granted, "released");
+
+    // The reservation becomes the task, which goes on counting.
+    let mut accepted = keyed("t1", "a", "gen4_turbo");
+    accepted.reservation = Some("r1".into());
+    store.record(accepted, HOUR).await.unwrap();
+    store.cancel_reservation("r1".into()).await.unwrap();
+    let t1 = store
+        .task("t1".into())
+        .await
+        .unwrap()
+        .expect("the reservation became t1");
+    assert_eq!((t1.state, t1.key.as_str()), (WatchState::Watching, "a"));
+    assert_eq!(store.task("r1".into()).await.unwrap(), None);
+    assert_eq!(
+        reserve("r5", "a").await.unwrap(),
+        Reserved::Refused {
+            limit: Limit::InFlightPerKey,
+            used: 1
+        }
+    );
+    assert!(matches!(
+        store
+            .callback_seen("t1".into(), ended("3", 320, 0), HOUR)
+            .await
+            .unwrap(),
+        Seen::Finished(_)
+    ));
+    assert_eq!(reserve("r5", "a").await.unwrap(), Reserved::Granted, "t1 ended");
+
+    // A submission whose outcome is unknown counts for `unknown_for`.
+    let mut unknown = keyed("u1", "d", "gen4_turbo");
+    unknown.outcome_unknown = true;
+    store.record(unknown, HOUR).await.unwrap();
+    let per_key = TaskLimits {
+        in_flight_per_key: Some(1),
+        ..limits()
+    };
+    assert_eq!(
+        store.reserve(reservation("r6", "d"), per_key).await.unwrap(),
+        Reserved::Refused {
+            limit: Limit::InFlightPerKey,
+            used: 1
+        }
+    );
+    let timed_out = TaskLimits {
+        unknown_for: Duration::ZERO,
+        ..per_key
+    };
+    assert_eq!(
+        store.reserve(reservation("r6", "d"), timed_out).await.unwrap(),
+        Reserved::Granted
+    );
+    let counts = store.count_tasks().await.unwrap();
+    assert_eq!(counts.pending, 3, "r4, r5 and r6");
+}
+
+/// Budgets count tasks and points charged less refunded over the rolling window, per
+/// key and in all; what a callback or a check reports when the task ends is what counts.
+async fn budgets_count_net_points_over_the_window(store: Arc<dyn Store>) {
+    store.record(keyed("t1", "a", "gen4_turbo"), HOUR).await.unwrap();
+    store
+        .record(keyed("t2", "a", "gen3a_turbo"), Duration::ZERO)
+        .await
+        .unwrap();
+    store
+        .callback_seen("t1".into(), ended("3", 320, 0), HOUR)
+        .await
+        .unwrap();
+    // t2 fails, as the watcher finds: charged, then refunded in full.
+    let [due] = store
+        .claim_due("w".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(due.task_id, "t2");
+    let finished = store
+        .checked(
+            "t2".into(),
+            "w".into(),
+            Checked {
+                points: Some(160),
+                refunded: Some(160),
+                ..check("FAILED", true, Duration::ZERO)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        finished,
+        Some(TaskFinished {
+            key: "a".into(),
+            model: Some("gen3a_turbo".into()),
+            status: StatusClass::Failed,
+            points: 160,
+            refunded: 160,
+        })
+    );
+    let spent = store.spend(Some("a".into()), 0).await.unwrap();
+    assert_eq!(
+        spent.iter().map(|s| s.net_points).collect::<Vec<_>>(),
+        [320, 0],
+        "oldest first, net of the refund"
+    );
+    assert!(spent[0].submitted_at <= spent[1].submitted_at);
+    assert!(store.spend(Some("b".into()), 0).await.unwrap().is_empty());
+
+    let try_with = |key: &'static str, limits: TaskLimits| {
+        let store = Arc::clone(&store);
+        async move {
+            let got = store.reserve(reservation("probe", key), limits).await.unwrap();
+            store.cancel_reservation("probe".into()).await.unwrap();
+            got
+        }
+    };
+    let points = |cap| TaskLimits {
+        points_per_key: Some(cap),
+        ..limits()
+    };
+    assert_eq!(
+        try_with("a", points(320)).await,
+        Reserved::Refused {
+            limit: Limit::PointsPerKey,
+            used: 320
+        },
+        "spent: the refund gave 160 back"
+    );
+    assert_eq!(
+        try_with("a", points(321)).await,
+        Reserved::Granted,
+        "not spent yet: the task that crosses the line is allowed"
+    );
+    assert_eq!(try_with("b", points(1)).await, Reserved::Granted, "per key");
+    let tasks = TaskLimits {
+        tasks_per_key: Some(2),
+        ..limits()
+    };
+    assert_eq!(
+        try_with("a", tasks).await,
+        Reserved::Refused {
+            limit: Limit::TasksPerKey,
+            used: 2
+        }
+    );
+    assert_eq!(try_with("b", tasks).await, Reserved::Granted);
+    let in_all = TaskLimits {
+        tasks: Some(2),
+        points: Some(1_000),
+        ..limits()
+    };
+    assert_eq!(
+        try_with("b", in_all).await,
+        Reserved::Refused {
+            limit: Limit::Tasks,
+            used: 2
+        },
+        "b pays for a's tasks in the global budget"
+    );
+    let points_in_all = TaskLimits {
+        points: Some(320),
+        ..limits()
+    };
+    assert_eq!(
+        try_with("b", points_in_all).await,
+        Reserved::Refused {
+            limit: Limit::Points,
+            used: 320
+        }
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let short_window = TaskLimits {
+        window: Duration::from_millis(50),
+        ..points(1)
+    };
+    assert_eq!(
+        try_with("a", short_window).await,
+        Reserved::Granted,
+        "out of the window"
+    );
+}
+
+/// `usage` sums the ledger by key, model and ending, leaves reservations out, finds a
+/// key by label or hash; `prune` forgets what ended before the retention.
+async fn usage_sums_the_ledger_and_prune_forgets_what_ended(store: Arc<dyn Store>) {
+    for (id, key, model) in [
+        ("s1", "a", "gen4_turbo"),
+        ("s2", "a", "gen4_turbo"),
+        ("f1", "a", "gen3a_turbo"),
+        ("s3", "b", "gen4_turbo"),
+        ("w1", "b", "gen4_turbo"),
+    ] {
+        store.record(keyed(id, key, model), HOUR).await.unwrap();
+    }
+    let mut unknown = keyed("u1", "b", "gen4_turbo");
+    unknown.outcome_unknown = true;
+    store.record(unknown, HOUR).await.unwrap();
+    for (id, report) in [
+        ("s1", ended("3", 320, 0)),
+        ("s2", ended("3", 160, 0)),
+        ("f1", ended("2", 100, 100)),
+        ("s3", ended("3", 320, 0)),
+    ] {
+        store.callback_seen(id.into(), report, HOUR).await.unwrap();
+    }
+    let mut w1 = report(Some("1"), false);
+    w1.points = Some(320);
+    store.callback_seen("w1".into(), w1, HOUR).await.unwrap();
+    store.reserve(reservation("r1", "a"), limits()).await.unwrap();
+
+    let usage = |key: Option<&str>| {
+        let store = Arc::clone(&store);
+        let key = key.map(str::to_owned);
+        async move {
+            let rows = store.usage(key, 0, now_ms() + 1_000).await.unwrap();
+            UsageReport::of(&rows)
+        }
+    };
+    let all = usage(None).await;
+    assert_eq!(
+        (
+            all.total.tasks,
+            all.total.succeeded,
+            all.total.failed,
+            all.total.unfinished,
+            all.total.unknown
+        ),
+        (6, 3, 1, 1, 1),
+        "the reservation is not a task"
+    );
+    assert_eq!(
+        (all.total.points, all.total.refunded, all.total.net_points),
+        (1_220, 100, 1_120)
+    );
+    let a = &all.keys["a"];
+    assert_eq!((a.tasks, a.points, a.refunded, a.net_points), (3, 580, 100, 480));
+    assert_eq!(all.keys["b"].tasks, 3);
+    assert_eq!(all.models["gen4_turbo"].tasks, 5);
+    assert_eq!(all.models["gen3a_turbo"].net_points, 0);
+    assert_eq!(usage(Some("a")).await.total, a.clone(), "by label");
+    assert_eq!(usage(Some("hash-of-a")).await.total, a.clone(), "by hash");
+    assert_eq!(usage(Some("nobody")).await.total.tasks, 0);
+    let later = store
+        .usage(None, now_ms() + 1_000, now_ms() + 2_000)
+        .await
+        .unwrap();
+    assert!(later.is_empty(), "from..to bounds the submission time");
+
+    // Ended, unknown and reserved records go; the task still running stays.
+    assert_eq!(store.prune(now_ms() + 1).await.unwrap(), 6);
+    let left = store.list_tasks(None, 0, 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
+        ["w1"]
+    );
+    assert_eq!(store.prune(0).await.unwrap(), 0, "nothing older");
 }
 
 /// Watchers racing for due tasks (several replicas' included): each task is claimed by
@@ -656,6 +1003,9 @@ on_every_store!(
     tasks_are_recorded_once_and_checked_when_due,
     callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch,
     a_lapsed_watch_lease_is_claimed_again_and_the_old_owner_ignored,
+    tasks_in_flight_are_counted_from_reservation_to_the_end,
+    budgets_count_net_points_over_the_window,
+    usage_sums_the_ledger_and_prune_forgets_what_ended,
 );
 
 #[cfg(feature = "postgres")]
@@ -680,7 +1030,7 @@ mod postgres_schema {
         }
         let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
         let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
-        assert_eq!(versions, [1, 2], "each migration once, in order");
+        assert_eq!(versions, [1, 2, 3], "each migration once, in order");
         // And a restart finds the schema as it left it.
         PostgresOutbox::connect(&settings).await.unwrap();
     }

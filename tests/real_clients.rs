@@ -165,6 +165,37 @@ async fn the_sdk_passes_an_idempotency_key_and_gets_the_first_task_back() {
     );
 }
 
+/// A spent budget is final for now: the proxy says so with `x-should-retry: false`, and
+/// the SDK, which retries 429 on its own otherwise, raises at once.
+#[tokio::test]
+async fn a_spent_budget_is_not_retried_by_the_sdk() {
+    let (mock, proxy) = setup(MockConfig::default(), &[("guard.daily_task_budget_per_key", "1")]).await;
+    let outcome = sdk(&proxy, "create-twice").await;
+    assert_eq!(outcome["first"]["result"], "created", "{outcome}");
+    let again = &outcome["again"];
+    assert_eq!(
+        (again["status"].as_u64(), again["should_retry"].as_str()),
+        (Some(429), Some("false")),
+        "{outcome}"
+    );
+    assert!(
+        again["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("daily_task_budget_per_key")),
+        "the SDK's error names the budget: {outcome}"
+    );
+    assert_eq!(
+        mock.stats().received(IMAGE_TO_VIDEO),
+        1,
+        "the refused create never reached the upstream, retried or not"
+    );
+    let metrics = metrics_text(&proxy).await;
+    assert!(
+        metrics.contains("runway_proxy_guard_refusals_total{reason=\"daily_task_budget_per_key\"} 1"),
+        "one refusal: the SDK did not ask again: {metrics}"
+    );
+}
+
 #[tokio::test]
 async fn relayed_webhooks_verify_with_both_standard_webhooks_libraries() {
     let (mock, proxy) = setup(

@@ -509,3 +509,50 @@ async fn a_task_watched_by_a_killed_replica_is_finished_by_another() {
     let done = second.get("/-/tasks?status=done").await.json();
     assert_eq!(done["tasks"].as_array().map(Vec::len), Some(1), "{done}");
 }
+
+/// `--max-tasks-in-flight` counts tasks in the shared store: three replicas with a limit
+/// of 3 before an account that runs 3 at once never have a task throttled upstream, and
+/// every submission, waiting on whichever replica it reached, completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_limit_holds_across_replicas() {
+    let mock = start_mock(
+        MockConfig::default()
+            .step(Duration::from_millis(150))
+            .max_running(3),
+    )
+    .await;
+    let database = fresh_database().await;
+    let settings = [
+        ("RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT", "3"),
+        ("RUNWAY_PROXY_MAX_WAIT", "30s"),
+    ];
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&mock.url(), &database, &settings))
+        .collect();
+    let subscriber = Subscriber::start().await;
+    let submissions = (0..9).map(|n| {
+        let url = replicas[n % 3].url("/runway/pro/generate");
+        let body = json!({"prompt": "a cat", "model": "gen4", "callback_url": subscriber.url("/hook")});
+        tokio::spawn(async move { post_json(&client(), &url, &body).await.unwrap().status })
+    });
+    for status in futures_util::future::join_all(submissions).await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    eventually("9 results relayed", Duration::from_secs(30), async || {
+        subscriber
+            .received()
+            .iter()
+            .filter(|(_, body)| serde_json::from_slice::<Value>(body).is_ok_and(|e| e["status"] == "3"))
+            .count()
+            == 9
+    })
+    .await;
+    let stats = mock.stats();
+    assert_eq!(stats.accepted("/runway/pro/generate"), 9);
+    assert!(
+        stats.peak_unfinished <= 3,
+        "{} unfinished at once",
+        stats.peak_unfinished
+    );
+    assert_eq!(stats.throttled, 0);
+}

@@ -173,8 +173,26 @@ async fn official_tasks_without_a_subscriber_go_to_the_default_one_or_are_not_wa
     let mock = start_mock(MockConfig::default().step(Duration::from_millis(100))).await;
     let unwatched = start_proxy_with(None, &mock.url(), &flags(&[])).await;
     assert_eq!(submit_official(&unwatched, None).await.status, StatusCode::OK);
-    let listed = tasks_page(&unwatched, "").await;
-    assert_eq!(listed["tasks"], json!([]), "no subscriber: nothing to watch for");
+    // No subscriber: no event to relay, but the task is still followed to its end, for
+    // the ledger and the task guard.
+    eventually("the task is followed to its end", WAIT, async || {
+        tasks_page(&unwatched, "?status=done").await["tasks"]
+            .as_array()
+            .is_some_and(|tasks| tasks.len() == 1)
+    })
+    .await;
+    let done = tasks_page(&unwatched, "?status=done").await;
+    assert_eq!(done["tasks"][0]["status"], "SUCCEEDED");
+    let deliveries = send(
+        &client(),
+        Request::get(unwatched.url("/-/deliveries"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(deliveries["deliveries"], json!([]), "nothing to relay, nowhere");
 
     let subscriber = Subscriber::start().await;
     let default = subscriber.url("/default");

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::{ConfigError, KEYS, Origin};
+use crate::guard::KeyOverride;
 use crate::retry::RuleSpec;
 
 /// Flatten a TOML document into `dotted.key -> value text`, refusing keys not in [`KEYS`],
-/// and take out the structured `[[retry.rules]]`.
-pub(super) fn flatten_toml(text: &str) -> Result<(BTreeMap<String, String>, Vec<RuleSpec>), ConfigError> {
+/// and take out the structured `[[retry.rules]]` and `[[guard.keys]]`.
+pub(super) fn flatten_toml(text: &str) -> Result<Flattened, ConfigError> {
     let mut table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
@@ -26,10 +27,27 @@ pub(super) fn flatten_toml(text: &str) -> Result<(BTreeMap<String, String>, Vec<
             })?,
         None => Vec::new(),
     };
+    let keys = match table
+        .get_mut("guard")
+        .and_then(|g| g.as_table_mut())
+        .and_then(|g| g.remove("keys"))
+    {
+        Some(value) => value
+            .try_into::<Vec<KeyOverride>>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "guard.keys",
+                problem: e.to_string().trim().to_owned(),
+                origin: Origin::File,
+            })?,
+        None => Vec::new(),
+    };
     let mut out = BTreeMap::new();
     flatten_into(&table, "", &mut out)?;
-    Ok((out, rules))
+    Ok((out, rules, keys))
 }
+
+/// Dotted keys and their value text, the retry rules, the key overrides.
+pub(super) type Flattened = (BTreeMap<String, String>, Vec<RuleSpec>, Vec<KeyOverride>);
 
 fn flatten_into(
     table: &toml::Table,

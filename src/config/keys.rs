@@ -629,7 +629,7 @@ pub const KEYS: &[Key] = &[
         toml: "watch.official_callback_url",
         env: "RUNWAY_PROXY_OFFICIAL_CALLBACK_URL",
         flag: "official-callback-url",
-        doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: those are not watched).",
+        doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: their events are not relayed; they are still followed to their end for the ledger).",
         set: |c, raw| {
             c.watch.official_callback_url = match raw.trim() {
                 "" | "none" => None,
@@ -654,6 +654,94 @@ pub const KEYS: &[Key] = &[
             Ok(())
         },
         show: |c| c.watch.confirm_callbacks.to_string(),
+    },
+    Key {
+        toml: "watch.ledger_retention",
+        env: "RUNWAY_PROXY_LEDGER_RETENTION",
+        flag: "ledger-retention",
+        doc: "How long the ledger keeps a finished task's record (for /-/usage and the budgets; at least guard.budget_window).",
+        set: |c, raw| {
+            c.watch.ledger_retention = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.watch.ledger_retention),
+    },
+    Key {
+        toml: "guard.max_tasks_in_flight",
+        env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT",
+        flag: "max-tasks-in-flight",
+        doc: "Most tasks unfinished at once (from submission until the watch list sees their end); more wait their turn.",
+        set: |c, raw| {
+            c.guard.max_tasks_in_flight = optional_count(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.guard.max_tasks_in_flight),
+    },
+    Key {
+        toml: "guard.max_tasks_in_flight_per_key",
+        env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT_PER_KEY",
+        flag: "max-tasks-in-flight-per-key",
+        doc: "Most tasks unfinished at once for one API key (or label).",
+        set: |c, raw| {
+            c.guard.max_tasks_in_flight_per_key = optional_count(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.guard.max_tasks_in_flight_per_key),
+    },
+    Key {
+        toml: "guard.daily_task_budget",
+        env: "RUNWAY_PROXY_DAILY_TASK_BUDGET",
+        flag: "daily-task-budget",
+        doc: "Most tasks submitted per budget window, in all; past it submissions are refused before sending.",
+        set: |c, raw| {
+            c.guard.daily_task_budget = optional_amount(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.guard.daily_task_budget),
+    },
+    Key {
+        toml: "guard.daily_point_budget",
+        env: "RUNWAY_PROXY_DAILY_POINT_BUDGET",
+        flag: "daily-point-budget",
+        doc: "Most points (charged less refunded, as CometAPI reports them) per budget window, in all.",
+        set: |c, raw| {
+            c.guard.daily_point_budget = optional_amount(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.guard.daily_point_budget),
+    },
+    Key {
+        toml: "guard.daily_task_budget_per_key",
+        env: "RUNWAY_PROXY_DAILY_TASK_BUDGET_PER_KEY",
+        flag: "daily-task-budget-per-key",
+        doc: "Most tasks per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
+        set: |c, raw| {
+            c.guard.daily_task_budget_per_key = optional_amount(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.guard.daily_task_budget_per_key),
+    },
+    Key {
+        toml: "guard.daily_point_budget_per_key",
+        env: "RUNWAY_PROXY_DAILY_POINT_BUDGET_PER_KEY",
+        flag: "daily-point-budget-per-key",
+        doc: "Most points per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
+        set: |c, raw| {
+            c.guard.daily_point_budget_per_key = optional_amount(raw)?;
+            Ok(())
+        },
+        show: |c| show_optional(c.guard.daily_point_budget_per_key),
+    },
+    Key {
+        toml: "guard.budget_window",
+        env: "RUNWAY_PROXY_BUDGET_WINDOW",
+        flag: "budget-window",
+        doc: "The budgets' rolling window.",
+        set: |c, raw| {
+            c.guard.budget_window = positive_duration(raw)?;
+            Ok(())
+        },
+        show: |c| duration::format(c.guard.budget_window),
     },
     Key {
         toml: "idempotency.ttl",

@@ -43,6 +43,7 @@ pub use keys::{KEYS, Key};
 pub use values::ValueError;
 
 use crate::callback::SubscriberPolicy;
+use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
 use crate::relay::{DatabaseSettings, DeliverySettings};
@@ -96,6 +97,8 @@ pub struct Config {
     pub idempotency: IdempotencySettings,
     /// The task watcher (`[watch]`).
     pub watch: WatchSettings,
+    /// Task limits and budgets (`[guard]`, `[[guard.keys]]`).
+    pub guard: GuardSettings,
     /// Bounds on each listener's connections (`[connections]`).
     pub connections: ConnectionLimits,
     /// The token every admin path but `healthz` and `readyz` requires
@@ -126,6 +129,7 @@ impl Default for Config {
             delivery: DeliverySettings::default(),
             idempotency: IdempotencySettings::default(),
             watch: WatchSettings::default(),
+            guard: GuardSettings::default(),
             connections: ConnectionLimits::default(),
             admin_token: None,
         }
@@ -291,11 +295,12 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let (file_values, rules) = match file {
+        let (file_values, rules, keys) = match file {
             Some(text) => file::flatten_toml(text)?,
-            None => (BTreeMap::new(), Vec::new()),
+            None => (BTreeMap::new(), Vec::new(), Vec::new()),
         };
         let mut config = Config::default();
+        config.guard.keys = keys;
         let mut user_rules = Vec::with_capacity(rules.len());
         for (index, spec) in rules.into_iter().enumerate() {
             let rule = spec.build(index).map_err(|problem| ConfigError::Invalid {
@@ -341,6 +346,12 @@ impl Config {
         self.delivery.validate()?;
         self.idempotency.validate()?;
         self.watch.validate()?;
+        self.guard.validate()?;
+        check(
+            self.watch.ledger_retention >= self.guard.budget_window,
+            "watch.ledger_retention",
+            || "must be at least guard.budget_window: the budgets count the tasks the ledger keeps".into(),
+        )?;
         self.connections.validate()?;
         self.database.validate()?;
         if self.database.url.is_some() {

@@ -75,6 +75,18 @@ pub(super) fn optional_count(raw: &str) -> Result<Option<u32>, ValueError> {
     }
 }
 
+/// A whole number, 0 included (a budget of nothing), or `unlimited`.
+pub(super) fn optional_amount(raw: &str) -> Result<Option<u64>, ValueError> {
+    match raw.trim() {
+        "" | "unlimited" | "none" => Ok(None),
+        text => text
+            .replace('_', "")
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| form(format!("{raw:?} is not a whole number, or unlimited"))),
+    }
+}
+
 pub(super) fn show_optional<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "unlimited".to_owned(), |v| v.to_string())
 }

@@ -1,6 +1,7 @@
 //! A task's life: its statuses one step apart, and a callback at each change.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, header};
@@ -23,6 +24,29 @@ pub(super) enum CallbackPlan {
 pub(super) async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan) {
     let mut shutdown = state.shutdown.clone();
     let mut held_back = None;
+    // A throttled task waits for a slot; the slots are checked often enough that a slot
+    // freed by a task's end is taken well within a step.
+    let poll = (state.config.step / 4).max(Duration::from_millis(5));
+    loop {
+        {
+            let mut inner = state.lock();
+            let slot_free = state.config.max_running.is_none_or(|most| inner.running() < most);
+            let Some(task) = inner.tasks.get_mut(&id) else {
+                return;
+            };
+            if !task.throttled {
+                break;
+            }
+            if slot_free {
+                task.throttled = false;
+                break;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+        }
+    }
     for _ in 0..2 {
         tokio::select! {
             () = tokio::time::sleep(state.config.step) => {}
@@ -39,7 +63,15 @@ pub(super) async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan)
                 _ => 3,
             };
             task.update_time = unix_now();
-            (task.callback_url.clone(), task.callback_payload())
+            let sent = (task.callback_url.clone(), task.callback_payload());
+            let (status, points, key) = (task.status, task.points, task.key.clone());
+            if status >= 2 {
+                inner.unfinished = inner.unfinished.saturating_sub(1);
+            }
+            if status == 2 {
+                inner.keys.entry(key).or_default().refunded += points;
+            }
+            sent
         };
         let Some(url) = url else { continue };
         let body = Bytes::from(payload.to_string());

@@ -73,6 +73,7 @@ pub struct MockConfig {
     feed_delay: Duration,
     api_key: Option<String>,
     callback_timeout: Duration,
+    max_running: Option<usize>,
 }
 
 impl Default for MockConfig {
@@ -82,6 +83,7 @@ impl Default for MockConfig {
             feed_delay: Duration::ZERO,
             api_key: None,
             callback_timeout: Duration::from_secs(10),
+            max_running: None,
         }
     }
 }
@@ -109,6 +111,14 @@ impl MockConfig {
     /// Time allowed for one callback POST (default 10 s).
     pub fn callback_timeout(mut self, timeout: Duration) -> Self {
         self.callback_timeout = timeout;
+        self
+    }
+
+    /// Run at most `tasks` generations at once, as a Runway account's tier does: a task
+    /// accepted past it waits as `THROTTLED` (reverse format: still `"0"`, queued) until
+    /// one ends, then starts its steps (default: no limit).
+    pub fn max_running(mut self, tasks: usize) -> Self {
+        self.max_running = Some(tasks);
         self
     }
 }
@@ -141,6 +151,25 @@ pub struct MockStats {
     pub callbacks_failed: u64,
     /// The most requests that were being handled at the same time.
     pub max_in_flight: u64,
+    /// The most tasks unfinished at the same time (throttled ones included).
+    pub peak_unfinished: u64,
+    /// Tasks that waited as `THROTTLED` under [`MockConfig::max_running`].
+    pub throttled: u64,
+    /// What each key was charged and refunded, by key hash
+    /// ([`key_hash`](crate::tasks::key_hash) of its `Authorization` value).
+    pub keys: BTreeMap<String, KeyUsage>,
+}
+
+/// What the stand-in charged one key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct KeyUsage {
+    /// Tasks accepted.
+    pub tasks: u64,
+    /// Points charged (at acceptance).
+    pub points: u64,
+    /// Points refunded (when a task failed).
+    pub refunded: u64,
 }
 
 impl MockStats {
@@ -185,6 +214,10 @@ pub struct TaskSnapshot {
     pub id: String,
     /// Reverse-format status: "0" queued, "1" running, "2" failed, "3" succeeded.
     pub status: &'static str,
+    /// Points it costs.
+    pub points: u64,
+    /// Whether it is waiting as `THROTTLED`.
+    pub throttled: bool,
     /// The callback URL the submission carried, if any.
     pub callback_url: Option<String>,
     /// The prompt the submission carried.
@@ -321,5 +354,8 @@ fn stats(inner: &Inner) -> MockStats {
         callbacks_sent: inner.callbacks_sent,
         callbacks_failed: inner.callbacks_failed,
         max_in_flight: inner.max_in_flight,
+        peak_unfinished: inner.peak_unfinished,
+        throttled: inner.throttled,
+        keys: inner.keys.clone(),
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::lifecycle::{CallbackPlan, lifecycle};
 use super::service::Reset;
-use super::state::{State, Task};
+use super::state::{POINTS_PER_SECOND, State, Task};
 use super::{Fault, MAX_BODY, MAX_RECORDED, MockConfig, RecordedRequest};
 use crate::body::{self, Body};
 use crate::envelope;
@@ -197,7 +197,27 @@ pub(super) fn route(
         .iter()
         .find_map(|k| fields.get(*k).and_then(Value::as_str))
         .unwrap_or_default();
-    let id = create_task(state, path, prompt, callback_url.map(str::to_owned), fault);
+    // CometAPI charges by length: `duration` in seconds (a number or a string), 10 by default.
+    let seconds = match fields.get("duration") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .unwrap_or(10)
+    .clamp(1, 60);
+    let key = crate::tasks::key_hash(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map_or(&b""[..], HeaderValue::as_bytes),
+    );
+    let task = NewMockTask {
+        prompt,
+        callback_url: callback_url.map(str::to_owned),
+        points: seconds * POINTS_PER_SECOND,
+        key,
+    };
+    let id = create_task(state, path, task, fault);
     if official {
         json_response(StatusCode::OK, &json!({ "id": id }))
     } else {
@@ -250,11 +270,18 @@ pub(super) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a submission asks the stand-in to create.
+pub(super) struct NewMockTask<'a> {
+    pub(super) prompt: &'a str,
+    pub(super) callback_url: Option<String>,
+    pub(super) points: u64,
+    pub(super) key: String,
+}
+
 pub(super) fn create_task(
     state: &Arc<State>,
     path: &str,
-    prompt: &str,
-    callback_url: Option<String>,
+    task: NewMockTask<'_>,
     fault: Option<Fault>,
 ) -> String {
     let id = task_id();
@@ -262,17 +289,30 @@ pub(super) fn create_task(
     {
         let mut inner = state.lock();
         inner.routes.entry(path.to_owned()).or_default().accepted += 1;
+        let throttled = state
+            .config
+            .max_running
+            .is_some_and(|most| inner.running() >= most);
+        inner.throttled += u64::from(throttled);
+        inner.unfinished += 1;
+        inner.peak_unfinished = inner.peak_unfinished.max(inner.unfinished);
+        let usage = inner.keys.entry(task.key.clone()).or_default();
+        usage.tasks += 1;
+        usage.points += task.points;
         inner.tasks.insert(
             id.clone(),
             Task {
                 id: id.clone(),
-                prompt: prompt.to_owned(),
-                callback_url,
+                prompt: task.prompt.to_owned(),
+                callback_url: task.callback_url,
                 created_at: Instant::now(),
                 create_time: now,
                 update_time: now,
                 status: 0,
                 will_fail: fault == Some(Fault::FailTask),
+                points: task.points,
+                key: task.key,
+                throttled,
             },
         );
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::fault::FaultQueue;
-use super::{MockConfig, RecordedRequest, RouteStats, SentCallback, TaskSnapshot};
+use super::{KeyUsage, MockConfig, RecordedRequest, RouteStats, SentCallback, TaskSnapshot};
 
 #[derive(Debug)]
 pub(super) struct Task {
@@ -25,7 +25,17 @@ pub(super) struct Task {
     /// 0 queued, 1 running, 2 failed, 3 succeeded.
     pub(super) status: u8,
     pub(super) will_fail: bool,
+    /// What it costs: 32 points per second of video (CometAPI charges at submission and
+    /// refunds a failed task in full).
+    pub(super) points: u64,
+    /// The hash of the key that submitted it ([`key_hash`](crate::tasks::key_hash)).
+    pub(super) key: String,
+    /// Waiting for a slot under [`MockConfig::max_running`] (Runway's `THROTTLED`).
+    pub(super) throttled: bool,
 }
+
+/// Points per second of video the stand-in charges (so a default 10 s task costs 320).
+pub(super) const POINTS_PER_SECOND: u64 = 32;
 
 impl Task {
     pub(super) fn snapshot(&self) -> TaskSnapshot {
@@ -34,6 +44,8 @@ impl Task {
             status: self.status_str(),
             callback_url: self.callback_url.clone(),
             prompt: self.prompt.clone(),
+            points: self.points,
+            throttled: self.throttled,
         }
     }
 
@@ -60,8 +72,8 @@ impl Task {
             "poster": media("poster", "png"),
             "last_frame": media("last_frame", "png"),
             "msg": if self.status == 2 { Value::from("generation failed") } else { Value::Null },
-            "point": "320",
-            "refund": if self.status == 2 { "320" } else { "0" },
+            "point": self.points.to_string(),
+            "refund": if self.status == 2 { self.points.to_string() } else { "0".to_owned() },
             "create_time": self.create_time.to_string(),
             "update_time": self.update_time.to_string(),
         })
@@ -69,6 +81,7 @@ impl Task {
 
     pub(super) fn official(&self) -> Value {
         let status = match self.status {
+            0 if self.throttled => "THROTTLED",
             0 => "PENDING",
             1 => "RUNNING",
             2 => "FAILED",
@@ -97,6 +110,23 @@ pub(super) struct Inner {
     pub(super) sent_callbacks: Vec<SentCallback>,
     pub(super) in_flight: u64,
     pub(super) max_in_flight: u64,
+    /// Tasks accepted and not finished (throttled ones included), and the most at once.
+    pub(super) unfinished: u64,
+    pub(super) peak_unfinished: u64,
+    /// Tasks that had to wait as `THROTTLED`.
+    pub(super) throttled: u64,
+    /// What each key was charged, by key hash.
+    pub(super) keys: BTreeMap<String, KeyUsage>,
+}
+
+impl Inner {
+    /// Tasks holding one of the account's generation slots (unfinished, not throttled).
+    pub(super) fn running(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.status < 2 && !t.throttled)
+            .count()
+    }
 }
 
 #[derive(Debug)]

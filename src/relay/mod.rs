@@ -75,7 +75,7 @@ pub use worker::DeliverySettings;
 
 use crate::callback::Callbacks;
 use crate::settings::InvalidSetting;
-use crate::tasks::TaskStore;
+use crate::tasks::{TaskStore, Usage};
 use crate::upstream::ClientError;
 use worker::DeliveryWorkers;
 
@@ -151,7 +151,7 @@ pub struct RelayBuilder {
     outbox: Arc<dyn Outbox>,
     signer: WebhookSigner,
     settings: DeliverySettings,
-    tasks: Option<(Arc<dyn TaskStore>, Duration)>,
+    tasks: Option<receiver::WatchList>,
 }
 
 impl std::fmt::Debug for dyn Outbox {
@@ -224,9 +224,20 @@ impl RelayBuilder {
 
     /// Tell the watch list in `store` of every callback received, so a task that called
     /// back is not recovered from the feed before `recover_after` more has passed (and
-    /// not at all once its terminal callback came).
-    pub fn watch_list(mut self, store: Arc<dyn TaskStore>, recover_after: Duration) -> Self {
-        self.tasks = Some((store, recover_after));
+    /// not at all once its terminal callback came). A callback that ends a task counts
+    /// it, and its points, in `usage` (the ledger's counters, which also wake the
+    /// submissions waiting for a task slot).
+    pub fn watch_list(
+        mut self,
+        store: Arc<dyn TaskStore>,
+        recover_after: Duration,
+        usage: Arc<Usage>,
+    ) -> Self {
+        self.tasks = Some(receiver::WatchList {
+            store,
+            recover_after,
+            usage,
+        });
         self
     }
 

@@ -18,7 +18,7 @@ use super::{CallbackCheck, Confirmation, RelayMetrics};
 use crate::body::{self, Body, BoxError, ReadError};
 use crate::callback::{Callbacks, HOOK_PATH, Keyring};
 use crate::envelope;
-use crate::tasks::TaskStore;
+use crate::tasks::{Seen, TaskReport, TaskStore, Usage};
 
 /// Receives CometAPI's callbacks and stores them in the outbox.
 ///
@@ -42,10 +42,19 @@ struct Shared {
     body_limit: usize,
     wake: Arc<Notify>,
     metrics: Arc<RelayMetrics>,
-    /// The watch list, told of each callback, and how long a task may then go silent.
-    tasks: Option<(Arc<dyn TaskStore>, Duration)>,
+    /// The watch list, told of each callback.
+    tasks: Option<WatchList>,
     /// Checks terminal callbacks before they are relayed, once set.
     confirm: std::sync::OnceLock<Arc<dyn CallbackCheck>>,
+}
+
+/// The watch list a relay tells of each callback: its store, how long a task may then go
+/// silent before the feed is read, and the usage counters a finished task is counted in.
+#[derive(Clone, Debug)]
+pub(super) struct WatchList {
+    pub(super) store: Arc<dyn TaskStore>,
+    pub(super) recover_after: Duration,
+    pub(super) usage: Arc<Usage>,
 }
 
 impl std::fmt::Debug for WebhookReceiver {
@@ -64,7 +73,7 @@ impl WebhookReceiver {
         outbox: Arc<dyn Outbox>,
         wake: Arc<Notify>,
         metrics: Arc<RelayMetrics>,
-        tasks: Option<(Arc<dyn TaskStore>, Duration)>,
+        tasks: Option<WatchList>,
     ) -> Self {
         WebhookReceiver {
             shared: Arc::new(Shared {
@@ -112,6 +121,8 @@ struct Identity {
     task_id: Option<String>,
     status: Option<String>,
     terminal: bool,
+    /// Points charged and refunded, when the callback says.
+    points: TaskReport,
 }
 
 fn text(value: &Value) -> Option<String> {
@@ -128,7 +139,10 @@ fn identify(body: &[u8]) -> Option<Identity> {
         // CometAPI's flat callback (and a result the watcher read from the feed).
         let status = value.get("status").and_then(text)?;
         let update_time = value.get("update_time").and_then(text).unwrap_or_default();
+        let mut points = TaskReport::default();
+        points.read_points(&value);
         return Some(Identity {
+            points,
             dedup_key: format!("task:{task_id}\u{1f}{status}\u{1f}{update_time}"),
             // "2" failed and "3" succeeded are the ends of a task's life.
             terminal: matches!(status.as_str(), "2" | "3"),
@@ -147,6 +161,7 @@ fn identify(body: &[u8]) -> Option<Identity> {
         task_key: format!("task:{task_id}"),
         task_id: Some(task_id),
         status: Some(status),
+        points: TaskReport::default(),
     })
 }
 
@@ -158,7 +173,7 @@ pub fn event_delivery(subscriber: &str, body: Bytes) -> NewDelivery {
     event(subscriber, body).0
 }
 
-fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<String>) {
+fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<String>, TaskReport) {
     let identity = identify(&body).unwrap_or_else(|| {
         tracing::warn!(
             bytes = body.len(),
@@ -171,6 +186,7 @@ fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<String>) {
             task_id: None,
             status: None,
             terminal: false,
+            points: TaskReport::default(),
         }
     });
     let webhook_id = format!(
@@ -187,7 +203,7 @@ fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<String>) {
         target_url: subscriber.to_owned(),
         body,
     };
-    (delivery, identity.task_id)
+    (delivery, identity.task_id, identity.points)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -232,7 +248,7 @@ impl Shared {
             }
         };
         self.count(|m| m.webhooks_received.inc());
-        let (mut delivery, task_id) = event(&route.url, bytes);
+        let (mut delivery, task_id, mut report) = event(&route.url, bytes);
         if let (true, Some(check), Some(id), Some(status)) = (
             delivery.terminal,
             self.confirm.get(),
@@ -253,7 +269,7 @@ impl Shared {
                         "a final callback the upstream contradicts: not relayed (the upstream's version is, if it has one)"
                     );
                     match upstream {
-                        Some(version) => delivery = event(&route.url, version).0,
+                        Some(version) => (delivery, _, report) = event(&route.url, version),
                         // Not finished upstream: nothing to relay yet, and the watch goes
                         // on (its recovery relays the real end).
                         None => return ok_response("not relayed: the upstream contradicts it"),
@@ -284,15 +300,22 @@ impl Shared {
                         "stored: superseded by the task's final status"
                     }
                 };
-                if let (Some((tasks, recover_after)), Some(task_id)) = (&self.tasks, task_id) {
+                if let (Some(watch), Some(task_id)) = (&self.tasks, task_id) {
                     // The task's watch: a callback came, so no need to recover it yet (or
                     // at all, once terminal). Stored already: a failure here costs at most
                     // a feed read later.
-                    if let Err(err) = tasks
-                        .callback_seen(task_id, status, terminal, *recover_after)
+                    report.status = status;
+                    report.terminal = terminal;
+                    match watch
+                        .store
+                        .callback_seen(task_id, report, watch.recover_after)
                         .await
                     {
-                        tracing::warn!(error = %err, "could not note a callback on the watch list");
+                        Ok(Seen::Finished(finished)) => watch.usage.finished(&finished),
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not note a callback on the watch list")
+                        }
                     }
                 }
                 // Never the token: it is a bearer credential for this route.

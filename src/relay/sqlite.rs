@@ -79,6 +79,43 @@ CREATE INDEX IF NOT EXISTS tasks_due ON tasks (state, next_check_at);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
 ";
 
+/// Columns the ledger added to `tasks` (a file made by an earlier version gets them on
+/// open), then their indexes.
+const LEDGER_COLUMNS: &[(&str, &str)] = &[
+    ("key_label", "TEXT NOT NULL DEFAULT ''"),
+    ("model", "TEXT"),
+    ("points", "INTEGER"),
+    ("refunded", "INTEGER"),
+    ("finished_at", "INTEGER"),
+];
+const LEDGER_INDEXES: &str = "
+UPDATE tasks SET key_label = key_hash WHERE key_label = '';
+-- The budgets read a window of one key's (or every key's) tasks: covering indexes, so a
+-- reservation reads index entries, not rows. The tasks in flight are few: a partial one.
+CREATE INDEX IF NOT EXISTS tasks_spend ON tasks (key_label, submitted_at, points, refunded);
+CREATE INDEX IF NOT EXISTS tasks_spend_all ON tasks (submitted_at, points, refunded);
+CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (key_label, state, submitted_at)
+    WHERE state IN ('pending', 'watching', 'unknown');
+";
+
+/// Give an earlier version's `tasks` table the ledger's columns.
+fn add_ledger_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let mut columns = Vec::new();
+    {
+        let mut info = connection.prepare("PRAGMA table_info(tasks)")?;
+        let names = info.query_map([], |row| row.get::<_, String>(1))?;
+        for name in names {
+            columns.push(name?);
+        }
+    }
+    for (name, kind) in LEDGER_COLUMNS {
+        if !columns.iter().any(|c| c == name) {
+            connection.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    connection.execute_batch(LEDGER_INDEXES)
+}
+
 /// How a batch's commit went, handed to every command of the batch.
 type Committed = Result<(), Arc<rusqlite::Error>>;
 type Finish = Box<dyn FnOnce(Committed) + Send>;
@@ -111,6 +148,7 @@ impl SqliteOutbox {
             .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
             .and_then(|()| connection.pragma_update(None, "busy_timeout", 5000))
             .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| add_ledger_columns(&connection))
             .map_err(|e| OutboxError(format!("cannot set up {}: {e}", path.display())))?;
         let now = now_ms();
         let resumed = connection

@@ -7,10 +7,17 @@ use rusqlite::{Transaction, params};
 
 use super::sqlite::{SqliteOutbox, now_ms};
 use crate::store::{BoxFuture, StoreError};
-use crate::tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchState, WatchedTask};
+use crate::tasks::{
+    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
+    TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+};
 
 const COLUMNS: &str = "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
-                       submitted_at, last_callback_at, next_check_at, checks, recovered";
+                       submitted_at, last_callback_at, next_check_at, checks, recovered, key_label, model, \
+                       points, refunded, finished_at";
+
+/// What a task that just ended reports: read back in the statement that ended it.
+const FINISHED: &str = "key_label, model, state, status, COALESCE(points, 0), COALESCE(refunded, 0)";
 
 use crate::duration::millis;
 
@@ -32,7 +39,105 @@ fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<WatchedTask> {
         next_check_at: row.get(11)?,
         checks: row.get(12)?,
         recovered: row.get(13)?,
+        key: row.get(14)?,
+        model: row.get(15)?,
+        points: row.get(16)?,
+        refunded: row.get(17)?,
+        finished_at: row.get(18)?,
     })
+}
+
+fn row_to_finished(row: &rusqlite::Row<'_>) -> rusqlite::Result<Finished> {
+    let state: String = row.get(2)?;
+    let status: Option<String> = row.get(3)?;
+    Ok(Finished {
+        key: row.get(0)?,
+        model: row.get(1)?,
+        status: StatusClass::of(
+            WatchState::parse(&state).unwrap_or(WatchState::Done),
+            status.as_deref(),
+        ),
+        points: row.get(4)?,
+        refunded: row.get(5)?,
+    })
+}
+
+/// Which limit `reservation` would pass, if any; the check and the insert run in one
+/// command of the single writer, so no other reservation comes between them.
+fn reserve(
+    tx: &Transaction<'_>,
+    reservation: &Reservation,
+    limits: &TaskLimits,
+) -> rusqlite::Result<Reserved> {
+    let now = now_ms();
+    let window_start = now - millis(limits.window);
+    let unknown_since = now - millis(limits.unknown_for);
+    let key = reservation.key.as_str();
+    let budget =
+        |limit: Limit, cap: Option<u64>, per_key: bool, points: bool| -> rusqlite::Result<Option<Reserved>> {
+            let Some(cap) = cap else { return Ok(None) };
+            let what = if points {
+                "COALESCE(SUM(COALESCE(points, 0) - COALESCE(refunded, 0)), 0)"
+            } else {
+                "COUNT(*)"
+            };
+            let scope = if per_key {
+                "key_label = ?2 AND"
+            } else {
+                "?2 IS NOT NULL AND"
+            };
+            let used: i64 = tx
+                .prepare_cached(&format!(
+                    "SELECT {what} FROM tasks WHERE {scope} submitted_at > ?1"
+                ))?
+                .query_row(params![window_start, key], |row| row.get(0))?;
+            Ok((used >= i64::try_from(cap).unwrap_or(i64::MAX)).then_some(Reserved::Refused { limit, used }))
+        };
+    for (limit, cap, per_key, points) in [
+        (Limit::TasksPerKey, limits.tasks_per_key, true, false),
+        (Limit::PointsPerKey, limits.points_per_key, true, true),
+        (Limit::Tasks, limits.tasks, false, false),
+        (Limit::Points, limits.points, false, true),
+    ] {
+        if let Some(refused) = budget(limit, cap, per_key, points)? {
+            return Ok(refused);
+        }
+    }
+    for (limit, cap, per_key) in [
+        (Limit::InFlightPerKey, limits.in_flight_per_key, true),
+        (Limit::InFlight, limits.in_flight, false),
+    ] {
+        let Some(cap) = cap else { continue };
+        let scope = if per_key {
+            "key_label = ?2 AND"
+        } else {
+            "?2 IS NOT NULL AND"
+        };
+        let used: i64 = tx
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM tasks WHERE state IN ('pending', 'watching', 'unknown') AND {scope}
+                   (state = 'watching' OR submitted_at > ?1)"
+            ))?
+            .query_row(params![unknown_since, key], |row| row.get(0))?;
+        if used >= i64::from(cap) {
+            return Ok(Reserved::Refused { limit, used });
+        }
+    }
+    tx.execute(
+        "INSERT INTO tasks (task_id, format, route, key_hash, key_label, model, state, submitted_at, next_check_at,
+                            updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+        params![
+            reservation.id,
+            reservation.format.as_str(),
+            reservation.route,
+            reservation.key_hash,
+            reservation.key,
+            reservation.model,
+            now
+        ],
+    )?;
+    Ok(Reserved::Granted)
 }
 
 fn claim_due(
@@ -75,20 +180,43 @@ impl TaskStore for SqliteOutbox {
                 } else {
                     WatchState::Watching
                 };
+                let next_check = now + millis(check_after);
+                if let Some(reservation) = &task.reservation {
+                    // The reservation becomes the task: counted once, from its submission.
+                    let replaced = tx.execute(
+                        "UPDATE OR IGNORE tasks SET task_id = ?2, sealed_key = ?3, subscriber = ?4, state = ?5,
+                                next_check_at = ?6, updated_at = ?7
+                         WHERE task_id = ?1 AND state = 'pending'",
+                        params![
+                            reservation,
+                            task.task_id,
+                            task.sealed_key,
+                            task.subscriber,
+                            state.as_str(),
+                            next_check,
+                            now
+                        ],
+                    )?;
+                    if replaced > 0 {
+                        return Ok(());
+                    }
+                }
                 tx.execute(
-                    "INSERT OR IGNORE INTO tasks (task_id, format, route, key_hash, sealed_key, subscriber, state,
-                                                  submitted_at, next_check_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8)",
+                    "INSERT OR IGNORE INTO tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
+                                                  subscriber, state, submitted_at, next_check_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10)",
                     params![
                         task.task_id,
                         task.format.as_str(),
                         task.route,
                         task.key_hash,
+                        task.key,
+                        task.model,
                         task.sealed_key,
                         task.subscriber,
                         state.as_str(),
                         now,
-                        now + millis(check_after)
+                        next_check
                     ],
                 )
                 .map(drop)
@@ -101,30 +229,38 @@ impl TaskStore for SqliteOutbox {
     fn callback_seen(
         &self,
         task_id: String,
-        status: Option<String>,
-        terminal: bool,
+        report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+    ) -> BoxFuture<'_, Result<Seen, StoreError>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
-                // A callback for a task already done (a late one after a recovery) changes
-                // nothing.
-                let changed = tx.execute(
-                    "UPDATE tasks SET status = COALESCE(?2, status), last_callback_at = ?3, next_check_at = ?4,
-                            state = CASE WHEN ?5 THEN 'done' ELSE state END, updated_at = ?3
-                     WHERE task_id = ?1 AND state = 'watching'",
-                    params![task_id, status, now, now + millis(check_after), terminal],
-                )?;
-                if changed > 0 {
-                    return Ok(true);
+                // Points are noted whatever the state: a refund may come after the end.
+                let listed = tx.execute(
+                    "UPDATE tasks SET points = COALESCE(?2, points), refunded = COALESCE(?3, refunded)
+                     WHERE task_id = ?1",
+                    params![task_id, report.points, report.refunded],
+                )? > 0;
+                if !listed {
+                    return Ok(Seen::NotListed);
                 }
-                tx.query_row("SELECT 1 FROM tasks WHERE task_id = ?1", params![task_id], |_| Ok(()))
-                    .map(|()| true)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(false),
-                        e => Err(e),
-                    })
+                // A callback for a task already done (a late one after a recovery) changes
+                // nothing else.
+                let mut seen = tx.prepare_cached(&format!(
+                    "UPDATE tasks SET status = COALESCE(?2, status), last_callback_at = ?3, next_check_at = ?4,
+                            state = CASE WHEN ?5 THEN 'done' ELSE state END,
+                            finished_at = CASE WHEN ?5 THEN ?3 ELSE finished_at END, updated_at = ?3
+                     WHERE task_id = ?1 AND state = 'watching'
+                     RETURNING {FINISHED}"
+                ))?;
+                let mut rows = seen.query_map(
+                    params![task_id, report.status, now, now + millis(check_after), report.terminal],
+                    row_to_finished,
+                )?;
+                Ok(match rows.next().transpose()? {
+                    Some(finished) if report.terminal => Seen::Finished(finished),
+                    _ => Seen::Listed,
+                })
             })
             .await
             .map_err(store_error)
@@ -149,16 +285,21 @@ impl TaskStore for SqliteOutbox {
         task_id: String,
         owner: String,
         checked: Checked,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'_, Result<Option<Finished>, StoreError>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
-                tx.execute(
+                let mut check = tx.prepare_cached(&format!(
                     "UPDATE tasks SET status = COALESCE(?3, status), checks = checks + 1,
                             state = CASE WHEN ?4 THEN 'done' ELSE state END,
+                            finished_at = CASE WHEN ?4 THEN ?7 ELSE finished_at END,
                             recovered = recovered OR ?5, next_check_at = ?6,
+                            points = COALESCE(?8, points), refunded = COALESCE(?9, refunded),
                             lease_owner = NULL, lease_until = NULL, updated_at = ?7
-                     WHERE task_id = ?1 AND lease_owner = ?2 AND state = 'watching'",
+                     WHERE task_id = ?1 AND lease_owner = ?2 AND state = 'watching'
+                     RETURNING {FINISHED}"
+                ))?;
+                let mut rows = check.query_map(
                     params![
                         task_id,
                         owner,
@@ -166,10 +307,13 @@ impl TaskStore for SqliteOutbox {
                         checked.done,
                         checked.recovered,
                         now + millis(checked.again_after),
-                        now
+                        now,
+                        checked.points,
+                        checked.refunded
                     ],
-                )
-                .map(drop)
+                    row_to_finished,
+                )?;
+                Ok(rows.next().transpose()?.filter(|_| checked.done))
             })
             .await
             .map_err(store_error)
@@ -184,6 +328,7 @@ impl TaskStore for SqliteOutbox {
                 let mut of =
                     |state: WatchState| count.query_row(params![state.as_str()], |r| r.get::<_, u64>(0));
                 Ok(TaskCounts {
+                    pending: of(WatchState::Pending)?,
                     watching: of(WatchState::Watching)?,
                     done: of(WatchState::Done)?,
                     unknown: of(WatchState::Unknown)?,
@@ -221,6 +366,104 @@ impl TaskStore for SqliteOutbox {
                 select
                     .query_map(params![state.map(WatchState::as_str), after, limit as i64], row_to_task)?
                     .collect()
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
+    fn reserve(
+        &self,
+        reservation: Reservation,
+        limits: TaskLimits,
+    ) -> BoxFuture<'_, Result<Reserved, StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| reserve(tx, &reservation, &limits))
+                .await
+                .map_err(store_error)
+        })
+    }
+
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                tx.execute(
+                    "DELETE FROM tasks WHERE task_id = ?1 AND state = 'pending'",
+                    params![reservation],
+                )
+                .map(drop)
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
+    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                let mut select = tx.prepare_cached(
+                    "SELECT submitted_at, COALESCE(points, 0) - COALESCE(refunded, 0) FROM tasks
+                     WHERE (?1 IS NULL OR key_label = ?1) AND submitted_at > ?2 ORDER BY submitted_at",
+                )?;
+                select
+                    .query_map(params![key, since], |row| {
+                        Ok(Spend {
+                            submitted_at: row.get(0)?,
+                            net_points: row.get(1)?,
+                        })
+                    })?
+                    .collect()
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
+    fn usage(
+        &self,
+        key: Option<String>,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                let mut select = tx.prepare_cached(
+                    "SELECT key_label, model, state, status, COUNT(*), COALESCE(SUM(points), 0),
+                            COALESCE(SUM(refunded), 0)
+                     FROM tasks WHERE (?1 IS NULL OR key_label = ?1 OR key_hash = ?1)
+                       AND submitted_at >= ?2 AND submitted_at < ?3 AND state <> 'pending'
+                     GROUP BY key_label, model, state, status",
+                )?;
+                let rows = select.query_map(params![key, from, to], |row| {
+                    let state: String = row.get(2)?;
+                    let status: Option<String> = row.get(3)?;
+                    Ok(UsageRow {
+                        key: row.get(0)?,
+                        model: row.get(1)?,
+                        status: StatusClass::of(
+                            WatchState::parse(&state).unwrap_or(WatchState::Unknown),
+                            status.as_deref(),
+                        ),
+                        tasks: row.get(4)?,
+                        points: row.get(5)?,
+                        refunded: row.get(6)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
+    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                tx.execute(
+                    "DELETE FROM tasks WHERE state IN ('done', 'unknown', 'pending') AND submitted_at < ?1",
+                    params![before],
+                )
+                .map(|n| n as u64)
             })
             .await
             .map_err(store_error)

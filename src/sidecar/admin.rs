@@ -10,7 +10,7 @@ use super::{AdminState, NotReady};
 use crate::body::{self, Body};
 use crate::callback::constant_time_eq;
 use crate::envelope;
-use crate::tasks::{TaskStore, WatchState};
+use crate::tasks::{TaskStore, UsageReport, WatchState};
 
 /// Who may use the admin paths. `/-/healthz` and `/-/readyz` answer everyone (probes
 /// carry no credentials).
@@ -103,19 +103,29 @@ pub(crate) async fn answer(
         );
         return response;
     }
-    if path == "/-/tasks" {
+    if path == "/-/tasks" || path == "/-/usage" {
         if grant == Grant::NoToken && !state.access.loopback {
             return envelope::error_response(
                 StatusCode::FORBIDDEN,
-                "/-/tasks lists the tasks the proxy watches, so on a listener that is not loopback it needs an \
-                 admin token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send Authorization: Bearer <token>",
+                &format!(
+                    "{path} reports the tasks the proxy watches and what each key spent, so on a listener that is \
+                     not loopback it needs an admin token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send \
+                     Authorization: Bearer <token>"
+                ),
             );
         }
         return match &state.tasks {
             Some(store) if method == Method::GET || method == Method::HEAD => {
-                tasks(store.as_ref(), uri.query()).await
+                if path == "/-/tasks" {
+                    tasks(store.as_ref(), uri.query()).await
+                } else {
+                    usage(store.as_ref(), uri.query()).await
+                }
             }
-            Some(_) => envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "/-/tasks only answers GET"),
+            Some(_) => envelope::error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{path} only answers GET"),
+            ),
             None => not_found(path),
         };
     }
@@ -160,7 +170,7 @@ pub(crate) async fn answer(
 /// Most tasks one page of `/-/tasks` lists.
 const TASK_PAGE: usize = 100;
 
-/// `GET /-/tasks?status=watching|done|unknown&after=ID&limit=N`: a page of the watch list,
+/// `GET /-/tasks?status=pending|watching|done|unknown&after=ID&limit=N`: a page of the watch list,
 /// oldest first, with `next` (the `after` for the next page).
 async fn tasks(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
     let bad = |msg: &str| envelope::error_response(StatusCode::BAD_REQUEST, msg);
@@ -170,7 +180,11 @@ async fn tasks(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
         match key {
             "status" => match WatchState::parse(value) {
                 Some(parsed) => status = Some(parsed),
-                None => return bad(&format!("status {value:?} is not watching, done or unknown")),
+                None => {
+                    return bad(&format!(
+                        "status {value:?} is not pending, watching, done or unknown"
+                    ));
+                }
             },
             "after" => match value.parse() {
                 Ok(parsed) => after = parsed,
@@ -197,6 +211,86 @@ async fn tasks(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
         }
         Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
+}
+
+/// The window `/-/usage` reports on when the query names none: the last 24 hours.
+const USAGE_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// `GET /-/usage?key=LABEL|HASH&from=TIME&to=TIME`: the ledger's totals of tasks submitted
+/// in `[from, to)` (default: the last 24 hours), in all, per key and per model. Times are
+/// RFC 3339, a date, or Unix seconds ([`parse_time`](crate::duration::parse_time)).
+async fn usage(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
+    let bad = |msg: &str| envelope::error_response(StatusCode::BAD_REQUEST, msg);
+    let (mut key, mut from, mut to) = (None, None, None);
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(value) = percent_decoded(raw) else {
+            return bad(&format!("{name}: the value is not percent-encoded UTF-8"));
+        };
+        let not_a_time = || {
+            bad(&format!(
+                "{name} {value:?} is not a time: write RFC 3339 (2026-12-02T18:00:00Z), a date (2026-12-02) \
+                 or Unix seconds"
+            ))
+        };
+        match name {
+            "key" if !value.is_empty() => key = Some(value),
+            "key" => return bad("key must name a key label or hash"),
+            "from" => match crate::duration::parse_time(&value) {
+                Some(at) => from = Some(at),
+                None => return not_a_time(),
+            },
+            "to" => match crate::duration::parse_time(&value) {
+                Some(at) => to = Some(at),
+                None => return not_a_time(),
+            },
+            _ => {
+                return bad(&format!(
+                    "unknown query parameter {name:?}: /-/usage takes key, from and to"
+                ));
+            }
+        }
+    }
+    let to = to.unwrap_or_else(crate::duration::unix_millis);
+    let from = from.unwrap_or(to.saturating_sub(USAGE_WINDOW_MS));
+    if from >= to {
+        return bad("from must be before to");
+    }
+    match store.usage(key.clone(), from, to).await {
+        Ok(rows) => {
+            let report = serde_json::json!({
+                "key": key,
+                "from": crate::duration::rfc3339(from),
+                "to": crate::duration::rfc3339(to),
+                "usage": UsageReport::of(&rows),
+            });
+            let mut response = Response::new(body::full(report.to_string()));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, envelope::JSON);
+            response
+        }
+        Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
+}
+
+/// `%XX` escapes decoded (`+` stays itself: it is a time's offset sign more often than a
+/// space); `None` when an escape is broken or the result is not UTF-8.
+fn percent_decoded(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let hex = raw.get(at + 1..at + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The probes: no credentials, GET or HEAD.
@@ -236,4 +330,22 @@ fn json(status: StatusCode, text: &'static str) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, envelope::JSON);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn query_values_are_percent_decoded_and_checked() {
+        assert_eq!(percent_decoded("team%40example").as_deref(), Some("team@example"));
+        assert_eq!(
+            percent_decoded("2026-12-02T18:00:00+01:00").as_deref(),
+            Some("2026-12-02T18:00:00+01:00")
+        );
+        assert_eq!(percent_decoded("%2B01%3A00").as_deref(), Some("+01:00"));
+        assert_eq!(percent_decoded("%4"), None, "a broken escape");
+        assert_eq!(percent_decoded("%zz"), None);
+        assert_eq!(percent_decoded("%ff"), None, "not UTF-8");
+    }
 }

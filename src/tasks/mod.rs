@@ -12,13 +12,18 @@
 //! Implemented by [`SqliteOutbox`](crate::relay::SqliteOutbox) and, with the `postgres`
 //! feature, `PostgresOutbox`.
 
+mod ledger;
 mod record;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-pub use record::{RecordTasks, RecordTasksLayer, ResponseFuture, SEALED_KEY_PURPOSE};
+pub use ledger::{
+    Finished, Limit, Reservation, Reserved, Seen, Spend, StatusClass, TaskLimits, TaskReport, Totals, Usage,
+    UsageReport, UsageRow, key_hash,
+};
+pub use record::{RecordTasks, RecordTasksLayer, Recorded, ResponseFuture, SEALED_KEY_PURPOSE, Submission};
 
 use crate::settings::{InvalidSetting, check};
 use crate::store::{BoxFuture, StoreError};
@@ -35,11 +40,14 @@ pub struct WatchSettings {
     /// submission or its last callback, before the feed is read for it (default 15 min).
     pub recover_after: Duration,
     /// Where the events of official-format submissions that name no subscriber (with
-    /// `x-runway-proxy-callback-url`) go; `None`: they are not watched.
+    /// `x-runway-proxy-callback-url`) go; `None`: their events are not relayed (they are still followed to their end, for the ledger and the task guard).
     pub official_callback_url: Option<String>,
     /// Relay a reverse-format task's final callback only once a feed read agrees with it
     /// (CometAPI's callbacks are not signed; default off: it costs a read per task).
     pub confirm_callbacks: bool,
+    /// How long the ledger keeps a finished task's record, for `/-/usage` and the
+    /// budgets (default 90 days; at least the guard's `budget_window`).
+    pub ledger_retention: Duration,
 }
 
 impl Default for WatchSettings {
@@ -49,6 +57,7 @@ impl Default for WatchSettings {
             recover_after: Duration::from_secs(15 * 60),
             official_callback_url: None,
             confirm_callbacks: false,
+            ledger_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -64,7 +73,12 @@ impl WatchSettings {
         )?;
         check(!self.recover_after.is_zero(), "watch.recover_after", || {
             "must be longer than zero".into()
-        })
+        })?;
+        check(
+            self.ledger_retention >= Duration::from_secs(60),
+            "watch.ledger_retention",
+            || "must be at least 1m".into(),
+        )
     }
 }
 
@@ -103,6 +117,8 @@ impl TaskFormat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WatchState {
+    /// Reserved by the task guard: the submission is on its way upstream.
+    Pending,
     /// Not finished as far as the proxy knows: it is checked when due.
     Watching,
     /// Its final status has been relayed (or stored to be).
@@ -116,6 +132,7 @@ impl WatchState {
     /// The name used in the store and the admin API.
     pub fn as_str(self) -> &'static str {
         match self {
+            WatchState::Pending => "pending",
             WatchState::Watching => "watching",
             WatchState::Done => "done",
             WatchState::Unknown => "unknown",
@@ -125,6 +142,7 @@ impl WatchState {
     /// Parse a state name.
     pub fn parse(text: &str) -> Option<WatchState> {
         match text {
+            "pending" => Some(WatchState::Pending),
             "watching" => Some(WatchState::Watching),
             "done" => Some(WatchState::Done),
             "unknown" => Some(WatchState::Unknown),
@@ -144,6 +162,12 @@ pub struct NewTask {
     pub route: String,
     /// Hex SHA-256 prefix of the bearer token that submitted it (never the token).
     pub key_hash: String,
+    /// The key's label, or its hash when it has none (what usage is counted by).
+    pub key: String,
+    /// The model the submission named, if any.
+    pub model: Option<String>,
+    /// The task guard's reservation for this submission, which the task replaces.
+    pub reservation: Option<String>,
     /// The bearer token, sealed with the token keys ([`Keyring::seal`](crate::callback::Keyring::seal)),
     /// to check the task with after a restart.
     pub sealed_key: Option<String>,
@@ -166,6 +190,10 @@ pub struct WatchedTask {
     pub route: String,
     /// Hex SHA-256 prefix of the bearer token that submitted it.
     pub key_hash: String,
+    /// The key's label, or its hash.
+    pub key: String,
+    /// The model the submission named.
+    pub model: Option<String>,
     /// The bearer token, sealed.
     #[serde(skip)]
     pub sealed_key: Option<String>,
@@ -186,11 +214,19 @@ pub struct WatchedTask {
     pub checks: u32,
     /// Whether its final status was recovered by a check rather than called back.
     pub recovered: bool,
+    /// Points charged, as CometAPI last reported them.
+    pub points: Option<i64>,
+    /// Points refunded, as CometAPI last reported them.
+    pub refunded: Option<i64>,
+    /// When its terminal status was seen (Unix milliseconds).
+    pub finished_at: Option<i64>,
 }
 
 /// How many tasks the watch list holds in each state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TaskCounts {
+    /// Reserved: submissions on their way.
+    pub pending: u64,
     /// Being watched.
     pub watching: u64,
     /// Final result relayed.
@@ -210,24 +246,27 @@ pub struct Checked {
     pub recovered: bool,
     /// Otherwise, check again after this long.
     pub again_after: Duration,
+    /// Points charged, if the check read them.
+    pub points: Option<i64>,
+    /// Points refunded, if the check read them.
+    pub refunded: Option<i64>,
 }
 
 /// The watch list's store. See the module docs.
 pub trait TaskStore: Send + Sync + 'static {
-    /// Record an accepted submission, first due `check_after` from now. Recording a task
-    /// id twice keeps the first record.
+    /// Record an accepted submission, first due `check_after` from now: in place of its
+    /// reservation when it has one. Recording a task id twice keeps the first record.
     fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// A callback for `task_id` arrived with `status`: remember it, and push the next
-    /// check back to `check_after` from now; a terminal status ends the watch. `false`:
-    /// the task is not on the list.
+    /// A callback for `task_id` arrived with `report`: remember its status and points,
+    /// and push the next check back to `check_after` from now; a terminal status ends
+    /// the watch.
     fn callback_seen(
         &self,
         task_id: String,
-        status: Option<String>,
-        terminal: bool,
+        report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    ) -> BoxFuture<'_, Result<Seen, StoreError>>;
 
     /// Claim up to `max` watched tasks that are due, for `owner`, leased for `lease`.
     fn claim_due(
@@ -238,13 +277,14 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>>;
 
     /// Record how `owner`'s check of a claimed task ended, and give the claim back. A
-    /// claim whose lease has passed to another owner is not touched.
+    /// claim whose lease has passed to another owner is not touched. The task, when this
+    /// check ended it.
     fn checked(
         &self,
         task_id: String,
         owner: String,
         checked: Checked,
-    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    ) -> BoxFuture<'_, Result<Option<Finished>, StoreError>>;
 
     /// How many tasks are in each state (the watcher publishes it as
     /// `runway_proxy_tasks{state}`).
@@ -261,6 +301,39 @@ pub trait TaskStore: Send + Sync + 'static {
         after: i64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>>;
+
+    /// Check `limits` and, when none is reached, record `reservation` as `pending`, in
+    /// one step no other reservation (of any replica) interleaves with. Tasks in flight
+    /// are those `pending` or `watching`, and those whose outcome is unknown for
+    /// `limits.unknown_for` after submission; a budget counts every task submitted in the
+    /// last `limits.window`, and its points charged less refunded.
+    fn reserve(
+        &self,
+        reservation: Reservation,
+        limits: TaskLimits,
+    ) -> BoxFuture<'_, Result<Reserved, StoreError>>;
+
+    /// Drop a reservation whose submission was not accepted (nothing is charged for it).
+    /// A reservation already turned into a task is not touched.
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// What `key` (every key: `None`) spent since `since` (Unix milliseconds): one entry
+    /// per task, oldest first.
+    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, StoreError>>;
+
+    /// Ledger totals of tasks submitted in `[from, to)` (Unix milliseconds), of `key` (a
+    /// label or a key hash; every key: `None`), by key, model and how they ended.
+    /// Reservations not yet answered are not tasks and are left out.
+    fn usage(
+        &self,
+        key: Option<String>,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>>;
+
+    /// Forget finished tasks (and stale reservations) submitted before `before` (Unix
+    /// milliseconds); how many were forgotten.
+    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
 
 impl std::fmt::Debug for dyn TaskStore {

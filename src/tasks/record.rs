@@ -22,6 +22,27 @@ pub const SEALED_KEY_PURPOSE: &str = "runway-proxy/task-api-key";
 /// Largest submission answer read for its task id (CometAPI's are under 200 bytes).
 const ANSWER_LIMIT: usize = 64 * 1024;
 
+/// What the task guard learned of a submission before it was sent (a request extension):
+/// [`RecordTasks`] records the task under this key and model, in place of the guard's
+/// reservation, and records it whether or not it names a subscriber (the ledger counts
+/// every task; one without a subscriber is watched for its end, and nothing relayed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    /// The key's hash ([`key_hash`](super::key_hash)).
+    pub key_hash: String,
+    /// The key's label, or its hash.
+    pub key: String,
+    /// The model the submission names.
+    pub model: Option<String>,
+    /// The guard's reservation, if it made one.
+    pub reservation: Option<String>,
+}
+
+/// Marks the answer of a submission that [`RecordTasks`] recorded (a response extension):
+/// its reservation, if any, became the task (or its outcome-unknown record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded;
+
 /// Applies [`RecordTasks`]. Goes inside [`RewriteCallback`](crate::callback::RewriteCallback)
 /// (which names the subscriber) and outside [`Retry`](crate::retry::Retry) (which says
 /// whether the submission was accepted).
@@ -87,8 +108,11 @@ struct Pending {
     format: TaskFormat,
     route: String,
     key_hash: String,
+    key: String,
+    model: Option<String>,
+    reservation: Option<String>,
     sealed_key: Option<String>,
-    subscriber: String,
+    subscriber: Option<String>,
 }
 
 impl<S, B, RB> Service<Request<B>> for RecordTasks<S>
@@ -138,26 +162,45 @@ impl Shared {
         } else {
             TaskFormat::Reverse
         };
+        let submission = request.extensions().get::<Submission>();
         let subscriber = match request.extensions().get::<TaskSubscriber>() {
-            Some(TaskSubscriber(url)) => url.clone(),
-            None if format == TaskFormat::Official => self.settings.official_callback_url.clone()?,
-            // A reverse-format task without a callback_url is refused upstream.
-            None => return None,
+            Some(TaskSubscriber(url)) => Some(url.clone()),
+            None if format == TaskFormat::Official => self.settings.official_callback_url.clone(),
+            // No callback_url that came through the rewrite: nobody to relay to (the
+            // ledger may still count it, watched through the feed).
+            None => None,
         };
+        if subscriber.is_none() && submission.is_none() {
+            // Nobody to tell, and no ledger to count it in.
+            return None;
+        }
         let authorization = request.headers().get(header::AUTHORIZATION);
-        let token = authorization.map_or(&b""[..], HeaderValue::as_bytes);
-        let digest = ring::digest::digest(&ring::digest::SHA256, token);
+        let (key_hash, key, model, reservation) = match submission {
+            Some(known) => (
+                known.key_hash.clone(),
+                known.key.clone(),
+                known.model.clone(),
+                known.reservation.clone(),
+            ),
+            None => {
+                let hash = super::key_hash(authorization.map_or(&b""[..], HeaderValue::as_bytes));
+                (hash.clone(), hash, None, None)
+            }
+        };
         Some(Pending {
             format,
             route: path.to_owned(),
-            key_hash: digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect(),
+            key_hash,
+            key,
+            model,
+            reservation,
             sealed_key: authorization.map(|value| self.keys.seal(SEALED_KEY_PURPOSE, value.as_bytes())),
             subscriber,
         })
     }
 
     async fn record(&self, pending: Pending, response: Response<Body>) -> Response<Body> {
-        let (task_id, response) = match response.extensions().get::<RetryOutcome>().copied() {
+        let (task_id, mut response) = match response.extensions().get::<RetryOutcome>().copied() {
             Some(RetryOutcome::Success) => {
                 let (parts, body) = response.into_parts();
                 match body::read_bounded(body, ANSWER_LIMIT).await {
@@ -175,18 +218,24 @@ impl Shared {
             Some(RetryOutcome::OutcomeUnknown) => {
                 // No id to watch by: kept for the record (`/-/tasks?status=unknown`).
                 let id = format!("unknown-{:032x}", rand::random::<u128>());
-                self.store(pending, id, true).await;
+                let mut response = response;
+                if self.store(pending, id, true).await {
+                    response.extensions_mut().insert(Recorded);
+                }
                 return response;
             }
             _ => return response,
         };
-        if let Some(task_id) = task_id {
-            self.store(pending, task_id, false).await;
+        if let Some(task_id) = task_id
+            && self.store(pending, task_id, false).await
+        {
+            response.extensions_mut().insert(Recorded);
         }
         response
     }
 
-    async fn store(&self, pending: Pending, task_id: String, outcome_unknown: bool) {
+    /// Whether the task is on the list now.
+    async fn store(&self, pending: Pending, task_id: String, outcome_unknown: bool) -> bool {
         let check_after = match pending.format {
             TaskFormat::Official => self.settings.poll_interval,
             TaskFormat::Reverse => self.settings.recover_after,
@@ -196,12 +245,19 @@ impl Shared {
             format: pending.format,
             route: pending.route,
             key_hash: pending.key_hash,
+            key: pending.key,
+            model: pending.model,
+            reservation: pending.reservation,
             sealed_key: pending.sealed_key,
-            subscriber: Some(pending.subscriber),
+            subscriber: pending.subscriber,
             outcome_unknown,
         };
-        if let Err(err) = self.store.record(task, check_after).await {
-            tracing::error!(error = %err, "an accepted task could not be put on the watch list");
+        match self.store.record(task, check_after).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(error = %err, "an accepted task could not be put on the watch list");
+                false
+            }
         }
     }
 }

@@ -43,7 +43,9 @@ use crate::duration::jittered;
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::relay::{CallbackCheck, Confirmation, Enqueued, EventSink, event_delivery};
 use crate::store::BoxFuture;
-use crate::tasks::{Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskStore, WatchSettings, WatchedTask};
+use crate::tasks::{
+    Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskReport, TaskStore, Usage, WatchSettings, WatchedTask,
+};
 
 /// Tasks one claim takes at most.
 const BATCH: usize = 16;
@@ -53,6 +55,8 @@ const TICK: Duration = Duration::from_millis(500);
 const LEASE: Duration = Duration::from_secs(120);
 /// How often the task counts are refreshed from the store.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
+/// How often finished tasks past `watch.ledger_retention` are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Largest task answer read.
 const ANSWER_LIMIT: usize = 1024 * 1024;
 
@@ -154,6 +158,7 @@ struct Watcher<S> {
     keys: Arc<Keyring>,
     settings: WatchSettings,
     metrics: Arc<WatchMetrics>,
+    usage: Arc<Usage>,
     owner: String,
 }
 
@@ -165,6 +170,8 @@ enum Found {
         status: String,
         terminal: bool,
         event: Option<Bytes>,
+        /// Points charged and refunded, when the answer says (the feed does).
+        points: TaskReport,
     },
     /// Not known upstream yet (`task_not_exist` right after creation) or not finished.
     NotYet,
@@ -173,8 +180,9 @@ enum Found {
 }
 
 impl TaskWatcher {
-    /// Start watching the tasks in `store`, checking them through `poller` and storing
-    /// their events in `events`.
+    /// Start watching the tasks in `store`, checking them through `poller`, storing
+    /// their events in `events`, and counting each task that ends (and its points) in
+    /// `usage`.
     pub fn start<S>(
         poller: S,
         store: Arc<dyn TaskStore>,
@@ -182,6 +190,7 @@ impl TaskWatcher {
         keys: Arc<Keyring>,
         settings: WatchSettings,
         metrics: Arc<WatchMetrics>,
+        usage: Arc<Usage>,
     ) -> TaskWatcher
     where
         S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
@@ -196,6 +205,7 @@ impl TaskWatcher {
             keys,
             settings,
             metrics,
+            usage,
             owner: format!("watcher-{:08x}", rand::random::<u32>()),
         });
         let mut tasks = JoinSet::new();
@@ -232,6 +242,7 @@ where
 {
     async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let mut counted_at: Option<tokio::time::Instant> = None;
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
             if *stopped.borrow() {
                 return;
@@ -239,6 +250,10 @@ where
             if counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
                 counted_at = Some(tokio::time::Instant::now());
                 self.publish_counts().await;
+            }
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                self.prune_ledger().await;
             }
             match self.store.claim_due(self.owner.clone(), BATCH, LEASE).await {
                 Ok(claimed) if !claimed.is_empty() => {
@@ -256,6 +271,20 @@ where
                 () = tokio::time::sleep(TICK) => {}
                 _ = stopped.changed() => {}
             }
+        }
+    }
+
+    /// Forget finished tasks older than `watch.ledger_retention` (every replica may: the
+    /// delete is the same whoever runs it).
+    async fn prune_ledger(&self) {
+        let before = crate::duration::unix_millis() - crate::duration::millis(self.settings.ledger_retention);
+        match self.store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                tasks = n,
+                "forgot ledger records older than watch.ledger_retention"
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot prune the ledger"),
         }
     }
 
@@ -283,7 +312,7 @@ where
             // Sealed with a key since retired, or never given: nothing can check it.
             tracing::warn!(task_id = %task.task_id, "a watched task has no API key to check it with; giving it up");
             self.metrics.abandoned.inc();
-            self.record(&task, None, true, false).await;
+            self.record(&task, None, true, false, TaskReport::default()).await;
             return;
         };
         let found = match task.format {
@@ -301,12 +330,10 @@ where
                 status,
                 terminal,
                 event,
+                points,
             } => {
-                if let Some(event) = event {
-                    let Some(subscriber) = task.subscriber.as_deref() else {
-                        self.record(&task, Some(status), true, false).await;
-                        return;
-                    };
+                // A task no one subscribed to is watched for the ledger only.
+                if let (Some(event), Some(subscriber)) = (event, task.subscriber.as_deref()) {
                     match self.events.enqueue(event_delivery(subscriber, event)).await {
                         Ok(enqueued) => {
                             if task.format == TaskFormat::Official {
@@ -320,37 +347,54 @@ where
                             // Not stored: keep the task as it was, and try again.
                             tracing::error!(error = %err, task_id = %task.task_id, "cannot store a task's event");
                             self.metrics.failed_checks.inc();
-                            self.record(&task, None, false, false).await;
+                            self.record(&task, None, false, false, TaskReport::default())
+                                .await;
                             return;
                         }
                     }
                 }
-                let recovered = terminal && task.format == TaskFormat::Reverse;
-                self.record(&task, Some(status), terminal, recovered).await;
+                let recovered = terminal && task.format == TaskFormat::Reverse && task.subscriber.is_some();
+                self.record(&task, Some(status), terminal, recovered, points)
+                    .await;
             }
-            Found::NotYet => self.record(&task, None, false, false).await,
+            Found::NotYet => {
+                self.record(&task, None, false, false, TaskReport::default())
+                    .await
+            }
             Found::Failed(why) => {
                 tracing::warn!(task_id = %task.task_id, error = %why, "a watched task's check failed");
                 self.metrics.failed_checks.inc();
-                self.record(&task, None, false, false).await;
+                self.record(&task, None, false, false, TaskReport::default())
+                    .await;
             }
         }
     }
 
-    async fn record(&self, task: &WatchedTask, status: Option<String>, done: bool, recovered: bool) {
+    async fn record(
+        &self,
+        task: &WatchedTask,
+        status: Option<String>,
+        done: bool,
+        recovered: bool,
+        points: TaskReport,
+    ) {
         let checked = Checked {
             status,
             done,
             recovered,
             again_after: jittered(self.settings.poll_interval),
+            points: points.points,
+            refunded: points.refunded,
         };
-        if let Err(err) = self
+        match self
             .store
             .checked(task.task_id.clone(), self.owner.clone(), checked)
             .await
         {
+            Ok(Some(finished)) => self.usage.finished(&finished),
+            Ok(None) => {}
             // The claim lapses and the task is checked again: nothing is lost.
-            tracing::warn!(error = %err, task_id = %task.task_id, "cannot record a task's check");
+            Err(err) => tracing::warn!(error = %err, task_id = %task.task_id, "cannot record a task's check"),
         }
     }
 
@@ -430,6 +474,7 @@ fn official_found(bytes: &[u8], known: Option<&str>) -> Found {
         status,
         terminal,
         event,
+        points: TaskReport::default(),
     }
 }
 
@@ -493,10 +538,13 @@ fn feed_found(bytes: &[u8], source: &str) -> Found {
         fields.remove("state");
         fields.insert("runway_proxy_source".into(), Value::from(source));
     }
+    let mut points = TaskReport::default();
+    points.read_points(&data);
     Found::Status {
         status,
         terminal: true,
         event: Some(Bytes::from(data.to_string())),
+        points,
     }
 }
 
@@ -511,6 +559,7 @@ mod tests {
             status,
             terminal,
             event,
+            ..
         } = official_found(bare, Some("PENDING"))
         else {
             panic!()
@@ -545,6 +594,7 @@ mod tests {
             status,
             terminal,
             event,
+            ..
         } = feed_found(done, "recovered")
         else {
             panic!()

@@ -50,5 +50,9 @@ elif scenario == "idempotency-key":
     first = create(extra_headers={"Idempotency-Key": "order-1001"})
     again = create(extra_headers={"Idempotency-Key": "order-1001"})
     print(json.dumps({"first": public(first), "again": public(again)}))
+elif scenario == "create-twice":
+    first = create()
+    again = create()
+    print(json.dumps({"first": public(first), "again": public(again)}))
 else:
     sys.exit(f"unknown scenario {scenario}")

@@ -8,14 +8,48 @@ use tokio_postgres::Row;
 
 use super::{PostgresOutbox, db_error, pool_error};
 use crate::store::{BoxFuture, StoreError};
-use crate::tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchState, WatchedTask};
+use crate::tasks::{
+    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
+    TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+};
 
 /// The columns `row_to_task` reads, in its order (a macro, so statements stay literals).
 macro_rules! columns {
     () => {
         "t.id, t.task_id, t.format, t.route, t.key_hash, t.sealed_key, t.subscriber, t.state, \
-         t.status, t.submitted_at, t.last_callback_at, t.next_check_at, t.checks, t.recovered"
+         t.status, t.submitted_at, t.last_callback_at, t.next_check_at, t.checks, t.recovered, t.key_label, \
+         t.model, t.points, t.refunded, t.finished_at"
     };
+}
+
+/// What a task that just ended reports, read back by the statement that ended it.
+macro_rules! finished {
+    () => {
+        "t.key_label, t.model, t.state, t.status, COALESCE(t.points, 0), COALESCE(t.refunded, 0)"
+    };
+}
+
+fn row_to_finished(row: &Row) -> Result<Finished, tokio_postgres::Error> {
+    let state: &str = row.try_get(2)?;
+    let status: Option<&str> = row.try_get(3)?;
+    Ok(Finished {
+        key: row.try_get(0)?,
+        model: row.try_get(1)?,
+        status: StatusClass::of(WatchState::parse(state).unwrap_or(WatchState::Done), status),
+        points: row.try_get(4)?,
+        refunded: row.try_get(5)?,
+    })
+}
+
+fn first_finished(rows: &[Row]) -> Result<Option<Finished>, StoreError> {
+    rows.first()
+        .map(row_to_finished)
+        .transpose()
+        .map_err(|e| StoreError(db_error(e).0))
+}
+
+fn limit_param(limit: Option<u64>) -> Option<i64> {
+    limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 use crate::duration::millis;
@@ -39,6 +73,11 @@ fn row_to_task(row: &Row) -> Result<WatchedTask, tokio_postgres::Error> {
         next_check_at: row.try_get(11)?,
         checks: u32::try_from(checks).unwrap_or(0),
         recovered: row.try_get(13)?,
+        key: row.try_get(14)?,
+        model: row.try_get(15)?,
+        points: row.try_get(16)?,
+        refunded: row.try_get(17)?,
+        finished_at: row.try_get(18)?,
     })
 }
 
@@ -79,10 +118,34 @@ impl TaskStore for PostgresOutbox {
             WatchState::Watching
         };
         Box::pin(async move {
+            if let Some(reservation) = task.reservation.clone() {
+                // The reservation becomes the task: counted once, from its submission.
+                let replaced = self
+                    .task_statement(
+                        "UPDATE runway_proxy_tasks
+                         SET task_id = $2, sealed_key = $3, subscriber = $4, state = $5,
+                             next_check_at = runway_proxy_now_ms() + $6, updated_at = runway_proxy_now_ms()
+                         WHERE task_id = $1 AND state = 'pending'
+                           AND NOT EXISTS (SELECT 1 FROM runway_proxy_tasks WHERE task_id = $2)
+                         RETURNING 1",
+                        vec![
+                            Box::new(reservation),
+                            Box::new(task.task_id.clone()),
+                            Box::new(task.sealed_key.clone()),
+                            Box::new(task.subscriber.clone()),
+                            Box::new(state.as_str()),
+                            Box::new(millis(check_after)),
+                        ],
+                    )
+                    .await?;
+                if !replaced.is_empty() {
+                    return Ok(());
+                }
+            }
             self.task_statement(
-                "INSERT INTO runway_proxy_tasks (task_id, format, route, key_hash, sealed_key, subscriber, state,
-                                                 submitted_at, next_check_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, runway_proxy_now_ms(), runway_proxy_now_ms() + $8,
+                "INSERT INTO runway_proxy_tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
+                                                 subscriber, state, submitted_at, next_check_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, runway_proxy_now_ms(), runway_proxy_now_ms() + $10,
                          runway_proxy_now_ms())
                  ON CONFLICT (task_id) DO NOTHING",
                 vec![
@@ -90,6 +153,8 @@ impl TaskStore for PostgresOutbox {
                     Box::new(task.format.as_str()),
                     Box::new(task.route),
                     Box::new(task.key_hash),
+                    Box::new(task.key),
+                    Box::new(task.model),
                     Box::new(task.sealed_key),
                     Box::new(task.subscriber),
                     Box::new(state.as_str()),
@@ -104,35 +169,68 @@ impl TaskStore for PostgresOutbox {
     fn callback_seen(
         &self,
         task_id: String,
-        status: Option<String>,
-        terminal: bool,
+        report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+    ) -> BoxFuture<'_, Result<Seen, StoreError>> {
         Box::pin(async move {
-            // One statement: update it if still watched, and say whether it is listed at all.
+            // Points are noted whatever the state (a refund may come after the end); the
+            // watch moves on only while the task is watched. One statement, which also
+            // says whether the task is listed at all.
             let rows = self
                 .task_statement(
-                    "WITH seen AS (
+                    concat!(
+                        "WITH points AS (
                          UPDATE runway_proxy_tasks
+                         SET points = COALESCE($5, points), refunded = COALESCE($6, refunded)
+                         WHERE task_id = $1 AND state <> 'watching'
+                         RETURNING 1),
+                     seen AS (
+                         UPDATE runway_proxy_tasks t
                          SET status = COALESCE($2, status), last_callback_at = runway_proxy_now_ms(),
                              next_check_at = runway_proxy_now_ms() + $3,
-                             state = CASE WHEN $4 THEN 'done' ELSE state END, updated_at = runway_proxy_now_ms()
+                             state = CASE WHEN $4 THEN 'done' ELSE state END,
+                             finished_at = CASE WHEN $4 THEN runway_proxy_now_ms() ELSE finished_at END,
+                             points = COALESCE($5, points), refunded = COALESCE($6, refunded),
+                             updated_at = runway_proxy_now_ms()
                          WHERE task_id = $1 AND state = 'watching'
-                         RETURNING 1)
-                     SELECT EXISTS (SELECT 1 FROM seen) OR EXISTS (SELECT 1 FROM runway_proxy_tasks WHERE task_id = $1)",
+                         RETURNING ",
+                        finished!(),
+                        ")
+                     SELECT true, s.* FROM seen s
+                     UNION ALL SELECT false, NULL, NULL, NULL, NULL, NULL, NULL FROM points"
+                    ),
                     vec![
                         Box::new(task_id),
-                        Box::new(status),
+                        Box::new(report.status),
                         Box::new(millis(check_after)),
-                        Box::new(terminal),
+                        Box::new(report.terminal),
+                        Box::new(report.points),
+                        Box::new(report.refunded),
                     ],
                 )
                 .await?;
-            rows.first()
-                .map(|row| row.try_get::<_, bool>(0))
-                .transpose()
-                .map(|listed| listed.unwrap_or(false))
-                .map_err(|e| StoreError(db_error(e).0))
+            let Some(row) = rows.first() else {
+                return Ok(Seen::NotListed);
+            };
+            let watched: bool = row.try_get(0).map_err(|e| StoreError(db_error(e).0))?;
+            if !(watched && report.terminal) {
+                return Ok(Seen::Listed);
+            }
+            let finished = Finished {
+                key: row.try_get(1).map_err(|e| StoreError(db_error(e).0))?,
+                model: row.try_get(2).map_err(|e| StoreError(db_error(e).0))?,
+                status: {
+                    let state: Option<&str> = row.try_get(3).map_err(|e| StoreError(db_error(e).0))?;
+                    let status: Option<&str> = row.try_get(4).map_err(|e| StoreError(db_error(e).0))?;
+                    StatusClass::of(
+                        state.and_then(WatchState::parse).unwrap_or(WatchState::Done),
+                        status,
+                    )
+                },
+                points: row.try_get(5).map_err(|e| StoreError(db_error(e).0))?,
+                refunded: row.try_get(6).map_err(|e| StoreError(db_error(e).0))?,
+            };
+            Ok(Seen::Finished(finished))
         })
     }
 
@@ -172,26 +270,35 @@ impl TaskStore for PostgresOutbox {
         task_id: String,
         owner: String,
         checked: Checked,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    ) -> BoxFuture<'_, Result<Option<Finished>, StoreError>> {
         Box::pin(async move {
-            self.task_statement(
-                "UPDATE runway_proxy_tasks
+            let rows = self
+                .task_statement(
+                    concat!(
+                        "UPDATE runway_proxy_tasks t
                  SET status = COALESCE($3, status), checks = checks + 1,
                      state = CASE WHEN $4 THEN 'done' ELSE state END, recovered = recovered OR $5,
+                     finished_at = CASE WHEN $4 THEN runway_proxy_now_ms() ELSE finished_at END,
+                     points = COALESCE($7, points), refunded = COALESCE($8, refunded),
                      next_check_at = runway_proxy_now_ms() + $6, lease_owner = NULL, lease_until = NULL,
                      updated_at = runway_proxy_now_ms()
-                 WHERE task_id = $1 AND lease_owner = $2 AND state = 'watching'",
-                vec![
-                    Box::new(task_id),
-                    Box::new(owner),
-                    Box::new(checked.status),
-                    Box::new(checked.done),
-                    Box::new(checked.recovered),
-                    Box::new(millis(checked.again_after)),
-                ],
-            )
-            .await
-            .map(drop)
+                 WHERE task_id = $1 AND lease_owner = $2 AND state = 'watching'
+                 RETURNING ",
+                        finished!()
+                    ),
+                    vec![
+                        Box::new(task_id),
+                        Box::new(owner),
+                        Box::new(checked.status),
+                        Box::new(checked.done),
+                        Box::new(checked.recovered),
+                        Box::new(millis(checked.again_after)),
+                        Box::new(checked.points),
+                        Box::new(checked.refunded),
+                    ],
+                )
+                .await?;
+            Ok(first_finished(&rows)?.filter(|_| checked.done))
         })
     }
 
@@ -200,7 +307,7 @@ impl TaskStore for PostgresOutbox {
             let rows = self
                 .task_statement(
                     "SELECT COUNT(*) FILTER (WHERE state = 'watching'), COUNT(*) FILTER (WHERE state = 'done'),
-                            COUNT(*) FILTER (WHERE state = 'unknown')
+                            COUNT(*) FILTER (WHERE state = 'unknown'), COUNT(*) FILTER (WHERE state = 'pending')
                      FROM runway_proxy_tasks",
                     Vec::new(),
                 )
@@ -213,6 +320,7 @@ impl TaskStore for PostgresOutbox {
                     .map_err(|e| StoreError(db_error(e).0))
             };
             Ok(TaskCounts {
+                pending: get(3)?,
                 watching: get(0)?,
                 done: get(1)?,
                 unknown: get(2)?,
@@ -259,6 +367,144 @@ impl TaskStore for PostgresOutbox {
                 )
                 .await?;
             rows_to_tasks(rows)
+        })
+    }
+
+    fn reserve(
+        &self,
+        reservation: Reservation,
+        limits: TaskLimits,
+    ) -> BoxFuture<'_, Result<Reserved, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .task_statement(
+                    "SELECT refused, used FROM runway_proxy_reserve_task(
+                         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    vec![
+                        Box::new(reservation.id),
+                        Box::new(reservation.format.as_str()),
+                        Box::new(reservation.route),
+                        Box::new(reservation.key_hash),
+                        Box::new(reservation.key),
+                        Box::new(reservation.model),
+                        Box::new(millis(limits.window)),
+                        Box::new(millis(limits.unknown_for)),
+                        Box::new(limit_param(limits.tasks_per_key)),
+                        Box::new(limit_param(limits.points_per_key)),
+                        Box::new(limit_param(limits.tasks)),
+                        Box::new(limit_param(limits.points)),
+                        Box::new(limits.in_flight_per_key.map(i64::from)),
+                        Box::new(limits.in_flight.map(i64::from)),
+                    ],
+                )
+                .await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StoreError("the reservation returned nothing".into()))?;
+            let refused: Option<&str> = row.try_get(0).map_err(|e| StoreError(db_error(e).0))?;
+            let used: Option<i64> = row.try_get(1).map_err(|e| StoreError(db_error(e).0))?;
+            match refused {
+                None => Ok(Reserved::Granted),
+                Some(name) => Limit::parse(name)
+                    .map(|limit| Reserved::Refused {
+                        limit,
+                        used: used.unwrap_or(0),
+                    })
+                    .ok_or_else(|| StoreError(format!("the reservation named an unknown limit {name:?}"))),
+            }
+        })
+    }
+
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.task_statement(
+                "DELETE FROM runway_proxy_tasks WHERE task_id = $1 AND state = 'pending'",
+                vec![Box::new(reservation)],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .task_statement(
+                    "SELECT submitted_at, COALESCE(points, 0) - COALESCE(refunded, 0) FROM runway_proxy_tasks
+                     WHERE ($1::text IS NULL OR key_label = $1) AND submitted_at > $2 ORDER BY submitted_at",
+                    vec![Box::new(key), Box::new(since)],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(Spend {
+                        submitted_at: row.try_get(0)?,
+                        net_points: row.try_get(1)?,
+                    })
+                })
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(|e| StoreError(db_error(e).0))
+        })
+    }
+
+    fn usage(
+        &self,
+        key: Option<String>,
+        from: i64,
+        to: i64,
+    ) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .task_statement(
+                    "SELECT key_label, model, state, status, COUNT(*), COALESCE(SUM(points), 0)::bigint,
+                            COALESCE(SUM(refunded), 0)::bigint
+                     FROM runway_proxy_tasks
+                     WHERE ($1::text IS NULL OR key_label = $1 OR key_hash = $1)
+                       AND submitted_at >= $2 AND submitted_at < $3 AND state <> 'pending'
+                     GROUP BY key_label, model, state, status",
+                    vec![Box::new(key), Box::new(from), Box::new(to)],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let state: &str = row.try_get(2)?;
+                    let status: Option<&str> = row.try_get(3)?;
+                    let tasks: i64 = row.try_get(4)?;
+                    Ok(UsageRow {
+                        key: row.try_get(0)?,
+                        model: row.try_get(1)?,
+                        status: StatusClass::of(
+                            WatchState::parse(state).unwrap_or(WatchState::Unknown),
+                            status,
+                        ),
+                        tasks: u64::try_from(tasks).unwrap_or(0),
+                        points: row.try_get(5)?,
+                        refunded: row.try_get(6)?,
+                    })
+                })
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(|e| StoreError(db_error(e).0))
+        })
+    }
+
+    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .task_statement(
+                    "WITH gone AS (
+                         DELETE FROM runway_proxy_tasks
+                         WHERE state IN ('done', 'unknown', 'pending') AND submitted_at < $1 RETURNING 1)
+                     SELECT COUNT(*) FROM gone",
+                    vec![Box::new(before)],
+                )
+                .await?;
+            let n: i64 = rows
+                .first()
+                .map(|row| row.try_get(0))
+                .transpose()
+                .map_err(|e| StoreError(db_error(e).0))?
+                .unwrap_or(0);
+            Ok(u64::try_from(n).unwrap_or(0))
         })
     }
 }

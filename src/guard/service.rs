@@ -1,0 +1,543 @@
+//! [`TaskGuard`], the service: reserve a task slot and the budget for a submission before
+//! it is sent, and give the reservation back when no task came of it.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::Either;
+use http::{HeaderValue, Request, Response, header};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::refusal::Refusal;
+use super::{Directory, GuardSettings};
+use crate::body::{self, Body, Bounded, BoxError};
+use crate::duration::{millis, unix_millis};
+use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
+use crate::retry::RetryOutcome;
+use crate::route::RouteClass;
+use crate::settings::InvalidSetting;
+use crate::tasks::{
+    Limit, Recorded, Reservation, Reserved, Submission, TaskFormat, TaskLimits, TaskStore, Usage, key_hash,
+};
+
+/// How often a waiting submission asks the store again when no task of this process has
+/// finished: tasks also end on other replicas, which cannot wake it.
+const POLL_OTHERS: Duration = Duration::from_millis(500);
+
+/// The longest model name kept for the ledger (Runway's are under 20 characters).
+const MODEL_LIMIT: usize = 64;
+
+/// Applies [`TaskGuard`]. Built with [`TaskGuardLayer::builder`].
+#[derive(Clone, Debug)]
+pub struct TaskGuardLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn TaskStore>,
+    usage: Arc<Usage>,
+    directory: Directory,
+    /// No limit is set for anyone: submissions are only labelled for the ledger.
+    unlimited: bool,
+    max_wait: Duration,
+    max_queue: usize,
+    unknown_for: Duration,
+    body_limit: usize,
+    waiting: AtomicUsize,
+    metrics: Arc<GuardMetrics>,
+}
+
+impl TaskGuardLayer {
+    /// A builder counting tasks in `store` and reporting ended tasks through `usage`
+    /// (the watch list's receiver and watcher share it, so a finished task wakes the
+    /// submissions waiting for its slot).
+    pub fn builder(store: Arc<dyn TaskStore>, usage: Arc<Usage>) -> TaskGuardLayerBuilder {
+        TaskGuardLayerBuilder {
+            store,
+            usage,
+            settings: GuardSettings::default(),
+            max_wait: Duration::from_secs(30),
+            max_queue: 1024,
+            unknown_for: Duration::from_secs(15 * 60),
+            body_limit: 1024 * 1024,
+        }
+    }
+
+    /// The guard's metrics.
+    pub fn metrics(&self) -> Arc<GuardMetrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Submissions waiting for a task slot now.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for TaskGuardLayer {
+    type Service = TaskGuard<S>;
+
+    fn layer(&self, inner: S) -> TaskGuard<S> {
+        TaskGuard {
+            inner,
+            shared: Some(Arc::clone(&self.shared)),
+        }
+    }
+}
+
+/// Builds a [`TaskGuardLayer`].
+#[derive(Debug)]
+pub struct TaskGuardLayerBuilder {
+    store: Arc<dyn TaskStore>,
+    usage: Arc<Usage>,
+    settings: GuardSettings,
+    max_wait: Duration,
+    max_queue: usize,
+    unknown_for: Duration,
+    body_limit: usize,
+}
+
+impl TaskGuardLayerBuilder {
+    /// The limits, budgets and keys.
+    pub fn settings(mut self, settings: GuardSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Longest a submission waits for a task slot (default 30 s, the rate limiter's
+    /// `max_wait`).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// Most submissions waiting for a slot at once (default 1024, the rate limiter's
+    /// `max_queue`).
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.max_queue = n;
+        self
+    }
+
+    /// How long a submission whose outcome is unknown counts as in flight (default
+    /// 15 min: `watch.recover_after`, after which the watch list gives up on it too).
+    pub fn unknown_for(mut self, wait: Duration) -> Self {
+        self.unknown_for = wait;
+        self
+    }
+
+    /// Largest submission body read for its `model` (default 1 MiB, the server's body
+    /// limit); a larger one is sent on with the model unknown.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The layer, once the settings are checked.
+    pub fn build(self) -> Result<TaskGuardLayer, InvalidSetting> {
+        let directory = self.settings.directory()?;
+        crate::settings::check(self.max_queue > 0, "limit.max_queue", || {
+            "must be at least 1".into()
+        })?;
+        Ok(TaskGuardLayer {
+            shared: Arc::new(Shared {
+                store: self.store,
+                usage: self.usage,
+                directory,
+                unlimited: self.settings.is_unlimited(),
+                max_wait: self.max_wait,
+                max_queue: self.max_queue,
+                unknown_for: self.unknown_for,
+                body_limit: self.body_limit,
+                waiting: AtomicUsize::new(0),
+                metrics: Arc::default(),
+            }),
+        })
+    }
+}
+
+/// Holds each submission until the task limits allow it, refuses it when a budget is
+/// spent, and names its key and model for the ledger. See the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct TaskGuard<S> {
+    inner: S,
+    shared: Option<Arc<Shared>>,
+}
+
+impl<S> TaskGuard<S> {
+    /// A service that guards nothing.
+    pub fn passthrough(inner: S) -> Self {
+        TaskGuard { inner, shared: None }
+    }
+}
+
+/// Response future of [`TaskGuard`]: the inner future for what is not a submission.
+pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
+
+impl<S, B, RB> Service<Request<B>> for TaskGuard<S>
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, RB, S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Waiting happens per submission in the future, where it is bounded and cancelled.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let shared = match &self.shared {
+            Some(shared)
+                if RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission =>
+            {
+                Arc::clone(shared)
+            }
+            _ => return body::pass_through(inner, request),
+        };
+        Either::Right(Box::pin(async move {
+            shared.guard(inner, request.map(body::boxed)).await
+        }))
+    }
+}
+
+/// Only the field the ledger wants; the rest of the submission is skipped unparsed.
+#[derive(Deserialize)]
+struct ModelOnly<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+}
+
+impl Shared {
+    async fn guard<S, RB>(
+        self: Arc<Self>,
+        inner: S,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<RB>> + Send,
+        S::Future: Send,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let hash = key_hash(
+            parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .map_or(&b""[..], HeaderValue::as_bytes),
+        );
+        let key = self.directory.key_of(hash.clone());
+        let (model, body) = match body::read_bounded(body, self.body_limit).await {
+            Ok(Bounded::Whole(bytes)) => (model_of(&bytes), body::full(bytes)),
+            Ok(Bounded::Partial(body)) => (None, body),
+            // The client went away mid-body: nothing to send, nothing reserved.
+            Err(err) => {
+                tracing::debug!(error = %body::error_chain(&err), "a submission's body broke off");
+                let msg = format!(
+                    "the submission's body could not be read: {}",
+                    body::error_chain(&err)
+                );
+                return Ok(crate::envelope::error_response_for(
+                    parts.uri.path(),
+                    http::StatusCode::BAD_REQUEST,
+                    &msg,
+                ));
+            }
+        };
+        let path = parts.uri.path().to_owned();
+        let mut request = Request::from_parts(parts, body);
+        let format = if path.starts_with("/runwayml/") {
+            TaskFormat::Official
+        } else {
+            TaskFormat::Reverse
+        };
+        let limits = TaskLimits {
+            unknown_for: self.unknown_for,
+            ..self.directory.limits_for(&key)
+        };
+        let mut reservation = None;
+        if !self.unlimited && !limits.is_unlimited() {
+            let wanted = Reservation {
+                id: format!("pending-{:032x}", rand::random::<u128>()),
+                format,
+                route: path.clone(),
+                key_hash: hash.clone(),
+                key: key.clone(),
+                model: model.clone(),
+            };
+            match self.reserve(&wanted, limits).await {
+                Ok(()) => {
+                    self.metrics.granted.inc();
+                    reservation = Some(Held {
+                        id: Some(wanted.id),
+                        shared: Arc::clone(&self),
+                    });
+                }
+                Err(refusal) => {
+                    self.metrics.refused(refusal.reason());
+                    tracing::info!(key = %key, reason = refusal.reason(), "a submission was refused by the task guard");
+                    return Ok(refusal.into_response(&path, unix_millis()));
+                }
+            }
+        }
+        request.extensions_mut().insert(Submission {
+            key_hash: hash,
+            key: key.clone(),
+            model,
+            reservation: reservation.as_ref().and_then(|held| held.id.clone()),
+        });
+        let response = inner.oneshot(request).await?.map(body::boxed);
+        if response.extensions().get::<RetryOutcome>() == Some(&RetryOutcome::OutcomeUnknown) {
+            // Never finishes: counted now.
+            self.usage.outcome_unknown(&key);
+        }
+        if let Some(mut held) = reservation
+            && response.extensions().get::<Recorded>().is_some()
+        {
+            // The reservation is the task now; it ends when the watch list sees it end.
+            held.id = None;
+        }
+        Ok(response)
+    }
+
+    /// Wait for room under `limits`, then hold it as `wanted`.
+    async fn reserve(&self, wanted: &Reservation, limits: TaskLimits) -> Result<(), Refusal> {
+        let deadline = Instant::now() + self.max_wait;
+        let mut queued: Option<Queued<'_>> = None;
+        loop {
+            // Registered before the store is asked, so a task ending in between wakes it.
+            let freed = self.usage.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let refused = match self.store.reserve(wanted.clone(), limits).await {
+                Ok(Reserved::Granted) => return Ok(()),
+                Ok(Reserved::Refused { limit, used }) => (limit, used),
+                Err(err) => {
+                    tracing::warn!(error = %err, "the task guard's store did not answer");
+                    return Err(Refusal::StoreUnavailable);
+                }
+            };
+            let (limit, used) = refused;
+            if !limit.is_in_flight() {
+                return Err(self.budget_refusal(wanted, limits, limit, used).await);
+            }
+            let cap = match limit {
+                Limit::InFlight => limits.in_flight,
+                _ => limits.in_flight_per_key,
+            }
+            .unwrap_or(0);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Refusal::MaxWait {
+                    limit,
+                    key: wanted.key.clone(),
+                    cap,
+                    max_wait: self.max_wait,
+                });
+            }
+            if queued.is_none() {
+                queued = Some(Queued::join(self).ok_or(Refusal::QueueFull {
+                    waiting: self.max_queue,
+                })?);
+            }
+            let nap = POLL_OTHERS.min(deadline - now);
+            tokio::select! {
+                () = &mut freed => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    /// The refusal of a spent budget, with when it frees up.
+    async fn budget_refusal(
+        &self,
+        wanted: &Reservation,
+        limits: TaskLimits,
+        limit: Limit,
+        used: i64,
+    ) -> Refusal {
+        let (budget, points) = match limit {
+            Limit::Tasks => (limits.tasks, false),
+            Limit::Points => (limits.points, true),
+            Limit::TasksPerKey => (limits.tasks_per_key, false),
+            _ => (limits.points_per_key, true),
+        };
+        let budget = budget.unwrap_or(0);
+        let whose = limit.is_per_key().then(|| wanted.key.clone());
+        let since = unix_millis() - millis(limits.window);
+        let frees_at = match self.store.spend(whose, since).await {
+            Ok(spent) => super::refusal::frees_at(&spent, budget, points, limits.window),
+            // Not knowing when it frees up is no reason to send it: say "a window from now".
+            Err(_) if budget > 0 => Some(unix_millis() + millis(limits.window)),
+            Err(_) => None,
+        };
+        Refusal::Budget {
+            limit,
+            key: wanted.key.clone(),
+            budget,
+            used,
+            window: limits.window,
+            frees_at,
+        }
+    }
+}
+
+/// The model a submission names, if it is a plausible one.
+fn model_of(body: &[u8]) -> Option<String> {
+    let parsed: ModelOnly<'_> = serde_json::from_slice(body).ok()?;
+    let model = parsed.model?;
+    let fine = !model.is_empty()
+        && model.len() <= MODEL_LIMIT
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/'));
+    fine.then(|| model.into_owned())
+}
+
+/// A place in the queue of submissions waiting for a slot, given up on drop.
+struct Queued<'a> {
+    shared: &'a Shared,
+    _waiting: crate::metrics::GaugeGuard,
+}
+
+impl<'a> Queued<'a> {
+    fn join(shared: &'a Shared) -> Option<Queued<'a>> {
+        let joined = shared
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.max_queue).then_some(n + 1)
+            })
+            .is_ok();
+        joined.then(|| Queued {
+            shared,
+            _waiting: shared.metrics.waiting.track(),
+        })
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A reservation not (yet) turned into a task: released when dropped with its id still
+/// set (the submission failed, was not accepted, or the client went away).
+struct Held {
+    id: Option<String>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let shared = Arc::clone(&self.shared);
+        // Drop cannot wait; a reservation left behind still expires after `unknown_for`.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                match shared.store.cancel_reservation(id).await {
+                    Ok(()) => shared.usage.freed(),
+                    Err(err) => tracing::warn!(error = %err, "a task reservation could not be released"),
+                }
+            });
+        }
+    }
+}
+
+/// What [`TaskGuard`] records: shared by every service one [`TaskGuardLayer`] makes.
+#[derive(Debug, Default)]
+pub struct GuardMetrics {
+    /// Submissions waiting for a task slot now.
+    pub waiting: Arc<Gauge>,
+    /// Reservations granted.
+    pub granted: Counter,
+    refusals: [Counter; REASONS.len()],
+}
+
+/// Refusal reasons: each limit by its setting's name, a full queue, the store unreachable.
+const REASONS: [&str; 8] = [
+    "max_tasks_in_flight",
+    "max_tasks_in_flight_per_key",
+    "daily_task_budget",
+    "daily_point_budget",
+    "daily_task_budget_per_key",
+    "daily_point_budget_per_key",
+    "queue_full",
+    "store_unavailable",
+];
+
+impl GuardMetrics {
+    fn refused(&self, reason: &str) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            self.refusals[i].inc();
+        }
+    }
+
+    /// Refusals for `reason` (a limit's setting name, `queue_full`, `store_unavailable`).
+    pub fn refusals(&self, reason: &str) -> u64 {
+        REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.refusals[i].get())
+    }
+}
+
+impl MetricSet for GuardMetrics {
+    fn render(&self, out: &mut String) {
+        write_one(
+            out,
+            "runway_proxy_guard_waiting",
+            "gauge",
+            "Submissions waiting for a task slot now.",
+            self.waiting.get(),
+        );
+        write_one(
+            out,
+            "runway_proxy_guard_reservations_total",
+            "counter",
+            "Submissions the task guard let through with a reservation.",
+            self.granted.get(),
+        );
+        write_family(
+            out,
+            "runway_proxy_guard_refusals_total",
+            "counter",
+            "Submissions the task guard refused before sending, by the limit (or reason).",
+            "reason",
+            REASONS.iter().zip(self.refusals.iter().map(Counter::get)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plausible_model_names_reach_the_ledger() {
+        assert_eq!(
+            model_of(br#"{"model":"gen4_turbo","x":[1,2]}"#).as_deref(),
+            Some("gen4_turbo")
+        );
+        assert_eq!(model_of(br#"{"prompt":"a cat"}"#), None);
+        assert_eq!(model_of(br#"{"model":"a\nb"}"#), None);
+        assert_eq!(model_of(&[b'{', 0xff]), None);
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(MODEL_LIMIT + 1));
+        assert_eq!(model_of(long.as_bytes()), None);
+    }
+}
