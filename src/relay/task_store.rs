@@ -403,7 +403,7 @@ impl TaskStore for SqliteOutbox {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(
                     "SELECT submitted_at, COALESCE(points, 0) - COALESCE(refunded, 0) FROM tasks
-                     WHERE (?1 IS NULL OR key_label = ?1) AND submitted_at > ?2 ORDER BY submitted_at",
+                     WHERE (?1 IS NULL OR key_label = ?1) AND submitted_at > ?2 ORDER BY submitted_at, id",
                 )?;
                 select
                     .query_map(params![key, since], |row| {

@@ -318,7 +318,7 @@ pub trait TaskStore: Send + Sync + 'static {
     fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// What `key` (every key: `None`) spent since `since` (Unix milliseconds): one entry
-    /// per task, oldest first.
+    /// per task, oldest first (in submission order).
     fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, StoreError>>;
 
     /// Ledger totals of tasks submitted in `[from, to)` (Unix milliseconds), of `key` (a

@@ -431,7 +431,7 @@ impl TaskStore for PostgresOutbox {
             let rows = self
                 .task_statement(
                     "SELECT submitted_at, COALESCE(points, 0) - COALESCE(refunded, 0) FROM runway_proxy_tasks
-                     WHERE ($1::text IS NULL OR key_label = $1) AND submitted_at > $2 ORDER BY submitted_at",
+                     WHERE ($1::text IS NULL OR key_label = $1) AND submitted_at > $2 ORDER BY submitted_at, id",
                     vec![Box::new(key), Box::new(since)],
                 )
                 .await?;
