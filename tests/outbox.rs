@@ -1059,3 +1059,59 @@ mod postgres_schema {
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }
+
+/// A SQLite file made before the ledger existed opens with its tasks intact: the new
+/// columns are added in place, each task is labelled by its key hash, and the guard's
+/// reservations count it.
+#[tokio::test]
+async fn a_sqlite_file_from_before_the_ledger_gains_it_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite3");
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE tasks (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE,
+                 format TEXT NOT NULL, route TEXT NOT NULL, key_hash TEXT NOT NULL,
+                 sealed_key TEXT, subscriber TEXT, state TEXT NOT NULL, status TEXT,
+                 submitted_at INTEGER NOT NULL, last_callback_at INTEGER,
+                 next_check_at INTEGER NOT NULL, checks INTEGER NOT NULL DEFAULT 0,
+                 recovered INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_until INTEGER,
+                 updated_at INTEGER NOT NULL);
+             CREATE INDEX tasks_due ON tasks (state, next_check_at);
+             CREATE INDEX tasks_state ON tasks (state, id);",
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO tasks (task_id, format, route, key_hash, state, submitted_at, next_check_at, updated_at)
+             VALUES ('old-1', 'reverse', '/runway/pro/generate', 'hash-of-a', 'watching', ?1, ?1, ?1)",
+            [now_ms()],
+        )
+        .unwrap();
+    }
+    let store = runway_proxy::relay::SqliteOutbox::open(&path).unwrap();
+    let old = store.task("old-1".into()).await.unwrap().expect("kept");
+    assert_eq!(
+        (old.key.as_str(), old.model, old.points),
+        ("hash-of-a", None, None)
+    );
+    let slots = TaskLimits {
+        in_flight_per_key: Some(1),
+        ..limits()
+    };
+    assert_eq!(
+        store
+            .reserve(reservation("r1", "hash-of-a"), slots)
+            .await
+            .unwrap(),
+        Reserved::Refused {
+            limit: Limit::InFlightPerKey,
+            used: 1
+        },
+        "the old task counts"
+    );
+    drop(store);
+    // And opening it again changes nothing.
+    let store = runway_proxy::relay::SqliteOutbox::open(&path).unwrap();
+    assert_eq!(store.list_tasks(None, 0, 10).await.unwrap().len(), 1);
+}
