@@ -85,8 +85,9 @@ fn cli() -> Command {
             Arg::new("log-format")
                 .long("log-format")
                 .value_name("FORMAT")
-                .default_value("pretty")
-                .value_parser(["pretty", "json"]),
+                .default_value("auto")
+                .value_parser(["auto", "pretty", "json"])
+                .help("pretty on a terminal, json otherwise (auto), or either always"),
         );
     let demo = Command::new("demo")
         .about("See the proxy work without a CometAPI key: stand-in with faults, proxy and subscriber in one process")
@@ -222,7 +223,8 @@ async fn serve(args: &ArgMatches) -> ExitCode {
 async fn mock_upstream(args: &ArgMatches) -> ExitCode {
     let format = match args.get_one::<String>("log-format").map(String::as_str) {
         Some("json") => LogFormat::Json,
-        _ => LogFormat::Pretty,
+        Some("pretty") => LogFormat::Pretty,
+        _ => LogFormat::Auto,
     };
     let _log = init_tracing(format);
     let mut parsed = BTreeMap::new();
@@ -274,7 +276,8 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let terminal = std::io::stderr().is_terminal();
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         // Block rather than drop lines when the writer falls behind.
         .lossy(false)
@@ -286,7 +289,8 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
+        LogFormat::Auto if !terminal => builder.json().flatten_event(true).init(),
+        LogFormat::Auto | LogFormat::Pretty => builder.init(),
     }
     guard
 }

@@ -472,24 +472,40 @@ fn a_second_proxy_on_one_data_dir_exits_1_naming_the_holder_until_it_dies() {
 
 #[test]
 fn logs_piped_to_a_file_carry_no_escape_codes() {
-    // The default (pretty) format, stderr a pipe, as under systemd or `2> file`.
-    let running = Running::spawn(serve().args(["--listen", "127.0.0.1:0"]));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = running
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .expect("a start line");
-        assert!(
-            !line.contains('\u{1b}'),
-            "an escape code in a piped log line: {line:?}"
-        );
-        if line.contains("runway-proxy serving") {
-            break;
+    // The default format (auto), stderr a pipe, as under systemd or `2> file`: one JSON
+    // object per line. And pretty asked for by name: plain text, no escape codes.
+    for format in [None, Some("pretty")] {
+        let mut command = serve();
+        command.args(["--listen", "127.0.0.1:0"]);
+        if let Some(format) = format {
+            command.args(["--log-format", format]);
+        }
+        let running = Running::spawn(&mut command);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut lines = Vec::new();
+        loop {
+            let line = running
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .expect("a start line");
+            let serving = line.contains("runway-proxy serving");
+            lines.push(line);
+            if serving {
+                break;
+            }
+        }
+        running.signal("TERM");
+        let (code, rest) = running.finish();
+        lines.extend(rest);
+        assert_eq!(code, Some(0));
+        assert!(lines.iter().all(|line| !line.contains('\u{1b}')), "{lines:#?}");
+        let json = lines
+            .iter()
+            .filter(|line| serde_json::from_str::<serde_json::Value>(line).is_ok())
+            .count();
+        match format {
+            None => assert_eq!(json, lines.len(), "auto, not a terminal: JSON lines: {lines:#?}"),
+            Some(_) => assert_eq!(json, 0, "pretty: text lines: {lines:#?}"),
         }
     }
-    running.signal("TERM");
-    let (code, lines) = running.finish();
-    assert_eq!(code, Some(0));
-    assert!(lines.iter().all(|line| !line.contains('\u{1b}')), "{lines:#?}");
 }

@@ -819,20 +819,22 @@ pub const KEYS: &[Key] = &[
         toml: "log_format",
         env: "RUNWAY_PROXY_LOG_FORMAT",
         flag: "log-format",
-        doc: "Log line format: pretty or json. The level comes from RUST_LOG (default info).",
+        doc: "Log line format: pretty, json, or auto (pretty on a terminal, json otherwise). The level comes from RUST_LOG (default info).",
         set: |c, raw| {
             c.log_format = match raw {
+                "auto" => LogFormat::Auto,
                 "pretty" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
                 _ => {
                     return Err(ValueError::Form(format!(
-                        "{raw:?} is not a log format (pretty or json)"
+                        "{raw:?} is not a log format (auto, pretty or json)"
                     )));
                 }
             };
             Ok(())
         },
         show: |c| match c.log_format {
+            LogFormat::Auto => "auto".to_owned(),
             LogFormat::Pretty => "pretty".to_owned(),
             LogFormat::Json => "json".to_owned(),
         },

@@ -116,7 +116,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
-            log_format: LogFormat::Pretty,
+            log_format: LogFormat::Auto,
             access_log: false,
             retry: RetrySettings::default(),
             limit: LimitSettings::default(),
@@ -198,6 +198,8 @@ impl std::fmt::Debug for Secret {
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Pretty when stderr is a terminal, JSON otherwise (a file, a pipe, a log collector).
+    Auto,
     /// Human-readable lines.
     Pretty,
     /// One JSON object per line.

@@ -16,7 +16,7 @@ fn defaults_are_valid_and_documented() {
     assert_eq!(config.upstream, "https://api.cometapi.com");
     assert_eq!(config.connect_timeout, Duration::from_secs(10));
     assert_eq!(config.request_timeout, Duration::from_secs(60));
-    assert_eq!(config.log_format, LogFormat::Pretty);
+    assert_eq!(config.log_format, LogFormat::Auto);
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn file_errors_are_clear() {
     let err = Config::load(Some("log_format = \"xml\""), &no_env, &Overrides::new()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "log_format: \"xml\" is not a log format (pretty or json) (set by the config file)"
+        "log_format: \"xml\" is not a log format (auto, pretty or json) (set by the config file)"
     );
 }
 
