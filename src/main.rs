@@ -242,11 +242,12 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
         .get_one::<String>("listen")
         .map(String::as_str)
         .unwrap_or_default();
-    let Ok(listen) = listen.parse::<std::net::SocketAddr>() else {
-        eprintln!(
-            "runway-proxy: invalid configuration: listen: {listen:?} is not a socket address like 127.0.0.1:8090 (set by --listen)"
-        );
-        return ExitCode::from(EXIT_CONFIG);
+    let listen = match runway_proxy::config::listen_address(listen) {
+        Ok(listen) => listen,
+        Err(problem) => {
+            eprintln!("runway-proxy: invalid configuration: listen: {problem} (set by --listen)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let mut config = MockConfig::default()
         .step(parsed.get("step").copied().unwrap_or(Duration::from_secs(2)))

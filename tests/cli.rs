@@ -18,7 +18,9 @@ fn invalid_value_is_refused_with_exit_code_2_naming_the_key() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("listen: \"abc\" is not a socket address like 127.0.0.1:8080 (set by --listen)"),
+        stderr.contains(
+            "listen: \"abc\" is not a socket address like 127.0.0.1:8080 or localhost:8080 (set by --listen)"
+        ),
         "{stderr}"
     );
 

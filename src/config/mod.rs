@@ -42,6 +42,12 @@ use http::Uri;
 pub use keys::{KEYS, Key};
 pub use values::ValueError;
 
+/// An address to listen on, as every `*listen` setting reads it: `127.0.0.1:8080`,
+/// `[::1]:8080`, or a host name and port (`localhost:8080`), resolved now.
+pub fn listen_address(raw: &str) -> Result<std::net::SocketAddr, ValueError> {
+    values::socket_addr(raw, "127.0.0.1:8080")
+}
+
 use crate::callback::SubscriberPolicy;
 use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;

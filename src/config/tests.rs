@@ -45,7 +45,7 @@ fn invalid_value_names_key_form_and_origin() {
     let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
     assert_eq!(
         err,
-        "listen: \"abc\" is not a socket address like 127.0.0.1:8080 (set by --listen)"
+        "listen: \"abc\" is not a socket address like 127.0.0.1:8080 or localhost:8080 (set by --listen)"
     );
 
     let env = |name: &str| (name == "RUNWAY_PROXY_REQUEST_TIMEOUT").then(|| "30".to_owned());
@@ -216,4 +216,26 @@ fn every_default_reads_back_as_itself() {
         assert_eq!(config, defaults, "{} = {shown:?} is not the default", key.toml);
     }
     assert!(defaults.validate().is_ok());
+}
+
+#[test]
+fn listen_addresses_may_name_a_host() {
+    let load = |listen: &str| {
+        let flags = Overrides::from([("listen", listen.to_owned())]);
+        Config::load(None, &no_env, &flags).map(|c| c.listen)
+    };
+    assert_eq!(load("localhost:8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(load("[::1]:8080").unwrap(), "[::1]:8080".parse().unwrap());
+    assert_eq!(load(" 0.0.0.0:9 ").unwrap(), "0.0.0.0:9".parse().unwrap());
+    for bad in [
+        "localhost",
+        "localhost:",
+        "localhost:99999",
+        ":8080",
+        "local host:80",
+        "http://localhost:80",
+    ] {
+        let err = load(bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("listen: {bad:?}")), "{bad}: {err}");
+    }
 }

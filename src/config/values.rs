@@ -35,9 +35,41 @@ fn form(message: String) -> ValueError {
     ValueError::Form(message)
 }
 
+/// An address to listen on: `127.0.0.1:8080`, `[::1]:8080`, or a host name with a port
+/// (`localhost:8080`), resolved once, at start. A name with IPv4 and IPv6 addresses
+/// listens on its first IPv4 one, where `localhost` clients usually connect.
 pub(super) fn socket_addr(raw: &str, example: &str) -> Result<std::net::SocketAddr, ValueError> {
-    raw.parse()
-        .map_err(|_| form(format!("{raw:?} is not a socket address like {example}")))
+    use std::net::ToSocketAddrs as _;
+    let raw = raw.trim();
+    if let Ok(addr) = raw.parse() {
+        return Ok(addr);
+    }
+    let not_an_address = || {
+        form(format!(
+            "{raw:?} is not a socket address like {example} or localhost:8080"
+        ))
+    };
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err(not_an_address());
+    };
+    let fine = !host.is_empty()
+        && port.parse::<u16>().is_ok()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !fine {
+        return Err(not_an_address());
+    }
+    let resolved: Vec<std::net::SocketAddr> = raw
+        .to_socket_addrs()
+        .map_err(|err| form(format!("{raw:?}: the host {host} does not resolve ({err})")))?
+        .collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(|| form(format!("{raw:?}: the host {host} has no address")))
 }
 
 pub(super) fn boolean(raw: &str) -> Result<bool, ValueError> {
