@@ -391,6 +391,16 @@ impl Config {
         ] {
             check(!value.is_zero(), key, || "must be longer than zero".into())?;
         }
+        check(
+            self.listen.port() == 0 || self.listen != self.webhook_listen,
+            "webhook_listen",
+            || {
+                format!(
+                    "{} is listen's address too: the webhook listener needs a port of its own",
+                    self.webhook_listen
+                )
+            },
+        )?;
         check(self.callback.body_limit > 0, "callback.body_limit", || {
             "must be at least one byte".into()
         })

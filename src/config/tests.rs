@@ -239,3 +239,25 @@ fn listen_addresses_may_name_a_host() {
         assert!(err.starts_with(&format!("listen: {bad:?}")), "{bad}: {err}");
     }
 }
+
+#[test]
+fn settings_that_contradict_each_other_are_refused() {
+    let load = |flags: &[(&'static str, &str)]| {
+        let flags: Overrides = flags.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        Config::load(None, &no_env, &flags)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    // A deadline shorter than the attempt timeout is not a contradiction: the deadline
+    // ends the attempt, as it ends everything.
+    assert!(load(&[("retry.deadline", "10s")]).is_ok());
+    let same = load(&[("listen", "127.0.0.1:9000"), ("webhook_listen", "127.0.0.1:9000")]).unwrap_err();
+    assert!(
+        same.starts_with("webhook_listen: 127.0.0.1:9000 is listen's address too"),
+        "{same}"
+    );
+    assert!(
+        load(&[("listen", "127.0.0.1:0"), ("webhook_listen", "127.0.0.1:0")]).is_ok(),
+        "two free ports"
+    );
+}
