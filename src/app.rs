@@ -251,6 +251,7 @@ impl Proxy {
                 relay.metrics(),
                 watch_metrics,
                 runway.usage(),
+                Arc::new(crate::metrics::ProcessMetrics::default()),
             ]
             .into_iter()
             .chain(runway.guard().map(|guard| guard.metrics() as Arc<dyn MetricSet>))

@@ -257,9 +257,121 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// What every Prometheus scrape of a process expects beside its own metrics:
+/// `runway_proxy_build_info{version} 1`, and the standard `process_*` metrics (resident
+/// memory, open file descriptors, CPU seconds, start time), read from `/proc` at each
+/// scrape (so, on Linux; elsewhere only the build and the start time).
+#[derive(Debug)]
+pub struct ProcessMetrics {
+    started: f64,
+}
+
+impl Default for ProcessMetrics {
+    fn default() -> Self {
+        ProcessMetrics {
+            started: crate::duration::unix_millis() as f64 / 1000.0,
+        }
+    }
+}
+
+/// The kernel's unit of `/proc/self/stat` times: `USER_HZ`, 100 on every Linux
+/// architecture the proxy builds for (it is not the scheduler's tick rate).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessMetrics {
+    /// Resident memory in bytes (`VmRSS` of `/proc/self/status`).
+    fn resident_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// User and system CPU time in seconds (fields 14 and 15 of `/proc/self/stat`, read
+    /// after the command name, which may hold spaces and parentheses).
+    fn cpu_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let mut fields = after_name.split_whitespace().skip(11);
+        let user: f64 = fields.next()?.parse().ok()?;
+        let system: f64 = fields.next()?.parse().ok()?;
+        Some((user + system) / USER_HZ)
+    }
+
+    fn open_fds() -> Option<usize> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+    }
+}
+
+impl MetricSet for ProcessMetrics {
+    fn render(&self, out: &mut String) {
+        header(
+            out,
+            "runway_proxy_build_info",
+            "gauge",
+            "The running build: always 1, its version in the labels.",
+        );
+        let _ = writeln!(
+            out,
+            "runway_proxy_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        header(
+            out,
+            "process_start_time_seconds",
+            "gauge",
+            "When the process started, in Unix seconds.",
+        );
+        let _ = writeln!(out, "process_start_time_seconds {:.3}", self.started);
+        if let Some(bytes) = Self::resident_bytes() {
+            header(out, "process_resident_memory_bytes", "gauge", "Resident memory.");
+            let _ = writeln!(out, "process_resident_memory_bytes {bytes}");
+        }
+        if let Some(fds) = Self::open_fds() {
+            header(out, "process_open_fds", "gauge", "Open file descriptors.");
+            let _ = writeln!(out, "process_open_fds {fds}");
+        }
+        if let Some(seconds) = Self::cpu_seconds() {
+            header(
+                out,
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time.",
+            );
+            let _ = writeln!(out, "process_cpu_seconds_total {seconds:.2}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_metrics_name_the_build_and_read_proc() {
+        let mut out = String::new();
+        ProcessMetrics::default().render(&mut out);
+        assert!(
+            out.contains(&format!(
+                "runway_proxy_build_info{{version=\"{}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{out}"
+        );
+        assert!(out.contains("process_start_time_seconds 1"), "{out}");
+        if cfg!(target_os = "linux") {
+            let value = |name: &str| -> f64 {
+                let line = out
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{name} ")))
+                    .unwrap_or_else(|| panic!("{name} missing: {out}"));
+                line.rsplit(' ').next().unwrap().parse().unwrap()
+            };
+            assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+            assert!(value("process_open_fds") >= 3.0);
+            assert!(value("process_cpu_seconds_total") >= 0.0);
+        }
+    }
 
     #[test]
     fn renders_prometheus_text() {

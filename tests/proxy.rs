@@ -237,6 +237,20 @@ async fn admin_paths_answer_and_are_never_forwarded() {
         "{text}"
     );
     assert!(text.contains("runway_proxy_requests_in_flight 0"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "runway_proxy_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    for process in [
+        "process_start_time_seconds",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(text.contains(&format!("\n{process} ")), "{process}: {text}");
+    }
     // Every layer's metric set is composed into the one page, each family with its type.
     for family in [
         "runway_proxy_requests_total",
