@@ -269,7 +269,9 @@ pub struct ProcessMetrics {
 impl Default for ProcessMetrics {
     fn default() -> Self {
         ProcessMetrics {
-            started: crate::duration::unix_millis() as f64 / 1000.0,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64()),
         }
     }
 }
