@@ -15,43 +15,72 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use runway_proxy::app::Proxy;
-use runway_proxy::config::{Config, KEYS, LogFormat, Overrides};
+use runway_proxy::config::{Config, HEADINGS, KEYS, LogFormat, Origin, Overrides};
 use runway_proxy::duration;
 use runway_proxy::mock::{MockConfig, MockUpstream};
 
 /// Exit code for a configuration the proxy refuses to start with (as clap uses for usage).
 const EXIT_CONFIG: u8 = 2;
 
-fn cli() -> Command {
-    let mut serve = Command::new("serve")
-        .about("Run the sidecar proxy in front of CometAPI")
-        .arg(
-            Arg::new("config")
-                .long("config")
-                .value_name("FILE")
-                .env("RUNWAY_PROXY_CONFIG")
-                .value_parser(clap::value_parser!(PathBuf))
-                .help("TOML config file (flags and environment variables override it)"),
-        );
-    for key in KEYS {
-        let mut arg = Arg::new(key.toml)
-            .long(key.flag)
-            .value_name("VALUE")
-            .help(format!(
-                "{} [env: {}] [default: {}]",
-                key.doc,
-                key.env,
-                key.default_value()
-            ));
-        if key.is_switch() {
-            // A switch: `--allow-private-callbacks` alone means true.
-            arg = arg
-                .num_args(0..=1)
-                .require_equals(true)
-                .default_missing_value("true");
+/// A flag for every setting, listed under its heading (in [`HEADINGS`] order, as clap
+/// lists headings in the order it first meets them).
+fn setting_flags(mut command: Command) -> Command {
+    for heading in HEADINGS {
+        for key in KEYS.iter().filter(|key| key.heading() == *heading) {
+            let mut arg = Arg::new(key.toml)
+                .long(key.flag)
+                .value_name("VALUE")
+                .help_heading(*heading)
+                .help(format!(
+                    "{} [env: {}] [default: {}]",
+                    key.doc,
+                    key.env,
+                    key.default_value()
+                ));
+            if key.is_switch() {
+                // A switch: `--allow-private-callbacks` alone means true.
+                arg = arg
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("true");
+            }
+            command = command.arg(arg);
         }
-        serve = serve.arg(arg);
     }
+    command
+}
+
+fn cli() -> Command {
+    let serve = setting_flags(
+        Command::new("serve")
+            .about("Run the sidecar proxy in front of CometAPI")
+            .arg(
+                Arg::new("config")
+                    .long("config")
+                    .value_name("FILE")
+                    .env("RUNWAY_PROXY_CONFIG")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("TOML config file (flags and environment variables override it)"),
+            ),
+    );
+    let config = Command::new("config")
+        .about("Work with configuration files")
+        .subcommand_required(true)
+        .subcommand(setting_flags(
+            Command::new("check")
+                .about(
+                    "Check a config file (with the environment and any flags over it, as serve would) \
+                     and print the effective settings and where each came from; secrets are not shown. \
+                     Exits 0 when serve would accept it, 2 when not",
+                )
+                .arg(
+                    Arg::new("file")
+                        .value_name("FILE")
+                        .env("RUNWAY_PROXY_CONFIG")
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help("TOML config file (none: the defaults, the environment and flags only)"),
+                ),
+        ));
     let mock = Command::new("mock-upstream")
         .about("Run the CometAPI stand-in (Runway routes, task lifecycle, callbacks, faults)")
         .arg(
@@ -121,6 +150,7 @@ fn cli() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(serve)
+        .subcommand(config)
         .subcommand(mock)
         .subcommand(demo)
         .subcommand(key_hash)
@@ -139,6 +169,10 @@ fn main() -> ExitCode {
         Some(("serve", args)) => runtime.block_on(serve(args)),
         Some(("mock-upstream", args)) => runtime.block_on(mock_upstream(args)),
         Some(("key-hash", _)) => print_key_hash(),
+        Some(("config", args)) => match args.subcommand() {
+            Some(("check", args)) => check_config(args),
+            _ => ExitCode::from(EXIT_CONFIG),
+        },
         Some(("demo", args)) => {
             let tasks = args.get_one::<usize>("tasks").copied().unwrap_or(50);
             let seed = args.get_one::<u64>("seed").copied().unwrap_or(7);
@@ -183,11 +217,83 @@ fn print_key_hash() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn serve(args: &ArgMatches) -> ExitCode {
-    let flags: Overrides = KEYS
-        .iter()
+/// The settings given as flags, by TOML key.
+fn flag_values(args: &ArgMatches) -> Overrides {
+    KEYS.iter()
         .filter_map(|key| args.get_one::<String>(key.toml).map(|v| (key.toml, v.clone())))
-        .collect();
+        .collect()
+}
+
+/// `runway-proxy config check [FILE]`: what serve would run with, or why it would not start.
+fn check_config(args: &ArgMatches) -> ExitCode {
+    let path = args.get_one::<PathBuf>("file");
+    let text = match path.map(std::fs::read_to_string).transpose() {
+        Ok(text) => text,
+        Err(err) => {
+            let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+            eprintln!("runway-proxy: invalid configuration: cannot read config file {path}: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let (config, origins) = match Config::load_with_origins(text.as_deref(), &env, &flag_values(args)) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("runway-proxy: invalid configuration: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let source = path.map_or_else(
+        || "no config file".to_owned(),
+        |path| format!("config file {}", path.display()),
+    );
+    let mut out = format!("# valid: serve would start with these settings ({source})\n");
+    let from = |origin: Option<&Origin>| match origin {
+        None => "default".to_owned(),
+        Some(Origin::Default) => "default".to_owned(),
+        Some(Origin::File) => "file".to_owned(),
+        Some(Origin::Env(name)) => format!("env {name}"),
+        Some(Origin::Flag(name)) => format!("flag --{name}"),
+    };
+    let width = KEYS.iter().map(|key| key.toml.len()).max().unwrap_or(0);
+    for heading in HEADINGS {
+        out.push_str(&format!("\n# {heading}\n"));
+        for key in KEYS.iter().filter(|key| key.heading() == *heading) {
+            out.push_str(&format!(
+                "{:<width$}  {:<24}  # {}\n",
+                key.toml,
+                key.show(&config),
+                from(origins.get(key.toml))
+            ));
+        }
+        if *heading == "Retry" {
+            let rules: Vec<&str> = config.retry.rules.names().collect();
+            out.push_str(&format!(
+                "{:<width$}  {:<24}  # in order\n",
+                "retry.rules",
+                rules.join(", ")
+            ));
+        }
+        if *heading == "Limits" && !config.guard.keys.is_empty() {
+            let labels: Vec<&str> = config
+                .guard
+                .keys
+                .iter()
+                .map(|key| key.label.as_deref().unwrap_or("(no label)"))
+                .collect();
+            out.push_str(&format!(
+                "{:<width$}  {:<24}  # file\n",
+                "guard.keys",
+                labels.join(", ")
+            ));
+        }
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+async fn serve(args: &ArgMatches) -> ExitCode {
+    let flags = flag_values(args);
     let env = |name: &str| std::env::var(name).ok();
     let config = match Config::load_from(
         args.get_one::<PathBuf>("config").map(PathBuf::as_path),

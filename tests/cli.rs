@@ -511,3 +511,147 @@ fn logs_piped_to_a_file_carry_no_escape_codes() {
         }
     }
 }
+
+/// `runway-proxy config check` with a clean environment.
+fn config_check() -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["config", "check"])
+        .env_remove("RUNWAY_PROXY_CONFIG");
+    for key in runway_proxy::config::KEYS {
+        command.env_remove(key.env);
+    }
+    command
+}
+
+#[test]
+fn config_check_prints_the_effective_settings_and_where_each_came_from() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("runway.toml");
+    std::fs::write(
+        &file,
+        r#"
+            listen = "127.0.0.1:9400"
+            webhook_secret = "whsec_YSB3ZWJob29rIHNlY3JldCBvZiAzMiBieXRlcyBvayE="
+            [limit]
+            redis_url = "redis://runway:hunter2@redis.internal:6379/"
+            [[retry.rules]]
+            name = "busy-is-retryable"
+            msg_contains = "busy"
+            action = "retry"
+            [[guard.keys]]
+            label = "batch"
+            hash = "00112233445566778899aabbccddeeff"
+        "#,
+    )
+    .unwrap();
+    let output = config_check()
+        .arg(&file)
+        .env("RUNWAY_PROXY_ADMIN_TOKEN", "an-admin-token-hunter2-long")
+        .args(["--max-attempts", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} line in:\n{stdout}"))
+            .split_whitespace()
+            .filter(|word| *word != "#")
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(line("listen"), "listen 127.0.0.1:9400 file");
+    assert_eq!(
+        line("retry.max_attempts"),
+        "retry.max_attempts 3 flag --max-attempts"
+    );
+    assert_eq!(
+        line("admin_token"),
+        "admin_token (set) env RUNWAY_PROXY_ADMIN_TOKEN"
+    );
+    assert_eq!(line("webhook_secret"), "webhook_secret (set) file");
+    assert_eq!(line("request_timeout"), "request_timeout 1m default");
+    assert_eq!(
+        line("limit.redis_url"),
+        "limit.redis_url redis://…@redis.internal:6379/ file"
+    );
+    assert!(
+        line("retry.rules").starts_with("retry.rules busy-is-retryable, "),
+        "{stdout}"
+    );
+    assert_eq!(line("guard.keys"), "guard.keys batch file");
+    // Every setting, under its heading, and no secret.
+    for key in runway_proxy::config::KEYS {
+        line(key.toml);
+    }
+    for heading in runway_proxy::config::HEADINGS {
+        assert!(stdout.contains(&format!("# {heading}\n")), "{heading}: {stdout}");
+    }
+    for secret in ["hunter2", "YSB3ZWJob29r"] {
+        assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
+    }
+
+    // What serve would refuse, check refuses the same way, with exit code 2.
+    std::fs::write(&file, "[retry]\nbase_delay = \"10s\"\nmax_delay = \"1s\"\n").unwrap();
+    let output = config_check().arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("runway-proxy: invalid configuration: retry."),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(set by the config file)"), "{stderr}");
+    assert!(output.stdout.is_empty());
+    std::fs::write(&file, "listen = \"127.0.0.1:9400\"\nlisten_typo = 1\n").unwrap();
+    let output = config_check().arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown key \"listen_typo\""));
+    let output = config_check().arg(dir.join("missing.toml")).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
+    // No file: the defaults and the environment.
+    let output = config_check()
+        .env("RUNWAY_PROXY_LISTEN", "localhost:9401")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains("# valid: serve would start with these settings (no config file)")
+    );
+}
+
+#[test]
+fn serve_help_lists_the_settings_under_headings() {
+    let output = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    let mut at = 0;
+    for heading in runway_proxy::config::HEADINGS {
+        let found = help[at..]
+            .find(&format!("\n{heading}:\n"))
+            .unwrap_or_else(|| panic!("no {heading} heading, in order, in:\n{help}"));
+        at += found + 1;
+    }
+    // Each flag sits under its own heading: the text between its heading and the next.
+    let section = |heading: &str| {
+        let start = help.find(&format!("\n{heading}:\n")).unwrap();
+        let rest = &help[start + 1..];
+        let end = rest[1..].find("\n\n").map_or(rest.len(), |end| end + 1);
+        rest[..end].to_owned()
+    };
+    assert!(section("Retry").contains("--retry-base-delay"), "{help}");
+    assert!(section("Limits").contains("--max-tasks-in-flight "), "{help}");
+    assert!(section("Stores").contains("--database-url"), "{help}");
+    assert!(section("Observability").contains("--log-format"), "{help}");
+    assert!(section("Listeners").contains("--webhook-listen"), "{help}");
+}

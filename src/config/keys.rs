@@ -51,10 +51,44 @@ impl Key {
         self.show(&Config::default())
     }
 
+    /// The heading the setting is listed under in `serve --help` and `config check`.
+    pub fn heading(&self) -> &'static str {
+        heading_of(self.toml)
+    }
+
     /// Whether this is an on/off switch (`--allow-private-callbacks` alone means true).
     pub fn is_switch(&self) -> bool {
         let value = self.default_value();
         value == "false" || value == "true"
+    }
+}
+
+/// The headings of `serve --help`, in the order it lists them.
+pub const HEADINGS: &[&str] = &[
+    "Listeners",
+    "Upstream",
+    "Retry",
+    "Limits",
+    "Callbacks and relay",
+    "Stores",
+    "Observability",
+];
+
+/// Which heading a key belongs to, by its table (or, for top-level keys, its name).
+fn heading_of(toml: &str) -> &'static str {
+    if toml.starts_with("limit.redis_") {
+        // The quota replicas share is a store, like the outbox's database.
+        return "Stores";
+    }
+    let table = toml.split_once('.').map_or(toml, |(table, _)| table);
+    match table {
+        "listen" | "threads" | "webhook_listen" | "connections" | "shutdown_grace" => "Listeners",
+        "upstream" | "connect_timeout" | "request_timeout" => "Upstream",
+        "retry" => "Retry",
+        "limit" | "guard" => "Limits",
+        "public_url" | "webhook_secret" | "callback" | "delivery" | "watch" => "Callbacks and relay",
+        "data_dir" | "database" | "idempotency" => "Stores",
+        _ => "Observability",
     }
 }
 

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-pub use keys::{KEYS, Key};
+pub use keys::{HEADINGS, KEYS, Key};
 pub use values::ValueError;
 
 /// An address to listen on, as every `*listen` setting reads it: `127.0.0.1:8080`,
@@ -215,6 +215,9 @@ pub enum LogFormat {
 /// Values given on the command line, by TOML key name.
 pub type Overrides = BTreeMap<&'static str, String>;
 
+/// Where each setting came from, by TOML key; a key that is not here has its default.
+pub type Origins = BTreeMap<&'static str, Origin>;
+
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -303,6 +306,16 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
+        Self::load_with_origins(file, env, flags).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also telling where each setting that is not its default came
+    /// from (`runway-proxy config check` prints it).
+    pub fn load_with_origins(
+        file: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<(Config, Origins), ConfigError> {
         let (file_values, rules, keys) = match file {
             Some(text) => file::flatten_toml(text)?,
             None => (BTreeMap::new(), Vec::new(), Vec::new()),
@@ -343,7 +356,7 @@ impl Config {
             key: invalid.key,
             problem: invalid.problem,
         })?;
-        Ok(config)
+        Ok((config, origins))
     }
 
     /// Check every setting and the relations between them: each settings type's own

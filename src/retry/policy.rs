@@ -358,6 +358,11 @@ impl Rules {
         Rules { rules }
     }
 
+    /// The rules' names, in the order they are tried.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|rule| rule.name.as_str())
+    }
+
     /// Only these rules, without the defaults.
     pub fn only(rules: Vec<Rule>) -> Self {
         Rules { rules }
