@@ -178,6 +178,16 @@ impl<K: Eq + Hash + Clone + Ord> CounterVec<K> {
         map.entry(key.clone()).or_default().add(n);
     }
 
+    /// Export `key` at 0 until its first event: a series that exists from the start, so
+    /// that `rate()` and `increase()` see its first increment.
+    pub fn declare(&self, key: K) {
+        let mut map = match self.counters.write() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(key).or_default();
+    }
+
     /// The count for `key` (0 when never incremented).
     pub fn get(&self, key: &K) -> u64 {
         self.read().get(key).map_or(0, |c| c.get())

@@ -211,6 +211,9 @@ impl RunwayLayerBuilder {
         };
         self.guard.validate()?;
         let usage = Usage::new();
+        for label in self.guard.keys.iter().filter_map(|key| key.label.as_deref()) {
+            usage.declare_key(label);
+        }
         let mut guard = None;
         let tasks = match (self.tasks, &self.callbacks) {
             (Some((store, settings)), Some(callbacks)) => {

@@ -372,3 +372,45 @@ async fn listener_speaks_h2c_with_prior_knowledge() {
     // Forwarded upstream over HTTP/1.1 all the same, with a Host header.
     assert_eq!(mock.requests()[0].headers["host"], mock.addr().to_string());
 }
+
+#[tokio::test]
+async fn every_labelled_counter_has_its_known_series_before_its_first_event() {
+    let mock = start_mock(MockConfig::default()).await;
+    let file = r#"
+        [[guard.keys]]
+        label = "batch"
+        hash = "00112233445566778899aabbccddeeff"
+    "#;
+    let proxy = start_proxy_with(Some(file), &mock.url(), &Default::default()).await;
+    // Nothing has been proxied yet.
+    let text = metrics_text(&proxy).await;
+    let mut families = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families.push(rest.split_whitespace().next().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(families.len() > 30, "{text}");
+    for family in &families {
+        let sampled = text.lines().any(|line| {
+            !line.starts_with('#')
+                && line
+                    .strip_prefix(family.as_str())
+                    .is_some_and(|rest| rest.starts_with(['{', ' ', '_']))
+        });
+        assert!(sampled, "{family} has no sample before its first event:\n{text}");
+    }
+    for series in [
+        "runway_proxy_requests_total{route_class=\"submission\",status=\"200\"} 0",
+        "runway_proxy_requests_total{route_class=\"read\",status=\"200\"} 0",
+        "runway_proxy_retries_total{reason=\"retryable-code\"} 0",
+        "runway_proxy_retries_total{reason=\"connect\"} 0",
+        "runway_proxy_retries_total{reason=\"timeout\"} 0",
+        "runway_proxy_retry_outcomes_total{outcome=\"success\"} 0",
+        "runway_proxy_ledger_tasks_total{key=\"batch\",status=\"succeeded\"} 0",
+        "runway_proxy_ledger_tasks_total{key=\"batch\",status=\"failed\"} 0",
+        "runway_proxy_ledger_points_total{key=\"batch\",kind=\"charged\"} 0",
+    ] {
+        assert!(text.contains(&format!("{series}\n")), "{series}:\n{text}");
+    }
+}

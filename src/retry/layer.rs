@@ -64,11 +64,13 @@ impl RetryLayer {
             settings.budget_min_per_sec,
             settings.budget_percent / 100.0,
         );
+        let metrics = RetryMetrics::default();
+        metrics.declare_reasons(&settings.rules);
         RetryLayer {
             shared: Arc::new(Shared {
                 settings,
                 budget,
-                metrics: Arc::default(),
+                metrics: Arc::new(metrics),
             }),
         }
     }

@@ -68,6 +68,14 @@ pub struct RetryMetrics {
 }
 
 impl RetryMetrics {
+    /// Export every reason a retry can have at 0: the rules that retry and the transport
+    /// failures.
+    pub fn declare_reasons(&self, rules: &super::Rules) {
+        for reason in rules.retrying().chain(crate::upstream::UpstreamError::KINDS) {
+            self.retries.declare(reason.to_owned());
+        }
+    }
+
     /// Count a request's final outcome.
     pub fn finished(&self, outcome: RetryOutcome) {
         self.outcomes[outcome as usize].inc();

@@ -358,6 +358,14 @@ impl Rules {
         Rules { rules }
     }
 
+    /// The names of the rules that retry (each a `reason` of `runway_proxy_retries_total`).
+    pub fn retrying(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.action == Action::Retry)
+            .map(|rule| rule.name.as_str())
+    }
+
     /// The rules' names, in the order they are tried.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|rule| rule.name.as_str())

@@ -82,8 +82,18 @@ impl MetricSet for RequestMetrics {
             "counter",
             "Requests answered, by route class and HTTP status.",
         );
-        for ((class, status), n) in self.requests.snapshot() {
-            let _ = writeln!(out, "{name}{{route_class=\"{class}\",status=\"{status}\"}} {n}");
+        let counted = self.requests.snapshot();
+        for class in RouteClass::ALL {
+            // A class not answered yet still has a series (at status 200), so that a
+            // dashboard's rate() sees its first request.
+            let mut seen = false;
+            for ((_, status), n) in counted.iter().filter(|((c, _), _)| *c == class) {
+                seen = true;
+                let _ = writeln!(out, "{name}{{route_class=\"{class}\",status=\"{status}\"}} {n}");
+            }
+            if !seen {
+                let _ = writeln!(out, "{name}{{route_class=\"{class}\",status=\"200\"}} 0");
+            }
         }
         let in_flight = self.in_flight.get();
         write_one(

@@ -357,6 +357,22 @@ impl Usage {
         Arc::new(Usage::default())
     }
 
+    /// Export `key`'s series at 0 until its first task ends (a labelled key of
+    /// `[[guard.keys]]`: the labels are known from the start, hashes are not).
+    pub fn declare_key(&self, key: &str) {
+        for status in [
+            StatusClass::Succeeded,
+            StatusClass::Failed,
+            StatusClass::Cancelled,
+            StatusClass::Unknown,
+        ] {
+            self.tasks.declare((key.to_owned(), status));
+        }
+        for kind in ["charged", "refunded"] {
+            self.points.declare((key.to_owned(), kind));
+        }
+    }
+
     /// A task ended: count it and its points, and wake the waiters.
     pub fn finished(&self, finished: &Finished) {
         self.tasks.inc(&(finished.key.clone(), finished.status));

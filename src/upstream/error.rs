@@ -80,7 +80,10 @@ impl UpstreamError {
         }
     }
 
-    /// The label for metrics and logs: `connect`, `timeout` or `request`.
+    /// Every [`kind`](Self::kind).
+    pub const KINDS: [&'static str; 3] = ["connect", "timeout", "request"];
+
+    /// The failure's kind, for logs and metrics (one of [`KINDS`](Self::KINDS)).
     pub fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "connect",

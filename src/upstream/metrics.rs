@@ -21,7 +21,7 @@ impl Default for UpstreamMetrics {
     }
 }
 
-const KINDS: [&str; 3] = ["connect", "timeout", "request"];
+const KINDS: [&str; 3] = super::UpstreamError::KINDS;
 
 impl UpstreamMetrics {
     /// Count a failure.
