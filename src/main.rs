@@ -144,6 +144,22 @@ fn cli() -> Command {
              `Bearer <key>`, the Authorization value the SDKs send:\n\n    \
              printf '%s' \"$COMETAPI_KEY\" | runway-proxy key-hash",
         );
+    let healthcheck = Command::new("healthcheck")
+        .about("Ask a running proxy whether it is alive (/-/healthz) or ready (/-/readyz): exit 0 if so, 1 if not; for container health checks, which have no curl")
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .value_name("ADDR")
+                .env("RUNWAY_PROXY_LISTEN")
+                .default_value("127.0.0.1:8080")
+                .help("The proxy's listen address (an unspecified one, 0.0.0.0 or [::], is asked on loopback)"),
+        )
+        .arg(
+            Arg::new("ready")
+                .long("ready")
+                .action(clap::ArgAction::SetTrue)
+                .help("Ask /-/readyz (serving, outbox answering) instead of /-/healthz"),
+        );
     Command::new("runway-proxy")
         .version(env!("CARGO_PKG_VERSION"))
         .about("An outbound gateway for CometAPI's Runway video endpoints")
@@ -154,6 +170,7 @@ fn cli() -> Command {
         .subcommand(mock)
         .subcommand(demo)
         .subcommand(key_hash)
+        .subcommand(healthcheck)
 }
 
 fn main() -> ExitCode {
@@ -169,6 +186,7 @@ fn main() -> ExitCode {
         Some(("serve", args)) => runtime.block_on(serve(args)),
         Some(("mock-upstream", args)) => runtime.block_on(mock_upstream(args)),
         Some(("key-hash", _)) => print_key_hash(),
+        Some(("healthcheck", args)) => healthcheck(args),
         Some(("config", args)) => match args.subcommand() {
             Some(("check", args)) => check_config(args),
             _ => ExitCode::from(EXIT_CONFIG),
@@ -186,6 +204,60 @@ fn main() -> ExitCode {
             }
         }
         _ => ExitCode::from(EXIT_CONFIG),
+    }
+}
+
+/// `runway-proxy healthcheck`: one plain HTTP/1.1 GET of an admin probe, blocking, with a
+/// short timeout (a health check that hangs is worse than one that fails).
+fn healthcheck(args: &ArgMatches) -> ExitCode {
+    use std::io::{Read as _, Write as _};
+    let raw = args
+        .get_one::<String>("listen")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let mut addr = match runway_proxy::config::listen_address(raw) {
+        Ok(addr) => addr,
+        Err(problem) => {
+            eprintln!("runway-proxy healthcheck: listen: {problem}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if addr.ip().is_unspecified() {
+        let loopback = match addr {
+            std::net::SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        };
+        addr.set_ip(loopback);
+    }
+    let path = if args.get_flag("ready") {
+        "/-/readyz"
+    } else {
+        "/-/healthz"
+    };
+    let timeout = Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = Vec::new();
+        stream.take(4096).read_to_end(&mut head)?;
+        Ok(String::from_utf8_lossy(&head).into_owned())
+    })();
+    match answer {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200 ") => ExitCode::SUCCESS,
+        Ok(answer) => {
+            let status = answer.lines().next().unwrap_or("no answer");
+            eprintln!("runway-proxy healthcheck: {path} on {addr}: {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("runway-proxy healthcheck: {path} on {addr}: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 
