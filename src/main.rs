@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
-use runway_proxy::app::Proxy;
+use runway_proxy::app::{ConfigSource, Proxy, Reloader};
 use runway_proxy::config::{Config, HEADINGS, KEYS, LogFormat, Origin, Overrides};
 use runway_proxy::duration;
 use runway_proxy::mock::{MockConfig, MockUpstream};
@@ -367,11 +367,8 @@ fn check_config(args: &ArgMatches) -> ExitCode {
 async fn serve(args: &ArgMatches) -> ExitCode {
     let flags = flag_values(args);
     let env = |name: &str| std::env::var(name).ok();
-    let config = match Config::load_from(
-        args.get_one::<PathBuf>("config").map(PathBuf::as_path),
-        &env,
-        &flags,
-    ) {
+    let path = args.get_one::<PathBuf>("config").cloned();
+    let config = match Config::load_from(path.as_deref(), &env, &flags) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("runway-proxy: invalid configuration: {err}");
@@ -386,6 +383,8 @@ async fn serve(args: &ArgMatches) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    proxy.reload_from(ConfigSource::new(path, flags));
+    reload_on_hangup(proxy.reloader());
     let shutdown = shutdown_signal();
     tracing::info!(
         listen = %proxy.local_addr(),
@@ -472,6 +471,29 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Auto | LogFormat::Pretty => builder.init(),
     }
     guard
+}
+
+/// Reload the configuration at each SIGHUP (the reloader logs and counts the outcome).
+/// The handler is installed now, before the proxy says it serves: SIGHUP's default
+/// action would end the process.
+fn reload_on_hangup(reloader: Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::info!("SIGHUP received: reloading the configuration");
+                        let _ = reloader.reload().await;
+                    }
+                });
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot listen for SIGHUP: reload with POST /-/reload"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -228,11 +228,7 @@ impl RunwayLayerBuilder {
                         .body_limit(callbacks.body_limit())
                         .build()?,
                 );
-                Some(RecordTasksLayer::new(
-                    store,
-                    Arc::clone(callbacks.keys()),
-                    settings,
-                ))
+                Some(RecordTasksLayer::new(store, callbacks.keys().clone(), settings))
             }
             (None, _) if !self.guard.is_unlimited() => {
                 return Err(InvalidSetting::new(

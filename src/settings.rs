@@ -71,3 +71,70 @@ impl std::fmt::Debug for ServiceUrl {
         write!(f, "ServiceUrl({})", self.redacted())
     }
 }
+
+/// Settings that can be replaced while requests use them (a reload): readers take the
+/// current value at no more cost than an `Arc` clone, without a lock; a writer swaps in
+/// a new one and wakes whoever waits on [`changed`](Live::changed). A request that took a
+/// value keeps it to its end, so each request sees one consistent set of settings.
+/// Clones share the value.
+pub struct Live<T> {
+    shared: std::sync::Arc<LiveShared<T>>,
+}
+
+struct LiveShared<T> {
+    value: arc_swap::ArcSwap<T>,
+    changed: tokio::sync::Notify,
+}
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Live {
+            shared: std::sync::Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Live").field(&*self.get()).finish()
+    }
+}
+
+impl<T> Live<T> {
+    /// Start with `value`.
+    pub fn new(value: T) -> Self {
+        Live {
+            shared: std::sync::Arc::new(LiveShared {
+                value: arc_swap::ArcSwap::from_pointee(value),
+                changed: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// Start with a value already shared.
+    pub fn from_arc(value: std::sync::Arc<T>) -> Self {
+        Live {
+            shared: std::sync::Arc::new(LiveShared {
+                value: arc_swap::ArcSwap::new(value),
+                changed: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// The value in force now.
+    pub fn get(&self) -> std::sync::Arc<T> {
+        self.shared.value.load_full()
+    }
+
+    /// Put `value` in force, and wake everything waiting on [`changed`](Live::changed).
+    pub fn set(&self, value: T) {
+        self.shared.value.store(std::sync::Arc::new(value));
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Resolves at the next [`set`](Live::set) after this call (not one before it: take
+    /// this before reading the value it guards).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.changed.notified()
+    }
+}

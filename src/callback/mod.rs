@@ -41,6 +41,8 @@ mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::settings::Live;
+
 pub use layer::RewriteCallbackLayer;
 pub use rewrite::{CallbackUrl, RewriteError};
 pub use service::{ResponseFuture, RewriteCallback};
@@ -78,8 +80,10 @@ pub enum CallbackError {
 pub struct Callbacks {
     /// `{public_url}/hooks/runway/`, computed once.
     prefix: Arc<str>,
-    keys: Arc<Keyring>,
-    policy: SubscriberPolicy,
+    // Replaced by a reload, for every clone at once: the rewrite mints with the keys in
+    // force, and the receiver verifies with them.
+    keys: Live<Keyring>,
+    policy: Live<SubscriberPolicy>,
     body_limit: usize,
     token_lifetime: Duration,
 }
@@ -104,8 +108,8 @@ impl Callbacks {
         }
         Ok(Callbacks {
             prefix: format!("{base}{HOOK_PATH}").into(),
-            keys: keys.into(),
-            policy: SubscriberPolicy::default(),
+            keys: Live::from_arc(keys.into()),
+            policy: Live::new(SubscriberPolicy::default()),
             body_limit: 16 * 1024 * 1024,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
         })
@@ -126,8 +130,21 @@ impl Callbacks {
 
     /// Accept subscriber URLs by `policy`, at submission and again at delivery.
     pub fn with_policy(mut self, policy: SubscriberPolicy) -> Self {
-        self.policy = policy;
+        self.policy = Live::new(policy);
         self
+    }
+
+    /// Put `policy` in force for this value and every clone of it: submissions checked
+    /// from now on, and deliveries by workers started from now on.
+    pub fn set_policy(&self, policy: SubscriberPolicy) {
+        self.policy.set(policy);
+    }
+
+    /// Put `keys` in force for this value and every clone of it: new tokens are minted
+    /// with its newest key, and webhooks are verified with all of them, so keep the
+    /// previous key in the set for as long as its tokens may still be called back.
+    pub fn set_keys(&self, keys: Keyring) {
+        self.keys.set(keys);
     }
 
     /// Largest submission body rewritten and webhook body accepted (default 16 MiB: a 5 MB image as a base64 data URI fits).
@@ -136,14 +153,14 @@ impl Callbacks {
         self
     }
 
-    /// The token keys.
-    pub fn keys(&self) -> &Arc<Keyring> {
+    /// The token keys, as a reload replaces them.
+    pub fn keys(&self) -> &Live<Keyring> {
         &self.keys
     }
 
-    /// The subscriber policy.
-    pub fn policy(&self) -> &SubscriberPolicy {
-        &self.policy
+    /// The subscriber policy in force.
+    pub fn policy(&self) -> Arc<SubscriberPolicy> {
+        self.policy.get()
     }
 
     /// The body limit.
@@ -153,7 +170,7 @@ impl Callbacks {
 
     /// The URL CometAPI is given for `subscriber`: `{public_url}/hooks/runway/{token}`.
     pub fn hook_url(&self, subscriber: &str) -> String {
-        let token = self.keys.mint(subscriber);
+        let token = self.keys.get().mint(subscriber);
         let mut url = String::with_capacity(self.prefix.len() + token.len());
         url.push_str(&self.prefix);
         url.push_str(&token);

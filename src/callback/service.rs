@@ -107,7 +107,7 @@ impl Shared {
             .map_err(|refused| bad_request(refused.to_string()))?;
         if subscriber.ip.is_none() && !policy.allows_private() {
             self.resolved
-                .check(&subscriber, policy)
+                .check(&subscriber, &policy)
                 .await
                 .map_err(|refused| bad_request(refused.to_string()))?;
         }

@@ -21,7 +21,7 @@ use crate::duration::{millis, unix_millis};
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
-use crate::settings::InvalidSetting;
+use crate::settings::{InvalidSetting, Live};
 use crate::tasks::{
     Limit, Recorded, Reservation, Reserved, Submission, TaskFormat, TaskLimits, TaskStore, Usage, key_hash,
 };
@@ -43,18 +43,54 @@ pub struct TaskGuardLayer {
 struct Shared {
     store: Arc<dyn TaskStore>,
     usage: Arc<Usage>,
-    directory: Directory,
-    /// No limit is set for anyone: submissions are only labelled for the ledger.
-    unlimited: bool,
-    max_wait: Duration,
-    max_queue: usize,
+    rules: Live<GuardRules>,
     unknown_for: Duration,
     body_limit: usize,
     waiting: AtomicUsize,
     metrics: Arc<GuardMetrics>,
 }
 
+/// The part of the guard a reload replaces.
+#[derive(Debug)]
+struct GuardRules {
+    directory: Directory,
+    /// No limit is set for anyone: submissions are only labelled for the ledger.
+    unlimited: bool,
+    max_wait: Duration,
+    max_queue: usize,
+}
+
+impl GuardRules {
+    fn new(settings: &GuardSettings, max_wait: Duration, max_queue: usize) -> Result<Self, InvalidSetting> {
+        let directory = settings.directory()?;
+        crate::settings::check(max_queue > 0, "limit.max_queue", || "must be at least 1".into())?;
+        Ok(GuardRules {
+            directory,
+            unlimited: settings.is_unlimited(),
+            max_wait,
+            max_queue,
+        })
+    }
+}
+
 impl TaskGuardLayer {
+    /// Check `settings` and put them in force now: for new submissions, and for those
+    /// waiting for a slot, which try again at once under the new limits (their
+    /// `max_wait` still counted from when they arrived). `max_wait` and `max_queue` are
+    /// the rate limiter's, which the guard's waits share.
+    pub fn reload(
+        &self,
+        settings: &GuardSettings,
+        max_wait: Duration,
+        max_queue: usize,
+    ) -> Result<(), InvalidSetting> {
+        settings.validate()?;
+        self.shared
+            .rules
+            .set(GuardRules::new(settings, max_wait, max_queue)?);
+        Ok(())
+    }
+
     /// A builder counting tasks in `store` and reporting ended tasks through `usage`
     /// (the watch list's receiver and watcher share it, so a finished task wakes the
     /// submissions waiting for its slot).
@@ -141,18 +177,12 @@ impl TaskGuardLayerBuilder {
 
     /// The layer, once the settings are checked.
     pub fn build(self) -> Result<TaskGuardLayer, InvalidSetting> {
-        let directory = self.settings.directory()?;
-        crate::settings::check(self.max_queue > 0, "limit.max_queue", || {
-            "must be at least 1".into()
-        })?;
+        let rules = GuardRules::new(&self.settings, self.max_wait, self.max_queue)?;
         Ok(TaskGuardLayer {
             shared: Arc::new(Shared {
                 store: self.store,
                 usage: self.usage,
-                directory,
-                unlimited: self.settings.is_unlimited(),
-                max_wait: self.max_wait,
-                max_queue: self.max_queue,
+                rules: Live::new(rules),
                 unknown_for: self.unknown_for,
                 body_limit: self.body_limit,
                 waiting: AtomicUsize::new(0),
@@ -241,7 +271,8 @@ impl Shared {
                 .get(header::AUTHORIZATION)
                 .map_or(&b""[..], HeaderValue::as_bytes),
         );
-        let key = self.directory.key_of(hash.clone());
+        let rules = self.rules.get();
+        let key = rules.directory.key_of(hash.clone());
         let (model, body) = match body::read_bounded(body, self.body_limit).await {
             Ok(Bounded::Whole(bytes)) => (model_of(&bytes), body::full(bytes)),
             Ok(Bounded::Partial(body)) => (None, body),
@@ -268,10 +299,10 @@ impl Shared {
         };
         let limits = TaskLimits {
             unknown_for: self.unknown_for,
-            ..self.directory.limits_for(&key)
+            ..rules.directory.limits_for(&key)
         };
         let mut reservation = None;
-        if !self.unlimited && !limits.is_unlimited() {
+        if !rules.unlimited && !limits.is_unlimited() {
             let wanted = Reservation {
                 id: format!("pending-{:032x}", rand::random::<u128>()),
                 format,
@@ -280,7 +311,7 @@ impl Shared {
                 key: key.clone(),
                 model: model.clone(),
             };
-            match self.reserve(&wanted, limits).await {
+            match self.reserve(&wanted, limits, rules.max_wait).await {
                 Ok(()) => {
                     self.metrics.granted.inc();
                     reservation = Some(Held {
@@ -315,15 +346,36 @@ impl Shared {
         Ok(response)
     }
 
-    /// Wait for room under `limits`, then hold it as `wanted`.
-    async fn reserve(&self, wanted: &Reservation, limits: TaskLimits) -> Result<(), Refusal> {
-        let deadline = Instant::now() + self.max_wait;
+    /// Wait for room under `limits`, then hold it as `wanted`. After a reload, the
+    /// limits and `max_wait` are the new ones, from the next try on.
+    async fn reserve(
+        &self,
+        wanted: &Reservation,
+        mut limits: TaskLimits,
+        mut max_wait: Duration,
+    ) -> Result<(), Refusal> {
+        let arrived = Instant::now();
         let mut queued: Option<Queued<'_>> = None;
+        let mut rules = self.rules.get();
         loop {
-            // Registered before the store is asked, so a task ending in between wakes it.
+            // Registered before the store is asked, so a task ending (or a reload) in
+            // between wakes it.
             let freed = self.usage.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            let reloaded = self.rules.changed();
+            tokio::pin!(reloaded);
+            reloaded.as_mut().enable();
+            let current = self.rules.get();
+            if !Arc::ptr_eq(&current, &rules) {
+                rules = current;
+                limits = TaskLimits {
+                    unknown_for: self.unknown_for,
+                    ..rules.directory.limits_for(&wanted.key)
+                };
+                max_wait = rules.max_wait;
+            }
+            let deadline = arrived + max_wait;
             let refused = match self.store.reserve(wanted.clone(), limits).await {
                 Ok(Reserved::Granted) => return Ok(()),
                 Ok(Reserved::Refused { limit, used }) => (limit, used),
@@ -347,17 +399,18 @@ impl Shared {
                     limit,
                     key: wanted.key.clone(),
                     cap,
-                    max_wait: self.max_wait,
+                    max_wait,
                 });
             }
             if queued.is_none() {
-                queued = Some(Queued::join(self).ok_or(Refusal::QueueFull {
-                    waiting: self.max_queue,
+                queued = Some(Queued::join(self, rules.max_queue).ok_or(Refusal::QueueFull {
+                    waiting: rules.max_queue,
                 })?);
             }
             let nap = POLL_OTHERS.min(deadline - now);
             tokio::select! {
                 () = &mut freed => {}
+                () = &mut reloaded => {}
                 () = tokio::time::sleep(nap) => {}
             }
         }
@@ -416,11 +469,11 @@ struct Queued<'a> {
 }
 
 impl<'a> Queued<'a> {
-    fn join(shared: &'a Shared) -> Option<Queued<'a>> {
+    fn join(shared: &'a Shared, max_queue: usize) -> Option<Queued<'a>> {
         let joined = shared
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < shared.max_queue).then_some(n + 1)
+                (n < max_queue).then_some(n + 1)
             })
             .is_ok();
         joined.then(|| Queued {

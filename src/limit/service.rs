@@ -4,27 +4,29 @@
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use tower::{Service, ServiceExt};
 
+use tokio::time::Instant;
+
 use super::wait::{Permit, Shared};
 use crate::body::{self, Body, BoxError};
 use crate::route::RouteClass;
+use crate::settings::Live;
 
 /// Holds each request until its quotas and a concurrency slot allow it. See the module docs.
 #[derive(Clone, Debug)]
 pub struct RateLimit<S> {
     inner: S,
-    shared: Arc<Shared>,
+    live: Live<Shared>,
 }
 
 impl<S> RateLimit<S> {
-    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        RateLimit { inner, shared }
+    pub(super) fn new(inner: S, live: Live<Shared>) -> Self {
+        RateLimit { inner, live }
     }
 }
 
@@ -50,20 +52,33 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
+        let live = self.live.clone();
         let inner = self.inner.clone();
         let class = RouteClass::of(request.method(), request.uri().path());
-        // The token is hashed, never kept: the state is keyed by the hash (per process
-        // here, and a digest that is the same in every replica for the shared state).
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map_or(&b""[..], HeaderValue::as_bytes);
-        let key = (shared.rate_per_key.is_some() || shared.concurrency_per_key.is_some())
-            .then(|| shared.hasher.hash_one(token));
-        let digest = shared.shares_per_key_state().then(|| token_digest(token));
         Box::pin(async move {
-            let permit = match shared.wait_turn(class, key, digest).await {
+            let started = Instant::now();
+            let permit = loop {
+                // Taken before the state it guards is read, so a reload in between is
+                // not missed: a request waiting when one comes starts over under it.
+                let reloaded = live.changed();
+                let shared = live.get();
+                // The token is hashed, never kept: the state is keyed by the hash (per
+                // process here, and a digest that is the same in every replica for the
+                // shared state).
+                let token = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map_or(&b""[..], HeaderValue::as_bytes);
+                let key = (shared.rate_per_key.is_some() || shared.concurrency_per_key.is_some())
+                    .then(|| shared.hasher.hash_one(token));
+                let digest = shared.shares_per_key_state().then(|| token_digest(token));
+                tokio::select! {
+                    biased;
+                    turn = shared.wait_turn(class, key, digest, started) => break turn,
+                    () = reloaded => continue,
+                }
+            };
+            let permit = match permit {
                 Ok(permit) => permit,
                 Err(refusal) => return Ok(refusal.into_response(request.uri().path())),
             };

@@ -23,20 +23,24 @@ use crate::route::RouteClass;
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) settings: LimitSettings,
-    pub(super) rate: Option<Gate>,
-    pub(super) submit_rate: Option<Gate>,
-    pub(super) read_rate: Option<Gate>,
-    pub(super) rate_per_key: Option<KeyedGate>,
+    // Each piece of state is behind an `Arc` so that a reload that leaves its setting
+    // alone carries it over: a quota keeps its spent cells and its line of waiters, a
+    // cap its slots in use.
+    pub(super) rate: Option<Arc<Gate>>,
+    pub(super) submit_rate: Option<Arc<Gate>>,
+    pub(super) read_rate: Option<Arc<Gate>>,
+    pub(super) rate_per_key: Option<Arc<KeyedGate>>,
     pub(super) concurrency: Option<Arc<Semaphore>>,
-    pub(super) concurrency_per_key: Option<KeyedSlots>,
-    pub(super) waiting: AtomicUsize,
+    pub(super) concurrency_per_key: Option<Arc<KeyedSlots>>,
+    /// Requests waiting, across reloads (`max_queue` bounds them all).
+    pub(super) waiting: Arc<AtomicUsize>,
     pub(super) hasher: std::hash::RandomState,
     pub(super) jitter: Jitter,
     pub(super) clock: TokioClock,
     pub(super) metrics: Arc<LimitMetrics>,
     /// The rate quotas' shared store, when replicas share them.
     #[cfg(feature = "redis")]
-    pub(super) remote: Option<Remote>,
+    pub(super) remote: Option<Arc<Remote>>,
 }
 
 /// The rate quotas and concurrency caps in Redis, and whether it answered last time (so
@@ -244,8 +248,8 @@ impl Shared {
         class: RouteClass,
         key: Option<u64>,
         digest: Option<[u8; 16]>,
+        started: Instant,
     ) -> Result<Permit, Refusal> {
-        let started = Instant::now();
         let deadline = started + self.settings.max_wait;
         let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
         self.metrics.waiting.add(1);
@@ -261,7 +265,7 @@ impl Shared {
             Some(semaphore) => Some(self.acquire(semaphore, deadline, "free upstream slot").await?),
             None => None,
         };
-        let per_key = match (&self.concurrency_per_key, key) {
+        let per_key = match (self.concurrency_per_key.as_deref(), key) {
             (Some(slots), Some(key)) => match slots.semaphore(key) {
                 Some(semaphore) => Some(
                     self.acquire(&semaphore, deadline, "free slot for this API key")
@@ -301,7 +305,7 @@ impl Shared {
     ) -> Result<(), Refusal> {
         // Most specific first: a key waiting on its own quota takes no shared capacity
         // and holds no place in a shared line.
-        if let (Some(gate), Some(key)) = (&self.rate_per_key, key) {
+        if let (Some(gate), Some(key)) = (self.rate_per_key.as_deref(), key) {
             if gate.prune_if_due(&self.metrics) >= gate.max_keys {
                 // Full of keys all active right now: this key goes unlimited rather than
                 // grow the map without bound; the shared quotas still apply.
@@ -314,7 +318,7 @@ impl Shared {
                 self.wait_keyed(gate, key, deadline).await?;
             }
         }
-        for gate in self.class_gate(class).into_iter().chain(self.rate.as_ref()) {
+        for gate in self.class_gate(class).into_iter().chain(self.rate.as_deref()) {
             self.wait_gate(gate, deadline).await?;
         }
         Ok(())
@@ -323,8 +327,8 @@ impl Shared {
     /// The quota of the request's route class, if one is set.
     fn class_gate(&self, class: RouteClass) -> Option<&Gate> {
         match class {
-            RouteClass::Submission => self.submit_rate.as_ref(),
-            RouteClass::Read => self.read_rate.as_ref(),
+            RouteClass::Submission => self.submit_rate.as_deref(),
+            RouteClass::Read => self.read_rate.as_deref(),
             RouteClass::Other => None,
         }
     }
@@ -341,14 +345,14 @@ impl Shared {
     ) -> Result<bool, Refusal> {
         use std::borrow::Cow;
 
-        let Some(remote) = &self.remote else {
+        let Some(remote) = self.remote.as_deref() else {
             return Ok(false);
         };
         let mut quotas: Vec<(Cow<'static, str>, super::QuotaSpec)> = Vec::with_capacity(3);
         if let (Some(gate), Some(digest)) = (&self.rate_per_key, digest) {
             quotas.push((Cow::Owned(shared_key_name(&digest)), gate.spec));
         }
-        for gate in self.class_gate(class).into_iter().chain(self.rate.as_ref()) {
+        for gate in self.class_gate(class).into_iter().chain(self.rate.as_deref()) {
             quotas.push((Cow::Borrowed(gate.name), gate.spec));
         }
         if quotas.is_empty() {
@@ -381,7 +385,7 @@ impl Shared {
         digest: Option<[u8; 16]>,
         deadline: Instant,
     ) -> Result<Option<SharedSlots>, Refusal> {
-        let Some(remote) = &self.remote else {
+        let Some(remote) = self.remote.as_deref() else {
             return Ok(None);
         };
         let mut caps: Vec<(String, u32, &'static str)> = Vec::with_capacity(2);

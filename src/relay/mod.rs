@@ -100,6 +100,7 @@ pub struct Relay {
     workers: DeliveryWorkers,
     metrics: Arc<RelayMetrics>,
     events: EventSink,
+    callbacks: Callbacks,
 }
 
 /// What a check of a terminal callback against the upstream found
@@ -208,6 +209,15 @@ impl Relay {
         axum::Router::new().route_service("/hooks/runway/{token}", self.receiver.clone())
     }
 
+    /// Put `settings` in force for the delivery workers, with the subscriber policy the
+    /// callbacks hold now (see [`Callbacks::set_policy`]): unless both are unchanged, a
+    /// new set of workers starts with them, and the ones before finish the deliveries
+    /// they hold, so nothing in flight is dropped or sent twice. Returns whether the
+    /// workers were restarted.
+    pub fn reload(&self, settings: DeliverySettings) -> Result<bool, InvalidSetting> {
+        self.workers.reload(settings, (*self.callbacks.policy()).clone())
+    }
+
     /// Stop the delivery workers: deliveries in flight get `grace` to finish, and what is
     /// left goes back to pending for the next start.
     pub async fn shutdown(self, grace: Duration) {
@@ -262,7 +272,7 @@ impl RelayBuilder {
             self.outbox,
             self.signer,
             self.settings,
-            self.callbacks.policy().clone(),
+            (*self.callbacks.policy()).clone(),
             wake,
             Arc::clone(&metrics),
         )?;
@@ -272,6 +282,7 @@ impl RelayBuilder {
             workers,
             metrics,
             events,
+            callbacks: self.callbacks,
         })
     }
 }

@@ -18,6 +18,7 @@ use super::{CallbackCheck, Confirmation, RelayMetrics};
 use crate::body::{self, Body, BoxError, ReadError};
 use crate::callback::{Callbacks, HOOK_PATH, Keyring};
 use crate::envelope;
+use crate::settings::Live;
 use crate::tasks::{Seen, TaskReport, TaskStore, Usage};
 
 /// Receives CometAPI's callbacks and stores them in the outbox.
@@ -36,7 +37,7 @@ pub struct WebhookReceiver {
 }
 
 struct Shared {
-    keys: Arc<Keyring>,
+    keys: Live<Keyring>,
     token_lifetime: Duration,
     outbox: Arc<dyn Outbox>,
     body_limit: usize,
@@ -77,7 +78,7 @@ impl WebhookReceiver {
     ) -> Self {
         WebhookReceiver {
             shared: Arc::new(Shared {
-                keys: Arc::clone(callbacks.keys()),
+                keys: callbacks.keys().clone(),
                 token_lifetime: callbacks.token_lifetime(),
                 body_limit: callbacks.body_limit(),
                 outbox,
@@ -227,7 +228,7 @@ impl Shared {
         if request.method() != Method::POST {
             return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "webhooks are POSTed");
         }
-        let route = match self.keys.verify_fresh(token, self.token_lifetime) {
+        let route = match self.keys.get().verify_fresh(token, self.token_lifetime) {
             Ok(route) => route,
             Err(err) => {
                 // Never log the token itself: it is a bearer credential for this route.

@@ -134,11 +134,29 @@ struct Worker {
     metrics: Arc<RelayMetrics>,
 }
 
-/// The running delivery workers.
+/// The running delivery workers: one generation at a time claims deliveries; a reload
+/// starts a new one and lets the one before it finish what it holds.
 #[derive(Debug)]
 pub(super) struct DeliveryWorkers {
+    outbox: Arc<dyn Outbox>,
+    signer: WebhookSigner,
+    wake: Arc<Notify>,
+    metrics: Arc<RelayMetrics>,
+    /// Stops the outbox depth gauge's refresher.
+    stop: watch::Sender<bool>,
+    depth: JoinSet<()>,
+    /// The current generation last; earlier ones are finishing their claims. Held only
+    /// to push or take, never across an await.
+    generations: std::sync::Mutex<Vec<Generation>>,
+}
+
+/// Workers started together, with one set of settings.
+#[derive(Debug)]
+struct Generation {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    settings: Arc<DeliverySettings>,
+    policy: SubscriberPolicy,
 }
 
 impl DeliveryWorkers {
@@ -152,6 +170,32 @@ impl DeliveryWorkers {
         wake: Arc<Notify>,
         metrics: Arc<RelayMetrics>,
     ) -> Result<DeliveryWorkers, ClientError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut depth = JoinSet::new();
+        depth.spawn(publish_depth(Arc::clone(&outbox), Arc::clone(&metrics), stopped));
+        let workers = DeliveryWorkers {
+            outbox,
+            signer,
+            wake,
+            metrics,
+            stop,
+            depth,
+            generations: std::sync::Mutex::default(),
+        };
+        let first = workers.generation(settings, policy)?;
+        workers.lock().push(first);
+        Ok(workers)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Generation>> {
+        self.generations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generation(
+        &self,
+        settings: DeliverySettings,
+        policy: SubscriberPolicy,
+    ) -> Result<Generation, ClientError> {
         let client = delivery_client(&policy, settings.timeout)?;
         let settings = Arc::new(settings);
         let (stop, stopped) = watch::channel(false);
@@ -160,30 +204,77 @@ impl DeliveryWorkers {
         for n in 0..settings.workers.max(1) {
             let worker = Worker {
                 name: format!("worker-{instance:08x}-{n}"),
-                outbox: Arc::clone(&outbox),
+                outbox: Arc::clone(&self.outbox),
                 client: client.clone(),
-                signer: signer.clone(),
+                signer: self.signer.clone(),
                 settings: Arc::clone(&settings),
                 policy: policy.clone(),
-                wake: Arc::clone(&wake),
-                metrics: Arc::clone(&metrics),
+                wake: Arc::clone(&self.wake),
+                metrics: Arc::clone(&self.metrics),
             };
             tasks.spawn(worker.run(stopped.clone()));
         }
-        tasks.spawn(publish_depth(outbox, metrics, stopped));
-        Ok(DeliveryWorkers { stop, tasks })
+        Ok(Generation {
+            stop,
+            tasks,
+            settings,
+            policy,
+        })
+    }
+
+    /// Put `settings` and `policy` in force: unless both are what the workers run with,
+    /// start a new generation of workers with them and tell the current one to stop
+    /// claiming. Its deliveries in flight finish (or time out) as usual, so nothing is
+    /// dropped or sent twice. Returns whether anything changed.
+    pub(super) fn reload(
+        &self,
+        settings: DeliverySettings,
+        policy: SubscriberPolicy,
+    ) -> Result<bool, InvalidSetting> {
+        settings.validate()?;
+        {
+            let generations = self.lock();
+            if generations
+                .last()
+                .is_some_and(|current| *current.settings == settings && current.policy == policy)
+            {
+                return Ok(false);
+            }
+        }
+        let next = self
+            .generation(settings, policy)
+            .map_err(|err| InvalidSetting::new("delivery", err.to_string()))?;
+        let mut generations = self.lock();
+        for old in generations.iter_mut() {
+            let _ = old.stop.send(true);
+        }
+        // Generations whose workers are all gone are done with.
+        generations.retain_mut(|old| {
+            while old.tasks.try_join_next().is_some() {}
+            !old.tasks.is_empty()
+        });
+        generations.push(next);
+        self.wake.notify_waiters();
+        Ok(true)
     }
 
     /// Stop claiming; let deliveries in flight finish for up to `grace`, then give the
     /// rest back to the outbox as pending.
     pub(super) async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
+        let generations = std::mem::take(&mut *self.lock());
+        for generation in &generations {
+            let _ = generation.stop.send(true);
+        }
         // Each worker enforces the grace itself; this bounds the wait for their exit.
         let _ = tokio::time::timeout(grace + Duration::from_secs(5), async {
-            while self.tasks.join_next().await.is_some() {}
+            for mut generation in generations {
+                while generation.tasks.join_next().await.is_some() {}
+            }
+            while self.depth.join_next().await.is_some() {}
         })
         .await;
-        self.tasks.abort_all();
+        self.depth.abort_all();
     }
 }
 

@@ -8,7 +8,7 @@ use tower::retry::budget::TpsBudget;
 
 use super::{Retry, RetryMetrics, RetrySettings, Rules};
 use crate::route::RouteClass;
-use crate::settings::InvalidSetting;
+use crate::settings::{InvalidSetting, Live};
 
 /// How far back the retry budget remembers requests.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -17,15 +17,16 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) settings: RetrySettings,
-    pub(super) budget: TpsBudget,
+    pub(super) budget: Arc<TpsBudget>,
     pub(super) metrics: Arc<RetryMetrics>,
 }
 
 /// Applies [`Retry`] to a service. Clones, and every service it makes, share one retry
-/// budget and one set of metrics.
+/// budget and one set of metrics, and see the settings [`reload`](RetryLayer::reload)
+/// puts in force.
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
+    live: Live<Shared>,
 }
 
 impl Default for RetryLayer {
@@ -49,25 +50,43 @@ impl RetryLayer {
     }
 
     /// The settings in force.
-    pub fn settings(&self) -> &RetrySettings {
-        &self.shared.settings
+    pub fn settings(&self) -> RetrySettings {
+        self.live.get().settings.clone()
+    }
+
+    /// Check `settings` and put them in force for every request that starts from now on
+    /// (one in progress finishes under the settings it started with). The retry budget
+    /// carries over unless its own settings changed; the metrics always do.
+    pub fn reload(&self, settings: RetrySettings) -> Result<(), InvalidSetting> {
+        settings.validate()?;
+        let current = self.live.get();
+        let same_budget = current.settings.budget_percent == settings.budget_percent
+            && current.settings.budget_min_per_sec == settings.budget_min_per_sec;
+        let budget = if same_budget {
+            Arc::clone(&current.budget)
+        } else {
+            Arc::new(budget_for(&settings))
+        };
+        current.metrics.declare_reasons(&settings.rules);
+        self.live.set(Shared {
+            settings,
+            budget,
+            metrics: Arc::clone(&current.metrics),
+        });
+        Ok(())
     }
 
     /// What the services of this layer record.
     pub fn metrics(&self) -> Arc<RetryMetrics> {
-        Arc::clone(&self.shared.metrics)
+        Arc::clone(&self.live.get().metrics)
     }
 
     fn from_valid(settings: RetrySettings) -> Self {
-        let budget = TpsBudget::new(
-            BUDGET_WINDOW,
-            settings.budget_min_per_sec,
-            settings.budget_percent / 100.0,
-        );
+        let budget = Arc::new(budget_for(&settings));
         let metrics = RetryMetrics::default();
         metrics.declare_reasons(&settings.rules);
         RetryLayer {
-            shared: Arc::new(Shared {
+            live: Live::new(Shared {
                 settings,
                 budget,
                 metrics: Arc::new(metrics),
@@ -76,11 +95,19 @@ impl RetryLayer {
     }
 }
 
+fn budget_for(settings: &RetrySettings) -> TpsBudget {
+    TpsBudget::new(
+        BUDGET_WINDOW,
+        settings.budget_min_per_sec,
+        settings.budget_percent / 100.0,
+    )
+}
+
 impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        Retry::new(inner, Arc::clone(&self.shared))
+        Retry::new(inner, self.live.clone())
     }
 }
 

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,18 +14,19 @@ use super::attempts::Attempts;
 use super::layer::Shared;
 use crate::body::{self, Body, BoxError};
 use crate::route::RouteClass;
+use crate::settings::Live;
 
 /// Retries requests to `S` by the rules of its [`RetryLayer`](super::RetryLayer). See the
 /// module docs.
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
-    shared: Arc<Shared>,
+    live: Live<Shared>,
 }
 
 impl<S> Retry<S> {
-    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Retry { inner, shared }
+    pub(super) fn new(inner: S, live: Live<Shared>) -> Self {
+        Retry { inner, live }
     }
 }
 
@@ -58,7 +58,7 @@ where
         // at debug: the events that matter (a retry, a stop) carry the class and path
         // themselves.
         let span = tracing::debug_span!("retry", route_class = class.as_str(), path = request.uri().path());
-        let attempts = Attempts::new(self.inner.clone(), Arc::clone(&self.shared), class);
+        let attempts = Attempts::new(self.inner.clone(), self.live.get(), class);
         let request = request.map(body::boxed);
         if span.is_disabled() {
             // Nothing records it: skip entering and leaving it at every poll.

@@ -1,8 +1,6 @@
 //! The admin paths under `/-/`, answered by the sidecar itself and never forwarded: one
 //! router for health, readiness, metrics and the relay's deliveries, and who may use them.
 
-use std::sync::Arc;
-
 use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use ring::digest;
 
@@ -10,6 +8,7 @@ use super::{AdminState, NotReady};
 use crate::body::{self, Body};
 use crate::callback::constant_time_eq;
 use crate::envelope;
+use crate::settings::Live;
 use crate::tasks::{TaskStore, UsageReport, WatchState};
 
 /// Who may use the admin paths. `/-/healthz` and `/-/readyz` answer everyone (probes
@@ -20,48 +19,68 @@ use crate::tasks::{TaskStore, UsageReport, WatchState};
 ///   whole.
 /// - Without one, `/-/metrics` answers everyone, and `/-/deliveries` (which lists
 ///   subscriber URLs and can replay webhooks) answers only on a loopback listener.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AdminAccess {
     /// SHA-256 of the token: compared digest to digest, so the comparison's time says
-    /// nothing about the token's length either.
-    token: Option<Arc<digest::Digest>>,
+    /// nothing about the token's length either. Clones share it, and see
+    /// [`set_token`](AdminAccess::set_token).
+    token: Live<Option<digest::Digest>>,
     loopback: bool,
+}
+
+impl Default for AdminAccess {
+    fn default() -> Self {
+        AdminAccess {
+            token: Live::new(None),
+            loopback: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for AdminAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminAccess")
-            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("token", &self.token.get().as_ref().map(|_| ".."))
             .field("loopback", &self.loopback)
             .finish()
     }
+}
+
+fn token_digest(token: Option<&str>) -> Option<digest::Digest> {
+    token.map(|t| digest::digest(&digest::SHA256, t.as_bytes()))
 }
 
 impl AdminAccess {
     /// Access for a listener bound to `listen`, with `token` if one is set.
     pub fn new(token: Option<&str>, listen: std::net::SocketAddr) -> Self {
         AdminAccess {
-            token: token.map(|t| Arc::new(digest::digest(&digest::SHA256, t.as_bytes()))),
+            token: Live::new(token_digest(token)),
             loopback: listen.ip().is_loopback(),
         }
+    }
+
+    /// Require `token` (or none) from now on, on every clone of this value.
+    pub fn set_token(&self, token: Option<&str>) {
+        self.token.set(token_digest(token));
     }
 
     /// Whether the relay's admin paths are refused for want of a token (a listener that
     /// is not loopback, and no token): worth a warning at start.
     pub fn relay_locked(&self) -> bool {
-        self.token.is_none() && !self.loopback
+        self.token.get().is_none() && !self.loopback
     }
 
     /// What `authorization` may do.
     fn grant(&self, authorization: Option<&HeaderValue>) -> Grant {
-        let Some(expected) = &self.token else {
+        let token = self.token.get();
+        let Some(expected) = token.as_ref() else {
             return Grant::NoToken;
         };
         let presented = authorization
             .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
             .map(|token| digest::digest(&digest::SHA256, token));
         match presented {
-            Some(presented) if constant_time_eq(presented.as_ref(), expected.as_ref().as_ref()) => {
+            Some(presented) if constant_time_eq(presented.as_ref(), expected.as_ref()) => {
                 Grant::Admin
             }
             _ => Grant::Refused,
@@ -127,6 +146,34 @@ pub(crate) async fn answer(
                 &format!("{path} only answers GET"),
             ),
             None => not_found(path),
+        };
+    }
+    if path == "/-/reload" {
+        if grant == Grant::NoToken && !state.access.loopback {
+            return envelope::error_response(
+                StatusCode::FORBIDDEN,
+                "/-/reload changes the proxy's settings, so on a listener that is not loopback it needs an admin \
+                 token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send Authorization: Bearer <token>",
+            );
+        }
+        let Some(reload) = &state.reload else {
+            return not_found(path);
+        };
+        if method != Method::POST {
+            return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "/-/reload only answers POST");
+        }
+        return match reload.reload().await {
+            Ok(report) => {
+                let mut response = Response::new(body::full(report.to_string()));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
+            Err(why) => envelope::error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("the new configuration was refused, and the one in force stays: {why}"),
+            ),
         };
     }
     if path.starts_with("/-/deliveries") {

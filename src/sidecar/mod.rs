@@ -129,6 +129,15 @@ pub(crate) struct AdminState {
     metric_sets: Arc<[Arc<dyn MetricSet>]>,
     relay: Option<RelayAdmin>,
     tasks: Option<Arc<dyn TaskStore>>,
+    reload: Option<Arc<dyn ConfigReload>>,
+}
+
+/// What `POST /-/reload` calls: read the configuration again and put it in force.
+/// `Ok` carries the report to answer with (a JSON object), `Err` why the new
+/// configuration was refused (the old one stays in force).
+pub trait ConfigReload: Send + Sync + std::fmt::Debug + 'static {
+    /// Reload now.
+    fn reload(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
 /// The outermost service of the sidecar: admin paths, metrics, logging, error envelopes.
@@ -151,6 +160,7 @@ impl<S> Sidecar<S> {
                 metric_sets: Arc::new([Arc::clone(&requests) as Arc<dyn MetricSet>]),
                 relay: None,
                 tasks: None,
+                reload: None,
             },
             requests,
             access_log: false,
@@ -180,6 +190,12 @@ impl<S> Sidecar<S> {
     /// Answer the relay's admin paths (`/-/deliveries`) too.
     pub fn relay_admin(mut self, relay: RelayAdmin) -> Self {
         self.admin.relay = Some(relay);
+        self
+    }
+
+    /// Answer `POST /-/reload` with `reload`.
+    pub fn config_reload(mut self, reload: Arc<dyn ConfigReload>) -> Self {
+        self.admin.reload = Some(reload);
         self
     }
 

@@ -15,6 +15,7 @@ use crate::body::{self, Body, Bounded, BoxError};
 use crate::callback::{Keyring, TaskSubscriber};
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
+use crate::settings::Live;
 
 /// What a sealed API key is sealed for ([`Keyring::seal`]).
 pub const SEALED_KEY_PURPOSE: &str = "runway-proxy/task-api-key";
@@ -54,13 +55,13 @@ pub struct RecordTasksLayer {
 #[derive(Debug)]
 struct Shared {
     store: Arc<dyn TaskStore>,
-    keys: Arc<Keyring>,
+    keys: Live<Keyring>,
     settings: WatchSettings,
 }
 
 impl RecordTasksLayer {
     /// Record into `store`, sealing API keys with `keys`.
-    pub fn new(store: Arc<dyn TaskStore>, keys: Arc<Keyring>, settings: WatchSettings) -> Self {
+    pub fn new(store: Arc<dyn TaskStore>, keys: Live<Keyring>, settings: WatchSettings) -> Self {
         RecordTasksLayer {
             shared: Arc::new(Shared {
                 store,
@@ -194,7 +195,7 @@ impl Shared {
             key,
             model,
             reservation,
-            sealed_key: authorization.map(|value| self.keys.seal(SEALED_KEY_PURPOSE, value.as_bytes())),
+            sealed_key: authorization.map(|value| self.keys.get().seal(SEALED_KEY_PURPOSE, value.as_bytes())),
             subscriber,
         })
     }

@@ -42,6 +42,7 @@ use crate::callback::Keyring;
 use crate::duration::jittered;
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::relay::{CallbackCheck, Confirmation, Enqueued, EventSink, event_delivery};
+use crate::settings::Live;
 use crate::store::BoxFuture;
 use crate::tasks::{
     Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskReport, TaskStore, Usage, WatchSettings, WatchedTask,
@@ -155,7 +156,7 @@ struct Watcher<S> {
     poller: S,
     store: Arc<dyn TaskStore>,
     events: EventSink,
-    keys: Arc<Keyring>,
+    keys: Live<Keyring>,
     settings: WatchSettings,
     metrics: Arc<WatchMetrics>,
     usage: Arc<Usage>,
@@ -187,7 +188,7 @@ impl TaskWatcher {
         poller: S,
         store: Arc<dyn TaskStore>,
         events: EventSink,
-        keys: Arc<Keyring>,
+        keys: Live<Keyring>,
         settings: WatchSettings,
         metrics: Arc<WatchMetrics>,
         usage: Arc<Usage>,
@@ -300,9 +301,10 @@ where
 
     /// The `Authorization` the task was submitted with, unsealed.
     fn authorization(&self, task: &WatchedTask) -> Option<HeaderValue> {
+        let keys = self.keys.get();
         task.sealed_key
             .as_deref()
-            .and_then(|sealed| self.keys.open(SEALED_KEY_PURPOSE, sealed))
+            .and_then(|sealed| keys.open(SEALED_KEY_PURPOSE, sealed))
             .and_then(|key| HeaderValue::from_bytes(&key).ok())
     }
 

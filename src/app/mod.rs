@@ -27,6 +27,10 @@
 //! # }
 //! ```
 
+mod reload;
+
+pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader, is_live};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,6 +150,9 @@ pub struct Proxy {
     watcher: TaskWatcher,
     grace: Duration,
     connections: ConnectionLimits,
+    reloader: Reloader,
+    reload_asks: tokio::sync::mpsc::Receiver<reload::Ask>,
+    applier: reload::Applier,
 }
 
 impl Proxy {
@@ -232,7 +239,7 @@ impl Proxy {
             runway.layer(forward.clone()),
             Arc::clone(&store.tasks),
             relay.events(),
-            Arc::clone(callbacks.keys()),
+            callbacks.keys().clone(),
             config.watch.clone(),
             Arc::clone(&watch_metrics),
             runway.usage(),
@@ -242,6 +249,7 @@ impl Proxy {
         }
 
         let requests = Arc::new(RequestMetrics::default());
+        let reload_metrics = Arc::new(reload::ReloadMetrics::default());
         let metrics = Metrics {
             sets: vec![
                 Arc::clone(&requests) as Arc<dyn MetricSet>,
@@ -251,6 +259,7 @@ impl Proxy {
                 relay.metrics(),
                 watch_metrics,
                 runway.usage(),
+                Arc::clone(&reload_metrics) as Arc<dyn MetricSet>,
                 Arc::new(crate::metrics::ProcessMetrics::default()),
             ]
             .into_iter()
@@ -266,11 +275,22 @@ impl Proxy {
                  refused (set --admin-token to use them)"
             );
         }
+        let (reloader, reload_asks) = reload::channel();
+        let applier = reload::Applier {
+            current: config.clone(),
+            retry: runway.retry().clone(),
+            limit: runway.rate_limit().clone(),
+            guard: runway.guard().cloned(),
+            callbacks: callbacks.clone(),
+            access: access.clone(),
+            metrics: reload_metrics,
+        };
         let service = Sidecar::new(runway.layer(forward), requests, readiness.clone())
             .metric_sets(metrics.sets())
             .relay_admin(relay.admin())
             .task_admin(Arc::clone(&store.tasks))
             .admin_access(access)
+            .config_reload(Arc::new(reloader.clone()))
             .access_log(config.access_log);
         tracing::info!(public_url = %public_url, outbox = %store.described, "webhook relay ready");
         Ok(Proxy {
@@ -285,7 +305,23 @@ impl Proxy {
             watcher,
             grace: config.shutdown_grace,
             connections: config.connections,
+            reloader,
+            reload_asks,
+            applier,
         })
+    }
+
+    /// The handle that reloads this proxy's configuration while it runs (see
+    /// [`Reloader`]); it answers once [`run`](Self::run) has started.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Read the configuration from `source` again at each reload (SIGHUP,
+    /// `POST /-/reload`, [`Reloader::reload`]); without one, only
+    /// [`Reloader::apply`] can change it.
+    pub fn reload_from(&self, source: ConfigSource) {
+        self.reloader.set_source(source);
     }
 
     /// Everything the running proxy records, as `/-/metrics` shows it.
@@ -340,7 +376,7 @@ impl Proxy {
         let hooks = crate::server::serve(
             self.webhook_listener,
             self.receiver,
-            signal(stopped),
+            signal(stopped.clone()),
             grace,
             limits,
         );
@@ -350,7 +386,11 @@ impl Proxy {
             readiness.set(false);
             let _ = stop.send(true);
         };
-        tokio::join!(hooks, trigger, probe);
+        let relay = self.relay;
+        let reloads = self
+            .applier
+            .serve(self.reload_asks, self.reloader, &relay, stopped);
+        tokio::join!(hooks, trigger, probe, reloads);
         let _ = tokio::task::spawn_blocking(move || {
             for thread in serving {
                 let _ = thread.join();
@@ -358,7 +398,7 @@ impl Proxy {
         })
         .await;
         self.watcher.shutdown().await;
-        self.relay.shutdown(self.grace).await;
+        relay.shutdown(self.grace).await;
     }
 }
 

@@ -1,0 +1,351 @@
+//! Putting a new configuration in force while the proxy runs (SIGHUP, `POST /-/reload`),
+//! without dropping a request in flight or one waiting its turn.
+//!
+//! The settings a reload changes live are the ones whose state can be swapped under
+//! running requests: the retry settings and rules, the rate limits and task guards, the
+//! callback allow list and token keys, the admin token, and the delivery schedule and
+//! workers ([`is_live`]). The rest (listeners, the data dir, store URLs, the upstream and
+//! its timeouts, the webhook secret, ...) are read at start: a reload that changes them
+//! names them in a warning and leaves them as they were. A new configuration that does
+//! not check out changes nothing: the reason is logged and counted.
+//!
+//! Every reload runs on the runtime that [`Proxy::run`](super::Proxy::run) runs on, one
+//! at a time, so two reloads never interleave and new delivery workers start where the
+//! old ones ran.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::callback::{Callbacks, KeyringError};
+use crate::config::{Config, ConfigError, KEYS, Key, Overrides};
+use crate::guard::TaskGuardLayer;
+use crate::limit::RateLimitLayer;
+use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
+use crate::relay::Relay;
+use crate::retry::RetryLayer;
+use crate::settings::InvalidSetting;
+use crate::sidecar::{AdminAccess, ConfigReload};
+
+/// Where the configuration is read from again at each reload: the file, the process's
+/// environment (as it is now) and the flags the process was started with.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    path: Option<PathBuf>,
+    flags: Overrides,
+}
+
+impl ConfigSource {
+    /// The file at `path` (if any) under the environment and `flags`, as at start.
+    pub fn new(path: Option<PathBuf>, flags: Overrides) -> Self {
+        ConfigSource { path, flags }
+    }
+
+    /// Read and check the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        Config::load_from(self.path.as_deref(), &env, &self.flags)
+    }
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reloaded {
+    /// Settings now in force with new values (config keys).
+    pub changed: Vec<&'static str>,
+    /// Settings with new values that take effect only at the next start, left as they were.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// No [`ConfigSource`] was given to read from ([`Proxy::reload_from`](super::Proxy::reload_from)).
+    #[error("the proxy was not told where its configuration comes from")]
+    NoSource,
+    /// The new configuration does not check out.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A setting is out of range.
+    #[error(transparent)]
+    Setting(#[from] InvalidSetting),
+    /// The new token keys are not valid.
+    #[error("callback.token_keys: {0}")]
+    TokenKeys(#[from] KeyringError),
+    /// The proxy is shutting down (or not running yet).
+    #[error("the proxy is not running")]
+    Stopped,
+}
+
+pub(super) enum Request {
+    /// Read the source again.
+    FromSource,
+    /// Put this configuration in force.
+    Config(Box<Config>),
+}
+
+pub(super) type Ask = (Request, oneshot::Sender<Result<Reloaded, ReloadError>>);
+
+/// Asks the running proxy to reload. Cheap to clone; SIGHUP and `POST /-/reload` both
+/// go through it.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    asks: mpsc::Sender<Ask>,
+    source: Arc<Mutex<Option<ConfigSource>>>,
+}
+
+impl Reloader {
+    /// Read the configuration from its source again and put it in force.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.ask(Request::FromSource).await
+    }
+
+    /// Put `config` in force (the settings that can change live; see the module docs).
+    pub async fn apply(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        self.ask(Request::Config(Box::new(config))).await
+    }
+
+    async fn ask(&self, request: Request) -> Result<Reloaded, ReloadError> {
+        let (answer, answered) = oneshot::channel();
+        self.asks
+            .send((request, answer))
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        answered.await.unwrap_or(Err(ReloadError::Stopped))
+    }
+
+    pub(super) fn set_source(&self, source: ConfigSource) {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    fn source(&self) -> Option<ConfigSource> {
+        self.source.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl ConfigReload for Reloader {
+    fn reload(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            match Reloader::reload(self).await {
+                Ok(done) => Ok(serde_json::json!({
+                    "status": "reloaded",
+                    "changed": done.changed,
+                    "restart_needed": done.restart_needed,
+                })),
+                Err(err) => Err(err.to_string()),
+            }
+        })
+    }
+}
+
+/// Whether a change to `key` takes effect at a reload (otherwise at the next start).
+pub fn is_live(key: &str) -> bool {
+    match key {
+        "limit.redis_url" | "limit.redis_fallback" => false,
+        "callback.allow_private" | "callback.allowed_hosts" | "callback.token_keys" | "admin_token" => true,
+        _ => ["retry.", "limit.", "guard.", "delivery."]
+            .iter()
+            .any(|table| key.starts_with(table)),
+    }
+}
+
+/// Whether `key` has another value in `new` than in `old`. Secrets and URLs that may hold
+/// a password are compared themselves, since they are shown redacted.
+fn differs(key: &Key, old: &Config, new: &Config) -> bool {
+    match key.toml {
+        "webhook_secret" => old.webhook_secret != new.webhook_secret,
+        "callback.token_keys" => old.callback.token_keys != new.callback.token_keys,
+        "admin_token" => old.admin_token != new.admin_token,
+        "database.url" => old.database.url != new.database.url,
+        "limit.redis_url" => old.limit.redis_url != new.limit.redis_url,
+        _ => key.show(old) != key.show(new),
+    }
+}
+
+/// `runway_proxy_config_reloads_total{result}` and whether the last one took.
+#[derive(Debug)]
+pub(super) struct ReloadMetrics {
+    applied: Counter,
+    refused: Counter,
+    last_successful: Gauge,
+}
+
+impl Default for ReloadMetrics {
+    fn default() -> Self {
+        let metrics = ReloadMetrics {
+            applied: Counter::default(),
+            refused: Counter::default(),
+            last_successful: Gauge::default(),
+        };
+        metrics.last_successful.set(1);
+        metrics
+    }
+}
+
+impl MetricSet for ReloadMetrics {
+    fn render(&self, out: &mut String) {
+        write_family(
+            out,
+            "runway_proxy_config_reloads_total",
+            "counter",
+            "Configuration reloads (SIGHUP, POST /-/reload), by result: applied, or refused (the old one stayed).",
+            "result",
+            [("applied", self.applied.get()), ("refused", self.refused.get())],
+        );
+        write_one(
+            out,
+            "runway_proxy_config_last_reload_successful",
+            "gauge",
+            "1 if the last reload was applied (or there was none), 0 if it was refused.",
+            self.last_successful.get(),
+        );
+    }
+}
+
+/// The handles a reload changes, and the configuration in force. Owned by the loop in
+/// [`Proxy::run`](super::Proxy::run).
+#[derive(Debug)]
+pub(super) struct Applier {
+    pub(super) current: Config,
+    pub(super) retry: RetryLayer,
+    pub(super) limit: RateLimitLayer,
+    pub(super) guard: Option<TaskGuardLayer>,
+    pub(super) callbacks: Callbacks,
+    pub(super) access: AdminAccess,
+    pub(super) metrics: Arc<ReloadMetrics>,
+}
+
+impl Applier {
+    /// Put what can change of `new` in force, everything checked before anything changes.
+    fn apply(&mut self, new: Config, relay: &Relay) -> Result<Reloaded, ReloadError> {
+        let old = &self.current;
+        let mut done = Reloaded::default();
+        for key in KEYS {
+            if differs(key, old, &new) {
+                if is_live(key.toml) {
+                    done.changed.push(key.toml);
+                } else {
+                    done.restart_needed.push(key.toml);
+                }
+            }
+        }
+        if old.retry.rules != new.retry.rules {
+            done.changed.push("retry.rules");
+        }
+        if old.guard.keys != new.guard.keys {
+            done.changed.push("guard.keys");
+        }
+        // The configuration in force from now on: the old one, with what can change live
+        // taken from the new one.
+        let mut next = old.clone();
+        next.retry = new.retry;
+        next.limit = crate::limit::LimitSettings {
+            redis_url: old.limit.redis_url.clone(),
+            redis_fallback: old.limit.redis_fallback,
+            ..new.limit
+        };
+        next.guard = new.guard;
+        next.callback.allow_private = new.callback.allow_private;
+        next.callback.allowed_hosts = new.callback.allowed_hosts;
+        next.callback.token_keys = new.callback.token_keys;
+        next.admin_token = new.admin_token;
+        next.delivery = new.delivery;
+        // Relations between a live setting and one that is not (the ledger's retention
+        // and the budget window, say) are checked against what will really be in force.
+        next.validate()?;
+        let keys = if done.changed.contains(&"callback.token_keys") {
+            Some(super::token_keys(&next).map_err(|err| match err {
+                super::StartError::TokenKeys { source, .. } => ReloadError::TokenKeys(source),
+                other => ReloadError::Setting(InvalidSetting::new("callback.token_keys", other.to_string())),
+            })?)
+        } else {
+            None
+        };
+        if let Some(url) = &next.watch.official_callback_url {
+            next.callback.policy().check(url).map_err(|refused| {
+                InvalidSetting::new("callback.allowed_hosts", format!("{url}: {refused}"))
+            })?;
+        }
+
+        // Everything checks out: nothing below fails for want of a valid value.
+        self.retry.reload(next.retry.clone())?;
+        self.limit.reload(next.limit.clone())?;
+        if let Some(guard) = &self.guard {
+            guard.reload(&next.guard, next.limit.max_wait, next.limit.max_queue)?;
+        }
+        self.callbacks.set_policy(next.callback.policy());
+        if let Some(keys) = keys {
+            self.callbacks.set_keys(keys);
+        }
+        self.access
+            .set_token(next.admin_token.as_ref().map(crate::config::Secret::expose));
+        relay.reload(next.delivery.clone())?;
+        self.current = next;
+        Ok(done)
+    }
+
+    /// Answer reload requests until the proxy stops.
+    pub(super) async fn serve(
+        mut self,
+        mut asks: mpsc::Receiver<Ask>,
+        reloader: Reloader,
+        relay: &Relay,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let (request, answer) = tokio::select! {
+                ask = asks.recv() => match ask {
+                    Some(ask) => ask,
+                    None => return,
+                },
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let config = match request {
+                Request::Config(config) => Ok(*config),
+                Request::FromSource => match reloader.source() {
+                    Some(source) => source.load().map_err(ReloadError::from),
+                    None => Err(ReloadError::NoSource),
+                },
+            };
+            let outcome = config.and_then(|config| self.apply(config, relay));
+            match &outcome {
+                Ok(done) => {
+                    self.metrics.applied.inc();
+                    self.metrics.last_successful.set(1);
+                    if done.changed.is_empty() {
+                        tracing::info!("configuration reloaded: nothing that can change live has changed");
+                    } else {
+                        tracing::info!(changed = %done.changed.join(", "), "configuration reloaded");
+                    }
+                    if !done.restart_needed.is_empty() {
+                        tracing::warn!(
+                            settings = %done.restart_needed.join(", "),
+                            "these settings changed but are read at start only: they keep their old values until \
+                             a restart"
+                        );
+                    }
+                }
+                Err(err) => {
+                    self.metrics.refused.inc();
+                    self.metrics.last_successful.set(0);
+                    tracing::error!(error = %err, "configuration reload refused; the one in force stays");
+                }
+            }
+            let _ = answer.send(outcome);
+        }
+    }
+}
+
+/// A reloader and the receiving end of its requests.
+pub(super) fn channel() -> (Reloader, mpsc::Receiver<Ask>) {
+    let (asks, received) = mpsc::channel(8);
+    (
+        Reloader {
+            asks,
+            source: Arc::default(),
+        },
+        received,
+    )
+}
