@@ -655,3 +655,62 @@ fn serve_help_lists_the_settings_under_headings() {
     assert!(section("Observability").contains("--log-format"), "{help}");
     assert!(section("Listeners").contains("--webhook-listen"), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_changes_the_rate_limit_while_a_request_waits_and_it_completes() {
+    let mock = start_mock(MockConfig::default()).await;
+    let subscriber = Subscriber::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runway.toml");
+    // One submission per 30 s; a second waits its turn (max_wait is longer).
+    let config = |rate: &str| format!("[limit]\nsubmit_rate = \"{rate}\"\nmax_wait = \"60s\"\n");
+    std::fs::write(&file, config("2/min burst 1")).unwrap();
+    let mut running = Running::spawn(
+        serve()
+            .arg("--config")
+            .arg(&file)
+            .args(["--listen", "127.0.0.1:0", "--allow-private-callbacks"])
+            .env("RUNWAY_PROXY_UPSTREAM", mock.url()),
+    );
+    let started = running.wait_for_log("runway-proxy serving");
+    let listen = started["listen"].as_str().unwrap().to_owned();
+    let url = format!("http://{listen}/runway/pro/generate");
+    let body =
+        serde_json::json!({"prompt": "a cat", "model": "gen4", "callback_url": subscriber.url("/hook")});
+    let first = post_json(&client(), &url, &body).await.unwrap();
+    assert_eq!(first.json()["code"], 200);
+    let waiting = tokio::spawn(async move { post_json(&client(), &url, &body).await.unwrap() });
+    let metrics = format!("http://{listen}/-/metrics");
+    eventually(
+        "the second submission waits its turn",
+        Duration::from_secs(10),
+        async || {
+            let reply = send(&client(), Request::get(&metrics).body(Full::default()).unwrap())
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&reply.body).contains("\nrunway_proxy_limit_waiting 1\n")
+        },
+    )
+    .await;
+
+    std::fs::write(&file, config("100/s")).unwrap();
+    running.signal("HUP");
+    // Well before its turn under the old rate (30 s).
+    let reply = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting submission went on under the new rate")
+        .unwrap();
+    assert_eq!(reply.json()["code"], 200);
+    assert_eq!(mock.stats().received("/runway/pro/generate"), 2);
+    running.signal("TERM");
+    let (code, lines) = tokio::task::spawn_blocking(move || running.finish())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "SIGHUP did not end the process");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("configuration reloaded") && l.contains("limit.submit_rate")),
+        "{lines:#?}"
+    );
+}

@@ -80,9 +80,7 @@ impl AdminAccess {
             .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
             .map(|token| digest::digest(&digest::SHA256, token));
         match presented {
-            Some(presented) if constant_time_eq(presented.as_ref(), expected.as_ref()) => {
-                Grant::Admin
-            }
+            Some(presented) if constant_time_eq(presented.as_ref(), expected.as_ref()) => Grant::Admin,
             _ => Grant::Refused,
         }
     }

@@ -125,6 +125,26 @@ pub async fn metrics_text(proxy: &RunningProxy) -> String {
 
 /// Start a proxy configured by `file` (TOML) and `flags`, listening on a free port.
 pub async fn start_proxy_with(file: Option<&str>, upstream: &str, flags: &Overrides) -> RunningProxy {
+    start_proxy_from(file, None, upstream, flags).await
+}
+
+/// Start a proxy configured by the file at `path` and `flags`, which reads that file
+/// again at each reload (`POST /-/reload`).
+pub async fn start_reloadable_proxy(
+    path: &std::path::Path,
+    upstream: &str,
+    flags: &Overrides,
+) -> RunningProxy {
+    let text = std::fs::read_to_string(path).unwrap();
+    start_proxy_from(Some(&text), Some(path), upstream, flags).await
+}
+
+async fn start_proxy_from(
+    file: Option<&str>,
+    path: Option<&std::path::Path>,
+    upstream: &str,
+    flags: &Overrides,
+) -> RunningProxy {
     let data = tempfile::tempdir().unwrap();
     let mut flags = flags.clone();
     flags.entry("listen").or_insert_with(|| "127.0.0.1:0".to_owned());
@@ -137,6 +157,9 @@ pub async fn start_proxy_with(file: Option<&str>, upstream: &str, flags: &Overri
         .or_insert_with(|| data.path().display().to_string());
     let config = Config::load(file, &|_| None, &flags).unwrap();
     let proxy = Proxy::bind(&config).await.unwrap();
+    if let Some(path) = path {
+        proxy.reload_from(runway_proxy::app::ConfigSource::new(Some(path.to_owned()), flags));
+    }
     let addr = proxy.local_addr();
     let webhook_addr = proxy.webhook_addr();
     let (stop, stopped) = oneshot::channel();
