@@ -35,6 +35,7 @@ fn delivery(n: u64) -> NewDelivery {
         terminal: true,
         target_url: "https://hooks.example.com/runway".into(),
         body: Bytes::from_static(BODY),
+        trace: None,
     }
 }
 

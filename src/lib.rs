@@ -180,6 +180,8 @@ pub mod settings;
 pub mod store;
 // talking to the upstream
 pub mod upstream;
+
+pub mod trace;
 // middleware, and serving a service
 pub mod callback;
 pub mod limit;

@@ -65,6 +65,7 @@ use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer, RetrySettings};
 use crate::settings::InvalidSetting;
 use crate::tasks::{RecordTasks, RecordTasksLayer, TaskStore, Usage, WatchSettings};
+use crate::trace::Tracer;
 
 /// The service [`RunwayLayer`] makes around `S`.
 pub type Runway<S> = Idempotent<RewriteCallback<TaskGuard<RecordTasks<Retry<RateLimit<S>>>>>>;
@@ -159,9 +160,17 @@ pub struct RunwayLayerBuilder {
     idempotency: Option<(Arc<dyn IdempotencyStore>, IdempotencySettings)>,
     tasks: Option<(Arc<dyn TaskStore>, WatchSettings)>,
     guard: GuardSettings,
+    tracer: Tracer,
 }
 
 impl RunwayLayerBuilder {
+    /// Record a span for each attempt upstream (see [`crate::trace`]); the watch list
+    /// keeps each task's submission span, when the request carries one.
+    pub fn tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
     /// Retry settings and rules.
     pub fn retry(mut self, settings: RetrySettings) -> Self {
         self.retry = settings;
@@ -245,7 +254,10 @@ impl RunwayLayerBuilder {
             (None, _) => None,
         };
         Ok(RunwayLayer {
-            retry: RetryLayer::builder().settings(self.retry).build()?,
+            retry: RetryLayer::builder()
+                .settings(self.retry)
+                .tracer(self.tracer)
+                .build()?,
             limit: RateLimitLayer::builder().settings(self.limit).build()?,
             // The watch list reads the subscriber the rewrite checked; nothing else does.
             callbacks: self.callbacks.map(|callbacks| {

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["body", "duration", "route", "settings", "metrics", "store"],
     &["envelope"],
     &["upstream"],
+    &["trace"],
     &["callback", "limit", "retry", "server"],
     &["idempotency", "tasks"],
     &["guard"],

@@ -34,6 +34,7 @@ fn webhook(task: &str, status: &str, at: u32) -> NewDelivery {
         body: Bytes::from(format!(
             r#"{{"id":"{task}","status":"{status}","at":{at},"raw":"\u00e9 \u0000"}}"#
         )),
+        trace: None,
     }
 }
 
@@ -304,6 +305,7 @@ fn task(id: &str, format: TaskFormat) -> NewTask {
         sealed_key: Some("sealed".to_owned()),
         subscriber: Some("https://hooks.example.com/runway".to_owned()),
         outcome_unknown: false,
+        trace: None,
     }
 }
 
@@ -921,6 +923,57 @@ async fn racing_claimers_share_nothing(stores: Vec<Arc<dyn Store>>) {
     }
 }
 
+/// A task's submission span and its webhooks' are kept, for the links of the callback's
+/// receipt and of each delivery attempt.
+async fn trace_contexts_are_kept_with_tasks_and_deliveries(store: Arc<dyn Store>) {
+    let traced = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut with = task("traced", TaskFormat::Reverse);
+    with.trace = Some(traced.to_owned());
+    store.record(with, Duration::from_secs(60)).await.unwrap();
+    store
+        .record(task("untraced", TaskFormat::Reverse), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.trace_of("traced".into()).await.unwrap().as_deref(),
+        Some(traced)
+    );
+    assert_eq!(store.trace_of("untraced".into()).await.unwrap(), None);
+    assert_eq!(store.trace_of("unknown".into()).await.unwrap(), None);
+    // A reservation that becomes the task takes the trace too.
+    store
+        .reserve(reservation("pending-1", "team-a"), limits())
+        .await
+        .unwrap();
+    let mut reserved = keyed("from-reservation", "team-a", "gen4");
+    reserved.reservation = Some("pending-1".to_owned());
+    reserved.trace = Some(traced.to_owned());
+    store.record(reserved, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        store
+            .trace_of("from-reservation".into())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(traced)
+    );
+
+    let mut delivery = webhook("traced", "SUCCEEDED", 1);
+    delivery.trace = Some(traced.to_owned());
+    store.enqueue(delivery).await.unwrap();
+    store.enqueue(webhook("untraced", "SUCCEEDED", 1)).await.unwrap();
+    let claimed = store.claim("w".into(), 10, LEASE).await.unwrap();
+    let trace_of = |task: &str| {
+        claimed
+            .iter()
+            .find(|d| d.task_key == task)
+            .map(|d| d.trace.clone())
+            .expect("claimed")
+    };
+    assert_eq!(trace_of("traced").as_deref(), Some(traced));
+    assert_eq!(trace_of("untraced"), None);
+}
+
 macro_rules! on_every_store {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -1006,6 +1059,7 @@ on_every_store!(
     tasks_in_flight_are_counted_from_reservation_to_the_end,
     budgets_count_net_points_over_the_window,
     usage_sums_the_ledger_and_prune_forgets_what_ended,
+    trace_contexts_are_kept_with_tasks_and_deliveries,
 );
 
 #[cfg(feature = "postgres")]
@@ -1030,7 +1084,7 @@ mod postgres_schema {
         }
         let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
         let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
-        assert_eq!(versions, [1, 2, 3], "each migration once, in order");
+        assert_eq!(versions, [1, 2, 3, 4], "each migration once, in order");
         // And a restart finds the schema as it left it.
         PostgresOutbox::connect(&settings).await.unwrap();
     }

@@ -153,6 +153,19 @@ pub struct Proxy {
     reloader: Reloader,
     reload_asks: tokio::sync::mpsc::Receiver<reload::Ask>,
     applier: reload::Applier,
+    /// Sends the spans still queued at shutdown.
+    #[cfg(feature = "otel")]
+    exporter: Option<crate::trace::OtlpExporter>,
+}
+
+/// The exporter's metric set, when traces are exported.
+fn exporter_metrics(
+    #[cfg(feature = "otel")] exporter: Option<&crate::trace::OtlpExporter>,
+) -> Option<Arc<dyn MetricSet>> {
+    #[cfg(feature = "otel")]
+    return exporter.map(|e| e.metrics() as Arc<dyn MetricSet>);
+    #[cfg(not(feature = "otel"))]
+    None
 }
 
 impl Proxy {
@@ -207,6 +220,10 @@ impl Proxy {
             .with_token_lifetime(config.callback.token_lifetime);
 
         let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?;
+        #[cfg(feature = "otel")]
+        let (tracer, exporter) = crate::trace::OtlpExporter::start(&config.otel)?;
+        #[cfg(not(feature = "otel"))]
+        let tracer = crate::trace::Tracer::off();
         // Exactly the layer an embedding application uses.
         if let Some(url) = &config.watch.official_callback_url {
             callbacks
@@ -223,9 +240,11 @@ impl Proxy {
             .idempotency(Arc::clone(&store.idempotency), config.idempotency.clone())
             .watch(Arc::clone(&store.tasks), config.watch.clone())
             .guard(config.guard.clone())
+            .tracer(tracer.clone())
             .build()?;
         let relay = Relay::builder(&callbacks, Arc::clone(&store.outbox), signer)
             .settings(config.delivery.clone())
+            .tracer(tracer.clone())
             .watch_list(
                 Arc::clone(&store.tasks),
                 config.watch.recover_after,
@@ -264,6 +283,10 @@ impl Proxy {
             ]
             .into_iter()
             .chain(runway.guard().map(|guard| guard.metrics() as Arc<dyn MetricSet>))
+            .chain(exporter_metrics(
+                #[cfg(feature = "otel")]
+                exporter.as_ref(),
+            ))
             .collect(),
         };
         let readiness = Readiness::default();
@@ -291,6 +314,7 @@ impl Proxy {
             .task_admin(Arc::clone(&store.tasks))
             .admin_access(access)
             .config_reload(Arc::new(reloader.clone()))
+            .tracer(tracer)
             .access_log(config.access_log);
         tracing::info!(public_url = %public_url, outbox = %store.described, "webhook relay ready");
         Ok(Proxy {
@@ -308,6 +332,8 @@ impl Proxy {
             reloader,
             reload_asks,
             applier,
+            #[cfg(feature = "otel")]
+            exporter,
         })
     }
 
@@ -399,6 +425,10 @@ impl Proxy {
         .await;
         self.watcher.shutdown().await;
         relay.shutdown(self.grace).await;
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = self.exporter {
+            exporter.shutdown().await;
+        }
     }
 }
 

@@ -850,6 +850,31 @@ pub const KEYS: &[Key] = &[
         show: |c| c.access_log.to_string(),
     },
     Key {
+        toml: "otel.endpoint",
+        env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        flag: "otel-endpoint",
+        doc: "OpenTelemetry collector's OTLP/HTTP base URL (http://collector:4318): traces of each request, attempt, callback and delivery are exported to {url}/v1/traces (none: tracing off).",
+        set: |c, raw| {
+            c.otel.endpoint = match raw.trim() {
+                "" | "none" => None,
+                url => Some(url.to_owned()),
+            };
+            Ok(())
+        },
+        show: |c| c.otel.endpoint.clone().unwrap_or_else(|| "none".to_owned()),
+    },
+    Key {
+        toml: "otel.service_name",
+        env: "OTEL_SERVICE_NAME",
+        flag: "otel-service-name",
+        doc: "service.name of the exported traces.",
+        set: |c, raw| {
+            c.otel.service_name = raw.trim().to_owned();
+            Ok(())
+        },
+        show: |c| c.otel.service_name.clone(),
+    },
+    Key {
         toml: "log_format",
         env: "RUNWAY_PROXY_LOG_FORMAT",
         flag: "log-format",

@@ -57,6 +57,7 @@ use crate::retry::{RetrySettings, Rules};
 use crate::server::ConnectionLimits;
 use crate::settings::{InvalidSetting, check};
 use crate::tasks::WatchSettings;
+use crate::trace::TraceSettings;
 
 /// The sidecar's settings. Build it with [`Config::load`] or start from
 /// [`Config::default`]. Field names are the config keys.
@@ -107,6 +108,8 @@ pub struct Config {
     pub guard: GuardSettings,
     /// Bounds on each listener's connections (`[connections]`).
     pub connections: ConnectionLimits,
+    /// OpenTelemetry trace export (`[otel]`).
+    pub otel: TraceSettings,
     /// The token every admin path but `healthz` and `readyz` requires
     /// (`Authorization: Bearer ...`); `None`: admin paths are open on a loopback listener,
     /// and the relay's refused on any other.
@@ -137,6 +140,7 @@ impl Default for Config {
             watch: WatchSettings::default(),
             guard: GuardSettings::default(),
             connections: ConnectionLimits::default(),
+            otel: TraceSettings::default(),
             admin_token: None,
         }
     }
@@ -375,6 +379,7 @@ impl Config {
         )?;
         self.connections.validate()?;
         self.database.validate()?;
+        self.otel.validate()?;
         if self.database.url.is_some() {
             // Generated ones are made per data directory: each replica would sign with its
             // own secret, and refuse the callback tokens the others minted.

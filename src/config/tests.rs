@@ -179,13 +179,18 @@ fn relay_settings_load_and_secrets_stay_hidden() {
 
 #[test]
 fn every_key_has_a_distinct_env_and_flag() {
+    // The standard OpenTelemetry variables keep their own names.
+    const STANDARD: &[&str] = &["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"];
     for (i, a) in KEYS.iter().enumerate() {
-        assert_eq!(
-            a.env,
-            format!("RUNWAY_PROXY_{}", a.flag.replace('-', "_").to_uppercase())
-        );
+        if !STANDARD.contains(&a.env) {
+            assert_eq!(
+                a.env,
+                format!("RUNWAY_PROXY_{}", a.flag.replace('-', "_").to_uppercase())
+            );
+        }
         for b in &KEYS[i + 1..] {
             assert_ne!(a.flag, b.flag);
+            assert_ne!(a.env, b.env);
         }
     }
 }

@@ -82,7 +82,15 @@ where
                 Ok(permit) => permit,
                 Err(refusal) => return Ok(refusal.into_response(request.uri().path())),
             };
-            let response = inner.oneshot(request).await?;
+            let waited = started.elapsed();
+            let mut response = inner.oneshot(request).await?;
+            if waited >= std::time::Duration::from_millis(1) {
+                // For the attempt's span. Only a real wait: most requests have none, and
+                // an extension costs an allocation.
+                response
+                    .extensions_mut()
+                    .insert(crate::trace::LimitWaited(waited));
+            }
             // The slot is held until the response body is done with, not just its headers.
             Ok(response.map(|body| {
                 body::boxed(WithPermit {

@@ -59,6 +59,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 pub use crate::settings::ServiceUrl;
+use crate::trace::Tracer;
 pub use admin::RelayAdmin;
 pub use database::DatabaseSettings;
 pub use metrics::RelayMetrics;
@@ -153,6 +154,7 @@ pub struct RelayBuilder {
     signer: WebhookSigner,
     settings: DeliverySettings,
     tasks: Option<receiver::WatchList>,
+    tracer: Tracer,
 }
 
 impl std::fmt::Debug for dyn Outbox {
@@ -172,6 +174,7 @@ impl Relay {
             signer,
             settings: DeliverySettings::default(),
             tasks: None,
+            tracer: Tracer::off(),
         }
     }
 
@@ -251,6 +254,13 @@ impl RelayBuilder {
         self
     }
 
+    /// Record a span for each callback received (linked to its task's submission) and
+    /// each delivery attempt, and send `traceparent` with each relayed webhook.
+    pub fn tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
     /// Check the settings and start the delivery workers on the current Tokio runtime.
     pub fn start(self) -> Result<Relay, RelayError> {
         self.settings.validate()?;
@@ -262,6 +272,7 @@ impl RelayBuilder {
             Arc::clone(&wake),
             Arc::clone(&metrics),
             self.tasks,
+            self.tracer.clone(),
         );
         let admin = RelayAdmin::new(Arc::clone(&self.outbox), Arc::clone(&wake));
         let events = EventSink {
@@ -275,6 +286,7 @@ impl RelayBuilder {
             (*self.callbacks.policy()).clone(),
             wake,
             Arc::clone(&metrics),
+            self.tracer,
         )?;
         Ok(Relay {
             receiver,

@@ -29,6 +29,9 @@ pub struct NewDelivery {
     pub target_url: String,
     /// The body, exactly as received.
     pub body: Bytes,
+    /// The `traceparent` of the task's submission, when traces are exported: each
+    /// delivery attempt's span links to it.
+    pub trace: Option<String>,
 }
 
 /// What happened to an enqueued webhook.
@@ -112,6 +115,9 @@ pub struct Delivery {
     pub created_at: i64,
     /// When it was delivered (Unix milliseconds).
     pub delivered_at: Option<i64>,
+    /// The `traceparent` of the task's submission, if known.
+    #[serde(skip)]
+    pub trace: Option<String>,
 }
 
 /// How an attempt ended.

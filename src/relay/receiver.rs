@@ -20,6 +20,7 @@ use crate::callback::{Callbacks, HOOK_PATH, Keyring};
 use crate::envelope;
 use crate::settings::Live;
 use crate::tasks::{Seen, TaskReport, TaskStore, Usage};
+use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 
 /// Receives CometAPI's callbacks and stores them in the outbox.
 ///
@@ -47,6 +48,7 @@ struct Shared {
     tasks: Option<WatchList>,
     /// Checks terminal callbacks before they are relayed, once set.
     confirm: std::sync::OnceLock<Arc<dyn CallbackCheck>>,
+    tracer: Tracer,
 }
 
 /// The watch list a relay tells of each callback: its store, how long a task may then go
@@ -75,6 +77,7 @@ impl WebhookReceiver {
         wake: Arc<Notify>,
         metrics: Arc<RelayMetrics>,
         tasks: Option<WatchList>,
+        tracer: Tracer,
     ) -> Self {
         WebhookReceiver {
             shared: Arc::new(Shared {
@@ -86,6 +89,7 @@ impl WebhookReceiver {
                 metrics,
                 tasks,
                 confirm: std::sync::OnceLock::new(),
+                tracer,
             }),
         }
     }
@@ -111,7 +115,17 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move { Ok(shared.receive(request).await) })
+        Box::pin(async move {
+            // A trace of its own (the callback is a request of its own, maybe hours
+            // later), linked to the submission's once the task is known.
+            let mut span = shared.tracer.span("webhook received", SpanKind::Server, None);
+            let response = shared.receive(request, &mut span).await;
+            span.set_int("http.response.status_code", i64::from(response.status().as_u16()));
+            if !response.status().is_success() {
+                span.set_error(format!("answered {}", response.status()));
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -203,6 +217,7 @@ fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<String>, TaskRep
         terminal: identity.terminal,
         target_url: subscriber.to_owned(),
         body,
+        trace: None,
     };
     (delivery, identity.task_id, identity.points)
 }
@@ -212,7 +227,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Shared {
-    async fn receive<B>(&self, request: Request<B>) -> Response<Body>
+    async fn receive<B>(&self, request: Request<B>, span: &mut Span) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -277,6 +292,27 @@ impl Shared {
                     }
                 }
             }
+        }
+        if span.is_recording() {
+            if let Some(id) = task_id.as_deref() {
+                span.set_str("runway.task_id", id);
+                if let Some(watch) = &self.tasks {
+                    match watch.store.trace_of(id.to_owned()).await {
+                        Ok(Some(trace)) => {
+                            if let Some(submission) = SpanContext::from_traceparent(&trace) {
+                                span.link(submission);
+                            }
+                            delivery.trace = Some(trace);
+                        }
+                        Ok(None) => {}
+                        Err(err) => tracing::debug!(error = %err, "no trace context for a callback's task"),
+                    }
+                }
+            }
+            if let Some(status) = delivery.status.as_deref() {
+                span.set_str("runway.task.status", status);
+            }
+            span.set_str("runway.webhook_id", delivery.webhook_id.clone());
         }
         let (logged_id, logged_task, logged_status) = (
             delivery.webhook_id.clone(),

@@ -87,7 +87,11 @@ const LEDGER_COLUMNS: &[(&str, &str)] = &[
     ("points", "INTEGER"),
     ("refunded", "INTEGER"),
     ("finished_at", "INTEGER"),
+    // The submission's trace context (traces exported).
+    ("trace", "TEXT"),
 ];
+/// Columns added to `deliveries` since its first version.
+const DELIVERY_COLUMNS: &[(&str, &str)] = &[("trace", "TEXT")];
 const LEDGER_INDEXES: &str = "
 UPDATE tasks SET key_label = key_hash WHERE key_label = '';
 -- The budgets read a window of one key's (or every key's) tasks: covering indexes, so a
@@ -98,22 +102,29 @@ CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (key_label, state, submitte
     WHERE state IN ('pending', 'watching', 'unknown');
 ";
 
-/// Give an earlier version's `tasks` table the ledger's columns.
+/// Give an earlier version's tables the columns added since (the ledger's, the trace
+/// context's).
 fn add_ledger_columns(connection: &Connection) -> rusqlite::Result<()> {
+    add_columns(connection, "tasks", LEDGER_COLUMNS)?;
+    add_columns(connection, "deliveries", DELIVERY_COLUMNS)?;
+    connection.execute_batch(LEDGER_INDEXES)
+}
+
+fn add_columns(connection: &Connection, table: &str, wanted: &[(&str, &str)]) -> rusqlite::Result<()> {
     let mut columns = Vec::new();
     {
-        let mut info = connection.prepare("PRAGMA table_info(tasks)")?;
+        let mut info = connection.prepare(&format!("PRAGMA table_info({table})"))?;
         let names = info.query_map([], |row| row.get::<_, String>(1))?;
         for name in names {
             columns.push(name?);
         }
     }
-    for (name, kind) in LEDGER_COLUMNS {
+    for (name, kind) in wanted {
         if !columns.iter().any(|c| c == name) {
-            connection.execute_batch(&format!("ALTER TABLE tasks ADD COLUMN {name} {kind}"))?;
+            connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {kind}"))?;
         }
     }
-    connection.execute_batch(LEDGER_INDEXES)
+    Ok(())
 }
 
 /// How a batch's commit went, handed to every command of the batch.
@@ -308,7 +319,7 @@ fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
 
 pub(super) use crate::duration::unix_millis as now_ms;
 
-const COLUMNS: &str = "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
+const COLUMNS: &str = "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, created_at, delivered_at, trace";
 
 fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     let state: String = row.get(6)?;
@@ -325,6 +336,7 @@ fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
         last_error: row.get(9)?,
         created_at: row.get(10)?,
         delivered_at: row.get(11)?,
+        trace: row.get(12)?,
     })
 }
 
@@ -357,8 +369,8 @@ fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> 
     let now = now_ms();
     tx.execute(
         "INSERT INTO deliveries (webhook_id, dedup_key, task_key, status, terminal, target_url, body, state,
-                                 next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+                                 next_attempt_at, created_at, updated_at, trace)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10)",
         params![
             d.webhook_id,
             d.dedup_key,
@@ -368,7 +380,8 @@ fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> 
             d.target_url,
             &d.body[..],
             state.as_str(),
-            now
+            now,
+            d.trace
         ],
     )?;
     let id = tx.last_insert_rowid();

@@ -185,7 +185,7 @@ impl TaskStore for SqliteOutbox {
                     // The reservation becomes the task: counted once, from its submission.
                     let replaced = tx.execute(
                         "UPDATE OR IGNORE tasks SET task_id = ?2, sealed_key = ?3, subscriber = ?4, state = ?5,
-                                next_check_at = ?6, updated_at = ?7
+                                next_check_at = ?6, updated_at = ?7, trace = ?8
                          WHERE task_id = ?1 AND state = 'pending'",
                         params![
                             reservation,
@@ -194,7 +194,8 @@ impl TaskStore for SqliteOutbox {
                             task.subscriber,
                             state.as_str(),
                             next_check,
-                            now
+                            now,
+                            task.trace
                         ],
                     )?;
                     if replaced > 0 {
@@ -203,8 +204,8 @@ impl TaskStore for SqliteOutbox {
                 }
                 tx.execute(
                     "INSERT OR IGNORE INTO tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
-                                                  subscriber, state, submitted_at, next_check_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10)",
+                                                  subscriber, state, submitted_at, next_check_at, updated_at, trace)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?12)",
                     params![
                         task.task_id,
                         task.format.as_str(),
@@ -216,7 +217,8 @@ impl TaskStore for SqliteOutbox {
                         task.subscriber,
                         state.as_str(),
                         now,
-                        next_check
+                        next_check,
+                        task.trace
                     ],
                 )
                 .map(drop)
@@ -346,6 +348,18 @@ impl TaskStore for SqliteOutbox {
                     tx.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ?1"))?;
                 let mut rows = select.query_map(params![task_id], row_to_task)?;
                 rows.next().transpose()
+            })
+            .await
+            .map_err(store_error)
+        })
+    }
+
+    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                let mut select = tx.prepare_cached("SELECT trace FROM tasks WHERE task_id = ?1")?;
+                let mut rows = select.query_map(params![task_id], |row| row.get::<_, Option<String>>(0))?;
+                Ok(rows.next().transpose()?.flatten())
             })
             .await
             .map_err(store_error)

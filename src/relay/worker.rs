@@ -24,6 +24,7 @@ use crate::body;
 use crate::callback::SubscriberPolicy;
 use crate::duration::{jittered, unix_millis as now_ms};
 use crate::settings::{InvalidSetting, check};
+use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 use crate::upstream::{ClientError, retry_after, tls_client};
 
 /// Settings of the delivery workers (`[delivery]` in the config file). Field names are
@@ -132,6 +133,7 @@ struct Worker {
     policy: SubscriberPolicy,
     wake: Arc<Notify>,
     metrics: Arc<RelayMetrics>,
+    tracer: Tracer,
 }
 
 /// The running delivery workers: one generation at a time claims deliveries; a reload
@@ -142,6 +144,7 @@ pub(super) struct DeliveryWorkers {
     signer: WebhookSigner,
     wake: Arc<Notify>,
     metrics: Arc<RelayMetrics>,
+    tracer: Tracer,
     /// Stops the outbox depth gauge's refresher.
     stop: watch::Sender<bool>,
     depth: JoinSet<()>,
@@ -169,6 +172,7 @@ impl DeliveryWorkers {
         policy: SubscriberPolicy,
         wake: Arc<Notify>,
         metrics: Arc<RelayMetrics>,
+        tracer: Tracer,
     ) -> Result<DeliveryWorkers, ClientError> {
         let (stop, stopped) = watch::channel(false);
         let mut depth = JoinSet::new();
@@ -178,6 +182,7 @@ impl DeliveryWorkers {
             signer,
             wake,
             metrics,
+            tracer,
             stop,
             depth,
             generations: std::sync::Mutex::default(),
@@ -211,6 +216,7 @@ impl DeliveryWorkers {
                 policy: policy.clone(),
                 wake: Arc::clone(&self.wake),
                 metrics: Arc::clone(&self.metrics),
+                tracer: self.tracer.clone(),
             };
             tasks.spawn(worker.run(stopped.clone()));
         }
@@ -365,17 +371,41 @@ impl Worker {
 
     /// One attempt: how it ended, as the outbox records it.
     async fn attempt(&self, delivery: &Delivery) -> Completion {
-        let sent = self.send(delivery).await;
-        complete(
+        // Each attempt a trace of its own, linked to the task's submission.
+        let mut span = self.tracer.span("webhook delivery", SpanKind::Client, None);
+        if span.is_recording() {
+            if let Some(submission) = delivery.trace.as_deref().and_then(SpanContext::from_traceparent) {
+                span.link(submission);
+            }
+            span.set_str("runway.webhook_id", delivery.webhook_id.clone());
+            span.set_int("runway.delivery.attempt", i64::from(delivery.attempts) + 1);
+            if let Some(status) = &delivery.status {
+                span.set_str("runway.task.status", status.clone());
+            }
+        }
+        let sent = self.send(delivery, &mut span).await;
+        let completion = complete(
             sent,
             delivery.attempts,
             &self.settings.schedule,
             now_ms(),
             jittered,
-        )
+        );
+        if span.is_recording() {
+            let (outcome, error) = match &completion {
+                Completion::Delivered => ("delivered", None),
+                Completion::RetryAt { error, .. } => ("retry", Some(error)),
+                Completion::Dead { error } => ("dead", Some(error)),
+            };
+            span.set_str("runway.delivery.outcome", outcome);
+            if let Some(error) = error {
+                span.set_error(error.clone());
+            }
+        }
+        completion
     }
 
-    async fn send(&self, delivery: &Delivery) -> Result<(), Failure> {
+    async fn send(&self, delivery: &Delivery, span: &mut Span) -> Result<(), Failure> {
         // The literal-address case: the resolver sees only host names.
         let target = self
             .policy
@@ -393,7 +423,13 @@ impl Worker {
             )
             .header("webhook-id", &delivery.webhook_id)
             .header("webhook-timestamp", timestamp)
-            .header("webhook-signature", signature)
+            .header("webhook-signature", signature);
+        // The subscriber may continue the attempt's trace.
+        let request = match span.context() {
+            Some(context) => request.header(crate::trace::TRACEPARENT, context.traceparent()),
+            None => request,
+        };
+        let request = request
             .body(Full::new(delivery.body.clone()))
             .map_err(|e| Failure::Refused(format!("cannot build the request: {e}")))?;
         let response = match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
@@ -418,6 +454,7 @@ impl Worker {
             }
         };
         let status = response.status();
+        span.set_int("http.response.status_code", i64::from(status.as_u16()));
         if status.is_success() {
             return Ok(());
         }

@@ -17,6 +17,7 @@ use crate::body::{self, Body, BodyError, Bounded, BoxError};
 use crate::duration;
 use crate::envelope::{self, Code, Envelope};
 use crate::route::RouteClass;
+use crate::trace::{Span, SpanKind};
 use crate::upstream::{UpstreamError, retry_after};
 
 /// Less time than this left before the deadline is no time for another attempt.
@@ -144,6 +145,12 @@ where
         };
         self.shared.budget.deposit();
         let deadline = Instant::now() + settings.deadline;
+        let tracer = &self.shared.tracer;
+        let parent = if tracer.is_on() {
+            crate::trace::parent_of(&parts.extensions, &parts.headers)
+        } else {
+            None
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -152,8 +159,25 @@ where
                 .min(deadline.saturating_duration_since(Instant::now()));
             // Only Runway routes are judged by their body; any other streams through.
             let read_limit = (self.class != RouteClass::Other).then_some(settings.body_limit);
-            let outcome = send_attempt(self.inner.clone(), &parts, replay.take(), time, read_limit).await;
+            let mut span = tracer.span("upstream attempt", SpanKind::Client, parent);
+            let traceparent = span
+                .context()
+                .and_then(|context| HeaderValue::try_from(context.traceparent()).ok());
+            let outcome = send_attempt(
+                self.inner.clone(),
+                &parts,
+                replay.take(),
+                time,
+                read_limit,
+                traceparent,
+            )
+            .await;
             let judgement = self.judge(parts.uri.path(), &outcome);
+            if span.is_recording() {
+                describe_attempt(&mut span, self.class, attempt, &outcome, &judgement);
+            }
+            // The attempt's span ends here: the wait before the next one is not its.
+            drop(span);
             if judgement.action != Action::Retry {
                 tracing::debug!(
                     attempt,
@@ -444,12 +468,48 @@ where
 ///
 /// A free function rather than a method so that its future holds no `&Attempts`, which
 /// would require the inner service to be `Sync`.
+/// What an attempt's span says of it: the rule that decided, the status, the envelope
+/// code, and how long it waited in the rate limiter.
+fn describe_attempt(
+    span: &mut Span,
+    class: RouteClass,
+    attempt: u32,
+    outcome: &Outcome,
+    judgement: &Judgement<'_>,
+) {
+    span.set_str("runway.route_class", class.as_str());
+    span.set_int("runway.attempt", i64::from(attempt));
+    span.set_str("runway.retry.action", judgement.action.as_str());
+    span.set_str("runway.retry.rule", judgement.rule);
+    match outcome {
+        Outcome::Response(head, bounded) => {
+            span.set_int("http.response.status_code", i64::from(head.status.as_u16()));
+            if let Bounded::Whole(bytes) = bounded
+                && let Some(code) = Envelope::parse(bytes).and_then(|e| e.code)
+            {
+                span.set_str("runway.envelope.code", code.to_string());
+            }
+            if let Some(waited) = head.extensions.get::<crate::trace::LimitWaited>() {
+                span.set_millis("runway.limit.wait_ms", waited.0);
+            }
+            if judgement.action != Action::Success {
+                span.set_error(format!("{} ({})", judgement.action.as_str(), judgement.rule));
+            }
+        }
+        Outcome::Failed(failure) => {
+            span.set_str("error.type", failure.kind());
+            span.set_error(failure.to_string());
+        }
+    }
+}
+
 async fn send_attempt<S, RB>(
     inner: S,
     parts: &http::request::Parts,
     body: Body,
     time: Duration,
     read_limit: Option<usize>,
+    traceparent: Option<HeaderValue>,
 ) -> Outcome
 where
     S: Service<Request<Body>, Response = Response<RB>>,
@@ -463,6 +523,12 @@ where
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     *request.extensions_mut() = parts.extensions.clone();
+    if let Some(traceparent) = traceparent {
+        // The upstream's parent is this attempt.
+        request
+            .headers_mut()
+            .insert(crate::trace::TRACEPARENT, traceparent);
+    }
     let exchange = async move {
         let response = inner
             .oneshot(request)

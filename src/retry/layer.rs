@@ -9,6 +9,7 @@ use tower::retry::budget::TpsBudget;
 use super::{Retry, RetryMetrics, RetrySettings, Rules};
 use crate::route::RouteClass;
 use crate::settings::{InvalidSetting, Live};
+use crate::trace::Tracer;
 
 /// How far back the retry budget remembers requests.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -19,6 +20,8 @@ pub(super) struct Shared {
     pub(super) settings: RetrySettings,
     pub(super) budget: Arc<TpsBudget>,
     pub(super) metrics: Arc<RetryMetrics>,
+    /// Records a span per attempt (a child of the request's).
+    pub(super) tracer: Tracer,
 }
 
 /// Applies [`Retry`] to a service. Clones, and every service it makes, share one retry
@@ -39,13 +42,14 @@ impl RetryLayer {
     /// A layer with the default settings.
     pub fn new() -> Self {
         // The defaults are valid (a unit test says so).
-        Self::from_valid(RetrySettings::default())
+        Self::from_valid(RetrySettings::default(), Tracer::off())
     }
 
     /// A builder starting from the default settings.
     pub fn builder() -> RetryLayerBuilder {
         RetryLayerBuilder {
             settings: RetrySettings::default(),
+            tracer: Tracer::off(),
         }
     }
 
@@ -72,6 +76,7 @@ impl RetryLayer {
             settings,
             budget,
             metrics: Arc::clone(&current.metrics),
+            tracer: current.tracer.clone(),
         });
         Ok(())
     }
@@ -81,7 +86,7 @@ impl RetryLayer {
         Arc::clone(&self.live.get().metrics)
     }
 
-    fn from_valid(settings: RetrySettings) -> Self {
+    fn from_valid(settings: RetrySettings, tracer: Tracer) -> Self {
         let budget = Arc::new(budget_for(&settings));
         let metrics = RetryMetrics::default();
         metrics.declare_reasons(&settings.rules);
@@ -90,6 +95,7 @@ impl RetryLayer {
                 settings,
                 budget,
                 metrics: Arc::new(metrics),
+                tracer,
             }),
         }
     }
@@ -117,9 +123,18 @@ impl<S> Layer<S> for RetryLayer {
 #[must_use = "a builder does nothing until built"]
 pub struct RetryLayerBuilder {
     settings: RetrySettings,
+    tracer: Tracer,
 }
 
 impl RetryLayerBuilder {
+    /// Record a span for each attempt, a child of the request's span (the
+    /// [`SpanContext`](crate::trace::SpanContext) in its extensions, or its
+    /// `traceparent`), and send the attempt's `traceparent` upstream.
+    pub fn tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
     /// Start from these settings (the config's `[retry]`, say) instead of the defaults.
     pub fn settings(mut self, settings: RetrySettings) -> Self {
         self.settings = settings;
@@ -194,6 +209,6 @@ impl RetryLayerBuilder {
     /// Check the settings and make the layer (its retry budget and metrics, once).
     pub fn build(self) -> Result<RetryLayer, InvalidSetting> {
         self.settings.validate()?;
-        Ok(RetryLayer::from_valid(self.settings))
+        Ok(RetryLayer::from_valid(self.settings, self.tracer))
     }
 }

@@ -53,6 +53,7 @@ use crate::metrics::{GaugeGuard, MetricSet};
 use crate::relay::RelayAdmin;
 use crate::route::{self, RouteClass};
 use crate::tasks::TaskStore;
+use crate::trace::{Span, SpanKind, Tracer};
 use crate::upstream::{UpstreamError, UpstreamLatency};
 
 /// Prefix of the admin paths the proxy answers itself.
@@ -147,6 +148,7 @@ pub struct Sidecar<S> {
     requests: Arc<RequestMetrics>,
     admin: AdminState,
     access_log: bool,
+    tracer: Tracer,
 }
 
 impl<S> Sidecar<S> {
@@ -164,7 +166,15 @@ impl<S> Sidecar<S> {
             },
             requests,
             access_log: false,
+            tracer: Tracer::off(),
         }
+    }
+
+    /// Record a span for each proxied request (a child of its `traceparent`, if it came
+    /// with one), and put its context in the request's extensions for the layers below.
+    pub fn tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Log one line per request at info (default: at debug, where it costs nothing
@@ -251,7 +261,11 @@ where
                 },
             };
         }
-        let log = self.log(&request);
+        let mut request = request;
+        let mut log = self.log(&request);
+        if self.tracer.is_on() {
+            log.span = self.request_span(&mut request, log.class);
+        }
         let future = self.inner.clone().oneshot(request);
         ResponseFuture {
             kind: Kind::Forward { future, log },
@@ -260,6 +274,25 @@ where
 }
 
 impl<S> Sidecar<S> {
+    /// The request's span, its context left in the request for the layers below.
+    fn request_span(&self, request: &mut Request<Body>, class: RouteClass) -> Span {
+        let parent = crate::trace::parent_of(request.extensions(), request.headers());
+        let name = match class {
+            RouteClass::Submission => "proxy submission",
+            RouteClass::Read => "proxy read",
+            RouteClass::Other => "proxy other",
+        };
+        let mut span = self.tracer.span(name, SpanKind::Server, parent);
+        span.set_str("http.request.method", request.method().as_str());
+        // The path only: a query may carry a secret.
+        span.set_str("url.path", request.uri().path());
+        span.set_str("runway.route_class", class.as_str());
+        if let Some(context) = span.context() {
+            request.extensions_mut().insert(context);
+        }
+        span
+    }
+
     fn log(&self, request: &Request<Body>) -> RequestLog {
         RequestLog {
             class: RouteClass::of(request.method(), request.uri().path()),
@@ -269,6 +302,7 @@ impl<S> Sidecar<S> {
             _in_flight: self.requests.in_flight.track(),
             metrics: Arc::clone(&self.requests),
             access_log: self.access_log,
+            span: Span::default(),
         }
     }
 }
@@ -284,11 +318,23 @@ struct RequestLog {
     _in_flight: GaugeGuard,
     metrics: Arc<RequestMetrics>,
     access_log: bool,
+    /// Ended with the response's head (empty when traces are off).
+    span: Span,
 }
 
 impl RequestLog {
-    fn finish(&self, response: &Response<Body>) {
+    fn finish(&mut self, response: &Response<Body>) {
         let status = response.status().as_u16();
+        if self.span.is_recording() {
+            let mut span = std::mem::take(&mut self.span);
+            span.set_int("http.response.status_code", i64::from(status));
+            if let Some(outcome) = response.extensions().get::<crate::retry::RetryOutcome>() {
+                span.set_str("runway.retry.outcome", outcome.as_str());
+            }
+            if response.status().is_server_error() || response.status() == StatusCode::TOO_MANY_REQUESTS {
+                span.set_error(format!("answered {status}"));
+            }
+        }
         self.metrics.requests.inc(&(self.class, status));
         let upstream_ms = response
             .extensions()

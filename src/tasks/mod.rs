@@ -175,6 +175,9 @@ pub struct NewTask {
     pub subscriber: Option<String>,
     /// Whether the submission's outcome is unknown (see [`WatchState::Unknown`]).
     pub outcome_unknown: bool,
+    /// The submission's span (`traceparent`), when traces are exported: the callback's
+    /// receipt and every delivery attempt link to it.
+    pub trace: Option<String>,
 }
 
 /// A watched task and what is known of it.
@@ -292,6 +295,9 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// The record of `task_id`, if it is on the list.
     fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, StoreError>>;
+
+    /// The `traceparent` of task `task_id`'s submission, if one was recorded.
+    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
 
     /// Tasks in `state` (every state: `None`) with a row id above `after`, oldest first,
     /// at most `limit`.

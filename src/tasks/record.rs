@@ -114,6 +114,7 @@ struct Pending {
     reservation: Option<String>,
     sealed_key: Option<String>,
     subscriber: Option<String>,
+    trace: Option<String>,
 }
 
 impl<S, B, RB> Service<Request<B>> for RecordTasks<S>
@@ -197,6 +198,11 @@ impl Shared {
             reservation,
             sealed_key: authorization.map(|value| self.keys.get().seal(SEALED_KEY_PURPOSE, value.as_bytes())),
             subscriber,
+            // The submission's span, when the sidecar records one.
+            trace: request
+                .extensions()
+                .get::<crate::trace::SpanContext>()
+                .map(crate::trace::SpanContext::traceparent),
         })
     }
 
@@ -252,6 +258,7 @@ impl Shared {
             sealed_key: pending.sealed_key,
             subscriber: pending.subscriber,
             outcome_unknown,
+            trace: pending.trace,
         };
         match self.store.record(task, check_after).await {
             Ok(()) => true,

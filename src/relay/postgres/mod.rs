@@ -351,6 +351,7 @@ async fn commit(pool: &Pool, mut batch: Vec<Write>) {
 }
 
 const ENQUEUE: &str = "SELECT o_id, o_outcome FROM runway_proxy_enqueue($1, $2, $3, $4, $5, $6, $7, $8)";
+const SET_TRACE: &str = "UPDATE runway_proxy_deliveries SET trace = $2 WHERE id = $1";
 const COMPLETE: &str = "
     UPDATE runway_proxy_deliveries
     SET state = $3, attempts = attempts + 1, next_attempt_at = runway_proxy_now_ms() + $4,
@@ -390,6 +391,11 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, OutboxErro
                     .await?;
                 let id: i64 = row.try_get(0)?;
                 let outcome: &str = row.try_get(1)?;
+                if let (Some(trace), "stored" | "superseded") = (&d.trace, outcome) {
+                    // Written apart from the enqueue function, whose signature stays as
+                    // it was: only when traces are exported.
+                    tx.execute(SET_TRACE, &[&id, trace]).await?;
+                }
                 Ok(Applied::Enqueued(match outcome {
                     "duplicate" => Enqueued::Duplicate(id),
                     "superseded" => Enqueued::Superseded(id),
@@ -423,7 +429,7 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, OutboxErro
 }
 
 const COLUMNS: &str = "d.id, d.webhook_id, d.task_key, d.status, d.target_url, d.body, d.state, d.attempts, \
-                       d.next_attempt_at, d.last_error, d.created_at, d.delivered_at";
+                       d.next_attempt_at, d.last_error, d.created_at, d.delivered_at, d.trace";
 
 fn row_to_delivery(row: &Row) -> Result<Delivery, tokio_postgres::Error> {
     let state: &str = row.try_get(6)?;
@@ -441,6 +447,7 @@ fn row_to_delivery(row: &Row) -> Result<Delivery, tokio_postgres::Error> {
         last_error: row.try_get(9)?,
         created_at: row.try_get(10)?,
         delivered_at: row.try_get(11)?,
+        trace: row.try_get(12)?,
     })
 }
 

@@ -15,7 +15,7 @@ const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
 
 /// Each migration, in order; its number is its position (from 1). Never edit one that has
 /// shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The newest schema version this build knows.
 pub(super) const LATEST: i32 = MIGRATIONS.len() as i32;
@@ -265,6 +265,13 @@ BEGIN
     refused := NULL;
     used := 0;
 END $$;
+"#;
+
+const V4: &str = r#"
+-- Trace context (traceparent) of a task's submission, and of the submission a delivery
+-- belongs to: the callback's receipt and every delivery attempt link to it.
+ALTER TABLE runway_proxy_tasks ADD COLUMN trace text;
+ALTER TABLE runway_proxy_deliveries ADD COLUMN trace text;
 "#;
 
 /// Bring the database's schema up to [`LATEST`].

@@ -124,7 +124,8 @@ impl TaskStore for PostgresOutbox {
                     .task_statement(
                         "UPDATE runway_proxy_tasks
                          SET task_id = $2, sealed_key = $3, subscriber = $4, state = $5,
-                             next_check_at = runway_proxy_now_ms() + $6, updated_at = runway_proxy_now_ms()
+                             next_check_at = runway_proxy_now_ms() + $6, updated_at = runway_proxy_now_ms(),
+                             trace = $7
                          WHERE task_id = $1 AND state = 'pending'
                            AND NOT EXISTS (SELECT 1 FROM runway_proxy_tasks WHERE task_id = $2)
                          RETURNING 1",
@@ -135,6 +136,7 @@ impl TaskStore for PostgresOutbox {
                             Box::new(task.subscriber.clone()),
                             Box::new(state.as_str()),
                             Box::new(millis(check_after)),
+                            Box::new(task.trace.clone()),
                         ],
                     )
                     .await?;
@@ -144,9 +146,9 @@ impl TaskStore for PostgresOutbox {
             }
             self.task_statement(
                 "INSERT INTO runway_proxy_tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
-                                                 subscriber, state, submitted_at, next_check_at, updated_at)
+                                                 subscriber, state, submitted_at, next_check_at, updated_at, trace)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, runway_proxy_now_ms(), runway_proxy_now_ms() + $10,
-                         runway_proxy_now_ms())
+                         runway_proxy_now_ms(), $11)
                  ON CONFLICT (task_id) DO NOTHING",
                 vec![
                     Box::new(task.task_id),
@@ -159,6 +161,7 @@ impl TaskStore for PostgresOutbox {
                     Box::new(task.subscriber),
                     Box::new(state.as_str()),
                     Box::new(millis(check_after)),
+                    Box::new(task.trace),
                 ],
             )
             .await
@@ -325,6 +328,23 @@ impl TaskStore for PostgresOutbox {
                 done: get(1)?,
                 unknown: get(2)?,
             })
+        })
+    }
+
+    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .task_statement(
+                    "SELECT trace FROM runway_proxy_tasks WHERE task_id = $1",
+                    vec![Box::new(task_id)],
+                )
+                .await?;
+            match rows.first() {
+                Some(row) => row
+                    .try_get::<_, Option<String>>(0)
+                    .map_err(|e| StoreError(e.to_string())),
+                None => Ok(None),
+            }
         })
     }
 

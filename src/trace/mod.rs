@@ -1,0 +1,413 @@
+//! Distributed tracing of a task's life: spans for each proxied request and each of its
+//! attempts upstream, for the callback's receipt and for every delivery attempt, sent to
+//! an OpenTelemetry collector over OTLP/HTTP.
+//!
+//! A [`Tracer`] is off unless an exporter made it ([`OtlpExporter::start`], with the
+//! `otel` feature): then [`Tracer::span`] returns a [`Span`] that holds nothing and
+//! records nothing, so tracing costs a branch per request and no allocation. On, a span
+//! is a small record filled in as the request goes; when it ends (dropped) it is queued
+//! for the exporter without waiting: a full queue drops it and counts it, and the
+//! export happens off the request path, in batches.
+//!
+//! Context crosses process boundaries as W3C `traceparent`: read from the application's
+//! request, sent upstream with each attempt, stored with the task at submission, and sent
+//! with each relayed webhook. A callback arrives on a connection of its own, hours later
+//! perhaps: its receipt and each delivery attempt start traces of their own, *linked* to
+//! the submission's span, so a trace viewer leads from one to the other.
+//!
+//! # Example
+//!
+//! ```
+//! use runway_proxy::trace::{SpanContext, SpanKind, Tracer};
+//!
+//! let tracer = Tracer::off();
+//! let parent = SpanContext::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+//! let mut span = tracer.span("proxy submission", SpanKind::Server, parent);
+//! span.set_int("http.response.status_code", 200);
+//! assert!(span.context().is_none(), "off: nothing is recorded");
+//! ```
+
+#[cfg(feature = "otel")]
+mod export;
+#[cfg(feature = "otel")]
+mod otlp;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[cfg(feature = "otel")]
+pub use export::{OtlpExporter, TraceMetrics};
+
+use crate::settings::{InvalidSetting, check};
+
+/// Where and as what spans are exported (`[otel]`). No endpoint: tracing is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TraceSettings {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to
+    /// `{endpoint}/v1/traces`, or to the URL itself if it already ends so.
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans' resource.
+    pub service_name: String,
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        TraceSettings {
+            endpoint: None,
+            service_name: "runway-proxy".to_owned(),
+        }
+    }
+}
+
+impl TraceSettings {
+    /// Check every value.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if let Some(endpoint) = &self.endpoint {
+            let uri = endpoint.parse::<http::Uri>().ok();
+            check(
+                uri.as_ref().is_some_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty())
+                }),
+                "otel.endpoint",
+                || format!("{endpoint:?} is not an http(s) URL like http://collector:4318"),
+            )?;
+            #[cfg(not(feature = "otel"))]
+            return Err(InvalidSetting::new(
+                "otel.endpoint",
+                "this build has no OpenTelemetry export (the `otel` feature)",
+            ));
+        }
+        check(!self.service_name.trim().is_empty(), "otel.service_name", || {
+            "must not be empty".into()
+        })
+    }
+
+    /// Where spans are posted.
+    pub fn traces_url(&self) -> Option<String> {
+        let endpoint = self.endpoint.as_deref()?.trim_end_matches('/');
+        Some(if endpoint.ends_with("/v1/traces") {
+            endpoint.to_owned()
+        } else {
+            format!("{endpoint}/v1/traces")
+        })
+    }
+}
+
+/// The trace a span belongs to and the span itself, as `traceparent` carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanContext {
+    /// 16 bytes, not all zero.
+    pub trace_id: [u8; 16],
+    /// 8 bytes, not all zero.
+    pub span_id: [u8; 8],
+    /// Whether the trace is sampled (`traceparent`'s flag 01).
+    pub sampled: bool,
+}
+
+impl SpanContext {
+    /// Read a W3C `traceparent` (`00-{32 hex}-{16 hex}-{2 hex}`); `None` for anything
+    /// else, as the spec says a malformed one is ignored.
+    pub fn from_traceparent(value: &str) -> Option<SpanContext> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let span = parts.next()?;
+        let flags = parts.next()?;
+        // Version 00 has exactly four parts; a later version may add more, after these.
+        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        let mut flag = [0u8; 1];
+        hex_into(trace, &mut trace_id)?;
+        hex_into(span, &mut span_id)?;
+        hex_into(flags, &mut flag)?;
+        hex_into(version, &mut [0u8; 1])?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(SpanContext {
+            trace_id,
+            span_id,
+            sampled: flag[0] & 1 == 1,
+        })
+    }
+
+    /// This context as a `traceparent` value.
+    pub fn traceparent(&self) -> String {
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.span_id);
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
+    }
+}
+
+fn hex_into(text: &str, out: &mut [u8]) -> Option<()> {
+    let bytes = text.as_bytes();
+    if bytes.len() != out.len() * 2 {
+        return None;
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(())
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+}
+
+/// What a span stands for, as OTLP names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    /// Work inside the proxy.
+    Internal,
+    /// A request the proxy answers (the application's call, a callback).
+    Server,
+    /// A request the proxy makes (an attempt upstream, a delivery).
+    Client,
+}
+
+/// An attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Text.
+    Str(String),
+    /// A whole number.
+    Int(i64),
+    /// Yes or no.
+    Bool(bool),
+}
+
+/// A finished span, as the exporter receives it.
+#[derive(Clone, Debug)]
+pub struct SpanData {
+    /// Its context.
+    pub context: SpanContext,
+    /// The span it is a child of, in the same trace.
+    pub parent: Option<[u8; 8]>,
+    /// Its name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: SpanKind,
+    /// Start, Unix nanoseconds.
+    pub start: u64,
+    /// End, Unix nanoseconds.
+    pub end: u64,
+    /// Its attributes, in the order they were set.
+    pub attributes: Vec<(&'static str, Value)>,
+    /// Spans of other traces it is linked to.
+    pub links: Vec<SpanContext>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Where ended spans go: the exporter's queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Sink {
+    pub(crate) queue: tokio::sync::mpsc::Sender<SpanData>,
+    pub(crate) dropped: Arc<crate::metrics::Counter>,
+}
+
+/// Makes spans; off ([`Tracer::off`], the default) it makes empty ones. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Tracer {
+    sink: Option<Sink>,
+}
+
+impl Tracer {
+    /// A tracer that records nothing.
+    pub fn off() -> Tracer {
+        Tracer::default()
+    }
+
+    /// Whether spans are recorded.
+    pub fn is_on(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Start a span: a child of `parent` if given, else the root of a new trace.
+    pub fn span(&self, name: &'static str, kind: SpanKind, parent: Option<SpanContext>) -> Span {
+        let Some(sink) = &self.sink else {
+            return Span::default();
+        };
+        let context = SpanContext {
+            trace_id: parent.map_or_else(random_id, |p| p.trace_id),
+            span_id: random_id(),
+            sampled: true,
+        };
+        Span {
+            data: Some(Box::new(SpanData {
+                context,
+                parent: parent.map(|p| p.span_id),
+                name,
+                kind,
+                start: unix_nanos(),
+                end: 0,
+                attributes: Vec::with_capacity(8),
+                links: Vec::new(),
+                error: None,
+            })),
+            sink: Some(sink.clone()),
+        }
+    }
+}
+
+/// An id of `N` random bytes, never all zero.
+fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let id: [u8; N] = std::array::from_fn(|_| rand::random());
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A span being recorded; it ends when dropped (or at [`end`](Span::end)). The empty
+/// span of a tracer that is off ignores everything.
+#[derive(Debug, Default)]
+pub struct Span {
+    data: Option<Box<SpanData>>,
+    sink: Option<Sink>,
+}
+
+impl Span {
+    /// Its context, to pass on (`None` when nothing is recorded).
+    pub fn context(&self) -> Option<SpanContext> {
+        self.data.as_ref().map(|d| d.context)
+    }
+
+    /// Whether it records anything.
+    pub fn is_recording(&self) -> bool {
+        self.data.is_some()
+    }
+
+    /// Set a text attribute.
+    pub fn set_str(&mut self, key: &'static str, value: impl Into<String>) {
+        if let Some(data) = &mut self.data {
+            data.attributes.push((key, Value::Str(value.into())));
+        }
+    }
+
+    /// Set a number attribute.
+    pub fn set_int(&mut self, key: &'static str, value: i64) {
+        if let Some(data) = &mut self.data {
+            data.attributes.push((key, Value::Int(value)));
+        }
+    }
+
+    /// Set a yes-or-no attribute.
+    pub fn set_bool(&mut self, key: &'static str, value: bool) {
+        if let Some(data) = &mut self.data {
+            data.attributes.push((key, Value::Bool(value)));
+        }
+    }
+
+    /// Set a duration attribute, in milliseconds.
+    pub fn set_millis(&mut self, key: &'static str, value: Duration) {
+        self.set_int(key, i64::try_from(value.as_millis()).unwrap_or(i64::MAX));
+    }
+
+    /// Link it to a span of another trace (the submission a callback belongs to).
+    pub fn link(&mut self, to: SpanContext) {
+        if let Some(data) = &mut self.data {
+            data.links.push(to);
+        }
+    }
+
+    /// Mark it failed, saying why.
+    pub fn set_error(&mut self, why: impl Into<String>) {
+        if let Some(data) = &mut self.data {
+            data.error = Some(why.into());
+        }
+    }
+
+    /// End it now.
+    pub fn end(self) {}
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let (Some(mut data), Some(sink)) = (self.data.take(), self.sink.take()) {
+            data.end = unix_nanos().max(data.start);
+            // Never waits: a span that finds the queue full is dropped, and counted.
+            if sink.queue.try_send(*data).is_err() {
+                sink.dropped.inc();
+            }
+        }
+    }
+}
+
+/// The response extension the rate limiter sets: how long the request waited for its
+/// turn (an attempt's span reports it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitWaited(pub Duration);
+
+/// The parent of what a request leads to: the context the sidecar put in its extensions,
+/// else the `traceparent` it came with.
+pub fn parent_of(extensions: &http::Extensions, headers: &http::HeaderMap) -> Option<SpanContext> {
+    extensions.get::<SpanContext>().copied().or_else(|| {
+        headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(SpanContext::from_traceparent)
+    })
+}
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_and_refuses_what_the_spec_refuses() {
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = SpanContext::from_traceparent(value).unwrap();
+        assert_eq!(context.traceparent(), value);
+        assert!(context.sampled);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(SpanContext::from_traceparent(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_off_tracer_records_nothing() {
+        let tracer = Tracer::off();
+        let mut span = tracer.span("x", SpanKind::Internal, None);
+        span.set_str("a", "b");
+        assert!(!span.is_recording());
+        assert_eq!(span.context(), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! OpenTelemetry traces of one task, from the application's submission to the relayed
+//! webhook, as a collector receives them: OTLP/HTTP protobuf, decoded here with the
+//! official generated types (not the proxy's own encoder).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use http_body_util::Full;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message as _;
+use runway_proxy::config::Overrides;
+use runway_proxy::mock::{Fault, MockConfig};
+use runway_proxy::trace::SpanContext;
+use serde_json::json;
+
+const GENERATE: &str = "/runway/pro/generate";
+const WAIT: Duration = Duration::from_secs(10);
+/// The application's own trace, which the proxy's spans continue.
+const APP_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// Every span the collector received, and the resource's `service.name` of each batch.
+fn collected(collector: &Subscriber) -> (Vec<Span>, Vec<String>) {
+    let mut spans = Vec::new();
+    let mut services = Vec::new();
+    for (headers, body) in collector.received() {
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        let request = ExportTraceServiceRequest::decode(body).expect("a valid OTLP protobuf export");
+        for resource in request.resource_spans {
+            for attribute in resource.resource.map(|r| r.attributes).unwrap_or_default() {
+                if attribute.key == "service.name"
+                    && let Some(AnyValue::StringValue(name)) = attribute.value.and_then(|v| v.value)
+                {
+                    services.push(name);
+                }
+            }
+            for scope in resource.scope_spans {
+                assert_eq!(scope.scope.map(|s| s.name).as_deref(), Some("runway-proxy"));
+                spans.extend(scope.spans);
+            }
+        }
+    }
+    (spans, services)
+}
+
+fn attribute(span: &Span, key: &str) -> Option<AnyValue> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone())
+        .and_then(|v| v.value)
+}
+
+fn text(span: &Span, key: &str) -> Option<String> {
+    match attribute(span, key) {
+        Some(AnyValue::StringValue(text)) => Some(text),
+        _ => None,
+    }
+}
+
+fn int(span: &Span, key: &str) -> Option<i64> {
+    match attribute(span, key) {
+        Some(AnyValue::IntValue(n)) => Some(n),
+        _ => None,
+    }
+}
+
+fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
+#[tokio::test]
+async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
+    let collector = Subscriber::start().await;
+    let subscriber = Subscriber::start().await;
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(100))).await;
+    let flags = Overrides::from([
+        ("callback.allow_private", "true".to_owned()),
+        ("retry.base_delay", "10ms".to_owned()),
+        ("otel.endpoint", collector.url("")),
+        ("otel.service_name", "proxy-under-test".to_owned()),
+    ]);
+    let proxy = start_proxy_with(None, &mock.url(), &flags).await;
+    // The first attempt is answered busy (inside a 200), the second succeeds.
+    mock.inject(GENERATE, Fault::busy(), 1);
+    let request = Request::post(proxy.url(GENERATE))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test")
+        .header("traceparent", APP_TRACEPARENT)
+        .body(Full::from(
+            json!({"prompt": "a cat", "model": "gen4", "callback_url": subscriber.url("/hook")}).to_string(),
+        ))
+        .unwrap();
+    let reply = send(&client(), request).await.unwrap();
+    assert_eq!(reply.json()["code"], 200, "{:?}", reply.json());
+    let relayed = subscriber.wait_for(2, WAIT).await;
+
+    eventually("the collector has the whole story", WAIT, async || {
+        let (spans, _) = collected(&collector);
+        named(&spans, "webhook delivery").len() >= 2 && named(&spans, "webhook received").len() >= 2
+    })
+    .await;
+    let (spans, services) = collected(&collector);
+    assert!(services.iter().all(|s| s == "proxy-under-test"), "{services:?}");
+    let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
+    let app = SpanContext::from_traceparent(APP_TRACEPARENT).unwrap();
+
+    // The submission: a server span continuing the application's trace.
+    let submissions = named(&spans, "proxy submission");
+    assert_eq!(submissions.len(), 1, "{spans:#?}");
+    let submission = submissions[0];
+    assert_eq!(submission.trace_id, app.trace_id);
+    assert_eq!(submission.parent_span_id, app.span_id);
+    assert_eq!(submission.kind, SpanKind::Server as i32);
+    assert_eq!(int(submission, "http.response.status_code"), Some(200));
+    assert_eq!(text(submission, "url.path").as_deref(), Some(GENERATE));
+    assert_eq!(
+        text(submission, "runway.retry.outcome").as_deref(),
+        Some("success")
+    );
+    assert!(submission.end_time_unix_nano >= submission.start_time_unix_nano);
+
+    // Its attempts: children, the first retried by the rule that decided, each one the
+    // parent the upstream was told of.
+    let mut attempts = named(&spans, "upstream attempt");
+    attempts.sort_by_key(|s| int(s, "runway.attempt"));
+    assert_eq!(attempts.len(), 2, "{spans:#?}");
+    for attempt in &attempts {
+        assert_eq!(attempt.trace_id, app.trace_id);
+        assert_eq!(attempt.parent_span_id, submission.span_id);
+        assert_eq!(attempt.kind, SpanKind::Client as i32);
+        assert_eq!(text(attempt, "runway.route_class").as_deref(), Some("submission"));
+    }
+    assert_eq!(text(attempts[0], "runway.retry.action").as_deref(), Some("retry"));
+    assert_eq!(
+        text(attempts[0], "runway.retry.rule").as_deref(),
+        Some("retryable-code")
+    );
+    assert_eq!(text(attempts[0], "runway.envelope.code").as_deref(), Some("500"));
+    assert_eq!(
+        attempts[0].status.as_ref().map(|s| s.code),
+        Some(2),
+        "an error status"
+    );
+    assert_eq!(
+        text(attempts[1], "runway.retry.action").as_deref(),
+        Some("success")
+    );
+    assert_eq!(text(attempts[1], "runway.envelope.code").as_deref(), Some("200"));
+    let upstream_parents: Vec<Vec<u8>> = mock
+        .requests()
+        .iter()
+        .filter(|r| r.uri == GENERATE)
+        .map(|r| {
+            let value = r.headers["traceparent"].to_str().unwrap();
+            SpanContext::from_traceparent(value).unwrap().span_id.to_vec()
+        })
+        .collect();
+    assert_eq!(
+        upstream_parents,
+        [attempts[0].span_id.clone(), attempts[1].span_id.clone()]
+    );
+
+    // Each callback's receipt: a trace of its own, linked to the submission.
+    let links_to_submission = |span: &Span| {
+        span.links
+            .iter()
+            .any(|l| l.trace_id == submission.trace_id && l.span_id == submission.span_id)
+    };
+    let receipts = named(&spans, "webhook received");
+    for receipt in &receipts {
+        assert_ne!(receipt.trace_id, app.trace_id, "a trace of its own");
+        assert!(links_to_submission(receipt), "{receipt:#?}");
+        assert_eq!(receipt.kind, SpanKind::Server as i32);
+        assert_eq!(int(receipt, "http.response.status_code"), Some(200));
+        assert!(text(receipt, "runway.task_id").is_some());
+    }
+    // Each delivery attempt: linked too, and the span the subscriber was told of.
+    let deliveries = named(&spans, "webhook delivery");
+    for delivery in &deliveries {
+        assert!(links_to_submission(delivery), "{delivery:#?}");
+        assert_eq!(
+            text(delivery, "runway.delivery.outcome").as_deref(),
+            Some("delivered")
+        );
+        assert_eq!(int(delivery, "http.response.status_code"), Some(200));
+    }
+    for (headers, _) in &relayed {
+        let context = SpanContext::from_traceparent(headers["traceparent"].to_str().unwrap()).unwrap();
+        let span = by_id
+            .get(context.span_id.as_slice())
+            .expect("the relayed traceparent names an exported span");
+        assert_eq!(span.name, "webhook delivery");
+        assert_eq!(span.trace_id, context.trace_id);
+    }
+    assert!(
+        metrics_text(&proxy)
+            .await
+            .contains("runway_proxy_trace_spans_exported_total")
+    );
+}
+
+#[tokio::test]
+async fn without_an_endpoint_nothing_is_recorded_and_traceparent_passes_through() {
+    let mock = start_mock(MockConfig::default()).await;
+    let proxy = start_proxy(&mock.url(), &[]).await;
+    let request = Request::get(proxy.url("/v1/models"))
+        .header("authorization", "Bearer sk-test")
+        .header("traceparent", APP_TRACEPARENT)
+        .body(Full::default())
+        .unwrap();
+    send(&client(), request).await.unwrap();
+    // The application's own context reaches the upstream unchanged.
+    let sent = &mock.requests()[0];
+    assert_eq!(sent.headers["traceparent"], APP_TRACEPARENT);
+    assert!(!metrics_text(&proxy).await.contains("runway_proxy_trace_spans"));
+}
+
+#[tokio::test]
+async fn an_unusable_endpoint_is_refused_at_start() {
+    let flags = Overrides::from([("otel.endpoint", "collector:4318".to_owned())]);
+    let err = runway_proxy::config::Config::load(None, &|_| None, &flags).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("otel.endpoint: \"collector:4318\" is not an http(s) URL"),
+        "{err}"
+    );
+}
