@@ -126,6 +126,12 @@ impl<T> Live<T> {
         self.shared.value.load_full()
     }
 
+    /// Call `read` with the value in force now, without taking a reference count: for
+    /// short, synchronous uses on the request path (no `.await` inside).
+    pub fn with<R>(&self, read: impl FnOnce(&T) -> R) -> R {
+        read(&self.shared.value.load())
+    }
+
     /// Put `value` in force, and wake everything waiting on [`changed`](Live::changed).
     pub fn set(&self, value: T) {
         self.shared.value.store(std::sync::Arc::new(value));

@@ -170,7 +170,7 @@ impl Callbacks {
 
     /// The URL CometAPI is given for `subscriber`: `{public_url}/hooks/runway/{token}`.
     pub fn hook_url(&self, subscriber: &str) -> String {
-        let token = self.keys.get().mint(subscriber);
+        let token = self.keys.with(|keys| keys.mint(subscriber));
         let mut url = String::with_capacity(self.prefix.len() + token.len());
         url.push_str(&self.prefix);
         url.push_str(&token);

@@ -196,7 +196,10 @@ impl Shared {
             key,
             model,
             reservation,
-            sealed_key: authorization.map(|value| self.keys.get().seal(SEALED_KEY_PURPOSE, value.as_bytes())),
+            sealed_key: authorization.map(|value| {
+                self.keys
+                    .with(|keys| keys.seal(SEALED_KEY_PURPOSE, value.as_bytes()))
+            }),
             subscriber,
             // The submission's span, when the sidecar records one.
             trace: request
