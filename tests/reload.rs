@@ -374,3 +374,34 @@ async fn settings_read_at_start_are_named_and_kept_and_an_invalid_config_changes
     .unwrap();
     assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn a_submission_waiting_for_a_task_slot_goes_on_when_the_limit_is_raised() {
+    // Tasks that do not finish during the test: one in flight holds the only slot.
+    let config = |most: u32| format!("[guard]\nmax_tasks_in_flight = {most}\n[limit]\nmax_wait = \"60s\"\n");
+    let setup = Setup::start_with(&config(1), MockConfig::default().step(Duration::from_secs(600))).await;
+    assert_eq!(setup.submit(None).await.json()["code"], 200);
+    let waiting = {
+        let url = setup.proxy.url(GENERATE);
+        let hook = setup.subscriber.url("/hook");
+        tokio::spawn(async move {
+            let body = json!({"prompt": "a dog", "model": "gen4", "callback_url": hook});
+            post_json(&client(), &url, &body).await.unwrap()
+        })
+    };
+    eventually("the second submission waits for a slot", WAIT, async || {
+        setup.metric("runway_proxy_guard_waiting").await == Some(1.0)
+    })
+    .await;
+    let (status, report) = setup.reload(&config(2)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["changed"], json!(["guard.max_tasks_in_flight"]));
+    // Its slot would otherwise come free only when the first task ends, in 10 minutes,
+    // and it would be refused at max_wait (60 s).
+    let reply = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiting submission went on under the new limit")
+        .unwrap();
+    assert_eq!(reply.json()["code"], 200, "{:?}", reply.json());
+    assert_eq!(setup.mock.stats().received(GENERATE), 2);
+}

@@ -232,3 +232,45 @@ async fn an_unusable_endpoint_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn events_the_watcher_finds_are_delivered_linked_to_the_submission_too() {
+    let collector = Subscriber::start().await;
+    let subscriber = Subscriber::start().await;
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(100))).await;
+    let flags = Overrides::from([
+        ("callback.allow_private", "true".to_owned()),
+        ("watch.poll_interval", "100ms".to_owned()),
+        ("otel.endpoint", collector.url("")),
+    ]);
+    let proxy = start_proxy_with(None, &mock.url(), &flags).await;
+    // An official-format task: no callback ever comes; the watcher reads its status.
+    let request = Request::post(proxy.url("/runwayml/v1/image_to_video"))
+        .header("authorization", "Bearer sk-official")
+        .header("content-type", "application/json")
+        .header("x-runway-proxy-callback-url", subscriber.url("/hook"))
+        .body(Full::from(
+            json!({"model": "gen4_turbo", "promptImage": "https://example.com/a.png", "ratio": "1280:720"})
+                .to_string(),
+        ))
+        .unwrap();
+    let reply = send(&client(), request).await.unwrap();
+    assert!(reply.status.is_success(), "{:?}", reply.json());
+    subscriber.wait_for(1, WAIT).await;
+    eventually("the delivery's span is exported", WAIT, async || {
+        !named(&collected(&collector).0, "webhook delivery").is_empty()
+    })
+    .await;
+    let (spans, _) = collected(&collector);
+    let submission = named(&spans, "proxy submission");
+    assert_eq!(submission.len(), 1, "{spans:#?}");
+    for delivery in named(&spans, "webhook delivery") {
+        assert!(
+            delivery
+                .links
+                .iter()
+                .any(|l| l.span_id == submission[0].span_id && l.trace_id == submission[0].trace_id),
+            "{delivery:#?}"
+        );
+    }
+}

@@ -336,7 +336,11 @@ where
             } => {
                 // A task no one subscribed to is watched for the ledger only.
                 if let (Some(event), Some(subscriber)) = (event, task.subscriber.as_deref()) {
-                    match self.events.enqueue(event_delivery(subscriber, event)).await {
+                    let mut delivery = event_delivery(subscriber, event);
+                    // Its delivery attempts link to the submission's span, as a callback's
+                    // would (a read per event, not per check: events are status changes).
+                    delivery.trace = self.store.trace_of(task.task_id.clone()).await.ok().flatten();
+                    match self.events.enqueue(delivery).await {
                         Ok(enqueued) => {
                             if task.format == TaskFormat::Official {
                                 self.metrics.events.inc();
