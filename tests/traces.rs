@@ -199,6 +199,16 @@ async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
         assert_eq!(span.name, "webhook delivery");
         assert_eq!(span.trace_id, context.trace_id);
     }
+    // No secret in any span: not the key, not a route token, not the subscriber's URL.
+    for span in &spans {
+        for kv in &span.attributes {
+            if let Some(AnyValue::StringValue(value)) = kv.value.as_ref().and_then(|v| v.value.clone()) {
+                for secret in ["sk-test", "/hooks/runway/", "/hook", "127.0.0.1"] {
+                    assert!(!value.contains(secret), "{} = {value:?} in {}", kv.key, span.name);
+                }
+            }
+        }
+    }
     assert!(
         metrics_text(&proxy)
             .await
