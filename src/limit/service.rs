@@ -8,9 +8,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use tower::{Service, ServiceExt};
-
 use tokio::time::Instant;
+use tower::{Service, ServiceExt};
 
 use super::wait::{Permit, Shared};
 use crate::body::{self, Body, BoxError};
