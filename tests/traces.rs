@@ -1,6 +1,7 @@
 //! OpenTelemetry traces of one task, from the application's submission to the relayed
 //! webhook, as a collector receives them: OTLP/HTTP protobuf, decoded here with the
 //! official generated types (not the proxy's own encoder).
+#![cfg(feature = "otel")]
 
 mod common;
 

@@ -402,6 +402,18 @@ mod tests {
         }
     }
 
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn without_the_feature_an_endpoint_is_refused() {
+        let settings = TraceSettings {
+            endpoint: Some("http://collector:4318".into()),
+            ..TraceSettings::default()
+        };
+        let err = settings.validate().unwrap_err();
+        assert_eq!(err.key, "otel.endpoint");
+        assert!(err.problem.contains("`otel` feature"), "{err}");
+    }
+
     #[test]
     fn an_off_tracer_records_nothing() {
         let tracer = Tracer::off();
