@@ -182,7 +182,10 @@ async fn secrets_never_reach_the_logs() {
                 "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
                 "7:token-key-secret-of-at-least-32-bytes",
             )
-            .env("RUNWAY_PROXY_ADMIN_TOKEN", "admin-token-secret-0123"),
+            .env("RUNWAY_PROXY_ADMIN_TOKEN", "admin-token-secret-0123")
+            // Spans are exported (to a collector that is not there) with a key.
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=otel-header-secret"),
     );
     let listen = running.wait_for_log("runway-proxy serving")["listen"]
         .as_str()
@@ -231,7 +234,15 @@ async fn secrets_never_reach_the_logs() {
             !line.contains("admin-token-secret"),
             "admin token in a log line: {line}"
         );
+        assert!(
+            !line.contains("otel-header-secret"),
+            "an export header in a log line: {line}"
+        );
     }
+    assert!(
+        lines.iter().any(|l| l.contains("cannot export spans")),
+        "the export was tried (and its failure logged)"
+    );
     assert!(lines.len() > 3, "trace logging produced lines to check");
 }
 

@@ -86,6 +86,7 @@ async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
         ("retry.base_delay", "10ms".to_owned()),
         ("otel.endpoint", collector.url("")),
         ("otel.service_name", "proxy-under-test".to_owned()),
+        ("otel.headers", "x-api-key=collector%20key".to_owned()),
     ]);
     let proxy = start_proxy_with(None, &mock.url(), &flags).await;
     // The first attempt is answered busy (inside a 200), the second succeeds.
@@ -109,6 +110,12 @@ async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
     .await;
     let (spans, services) = collected(&collector);
     assert!(services.iter().all(|s| s == "proxy-under-test"), "{services:?}");
+    for (headers, _) in collector.received() {
+        assert_eq!(
+            headers["x-api-key"], "collector key",
+            "the export headers, decoded"
+        );
+    }
     let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
     let app = SpanContext::from_traceparent(APP_TRACEPARENT).unwrap();
 

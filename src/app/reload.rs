@@ -160,6 +160,7 @@ fn differs(key: &Key, old: &Config, new: &Config) -> bool {
         "admin_token" => old.admin_token != new.admin_token,
         "database.url" => old.database.url != new.database.url,
         "limit.redis_url" => old.limit.redis_url != new.limit.redis_url,
+        "otel.headers" => old.otel.headers != new.otel.headers,
         _ => key.show(old) != key.show(new),
     }
 }

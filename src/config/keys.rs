@@ -864,6 +864,23 @@ pub const KEYS: &[Key] = &[
         show: |c| c.otel.endpoint.clone().unwrap_or_else(|| "none".to_owned()),
     },
     Key {
+        toml: "otel.headers",
+        env: "OTEL_EXPORTER_OTLP_HEADERS",
+        flag: "otel-headers",
+        doc: "Headers sent with each export, name=value,... with values percent-encoded (a collector's API key); never shown.",
+        set: |c, raw| {
+            c.otel.headers = match raw.trim() {
+                "" | "none" => Vec::new(),
+                text => crate::trace::parse_headers(text).map_err(ValueError::Form)?,
+            };
+            Ok(())
+        },
+        show: |c| match c.otel.headers.len() {
+            0 => "none".to_owned(),
+            _ => "(set)".to_owned(),
+        },
+    },
+    Key {
         toml: "otel.service_name",
         env: "OTEL_SERVICE_NAME",
         flag: "otel-service-name",

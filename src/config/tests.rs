@@ -180,7 +180,11 @@ fn relay_settings_load_and_secrets_stay_hidden() {
 #[test]
 fn every_key_has_a_distinct_env_and_flag() {
     // The standard OpenTelemetry variables keep their own names.
-    const STANDARD: &[&str] = &["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"];
+    const STANDARD: &[&str] = &[
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_SERVICE_NAME",
+    ];
     for (i, a) in KEYS.iter().enumerate() {
         if !STANDARD.contains(&a.env) {
             assert_eq!(

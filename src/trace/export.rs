@@ -86,6 +86,7 @@ impl OtlpExporter {
         let post = Post {
             client,
             uri,
+            headers: settings.headers.clone(),
             service: settings.service_name.clone(),
             metrics: Arc::clone(&metrics),
             failing: AtomicBool::new(false),
@@ -116,6 +117,7 @@ impl OtlpExporter {
 struct Post {
     client: HttpsClient,
     uri: http::Uri,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     service: String,
     metrics: Arc<TraceMetrics>,
     /// Whether the last export failed: failures are logged once until one succeeds.
@@ -164,7 +166,11 @@ impl Post {
         let count = batch.len() as u64;
         let payload = super::otlp::export_request(&self.service, batch);
         batch.clear();
-        let request = Request::post(self.uri.clone())
+        let mut request = Request::post(self.uri.clone());
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let request = request
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .header(
                 header::USER_AGENT,

@@ -50,6 +50,9 @@ pub struct TraceSettings {
     pub endpoint: Option<String>,
     /// `service.name` of the spans' resource.
     pub service_name: String,
+    /// Headers sent with each export (a collector's API key, say); marked sensitive, so
+    /// `Debug` never shows their values.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Default for TraceSettings {
@@ -57,8 +60,50 @@ impl Default for TraceSettings {
         TraceSettings {
             endpoint: None,
             service_name: "runway-proxy".to_owned(),
+            headers: Vec::new(),
         }
     }
+}
+
+/// Read `OTEL_EXPORTER_OTLP_HEADERS`' form: `name=value,name=value`, values
+/// percent-encoded (`api-key=abc%20def`). The values come back marked sensitive.
+pub fn parse_headers(raw: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
+    let mut headers = Vec::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err("headers are written name=value,name=value".to_owned());
+        };
+        let name = http::HeaderName::try_from(name.trim())
+            .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
+        let decoded = percent_decode(value.trim())
+            .ok_or_else(|| format!("the value of {name} is not percent-encoded text"))?;
+        let mut value = http::HeaderValue::try_from(decoded)
+            .map_err(|_| format!("the value of {name} is not a header value"))?;
+        value.set_sensitive(true);
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let mut byte = [0u8; 1];
+            hex_into(text.get(i + 1..i + 3)?, &mut byte).or_else(|| {
+                let lower = text.get(i + 1..i + 3)?.to_ascii_lowercase();
+                hex_into(&lower, &mut byte)
+            })?;
+            out.push(byte[0]);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl TraceSettings {
@@ -412,6 +457,21 @@ mod tests {
         let err = settings.validate().unwrap_err();
         assert_eq!(err.key, "otel.endpoint");
         assert!(err.problem.contains("`otel` feature"), "{err}");
+    }
+
+    #[test]
+    fn export_headers_are_read_as_the_standard_variable_writes_them() {
+        let headers = parse_headers("x-api-key=abc%20def, dataset = runway%2Fproxy").unwrap();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[0].0, "x-api-key");
+        assert_eq!(headers[0].1, "abc def");
+        assert!(headers[0].1.is_sensitive());
+        assert_eq!(headers[1].1, "runway/proxy");
+        assert!(!format!("{headers:?}").contains("abc"), "values never in Debug");
+        for bad in ["novalue", "bad name=x", "x=%zz", "x=%e9"] {
+            assert!(parse_headers(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_headers("").unwrap(), []);
     }
 
     #[test]
