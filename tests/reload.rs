@@ -225,6 +225,15 @@ async fn the_callback_allow_list_and_token_keys_change_live() {
     let (status, _) = setup.reload(&config("\"127.0.0.1\"", SECOND_KEY)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(late(first_hook).await, StatusCode::NOT_FOUND);
+    assert_eq!(late(second_hook.clone()).await, StatusCode::OK);
+
+    // Unset, the keys would be the data dir's (never made here): a reload keeps the ones
+    // in force and says a restart is needed for that.
+    let unset = "webhook_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+                 [callback]\nallow_private = true\nallowed_hosts = [\"127.0.0.1\"]\n";
+    let (status, report) = setup.reload(unset).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["restart_needed"], json!(["callback.token_keys"]));
     assert_eq!(late(second_hook).await, StatusCode::OK);
 }
 

@@ -232,6 +232,13 @@ impl Applier {
                 }
             }
         }
+        if new.callback.token_keys.is_none() && old.callback.token_keys.is_some() {
+            // Unset means "the keys generated in the data dir", which may never have been
+            // made: a reload would mint a new set and stop verifying every token out
+            // there. Only a start may fall back to them.
+            done.changed.retain(|key| *key != "callback.token_keys");
+            done.restart_needed.push("callback.token_keys");
+        }
         if old.retry.rules != new.retry.rules {
             done.changed.push("retry.rules");
         }
@@ -250,7 +257,9 @@ impl Applier {
         next.guard = new.guard;
         next.callback.allow_private = new.callback.allow_private;
         next.callback.allowed_hosts = new.callback.allowed_hosts;
-        next.callback.token_keys = new.callback.token_keys;
+        if new.callback.token_keys.is_some() {
+            next.callback.token_keys = new.callback.token_keys;
+        }
         next.admin_token = new.admin_token;
         next.delivery = new.delivery;
         // Relations between a live setting and one that is not (the ledger's retention
