@@ -4,7 +4,9 @@
 //! above the request rate, so the limiter's bookkeeping is paid without waiting.
 //!
 //! Compare the difference with one loopback round trip (`proxy_throughput`, direct, one
-//! client): the target is under 5% of it.
+//! client): the target is under 5% of it. `runway_layer_traced` is the same layer with
+//! traces exported (a span per attempt, batched to a loopback collector that answers
+//! 200): what turning tracing on costs.
 
 #[path = "support/layer.rs"]
 mod layer;
@@ -19,8 +21,40 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let (bare, layered) = layer::stacks();
+    let traced = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let collector = tower::service_fn(|request: http::Request<runway_proxy::body::Body>| async move {
+            let _ = request.into_body().collect().await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(runway_proxy::body::empty()))
+        });
+        tokio::spawn(runway_proxy::server::serve(
+            listener,
+            collector,
+            std::future::pending(),
+            std::time::Duration::from_secs(1),
+            runway_proxy::server::ConnectionLimits::default(),
+        ));
+        let mut settings = runway_proxy::trace::TraceSettings::default();
+        settings.endpoint = Some(format!("http://{addr}"));
+        let (tracer, exporter) = runway_proxy::trace::OtlpExporter::start(&settings).expect("exporter");
+        (layer::stacks_traced(tracer).1, exporter)
+    });
+    let (traced, _exporter) = traced;
     let mut group = c.benchmark_group("layer_overhead");
     for (name, path, body) in layer::cases() {
+        let traced = traced.clone();
+        let (p2, b3) = (path, body.clone());
+        group.bench_function(BenchmarkId::new("runway_layer_traced", name), |b| {
+            b.to_async(&runtime).iter(|| {
+                let traced = traced.clone();
+                let request = layer::request(p2, &b3);
+                async move {
+                    let response = traced.oneshot(request).await.expect("ok");
+                    response.into_body().collect().await.expect("body").to_bytes()
+                }
+            })
+        });
         let bare = bare.clone();
         let (p, b2) = (path, body.clone());
         group.bench_function(BenchmarkId::new("bare_service", name), |b| {

@@ -46,6 +46,11 @@ pub type Stack = BoxCloneService<Request<Full<Bytes>>, Response<Body>, BoxError>
 
 /// The bare upstream and the same upstream inside `RunwayLayer`.
 pub fn stacks() -> (Stack, Stack) {
+    stacks_traced(runway_proxy::trace::Tracer::off())
+}
+
+/// [`stacks`], with the layer recording its spans through `tracer`.
+pub fn stacks_traced(tracer: runway_proxy::trace::Tracer) -> (Stack, Stack) {
     let feed = feed_answer();
     let upstream = tower::service_fn(move |request: Request<Body>| {
         let answer = if request.uri().path() == "/runway/feed" {
@@ -73,6 +78,7 @@ pub fn stacks() -> (Stack, Stack) {
             RunwayLayer::builder()
                 .rate_limit(limits)
                 .callbacks(Callbacks::new("https://proxy.example.com", keys).expect("public URL"))
+                .tracer(tracer)
                 .build()
                 .expect("valid settings"),
         )

@@ -295,7 +295,7 @@ impl Shared {
         }
         if span.is_recording() {
             if let Some(id) = task_id.as_deref() {
-                span.set_str("runway.task_id", id);
+                span.set_str("runway.task_id", id.to_owned());
                 if let Some(watch) = &self.tasks {
                     match watch.store.trace_of(id.to_owned()).await {
                         Ok(Some(trace)) => {
@@ -310,7 +310,7 @@ impl Shared {
                 }
             }
             if let Some(status) = delivery.status.as_deref() {
-                span.set_str("runway.task.status", status);
+                span.set_str("runway.task.status", status.to_owned());
             }
             span.set_str("runway.webhook_id", delivery.webhook_id.clone());
         }

@@ -480,7 +480,7 @@ fn describe_attempt(
     span.set_str("runway.route_class", class.as_str());
     span.set_int("runway.attempt", i64::from(attempt));
     span.set_str("runway.retry.action", judgement.action.as_str());
-    span.set_str("runway.retry.rule", judgement.rule);
+    span.set_str("runway.retry.rule", judgement.rule.to_owned());
     match outcome {
         Outcome::Response(head, bounded) => {
             span.set_int("http.response.status_code", i64::from(head.status.as_u16()));

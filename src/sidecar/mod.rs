@@ -283,9 +283,9 @@ impl<S> Sidecar<S> {
             RouteClass::Other => "proxy other",
         };
         let mut span = self.tracer.span(name, SpanKind::Server, parent);
-        span.set_str("http.request.method", request.method().as_str());
+        span.set_str("http.request.method", request.method().as_str().to_owned());
         // The path only: a query may carry a secret.
-        span.set_str("url.path", request.uri().path());
+        span.set_str("url.path", request.uri().path().to_owned());
         span.set_str("runway.route_class", class.as_str());
         if let Some(context) = span.context() {
             request.extensions_mut().insert(context);

@@ -230,8 +230,8 @@ pub enum SpanKind {
 /// An attribute's value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    /// Text.
-    Str(String),
+    /// Text (a name the proxy knows costs no allocation).
+    Str(std::borrow::Cow<'static, str>),
     /// A whole number.
     Int(i64),
     /// Yes or no.
@@ -312,10 +312,13 @@ impl Tracer {
     }
 }
 
-/// An id of `N` random bytes, never all zero.
+/// An id of `N` (at most 16) random bytes, never all zero: one draw of the thread's
+/// generator, not one per byte.
 fn random_id<const N: usize>() -> [u8; N] {
     loop {
-        let id: [u8; N] = std::array::from_fn(|_| rand::random());
+        let bytes = rand::random::<u128>().to_le_bytes();
+        let mut id = [0u8; N];
+        id.copy_from_slice(&bytes[..N]);
         if id != [0; N] {
             return id;
         }
@@ -348,7 +351,7 @@ impl Span {
     }
 
     /// Set a text attribute.
-    pub fn set_str(&mut self, key: &'static str, value: impl Into<String>) {
+    pub fn set_str(&mut self, key: &'static str, value: impl Into<std::borrow::Cow<'static, str>>) {
         if let Some(data) = &mut self.data {
             data.attributes.push((key, Value::Str(value.into())));
         }

@@ -103,12 +103,17 @@ pub(super) fn export_request(service: &str, spans: &[SpanData]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 * spans.len() + 128);
     message(&mut out, 1, |resource_spans| {
         message(resource_spans, 1, |resource| {
-            attribute(resource, 1, "service.name", &Value::Str(service.to_owned()));
+            attribute(
+                resource,
+                1,
+                "service.name",
+                &Value::Str(service.to_owned().into()),
+            );
             attribute(
                 resource,
                 1,
                 "service.version",
-                &Value::Str(env!("CARGO_PKG_VERSION").to_owned()),
+                &Value::Str(env!("CARGO_PKG_VERSION").into()),
             );
         });
         message(resource_spans, 2, |scope_spans| {
