@@ -158,16 +158,6 @@ pub struct Proxy {
     exporter: Option<crate::trace::OtlpExporter>,
 }
 
-/// The exporter's metric set, when traces are exported.
-fn exporter_metrics(
-    #[cfg(feature = "otel")] exporter: Option<&crate::trace::OtlpExporter>,
-) -> Option<Arc<dyn MetricSet>> {
-    #[cfg(feature = "otel")]
-    return exporter.map(|e| e.metrics() as Arc<dyn MetricSet>);
-    #[cfg(not(feature = "otel"))]
-    None
-}
-
 impl Proxy {
     /// Build everything `serve` runs from `config`, and bind both listeners.
     pub async fn bind(config: &Config) -> Result<Proxy, StartError> {
@@ -267,6 +257,10 @@ impl Proxy {
             relay.confirm_callbacks(watcher.confirmer());
         }
 
+        #[cfg(feature = "otel")]
+        let trace_metrics = exporter.as_ref().map(|e| e.metrics() as Arc<dyn MetricSet>);
+        #[cfg(not(feature = "otel"))]
+        let trace_metrics: Option<Arc<dyn MetricSet>> = None;
         let requests = Arc::new(RequestMetrics::default());
         let reload_metrics = Arc::new(reload::ReloadMetrics::default());
         let metrics = Metrics {
@@ -283,10 +277,7 @@ impl Proxy {
             ]
             .into_iter()
             .chain(runway.guard().map(|guard| guard.metrics() as Arc<dyn MetricSet>))
-            .chain(exporter_metrics(
-                #[cfg(feature = "otel")]
-                exporter.as_ref(),
-            ))
+            .chain(trace_metrics)
             .collect(),
         };
         let readiness = Readiness::default();

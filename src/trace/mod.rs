@@ -92,10 +92,8 @@ fn percent_decode(text: &str) -> Option<String> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let mut byte = [0u8; 1];
-            hex_into(text.get(i + 1..i + 3)?, &mut byte).or_else(|| {
-                let lower = text.get(i + 1..i + 3)?.to_ascii_lowercase();
-                hex_into(&lower, &mut byte)
-            })?;
+            // Either case here (traceparent takes lower case only).
+            hex_into(&text.get(i + 1..i + 3)?.to_ascii_lowercase(), &mut byte)?;
             out.push(byte[0]);
             i += 3;
         } else {
