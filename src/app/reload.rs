@@ -205,6 +205,28 @@ impl MetricSet for ReloadMetrics {
     }
 }
 
+/// The configuration in force after a reload to `new`: `old`, with the settings that can
+/// change live ([`is_live`]) taken from `new`. Unset token keys keep the old ones (see
+/// [`Applier::apply`]).
+fn in_force(old: &Config, new: Config) -> Config {
+    let mut next = old.clone();
+    next.retry = new.retry;
+    next.limit = crate::limit::LimitSettings {
+        redis_url: old.limit.redis_url.clone(),
+        redis_fallback: old.limit.redis_fallback,
+        ..new.limit
+    };
+    next.guard = new.guard;
+    next.callback.allow_private = new.callback.allow_private;
+    next.callback.allowed_hosts = new.callback.allowed_hosts;
+    if new.callback.token_keys.is_some() {
+        next.callback.token_keys = new.callback.token_keys;
+    }
+    next.admin_token = new.admin_token;
+    next.delivery = new.delivery;
+    next
+}
+
 /// The handles a reload changes, and the configuration in force. Owned by the loop in
 /// [`Proxy::run`](super::Proxy::run).
 #[derive(Debug)]
@@ -245,23 +267,7 @@ impl Applier {
         if old.guard.keys != new.guard.keys {
             done.changed.push("guard.keys");
         }
-        // The configuration in force from now on: the old one, with what can change live
-        // taken from the new one.
-        let mut next = old.clone();
-        next.retry = new.retry;
-        next.limit = crate::limit::LimitSettings {
-            redis_url: old.limit.redis_url.clone(),
-            redis_fallback: old.limit.redis_fallback,
-            ..new.limit
-        };
-        next.guard = new.guard;
-        next.callback.allow_private = new.callback.allow_private;
-        next.callback.allowed_hosts = new.callback.allowed_hosts;
-        if new.callback.token_keys.is_some() {
-            next.callback.token_keys = new.callback.token_keys;
-        }
-        next.admin_token = new.admin_token;
-        next.delivery = new.delivery;
+        let next = in_force(old, new);
         // Relations between a live setting and one that is not (the ledger's retention
         // and the budget window, say) are checked against what will really be in force.
         next.validate()?;
@@ -358,4 +364,110 @@ pub(super) fn channel() -> (Reloader, mpsc::Receiver<Ask>) {
         },
         received,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// For every key, a value other than its default that is valid on its own.
+    const OTHER_VALUES: &[(&str, &str)] = &[
+        ("listen", "127.0.0.1:9080"),
+        ("threads", "3"),
+        ("upstream", "http://127.0.0.1:9090"),
+        ("connect_timeout", "3s"),
+        ("request_timeout", "7s"),
+        ("shutdown_grace", "4s"),
+        ("retry.max_attempts", "7"),
+        ("retry.base_delay", "50ms"),
+        ("retry.max_delay", "9s"),
+        ("retry.deadline", "77s"),
+        ("retry.attempt_timeout", "13s"),
+        ("retry.retry_after_cap", "17s"),
+        ("retry.budget_percent", "33"),
+        ("retry.budget_min_per_sec", "7"),
+        ("retry.body_limit", "3MiB"),
+        ("retry.unknown_outcome", "read,other"),
+        ("retry.surface_envelope_errors", "true"),
+        ("limit.rate", "7/s"),
+        ("limit.rate_per_key", "3/s"),
+        ("limit.submit_rate", "2/s"),
+        ("limit.read_rate", "11/s"),
+        ("limit.max_concurrency", "13"),
+        ("limit.max_concurrency_per_key", "5"),
+        ("limit.max_wait", "19s"),
+        ("limit.max_queue", "123"),
+        ("limit.max_keys", "321"),
+        ("limit.redis_url", "redis://127.0.0.1:6390"),
+        ("limit.redis_fallback", "refuse"),
+        ("webhook_listen", "127.0.0.1:9081"),
+        ("public_url", "https://hooks.example.com"),
+        ("data_dir", "/var/lib/elsewhere"),
+        ("database.url", "postgres://proxy:pw@127.0.0.1:5439/outbox"),
+        ("database.pool_size", "3"),
+        ("database.timeout", "3s"),
+        ("webhook_secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("callback.allow_private", "true"),
+        ("callback.allowed_hosts", "hooks.example.com"),
+        ("callback.token_keys", "1:0123456789abcdef0123456789abcdef"),
+        ("callback.body_limit", "3MiB"),
+        ("callback.token_lifetime", "3d"),
+        ("delivery.schedule", "1s,2s"),
+        ("delivery.timeout", "3s"),
+        ("delivery.workers", "3"),
+        ("delivery.retry_after_cap", "3m"),
+        ("watch.poll_interval", "7s"),
+        ("watch.recover_after", "7m"),
+        ("watch.official_callback_url", "https://hooks.example.com/runway"),
+        ("watch.confirm_callbacks", "true"),
+        ("watch.ledger_retention", "9d"),
+        ("guard.max_tasks_in_flight", "7"),
+        ("guard.max_tasks_in_flight_per_key", "3"),
+        ("guard.daily_task_budget", "70"),
+        ("guard.daily_point_budget", "700"),
+        ("guard.daily_task_budget_per_key", "30"),
+        ("guard.daily_point_budget_per_key", "300"),
+        ("guard.budget_window", "2d"),
+        ("idempotency.ttl", "3h"),
+        ("connections.header_read_timeout", "3s"),
+        ("connections.idle_timeout", "33s"),
+        ("connections.max_connections", "333"),
+        ("admin_token", "an-admin-token-for-this-test"),
+        ("access_log", "true"),
+        ("otel.endpoint", "http://127.0.0.1:4318"),
+        ("otel.headers", "x-api-key=abc"),
+        ("otel.service_name", "elsewhere"),
+        ("log_format", "json"),
+    ];
+
+    /// `is_live` and `in_force` name the live settings twice, once by key and once by
+    /// field: a reload that changes one key must put exactly that key in force if it is
+    /// live, and nothing at all otherwise.
+    #[test]
+    fn a_reload_puts_in_force_exactly_the_live_settings() {
+        let old = Config::default();
+        for key in KEYS {
+            let Some((_, raw)) = OTHER_VALUES.iter().find(|(name, _)| *name == key.toml) else {
+                panic!("{}: give it a value in OTHER_VALUES", key.toml);
+            };
+            let mut new = old.clone();
+            if let Err(err) = key.set(&mut new, raw) {
+                panic!("{}: {raw:?} is refused: {err}", key.toml);
+            }
+            assert!(differs(key, &old, &new), "{}: {raw:?} is its default", key.toml);
+            let next = in_force(&old, new.clone());
+            let live = is_live(key.toml);
+            let want = if live { &new } else { &old };
+            for other in KEYS {
+                assert!(
+                    !differs(other, &next, want),
+                    "a reload changing only {} (live: {live}) leaves {} at {:?}, not {:?}",
+                    key.toml,
+                    other.toml,
+                    other.show(&next),
+                    other.show(want),
+                );
+            }
+        }
+    }
 }
