@@ -297,10 +297,7 @@ impl Shared {
         } else {
             TaskFormat::Reverse
         };
-        let limits = TaskLimits {
-            unknown_for: self.unknown_for,
-            ..rules.directory.limits_for(&key)
-        };
+        let limits = self.limits(&rules, &key);
         let mut reservation = None;
         if !rules.unlimited && !limits.is_unlimited() {
             let wanted = Reservation {
@@ -311,7 +308,7 @@ impl Shared {
                 key: key.clone(),
                 model: model.clone(),
             };
-            match self.reserve(&wanted, limits, rules.max_wait).await {
+            match self.reserve(&wanted, rules).await {
                 Ok(()) => {
                     self.metrics.granted.inc();
                     reservation = Some(Held {
@@ -346,17 +343,21 @@ impl Shared {
         Ok(response)
     }
 
-    /// Wait for room under `limits`, then hold it as `wanted`. After a reload, the
-    /// limits and `max_wait` are the new ones, from the next try on.
-    async fn reserve(
-        &self,
-        wanted: &Reservation,
-        mut limits: TaskLimits,
-        mut max_wait: Duration,
-    ) -> Result<(), Refusal> {
+    /// What `key` may hold under `rules`.
+    fn limits(&self, rules: &GuardRules, key: &str) -> TaskLimits {
+        TaskLimits {
+            unknown_for: self.unknown_for,
+            ..rules.directory.limits_for(key)
+        }
+    }
+
+    /// Wait for room under `rules`, then hold it as `wanted`. After a reload, the rules
+    /// (its limits and `max_wait`) are the new ones from the next try on; `max_wait` is
+    /// still counted from the arrival.
+    async fn reserve(&self, wanted: &Reservation, mut rules: Arc<GuardRules>) -> Result<(), Refusal> {
         let arrived = Instant::now();
         let mut queued: Option<Queued<'_>> = None;
-        let mut rules = self.rules.get();
+        let mut limits = self.limits(&rules, &wanted.key);
         loop {
             // Registered before the store is asked, so a task ending (or a reload) in
             // between wakes it.
@@ -368,13 +369,10 @@ impl Shared {
             reloaded.as_mut().enable();
             let current = self.rules.get();
             if !Arc::ptr_eq(&current, &rules) {
+                limits = self.limits(&current, &wanted.key);
                 rules = current;
-                limits = TaskLimits {
-                    unknown_for: self.unknown_for,
-                    ..rules.directory.limits_for(&wanted.key)
-                };
-                max_wait = rules.max_wait;
             }
+            let max_wait = rules.max_wait;
             let deadline = arrived + max_wait;
             let refused = match self.store.reserve(wanted.clone(), limits).await {
                 Ok(Reserved::Granted) => return Ok(()),
