@@ -463,11 +463,6 @@ where
     }
 }
 
-/// Send one attempt and read its response body up to `body_limit`, all within `time`
-/// (the attempt timeout, or what is left of the deadline).
-///
-/// A free function rather than a method so that its future holds no `&Attempts`, which
-/// would require the inner service to be `Sync`.
 /// What an attempt's span says of it: the rule that decided, the status, the envelope
 /// code, and how long it waited in the rate limiter.
 fn describe_attempt(
@@ -503,6 +498,11 @@ fn describe_attempt(
     }
 }
 
+/// Send one attempt and read its response body up to `body_limit`, all within `time`
+/// (the attempt timeout, or what is left of the deadline).
+///
+/// A free function rather than a method so that its future holds no `&Attempts`, which
+/// would require the inner service to be `Sync`.
 async fn send_attempt<S, RB>(
     inner: S,
     parts: &http::request::Parts,
