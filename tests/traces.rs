@@ -292,3 +292,58 @@ async fn events_the_watcher_finds_are_delivered_linked_to_the_submission_too() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_trace_the_application_left_out_is_left_out_whole_and_stays_left_out_upstream() {
+    const UNSAMPLED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let collector = Subscriber::start().await;
+    let subscriber = Subscriber::start().await;
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(100))).await;
+    let flags = Overrides::from([
+        ("callback.allow_private", "true".to_owned()),
+        ("otel.endpoint", collector.url("")),
+    ]);
+    let proxy = start_proxy_with(None, &mock.url(), &flags).await;
+    let request = Request::post(proxy.url(GENERATE))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test")
+        .header("traceparent", UNSAMPLED)
+        .body(Full::from(
+            json!({"prompt": "a cat", "model": "gen4", "callback_url": subscriber.url("/hook")}).to_string(),
+        ))
+        .unwrap();
+    let reply = send(&client(), request).await.unwrap();
+    assert_eq!(reply.json()["code"], 200, "{:?}", reply.json());
+    let relayed = subscriber.wait_for(2, WAIT).await;
+    // The upstream and the subscriber are told of the same trace, still not sampled.
+    let app = SpanContext::from_traceparent(UNSAMPLED).unwrap();
+    let upstream = &mock.requests()[0].headers["traceparent"];
+    let upstream = SpanContext::from_traceparent(upstream.to_str().unwrap()).unwrap();
+    assert_eq!(upstream.trace_id, app.trace_id);
+    assert!(!upstream.sampled, "{upstream:?}");
+    for (headers, _) in &relayed {
+        let context = SpanContext::from_traceparent(headers["traceparent"].to_str().unwrap()).unwrap();
+        assert!(!context.sampled, "{context:?}");
+    }
+
+    // A sampled request after it: once its span is in, everything that ended before it
+    // would be (one queue, exported in order).
+    let request = Request::get(proxy.url("/v1/models"))
+        .header("authorization", "Bearer sk-test")
+        .header("traceparent", APP_TRACEPARENT)
+        .body(Full::default())
+        .unwrap();
+    send(&client(), request).await.unwrap();
+    eventually("the sampled request's span is exported", WAIT, async || {
+        !named(&collected(&collector).0, "proxy other").is_empty()
+    })
+    .await;
+    let (spans, _) = collected(&collector);
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["upstream attempt", "proxy other"], "{spans:#?}");
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.trace_id == SpanContext::from_traceparent(APP_TRACEPARENT).unwrap().trace_id)
+    );
+}

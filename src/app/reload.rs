@@ -437,6 +437,8 @@ mod tests {
         ("otel.endpoint", "http://127.0.0.1:4318"),
         ("otel.headers", "x-api-key=abc"),
         ("otel.service_name", "elsewhere"),
+        ("otel.sampler", "parentbased_traceidratio"),
+        ("otel.sampler_arg", "0.1"),
         ("log_format", "json"),
     ];
 

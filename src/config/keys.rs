@@ -892,6 +892,28 @@ pub const KEYS: &[Key] = &[
         show: |c| c.otel.service_name.clone(),
     },
     Key {
+        toml: "otel.sampler",
+        env: "OTEL_TRACES_SAMPLER",
+        flag: "otel-sampler",
+        doc: "Which traces are recorded: parentbased_always_on (the application's traceparent decides, else all), parentbased_traceidratio, traceidratio, always_on, always_off or parentbased_always_off.",
+        set: |c, raw| {
+            c.otel.sampler = raw.parse().map_err(ValueError::Form)?;
+            Ok(())
+        },
+        show: |c| c.otel.sampler.as_str().to_owned(),
+    },
+    Key {
+        toml: "otel.sampler_arg",
+        env: "OTEL_TRACES_SAMPLER_ARG",
+        flag: "otel-sampler-arg",
+        doc: "Share of traces the traceidratio samplers record, 0 to 1 (0.1: one in ten, chosen by trace id).",
+        set: |c, raw| {
+            c.otel.sampler_arg = raw.parse().map_err(ValueError::Form)?;
+            Ok(())
+        },
+        show: |c| c.otel.sampler_arg.to_string(),
+    },
+    Key {
         toml: "log_format",
         env: "RUNWAY_PROXY_LOG_FORMAT",
         flag: "log-format",

@@ -184,6 +184,8 @@ fn every_key_has_a_distinct_env_and_flag() {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_HEADERS",
         "OTEL_SERVICE_NAME",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
     ];
     for (i, a) in KEYS.iter().enumerate() {
         if !STANDARD.contains(&a.env) {

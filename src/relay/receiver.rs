@@ -118,7 +118,7 @@ where
         Box::pin(async move {
             // A trace of its own (the callback is a request of its own, maybe hours
             // later), linked to the submission's once the task is known.
-            let mut span = shared.tracer.span("webhook received", SpanKind::Server, None);
+            let mut span = shared.tracer.span_to_link("webhook received", SpanKind::Server);
             let response = shared.receive(request, &mut span).await;
             span.set_int("http.response.status_code", i64::from(response.status().as_u16()));
             if !response.status().is_success() {

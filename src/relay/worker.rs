@@ -372,11 +372,13 @@ impl Worker {
     /// One attempt: how it ended, as the outbox records it.
     async fn attempt(&self, delivery: &Delivery) -> Completion {
         // Each attempt a trace of its own, linked to the task's submission.
-        let mut span = self.tracer.span("webhook delivery", SpanKind::Client, None);
+        let submission = (self.tracer.is_on())
+            .then(|| delivery.trace.as_deref().and_then(SpanContext::from_traceparent))
+            .flatten();
+        let mut span = self
+            .tracer
+            .span_linked("webhook delivery", SpanKind::Client, submission);
         if span.is_recording() {
-            if let Some(submission) = delivery.trace.as_deref().and_then(SpanContext::from_traceparent) {
-                span.link(submission);
-            }
             span.set_str("runway.webhook_id", delivery.webhook_id.clone());
             span.set_int("runway.delivery.attempt", i64::from(delivery.attempts) + 1);
             if let Some(status) = &delivery.status {

@@ -9,7 +9,7 @@ use http::{Request, header};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Sink, SpanData, TraceSettings, Tracer};
+use super::{Sampler, Sink, SpanData, TraceSettings, Tracer};
 use crate::body;
 use crate::metrics::{Counter, MetricSet, write_one};
 use crate::settings::InvalidSetting;
@@ -97,8 +97,14 @@ impl OtlpExporter {
                 queue,
                 dropped: Arc::clone(&metrics.dropped),
             }),
+            sampler: Sampler::new(settings.sampler, settings.sampler_arg),
         };
-        tracing::info!(endpoint = %url, "exporting traces over OTLP/HTTP");
+        tracing::info!(
+            endpoint = %url,
+            sampler = settings.sampler.as_str(),
+            sampler_arg = %settings.sampler_arg,
+            "exporting traces over OTLP/HTTP"
+        );
         Ok((tracer, Some(OtlpExporter { stop, task, metrics })))
     }
 

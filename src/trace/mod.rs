@@ -53,6 +53,11 @@ pub struct TraceSettings {
     /// Headers sent with each export (a collector's API key, say); marked sensitive, so
     /// `Debug` never shows their values.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Which traces are recorded (`OTEL_TRACES_SAMPLER`).
+    pub sampler: SamplerKind,
+    /// The share of traces the `*traceidratio` samplers record, 0 to 1
+    /// (`OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler_arg: Ratio,
 }
 
 impl Default for TraceSettings {
@@ -61,7 +66,172 @@ impl Default for TraceSettings {
             endpoint: None,
             service_name: "runway-proxy".to_owned(),
             headers: Vec::new(),
+            sampler: SamplerKind::default(),
+            sampler_arg: Ratio::ONE,
         }
+    }
+}
+
+/// The samplers `OTEL_TRACES_SAMPLER` names. A parent-based one follows the sampled flag
+/// of the application's `traceparent` (and a callback's receipt and deliveries follow
+/// their submission's); the rest decide by themselves, by the trace id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// Every trace.
+    AlwaysOn,
+    /// None.
+    AlwaysOff,
+    /// A share of traces, chosen by trace id (`sampler_arg`).
+    TraceIdRatio,
+    /// The parent's decision; every trace that starts here (the default, as in the spec).
+    #[default]
+    ParentBasedAlwaysOn,
+    /// The parent's decision; no trace that starts here.
+    ParentBasedAlwaysOff,
+    /// The parent's decision; a share of the traces that start here.
+    ParentBasedTraceIdRatio,
+}
+
+impl SamplerKind {
+    /// Every sampler, by its name.
+    pub const ALL: [SamplerKind; 6] = [
+        SamplerKind::AlwaysOn,
+        SamplerKind::AlwaysOff,
+        SamplerKind::TraceIdRatio,
+        SamplerKind::ParentBasedAlwaysOn,
+        SamplerKind::ParentBasedAlwaysOff,
+        SamplerKind::ParentBasedTraceIdRatio,
+    ];
+
+    /// Its name, as `OTEL_TRACES_SAMPLER` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SamplerKind::AlwaysOn => "always_on",
+            SamplerKind::AlwaysOff => "always_off",
+            SamplerKind::TraceIdRatio => "traceidratio",
+            SamplerKind::ParentBasedAlwaysOn => "parentbased_always_on",
+            SamplerKind::ParentBasedAlwaysOff => "parentbased_always_off",
+            SamplerKind::ParentBasedTraceIdRatio => "parentbased_traceidratio",
+        }
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        SamplerKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| {
+                let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("{text:?} is not a sampler; use one of {}", names.join(", "))
+            })
+    }
+}
+
+/// A share from 0 to 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratio(f64);
+
+// Always finite (`Ratio::new`), so equality is an equivalence.
+impl Eq for Ratio {}
+
+impl Ratio {
+    /// All of it.
+    pub const ONE: Ratio = Ratio(1.0);
+
+    /// `share`, if it is a number from 0 to 1.
+    pub fn new(share: f64) -> Option<Ratio> {
+        (0.0..=1.0).contains(&share).then_some(Ratio(share))
+    }
+
+    /// The share.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Ratio {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(Ratio::new)
+            .ok_or_else(|| {
+                format!(
+                    "{:?} is not a share from 0 to 1 (0.1 records one trace in ten)",
+                    text.trim()
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The sampling decision, made once per span from its parent (or the span it is linked
+/// to) and its trace id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sampler {
+    parent_based: bool,
+    root: Root,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Root {
+    On,
+    Off,
+    /// Record a trace whose id's last eight bytes, read as a number, are below this.
+    Below(u64),
+}
+
+impl Sampler {
+    pub(crate) fn new(kind: SamplerKind, ratio: Ratio) -> Sampler {
+        let by_ratio = match ratio.get() {
+            r if r >= 1.0 => Root::On,
+            r if r <= 0.0 => Root::Off,
+            // Exact enough: the share is at most 2^-53 off.
+            r => Root::Below((r * u64::MAX as f64) as u64),
+        };
+        let (parent_based, root) = match kind {
+            SamplerKind::AlwaysOn => (false, Root::On),
+            SamplerKind::AlwaysOff => (false, Root::Off),
+            SamplerKind::TraceIdRatio => (false, by_ratio),
+            SamplerKind::ParentBasedAlwaysOn => (true, Root::On),
+            SamplerKind::ParentBasedAlwaysOff => (true, Root::Off),
+            SamplerKind::ParentBasedTraceIdRatio => (true, by_ratio),
+        };
+        Sampler { parent_based, root }
+    }
+
+    /// Whether a span of `trace_id` under `parent` (or linked to it) is recorded. The
+    /// same trace id always gets the same answer, so every replica agrees.
+    fn sample(self, parent: Option<SpanContext>, trace_id: &[u8; 16]) -> bool {
+        match parent {
+            Some(parent) if self.parent_based => parent.sampled,
+            _ => match self.root {
+                Root::On => true,
+                Root::Off => false,
+                Root::Below(threshold) => {
+                    let mut low = [0u8; 8];
+                    low.copy_from_slice(&trace_id[8..]);
+                    u64::from_be_bytes(low) < threshold
+                }
+            },
+        }
+    }
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler::new(SamplerKind::default(), Ratio::ONE)
     }
 }
 
@@ -270,6 +440,7 @@ pub(crate) struct Sink {
 #[derive(Clone, Debug, Default)]
 pub struct Tracer {
     sink: Option<Sink>,
+    sampler: Sampler,
 }
 
 impl Tracer {
@@ -283,30 +454,59 @@ impl Tracer {
         self.sink.is_some()
     }
 
-    /// Start a span: a child of `parent` if given, else the root of a new trace.
+    /// Start a span: a child of `parent` if given, else the root of a new trace. One the
+    /// sampler leaves out records nothing but still has a context (flag `00`), so what
+    /// it leads to is left out too.
     pub fn span(&self, name: &'static str, kind: SpanKind, parent: Option<SpanContext>) -> Span {
         let Some(sink) = &self.sink else {
             return Span::default();
         };
+        let trace_id = parent.map_or_else(random_id, |p| p.trace_id);
+        let sampled = self.sampler.sample(parent, &trace_id);
         let context = SpanContext {
-            trace_id: parent.map_or_else(random_id, |p| p.trace_id),
+            trace_id,
+            span_id: random_id(),
+            sampled,
+        };
+        if !sampled {
+            return Span {
+                context: Some(context),
+                data: None,
+                sink: None,
+                undecided: None,
+            };
+        }
+        Span::recording(context, parent.map(|p| p.span_id), name, kind, sink)
+    }
+
+    /// Start the root of a new trace that will be linked to another one (a callback's
+    /// receipt, to its submission): whether it is recorded is decided at its first
+    /// [`link`](Span::link), by the sampled flag of the span it links to (for a
+    /// parent-based sampler), or when it ends if it is never linked. Until then it
+    /// records, so its context must not be passed on before it is linked.
+    pub fn span_to_link(&self, name: &'static str, kind: SpanKind) -> Span {
+        let Some(sink) = &self.sink else {
+            return Span::default();
+        };
+        let context = SpanContext {
+            trace_id: random_id(),
             span_id: random_id(),
             sampled: true,
         };
-        Span {
-            data: Some(Box::new(SpanData {
-                context,
-                parent: parent.map(|p| p.span_id),
-                name,
-                kind,
-                start: unix_nanos(),
-                end: 0,
-                attributes: Vec::with_capacity(8),
-                links: Vec::new(),
-                error: None,
-            })),
-            sink: Some(sink.clone()),
+        let mut span = Span::recording(context, None, name, kind, sink);
+        span.undecided = Some(self.sampler);
+        span
+    }
+
+    /// Start the root of a new trace linked to `link` (a delivery, to its submission),
+    /// recorded as the span it links to was (for a parent-based sampler).
+    pub fn span_linked(&self, name: &'static str, kind: SpanKind, link: Option<SpanContext>) -> Span {
+        let mut span = self.span_to_link(name, kind);
+        match link {
+            Some(link) => span.link(link),
+            None => span.decide(None),
         }
+        span
     }
 }
 
@@ -330,17 +530,60 @@ fn unix_nanos() -> u64 {
 }
 
 /// A span being recorded; it ends when dropped (or at [`end`](Span::end)). The empty
-/// span of a tracer that is off ignores everything.
+/// span of a tracer that is off ignores everything, and so does one the sampler left out.
 #[derive(Debug, Default)]
 pub struct Span {
+    /// Kept apart from the data: a span left out by the sampler has a context to pass
+    /// on, and no data.
+    context: Option<SpanContext>,
     data: Option<Box<SpanData>>,
     sink: Option<Sink>,
+    /// The sampler still to decide on it ([`Tracer::span_to_link`]).
+    undecided: Option<Sampler>,
 }
 
 impl Span {
-    /// Its context, to pass on (`None` when nothing is recorded).
+    fn recording(
+        context: SpanContext,
+        parent: Option<[u8; 8]>,
+        name: &'static str,
+        kind: SpanKind,
+        sink: &Sink,
+    ) -> Span {
+        Span {
+            context: Some(context),
+            data: Some(Box::new(SpanData {
+                context,
+                parent,
+                name,
+                kind,
+                start: unix_nanos(),
+                end: 0,
+                attributes: Vec::with_capacity(8),
+                links: Vec::new(),
+                error: None,
+            })),
+            sink: Some(sink.clone()),
+            undecided: None,
+        }
+    }
+
+    /// Settle whether it is recorded, as linked to `link` (or as a root).
+    fn decide(&mut self, link: Option<SpanContext>) {
+        let (Some(sampler), Some(context)) = (self.undecided.take(), self.context.as_mut()) else {
+            return;
+        };
+        if !sampler.sample(link, &context.trace_id) {
+            context.sampled = false;
+            self.data = None;
+            self.sink = None;
+        }
+    }
+
+    /// Its context, to pass on (`None` when the tracer is off). A span the sampler left
+    /// out has one too, not sampled, so what follows it is left out as well.
     pub fn context(&self) -> Option<SpanContext> {
-        self.data.as_ref().map(|d| d.context)
+        self.context
     }
 
     /// Whether it records anything.
@@ -374,8 +617,10 @@ impl Span {
         self.set_int(key, i64::try_from(value.as_millis()).unwrap_or(i64::MAX));
     }
 
-    /// Link it to a span of another trace (the submission a callback belongs to).
+    /// Link it to a span of another trace (the submission a callback belongs to). The
+    /// first link of a [`Tracer::span_to_link`] span decides whether it is recorded.
     pub fn link(&mut self, to: SpanContext) {
+        self.decide(Some(to));
         if let Some(data) = &mut self.data {
             data.links.push(to);
         }
@@ -394,6 +639,7 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
+        self.decide(None);
         if let (Some(mut data), Some(sink)) = (self.data.take(), self.sink.take()) {
             data.end = unix_nanos().max(data.start);
             // Never waits: a span that finds the queue full is dropped, and counted.
@@ -473,6 +719,135 @@ mod tests {
             assert!(parse_headers(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_headers("").unwrap(), []);
+    }
+
+    fn tracer(kind: SamplerKind, ratio: f64) -> (Tracer, tokio::sync::mpsc::Receiver<SpanData>) {
+        let (queue, spans) = tokio::sync::mpsc::channel(8192);
+        let sink = Sink {
+            queue,
+            dropped: Arc::default(),
+        };
+        let sampler = Sampler::new(kind, Ratio::new(ratio).unwrap());
+        (
+            Tracer {
+                sink: Some(sink),
+                sampler,
+            },
+            spans,
+        )
+    }
+
+    fn parent(sampled: bool) -> SpanContext {
+        SpanContext {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            sampled,
+        }
+    }
+
+    #[test]
+    fn a_parent_based_sampler_follows_the_parents_flag_and_passes_it_on() {
+        let (tracer, mut spans) = tracer(SamplerKind::ParentBasedAlwaysOn, 1.0);
+        let span = tracer.span("left out", SpanKind::Server, Some(parent(false)));
+        assert!(!span.is_recording());
+        let context = span.context().expect("a context to pass on");
+        assert_eq!(context.trace_id, [7; 16], "the same trace");
+        assert_ne!(context.span_id, [9; 8], "a span of its own");
+        assert!(context.traceparent().ends_with("-00"));
+        // What it leads to is left out too.
+        let child = tracer.span("child", SpanKind::Client, Some(context));
+        assert!(!child.is_recording());
+        drop((span, child));
+        assert!(spans.try_recv().is_err(), "nothing exported");
+
+        let span = tracer.span("kept", SpanKind::Server, Some(parent(true)));
+        assert!(span.is_recording());
+        assert!(span.context().unwrap().traceparent().ends_with("-01"));
+        drop(span);
+        assert_eq!(spans.try_recv().unwrap().name, "kept");
+
+        // Without a parent, parentbased_always_off records nothing.
+        let (tracer, _spans) = self::tracer(SamplerKind::ParentBasedAlwaysOff, 1.0);
+        assert!(!tracer.span("root", SpanKind::Server, None).is_recording());
+        assert!(
+            tracer
+                .span("child", SpanKind::Server, Some(parent(true)))
+                .is_recording()
+        );
+    }
+
+    #[test]
+    fn a_ratio_sampler_keeps_its_share_by_trace_id_whatever_the_parent_says() {
+        let (tracer, _spans) = tracer(SamplerKind::TraceIdRatio, 0.25);
+        let kept = (0..4000)
+            .filter(|_| tracer.span("root", SpanKind::Server, None).is_recording())
+            .count();
+        // 1,000 expected; the standard deviation is about 27.
+        assert!((800..1200).contains(&kept), "{kept} of 4000");
+        // Decided by the trace id alone: the same id, the same answer, parent or not.
+        let sampler = Sampler::new(SamplerKind::TraceIdRatio, Ratio::new(0.25).unwrap());
+        for low in [0u64, u64::MAX / 8, u64::MAX / 3, u64::MAX] {
+            let mut id = [1u8; 16];
+            id[8..].copy_from_slice(&low.to_be_bytes());
+            let want = low < u64::MAX / 4;
+            assert_eq!(sampler.sample(None, &id), want, "{low:x}");
+            let unsampled = SpanContext {
+                trace_id: id,
+                ..parent(false)
+            };
+            assert_eq!(sampler.sample(Some(unsampled), &id), want, "{low:x}");
+        }
+        let (tracer, _spans) = self::tracer(SamplerKind::TraceIdRatio, 0.0);
+        assert!(
+            !tracer
+                .span("root", SpanKind::Server, Some(parent(true)))
+                .is_recording()
+        );
+    }
+
+    #[test]
+    fn a_span_to_link_is_recorded_as_the_span_it_links_to_was() {
+        let (tracer, mut spans) = tracer(SamplerKind::ParentBasedTraceIdRatio, 0.0);
+        let mut receipt = tracer.span_to_link("webhook received", SpanKind::Server);
+        receipt.link(parent(false));
+        assert!(!receipt.is_recording());
+        assert!(!receipt.context().unwrap().sampled);
+        drop(receipt);
+        let mut receipt = tracer.span_to_link("webhook received", SpanKind::Server);
+        receipt.link(parent(true));
+        assert!(receipt.is_recording());
+        drop(receipt);
+        let exported = spans.try_recv().unwrap();
+        assert_eq!(exported.links, [parent(true)]);
+        assert_ne!(exported.context.trace_id, [7; 16], "a trace of its own");
+        // Never linked: decided as a root when it ends (here: ratio 0, left out).
+        let unlinked = tracer.span_to_link("webhook received", SpanKind::Server);
+        drop(unlinked);
+        let delivery = tracer.span_linked("webhook delivery", SpanKind::Client, None);
+        assert!(!delivery.is_recording());
+        let delivery = tracer.span_linked("webhook delivery", SpanKind::Client, Some(parent(true)));
+        assert!(delivery.is_recording());
+        drop(delivery);
+        assert_eq!(spans.try_recv().unwrap().name, "webhook delivery");
+        assert!(spans.try_recv().is_err());
+    }
+
+    #[test]
+    fn samplers_and_ratios_are_read_as_the_standard_variables_write_them() {
+        for kind in SamplerKind::ALL {
+            assert_eq!(kind.as_str().parse::<SamplerKind>(), Ok(kind));
+        }
+        assert_eq!(
+            "ParentBased_TraceIdRatio".parse(),
+            Ok(SamplerKind::ParentBasedTraceIdRatio)
+        );
+        let err = "sometimes".parse::<SamplerKind>().unwrap_err();
+        assert!(err.contains("parentbased_always_on"), "{err}");
+        assert_eq!("0.1".parse::<Ratio>().unwrap().get(), 0.1);
+        assert_eq!(Ratio::ONE.to_string(), "1");
+        for bad in ["1.5", "-0.1", "NaN", "inf", "", "half"] {
+            assert!(bad.parse::<Ratio>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
