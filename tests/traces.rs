@@ -76,6 +76,26 @@ fn named<'a>(spans: &'a [Span], name: &str) -> Vec<&'a Span> {
     spans.iter().filter(|s| s.name == name).collect()
 }
 
+/// Submit one reverse-format task under `traceparent`, and wait for its two relayed
+/// webhooks (running, then the end).
+async fn submit_and_wait_for_both_webhooks(
+    proxy: &RunningProxy,
+    subscriber: &Subscriber,
+    traceparent: &str,
+) -> Vec<(http::HeaderMap, bytes::Bytes)> {
+    let request = Request::post(proxy.url(GENERATE))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test")
+        .header("traceparent", traceparent)
+        .body(Full::from(
+            json!({"prompt": "a cat", "model": "gen4", "callback_url": subscriber.url("/hook")}).to_string(),
+        ))
+        .unwrap();
+    let reply = send(&client(), request).await.unwrap();
+    assert_eq!(reply.json()["code"], 200, "{:?}", reply.json());
+    subscriber.wait_for(2, WAIT).await
+}
+
 #[tokio::test]
 async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
     let collector = Subscriber::start().await;
@@ -91,17 +111,7 @@ async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
     let proxy = start_proxy_with(None, &mock.url(), &flags).await;
     // The first attempt is answered busy (inside a 200), the second succeeds.
     mock.inject(GENERATE, Fault::busy(), 1);
-    let request = Request::post(proxy.url(GENERATE))
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-test")
-        .header("traceparent", APP_TRACEPARENT)
-        .body(Full::from(
-            json!({"prompt": "a cat", "model": "gen4", "callback_url": subscriber.url("/hook")}).to_string(),
-        ))
-        .unwrap();
-    let reply = send(&client(), request).await.unwrap();
-    assert_eq!(reply.json()["code"], 200, "{:?}", reply.json());
-    let relayed = subscriber.wait_for(2, WAIT).await;
+    let relayed = submit_and_wait_for_both_webhooks(&proxy, &subscriber, APP_TRACEPARENT).await;
 
     eventually("the collector has the whole story", WAIT, async || {
         let (spans, _) = collected(&collector);
@@ -304,17 +314,7 @@ async fn a_trace_the_application_left_out_is_left_out_whole_and_stays_left_out_u
         ("otel.endpoint", collector.url("")),
     ]);
     let proxy = start_proxy_with(None, &mock.url(), &flags).await;
-    let request = Request::post(proxy.url(GENERATE))
-        .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-test")
-        .header("traceparent", UNSAMPLED)
-        .body(Full::from(
-            json!({"prompt": "a cat", "model": "gen4", "callback_url": subscriber.url("/hook")}).to_string(),
-        ))
-        .unwrap();
-    let reply = send(&client(), request).await.unwrap();
-    assert_eq!(reply.json()["code"], 200, "{:?}", reply.json());
-    let relayed = subscriber.wait_for(2, WAIT).await;
+    let relayed = submit_and_wait_for_both_webhooks(&proxy, &subscriber, UNSAMPLED).await;
     // The upstream and the subscriber are told of the same trace, still not sampled.
     let app = SpanContext::from_traceparent(UNSAMPLED).unwrap();
     let upstream = &mock.requests()[0].headers["traceparent"];
