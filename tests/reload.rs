@@ -414,3 +414,41 @@ async fn a_submission_waiting_for_a_task_slot_goes_on_when_the_limit_is_raised()
     assert_eq!(reply.json()["code"], 200, "{:?}", reply.json());
     assert_eq!(setup.mock.stats().received(GENERATE), 2);
 }
+
+#[cfg(feature = "otel")]
+#[tokio::test]
+async fn the_trace_sampler_changes_live() {
+    let collector = Subscriber::start().await;
+    let config = |sampler: &str| {
+        format!(
+            "[otel]\nendpoint = \"{}\"\nsampler = \"{sampler}\"\n",
+            collector.url("")
+        )
+    };
+    let setup = Setup::start(&config("always_off")).await;
+    let read = async || {
+        let request = Request::get(setup.proxy.url("/v1/models"))
+            .header("authorization", "Bearer sk-test")
+            .body(Full::default())
+            .unwrap();
+        send(&client(), request).await.unwrap();
+        let sent = setup.mock.requests();
+        let traceparent = sent.last().unwrap().headers["traceparent"].to_str().unwrap();
+        runway_proxy::trace::SpanContext::from_traceparent(traceparent).unwrap()
+    };
+    assert!(
+        !read().await.sampled,
+        "always_off: left out, and said so upstream"
+    );
+
+    let (status, report) = setup.reload(&config("always_on")).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["changed"], json!(["otel.sampler"]));
+    assert_eq!(report["restart_needed"], json!([]));
+    assert!(read().await.sampled, "always_on from the reload on");
+    // The request span and its attempt: only the second request's.
+    eventually("the sampled request's spans are exported", WAIT, async || {
+        setup.metric("runway_proxy_trace_spans_exported_total").await == Some(2.0)
+    })
+    .await;
+}

@@ -297,6 +297,7 @@ impl Proxy {
             guard: runway.guard().cloned(),
             callbacks: callbacks.clone(),
             access: access.clone(),
+            tracer: tracer.clone(),
             metrics: reload_metrics,
         };
         let service = Sidecar::new(runway.layer(forward), requests, readiness.clone())

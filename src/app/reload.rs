@@ -3,10 +3,10 @@
 //!
 //! The settings a reload changes live are the ones whose state can be swapped under
 //! running requests: the retry settings and rules, the rate limits and task guards, the
-//! callback allow list and token keys, the admin token, and the delivery schedule and
-//! workers ([`is_live`]). The rest (listeners, the data dir, store URLs, the upstream and
-//! its timeouts, the webhook secret, ...) are read at start: a reload that changes them
-//! names them in a warning and leaves them as they were. A new configuration that does
+//! callback allow list and token keys, the admin token, the delivery schedule and
+//! workers, and the trace sampler ([`is_live`]). The rest (listeners, the data dir, store
+//! URLs, the upstream and its timeouts, the webhook secret, ...) are read at start: a
+//! reload that changes them names them in a warning and leaves them as they were. A new configuration that does
 //! not check out changes nothing: the reason is logged and counted.
 //!
 //! Every reload runs on the runtime that [`Proxy::run`](super::Proxy::run) runs on, one
@@ -27,6 +27,7 @@ use crate::relay::Relay;
 use crate::retry::RetryLayer;
 use crate::settings::InvalidSetting;
 use crate::sidecar::{AdminAccess, ConfigReload};
+use crate::trace::Tracer;
 
 /// Where the configuration is read from again at each reload: the file, the process's
 /// environment (as it is now) and the flags the process was started with.
@@ -144,7 +145,12 @@ impl ConfigReload for Reloader {
 pub fn is_live(key: &str) -> bool {
     match key {
         "limit.redis_url" | "limit.redis_fallback" => false,
-        "callback.allow_private" | "callback.allowed_hosts" | "callback.token_keys" | "admin_token" => true,
+        "callback.allow_private"
+        | "callback.allowed_hosts"
+        | "callback.token_keys"
+        | "admin_token"
+        | "otel.sampler"
+        | "otel.sampler_arg" => true,
         _ => ["retry.", "limit.", "guard.", "delivery."]
             .iter()
             .any(|table| key.starts_with(table)),
@@ -224,6 +230,8 @@ fn in_force(old: &Config, new: Config) -> Config {
     }
     next.admin_token = new.admin_token;
     next.delivery = new.delivery;
+    next.otel.sampler = new.otel.sampler;
+    next.otel.sampler_arg = new.otel.sampler_arg;
     next
 }
 
@@ -237,6 +245,7 @@ pub(super) struct Applier {
     pub(super) guard: Option<TaskGuardLayer>,
     pub(super) callbacks: Callbacks,
     pub(super) access: AdminAccess,
+    pub(super) tracer: Tracer,
     pub(super) metrics: Arc<ReloadMetrics>,
 }
 
@@ -298,6 +307,7 @@ impl Applier {
         self.access
             .set_token(next.admin_token.as_ref().map(crate::config::Secret::expose));
         relay.reload(next.delivery.clone())?;
+        self.tracer.set_sampler(next.otel.sampler, next.otel.sampler_arg);
         self.current = next;
         Ok(done)
     }

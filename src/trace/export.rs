@@ -92,13 +92,13 @@ impl OtlpExporter {
             failing: AtomicBool::new(false),
         };
         let task = tokio::spawn(post.run(spans, stopped));
-        let tracer = Tracer {
-            sink: Some(Sink {
+        let tracer = Tracer::exporting(
+            Sink {
                 queue,
                 dropped: Arc::clone(&metrics.dropped),
-            }),
-            sampler: Sampler::new(settings.sampler, settings.sampler_arg),
-        };
+            },
+            Sampler::new(settings.sampler, settings.sampler_arg),
+        );
         tracing::info!(
             endpoint = %url,
             sampler = settings.sampler.as_str(),

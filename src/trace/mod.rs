@@ -436,11 +436,17 @@ pub(crate) struct Sink {
     pub(crate) dropped: Arc<crate::metrics::Counter>,
 }
 
-/// Makes spans; off ([`Tracer::off`], the default) it makes empty ones. Cheap to clone.
+/// Makes spans; off ([`Tracer::off`], the default) it makes empty ones. Cheap to clone:
+/// every clone shares one sampler, so a reload that changes it changes it for all.
 #[derive(Clone, Debug, Default)]
 pub struct Tracer {
-    sink: Option<Sink>,
-    sampler: Sampler,
+    on: Option<Exporting>,
+}
+
+#[derive(Clone, Debug)]
+struct Exporting {
+    sink: Sink,
+    sampler: crate::settings::Live<Sampler>,
 }
 
 impl Tracer {
@@ -449,20 +455,39 @@ impl Tracer {
         Tracer::default()
     }
 
+    /// The exporter's tracer (and the tests').
+    #[cfg(any(feature = "otel", test))]
+    pub(crate) fn exporting(sink: Sink, sampler: Sampler) -> Tracer {
+        Tracer {
+            on: Some(Exporting {
+                sink,
+                sampler: crate::settings::Live::new(sampler),
+            }),
+        }
+    }
+
     /// Whether spans are recorded.
     pub fn is_on(&self) -> bool {
-        self.sink.is_some()
+        self.on.is_some()
+    }
+
+    /// Sample spans that start from now on with `kind` (and `ratio`, for the
+    /// `*traceidratio` samplers): a reload's way in. Nothing for a tracer that is off.
+    pub fn set_sampler(&self, kind: SamplerKind, ratio: Ratio) {
+        if let Some(on) = &self.on {
+            on.sampler.set(Sampler::new(kind, ratio));
+        }
     }
 
     /// Start a span: a child of `parent` if given, else the root of a new trace. One the
     /// sampler leaves out records nothing but still has a context (flag `00`), so what
     /// it leads to is left out too.
     pub fn span(&self, name: &'static str, kind: SpanKind, parent: Option<SpanContext>) -> Span {
-        let Some(sink) = &self.sink else {
+        let Some(on) = &self.on else {
             return Span::default();
         };
         let trace_id = parent.map_or_else(random_id, |p| p.trace_id);
-        let sampled = self.sampler.sample(parent, &trace_id);
+        let sampled = on.sampler.with(|sampler| sampler.sample(parent, &trace_id));
         let context = SpanContext {
             trace_id,
             span_id: random_id(),
@@ -476,7 +501,7 @@ impl Tracer {
                 undecided: None,
             };
         }
-        Span::recording(context, parent.map(|p| p.span_id), name, kind, sink)
+        Span::recording(context, parent.map(|p| p.span_id), name, kind, &on.sink)
     }
 
     /// Start the root of a new trace that will be linked to another one (a callback's
@@ -485,7 +510,7 @@ impl Tracer {
     /// parent-based sampler), or when it ends if it is never linked. Until then it
     /// records, so its context must not be passed on before it is linked.
     pub fn span_to_link(&self, name: &'static str, kind: SpanKind) -> Span {
-        let Some(sink) = &self.sink else {
+        let Some(on) = &self.on else {
             return Span::default();
         };
         let context = SpanContext {
@@ -493,8 +518,8 @@ impl Tracer {
             span_id: random_id(),
             sampled: true,
         };
-        let mut span = Span::recording(context, None, name, kind, sink);
-        span.undecided = Some(self.sampler);
+        let mut span = Span::recording(context, None, name, kind, &on.sink);
+        span.undecided = Some(on.sampler.with(|sampler| *sampler));
         span
     }
 
@@ -728,13 +753,7 @@ mod tests {
             dropped: Arc::default(),
         };
         let sampler = Sampler::new(kind, Ratio::new(ratio).unwrap());
-        (
-            Tracer {
-                sink: Some(sink),
-                sampler,
-            },
-            spans,
-        )
+        (Tracer::exporting(sink, sampler), spans)
     }
 
     fn parent(sampled: bool) -> SpanContext {
