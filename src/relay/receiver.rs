@@ -117,7 +117,8 @@ where
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             // A trace of its own (the callback is a request of its own, maybe hours
-            // later), linked to the submission's once the task is known.
+            // later), linked to the submission's once the task is known, and recorded
+            // if the submission was.
             let mut span = shared.tracer.span_to_link("webhook received", SpanKind::Server);
             let response = shared.receive(request, &mut span).await;
             span.set_int("http.response.status_code", i64::from(response.status().as_u16()));

@@ -372,7 +372,9 @@ impl Worker {
     /// One attempt: how it ended, as the outbox records it.
     async fn attempt(&self, delivery: &Delivery) -> Completion {
         // Each attempt a trace of its own, linked to the task's submission.
-        let submission = (self.tracer.is_on())
+        let submission = self
+            .tracer
+            .is_on()
             .then(|| delivery.trace.as_deref().and_then(SpanContext::from_traceparent))
             .flatten();
         let mut span = self
