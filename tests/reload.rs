@@ -74,6 +74,17 @@ impl Setup {
             .unwrap()
     }
 
+    /// A second submission, sent from a task of its own so that it can wait its turn
+    /// while the test goes on.
+    fn submit_in_background(&self) -> tokio::task::JoinHandle<Reply> {
+        let url = self.proxy.url(GENERATE);
+        let hook = self.subscriber.url("/hook");
+        tokio::spawn(async move {
+            let body = json!({"prompt": "a dog", "model": "gen4", "callback_url": hook});
+            post_json(&client(), &url, &body).await.unwrap()
+        })
+    }
+
     async fn metric(&self, series: &str) -> Option<f64> {
         let text = metrics_text(&self.proxy).await;
         text.lines()
@@ -88,14 +99,7 @@ async fn a_request_waiting_its_turn_goes_on_under_the_new_rate_limit() {
     let slow = "[limit]\nsubmit_rate = \"2/min burst 1\"\nmax_wait = \"60s\"\n";
     let setup = Setup::start(slow).await;
     assert_eq!(setup.submit(None).await.json()["code"], 200);
-    let waiting = {
-        let proxy_url = setup.proxy.url(GENERATE);
-        let hook = setup.subscriber.url("/hook");
-        tokio::spawn(async move {
-            let body = json!({"prompt": "a dog", "model": "gen4", "callback_url": hook});
-            post_json(&client(), &proxy_url, &body).await.unwrap()
-        })
-    };
+    let waiting = setup.submit_in_background();
     eventually("the second submission waits its turn", WAIT, async || {
         setup.metric("runway_proxy_limit_waiting").await == Some(1.0)
     })
@@ -390,14 +394,7 @@ async fn a_submission_waiting_for_a_task_slot_goes_on_when_the_limit_is_raised()
     let config = |most: u32| format!("[guard]\nmax_tasks_in_flight = {most}\n[limit]\nmax_wait = \"60s\"\n");
     let setup = Setup::start_with(&config(1), MockConfig::default().step(Duration::from_secs(600))).await;
     assert_eq!(setup.submit(None).await.json()["code"], 200);
-    let waiting = {
-        let url = setup.proxy.url(GENERATE);
-        let hook = setup.subscriber.url("/hook");
-        tokio::spawn(async move {
-            let body = json!({"prompt": "a dog", "model": "gen4", "callback_url": hook});
-            post_json(&client(), &url, &body).await.unwrap()
-        })
-    };
+    let waiting = setup.submit_in_background();
     eventually("the second submission waits for a slot", WAIT, async || {
         setup.metric("runway_proxy_guard_waiting").await == Some(1.0)
     })
