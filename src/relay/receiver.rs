@@ -294,21 +294,24 @@ impl Shared {
                 }
             }
         }
+        if span.is_recording()
+            && let (Some(id), Some(watch)) = (task_id.as_deref(), &self.tasks)
+        {
+            match watch.store.trace_of(id.to_owned()).await {
+                Ok(Some(trace)) => {
+                    // Decides whether the receipt is recorded: as its submission was.
+                    if let Some(submission) = SpanContext::from_traceparent(&trace) {
+                        span.link(submission);
+                    }
+                    delivery.trace = Some(trace);
+                }
+                Ok(None) => {}
+                Err(err) => tracing::debug!(error = %err, "no trace context for a callback's task"),
+            }
+        }
         if span.is_recording() {
             if let Some(id) = task_id.as_deref() {
                 span.set_str("runway.task_id", id.to_owned());
-                if let Some(watch) = &self.tasks {
-                    match watch.store.trace_of(id.to_owned()).await {
-                        Ok(Some(trace)) => {
-                            if let Some(submission) = SpanContext::from_traceparent(&trace) {
-                                span.link(submission);
-                            }
-                            delivery.trace = Some(trace);
-                        }
-                        Ok(None) => {}
-                        Err(err) => tracing::debug!(error = %err, "no trace context for a callback's task"),
-                    }
-                }
             }
             if let Some(status) = delivery.status.as_deref() {
                 span.set_str("runway.task.status", status.to_owned());

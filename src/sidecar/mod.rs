@@ -283,10 +283,13 @@ impl<S> Sidecar<S> {
             RouteClass::Other => "proxy other",
         };
         let mut span = self.tracer.span(name, SpanKind::Server, parent);
-        span.set_str("http.request.method", request.method().as_str().to_owned());
-        // The path only: a query may carry a secret.
-        span.set_str("url.path", request.uri().path().to_owned());
-        span.set_str("runway.route_class", class.as_str());
+        // Nothing to copy for a span the sampler left out.
+        if span.is_recording() {
+            span.set_str("http.request.method", request.method().as_str().to_owned());
+            // The path only: a query may carry a secret.
+            span.set_str("url.path", request.uri().path().to_owned());
+            span.set_str("runway.route_class", class.as_str());
+        }
         if let Some(context) = span.context() {
             request.extensions_mut().insert(context);
         }
