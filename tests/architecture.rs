@@ -9,8 +9,8 @@ use std::path::Path;
 
 /// Bottom first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["body", "duration", "route", "settings", "metrics", "store"],
-    &["envelope"],
+    &["body", "duration", "route", "settings", "metrics"],
+    &["envelope", "store"],
     &["upstream"],
     &["trace"],
     &["callback", "limit", "retry", "server"],

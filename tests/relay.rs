@@ -485,30 +485,31 @@ async fn rotated_keys_keep_old_tokens_valid() {
 #[tokio::test]
 async fn the_receiver_answers_503_when_the_store_fails() {
     use runway_proxy::callback::Callbacks;
-    use runway_proxy::relay::{
-        BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
-        Relay,
+    use runway_proxy::relay::Relay;
+    use runway_proxy::store::{
+        BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, Error as StoreError, ErrorKind,
+        NewDelivery, Outbox,
     };
     use std::sync::Arc;
 
     /// A store whose disk is full.
     struct FullDisk;
     impl Outbox for FullDisk {
-        fn enqueue(&self, _: NewDelivery) -> BoxFuture<'_, Result<Enqueued, OutboxError>> {
-            Box::pin(async { Err(OutboxError("database or disk is full".into())) })
+        fn enqueue(&self, _: NewDelivery) -> BoxFuture<'_, Result<Enqueued, StoreError>> {
+            Box::pin(async { Err(StoreError::new(ErrorKind::Full, "database or disk is full")) })
         }
         fn claim(
             &self,
             _: String,
             _: usize,
             _: Duration,
-        ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+        ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>> {
             Box::pin(async { Ok(vec![]) })
         }
-        fn complete(&self, _: i64, _: String, _: Completion) -> BoxFuture<'_, Result<(), OutboxError>> {
+        fn complete(&self, _: i64, _: String, _: Completion) -> BoxFuture<'_, Result<(), StoreError>> {
             Box::pin(async { Ok(()) })
         }
-        fn release(&self, _: i64, _: String) -> BoxFuture<'_, Result<(), OutboxError>> {
+        fn release(&self, _: i64, _: String) -> BoxFuture<'_, Result<(), StoreError>> {
             Box::pin(async { Ok(()) })
         }
         fn list(
@@ -516,16 +517,16 @@ async fn the_receiver_answers_503_when_the_store_fails() {
             _: DeliveryState,
             _: i64,
             _: usize,
-        ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+        ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>> {
             Box::pin(async { Ok(vec![]) })
         }
-        fn replay(&self, _: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
+        fn replay(&self, _: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
             Box::pin(async { Ok(false) })
         }
-        fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, OutboxError>> {
+        fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
             Box::pin(async { Ok(None) })
         }
-        fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>> {
+        fn depth(&self) -> BoxFuture<'_, Result<Depth, StoreError>> {
             Box::pin(async { Ok(Depth::default()) })
         }
     }

@@ -44,9 +44,7 @@ use crate::callback::{CallbackError, Callbacks, Keyring, KeyringError, random_se
 use crate::config::{Config, ConfigError, Secret};
 use crate::idempotency::IdempotencyStore;
 use crate::metrics::MetricSet;
-use crate::relay::{
-    Outbox, OutboxError, Relay, RelayError, SecretError, SqliteOutbox, WebhookReceiver, WebhookSigner,
-};
+use crate::relay::{Outbox, Relay, RelayError, SecretError, SqliteOutbox, WebhookReceiver, WebhookSigner};
 use crate::runway::{Runway, RunwayLayer};
 use crate::server::ConnectionLimits;
 use crate::settings::InvalidSetting;
@@ -108,7 +106,7 @@ pub enum StartError {
     Client(#[from] ClientError),
     /// The outbox could not be opened.
     #[error(transparent)]
-    Outbox(#[from] OutboxError),
+    Store(#[from] crate::store::Error),
     /// The relay could not start.
     #[error(transparent)]
     Relay(#[from] RelayError),

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::body::BoxError;
 use crate::callback::{Callbacks, KeyringError};
 use crate::config::{Config, ConfigError, KEYS, Key, Overrides};
 use crate::guard::TaskGuardLayer;
@@ -127,7 +128,7 @@ impl Reloader {
 }
 
 impl ConfigReload for Reloader {
-    fn reload(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+    fn reload(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, BoxError>> {
         Box::pin(async move {
             match Reloader::reload(self).await {
                 Ok(done) => Ok(serde_json::json!({
@@ -135,7 +136,7 @@ impl ConfigReload for Reloader {
                     "changed": done.changed,
                     "restart_needed": done.restart_needed,
                 })),
-                Err(err) => Err(err.to_string()),
+                Err(err) => Err(err.into()),
             }
         })
     }

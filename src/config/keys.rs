@@ -871,7 +871,7 @@ pub const KEYS: &[Key] = &[
         set: |c, raw| {
             c.otel.headers = match raw.trim() {
                 "" | "none" => Vec::new(),
-                text => crate::trace::parse_headers(text).map_err(ValueError::Form)?,
+                text => crate::trace::parse_headers(text)?,
             };
             Ok(())
         },
@@ -897,7 +897,7 @@ pub const KEYS: &[Key] = &[
         flag: "otel-sampler",
         doc: "Which traces are recorded: parentbased_always_on (the application's traceparent decides, else all), parentbased_traceidratio, traceidratio, always_on, always_off or parentbased_always_off.",
         set: |c, raw| {
-            c.otel.sampler = raw.parse().map_err(ValueError::Form)?;
+            c.otel.sampler = raw.parse()?;
             Ok(())
         },
         show: |c| c.otel.sampler.as_str().to_owned(),
@@ -908,7 +908,7 @@ pub const KEYS: &[Key] = &[
         flag: "otel-sampler-arg",
         doc: "Share of traces the traceidratio samplers record, 0 to 1 (0.1: one in ten, chosen by trace id).",
         set: |c, raw| {
-            c.otel.sampler_arg = raw.parse().map_err(ValueError::Form)?;
+            c.otel.sampler_arg = raw.parse()?;
             Ok(())
         },
         show: |c| c.otel.sampler_arg.to_string(),

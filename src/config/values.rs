@@ -26,6 +26,9 @@ pub enum ValueError {
     /// Not a webhook secret.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// Not an `[otel]` value (a sampler, a ratio, export headers).
+    #[error(transparent)]
+    Trace(#[from] crate::trace::ParseError),
     /// Not of the expected form (the message quotes the value and says the form).
     #[error("{0}")]
     Form(String),

@@ -32,7 +32,6 @@
 //! # let _ = stack;
 //! ```
 
-mod memory;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -40,15 +39,16 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderName;
 use tower::Layer;
 
-pub use memory::MemoryIdempotencyStore;
 pub use service::{Idempotent, ResponseFuture};
 
 use crate::settings::{InvalidSetting, check};
-use crate::store::{BoxFuture, StoreError};
+// The records and their stores live on the storage floor; these are their names where
+// this layer's users have always found them.
+pub use crate::store::MemoryIdempotencyStore;
+pub use crate::store::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
 
 /// The request header a client names its submission with.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -94,66 +94,6 @@ impl IdempotencySettings {
                 crate::duration::format(self.lease)
             )
         })
-    }
-}
-
-/// An answer kept for replay.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredAnswer {
-    /// The HTTP status.
-    pub status: u16,
-    /// Its `Content-Type`, if any.
-    pub content_type: Option<String>,
-    /// The body, exactly as the client got it.
-    pub body: Bytes,
-}
-
-/// What a store knows of a key when a submission with it arrives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Begin {
-    /// The key is new: it is now recorded as in flight, and the submission may go.
-    Started,
-    /// The first submission with this key is still in flight.
-    InFlight,
-    /// The key was used with a different body.
-    Mismatch,
-    /// The first submission's answer.
-    Replay(StoredAnswer),
-    /// The first submission's outcome is unknown: it may have created a task.
-    Unknown,
-}
-
-/// How a recorded submission ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Finished {
-    /// With this answer, to replay.
-    Answer(StoredAnswer),
-    /// With an unknown outcome.
-    Unknown,
-}
-
-/// A store of idempotency records, shared by every replica that should honour a key.
-pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Look `key` up for a submission whose body hashes to `fingerprint`; when the key is
-    /// new (or its record expired), record it as in flight for `lease` and keep it `ttl`.
-    fn begin(
-        &self,
-        key: String,
-        fingerprint: String,
-        lease: Duration,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, StoreError>>;
-
-    /// Record how the submission with `key` ended.
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), StoreError>>;
-
-    /// Forget `key`: the submission provably created nothing, so its retry may go.
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>>;
-}
-
-impl std::fmt::Debug for dyn IdempotencyStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IdempotencyStore")
     }
 }
 

@@ -40,16 +40,9 @@
 //! ```
 
 mod admin;
-mod database;
-mod idempotency_store;
 mod metrics;
-mod outbox;
-#[cfg(feature = "postgres")]
-mod postgres;
 mod receiver;
 mod signing;
-mod sqlite;
-mod task_store;
 mod worker;
 
 use std::sync::Arc;
@@ -61,18 +54,21 @@ use tokio::sync::Notify;
 pub use crate::settings::ServiceUrl;
 use crate::trace::Tracer;
 pub use admin::RelayAdmin;
-pub use database::DatabaseSettings;
 pub use metrics::RelayMetrics;
-pub use outbox::{
-    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
-};
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use postgres::PostgresOutbox;
 pub use receiver::{WebhookReceiver, event_delivery};
 pub use signing::{SecretError, TOLERANCE, WebhookSigner};
-pub use sqlite::SqliteOutbox;
 pub use worker::DeliverySettings;
+
+// The outbox lives on the storage floor; these are its names where the relay's users
+// have always found them.
+use crate::store::Error as StoreError;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use crate::store::PostgresOutbox;
+pub use crate::store::{
+    BoxFuture, Completion, DatabaseSettings, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox,
+    SqliteOutbox,
+};
 
 use crate::callback::Callbacks;
 use crate::settings::InvalidSetting;
@@ -135,7 +131,7 @@ pub struct EventSink {
 
 impl EventSink {
     /// Store `delivery` durably (deduped and ordered like a received webhook).
-    pub async fn enqueue(&self, delivery: NewDelivery) -> Result<Enqueued, OutboxError> {
+    pub async fn enqueue(&self, delivery: NewDelivery) -> Result<Enqueued, StoreError> {
         let enqueued = self.outbox.enqueue(delivery).await?;
         if matches!(enqueued, Enqueued::Stored(_)) {
             self.wake.notify_waiters();

@@ -13,12 +13,12 @@ use ring::digest;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::outbox::{Enqueued, NewDelivery, Outbox};
 use super::{CallbackCheck, Confirmation, RelayMetrics};
 use crate::body::{self, Body, BoxError, ReadError};
 use crate::callback::{Callbacks, HOOK_PATH, Keyring};
 use crate::envelope;
 use crate::settings::Live;
+use crate::store::{Enqueued, NewDelivery, Outbox};
 use crate::tasks::{Seen, TaskReport, TaskStore, Usage};
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 

@@ -18,12 +18,12 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::RelayMetrics;
-use super::outbox::{Completion, Delivery, Outbox};
 use super::signing::WebhookSigner;
 use crate::body;
 use crate::callback::SubscriberPolicy;
 use crate::duration::{jittered, unix_millis as now_ms};
 use crate::settings::{InvalidSetting, check};
+use crate::store::{Completion, Delivery, Outbox};
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 use crate::upstream::{ClientError, retry_after, tls_client};
 

@@ -138,7 +138,8 @@ pub(crate) struct AdminState {
 /// configuration was refused (the old one stays in force).
 pub trait ConfigReload: Send + Sync + std::fmt::Debug + 'static {
     /// Reload now.
-    fn reload(&self) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>>;
+    fn reload(&self)
+    -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, crate::body::BoxError>>;
 }
 
 /// The outermost service of the sidecar: admin paths, metrics, logging, error envelopes.

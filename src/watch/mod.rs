@@ -177,7 +177,36 @@ enum Found {
     /// Not known upstream yet (`task_not_exist` right after creation) or not finished.
     NotYet,
     /// No usable answer.
-    Failed(String),
+    Failed(CheckFailed),
+}
+
+/// Why a check got no usable answer.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum CheckFailed {
+    /// The request could not be built (a task id that is no path segment).
+    #[error("the task id is not a valid path")]
+    BadTaskId,
+    /// The feed request could not be built.
+    #[error("cannot build the feed request")]
+    FeedRequest,
+    /// The poller failed before an answer came (its error, as it says it).
+    #[error("{0}")]
+    Poller(String),
+    /// The answer's body broke off.
+    #[error("the answer broke off: {0}")]
+    Body(String),
+    /// An answer past [`ANSWER_LIMIT`].
+    #[error("the answer is larger than {ANSWER_LIMIT} bytes")]
+    TooLarge,
+    /// An error status.
+    #[error("the upstream answered {0}")]
+    Status(http::StatusCode),
+    /// An answer that is not JSON.
+    #[error("the answer is not JSON")]
+    NotJson,
+    /// A task answer without a status.
+    #[error("the task answer has no status")]
+    NoStatus,
 }
 
 impl TaskWatcher {
@@ -405,18 +434,18 @@ where
     }
 
     /// Send `request` through the poller and read its answer.
-    async fn ask(&self, request: Request<Body>) -> Result<(http::StatusCode, Bytes), String> {
+    async fn ask(&self, request: Request<Body>) -> Result<(http::StatusCode, Bytes), CheckFailed> {
         let response = self
             .poller
             .clone()
             .oneshot(request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CheckFailed::Poller(e.to_string()))?;
         let (parts, body) = response.into_parts();
         match body::read_bounded(body, ANSWER_LIMIT).await {
             Ok(Bounded::Whole(bytes)) => Ok((parts.status, bytes)),
-            Ok(Bounded::Partial(_)) => Err(format!("the answer is larger than {ANSWER_LIMIT} bytes")),
-            Err(err) => Err(body::error_chain(&err)),
+            Ok(Bounded::Partial(_)) => Err(CheckFailed::TooLarge),
+            Err(err) => Err(CheckFailed::Body(body::error_chain(&err))),
         }
     }
 
@@ -427,12 +456,12 @@ where
             .header(header::AUTHORIZATION, authorization)
             .body(body::empty());
         let Ok(request) = request else {
-            return Found::Failed("the task id is not a valid path".into());
+            return Found::Failed(CheckFailed::BadTaskId);
         };
         match self.ask(request).await {
             Ok((status, bytes)) if status.is_success() => official_found(&bytes, task.status.as_deref()),
             Ok((status, _)) if status == http::StatusCode::NOT_FOUND => Found::NotYet,
-            Ok((status, _)) => Found::Failed(format!("the upstream answered {status}")),
+            Ok((status, _)) => Found::Failed(CheckFailed::Status(status)),
             Err(why) => Found::Failed(why),
         }
     }
@@ -446,11 +475,11 @@ where
             .header(header::CONTENT_TYPE, "application/json")
             .body(body::full(query));
         let Ok(request) = request else {
-            return Found::Failed("cannot build the feed request".into());
+            return Found::Failed(CheckFailed::FeedRequest);
         };
         match self.ask(request).await {
             Ok((status, bytes)) if status.is_success() => feed_found(&bytes, source),
-            Ok((status, _)) => Found::Failed(format!("the upstream answered {status}")),
+            Ok((status, _)) => Found::Failed(CheckFailed::Status(status)),
             Err(why) => Found::Failed(why),
         }
     }
@@ -460,14 +489,14 @@ where
 /// CometAPI's envelope (`{"code", "data": {...}}`): an event when the status is new.
 fn official_found(bytes: &[u8], known: Option<&str>) -> Found {
     let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
-        return Found::Failed("the task answer is not JSON".into());
+        return Found::Failed(CheckFailed::NotJson);
     };
     let mut task = match value.get("data") {
         Some(data) if data.get("status").is_some() => data.clone(),
         _ => value,
     };
     let Some(status) = task.get("status").and_then(Value::as_str).map(str::to_owned) else {
-        return Found::Failed("the task answer has no status".into());
+        return Found::Failed(CheckFailed::NoStatus);
     };
     let terminal = matches!(status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED");
     let event = (known != Some(status.as_str())).then(|| {
@@ -509,7 +538,7 @@ where
                 Found::NotYet => Confirmation::Contradicted(None),
                 Found::Failed(why) => {
                     self.metrics.failed_checks.inc();
-                    Confirmation::Unconfirmed(why)
+                    Confirmation::Unconfirmed(why.to_string())
                 }
             }
         })
@@ -520,7 +549,7 @@ where
 /// CometAPI's callbacks (marked with `source`), once it has one.
 fn feed_found(bytes: &[u8], source: &str) -> Found {
     let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
-        return Found::Failed("the feed answer is not JSON".into());
+        return Found::Failed(CheckFailed::NotJson);
     };
     let code = value.get("code");
     if code.and_then(Value::as_u64) != Some(200) && code.and_then(Value::as_str) != Some("200") {

@@ -7,8 +7,8 @@
 
 use deadpool_postgres::Object;
 
-use super::super::outbox::OutboxError;
 use super::db_error;
+use crate::store::Error;
 
 /// The advisory lock the migrations hold ("runway" and 1).
 const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
@@ -275,7 +275,7 @@ ALTER TABLE runway_proxy_deliveries ADD COLUMN trace text;
 "#;
 
 /// Bring the database's schema up to [`LATEST`].
-pub(super) async fn migrate(client: &mut Object) -> Result<i32, OutboxError> {
+pub(super) async fn migrate(client: &mut Object) -> Result<i32, Error> {
     let tx = client.transaction().await.map_err(db_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -294,7 +294,7 @@ pub(super) async fn migrate(client: &mut Object) -> Result<i32, OutboxError> {
         .map_err(db_error)?
         .get(0);
     if current > LATEST {
-        return Err(OutboxError(format!(
+        return Err(Error::corrupt(format!(
             "the database's schema is version {current}, newer than this runway-proxy knows \
              ({LATEST}): run the newer runway-proxy, or a database of this version's own"
         )));
@@ -302,7 +302,7 @@ pub(super) async fn migrate(client: &mut Object) -> Result<i32, OutboxError> {
     for (version, sql) in (1..).zip(MIGRATIONS).skip(current as usize) {
         tx.batch_execute(sql)
             .await
-            .map_err(|e| OutboxError(format!("migration {version} failed: {}", db_error(e).0)))?;
+            .map_err(|e| db_error(e).context(format_args!("migration {version} failed")))?;
         tx.execute(
             "INSERT INTO runway_proxy_schema (version) VALUES ($1)",
             &[&version],

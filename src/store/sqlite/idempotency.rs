@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::sqlite::{SqliteOutbox, now_ms};
-use crate::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
-use crate::store::{BoxFuture, StoreError};
+use super::{SqliteOutbox, now_ms};
+use crate::store::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+use crate::store::{BoxFuture, Error};
 
 /// Expired records deleted per lookup (the table stays small without a sweeper).
 const PURGE: i64 = 64;
@@ -79,10 +79,6 @@ fn begin(
     }
 }
 
-fn store_error(err: super::OutboxError) -> StoreError {
-    StoreError(err.0)
-}
-
 impl IdempotencyStore for SqliteOutbox {
     fn begin(
         &self,
@@ -90,15 +86,14 @@ impl IdempotencyStore for SqliteOutbox {
         fingerprint: String,
         lease: Duration,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, StoreError>> {
+    ) -> BoxFuture<'_, Result<Begin, Error>> {
         Box::pin(async move {
             self.run(move |tx| begin(tx, &key, &fingerprint, lease, ttl))
                 .await
-                .map_err(store_error)
         })
     }
 
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 match finished {
@@ -113,18 +108,16 @@ impl IdempotencyStore for SqliteOutbox {
                 Ok(())
             })
             .await
-            .map_err(store_error)
         })
     }
 
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn release(&self, key: String) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 tx.execute("DELETE FROM idempotency WHERE key = ?1", params![key])
                     .map(drop)
             })
             .await
-            .map_err(store_error)
         })
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-pub use crate::store::BoxFuture;
+use super::{BoxFuture, Error};
 
 /// A webhook to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,11 +139,6 @@ pub enum Completion {
     },
 }
 
-/// A failure of the store itself.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("outbox: {0}")]
-pub struct OutboxError(pub String);
-
 /// How many deliveries still need attention. (Delivered and superseded ones are left out:
 /// they only grow, and counting them would cost more with every webhook ever relayed.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -159,7 +154,7 @@ pub struct Depth {
 /// A durable store of webhooks to relay. See the module docs.
 pub trait Outbox: Send + Sync + 'static {
     /// Store a webhook durably. When this resolves `Ok`, it survives a crash.
-    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, OutboxError>>;
+    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, Error>>;
 
     /// Claim up to `max` due deliveries for `owner`, leased for `lease`. At most one
     /// delivery per task is in flight at a time, and a task's deliveries go in order.
@@ -168,18 +163,13 @@ pub trait Outbox: Send + Sync + 'static {
         owner: String,
         max: usize,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>>;
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>>;
 
     /// Record how an attempt of a claimed delivery ended.
-    fn complete(
-        &self,
-        id: i64,
-        owner: String,
-        completion: Completion,
-    ) -> BoxFuture<'_, Result<(), OutboxError>>;
+    fn complete(&self, id: i64, owner: String, completion: Completion) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Give a claimed delivery back unattempted (on shutdown).
-    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), OutboxError>>;
+    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Deliveries in `state` with an id above `after`, oldest first, at most `limit`.
     fn list(
@@ -187,22 +177,22 @@ pub trait Outbox: Send + Sync + 'static {
         state: DeliveryState,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>>;
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>>;
 
     /// Make a delivery pending again with a fresh schedule (a dead letter, say). `false`
     /// when there is no such delivery or it is in flight.
-    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, Error>>;
 
     /// When the next pending delivery is due (Unix milliseconds), if any.
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, OutboxError>>;
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>>;
 
     /// How many deliveries are pending, in flight and dead (the delivery workers publish
     /// it as `runway_proxy_outbox_depth`).
-    fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>>;
+    fn depth(&self) -> BoxFuture<'_, Result<Depth, Error>>;
 
     /// Whether the store answers now (the sidecar's readiness asks every second). The
     /// default says yes: a store that can't fail apart from its operations needs no probe.
-    fn ping(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Begin, Finished, IdempotencyStore, StoredAnswer};
-use crate::store::{BoxFuture, StoreError};
+use super::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+use super::{BoxFuture, Error};
 
 /// Idempotency records kept in memory: for one process that needs no durability (a
 /// restart forgets every key). The sidecar uses its SQLite outbox instead.
@@ -68,12 +68,12 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         fingerprint: String,
         lease: Duration,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, StoreError>> {
+    ) -> BoxFuture<'_, Result<Begin, Error>> {
         let begun = self.begin_now(key, fingerprint, lease, ttl);
         Box::pin(async move { Ok(begun) })
     }
 
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), Error>> {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(record) = records.get_mut(&key) {
             record.state = match finished {
@@ -84,7 +84,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn release(&self, key: String) -> BoxFuture<'_, Result<(), Error>> {
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -29,9 +29,9 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use runway_proxy::relay::{DatabaseSettings, Outbox, PostgresOutbox};
+//! use runway_proxy::store::{DatabaseSettings, Outbox, PostgresOutbox};
 //!
-//! # async fn run() -> Result<(), runway_proxy::relay::OutboxError> {
+//! # async fn run() -> Result<(), runway_proxy::store::Error> {
 //! let settings = DatabaseSettings::new("postgres://runway@db.internal:5432/runway");
 //! let outbox: Arc<dyn Outbox> = Arc::new(PostgresOutbox::connect(&settings).await?);
 //! // Relay::builder(&callbacks, outbox, signer) as with SQLite.
@@ -53,9 +53,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::{NoTls, Row};
 
-use super::database::DatabaseSettings;
-use super::outbox::{
-    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
+use super::{
+    BoxFuture, Completion, DatabaseSettings, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind,
+    NewDelivery, Outbox,
 };
 
 /// Most writes committed in one transaction.
@@ -88,7 +88,7 @@ impl std::fmt::Debug for PostgresOutbox {
 /// A write waiting for the next group commit, and whom to tell how it went.
 struct Write {
     op: WriteOp,
-    reply: oneshot::Sender<Result<Applied, OutboxError>>,
+    reply: oneshot::Sender<Result<Applied, Error>>,
 }
 
 enum WriteOp {
@@ -129,17 +129,19 @@ impl PostgresOutbox {
     ///
     /// Fails when the database can't be reached within the timeout, or holds a schema
     /// newer than this build knows.
-    pub async fn connect(settings: &DatabaseSettings) -> Result<PostgresOutbox, OutboxError> {
-        settings.validate().map_err(|e| OutboxError(e.to_string()))?;
+    pub async fn connect(settings: &DatabaseSettings) -> Result<PostgresOutbox, Error> {
+        settings
+            .validate()
+            .map_err(|e| Error::setup(e.to_string()).with_source(e))?;
         let url = settings
             .url
             .as_ref()
-            .ok_or_else(|| OutboxError("database.url: no PostgreSQL URL given".into()))?;
+            .ok_or_else(|| Error::setup("database.url: no PostgreSQL URL given"))?;
         let target = url.redacted();
         let mut config: tokio_postgres::Config = url
             .expose()
             .parse()
-            .map_err(|_| OutboxError(format!("{target} is not a PostgreSQL URL")))?;
+            .map_err(|_| Error::setup(format!("{target} is not a PostgreSQL URL")))?;
         let timeout = settings.timeout;
         let ms = timeout.as_millis();
         // The server gives up on a statement (and on a transaction left open by a
@@ -169,11 +171,11 @@ impl PostgresOutbox {
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(timeout))
             .build()
-            .map_err(|e| OutboxError(format!("cannot set up the PostgreSQL pool: {e}")))?;
+            .map_err(|e| Error::setup(format!("cannot set up the PostgreSQL pool: {e}")).with_source(e))?;
         let mut client = pool
             .get()
             .await
-            .map_err(|e| OutboxError(format!("cannot connect to {target}: {}", pool_error(e).0)))?;
+            .map_err(|e| pool_error(e).context(format_args!("cannot connect to {target}")))?;
         let version = schema::migrate(&mut client).await?;
         drop(client);
         let (writes, queue) = mpsc::channel(QUEUE);
@@ -200,12 +202,16 @@ impl PostgresOutbox {
     /// Run `op` on the outbox's runtime, bounded by the timeout.
     async fn call<T: Send + 'static>(
         &self,
-        op: impl Future<Output = Result<T, OutboxError>> + Send + 'static,
-    ) -> Result<T, OutboxError> {
+        op: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
         let mut task = self.inner.runtime.spawn(op);
         match tokio::time::timeout(self.inner.timeout, &mut task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(OutboxError(format!("PostgreSQL operation failed: {join}"))),
+            Ok(Err(join)) => Err(Error::new(
+                ErrorKind::Other,
+                format!("PostgreSQL operation failed: {join}"),
+            )
+            .with_source(join)),
             Err(_) => {
                 task.abort();
                 Err(self.timed_out())
@@ -213,17 +219,17 @@ impl PostgresOutbox {
         }
     }
 
-    fn timed_out(&self) -> OutboxError {
-        OutboxError(format!(
-            "PostgreSQL did not answer within {:?}",
-            self.inner.timeout
-        ))
+    fn timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!("PostgreSQL did not answer within {:?}", self.inner.timeout),
+        )
     }
 
     /// Queue `op` for the next group commit and wait for it.
-    async fn write(&self, op: WriteOp) -> Result<Applied, OutboxError> {
+    async fn write(&self, op: WriteOp) -> Result<Applied, Error> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || OutboxError("the PostgreSQL writer has stopped".into());
+        let stopped = || Error::unavailable("the PostgreSQL writer has stopped");
         let wait = async {
             self.inner
                 .writes
@@ -242,19 +248,47 @@ impl PostgresOutbox {
     }
 }
 
-fn db_error(err: tokio_postgres::Error) -> OutboxError {
+fn db_error(err: tokio_postgres::Error) -> Error {
     // The server's own message says what went wrong; the Display of the error alone is
     // often just "db error".
-    match err.as_db_error() {
-        Some(db) => OutboxError(format!("PostgreSQL: {}: {}", db.code().code(), db.message())),
-        None => OutboxError(format!("PostgreSQL: {err}")),
+    let (kind, message) = match err.as_db_error() {
+        Some(db) => (
+            sqlstate_kind(db.code().code()),
+            format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
+        ),
+        None if err.is_closed() => (ErrorKind::Unavailable, format!("PostgreSQL: {err}")),
+        None => (ErrorKind::Other, format!("PostgreSQL: {err}")),
+    };
+    Error::new(kind, message).with_source(err)
+}
+
+/// What kind of failure a SQLSTATE names (its class, the first two characters).
+fn sqlstate_kind(code: &str) -> ErrorKind {
+    match code {
+        // query_canceled: statement_timeout fired.
+        "57014" => ErrorKind::Timeout,
+        // serialization_failure, deadlock_detected, lock_not_available, unique_violation.
+        "40001" | "40P01" | "55P03" | "23505" => ErrorKind::Conflict,
+        // data_corrupted, index_corrupted.
+        "XX001" | "XX002" => ErrorKind::Corrupt,
+        _ => match code.get(..2) {
+            // insufficient resources: disk full, out of memory, too many connections.
+            Some("53") => ErrorKind::Full,
+            // connection exceptions; the server shutting down.
+            Some("08" | "57") => ErrorKind::Unavailable,
+            _ => ErrorKind::Other,
+        },
     }
 }
 
-fn pool_error(err: deadpool_postgres::PoolError) -> OutboxError {
+fn pool_error(err: deadpool_postgres::PoolError) -> Error {
+    use deadpool_postgres::PoolError;
     match err {
-        deadpool_postgres::PoolError::Backend(err) => db_error(err),
-        other => OutboxError(format!("PostgreSQL pool: {other}")),
+        PoolError::Backend(err) => db_error(err),
+        PoolError::Timeout(_) => {
+            Error::new(ErrorKind::Timeout, format!("PostgreSQL pool: {err}")).with_source(err)
+        }
+        other => Error::unavailable(format!("PostgreSQL pool: {other}")).with_source(other),
     }
 }
 
@@ -363,7 +397,7 @@ const RELEASE: &str = "
     SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
     WHERE id = $1 AND lease_owner = $2 AND state = 'in_flight'";
 
-async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, OutboxError> {
+async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db_error)?;
     let enqueue = tx.prepare_cached(ENQUEUE).await.map_err(db_error)?;
@@ -451,7 +485,7 @@ fn row_to_delivery(row: &Row) -> Result<Delivery, tokio_postgres::Error> {
     })
 }
 
-fn rows_to_deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, OutboxError> {
+fn rows_to_deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, Error> {
     rows.iter()
         .map(row_to_delivery)
         .collect::<Result<_, _>>()
@@ -496,12 +530,12 @@ fn claim_sql() -> String {
 }
 
 impl Outbox for PostgresOutbox {
-    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, OutboxError>> {
+    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, Error>> {
         Box::pin(async move {
             let lock = task_lock(&delivery.task_key);
             match self.write(WriteOp::Enqueue { lock, delivery }).await? {
                 Applied::Enqueued(enqueued) => Ok(enqueued),
-                Applied::Done => Err(OutboxError("the store gave no id".into())),
+                Applied::Done => Err(Error::corrupt("the store gave no id")),
             }
         })
     }
@@ -511,7 +545,7 @@ impl Outbox for PostgresOutbox {
         owner: String,
         max: usize,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -527,12 +561,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn complete(
-        &self,
-        id: i64,
-        owner: String,
-        completion: Completion,
-    ) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn complete(&self, id: i64, owner: String, completion: Completion) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.write(WriteOp::Complete {
                 id,
@@ -544,7 +573,7 @@ impl Outbox for PostgresOutbox {
         })
     }
 
-    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.write(WriteOp::Release { id, owner }).await?;
             Ok(())
@@ -556,7 +585,7 @@ impl Outbox for PostgresOutbox {
         state: DeliveryState,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -575,7 +604,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, Error>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -593,7 +622,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, OutboxError>> {
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -613,7 +642,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>> {
+    fn depth(&self) -> BoxFuture<'_, Result<Depth, Error>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -640,7 +669,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;

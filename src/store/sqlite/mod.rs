@@ -6,6 +6,9 @@
 //! whole batch instead of one each, and nothing is acknowledged before it is on disk
 //! (`synchronous = FULL`).
 
+mod idempotency;
+mod tasks;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +17,8 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::outbox::{
-    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, OutboxError,
+use super::{
+    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind, NewDelivery, Outbox,
 };
 
 /// Most commands applied in one transaction.
@@ -150,25 +153,23 @@ impl SqliteOutbox {
     /// holds, naming that process. (Two processes on one outbox would each take the
     /// other's deliveries in flight for a crash and send them again.) The kernel releases
     /// the lock when the process dies, however it dies.
-    pub fn open(path: &Path) -> Result<SqliteOutbox, OutboxError> {
+    pub fn open(path: &Path) -> Result<SqliteOutbox, Error> {
         let lock = lock_exclusively(path)?;
         let connection = Connection::open(path)
-            .map_err(|e| OutboxError(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| Error::from(e).context(format_args!("cannot open {}", path.display())))?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
             .and_then(|()| connection.pragma_update(None, "busy_timeout", 5000))
             .and_then(|()| connection.execute_batch(SCHEMA))
             .and_then(|()| add_ledger_columns(&connection))
-            .map_err(|e| OutboxError(format!("cannot set up {}: {e}", path.display())))?;
+            .map_err(|e| Error::from(e).context(format_args!("cannot set up {}", path.display())))?;
         let now = now_ms();
-        let resumed = connection
-            .execute(
-                "UPDATE deliveries SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?1
+        let resumed = connection.execute(
+            "UPDATE deliveries SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?1
                  WHERE state = 'in_flight'",
-                params![now],
-            )
-            .map_err(|e| OutboxError(e.to_string()))?;
+            params![now],
+        )?;
         if resumed > 0 {
             tracing::info!(
                 resumed,
@@ -183,7 +184,7 @@ impl SqliteOutbox {
                 let _lock = lock;
                 writer(connection, receiver)
             })
-            .map_err(|e| OutboxError(format!("cannot start the outbox thread: {e}")))?;
+            .map_err(|e| Error::unavailable(format!("cannot start the outbox thread: {e}")).with_source(e))?;
         Ok(SqliteOutbox {
             commands,
             path: Arc::new(path.to_owned()),
@@ -199,15 +200,15 @@ impl SqliteOutbox {
     pub(super) async fn run<T: Send + 'static>(
         &self,
         apply: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, OutboxError> {
+    ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
         let command: Command = Box::new(move |tx| {
             let result = apply(tx);
             Box::new(move |committed: Committed| {
                 let outcome = match (committed, result) {
                     (Ok(()), Ok(value)) => Ok(value),
-                    (Err(commit), _) => Err(OutboxError(format!("commit failed: {commit}"))),
-                    (Ok(()), Err(e)) => Err(OutboxError(e.to_string())),
+                    (Err(commit), _) => Err(shared_error(commit).context("commit failed")),
+                    (Ok(()), Err(e)) => Err(Error::from(e)),
                 };
                 let _ = reply.send(outcome);
             })
@@ -215,21 +216,22 @@ impl SqliteOutbox {
         self.commands
             .send(command)
             .await
-            .map_err(|_| OutboxError("the writer thread has stopped".into()))?;
+            .map_err(|_| Error::unavailable("the writer thread has stopped"))?;
         answer
             .await
-            .map_err(|_| OutboxError("the writer thread has stopped".into()))?
+            .map_err(|_| Error::unavailable("the writer thread has stopped"))?
     }
 }
 
 /// Take the lock that makes `db` this process's alone, and write this process's id into
 /// the lock file for whoever is refused next.
-fn lock_exclusively(db: &Path) -> Result<std::fs::File, OutboxError> {
+fn lock_exclusively(db: &Path) -> Result<std::fs::File, Error> {
     use std::io::{Seek, Write};
     let mut lock_path = db.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let cannot = |e: std::io::Error| OutboxError(format!("cannot lock {}: {e}", lock_path.display()));
+    let cannot =
+        |e: std::io::Error| Error::setup(format!("cannot lock {}: {e}", lock_path.display())).with_source(e);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -263,12 +265,15 @@ fn lock_exclusively(db: &Path) -> Result<std::fs::File, OutboxError> {
                 None => "another process".to_owned(),
             };
             let dir = db.parent().unwrap_or(db);
-            Err(OutboxError(format!(
-                "the data directory {} is in use by {holder} (it holds {}); two proxies on one \
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the data directory {} is in use by {holder} (it holds {}); two proxies on one \
                  data directory would send each other's webhooks twice: give each its own --data-dir",
-                dir.display(),
-                lock_path.display()
-            )))
+                    dir.display(),
+                    lock_path.display()
+                ),
+            ))
         }
         Err(std::fs::TryLockError::Error(e)) => Err(cannot(e)),
     }
@@ -318,6 +323,41 @@ fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
 }
 
 pub(super) use crate::duration::unix_millis as now_ms;
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Error {
+        Error::new(sqlite_kind(&err), format!("SQLite: {err}")).with_source(err)
+    }
+}
+
+/// A failure every command of a batch shares (its commit's).
+fn shared_error(err: Arc<rusqlite::Error>) -> Error {
+    Error::new(sqlite_kind(&err), format!("SQLite: {err}")).with_shared_source(err)
+}
+
+/// What kind of failure SQLite's result code names.
+fn sqlite_kind(err: &rusqlite::Error) -> ErrorKind {
+    use rusqlite::ErrorCode;
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => ErrorKind::Full,
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ErrorKind::Conflict,
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => ErrorKind::Corrupt,
+        Some(
+            ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::PermissionDenied,
+        ) => ErrorKind::Unavailable,
+        Some(_) => ErrorKind::Other,
+        None => match err {
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..) => ErrorKind::Corrupt,
+            _ => ErrorKind::Other,
+        },
+    }
+}
 
 const COLUMNS: &str = "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, created_at, delivered_at, trace";
 
@@ -443,7 +483,7 @@ fn claim(tx: &Transaction<'_>, owner: &str, max: usize, lease: Duration) -> rusq
 }
 
 impl Outbox for SqliteOutbox {
-    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, OutboxError>> {
+    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, Error>> {
         Box::pin(self.run(move |tx| enqueue(tx, &delivery)))
     }
 
@@ -452,16 +492,11 @@ impl Outbox for SqliteOutbox {
         owner: String,
         max: usize,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
         Box::pin(self.run(move |tx| claim(tx, &owner, max, lease)))
     }
 
-    fn complete(
-        &self,
-        id: i64,
-        owner: String,
-        completion: Completion,
-    ) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn complete(&self, id: i64, owner: String, completion: Completion) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.run(move |tx| {
             let now = now_ms();
             let (state, next, error, delivered) = match completion {
@@ -479,7 +514,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.run(move |tx| {
             tx.execute(
                 "UPDATE deliveries SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?3
@@ -495,7 +530,7 @@ impl Outbox for SqliteOutbox {
         state: DeliveryState,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, OutboxError>> {
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
         Box::pin(self.run(move |tx| {
             let mut select = tx.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM deliveries WHERE state = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
@@ -506,7 +541,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, Error>> {
         Box::pin(self.run(move |tx| {
             let changed = tx.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
@@ -518,7 +553,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, OutboxError>> {
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
         Box::pin(self.run(|tx| {
             tx.query_row(
                 "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'pending'
@@ -529,7 +564,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn depth(&self) -> BoxFuture<'_, Result<Depth, OutboxError>> {
+    fn depth(&self) -> BoxFuture<'_, Result<Depth, Error>> {
         Box::pin(self.run(|tx| {
             // One index range count per state: the delivered rows are never walked.
             let mut count = tx.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE state = ?1")?;
@@ -543,7 +578,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
         // Through the writer thread: a writer that stopped or stalls fails it.
         Box::pin(self.run(|_| Ok(())))
     }

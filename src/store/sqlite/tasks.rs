@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use rusqlite::{Transaction, params};
 
-use super::sqlite::{SqliteOutbox, now_ms};
-use crate::store::{BoxFuture, StoreError};
-use crate::tasks::{
+use super::{SqliteOutbox, now_ms};
+use crate::store::{BoxFuture, Error};
+use crate::store::{
     Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
     TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
@@ -166,12 +166,8 @@ fn claim_due(
     Ok(claimed)
 }
 
-fn store_error(err: super::OutboxError) -> StoreError {
-    StoreError(err.0)
-}
-
 impl TaskStore for SqliteOutbox {
-    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
@@ -224,7 +220,6 @@ impl TaskStore for SqliteOutbox {
                 .map(drop)
             })
             .await
-            .map_err(store_error)
         })
     }
 
@@ -233,7 +228,7 @@ impl TaskStore for SqliteOutbox {
         task_id: String,
         report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<Seen, StoreError>> {
+    ) -> BoxFuture<'_, Result<Seen, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
@@ -265,7 +260,6 @@ impl TaskStore for SqliteOutbox {
                 })
             })
             .await
-            .map_err(store_error)
         })
     }
 
@@ -274,12 +268,8 @@ impl TaskStore for SqliteOutbox {
         owner: String,
         max: usize,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>> {
-        Box::pin(async move {
-            self.run(move |tx| claim_due(tx, &owner, max, lease))
-                .await
-                .map_err(store_error)
-        })
+    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
+        Box::pin(async move { self.run(move |tx| claim_due(tx, &owner, max, lease)).await })
     }
 
     fn checked(
@@ -287,7 +277,7 @@ impl TaskStore for SqliteOutbox {
         task_id: String,
         owner: String,
         checked: Checked,
-    ) -> BoxFuture<'_, Result<Option<Finished>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Option<Finished>, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
@@ -318,11 +308,10 @@ impl TaskStore for SqliteOutbox {
                 Ok(rows.next().transpose()?.filter(|_| checked.done))
             })
             .await
-            .map_err(store_error)
         })
     }
 
-    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, StoreError>> {
+    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, Error>> {
         Box::pin(async move {
             self.run(|tx| {
                 // One index range count per state.
@@ -337,11 +326,10 @@ impl TaskStore for SqliteOutbox {
                 })
             })
             .await
-            .map_err(store_error)
         })
     }
 
-    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, StoreError>> {
+    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select =
@@ -350,11 +338,10 @@ impl TaskStore for SqliteOutbox {
                 rows.next().transpose()
             })
             .await
-            .map_err(store_error)
         })
     }
 
-    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached("SELECT trace FROM tasks WHERE task_id = ?1")?;
@@ -362,7 +349,6 @@ impl TaskStore for SqliteOutbox {
                 Ok(rows.next().transpose()?.flatten())
             })
             .await
-            .map_err(store_error)
         })
     }
 
@@ -371,7 +357,7 @@ impl TaskStore for SqliteOutbox {
         state: Option<WatchState>,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(&format!(
@@ -382,7 +368,6 @@ impl TaskStore for SqliteOutbox {
                     .collect()
             })
             .await
-            .map_err(store_error)
         })
     }
 
@@ -390,15 +375,11 @@ impl TaskStore for SqliteOutbox {
         &self,
         reservation: Reservation,
         limits: TaskLimits,
-    ) -> BoxFuture<'_, Result<Reserved, StoreError>> {
-        Box::pin(async move {
-            self.run(move |tx| reserve(tx, &reservation, &limits))
-                .await
-                .map_err(store_error)
-        })
+    ) -> BoxFuture<'_, Result<Reserved, Error>> {
+        Box::pin(async move { self.run(move |tx| reserve(tx, &reservation, &limits)).await })
     }
 
-    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 tx.execute(
@@ -408,11 +389,10 @@ impl TaskStore for SqliteOutbox {
                 .map(drop)
             })
             .await
-            .map_err(store_error)
         })
     }
 
-    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, StoreError>> {
+    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(
@@ -429,16 +409,10 @@ impl TaskStore for SqliteOutbox {
                     .collect()
             })
             .await
-            .map_err(store_error)
         })
     }
 
-    fn usage(
-        &self,
-        key: Option<String>,
-        from: i64,
-        to: i64,
-    ) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+    fn usage(&self, key: Option<String>, from: i64, to: i64) -> BoxFuture<'_, Result<Vec<UsageRow>, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(
@@ -466,11 +440,10 @@ impl TaskStore for SqliteOutbox {
                 rows.collect()
             })
             .await
-            .map_err(store_error)
         })
     }
 
-    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>> {
         Box::pin(async move {
             self.run(move |tx| {
                 tx.execute(
@@ -480,7 +453,6 @@ impl TaskStore for SqliteOutbox {
                 .map(|n| n as u64)
             })
             .await
-            .map_err(store_error)
         })
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio_postgres::Row;
 
 use super::{PostgresOutbox, db_error, pool_error};
-use crate::store::{BoxFuture, StoreError};
-use crate::tasks::{
+use crate::store::{BoxFuture, Error};
+use crate::store::{
     Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
     TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
@@ -41,11 +41,8 @@ fn row_to_finished(row: &Row) -> Result<Finished, tokio_postgres::Error> {
     })
 }
 
-fn first_finished(rows: &[Row]) -> Result<Option<Finished>, StoreError> {
-    rows.first()
-        .map(row_to_finished)
-        .transpose()
-        .map_err(|e| StoreError(db_error(e).0))
+fn first_finished(rows: &[Row]) -> Result<Option<Finished>, Error> {
+    rows.first().map(row_to_finished).transpose().map_err(db_error)
 }
 
 fn limit_param(limit: Option<u64>) -> Option<i64> {
@@ -81,11 +78,11 @@ fn row_to_task(row: &Row) -> Result<WatchedTask, tokio_postgres::Error> {
     })
 }
 
-fn rows_to_tasks(rows: Vec<Row>) -> Result<Vec<WatchedTask>, StoreError> {
+fn rows_to_tasks(rows: Vec<Row>) -> Result<Vec<WatchedTask>, Error> {
     rows.iter()
         .map(row_to_task)
         .collect::<Result<_, _>>()
-        .map_err(|e| StoreError(db_error(e).0))
+        .map_err(db_error)
 }
 
 impl PostgresOutbox {
@@ -94,7 +91,7 @@ impl PostgresOutbox {
         &self,
         sql: &'static str,
         params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
-    ) -> Result<Vec<Row>, StoreError> {
+    ) -> Result<Vec<Row>, Error> {
         let pool = self.pool();
         self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -106,12 +103,11 @@ impl PostgresOutbox {
             client.query(&statement, &refs).await.map_err(db_error)
         })
         .await
-        .map_err(|e| StoreError(e.0))
     }
 }
 
 impl TaskStore for PostgresOutbox {
-    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), Error>> {
         let state = if task.outcome_unknown {
             WatchState::Unknown
         } else {
@@ -174,7 +170,7 @@ impl TaskStore for PostgresOutbox {
         task_id: String,
         report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<Seen, StoreError>> {
+    ) -> BoxFuture<'_, Result<Seen, Error>> {
         Box::pin(async move {
             // Points are noted whatever the state (a refund may come after the end); the
             // watch moves on only while the task is watched. One statement, which also
@@ -215,23 +211,23 @@ impl TaskStore for PostgresOutbox {
             let Some(row) = rows.first() else {
                 return Ok(Seen::NotListed);
             };
-            let watched: bool = row.try_get(0).map_err(|e| StoreError(db_error(e).0))?;
+            let watched: bool = row.try_get(0).map_err(db_error)?;
             if !(watched && report.terminal) {
                 return Ok(Seen::Listed);
             }
             let finished = Finished {
-                key: row.try_get(1).map_err(|e| StoreError(db_error(e).0))?,
-                model: row.try_get(2).map_err(|e| StoreError(db_error(e).0))?,
+                key: row.try_get(1).map_err(db_error)?,
+                model: row.try_get(2).map_err(db_error)?,
                 status: {
-                    let state: Option<&str> = row.try_get(3).map_err(|e| StoreError(db_error(e).0))?;
-                    let status: Option<&str> = row.try_get(4).map_err(|e| StoreError(db_error(e).0))?;
+                    let state: Option<&str> = row.try_get(3).map_err(db_error)?;
+                    let status: Option<&str> = row.try_get(4).map_err(db_error)?;
                     StatusClass::of(
                         state.and_then(WatchState::parse).unwrap_or(WatchState::Done),
                         status,
                     )
                 },
-                points: row.try_get(5).map_err(|e| StoreError(db_error(e).0))?,
-                refunded: row.try_get(6).map_err(|e| StoreError(db_error(e).0))?,
+                points: row.try_get(5).map_err(db_error)?,
+                refunded: row.try_get(6).map_err(db_error)?,
             };
             Ok(Seen::Finished(finished))
         })
@@ -242,7 +238,7 @@ impl TaskStore for PostgresOutbox {
         owner: String,
         max: usize,
         lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -273,7 +269,7 @@ impl TaskStore for PostgresOutbox {
         task_id: String,
         owner: String,
         checked: Checked,
-    ) -> BoxFuture<'_, Result<Option<Finished>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Option<Finished>, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -305,7 +301,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, StoreError>> {
+    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -315,12 +311,12 @@ impl TaskStore for PostgresOutbox {
                     Vec::new(),
                 )
                 .await?;
-            let get = |i: usize| -> Result<u64, StoreError> {
+            let get = |i: usize| -> Result<u64, Error> {
                 rows.first()
                     .map(|row| row.try_get::<_, i64>(i))
                     .transpose()
                     .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
-                    .map_err(|e| StoreError(db_error(e).0))
+                    .map_err(db_error)
             };
             Ok(TaskCounts {
                 pending: get(3)?,
@@ -331,7 +327,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -340,15 +336,13 @@ impl TaskStore for PostgresOutbox {
                 )
                 .await?;
             match rows.first() {
-                Some(row) => row
-                    .try_get::<_, Option<String>>(0)
-                    .map_err(|e| StoreError(e.to_string())),
+                Some(row) => row.try_get::<_, Option<String>>(0).map_err(db_error),
                 None => Ok(None),
             }
         })
     }
 
-    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, StoreError>> {
+    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -369,7 +363,7 @@ impl TaskStore for PostgresOutbox {
         state: Option<WatchState>,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -394,7 +388,7 @@ impl TaskStore for PostgresOutbox {
         &self,
         reservation: Reservation,
         limits: TaskLimits,
-    ) -> BoxFuture<'_, Result<Reserved, StoreError>> {
+    ) -> BoxFuture<'_, Result<Reserved, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -420,9 +414,9 @@ impl TaskStore for PostgresOutbox {
                 .await?;
             let row = rows
                 .first()
-                .ok_or_else(|| StoreError("the reservation returned nothing".into()))?;
-            let refused: Option<&str> = row.try_get(0).map_err(|e| StoreError(db_error(e).0))?;
-            let used: Option<i64> = row.try_get(1).map_err(|e| StoreError(db_error(e).0))?;
+                .ok_or_else(|| Error::corrupt("the reservation returned nothing"))?;
+            let refused: Option<&str> = row.try_get(0).map_err(db_error)?;
+            let used: Option<i64> = row.try_get(1).map_err(db_error)?;
             match refused {
                 None => Ok(Reserved::Granted),
                 Some(name) => Limit::parse(name)
@@ -430,12 +424,14 @@ impl TaskStore for PostgresOutbox {
                         limit,
                         used: used.unwrap_or(0),
                     })
-                    .ok_or_else(|| StoreError(format!("the reservation named an unknown limit {name:?}"))),
+                    .ok_or_else(|| {
+                        Error::corrupt(format!("the reservation named an unknown limit {name:?}"))
+                    }),
             }
         })
     }
 
-    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             self.task_statement(
                 "DELETE FROM runway_proxy_tasks WHERE task_id = $1 AND state = 'pending'",
@@ -446,7 +442,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, StoreError>> {
+    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -463,16 +459,11 @@ impl TaskStore for PostgresOutbox {
                     })
                 })
                 .collect::<Result<_, tokio_postgres::Error>>()
-                .map_err(|e| StoreError(db_error(e).0))
+                .map_err(db_error)
         })
     }
 
-    fn usage(
-        &self,
-        key: Option<String>,
-        from: i64,
-        to: i64,
-    ) -> BoxFuture<'_, Result<Vec<UsageRow>, StoreError>> {
+    fn usage(&self, key: Option<String>, from: i64, to: i64) -> BoxFuture<'_, Result<Vec<UsageRow>, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -503,11 +494,11 @@ impl TaskStore for PostgresOutbox {
                     })
                 })
                 .collect::<Result<_, tokio_postgres::Error>>()
-                .map_err(|e| StoreError(db_error(e).0))
+                .map_err(db_error)
         })
     }
 
-    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -522,7 +513,7 @@ impl TaskStore for PostgresOutbox {
                 .first()
                 .map(|row| row.try_get(0))
                 .transpose()
-                .map_err(|e| StoreError(db_error(e).0))?
+                .map_err(db_error)?
                 .unwrap_or(0);
             Ok(u64::try_from(n).unwrap_or(0))
         })

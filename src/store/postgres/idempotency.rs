@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{PostgresOutbox, pool_error};
-use crate::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
-use crate::store::{BoxFuture, StoreError};
+use crate::store::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+use crate::store::{BoxFuture, Error};
 
 use crate::duration::millis;
 
@@ -18,7 +18,7 @@ impl PostgresOutbox {
         sql: &'static str,
         key: String,
         finished: Option<Finished>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), Error> {
         let pool = self.pool();
         self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -38,7 +38,6 @@ impl PostgresOutbox {
             done.map(drop).map_err(super::db_error)
         })
         .await
-        .map_err(|e| StoreError(e.0))
     }
 }
 
@@ -49,7 +48,7 @@ impl IdempotencyStore for PostgresOutbox {
         fingerprint: String,
         lease: Duration,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, StoreError>> {
+    ) -> BoxFuture<'_, Result<Begin, Error>> {
         let pool = self.pool();
         Box::pin(async move {
             self.call(async move {
@@ -83,11 +82,10 @@ impl IdempotencyStore for PostgresOutbox {
                 })
             })
             .await
-            .map_err(|e| StoreError(e.0))
         })
     }
 
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             match finished {
                 Finished::Answer(_) => {
@@ -111,7 +109,7 @@ impl IdempotencyStore for PostgresOutbox {
         })
     }
 
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn release(&self, key: String) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(self.idempotency_statement("DELETE FROM runway_proxy_idempotency WHERE key = $1", key, None))
     }
 }
