@@ -147,12 +147,13 @@
 //! |---|---|---|
 //! | app | [`app`] (feature `config`) | the only place that takes a [`config::Config`] and wires everything |
 //! | configuration | [`config`] (feature `config`) | one typed `Config`, each setting described once |
-//! | sidecar | [`sidecar`], [`watch`] | the outermost service: admin paths, request metrics and logs, error envelopes; the task watcher |
+//! | sidecar | [`sidecar`] | the outermost service: admin paths, request metrics and logs, error envelopes |
 //! | composition | [`runway`], [`guard`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; task limits and budgets; the webhook relay; the CometAPI stand-in |
-//! | records | [`idempotency`], [`tasks`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded; the watch list of accepted tasks |
+//! | records | [`idempotency`], [`tasks`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded; the watch list of accepted tasks and the watcher that sees each one through |
 //! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
 //! | upstream | [`upstream`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS |
-//! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`], [`store`] | shared types |
+//! | storage | [`store`] | the durable records (outbox, watch list and ledger, idempotency) behind their traits, the SQLite and PostgreSQL backends, one typed error |
+//! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`] | shared types |
 //!
 //! # Features
 //!
@@ -161,7 +162,7 @@
 //! - `mock`: [`mock::MockUpstream`], the CometAPI stand-in.
 //! - `axum`: [`relay::Relay::router`].
 //! - `redis` (default): [`limit::SharedLimits`], quotas and caps shared by replicas.
-//! - `postgres` (default): `relay::PostgresOutbox`, the outbox, idempotency records and
+//! - `postgres` (default): `store::PostgresOutbox`, the outbox, idempotency records and
 //!   watch list shared by replicas.
 //!
 //! `cargo build --lib --no-default-features` builds the layers and the relay alone,
@@ -177,6 +178,7 @@ pub mod envelope;
 pub mod metrics;
 pub mod route;
 pub mod settings;
+// the storage floor
 pub mod store;
 // talking to the upstream
 pub mod upstream;
@@ -189,7 +191,7 @@ pub mod retry;
 pub mod server;
 // the idempotency record, which reads the retry layer's verdict
 pub mod idempotency;
-// the watch list of accepted tasks
+// the watch list of accepted tasks, and its watcher
 pub mod tasks;
 // composition
 pub mod guard;
@@ -200,7 +202,6 @@ pub mod relay;
 pub mod runway;
 // the sidecar
 pub mod sidecar;
-pub mod watch;
 // configuration and wiring
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]

@@ -118,7 +118,7 @@ impl RunwayLayer {
 
     /// The ledger's counters: give them to the relay's
     /// [`watch_list`](crate::relay::RelayBuilder::watch_list) and the
-    /// [`TaskWatcher`](crate::watch::TaskWatcher), which count the tasks that end (and wake
+    /// [`TaskWatcher`](crate::tasks::TaskWatcher), which count the tasks that end (and wake
     /// the submissions waiting for a slot).
     pub fn usage(&self) -> Arc<Usage> {
         Arc::clone(&self.usage)

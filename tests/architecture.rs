@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["idempotency", "tasks"],
     &["guard"],
     &["mock", "relay", "runway"],
-    &["sidecar", "watch"],
+    &["sidecar"],
     &["config"],
     &["app"],
 ];

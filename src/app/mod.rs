@@ -50,8 +50,8 @@ use crate::server::ConnectionLimits;
 use crate::settings::InvalidSetting;
 use crate::sidecar::{AdminAccess, Readiness, RequestMetrics, Sidecar};
 use crate::tasks::TaskStore;
+use crate::tasks::{TaskWatcher, WatchMetrics};
 use crate::upstream::{ClientError, Forward};
-use crate::watch::{TaskWatcher, WatchMetrics};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

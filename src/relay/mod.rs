@@ -48,27 +48,27 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 
 pub use crate::settings::ServiceUrl;
 use crate::trace::Tracer;
 pub use admin::RelayAdmin;
 pub use metrics::RelayMetrics;
-pub use receiver::{WebhookReceiver, event_delivery};
+pub use receiver::WebhookReceiver;
 pub use signing::{SecretError, TOLERANCE, WebhookSigner};
 pub use worker::DeliverySettings;
 
 // The outbox lives on the storage floor; these are its names where the relay's users
 // have always found them.
-use crate::store::Error as StoreError;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use crate::store::PostgresOutbox;
 pub use crate::store::{
-    BoxFuture, Completion, DatabaseSettings, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox,
-    SqliteOutbox,
+    BoxFuture, Completion, DatabaseSettings, Delivery, DeliveryState, Depth, Enqueued, EventSink,
+    NewDelivery, Outbox, SqliteOutbox, event_delivery,
 };
+// The check is made by the task watcher, beside the watch list.
+pub use crate::tasks::{CallbackCheck, Confirmation};
 
 use crate::callback::Callbacks;
 use crate::settings::InvalidSetting;
@@ -98,46 +98,6 @@ pub struct Relay {
     metrics: Arc<RelayMetrics>,
     events: EventSink,
     callbacks: Callbacks,
-}
-
-/// What a check of a terminal callback against the upstream found
-/// ([`CallbackCheck`], `--confirm-callbacks`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Confirmation {
-    /// The upstream agrees: relay the callback.
-    Confirmed,
-    /// The upstream says otherwise: do not relay the callback; relay this instead (the
-    /// upstream's own version, in the callback's shape), if anything.
-    Contradicted(Option<Bytes>),
-    /// It could not be checked (why): relay the callback as it came.
-    Unconfirmed(String),
-}
-
-/// Checks a terminal callback against the upstream before it is relayed: CometAPI's
-/// callbacks are not signed, so the route token proves the URL but not the content. The
-/// task watcher implements it with one feed read.
-pub trait CallbackCheck: Send + Sync + 'static {
-    /// Check that task `task_id` ended with `status`.
-    fn confirm(&self, task_id: String, status: String) -> BoxFuture<'_, Confirmation>;
-}
-
-/// Stores events the proxy makes itself (the task watcher's) for delivery, like received
-/// webhooks, and wakes the delivery workers. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct EventSink {
-    outbox: Arc<dyn Outbox>,
-    wake: Arc<Notify>,
-}
-
-impl EventSink {
-    /// Store `delivery` durably (deduped and ordered like a received webhook).
-    pub async fn enqueue(&self, delivery: NewDelivery) -> Result<Enqueued, StoreError> {
-        let enqueued = self.outbox.enqueue(delivery).await?;
-        if matches!(enqueued, Enqueued::Stored(_)) {
-            self.wake.notify_waiters();
-        }
-        Ok(enqueued)
-    }
 }
 
 /// Settings for [`Relay::builder`]; [`start`](RelayBuilder::start) checks them and starts
@@ -271,10 +231,7 @@ impl RelayBuilder {
             self.tracer.clone(),
         );
         let admin = RelayAdmin::new(Arc::clone(&self.outbox), Arc::clone(&wake));
-        let events = EventSink {
-            outbox: Arc::clone(&self.outbox),
-            wake: Arc::clone(&wake),
-        };
+        let events = EventSink::new(Arc::clone(&self.outbox), Arc::clone(&wake));
         let workers = DeliveryWorkers::start(
             self.outbox,
             self.signer,

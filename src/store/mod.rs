@@ -37,6 +37,7 @@
 //! ```
 
 mod database;
+mod event;
 pub mod idempotency;
 mod ledger;
 mod memory;
@@ -51,12 +52,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use database::DatabaseSettings;
+pub(crate) use event::event;
+pub use event::event_delivery;
 pub use idempotency::{Begin, IdempotencyStore, StoredAnswer};
 pub use ledger::{
     Finished, Limit, Reservation, Reserved, Seen, Spend, StatusClass, TaskLimits, TaskReport, UsageRow,
 };
 pub use memory::MemoryIdempotencyStore;
-pub use outbox::{Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox};
+pub use outbox::{Completion, Delivery, DeliveryState, Depth, Enqueued, EventSink, NewDelivery, Outbox};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresOutbox;
 pub use sqlite::SqliteOutbox;

@@ -5,10 +5,12 @@
 //! several concurrent delivery workers: a worker *claims* deliveries with a lease, and a
 //! claim whose lease runs out (its worker crashed) can be claimed again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::{BoxFuture, Error};
 
@@ -194,5 +196,36 @@ pub trait Outbox: Send + Sync + 'static {
     /// default says yes: a store that can't fail apart from its operations needs no probe.
     fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+/// Stores events the proxy makes itself (the task watcher's) for delivery, like received
+/// webhooks, and wakes the delivery workers. Cheap to clone.
+#[derive(Clone)]
+pub struct EventSink {
+    outbox: Arc<dyn Outbox>,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink").finish_non_exhaustive()
+    }
+}
+
+impl EventSink {
+    /// Events stored in `outbox`; `wake` is told of each new one (the delivery workers
+    /// wait on it).
+    pub fn new(outbox: Arc<dyn Outbox>, wake: Arc<Notify>) -> EventSink {
+        EventSink { outbox, wake }
+    }
+
+    /// Store `delivery` durably (deduped and ordered like a received webhook).
+    pub async fn enqueue(&self, delivery: NewDelivery) -> Result<Enqueued, Error> {
+        let enqueued = self.outbox.enqueue(delivery).await?;
+        if matches!(enqueued, Enqueued::Stored(_)) {
+            self.wake.notify_waiters();
+        }
+        Ok(enqueued)
     }
 }

@@ -14,11 +14,13 @@
 
 mod ledger;
 mod record;
+mod watcher;
 
 use std::time::Duration;
 
 pub use ledger::{Totals, Usage, UsageReport, key_hash};
 pub use record::{RecordTasks, RecordTasksLayer, Recorded, ResponseFuture, SEALED_KEY_PURPOSE, Submission};
+pub use watcher::{CallbackCheck, Confirmation, TaskWatcher, WatchMetrics};
 
 use crate::settings::{InvalidSetting, check};
 // The records live on the storage floor; these are their names where the watch list's

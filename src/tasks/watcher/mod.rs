@@ -32,18 +32,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, header};
-use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
+mod found;
+mod metrics;
+
+use found::{CheckFailed, Found, feed_found, official_found};
+pub use metrics::WatchMetrics;
+
 use crate::body::{self, Body, Bounded};
 use crate::callback::Keyring;
 use crate::duration::jittered;
-use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
-use crate::relay::{CallbackCheck, Confirmation, Enqueued, EventSink, event_delivery};
 use crate::settings::Live;
-use crate::store::BoxFuture;
+use crate::store::{BoxFuture, Enqueued, EventSink, event_delivery};
 use crate::tasks::{
     Checked, SEALED_KEY_PURPOSE, TaskFormat, TaskReport, TaskStore, Usage, WatchSettings, WatchedTask,
 };
@@ -61,80 +64,25 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Largest task answer read.
 const ANSWER_LIMIT: usize = 1024 * 1024;
 
-/// What the watcher records (`/-/metrics`).
-#[derive(Debug, Default)]
-pub struct WatchMetrics {
-    /// Checks of official-format tasks (`GET /runwayml/v1/tasks/{id}`).
-    pub official_checks: Counter,
-    /// Feed reads for reverse-format tasks overdue a callback.
-    pub recovery_checks: Counter,
-    /// Feed reads confirming a final callback (`--confirm-callbacks`).
-    pub confirm_checks: Counter,
-    /// Checks that got no usable answer (to be tried again).
-    pub failed_checks: Counter,
-    /// Status events stored for official-format tasks.
-    pub events: Counter,
-    /// Final results recovered from the feed (their callback never came).
-    pub recovered: Counter,
-    /// Tasks whose check was given up (no key to check with).
-    pub abandoned: Counter,
-    /// Tasks on the watch list by state, as the store last reported them.
-    pub watching: Gauge,
-    /// See `watching`.
-    pub done: Gauge,
-    /// See `watching`.
-    pub unknown: Gauge,
+/// What a check of a terminal callback against the upstream found
+/// ([`CallbackCheck`], `--confirm-callbacks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The upstream agrees: relay the callback.
+    Confirmed,
+    /// The upstream says otherwise: do not relay the callback; relay this instead (the
+    /// upstream's own version, in the callback's shape), if anything.
+    Contradicted(Option<Bytes>),
+    /// It could not be checked (why): relay the callback as it came.
+    Unconfirmed(String),
 }
 
-impl MetricSet for WatchMetrics {
-    fn render(&self, out: &mut String) {
-        write_family(
-            out,
-            "runway_proxy_task_checks_total",
-            "counter",
-            "Checks of watched tasks, by kind: polls of official-format tasks, feed reads of overdue ones and of final callbacks to confirm, failures.",
-            "kind",
-            [
-                ("poll", self.official_checks.get()),
-                ("recovery", self.recovery_checks.get()),
-                ("confirm", self.confirm_checks.get()),
-                ("failed", self.failed_checks.get()),
-            ],
-        );
-        write_one(
-            out,
-            "runway_proxy_task_events_total",
-            "counter",
-            "Status events stored for official-format tasks.",
-            self.events.get(),
-        );
-        write_one(
-            out,
-            "runway_proxy_tasks_recovered_total",
-            "counter",
-            "Final results recovered from the feed because their callback never came.",
-            self.recovered.get(),
-        );
-        write_family(
-            out,
-            "runway_proxy_tasks",
-            "gauge",
-            "Tasks on the watch list by state (refreshed every few seconds).",
-            "state",
-            [
-                ("watching", self.watching.get()),
-                ("done", self.done.get()),
-                ("unknown", self.unknown.get()),
-            ],
-        );
-        write_one(
-            out,
-            "runway_proxy_tasks_abandoned_total",
-            "counter",
-            "Watched tasks given up: no API key to check them with.",
-            self.abandoned.get(),
-        );
-    }
+/// Checks a terminal callback against the upstream before it is relayed: CometAPI's
+/// callbacks are not signed, so the route token proves the URL but not the content. The
+/// task watcher implements it with one feed read.
+pub trait CallbackCheck: Send + Sync + 'static {
+    /// Check that task `task_id` ended with `status`.
+    fn confirm(&self, task_id: String, status: String) -> BoxFuture<'_, Confirmation>;
 }
 
 /// The running watcher. See the [module docs](self).
@@ -161,52 +109,6 @@ struct Watcher<S> {
     metrics: Arc<WatchMetrics>,
     usage: Arc<Usage>,
     owner: String,
-}
-
-/// What one check found.
-#[derive(Debug, PartialEq)]
-enum Found {
-    /// The task's status now, and the event to relay if it is new.
-    Status {
-        status: String,
-        terminal: bool,
-        event: Option<Bytes>,
-        /// Points charged and refunded, when the answer says (the feed does).
-        points: TaskReport,
-    },
-    /// Not known upstream yet (`task_not_exist` right after creation) or not finished.
-    NotYet,
-    /// No usable answer.
-    Failed(CheckFailed),
-}
-
-/// Why a check got no usable answer.
-#[derive(Debug, PartialEq, thiserror::Error)]
-enum CheckFailed {
-    /// The request could not be built (a task id that is no path segment).
-    #[error("the task id is not a valid path")]
-    BadTaskId,
-    /// The feed request could not be built.
-    #[error("cannot build the feed request")]
-    FeedRequest,
-    /// The poller failed before an answer came (its error, as it says it).
-    #[error("{0}")]
-    Poller(String),
-    /// The answer's body broke off.
-    #[error("the answer broke off: {0}")]
-    Body(String),
-    /// An answer past [`ANSWER_LIMIT`].
-    #[error("the answer is larger than {ANSWER_LIMIT} bytes")]
-    TooLarge,
-    /// An error status.
-    #[error("the upstream answered {0}")]
-    Status(http::StatusCode),
-    /// An answer that is not JSON.
-    #[error("the answer is not JSON")]
-    NotJson,
-    /// A task answer without a status.
-    #[error("the task answer has no status")]
-    NoStatus,
 }
 
 impl TaskWatcher {
@@ -485,34 +387,6 @@ where
     }
 }
 
-/// What `GET /runwayml/v1/tasks/{id}` says, bare (`{"id", "status", ...}`) or wrapped in
-/// CometAPI's envelope (`{"code", "data": {...}}`): an event when the status is new.
-fn official_found(bytes: &[u8], known: Option<&str>) -> Found {
-    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
-        return Found::Failed(CheckFailed::NotJson);
-    };
-    let mut task = match value.get("data") {
-        Some(data) if data.get("status").is_some() => data.clone(),
-        _ => value,
-    };
-    let Some(status) = task.get("status").and_then(Value::as_str).map(str::to_owned) else {
-        return Found::Failed(CheckFailed::NoStatus);
-    };
-    let terminal = matches!(status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED");
-    let event = (known != Some(status.as_str())).then(|| {
-        if let Some(fields) = task.as_object_mut() {
-            fields.insert("runway_proxy_source".into(), Value::from("poll"));
-        }
-        Bytes::from(task.to_string())
-    });
-    Found::Status {
-        status,
-        terminal,
-        event,
-        points: TaskReport::default(),
-    }
-}
-
 impl<S> CallbackCheck for Watcher<S>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
@@ -542,107 +416,5 @@ where
                 }
             }
         })
-    }
-}
-
-/// What the feed says of a reverse-format task: its final result, in the flat shape of
-/// CometAPI's callbacks (marked with `source`), once it has one.
-fn feed_found(bytes: &[u8], source: &str) -> Found {
-    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
-        return Found::Failed(CheckFailed::NotJson);
-    };
-    let code = value.get("code");
-    if code.and_then(Value::as_u64) != Some(200) && code.and_then(Value::as_str) != Some("200") {
-        // `task_not_exist` right after creation, or a passing error: ask again later.
-        return Found::NotYet;
-    }
-    let Some(mut data) = value.get("data").filter(|d| d.is_object()).cloned() else {
-        return Found::NotYet;
-    };
-    let status = match data.get("status") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Found::NotYet,
-    };
-    // "2" failed and "3" succeeded are the ends of a task's life.
-    if !matches!(status.as_str(), "2" | "3") {
-        return Found::NotYet;
-    }
-    if let Some(fields) = data.as_object_mut() {
-        // The feed's own word for the state is not part of a callback.
-        fields.remove("state");
-        fields.insert("runway_proxy_source".into(), Value::from(source));
-    }
-    let mut points = TaskReport::default();
-    points.read_points(&data);
-    Found::Status {
-        status,
-        terminal: true,
-        event: Some(Bytes::from(data.to_string())),
-        points,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn official_answers_bare_or_wrapped_make_an_event_per_new_status() {
-        let bare = br#"{"id":"o1","status":"RUNNING","progress":0.5}"#;
-        let Found::Status {
-            status,
-            terminal,
-            event,
-            ..
-        } = official_found(bare, Some("PENDING"))
-        else {
-            panic!()
-        };
-        assert_eq!((status.as_str(), terminal), ("RUNNING", false));
-        let event: Value = serde_json::from_slice(&event.unwrap()).unwrap();
-        assert_eq!(event["progress"], 0.5);
-        assert_eq!(event["runway_proxy_source"], "poll");
-        let Found::Status { event, .. } = official_found(bare, Some("RUNNING")) else {
-            panic!()
-        };
-        assert_eq!(event, None, "the same status again: no event");
-        let wrapped =
-            br#"{"code":200,"data":{"id":"o1","status":"FAILED","failure":"x","failureCode":"INTERNAL"}}"#;
-        let Found::Status { terminal, event, .. } = official_found(wrapped, None) else {
-            panic!()
-        };
-        assert!(terminal);
-        let event: Value = serde_json::from_slice(&event.unwrap()).unwrap();
-        assert_eq!(event["failureCode"], "INTERNAL");
-        assert!(matches!(official_found(b"<html>", None), Found::Failed(_)));
-        assert!(matches!(
-            official_found(br#"{"id":"o1"}"#, None),
-            Found::Failed(_)
-        ));
-    }
-
-    #[test]
-    fn the_feed_gives_a_final_result_in_the_callback_shape_or_nothing_yet() {
-        let done = br#"{"code":200,"msg":"success","data":{"task_id":"t1","status":"3","state":"succeeded","update_time":"17","video_url":"v"}}"#;
-        let Found::Status {
-            status,
-            terminal,
-            event,
-            ..
-        } = feed_found(done, "recovered")
-        else {
-            panic!()
-        };
-        assert_eq!((status.as_str(), terminal), ("3", true));
-        let event: Value = serde_json::from_slice(&event.unwrap()).unwrap();
-        assert_eq!(event["update_time"], "17");
-        assert_eq!(event["runway_proxy_source"], "recovered");
-        assert!(event.get("state").is_none());
-        let running = br#"{"code":200,"data":{"task_id":"t1","status":"1"}}"#;
-        assert_eq!(feed_found(running, "recovered"), Found::NotYet);
-        let missing = br#"{"code":404,"msg":"task_not_exist","data":null}"#;
-        assert_eq!(feed_found(missing, "recovered"), Found::NotYet);
-        assert!(matches!(feed_found(b"nope", "recovered"), Found::Failed(_)));
     }
 }
