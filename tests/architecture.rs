@@ -152,3 +152,90 @@ fn the_checker_sees_imports() {
     assert!(graph["retry"].contains("upstream"), "{:?}", graph["retry"]);
     assert!(graph["app"].contains("config"));
 }
+
+/// Sibling files a file names through `super::` (outside comments and its own `mod
+/// tests`, whose `super` is the file itself).
+fn sibling_imports(text: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
+    let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
+    let mut found = BTreeSet::new();
+    for line in code.lines() {
+        let code = line.split("//").next().unwrap_or_default();
+        for (at, _) in code.match_indices("super::") {
+            let after = &code[at + "super::".len()..];
+            let names: Vec<&str> = match after.strip_prefix('{') {
+                Some(group) => group.split('}').next().unwrap_or_default().split(',').collect(),
+                None => vec![after],
+            };
+            for name in names {
+                let name: String = name
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if siblings.contains(&name) {
+                    found.insert(name);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_module_has_a_circle_among_its_files() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut circles = Vec::new();
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).expect("readable") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                && path.extension().is_some_and(|e| e == "rs")
+                && !matches!(stem, "mod" | "lib" | "main")
+            {
+                files.insert(stem.to_owned(), std::fs::read_to_string(&path).expect("readable"));
+            }
+        }
+        if dir.join("mod.rs").exists() || dir.ends_with("src") {
+            // A directory module's files are its submodules; `src/` itself has no `super`.
+            let siblings: BTreeSet<String> = files.keys().cloned().collect();
+            let mut graph: BTreeMap<String, BTreeSet<String>> = files
+                .iter()
+                .map(|(name, text)| {
+                    let mut deps = sibling_imports(text, &siblings);
+                    deps.remove(name);
+                    (name.clone(), deps)
+                })
+                .collect();
+            if dir.ends_with("src") {
+                continue;
+            }
+            while !graph.is_empty() {
+                let leaves: Vec<String> = graph
+                    .iter()
+                    .filter(|(_, deps)| deps.iter().all(|d| !graph.contains_key(d)))
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                if leaves.is_empty() {
+                    circles.push(format!(
+                        "{}: {:?}",
+                        dir.display(),
+                        graph.keys().collect::<Vec<_>>()
+                    ));
+                    break;
+                }
+                for leaf in leaves {
+                    graph.remove(&leaf);
+                }
+            }
+        }
+    }
+    assert!(
+        circles.is_empty(),
+        "import circles among a module's files:\n{}",
+        circles.join("\n")
+    );
+}

@@ -4,7 +4,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 
-use super::routes::{json_response, reverse_error};
+use super::answer::{json_response, reverse_error};
 use super::state::{Inner, State};
 use super::{Fault, stats};
 use crate::body::Body;

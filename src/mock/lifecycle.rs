@@ -8,8 +8,8 @@ use http::{Request, header};
 use http_body_util::Full;
 
 use super::SentCallback;
-use super::routes::unix_now;
 use super::state::State;
+use super::state::unix_now;
 use crate::body;
 
 #[derive(Clone, Copy, Debug, PartialEq)]

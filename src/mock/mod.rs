@@ -35,6 +35,7 @@
 //! | `DELETE /-/mock/faults` | clear queued faults |
 //! | `POST /-/mock/reset` | clear faults, counters, recorded requests and tasks |
 
+mod answer;
 mod control;
 mod fault;
 mod lifecycle;

@@ -1,16 +1,16 @@
 //! CometAPI's Runway routes as the stand-in answers them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Value, json};
 
+use super::answer::{Reset, json_response, json_response_bytes, reverse_error};
 use super::lifecycle::{CallbackPlan, lifecycle};
-use super::service::Reset;
-use super::state::{POINTS_PER_SECOND, State, Task};
+use super::state::{POINTS_PER_SECOND, State, Task, unix_now};
 use super::{Fault, MAX_BODY, MAX_RECORDED, MockConfig, RecordedRequest};
 use crate::body::{self, Body};
 use crate::envelope;
@@ -264,12 +264,6 @@ pub(super) fn feed(state: &State, fields: &serde_json::Map<String, Value>) -> Re
     }
 }
 
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// What a submission asks the stand-in to create.
 pub(super) struct NewMockTask<'a> {
     pub(super) prompt: &'a str,
@@ -337,24 +331,6 @@ pub(super) fn task_id() -> String {
         (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
         u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
     )
-}
-
-pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    json_response_bytes(status, value.to_string().into_bytes())
-}
-
-pub(super) fn json_response_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(body::full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, envelope::JSON);
-    response
-}
-
-/// A reverse-format error: the envelope with `code`, under HTTP `status`.
-pub(super) fn reverse_error(status: StatusCode, code: u16, msg: &str) -> Response<Body> {
-    json_response(status, &json!({"code": code, "msg": msg, "data": null}))
 }
 
 #[cfg(test)]

@@ -7,15 +7,11 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
+use super::answer::Reset;
 use super::control::control;
 use super::routes::handle;
 use super::state::State;
 use crate::body::Body;
-
-/// The connection is dropped without an answer (a scripted reset).
-#[derive(Debug, thiserror::Error)]
-#[error("connection reset by the stand-in's fault script")]
-pub(super) struct Reset;
 
 #[derive(Clone, Debug)]
 pub(super) struct MockService(pub(super) Arc<State>);

@@ -144,3 +144,10 @@ impl State {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// Now, in Unix seconds (the callbacks' time fields).
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -40,6 +40,7 @@
 //! ```
 
 mod admin;
+mod client;
 mod metrics;
 mod receiver;
 mod signing;

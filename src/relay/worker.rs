@@ -1,23 +1,15 @@
 //! Delivery workers: send each stored webhook to its subscriber, signed, at least once.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::RelayMetrics;
+use super::client::{DeliveryClient, delivery_client};
 use super::signing::WebhookSigner;
 use crate::body;
 use crate::callback::SubscriberPolicy;
@@ -25,7 +17,7 @@ use crate::duration::{jittered, unix_millis as now_ms};
 use crate::settings::{InvalidSetting, check};
 use crate::store::{Completion, Delivery, Outbox};
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
-use crate::upstream::{ClientError, retry_after, tls_client};
+use crate::upstream::{ClientError, retry_after};
 
 /// Settings of the delivery workers (`[delivery]` in the config file). Field names are
 /// the config keys.
@@ -79,50 +71,6 @@ impl Default for DeliverySettings {
 const BATCH: usize = 16;
 /// How often an idle worker looks for due deliveries even without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-
-/// A resolver that drops internal addresses (unless allowed), so the connection can only
-/// go where the check said: the guard against DNS rebinding between check and connect.
-#[derive(Clone, Debug)]
-struct SafeResolver {
-    policy: SubscriberPolicy,
-}
-
-impl tower::Service<Name> for SafeResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            let safe: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| policy.check_resolved(a.ip()).is_ok())
-                .collect();
-            if safe.is_empty() && !addrs.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{name} resolves only to internal addresses"
-                )));
-            }
-            Ok(safe.into_iter())
-        })
-    }
-}
-
-type DeliveryClient = Client<HttpsConnector<HttpConnector<SafeResolver>>, Full<Bytes>>;
-
-fn delivery_client(policy: &SubscriberPolicy, timeout: Duration) -> Result<DeliveryClient, ClientError> {
-    let resolver = SafeResolver {
-        policy: policy.clone(),
-    };
-    tls_client(HttpConnector::new_with_resolver(resolver), timeout)
-}
 
 struct Worker {
     name: String,

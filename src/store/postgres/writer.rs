@@ -1,0 +1,175 @@
+//! The group-commit writer: enqueues, completions and releases from every caller, applied
+//! in batches of one transaction and one commit each, in an order that cannot deadlock.
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::*;
+
+/// The advisory lock of a task: 64 bits of a hash of its key.
+pub(super) fn task_lock(task_key: &str) -> i64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, task_key.as_bytes());
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&digest.as_ref()[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// The group-commit writer: takes the writes waiting, up to `writers` transactions at a
+/// time, each answered after its commit.
+pub(super) async fn write_batches(pool: Pool, mut queue: mpsc::Receiver<Write>, writers: usize) {
+    let permits = Arc::new(Semaphore::new(writers));
+    let mut written: u64 = 0;
+    let mut next_analyze = FIRST_ANALYZE;
+    while let Some(first) = queue.recv().await {
+        // Waiting for a free writer is what lets a burst gather into one transaction.
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        written += batch.len() as u64;
+        if written >= next_analyze {
+            next_analyze = next_analyze.saturating_mul(10);
+            tokio::spawn(analyze(pool.clone()));
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            commit(&pool, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes after which the writer first refreshes the planner's statistics, then every
+/// tenfold more (1k, 10k, 100k, ...).
+const FIRST_ANALYZE: u64 = 1000;
+
+/// Refresh the statistics of the outbox's tables. A new table has none until autovacuum
+/// gets to it (up to a minute, longer on a busy server), and the plans each connection
+/// caches meanwhile were made for an empty table: the lookup that supersedes a task's
+/// older statuses, say, walking every pending row. An `ANALYZE` gives the planner the
+/// table as it is and makes every connection plan again. Autovacuum keeps them fresh
+/// after that; this covers a replica's first burst.
+async fn analyze(pool: Pool) {
+    let analyzed = async {
+        let client = pool.get().await.map_err(pool_error)?;
+        client
+            .batch_execute("ANALYZE runway_proxy_deliveries, runway_proxy_idempotency")
+            .await
+            .map_err(db_error)
+    };
+    if let Err(err) = analyzed.await {
+        tracing::debug!(error = %err, "cannot refresh the outbox's statistics");
+    }
+}
+
+/// Apply `batch` in one transaction; when it fails, apply each write alone, so one bad
+/// write does not fail the others.
+async fn commit(pool: &Pool, mut batch: Vec<Write>) {
+    batch.sort_by_key(|write| write.op.order());
+    let ops: Vec<&WriteOp> = batch.iter().map(|write| &write.op).collect();
+    match apply(pool, &ops).await {
+        Ok(applied) => {
+            for (write, applied) in batch.into_iter().zip(applied) {
+                let _ = write.reply.send(Ok(applied));
+            }
+        }
+        Err(err) if batch.len() > 1 => {
+            tracing::warn!(error = %err, writes = batch.len(), "outbox batch failed; applying its writes one by one");
+            for write in batch {
+                let result = apply(pool, &[&write.op])
+                    .await
+                    .map(|mut applied| applied.pop().unwrap_or(Applied::Done));
+                let _ = write.reply.send(result);
+            }
+        }
+        Err(err) => {
+            for write in batch {
+                let _ = write.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+const ENQUEUE: &str = "SELECT o_id, o_outcome FROM runway_proxy_enqueue($1, $2, $3, $4, $5, $6, $7, $8)";
+const SET_TRACE: &str = "UPDATE runway_proxy_deliveries SET trace = $2 WHERE id = $1";
+const COMPLETE: &str = "
+    UPDATE runway_proxy_deliveries
+    SET state = $3, attempts = attempts + 1, next_attempt_at = runway_proxy_now_ms() + $4,
+        last_error = $5, delivered_at = CASE WHEN $3 = 'delivered' THEN runway_proxy_now_ms() END,
+        lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
+    WHERE id = $1 AND lease_owner = $2 AND state = 'in_flight'";
+const RELEASE: &str = "
+    UPDATE runway_proxy_deliveries
+    SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
+    WHERE id = $1 AND lease_owner = $2 AND state = 'in_flight'";
+
+async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(db_error)?;
+    let enqueue = tx.prepare_cached(ENQUEUE).await.map_err(db_error)?;
+    let complete = tx.prepare_cached(COMPLETE).await.map_err(db_error)?;
+    let release = tx.prepare_cached(RELEASE).await.map_err(db_error)?;
+    // Issued together, the statements are pipelined: the batch costs about one round
+    // trip and one commit, not one of each per write.
+    let applied = futures_util::future::join_all(ops.iter().map(|op| async {
+        match op {
+            WriteOp::Enqueue { lock, delivery: d } => {
+                let row = tx
+                    .query_one(
+                        &enqueue,
+                        &[
+                            lock,
+                            &d.webhook_id,
+                            &d.dedup_key,
+                            &d.task_key,
+                            &d.status,
+                            &d.terminal,
+                            &d.target_url,
+                            &&d.body[..],
+                        ],
+                    )
+                    .await?;
+                let id: i64 = row.try_get(0)?;
+                let outcome: &str = row.try_get(1)?;
+                if let (Some(trace), "stored" | "superseded") = (&d.trace, outcome) {
+                    // Written apart from the enqueue function, whose signature stays as
+                    // it was: only when traces are exported.
+                    tx.execute(SET_TRACE, &[&id, trace]).await?;
+                }
+                Ok(Applied::Enqueued(match outcome {
+                    "duplicate" => Enqueued::Duplicate(id),
+                    "superseded" => Enqueued::Superseded(id),
+                    _ => Enqueued::Stored(id),
+                }))
+            }
+            WriteOp::Complete {
+                id,
+                owner,
+                completion,
+            } => {
+                let (state, delay, error) = match completion {
+                    Completion::Delivered => ("delivered", 0_i64, None),
+                    // The worker's clock scheduled it; the database's clock keeps it.
+                    Completion::RetryAt { at, error } => ("pending", (at - now_ms()).max(0), Some(error)),
+                    Completion::Dead { error } => ("dead", 0, Some(error)),
+                };
+                tx.execute(&complete, &[id, owner, &state, &delay, &error])
+                    .await
+                    .map(|_| Applied::Done)
+            }
+            WriteOp::Release { id, owner } => tx.execute(&release, &[id, owner]).await.map(|_| Applied::Done),
+        }
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(applied)
+}
