@@ -165,14 +165,6 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
-
-    /// Whether it may pass by itself (a retry later can succeed).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Conflict | ErrorKind::Full
-        )
-    }
 }
 
 impl std::fmt::Display for Error {
@@ -209,9 +201,8 @@ mod tests {
         let err = Error::new(ErrorKind::Full, "cannot write").with_source(io);
         assert_eq!(err.to_string(), "store full: cannot write");
         assert_eq!(err.kind(), ErrorKind::Full);
-        assert!(err.is_transient());
         let source = std::error::Error::source(&err).map(ToString::to_string);
         assert_eq!(source.as_deref(), Some("disk on fire"));
-        assert!(!Error::corrupt("schema v9").is_transient());
+        assert_eq!(Error::corrupt("schema v9").kind(), ErrorKind::Corrupt);
     }
 }

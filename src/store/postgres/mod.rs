@@ -50,15 +50,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
-use super::{
-    BoxFuture, Completion, DatabaseSettings, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind,
-    NewDelivery, Outbox,
-};
+use super::{Completion, DatabaseSettings, Enqueued, Error, ErrorKind, NewDelivery};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;

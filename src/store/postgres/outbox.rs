@@ -1,10 +1,16 @@
 //! The [`Outbox`] on PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`, one delivery per
 //! task in flight, writes through the group-commit writer.
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use tokio_postgres::Row;
 
 use super::writer::task_lock;
-use super::*;
+use super::{Applied, PostgresOutbox, WriteOp, db_error, now_ms, pool_error};
+use crate::store::{
+    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, Error, NewDelivery, Outbox,
+};
 
 const COLUMNS: &str = "d.id, d.webhook_id, d.task_key, d.status, d.target_url, d.body, d.state, d.attempts, \
                        d.next_attempt_at, d.last_error, d.created_at, d.delivered_at, d.trace";

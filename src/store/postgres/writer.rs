@@ -1,10 +1,13 @@
 //! The group-commit writer: enqueues, completions and releases from every caller, applied
 //! in batches of one transaction and one commit each, in an order that cannot deadlock.
 
+use std::sync::Arc;
+
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::*;
+use super::{Applied, MAX_BATCH, Write, WriteOp, db_error, now_ms, pool_error};
+use crate::store::{Completion, Enqueued, Error};
 
 /// The advisory lock of a task: 64 bits of a hash of its key.
 pub(super) fn task_lock(task_key: &str) -> i64 {
