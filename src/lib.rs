@@ -151,7 +151,7 @@
 //! | composition | [`runway`], [`guard`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; task limits and budgets; the webhook relay; the CometAPI stand-in |
 //! | records | [`idempotency`], [`tasks`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded; the watch list of accepted tasks and the watcher that sees each one through |
 //! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
-//! | upstream | [`upstream`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS |
+//! | upstream, context | [`upstream`], [`context`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS; one request's context: a submission's body buffered and parsed once for every layer |
 //! | storage | [`store`] | the durable records (outbox, watch list and ledger, idempotency) behind their traits, the SQLite and PostgreSQL backends, one typed error |
 //! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`] | shared types |
 //!
@@ -182,6 +182,8 @@ pub mod settings;
 pub mod store;
 // talking to the upstream
 pub mod upstream;
+// one request's context: a submission buffered and parsed once
+pub mod context;
 
 pub mod trace;
 // middleware, and serving a service

@@ -5,6 +5,8 @@
 //! read (the hyper-util legacy client first of all, or a `tower::ServiceBuilder` stack)
 //! in, from the outside in:
 //!
+//! 0. [`SubmissionContext`]: buffers a submission's body once, for every layer inside
+//!    (see [`crate::context`]);
 //! 1. [`Idempotent`] (with a store): a submission with an `Idempotency-Key` is sent once,
 //!    its repeats get the first answer;
 //! 2. [`RewriteCallback`]: checks the subscriber URL and rewrites `callback_url` once per
@@ -59,6 +61,7 @@ use std::sync::Arc;
 use tower::Layer;
 
 use crate::callback::{Callbacks, RewriteCallback, RewriteCallbackLayer};
+use crate::context::{SubmissionContext, SubmissionContextLayer};
 use crate::guard::{GuardSettings, TaskGuard, TaskGuardLayer};
 use crate::idempotency::{IdempotencyLayer, IdempotencySettings, IdempotencyStore, Idempotent};
 use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
@@ -68,7 +71,8 @@ use crate::tasks::{RecordTasks, RecordTasksLayer, TaskStore, Usage, WatchSetting
 use crate::trace::Tracer;
 
 /// The service [`RunwayLayer`] makes around `S`.
-pub type Runway<S> = Idempotent<RewriteCallback<TaskGuard<RecordTasks<Retry<RateLimit<S>>>>>>;
+pub type Runway<S> =
+    SubmissionContext<Idempotent<RewriteCallback<TaskGuard<RecordTasks<Retry<RateLimit<S>>>>>>>;
 
 /// Rate limit, retry and `callback_url` rewrite in one layer. See the module docs.
 ///
@@ -76,6 +80,7 @@ pub type Runway<S> = Idempotent<RewriteCallback<TaskGuard<RecordTasks<Retry<Rate
 /// limits and one set of metrics.
 #[derive(Clone, Debug, Default)]
 pub struct RunwayLayer {
+    context: Option<SubmissionContextLayer>,
     retry: RetryLayer,
     limit: RateLimitLayer,
     callbacks: Option<RewriteCallbackLayer>,
@@ -142,10 +147,16 @@ impl<S> Layer<S> for RunwayLayer {
             Some(rewrite) => rewrite.layer(guarded),
             None => RewriteCallback::passthrough(guarded),
         };
-        match &self.idempotency {
+        let idempotent = match &self.idempotency {
             Some(idempotency) => idempotency.layer(rewriting),
             None => Idempotent::passthrough(rewriting),
-        }
+        };
+        // `RunwayLayer::default()` has no bounds to take the largest of: the retry
+        // layer's default is the one every layer inside then has.
+        let context = self
+            .context
+            .unwrap_or_else(|| SubmissionContextLayer::new(RetrySettings::default().body_limit));
+        context.layer(idempotent)
     }
 }
 
@@ -253,7 +264,18 @@ impl RunwayLayerBuilder {
             }
             (None, _) => None,
         };
+        // One buffer for a submission, as large as the largest bound of a layer inside.
+        let context_limit = [
+            Some(self.retry.body_limit),
+            self.callbacks.as_ref().map(Callbacks::body_limit),
+            idempotency.as_ref().map(IdempotencyLayer::body_limit),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(self.retry.body_limit);
         Ok(RunwayLayer {
+            context: Some(SubmissionContextLayer::new(context_limit)),
             retry: RetryLayer::builder()
                 .settings(self.retry)
                 .tracer(self.tracer)
@@ -295,6 +317,7 @@ mod tests {
     use std::convert::Infallible;
     use std::time::Duration;
 
+    use bytes::Bytes;
     use http::{Request, Response, StatusCode};
     use tower::ServiceExt;
 
@@ -346,6 +369,81 @@ mod tests {
         );
         assert_eq!(layer.retry().metrics().budget_exhausted.get(), 1);
         assert_eq!(layer.rate_limit().metrics().refusals("max_wait"), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_submission_is_read_and_parsed_once_through_every_layer_and_retry() {
+        use std::sync::Mutex;
+
+        use http_body_util::BodyExt;
+
+        use crate::callback::{Keyring, SubscriberPolicy};
+        use crate::idempotency::MemoryIdempotencyStore;
+
+        // Busy once, then accepted: the rewritten body goes upstream twice.
+        let sent: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+        let upstream = {
+            let sent = Arc::clone(&sent);
+            tower::service_fn(move |request: Request<Body>| {
+                let sent = Arc::clone(&sent);
+                async move {
+                    let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                    let mut sent = sent.lock().unwrap();
+                    sent.push(bytes);
+                    let answer = if sent.len() == 1 {
+                        r#"{"code":500,"msg":"busy"}"#
+                    } else {
+                        r#"{"code":200,"msg":"success","data":{"task_id":"t1"}}"#
+                    };
+                    Ok::<_, Infallible>(Response::new(body::full(answer)))
+                }
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SqliteOutbox::open(&dir.path().join("outbox.sqlite3")).unwrap());
+        let keys: Keyring = "1:a-secret-of-at-least-thirty-two-bytes".parse().unwrap();
+        let callbacks = Callbacks::new("https://proxy.example", keys)
+            .unwrap()
+            .with_policy(SubscriberPolicy::default().allow_private(true));
+        let retry = RetrySettings {
+            base_delay: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let layer = RunwayLayer::builder()
+            .retry(retry)
+            .callbacks(callbacks)
+            .idempotency(
+                Arc::new(MemoryIdempotencyStore::default()),
+                IdempotencySettings::default(),
+            )
+            // A watch list: the task guard names the submission's model for the ledger.
+            .watch(Arc::clone(&store) as Arc<dyn TaskStore>, WatchSettings::default())
+            .build()
+            .unwrap();
+        let request = Request::post("http://upstream.test/runway/pro/generate")
+            .header("idempotency-key", "k1")
+            .body(body::full(
+                r#"{"model":"gen4","callback_url":"http://127.0.0.1:9/hook"}"#,
+            ))
+            .unwrap();
+        let parses_before = crate::context::PARSES.with(std::cell::Cell::get);
+        let response = layer.layer(upstream).oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["x-runway-proxy-attempts"], "2");
+        let parses = crate::context::PARSES.with(std::cell::Cell::get) - parses_before;
+        assert_eq!(parses, 1, "the rewrite and the guard share one parse");
+        let recorded = store.task("t1".into()).await.unwrap().expect("on the watch list");
+        assert_eq!(
+            recorded.model.as_deref(),
+            Some("gen4"),
+            "the guard read the model"
+        );
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent[0], sent[1], "the retry replays the rewritten bytes");
+        let text = std::str::from_utf8(&sent[0]).unwrap();
+        assert!(
+            text.starts_with(r#"{"model":"gen4","callback_url":"https://proxy.example/hooks/runway/"#),
+            "{text}"
+        );
     }
 
     #[test]

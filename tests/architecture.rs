@@ -11,7 +11,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["body", "duration", "route", "settings", "metrics"],
     &["envelope", "store"],
-    &["upstream"],
+    &["upstream", "context"],
     &["trace"],
     &["callback", "limit", "retry", "server"],
     &["idempotency", "tasks"],

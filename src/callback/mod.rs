@@ -33,7 +33,6 @@
 
 mod layer;
 mod resolve;
-mod rewrite;
 mod service;
 mod subscriber;
 mod token;
@@ -43,8 +42,8 @@ use std::time::Duration;
 
 use crate::settings::Live;
 
+pub use crate::context::{CallbackUrl, RewriteError};
 pub use layer::RewriteCallbackLayer;
-pub use rewrite::{CallbackUrl, RewriteError};
 pub use service::{ResponseFuture, RewriteCallback};
 pub use subscriber::{Refused, SubscriberPolicy, SubscriberUrl, unsafe_address};
 pub(crate) use token::constant_time_eq;

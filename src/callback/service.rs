@@ -10,8 +10,9 @@ use http::{Request, Response, StatusCode, header};
 use tower::{Service, ServiceExt};
 
 use super::layer::Shared;
-use super::{CALLBACK_URL_HEADER, CallbackUrl, TaskSubscriber};
+use super::{CALLBACK_URL_HEADER, TaskSubscriber};
 use crate::body::{self, Body, BoxError, ReadError};
+use crate::context::{self, SubmissionBody};
 use crate::envelope;
 use crate::route::RouteClass;
 
@@ -59,9 +60,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let shared = match &self.shared {
-            Some(shared) if carries_callback_url(request.method(), request.uri().path()) => {
-                Arc::clone(shared)
-            }
+            Some(shared) if carries_callback_url(&request) => Arc::clone(shared),
             Some(shared) if request.headers().contains_key(CALLBACK_URL_HEADER) => {
                 let shared = Arc::clone(shared);
                 return Either::Right(Box::pin(async move {
@@ -93,8 +92,8 @@ where
 /// Whether a request is a submission in the reverse format (`POST /runway/pro/*`), the
 /// one whose body may carry a `callback_url`. The official routes (`/runwayml/v1/*`)
 /// have no webhook; their bodies (base64 images of several MB) are never read here.
-fn carries_callback_url(method: &http::Method, path: &str) -> bool {
-    RouteClass::of(method, path) == RouteClass::Submission && path.starts_with("/runway/")
+fn carries_callback_url<B>(request: &Request<B>) -> bool {
+    context::class_of(request) == RouteClass::Submission && request.uri().path().starts_with("/runway/")
 }
 
 impl Shared {
@@ -124,7 +123,9 @@ impl Shared {
     {
         let (mut parts, body) = request.into_parts();
         let bad_request = |msg: &str| envelope::error_response(StatusCode::BAD_REQUEST, msg);
-        if RouteClass::of(&parts.method, parts.uri.path()) != RouteClass::Submission {
+        if parts.extensions.get::<SubmissionBody>().is_none()
+            && RouteClass::of(&parts.method, parts.uri.path()) != RouteClass::Submission
+        {
             return Err(bad_request(
                 "x-runway-proxy-callback-url names the subscriber of a submission; this request is not one",
             ));
@@ -145,44 +146,65 @@ impl Shared {
     }
 
     /// The request with its `callback_url` rewritten, or the error response to send back.
+    /// The body is the one the context buffered when it is within `callback.body_limit`;
+    /// else it is read here (and buffered for the layers inside).
     async fn rewrite<B>(&self, request: Request<B>) -> Result<Request<Body>, Response<Body>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut parts, body) = request.into_parts();
+        let limit = self.callbacks.body_limit();
+        let mut request = request.map(body::boxed);
+        let buffered = match SubmissionBody::of(&request, limit) {
+            Some(buffered) => buffered.clone(),
+            None => {
+                let (mut parts, body) = request.into_parts();
+                let bytes = read_within(body, limit).await?;
+                let buffered = SubmissionBody::new(bytes.clone());
+                parts.extensions.insert(buffered.clone());
+                request = Request::from_parts(parts, body::full(bytes));
+                buffered
+            }
+        };
         // The body's callback_url names a reverse-format task's subscriber; the header is
         // for the official format, and never goes upstream.
-        parts.headers.remove(CALLBACK_URL_HEADER);
-        let limit = self.callbacks.body_limit();
-        let bytes = match body::read_to_limit(body, limit).await {
-            Ok(bytes) => bytes,
-            Err(ReadError::TooLarge(_)) => {
-                let msg = format!(
-                    "the request body is larger than {limit} bytes (callback.body_limit), the most runway-proxy \
-                     reads from a submission to rewrite its callback_url"
-                );
-                return Err(envelope::error_response(StatusCode::PAYLOAD_TOO_LARGE, &msg));
-            }
-            Err(ReadError::Failed(err)) => {
-                let msg = format!("could not read the request body: {}", body::error_chain(&err));
-                return Err(envelope::error_response(StatusCode::BAD_REQUEST, &msg));
-            }
-        };
-        let bad_request = |msg: String| envelope::error_response(StatusCode::BAD_REQUEST, &msg);
-        let found = match CallbackUrl::find(&bytes) {
+        request.headers_mut().remove(CALLBACK_URL_HEADER);
+        let found = match &buffered.fields().callback_url {
             Ok(Some(found)) if !found.url.is_empty() => found,
             // No callback_url (or an empty one, which CometAPI answers itself): unchanged.
-            Ok(_) => return Ok(Request::from_parts(parts, body::full(bytes))),
-            Err(err) => return Err(bad_request(err.to_string())),
+            Ok(_) => return Ok(request),
+            Err(err) => {
+                return Err(envelope::error_response(
+                    StatusCode::BAD_REQUEST,
+                    &err.to_string(),
+                ));
+            }
         };
         self.check_subscriber(&found.url).await?;
-        let rewritten = found.replace(&bytes, &self.callbacks.hook_url(&found.url));
+        let rewritten = found.replace(buffered.bytes(), &self.callbacks.hook_url(&found.url));
         // The length changed; hyper sets the new one from the body.
-        parts.headers.remove(header::CONTENT_LENGTH);
+        request.headers_mut().remove(header::CONTENT_LENGTH);
         if self.name_subscribers {
-            parts.extensions.insert(TaskSubscriber(found.url));
+            request.extensions_mut().insert(TaskSubscriber(found.url.clone()));
         }
-        Ok(Request::from_parts(parts, body::full(rewritten)))
+        Ok(SubmissionBody::replace(request, rewritten))
+    }
+}
+
+/// A submission's whole body, or the answer for one too large (413) or broken off (400).
+async fn read_within(body: Body, limit: usize) -> Result<Bytes, Response<Body>> {
+    match body::read_to_limit(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadError::TooLarge(_)) => {
+            let msg = format!(
+                "the request body is larger than {limit} bytes (callback.body_limit), the most runway-proxy \
+                 reads from a submission to rewrite its callback_url"
+            );
+            Err(envelope::error_response(StatusCode::PAYLOAD_TOO_LARGE, &msg))
+        }
+        Err(ReadError::Failed(err)) => {
+            let msg = format!("could not read the request body: {}", body::error_chain(&err));
+            Err(envelope::error_response(StatusCode::BAD_REQUEST, &msg))
+        }
     }
 }

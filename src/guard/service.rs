@@ -1,7 +1,6 @@
 //! [`TaskGuard`], the service: reserve a task slot and the budget for a submission before
 //! it is sent, and give the reservation back when no task came of it.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -10,13 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, header};
-use serde::Deserialize;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::refusal::Refusal;
 use super::{Directory, GuardSettings};
 use crate::body::{self, Body, Bounded, BoxError};
+use crate::context::{self, SubmissionBody};
 use crate::duration::{millis, unix_millis};
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::retry::RetryOutcome;
@@ -232,24 +231,13 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let shared = match &self.shared {
-            Some(shared)
-                if RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission =>
-            {
-                Arc::clone(shared)
-            }
+            Some(shared) if context::class_of(&request) == RouteClass::Submission => Arc::clone(shared),
             _ => return body::pass_through(inner, request),
         };
         Either::Right(Box::pin(async move {
             shared.guard(inner, request.map(body::boxed)).await
         }))
     }
-}
-
-/// Only the field the ledger wants; the rest of the submission is skipped unparsed.
-#[derive(Deserialize)]
-struct ModelOnly<'a> {
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
 }
 
 impl Shared {
@@ -264,34 +252,22 @@ impl Shared {
         RB: http_body::Body<Data = Bytes> + Send + 'static,
         RB::Error: Into<BoxError>,
     {
-        let (parts, body) = request.into_parts();
         let hash = key_hash(
-            parts
-                .headers
+            request
+                .headers()
                 .get(header::AUTHORIZATION)
                 .map_or(&b""[..], HeaderValue::as_bytes),
         );
         let rules = self.rules.get();
         let key = rules.directory.key_of(hash.clone());
-        let (model, body) = match body::read_bounded(body, self.body_limit).await {
-            Ok(Bounded::Whole(bytes)) => (model_of(&bytes), body::full(bytes)),
-            Ok(Bounded::Partial(body)) => (None, body),
-            // The client went away mid-body: nothing to send, nothing reserved.
-            Err(err) => {
-                tracing::debug!(error = %body::error_chain(&err), "a submission's body broke off");
-                let msg = format!(
-                    "the submission's body could not be read: {}",
-                    body::error_chain(&err)
-                );
-                return Ok(crate::envelope::error_response_for(
-                    parts.uri.path(),
-                    http::StatusCode::BAD_REQUEST,
-                    &msg,
-                ));
-            }
+        let (model, mut request) = match SubmissionBody::of(&request, self.body_limit) {
+            Some(buffered) => (model_of(buffered), request),
+            None => match read_for_model(request, self.body_limit).await {
+                Ok(read) => read,
+                Err(refusal) => return Ok(refusal),
+            },
         };
-        let path = parts.uri.path().to_owned();
-        let mut request = Request::from_parts(parts, body);
+        let path = request.uri().path().to_owned();
         let format = if path.starts_with("/runwayml/") {
             TaskFormat::Official
         } else {
@@ -449,15 +425,47 @@ impl Shared {
 }
 
 /// The model a submission names, if it is a plausible one.
-fn model_of(body: &[u8]) -> Option<String> {
-    let parsed: ModelOnly<'_> = serde_json::from_slice(body).ok()?;
-    let model = parsed.model?;
+fn model_of(buffered: &SubmissionBody) -> Option<String> {
+    let model = buffered.fields().model.as_deref()?;
     let fine = !model.is_empty()
         && model.len() <= MODEL_LIMIT
         && model
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/'));
-    fine.then(|| model.into_owned())
+    fine.then(|| model.to_owned())
+}
+
+/// A submission the context did not buffer (the guard used alone, or a body over the
+/// context's bound): read up to `limit` for its model, and buffered for the layers
+/// inside. Larger, it goes on unnamed; broken off, it is answered 400 with nothing
+/// reserved.
+async fn read_for_model(
+    request: Request<Body>,
+    limit: usize,
+) -> Result<(Option<String>, Request<Body>), Response<Body>> {
+    let (mut parts, body) = request.into_parts();
+    match body::read_bounded(body, limit).await {
+        Ok(Bounded::Whole(bytes)) => {
+            let buffered = SubmissionBody::new(bytes.clone());
+            let model = model_of(&buffered);
+            parts.extensions.insert(buffered);
+            Ok((model, Request::from_parts(parts, body::full(bytes))))
+        }
+        Ok(Bounded::Partial(body)) => Ok((None, Request::from_parts(parts, body))),
+        // The client went away mid-body: nothing to send, nothing reserved.
+        Err(err) => {
+            tracing::debug!(error = %body::error_chain(&err), "a submission's body broke off");
+            let msg = format!(
+                "the submission's body could not be read: {}",
+                body::error_chain(&err)
+            );
+            Err(crate::envelope::error_response_for(
+                parts.uri.path(),
+                http::StatusCode::BAD_REQUEST,
+                &msg,
+            ))
+        }
+    }
 }
 
 /// A place in the queue of submissions waiting for a slot, given up on drop.
@@ -578,6 +586,10 @@ impl MetricSet for GuardMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn model_of(body: &[u8]) -> Option<String> {
+        super::model_of(&SubmissionBody::new(bytes::Bytes::copy_from_slice(body)))
+    }
 
     #[test]
     fn only_plausible_model_names_reach_the_ledger() {

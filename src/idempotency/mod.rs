@@ -130,6 +130,11 @@ impl IdempotencyLayer {
             shared: Arc::new(Shared { store, settings }),
         })
     }
+
+    /// The largest submission body it hashes.
+    pub fn body_limit(&self) -> usize {
+        self.shared.settings.body_limit
+    }
 }
 
 impl<S> Layer<S> for IdempotencyLayer {

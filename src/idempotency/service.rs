@@ -13,6 +13,7 @@ use tower::{Service, ServiceExt};
 
 use super::{Begin, Finished, IDEMPOTENCY_KEY, REPLAYED, Shared, StoredAnswer};
 use crate::body::{self, Body, Bounded, BoxError, ReadError};
+use crate::context::{self, SubmissionBody};
 use crate::envelope;
 use crate::retry::{OUTCOME_UNKNOWN, RetryOutcome};
 use crate::route::RouteClass;
@@ -96,8 +97,9 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         // The class first: two string comparisons, and most requests stop there.
-        let keyed = RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission
-            && request.headers().contains_key(IDEMPOTENCY_KEY);
+        let keyed = self.shared.is_some()
+            && request.headers().contains_key(IDEMPOTENCY_KEY)
+            && context::class_of(&request) == RouteClass::Submission;
         let kind = match &self.shared {
             Some(shared) if keyed => {
                 let shared = Arc::clone(shared);
@@ -137,19 +139,33 @@ impl Shared {
             let msg = "Idempotency-Key must be 1 to 255 visible ASCII characters";
             return Ok(refuse(StatusCode::BAD_REQUEST, msg, false));
         };
-        let (parts, body) = request.into_parts();
         let limit = self.settings.body_limit;
-        let bytes = match body::read_to_limit(body, limit).await {
-            Ok(bytes) => bytes,
-            Err(ReadError::TooLarge(_)) => {
-                let msg = format!(
-                    "a submission with an Idempotency-Key is hashed whole, and this body is larger than {limit} bytes"
-                );
-                return Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, &msg, false));
+        let (parts, bytes, body) = match SubmissionBody::of(&request, limit) {
+            // Buffered by the context: hashed as it is, and sent on as it is.
+            Some(buffered) => {
+                let bytes = buffered.bytes().clone();
+                let (parts, body) = request.into_parts();
+                (parts, bytes, body::boxed(body))
             }
-            Err(ReadError::Failed(err)) => {
-                let msg = format!("could not read the request body: {}", body::error_chain(&err));
-                return Ok(refuse(StatusCode::BAD_REQUEST, &msg, false));
+            None => {
+                let (mut parts, body) = request.into_parts();
+                match body::read_to_limit(body, limit).await {
+                    Ok(bytes) => {
+                        // Buffered here for the layers inside, as the context would have.
+                        parts.extensions.insert(SubmissionBody::new(bytes.clone()));
+                        (parts, bytes.clone(), body::full(bytes))
+                    }
+                    Err(ReadError::TooLarge(_)) => {
+                        let msg = format!(
+                            "a submission with an Idempotency-Key is hashed whole, and this body is larger than {limit} bytes"
+                        );
+                        return Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, &msg, false));
+                    }
+                    Err(ReadError::Failed(err)) => {
+                        let msg = format!("could not read the request body: {}", body::error_chain(&err));
+                        return Ok(refuse(StatusCode::BAD_REQUEST, &msg, false));
+                    }
+                }
             }
         };
         let fingerprint = fingerprint(&parts, &bytes);
@@ -183,7 +199,7 @@ impl Shared {
                 return Ok(refuse(StatusCode::SERVICE_UNAVAILABLE, msg, true));
             }
         }
-        let response = match inner.oneshot(Request::from_parts(parts, body::full(bytes))).await {
+        let response = match inner.oneshot(Request::from_parts(parts, body)).await {
             Ok(response) => response,
             Err(err) => {
                 // No answer at all: the submission may have reached the upstream.

@@ -13,7 +13,6 @@ use tower::{Service, ServiceExt};
 
 use super::wait::{Permit, Shared};
 use crate::body::{self, Body, BoxError};
-use crate::route::RouteClass;
 use crate::settings::Live;
 
 /// Holds each request until its quotas and a concurrency slot allow it. See the module docs.
@@ -53,7 +52,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let live = self.live.clone();
         let inner = self.inner.clone();
-        let class = RouteClass::of(request.method(), request.uri().path());
+        let class = crate::context::class_of(&request);
         Box::pin(async move {
             let started = Instant::now();
             let permit = loop {

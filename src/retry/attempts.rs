@@ -14,6 +14,7 @@ use tower::{Service, ServiceExt};
 use super::layer::Shared;
 use super::{ATTEMPTS_HEADER, Action, Backoff, OUTCOME_UNKNOWN, RetryOutcome, STOPPED_HEADER};
 use crate::body::{self, Body, BodyError, Bounded, BoxError};
+use crate::context::SubmissionBody;
 use crate::duration;
 use crate::envelope::{self, Code, Envelope};
 use crate::route::RouteClass;
@@ -36,10 +37,18 @@ impl Replay {
     /// bodiless idempotent requests on other routes (retried on connect failures only).
     async fn prepare(
         class: RouteClass,
-        method: &Method,
+        parts: &http::request::Parts,
         body: Body,
         limit: usize,
     ) -> Result<Replay, BodyError> {
+        // The context's buffer, when it has one within this layer's bound: the body is
+        // those very bytes, so they are replayed without reading it again.
+        if let Some(buffered) = parts.extensions.get::<SubmissionBody>()
+            && buffered.bytes().len() <= limit
+        {
+            return Ok(Replay::Bytes(buffered.bytes().clone()));
+        }
+        let method = &parts.method;
         match class {
             RouteClass::Submission | RouteClass::Read => match body::read_bounded(body, limit).await? {
                 Bounded::Whole(bytes) => Ok(Replay::Bytes(bytes)),
@@ -135,7 +144,7 @@ where
     pub(super) async fn run(self, request: Request<Body>) -> Response<Body> {
         let settings = &self.shared.settings;
         let (parts, body) = request.into_parts();
-        let mut replay = match Replay::prepare(self.class, &parts.method, body, settings.body_limit).await {
+        let mut replay = match Replay::prepare(self.class, &parts, body, settings.body_limit).await {
             Ok(replay) => replay,
             Err(err) => {
                 let msg = format!("could not read the request body: {}", body::error_chain(&err));

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::attempts::Attempts;
 use super::layer::Shared;
 use crate::body::{self, Body, BoxError};
-use crate::route::RouteClass;
+use crate::context;
 use crate::settings::Live;
 
 /// Retries requests to `S` by the rules of its [`RetryLayer`](super::RetryLayer). See the
@@ -53,7 +53,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let class = RouteClass::of(request.method(), request.uri().path());
+        let class = context::class_of(&request);
         // A span per request costs an allocation and a few µs when it is recorded, so it is
         // at debug: the events that matter (a retry, a stop) carry the class and path
         // themselves.

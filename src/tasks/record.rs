@@ -13,6 +13,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
 use crate::body::{self, Body, Bounded, BoxError};
 use crate::callback::{Keyring, TaskSubscriber};
+use crate::context;
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
 use crate::settings::Live;
@@ -156,7 +157,7 @@ impl Shared {
     /// The submission's details, if it is one to watch.
     fn pending<B>(&self, request: &Request<B>) -> Option<Pending> {
         let path = request.uri().path();
-        if RouteClass::of(request.method(), path) != RouteClass::Submission {
+        if context::class_of(request) != RouteClass::Submission {
             return None;
         }
         let format = if path.starts_with("/runwayml/") {

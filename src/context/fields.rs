@@ -1,9 +1,11 @@
-//! Replace the top-level `callback_url` of a JSON object, leaving every other byte alone.
+//! What the layers read of a submission's JSON body, in one pass: the top-level
+//! `callback_url` (and where it sits, to replace it leaving every other byte alone) and
+//! the `model`.
 
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::envelope::JsonKey;
@@ -58,34 +60,63 @@ impl CallbackUrl {
     }
 }
 
-fn find_callback_url(body: &[u8]) -> Result<Option<CallbackUrl>, RewriteError> {
-    // serde_json skips the strings it ignores without checking them, so check all at once.
-    if std::str::from_utf8(body).is_err() {
-        return Err(RewriteError::InvalidUtf8);
+/// What the layers read of a submission's body (see [`Fields::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fields {
+    /// The top-level `callback_url`, or why it cannot be rewritten safely.
+    pub callback_url: Result<Option<CallbackUrl>, RewriteError>,
+    /// The top-level `model`, when it is a string (and the body is a JSON object).
+    pub model: Option<String>,
+}
+
+impl Fields {
+    /// Read `body` once: validate it as one JSON object, find its top-level
+    /// `callback_url`, and take its `model`.
+    pub fn parse(body: &[u8]) -> Fields {
+        #[cfg(test)]
+        PARSES.with(|parses| parses.set(parses.get() + 1));
+        let (callback_url, model) = scan(body);
+        Fields { callback_url, model }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many bodies this thread parsed (the layers' tests count them).
+    pub(crate) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn find_callback_url(body: &[u8]) -> Result<Option<CallbackUrl>, RewriteError> {
+    scan(body).0
+}
+
+fn scan(body: &[u8]) -> (Result<Option<CallbackUrl>, RewriteError>, Option<String>) {
+    // serde_json skips the strings it ignores without checking them, so check all at once.
+    let utf8 = std::str::from_utf8(body).is_ok();
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let found = deserializer
+    let scanned = deserializer
         .deserialize_map(TopLevel {
             base: body.as_ptr() as usize,
         })
-        .map_err(|e| {
-            // serde_json appends the position to custom errors.
-            let text = e.to_string();
-            if text.starts_with(DUPLICATE) {
-                RewriteError::Duplicate
-            } else if let Some(rest) = text.strip_prefix(AMBIGUOUS) {
-                let key = rest.split(" at line ").next().unwrap_or_default();
-                RewriteError::Ambiguous(key.to_owned())
-            } else if text.starts_with(NOT_A_STRING) {
-                RewriteError::NotAString
-            } else {
-                RewriteError::NotAnObject(text)
-            }
-        })?;
-    deserializer
-        .end()
-        .map_err(|e| RewriteError::NotAnObject(e.to_string()))?;
-    Ok(found)
+        .and_then(|found| deserializer.end().map(|()| found));
+    let (found, model) = match scanned {
+        Ok(Scanned { found, model }) => (found, model),
+        Err(err) => (Err(RewriteError::NotAnObject(err.to_string())), None),
+    };
+    // Bytes that are not UTF-8 come first: decoders disagree on everything after them.
+    let callback_url = if utf8 {
+        found
+    } else {
+        Err(RewriteError::InvalidUtf8)
+    };
+    (callback_url, model)
+}
+
+/// What one pass over the top level found: the `callback_url` (or why it cannot be
+/// rewritten; the pass goes on, so the `model` is read all the same) and the `model`.
+struct Scanned {
+    found: Result<Option<CallbackUrl>, RewriteError>,
+    model: Option<String>,
 }
 
 /// `body` with the bytes in `span` replaced by `url` as a JSON string.
@@ -106,10 +137,6 @@ fn replace(body: &[u8], span: Range<usize>, url: &str) -> Bytes {
     out.freeze()
 }
 
-const DUPLICATE: &str = "runway-proxy: duplicate callback_url";
-const NOT_A_STRING: &str = "runway-proxy: callback_url not a string";
-const AMBIGUOUS: &str = "runway-proxy: ambiguous key ";
-
 /// Whether `key` is `callback_url` to a decoder that folds case, Unicode's simple folds
 /// included (the Kelvin sign is a `k` to Go's `encoding/json`).
 fn folds_to_callback_url(key: &str) -> bool {
@@ -127,36 +154,58 @@ struct TopLevel {
 }
 
 impl<'de> Visitor<'de> for TopLevel {
-    type Value = Option<CallbackUrl>;
+    type Value = Scanned;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scanned, A::Error> {
+        let mut found: Result<Option<CallbackUrl>, RewriteError> = Ok(None);
+        let mut model = None;
+        let mut models = 0;
         while let Some(JsonKey(key)) = map.next_key::<JsonKey<'de>>()? {
-            if key != "callback_url" {
-                if folds_to_callback_url(&key) {
-                    return Err(de::Error::custom(format_args!("{AMBIGUOUS}{}", key.as_ref())));
+            match key.as_ref() {
+                "callback_url" => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    found = match found {
+                        Ok(None) => self.callback_url(raw),
+                        Ok(Some(_)) => Err(RewriteError::Duplicate),
+                        // The first problem stands.
+                        problem => problem,
+                    };
                 }
-                map.next_value::<IgnoredAny>()?;
-                continue;
+                "model" => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    models += 1;
+                    model = serde_json::from_str::<String>(raw.get()).ok();
+                }
+                _ => {
+                    if found.is_ok() && folds_to_callback_url(&key) {
+                        found = Err(RewriteError::Ambiguous(key.clone().into_owned()));
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
-            let raw: &'de RawValue = map.next_value()?;
-            if found.is_some() {
-                return Err(de::Error::custom(DUPLICATE));
-            }
-            let text = raw.get();
-            let url: String = serde_json::from_str(text).map_err(|_| de::Error::custom(NOT_A_STRING))?;
-            // The raw value borrows from the body, so its address gives its offset.
-            let start = text.as_ptr() as usize - self.base;
-            found = Some(CallbackUrl {
-                span: start..start + text.len(),
-                url,
-            });
         }
-        Ok(found)
+        // Two models: which one the upstream reads is its business; the ledger names none.
+        Ok(Scanned {
+            found,
+            model: model.filter(|_| models == 1),
+        })
+    }
+}
+
+impl TopLevel {
+    fn callback_url(&self, raw: &RawValue) -> Result<Option<CallbackUrl>, RewriteError> {
+        let text = raw.get();
+        let url: String = serde_json::from_str(text).map_err(|_| RewriteError::NotAString)?;
+        // The raw value borrows from the body, so its address gives its offset.
+        let start = text.as_ptr() as usize - self.base;
+        Ok(Some(CallbackUrl {
+            span: start..start + text.len(),
+            url,
+        }))
     }
 }
 
@@ -167,6 +216,27 @@ mod tests {
     fn rewrite(body: &str, url: &str) -> Result<String, RewriteError> {
         let found = find_callback_url(body.as_bytes())?.expect("has callback_url");
         Ok(String::from_utf8(replace(body.as_bytes(), found.span, url).to_vec()).unwrap())
+    }
+
+    #[test]
+    fn one_pass_reads_the_callback_url_and_the_model() {
+        let fields = Fields::parse(
+            br#"{"model":"gen4_turbo","callback_url":"https://a.example/h","o":{"model":"x"}}"#,
+        );
+        assert_eq!(fields.model.as_deref(), Some("gen4_turbo"));
+        assert_eq!(fields.callback_url.unwrap().unwrap().url, "https://a.example/h");
+        // A callback_url that cannot be rewritten does not hide the model from the ledger.
+        let ambiguous = Fields::parse(br#"{"CALLBACK_URL":"x","model":"gen4"}"#);
+        assert!(matches!(ambiguous.callback_url, Err(RewriteError::Ambiguous(_))));
+        assert_eq!(ambiguous.model.as_deref(), Some("gen4"));
+        for unnamed in [
+            &br#"{"model":4}"#[..],
+            br#"{"model":"a","model":"b"}"#,
+            b"{\"model\":\"a\"",
+            b"[]",
+        ] {
+            assert_eq!(Fields::parse(unnamed).model, None, "{unnamed:?}");
+        }
     }
 
     #[test]
