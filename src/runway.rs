@@ -153,10 +153,10 @@ impl<S> Layer<S> for RunwayLayer {
         };
         // `RunwayLayer::default()` has no bounds to take the largest of: the retry
         // layer's default is the one every layer inside then has.
-        let context = self
-            .context
-            .unwrap_or_else(|| SubmissionContextLayer::new(RetrySettings::default().body_limit));
-        context.layer(idempotent)
+        match &self.context {
+            Some(context) => context.layer(idempotent),
+            None => SubmissionContextLayer::new(RetrySettings::default().body_limit).layer(idempotent),
+        }
     }
 }
 

@@ -6,16 +6,19 @@ use tower::Layer;
 
 use super::resolve::ResolvedCache;
 use super::{Callbacks, RewriteCallback};
+use crate::context::OnSubmission;
 
 /// Applies [`RewriteCallback`]: see the [module docs](super). Clones share one cache of
 /// subscriber-host checks.
 #[derive(Clone, Debug)]
 pub struct RewriteCallbackLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Rewriter>,
 }
 
+/// The handler of [`RewriteCallback`]: the callbacks it rewrites by, and the cache of
+/// subscriber-host checks. Made by [`RewriteCallbackLayer`].
 #[derive(Debug)]
-pub(super) struct Shared {
+pub struct Rewriter {
     pub(super) callbacks: Callbacks,
     pub(super) resolved: ResolvedCache,
     /// Put each submission's checked subscriber in its extensions ([`TaskSubscriber`](super::TaskSubscriber)).
@@ -26,7 +29,7 @@ impl RewriteCallbackLayer {
     /// Rewrite `callback_url` by `callbacks`.
     pub fn new(callbacks: Callbacks) -> Self {
         RewriteCallbackLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Rewriter {
                 callbacks,
                 resolved: ResolvedCache::default(),
                 name_subscribers: false,
@@ -39,7 +42,7 @@ impl RewriteCallbackLayer {
     /// watch list). Off by default: the extension costs a few allocations per submission.
     pub fn naming_subscribers(self) -> Self {
         RewriteCallbackLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Rewriter {
                 callbacks: self.shared.callbacks.clone(),
                 resolved: ResolvedCache::default(),
                 name_subscribers: true,
@@ -57,6 +60,6 @@ impl<S> Layer<S> for RewriteCallbackLayer {
     type Service = RewriteCallback<S>;
 
     fn layer(&self, inner: S) -> RewriteCallback<S> {
-        RewriteCallback::new(inner, Some(Arc::clone(&self.shared)))
+        OnSubmission::new(inner, Arc::clone(&self.shared))
     }
 }

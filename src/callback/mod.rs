@@ -42,9 +42,10 @@ use std::time::Duration;
 
 use crate::settings::Live;
 
+pub use crate::context::ResponseFuture;
 pub use crate::context::{CallbackUrl, RewriteError};
-pub use layer::RewriteCallbackLayer;
-pub use service::{ResponseFuture, RewriteCallback};
+pub use layer::{RewriteCallbackLayer, Rewriter};
+pub use service::{Rewrite, RewriteCallback};
 pub use subscriber::{Refused, SubscriberPolicy, SubscriberUrl, unsafe_address};
 pub(crate) use token::constant_time_eq;
 pub use token::{Keyring, KeyringError, MAX_URL, Route, TokenError, random_secret};

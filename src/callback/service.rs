@@ -2,90 +2,67 @@
 //! inner service.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use http::{Request, Response, StatusCode, header};
 use tower::{Service, ServiceExt};
 
-use super::layer::Shared;
+use super::layer::Rewriter;
 use super::{CALLBACK_URL_HEADER, TaskSubscriber};
 use crate::body::{self, Body, BoxError, ReadError};
-use crate::context::{self, SubmissionBody};
+use crate::context::{self, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::envelope;
 use crate::route::RouteClass;
 
 /// Rewrites `callback_url` in submissions, then calls `S`. See the [module docs](super).
-#[derive(Clone, Debug)]
-pub struct RewriteCallback<S> {
-    inner: S,
-    /// `None`: rewriting is off and every request passes through.
-    shared: Option<Arc<Shared>>,
+pub type RewriteCallback<S> = OnSubmission<S, Rewriter>;
+
+/// What [`Rewriter`] does with a request it takes.
+#[derive(Debug)]
+pub enum Rewrite {
+    /// A reverse-format submission: rewrite its body's `callback_url`.
+    Body,
+    /// A request naming its subscriber in [`CALLBACK_URL_HEADER`] (an official-format
+    /// submission): check it and take it off.
+    Header,
 }
 
-impl<S> RewriteCallback<S> {
-    pub(super) fn new(inner: S, shared: Option<Arc<Shared>>) -> Self {
-        RewriteCallback { inner, shared }
+impl SubmissionHandler for Rewriter {
+    type Ticket = Rewrite;
+
+    fn take<B>(&self, request: &Request<B>) -> Option<Rewrite> {
+        if carries_callback_url(request) {
+            Some(Rewrite::Body)
+        } else if request.headers().contains_key(CALLBACK_URL_HEADER) {
+            Some(Rewrite::Header)
+        } else {
+            // Not a submission with a callback_url: streamed through untouched, whatever
+            // its size.
+            None
+        }
     }
 
-    /// A service that rewrites nothing (for a stack with callback rewriting turned off).
-    pub fn passthrough(inner: S) -> Self {
-        RewriteCallback { inner, shared: None }
-    }
-}
-
-/// Response future of [`RewriteCallback`]: the inner service's own future for a request
-/// it does not read (no allocation), a boxed one for a submission it rewrites.
-pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
-
-impl<S, B, RB> Service<Request<B>> for RewriteCallback<S>
-where
-    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, RB, S::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let shared = match &self.shared {
-            Some(shared) if carries_callback_url(&request) => Arc::clone(shared),
-            Some(shared) if request.headers().contains_key(CALLBACK_URL_HEADER) => {
-                let shared = Arc::clone(shared);
-                return Either::Right(Box::pin(async move {
-                    let request = match shared.official_subscriber(request).await {
-                        Ok(request) => request,
-                        Err(refusal) => return Ok(refusal),
-                    };
-                    let response = inner.oneshot(request).await?;
-                    Ok(response.map(body::boxed))
-                }));
-            }
-            // Not a submission with a callback_url (or rewriting is off): stream it through
-            // untouched, whatever its size.
-            _ => {
-                return body::pass_through(inner, request);
-            }
+    async fn handle<S, RB>(
+        self: Arc<Self>,
+        ticket: Rewrite,
+        inner: S,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let rewritten = match ticket {
+            Rewrite::Body => self.rewrite(request).await,
+            Rewrite::Header => self.official_subscriber(request).await,
         };
-        Either::Right(Box::pin(async move {
-            let request = match shared.rewrite(request).await {
-                Ok(request) => request,
-                Err(refusal) => return Ok(refusal),
-            };
-            let response = inner.oneshot(request).await?;
-            Ok(response.map(body::boxed))
-        }))
+        match rewritten {
+            Ok(request) => Ok(inner.oneshot(request).await?.map(body::boxed)),
+            Err(refusal) => Ok(refusal),
+        }
     }
 }
 
@@ -96,7 +73,7 @@ fn carries_callback_url<B>(request: &Request<B>) -> bool {
     context::class_of(request) == RouteClass::Submission && request.uri().path().starts_with("/runway/")
 }
 
-impl Shared {
+impl Rewriter {
     /// Check `url` as a subscriber: the policy, and (for a host name) where it resolves.
     async fn check_subscriber(&self, url: &str) -> Result<(), Response<Body>> {
         let bad_request = |msg: String| envelope::error_response(StatusCode::BAD_REQUEST, &msg);

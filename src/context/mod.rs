@@ -44,18 +44,18 @@
 //! ```
 
 mod fields;
+mod on_submission;
 
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 #[cfg(test)]
 pub(crate) use fields::PARSES;
 pub use fields::{CallbackUrl, Fields, RewriteError};
+pub use on_submission::{OnSubmission, ResponseFuture, SubmissionHandler};
 
 use crate::body::{self, Body, Bounded, BoxError};
 use crate::envelope;
@@ -129,8 +129,14 @@ impl SubmissionBody {
 }
 
 /// Applies [`SubmissionContext`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SubmissionContextLayer {
+    buffering: Arc<Buffering>,
+}
+
+/// The handler of [`SubmissionContext`]: buffers submissions of at most `limit` bytes.
+#[derive(Debug)]
+pub struct Buffering {
     limit: usize,
 }
 
@@ -138,12 +144,14 @@ impl SubmissionContextLayer {
     /// Buffer submissions of at most `limit` bytes (the largest bound of the layers
     /// inside); a larger one streams on, as each layer would have let it.
     pub fn new(limit: usize) -> Self {
-        SubmissionContextLayer { limit }
+        SubmissionContextLayer {
+            buffering: Arc::new(Buffering { limit }),
+        }
     }
 
     /// How much of a submission it buffers.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.buffering.limit
     }
 }
 
@@ -151,59 +159,41 @@ impl<S> Layer<S> for SubmissionContextLayer {
     type Service = SubmissionContext<S>;
 
     fn layer(&self, inner: S) -> SubmissionContext<S> {
-        SubmissionContext {
-            inner,
-            limit: self.limit,
-        }
+        OnSubmission::new(inner, Arc::clone(&self.buffering))
     }
 }
 
 /// Buffers a submission's body once and puts it in the request's extensions for the
 /// layers inside. See the [module docs](self).
-#[derive(Clone, Debug)]
-pub struct SubmissionContext<S> {
-    inner: S,
-    limit: usize,
-}
+pub type SubmissionContext<S> = OnSubmission<S, Buffering>;
 
-/// Response future of [`SubmissionContext`]: the inner service's own future for what is
-/// not a submission.
-pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
+impl SubmissionHandler for Buffering {
+    type Ticket = ();
 
-impl<S, B, RB> Service<Request<B>> for SubmissionContext<S>
-where
-    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, RB, S::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is the inner service's business, per request (its clone is called).
-        Poll::Ready(Ok(()))
+    fn take<B>(&self, request: &Request<B>) -> Option<()> {
+        let buffered = request.extensions().get::<SubmissionBody>().is_some();
+        (!buffered && RouteClass::of(request.method(), request.uri().path()) == RouteClass::Submission)
+            .then_some(())
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        if RouteClass::of(request.method(), request.uri().path()) != RouteClass::Submission
-            || request.extensions().get::<SubmissionBody>().is_some()
-        {
-            return body::pass_through(inner, request);
-        }
-        let limit = self.limit;
-        Either::Right(Box::pin(async move {
-            let request = match buffer(request, limit).await {
-                Ok(request) => request,
-                Err(refusal) => return Ok(refusal),
-            };
-            Ok(inner.oneshot(request).await?.map(body::boxed))
-        }))
+    async fn handle<S, RB>(
+        self: Arc<Self>,
+        (): (),
+        inner: S,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let request = match buffer(request, self.limit).await {
+            Ok(request) => request,
+            Err(refusal) => return Ok(refusal),
+        };
+        Ok(inner.oneshot(request).await?.map(body::boxed))
     }
 }
 

@@ -60,7 +60,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use service::{GuardMetrics, ResponseFuture, TaskGuard, TaskGuardLayer, TaskGuardLayerBuilder};
+pub use crate::context::ResponseFuture;
+pub use service::{Guard, GuardMetrics, TaskGuard, TaskGuardLayer, TaskGuardLayerBuilder};
 
 use crate::settings::{InvalidSetting, check};
 use crate::tasks::TaskLimits;

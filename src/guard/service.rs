@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, header};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -15,7 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::refusal::Refusal;
 use super::{Directory, GuardSettings};
 use crate::body::{self, Body, Bounded, BoxError};
-use crate::context::{self, SubmissionBody};
+use crate::context::{self, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::duration::{millis, unix_millis};
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::retry::RetryOutcome;
@@ -35,11 +34,13 @@ const MODEL_LIMIT: usize = 64;
 /// Applies [`TaskGuard`]. Built with [`TaskGuardLayer::builder`].
 #[derive(Clone, Debug)]
 pub struct TaskGuardLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Guard>,
 }
 
+/// The handler of [`TaskGuard`]: the watch list it counts in, the rules (reloadable),
+/// the submissions waiting for a slot, and the metrics. Made by [`TaskGuardLayer`].
 #[derive(Debug)]
-struct Shared {
+pub struct Guard {
     store: Arc<dyn TaskStore>,
     usage: Arc<Usage>,
     rules: Live<GuardRules>,
@@ -120,10 +121,7 @@ impl<S> Layer<S> for TaskGuardLayer {
     type Service = TaskGuard<S>;
 
     fn layer(&self, inner: S) -> TaskGuard<S> {
-        TaskGuard {
-            inner,
-            shared: Some(Arc::clone(&self.shared)),
-        }
+        OnSubmission::new(inner, Arc::clone(&self.shared))
     }
 }
 
@@ -178,7 +176,7 @@ impl TaskGuardLayerBuilder {
     pub fn build(self) -> Result<TaskGuardLayer, InvalidSetting> {
         let rules = GuardRules::new(&self.settings, self.max_wait, self.max_queue)?;
         Ok(TaskGuardLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Guard {
                 store: self.store,
                 usage: self.usage,
                 rules: Live::new(rules),
@@ -193,54 +191,33 @@ impl TaskGuardLayerBuilder {
 
 /// Holds each submission until the task limits allow it, refuses it when a budget is
 /// spent, and names its key and model for the ledger. See the [module docs](super).
-#[derive(Clone, Debug)]
-pub struct TaskGuard<S> {
-    inner: S,
-    shared: Option<Arc<Shared>>,
-}
+pub type TaskGuard<S> = OnSubmission<S, Guard>;
 
-impl<S> TaskGuard<S> {
-    /// A service that guards nothing.
-    pub fn passthrough(inner: S) -> Self {
-        TaskGuard { inner, shared: None }
+impl SubmissionHandler for Guard {
+    type Ticket = ();
+
+    fn take<B>(&self, request: &Request<B>) -> Option<()> {
+        (context::class_of(request) == RouteClass::Submission).then_some(())
+    }
+
+    fn handle<S, RB>(
+        self: Arc<Self>,
+        (): (),
+        inner: S,
+        request: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, S::Error>> + Send
+    where
+        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        self.guard(inner, request)
     }
 }
 
-/// Response future of [`TaskGuard`]: the inner future for what is not a submission.
-pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
-
-impl<S, B, RB> Service<Request<B>> for TaskGuard<S>
-where
-    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, RB, S::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Waiting happens per submission in the future, where it is bounded and cancelled.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let shared = match &self.shared {
-            Some(shared) if context::class_of(&request) == RouteClass::Submission => Arc::clone(shared),
-            _ => return body::pass_through(inner, request),
-        };
-        Either::Right(Box::pin(async move {
-            shared.guard(inner, request.map(body::boxed)).await
-        }))
-    }
-}
-
-impl Shared {
+impl Guard {
     async fn guard<S, RB>(
         self: Arc<Self>,
         inner: S,
@@ -470,12 +447,12 @@ async fn read_for_model(
 
 /// A place in the queue of submissions waiting for a slot, given up on drop.
 struct Queued<'a> {
-    shared: &'a Shared,
+    shared: &'a Guard,
     _waiting: crate::metrics::GaugeGuard,
 }
 
 impl<'a> Queued<'a> {
-    fn join(shared: &'a Shared, max_queue: usize) -> Option<Queued<'a>> {
+    fn join(shared: &'a Guard, max_queue: usize) -> Option<Queued<'a>> {
         let joined = shared
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -499,7 +476,7 @@ impl Drop for Queued<'_> {
 /// set (the submission failed, was not accepted, or the client went away).
 struct Held {
     id: Option<String>,
-    shared: Arc<Shared>,
+    shared: Arc<Guard>,
 }
 
 impl Drop for Held {

@@ -42,7 +42,9 @@ use std::time::Duration;
 use http::HeaderName;
 use tower::Layer;
 
-pub use service::{Idempotent, ResponseFuture};
+use crate::context::OnSubmission;
+pub use crate::context::ResponseFuture;
+pub use service::Idempotent;
 
 use crate::settings::{InvalidSetting, check};
 // The records and their stores live on the storage floor; these are their names where
@@ -100,11 +102,13 @@ impl IdempotencySettings {
 /// Applies [`Idempotent`]: see the module docs.
 #[derive(Clone, Debug)]
 pub struct IdempotencyLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Idempotency>,
 }
 
+/// The handler of [`Idempotent`]: the store of keys and the settings. Made by
+/// [`IdempotencyLayer`].
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub struct Idempotency {
     store: Arc<dyn IdempotencyStore>,
     settings: IdempotencySettings,
 }
@@ -113,7 +117,7 @@ impl IdempotencyLayer {
     /// Record submissions' keys in `store`, with the default settings.
     pub fn new(store: Arc<dyn IdempotencyStore>) -> Self {
         IdempotencyLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Idempotency {
                 store,
                 settings: IdempotencySettings::default(),
             }),
@@ -127,7 +131,7 @@ impl IdempotencyLayer {
     ) -> Result<Self, InvalidSetting> {
         settings.validate()?;
         Ok(IdempotencyLayer {
-            shared: Arc::new(Shared { store, settings }),
+            shared: Arc::new(Idempotency { store, settings }),
         })
     }
 
@@ -141,6 +145,6 @@ impl<S> Layer<S> for IdempotencyLayer {
     type Service = Idempotent<S>;
 
     fn layer(&self, inner: S) -> Idempotent<S> {
-        Idempotent::new(inner, Some(Arc::clone(&self.shared)))
+        OnSubmission::new(inner, Arc::clone(&self.shared))
     }
 }

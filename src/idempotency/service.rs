@@ -1,121 +1,50 @@
 //! [`Idempotent`], the service: look the key up, then send, replay or refuse.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use ring::digest;
-use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
-use super::{Begin, Finished, IDEMPOTENCY_KEY, REPLAYED, Shared, StoredAnswer};
+use super::{Begin, Finished, IDEMPOTENCY_KEY, Idempotency, REPLAYED, StoredAnswer};
 use crate::body::{self, Body, Bounded, BoxError, ReadError};
-use crate::context::{self, SubmissionBody};
+use crate::context::{self, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::envelope;
 use crate::retry::{OUTCOME_UNKNOWN, RetryOutcome};
 use crate::route::RouteClass;
 
 /// Honours `Idempotency-Key` on submissions, then calls `S`. See the [module docs](super).
-#[derive(Clone, Debug)]
-pub struct Idempotent<S> {
-    inner: S,
-    /// `None`: no store, every request passes through.
-    shared: Option<Arc<Shared>>,
-}
+pub type Idempotent<S> = OnSubmission<S, Idempotency>;
 
-impl<S> Idempotent<S> {
-    pub(super) fn new(inner: S, shared: Option<Arc<Shared>>) -> Self {
-        Idempotent { inner, shared }
+impl SubmissionHandler for Idempotency {
+    type Ticket = ();
+
+    fn take<B>(&self, request: &Request<B>) -> Option<()> {
+        // The header first: most requests stop there.
+        let keyed = request.headers().contains_key(IDEMPOTENCY_KEY)
+            && context::class_of(request) == RouteClass::Submission;
+        keyed.then_some(())
     }
 
-    /// A service that records nothing (for a stack without an idempotency store).
-    pub fn passthrough(inner: S) -> Self {
-        Idempotent { inner, shared: None }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Response future of [`Idempotent`]: the inner service's own future when there is
-    /// no key to honour (no allocation on that path), a boxed one when there is.
-    pub struct ResponseFuture<S, RB>
+    async fn handle<S, RB>(
+        self: Arc<Self>,
+        (): (),
+        inner: S,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
     where
-        S: Service<Request<Body>, Response = Response<RB>>,
+        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
     {
-        #[pin]
-        kind: Kind<S>,
+        self.submit(inner, request).await
     }
 }
 
-pin_project_lite::pin_project! {
-    #[project = KindProj]
-    enum Kind<S>
-    where
-        S: Service<Request<Body>>,
-    {
-        Passthrough { #[pin] future: Oneshot<S, Request<Body>> },
-        Keyed { future: Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>> },
-    }
-}
-
-impl<S, RB> Future for ResponseFuture<S, RB>
-where
-    S: Service<Request<Body>, Response = Response<RB>>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Output = Result<Response<Body>, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passthrough { future } => future.poll(cx).map_ok(|r| r.map(body::boxed)),
-            KindProj::Keyed { future } => future.as_mut().poll(cx),
-        }
-    }
-}
-
-impl<S, B, RB> Service<Request<B>> for Idempotent<S>
-where
-    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, RB>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        // The class first: two string comparisons, and most requests stop there.
-        let keyed = self.shared.is_some()
-            && request.headers().contains_key(IDEMPOTENCY_KEY)
-            && context::class_of(&request) == RouteClass::Submission;
-        let kind = match &self.shared {
-            Some(shared) if keyed => {
-                let shared = Arc::clone(shared);
-                Kind::Keyed {
-                    future: Box::pin(async move { shared.submit(inner, request).await }),
-                }
-            }
-            _ => Kind::Passthrough {
-                future: inner.oneshot(request.map(body::boxed)),
-            },
-        };
-        ResponseFuture { kind }
-    }
-}
-
-impl Shared {
+impl Idempotency {
     async fn submit<S, B, RB>(&self, inner: S, request: Request<B>) -> Result<Response<Body>, S::Error>
     where
         S: Service<Request<Body>, Response = Response<RB>>,

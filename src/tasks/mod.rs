@@ -18,8 +18,11 @@ mod watcher;
 
 use std::time::Duration;
 
+pub use crate::context::ResponseFuture;
 pub use ledger::{Totals, Usage, UsageReport, key_hash};
-pub use record::{RecordTasks, RecordTasksLayer, Recorded, ResponseFuture, SEALED_KEY_PURPOSE, Submission};
+pub use record::{
+    Pending, RecordTasks, RecordTasksLayer, Recorded, Recorder, SEALED_KEY_PURPOSE, Submission,
+};
 pub use watcher::{CallbackCheck, Confirmation, TaskWatcher, WatchMetrics};
 
 use crate::settings::{InvalidSetting, check};

@@ -2,10 +2,8 @@
 //! goes back to the client.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, header};
 use serde_json::Value;
 use tower::{Layer, Service, ServiceExt};
@@ -13,7 +11,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
 use crate::body::{self, Body, Bounded, BoxError};
 use crate::callback::{Keyring, TaskSubscriber};
-use crate::context;
+use crate::context::{self, OnSubmission, SubmissionHandler};
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
 use crate::settings::Live;
@@ -50,11 +48,13 @@ pub struct Recorded;
 /// whether the submission was accepted).
 #[derive(Clone, Debug)]
 pub struct RecordTasksLayer {
-    shared: Arc<Shared>,
+    shared: Arc<Recorder>,
 }
 
+/// The handler of [`RecordTasks`]: the watch list, the keys API keys are sealed with,
+/// and the watch settings. Made by [`RecordTasksLayer`].
 #[derive(Debug)]
-struct Shared {
+pub struct Recorder {
     store: Arc<dyn TaskStore>,
     keys: Live<Keyring>,
     settings: WatchSettings,
@@ -64,7 +64,7 @@ impl RecordTasksLayer {
     /// Record into `store`, sealing API keys with `keys`.
     pub fn new(store: Arc<dyn TaskStore>, keys: Live<Keyring>, settings: WatchSettings) -> Self {
         RecordTasksLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Recorder {
                 store,
                 keys,
                 settings,
@@ -77,10 +77,7 @@ impl<S> Layer<S> for RecordTasksLayer {
     type Service = RecordTasks<S>;
 
     fn layer(&self, inner: S) -> RecordTasks<S> {
-        RecordTasks {
-            inner,
-            shared: Some(Arc::clone(&self.shared)),
-        }
+        OnSubmission::new(inner, Arc::clone(&self.shared))
     }
 }
 
@@ -89,24 +86,10 @@ impl<S> Layer<S> for RecordTasksLayer {
 /// Other requests pass through untouched. A store that fails is logged and the answer
 /// still goes back: the task exists upstream, and failing its answer would only invite
 /// the client to pay for it again.
-#[derive(Clone, Debug)]
-pub struct RecordTasks<S> {
-    inner: S,
-    shared: Option<Arc<Shared>>,
-}
-
-impl<S> RecordTasks<S> {
-    /// A service that records nothing.
-    pub fn passthrough(inner: S) -> Self {
-        RecordTasks { inner, shared: None }
-    }
-}
-
-/// Response future of [`RecordTasks`]: the inner future for what is not recorded.
-pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
+pub type RecordTasks<S> = OnSubmission<S, Recorder>;
 
 /// What is known of a submission before it is sent.
-struct Pending {
+pub struct Pending {
     format: TaskFormat,
     route: String,
     key_hash: String,
@@ -118,42 +101,32 @@ struct Pending {
     trace: Option<String>,
 }
 
-impl<S, B, RB> Service<Request<B>> for RecordTasks<S>
-where
-    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, RB, S::Error>;
+impl SubmissionHandler for Recorder {
+    type Ticket = Pending;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn take<B>(&self, request: &Request<B>) -> Option<Pending> {
+        self.pending(request)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        // Only a submission to watch takes a reference to the shared state.
-        let watched = self
-            .shared
-            .as_ref()
-            .and_then(|shared| Some((shared.pending(&request)?, Arc::clone(shared))));
-        let Some((pending, shared)) = watched else {
-            return body::pass_through(inner, request);
-        };
-        Either::Right(Box::pin(async move {
-            let response = inner.oneshot(request.map(body::boxed)).await?;
-            Ok(shared.record(pending, response.map(body::boxed)).await)
-        }))
+    async fn handle<S, RB>(
+        self: Arc<Self>,
+        pending: Pending,
+        inner: S,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let response = inner.oneshot(request).await?;
+        Ok(self.record(pending, response.map(body::boxed)).await)
     }
 }
 
-impl Shared {
+impl Recorder {
     /// The submission's details, if it is one to watch.
     fn pending<B>(&self, request: &Request<B>) -> Option<Pending> {
         let path = request.uri().path();

@@ -1,0 +1,113 @@
+//! [`OnSubmission`]: the one skeleton of every middleware that acts on submissions only.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::Either;
+use http::{Request, Response};
+use tower::Service;
+
+use crate::body::{self, Body, BoxError};
+
+/// What a middleware built on [`OnSubmission`] does with the requests it takes.
+///
+/// The idempotency record, the callback rewrite, the task guard, the watch list's
+/// recorder and the context itself are each one of these: [`take`](Self::take) looks at
+/// a request's head and says whether (and how) to handle it; [`handle`](Self::handle)
+/// does, calling the inner service for what goes on.
+pub trait SubmissionHandler: Send + Sync + 'static {
+    /// What `take` learned of a request it handles, for `handle`.
+    type Ticket: Send + 'static;
+
+    /// Whether to handle `request` (`Some`), or pass it through untouched (`None`).
+    fn take<B>(&self, request: &Request<B>) -> Option<Self::Ticket>;
+
+    /// Handle `request`, calling `inner` for what goes on.
+    fn handle<S, RB>(
+        self: Arc<Self>,
+        ticket: Self::Ticket,
+        inner: S,
+        request: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, S::Error>> + Send
+    where
+        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        RB: http_body::Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>;
+}
+
+/// A service that hands the requests `H` takes to `H`, and streams every other one (every
+/// one, when it has no handler: the middleware is off) to `S` untouched, with no
+/// allocation on that path.
+#[derive(Debug)]
+pub struct OnSubmission<S, H> {
+    inner: S,
+    handler: Option<Arc<H>>,
+}
+
+impl<S: Clone, H> Clone for OnSubmission<S, H> {
+    fn clone(&self) -> Self {
+        OnSubmission {
+            inner: self.inner.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl<S, H> OnSubmission<S, H> {
+    /// `inner`, with `handler` taking the requests it wants.
+    pub fn new(inner: S, handler: Arc<H>) -> Self {
+        OnSubmission {
+            inner,
+            handler: Some(handler),
+        }
+    }
+
+    /// `inner`, every request passed through (for a stack with this middleware off).
+    pub fn passthrough(inner: S) -> Self {
+        OnSubmission { inner, handler: None }
+    }
+}
+
+/// Response future of [`OnSubmission`]: the inner service's own future for a request
+/// passed through, a boxed one for a request handled.
+pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
+
+impl<S, H, B, RB> Service<Request<B>> for OnSubmission<S, H>
+where
+    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    H: SubmissionHandler,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, RB, S::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each request calls a clone of `inner` (oneshot), which waits for its readiness;
+        // a handler's own waiting (a task slot, say) is per request, bounded, in its future.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let taken = self
+            .handler
+            .as_ref()
+            .and_then(|handler| Some((handler.take(&request)?, Arc::clone(handler))));
+        match taken {
+            Some((ticket, handler)) => {
+                Either::Right(Box::pin(handler.handle(ticket, inner, request.map(body::boxed))))
+            }
+            None => body::pass_through(inner, request),
+        }
+    }
+}
