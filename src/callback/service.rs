@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 use super::layer::Rewriter;
 use super::{CALLBACK_URL_HEADER, TaskSubscriber};
 use crate::body::{self, Body, BoxError, ReadError};
-use crate::context::{self, OnSubmission, SubmissionBody, SubmissionHandler};
+use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::envelope;
 use crate::route::RouteClass;
 
@@ -42,19 +42,12 @@ impl SubmissionHandler for Rewriter {
         }
     }
 
-    async fn handle<S, RB>(
+    async fn handle<S: Inner<RB>, RB: BytesBody>(
         self: Arc<Self>,
         ticket: Rewrite,
         inner: S,
         request: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send,
-        S::Error: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + 'static,
-        RB::Error: Into<BoxError>,
-    {
+    ) -> Result<Response<Body>, S::Error> {
         let rewritten = match ticket {
             Rewrite::Body => self.rewrite(request).await,
             Rewrite::Header => self.official_subscriber(request).await,

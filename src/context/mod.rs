@@ -50,12 +50,12 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 
 #[cfg(test)]
 pub(crate) use fields::PARSES;
 pub use fields::{CallbackUrl, Fields, RewriteError};
-pub use on_submission::{OnSubmission, ResponseFuture, SubmissionHandler};
+pub use on_submission::{BytesBody, Inner, OnSubmission, ResponseFuture, SubmissionHandler};
 
 use crate::body::{self, Body, Bounded, BoxError};
 use crate::envelope;
@@ -176,19 +176,12 @@ impl SubmissionHandler for Buffering {
             .then_some(())
     }
 
-    async fn handle<S, RB>(
+    async fn handle<S: Inner<RB>, RB: BytesBody>(
         self: Arc<Self>,
         (): (),
         inner: S,
         request: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send,
-        S::Error: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + 'static,
-        RB::Error: Into<BoxError>,
-    {
+    ) -> Result<Response<Body>, S::Error> {
         let request = match buffer(request, self.limit).await {
             Ok(request) => request,
             Err(refusal) => return Ok(refusal),

@@ -25,19 +25,30 @@ pub trait SubmissionHandler: Send + Sync + 'static {
     fn take<B>(&self, request: &Request<B>) -> Option<Self::Ticket>;
 
     /// Handle `request`, calling `inner` for what goes on.
-    fn handle<S, RB>(
+    fn handle<S: Inner<RB>, RB: BytesBody>(
         self: Arc<Self>,
         ticket: Self::Ticket,
         inner: S,
         request: Request<Body>,
-    ) -> impl Future<Output = Result<Response<Body>, S::Error>> + Send
-    where
-        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send,
-        S::Error: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + 'static,
-        RB::Error: Into<BoxError>;
+    ) -> impl Future<Output = Result<Response<Body>, S::Error>> + Send;
 }
+
+/// The service a handler calls for what goes on: it takes the crate's [`Body`], answers
+/// with a body of bytes, and its future and error can cross threads.
+pub trait Inner<RB>:
+    Service<Request<Body>, Response = Response<RB>, Future: Send, Error: Send + 'static> + Send + 'static
+{
+}
+
+impl<S, RB> Inner<RB> for S where
+    S: Service<Request<Body>, Response = Response<RB>, Future: Send, Error: Send + 'static> + Send + 'static
+{
+}
+
+/// A body of [`Bytes`] the middleware can box into a [`Body`].
+pub trait BytesBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> BytesBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
 
 /// A service that hands the requests `H` takes to `H`, and streams every other one (every
 /// one, when it has no handler: the middleware is off) to `S` untouched, with no
@@ -78,14 +89,14 @@ pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
 
 impl<S, H, B, RB> Service<Request<B>> for OnSubmission<S, H>
 where
-    S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
+    // Spelled out (not `Inner<RB>`): the response type is what fixes `RB`.
+    S: Service<Request<Body>, Response = Response<RB>, Future: Send, Error: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
     H: SubmissionHandler,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
+    B: BytesBody,
+    RB: BytesBody,
 {
     type Response = Response<Body>;
     type Error = S::Error;

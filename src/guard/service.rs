@@ -14,7 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::refusal::Refusal;
 use super::{Directory, GuardSettings};
 use crate::body::{self, Body, Bounded, BoxError};
-use crate::context::{self, OnSubmission, SubmissionBody, SubmissionHandler};
+use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::duration::{millis, unix_millis};
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::retry::RetryOutcome;
@@ -200,19 +200,12 @@ impl SubmissionHandler for Guard {
         (context::class_of(request) == RouteClass::Submission).then_some(())
     }
 
-    fn handle<S, RB>(
+    fn handle<S: Inner<RB>, RB: BytesBody>(
         self: Arc<Self>,
         (): (),
         inner: S,
         request: Request<Body>,
-    ) -> impl Future<Output = Result<Response<Body>, S::Error>> + Send
-    where
-        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send,
-        S::Error: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + 'static,
-        RB::Error: Into<BoxError>,
-    {
+    ) -> impl Future<Output = Result<Response<Body>, S::Error>> + Send {
         self.guard(inner, request)
     }
 }

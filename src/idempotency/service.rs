@@ -9,7 +9,7 @@ use tower::{Service, ServiceExt};
 
 use super::{Begin, Finished, IDEMPOTENCY_KEY, Idempotency, REPLAYED, StoredAnswer};
 use crate::body::{self, Body, Bounded, BoxError, ReadError};
-use crate::context::{self, OnSubmission, SubmissionBody, SubmissionHandler};
+use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::envelope;
 use crate::retry::{OUTCOME_UNKNOWN, RetryOutcome};
 use crate::route::RouteClass;
@@ -27,19 +27,12 @@ impl SubmissionHandler for Idempotency {
         keyed.then_some(())
     }
 
-    async fn handle<S, RB>(
+    async fn handle<S: Inner<RB>, RB: BytesBody>(
         self: Arc<Self>,
         (): (),
         inner: S,
         request: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send,
-        S::Error: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + 'static,
-        RB::Error: Into<BoxError>,
-    {
+    ) -> Result<Response<Body>, S::Error> {
         self.submit(inner, request).await
     }
 }

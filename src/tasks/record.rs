@@ -3,15 +3,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use serde_json::Value;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 
 use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
-use crate::body::{self, Body, Bounded, BoxError};
+use crate::body::{self, Body, Bounded};
 use crate::callback::{Keyring, TaskSubscriber};
-use crate::context::{self, OnSubmission, SubmissionHandler};
+use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionHandler};
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
 use crate::settings::Live;
@@ -108,19 +107,12 @@ impl SubmissionHandler for Recorder {
         self.pending(request)
     }
 
-    async fn handle<S, RB>(
+    async fn handle<S: Inner<RB>, RB: BytesBody>(
         self: Arc<Self>,
         pending: Pending,
         inner: S,
         request: Request<Body>,
-    ) -> Result<Response<Body>, S::Error>
-    where
-        S: Service<Request<Body>, Response = Response<RB>> + Send + 'static,
-        S::Future: Send,
-        S::Error: Send + 'static,
-        RB: http_body::Body<Data = Bytes> + Send + 'static,
-        RB::Error: Into<BoxError>,
-    {
+    ) -> Result<Response<Body>, S::Error> {
         let response = inner.oneshot(request).await?;
         Ok(self.record(pending, response.map(body::boxed)).await)
     }
