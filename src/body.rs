@@ -188,32 +188,6 @@ where
     }
 }
 
-/// The future of a middleware that either passes a request straight through (the inner
-/// service's own future, unboxed: no allocation on that path) or handles it itself
-/// (boxed). [`pass_through`] makes the first.
-pub type PassOrHandle<S, RB, E> = futures_util::future::Either<
-    futures_util::future::MapOk<
-        tower::util::Oneshot<S, http::Request<Body>>,
-        fn(http::Response<RB>) -> http::Response<Body>,
-    >,
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<http::Response<Body>, E>> + Send>>,
->;
-
-/// Call `inner` with `request` untouched, as the pass-through side of [`PassOrHandle`].
-pub fn pass_through<S, B, RB>(inner: S, request: http::Request<B>) -> PassOrHandle<S, RB, S::Error>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<RB>>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    RB: http_body::Body<Data = Bytes> + Send + 'static,
-    RB::Error: Into<BoxError>,
-{
-    use futures_util::TryFutureExt;
-    use tower::ServiceExt;
-    let map: fn(http::Response<RB>) -> http::Response<Body> = |response| response.map(boxed);
-    futures_util::future::Either::Left(inner.oneshot(request.map(boxed)).map_ok(map))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
 //! [`OnSubmission`]: the one skeleton of every middleware that acts on submissions only.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::Either;
+use futures_util::TryFutureExt;
+use futures_util::future::{Either, MapOk};
 use http::{Request, Response};
 use tower::Service;
 
@@ -84,8 +86,12 @@ impl<S, H> OnSubmission<S, H> {
 }
 
 /// Response future of [`OnSubmission`]: the inner service's own future for a request
-/// passed through, a boxed one for a request handled.
-pub type ResponseFuture<S, RB, E> = body::PassOrHandle<S, RB, E>;
+/// passed through (`F`, unboxed: no allocation on that path), a boxed one for a request
+/// handled.
+pub type ResponseFuture<F, RB, E> = Either<
+    MapOk<F, fn(Response<RB>) -> Response<Body>>,
+    Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
+>;
 
 impl<S, H, B, RB> Service<Request<B>> for OnSubmission<S, H>
 where
@@ -100,25 +106,32 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, RB, S::Error>;
+    type Future = ResponseFuture<S::Future, RB, S::Error>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Each request calls a clone of `inner` (oneshot), which waits for its readiness;
-        // a handler's own waiting (a task slot, say) is per request, bounded, in its future.
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Ready when the inner service is; a handler's own waiting (a task slot, say) is
+        // per request, bounded, in its future.
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
         let taken = self
             .handler
             .as_ref()
             .and_then(|handler| Some((handler.take(&request)?, Arc::clone(handler))));
         match taken {
             Some((ticket, handler)) => {
+                // The ready service goes with the request; its clone waits for the next
+                // `poll_ready`.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
                 Either::Right(Box::pin(handler.handle(ticket, inner, request.map(body::boxed))))
             }
-            None => body::pass_through(inner, request),
+            // Straight to the ready inner service: no clone, no allocation.
+            None => {
+                let boxed: fn(Response<RB>) -> Response<Body> = |response| response.map(body::boxed);
+                Either::Left(self.inner.call(request.map(body::boxed)).map_ok(boxed))
+            }
         }
     }
 }
