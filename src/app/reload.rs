@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::BoxError;
 use crate::callback::{Callbacks, KeyringError};
-use crate::config::{Config, ConfigError, KEYS, Key, Overrides};
+use crate::config::{Config, ConfigError, KEYS, Overrides};
 use crate::guard::TaskGuardLayer;
 use crate::limit::RateLimitLayer;
 use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
@@ -142,33 +142,13 @@ impl ConfigReload for Reloader {
     }
 }
 
-/// Whether a change to `key` takes effect at a reload (otherwise at the next start).
+/// Whether a change to `key` takes effect at a reload (otherwise at the next start): the
+/// row's `live` in [`KEYS`]. The tables that are no rows (`[[retry.rules]]`,
+/// `[[guard.keys]]`) are live too.
 pub fn is_live(key: &str) -> bool {
     match key {
-        "limit.redis_url" | "limit.redis_fallback" => false,
-        "callback.allow_private"
-        | "callback.allowed_hosts"
-        | "callback.token_keys"
-        | "admin_token"
-        | "otel.sampler"
-        | "otel.sampler_arg" => true,
-        _ => ["retry.", "limit.", "guard.", "delivery."]
-            .iter()
-            .any(|table| key.starts_with(table)),
-    }
-}
-
-/// Whether `key` has another value in `new` than in `old`. Secrets and URLs that may hold
-/// a password are compared themselves, since they are shown redacted.
-fn differs(key: &Key, old: &Config, new: &Config) -> bool {
-    match key.toml {
-        "webhook_secret" => old.webhook_secret != new.webhook_secret,
-        "callback.token_keys" => old.callback.token_keys != new.callback.token_keys,
-        "admin_token" => old.admin_token != new.admin_token,
-        "database.url" => old.database.url != new.database.url,
-        "limit.redis_url" => old.limit.redis_url != new.limit.redis_url,
-        "otel.headers" => old.otel.headers != new.otel.headers,
-        _ => key.show(old) != key.show(new),
+        "retry.rules" | "guard.keys" => true,
+        _ => KEYS.iter().any(|row| row.toml == key && row.live),
     }
 }
 
@@ -213,26 +193,20 @@ impl MetricSet for ReloadMetrics {
 }
 
 /// The configuration in force after a reload to `new`: `old`, with the settings that can
-/// change live ([`is_live`]) taken from `new`. Unset token keys keep the old ones (see
-/// [`Applier::apply`]).
+/// change live (each row of [`KEYS`] marked `live`, and the tables that are no rows) taken
+/// from `new`. Unset token keys keep the old ones (see [`Applier::apply`]).
 fn in_force(old: &Config, new: Config) -> Config {
     let mut next = old.clone();
-    next.retry = new.retry;
-    next.limit = crate::limit::LimitSettings {
-        redis_url: old.limit.redis_url.clone(),
-        redis_fallback: old.limit.redis_fallback,
-        ..new.limit
-    };
-    next.guard = new.guard;
-    next.callback.allow_private = new.callback.allow_private;
-    next.callback.allowed_hosts = new.callback.allowed_hosts;
-    if new.callback.token_keys.is_some() {
-        next.callback.token_keys = new.callback.token_keys;
+    for key in KEYS.iter().filter(|key| key.live) {
+        key.copy(&mut next, &new);
     }
-    next.admin_token = new.admin_token;
-    next.delivery = new.delivery;
-    next.otel.sampler = new.otel.sampler;
-    next.otel.sampler_arg = new.otel.sampler_arg;
+    if new.callback.token_keys.is_none() {
+        next.callback.token_keys = old.callback.token_keys.clone();
+    }
+    // What the file holds as tables, and what only code sets, goes with its table.
+    next.retry.rules = new.retry.rules;
+    next.guard.keys = new.guard.keys;
+    next.limit.slow_wait = new.limit.slow_wait;
     next
 }
 
@@ -256,8 +230,8 @@ impl Applier {
         let old = &self.current;
         let mut done = Reloaded::default();
         for key in KEYS {
-            if differs(key, old, &new) {
-                if is_live(key.toml) {
+            if key.differs(old, &new) {
+                if key.live {
                     done.changed.push(key.toml);
                 } else {
                     done.restart_needed.push(key.toml);
@@ -467,13 +441,13 @@ mod tests {
             if let Err(err) = key.set(&mut new, raw) {
                 panic!("{}: {raw:?} is refused: {err}", key.toml);
             }
-            assert!(differs(key, &old, &new), "{}: {raw:?} is its default", key.toml);
+            assert!(key.differs(&old, &new), "{}: {raw:?} is its default", key.toml);
             let next = in_force(&old, new.clone());
-            let live = is_live(key.toml);
+            let live = key.live;
             let want = if live { &new } else { &old };
             for other in KEYS {
                 assert!(
-                    !differs(other, &next, want),
+                    !other.differs(&next, want),
                     "a reload changing only {} (live: {live}) leaves {} at {:?}, not {:?}",
                     key.toml,
                     other.toml,
