@@ -28,29 +28,29 @@
 //! ```
 
 mod reload;
+mod start;
 
 pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader, is_live};
+use start::{Listeners, Stack, create_private_dir, open_store, token_keys, webhook_signer};
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tower::Layer;
 
-use crate::callback::{CallbackError, Callbacks, Keyring, KeyringError, random_secret};
+use crate::callback::{CallbackError, Callbacks, KeyringError};
 use crate::config::{Config, ConfigError, Secret};
-use crate::idempotency::IdempotencyStore;
 use crate::metrics::MetricSet;
-use crate::relay::{Outbox, Relay, RelayError, SecretError, SqliteOutbox, WebhookReceiver, WebhookSigner};
-use crate::runway::{Runway, RunwayLayer};
+use crate::relay::{Outbox, Relay, RelayError, SecretError, WebhookReceiver};
+use crate::runway::Runway;
 use crate::server::ConnectionLimits;
 use crate::settings::InvalidSetting;
 use crate::sidecar::{AdminAccess, Readiness, RequestMetrics, Sidecar};
-use crate::tasks::TaskStore;
-use crate::tasks::{TaskWatcher, WatchMetrics};
+use crate::tasks::TaskWatcher;
 use crate::upstream::{ClientError, Forward};
 
 /// Why the proxy could not start.
@@ -168,116 +168,17 @@ impl Proxy {
         let signer = webhook_signer(config)?;
         let keys = token_keys(config)?;
         let store = open_store(config).await?;
-
-        let listen = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen { what, addr, source })
-        };
-        let threads = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
-        let listeners =
-            crate::server::bind_shared(config.listen, threads).map_err(|source| StartError::Listen {
-                what: "",
-                addr: config.listen,
-                source,
-            })?;
-        let webhook_listener = listen(config.webhook_listen, "for webhooks").await?;
-        let public_url = match &config.public_url {
-            Some(url) => url.clone(),
-            None => {
-                let addr = webhook_listener
-                    .local_addr()
-                    .map_err(|source| StartError::Listen {
-                        what: "for webhooks",
-                        addr: config.webhook_listen,
-                        source,
-                    })?;
-                if addr.ip().is_unspecified() {
-                    tracing::warn!(%addr, "webhook listener on an unspecified address: set --public-url to the URL the upstream can reach");
-                }
-                format!("http://{addr}")
-            }
-        };
+        let listeners = Listeners::bind(config).await?;
+        let public_url = listeners.public_url(config)?;
         // One value for the rewrite and the relay: the same keys, policy and body limit.
         let callbacks = Callbacks::new(&public_url, keys)?
             .with_policy(config.callback.policy())
             .with_body_limit(config.callback.body_limit)
             .with_token_lifetime(config.callback.token_lifetime);
-
-        let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?;
-        #[cfg(feature = "otel")]
-        let (tracer, exporter) = crate::trace::OtlpExporter::start(&config.otel)?;
-        #[cfg(not(feature = "otel"))]
-        let tracer = crate::trace::Tracer::off();
-        // Exactly the layer an embedding application uses.
-        if let Some(url) = &config.watch.official_callback_url {
-            callbacks
-                .policy()
-                .check(url)
-                .map_err(|refused| InvalidSetting::new("watch.official_callback_url", refused.to_string()))?;
-        }
-        let runway = RunwayLayer::builder()
-            .retry(config.retry.clone())
-            .rate_limit(config.limit.clone())
-            .callbacks(callbacks.clone())
-            // Idempotency records and the watch list live in the outbox's database:
-            // durable, one store.
-            .idempotency(Arc::clone(&store.idempotency), config.idempotency.clone())
-            .watch(Arc::clone(&store.tasks), config.watch.clone())
-            .guard(config.guard.clone())
-            .tracer(tracer.clone())
-            .build()?;
-        let relay = Relay::builder(&callbacks, Arc::clone(&store.outbox), signer)
-            .settings(config.delivery.clone())
-            .tracer(tracer.clone())
-            .watch_list(
-                Arc::clone(&store.tasks),
-                config.watch.recover_after,
-                runway.usage(),
-            )
-            .start()?;
-        // The watcher checks tasks through the same stack as the application's calls: its
-        // reads wait in the read quota and are retried like theirs.
-        let watch_metrics = Arc::new(WatchMetrics::default());
-        let watcher = TaskWatcher::start(
-            runway.layer(forward.clone()),
-            Arc::clone(&store.tasks),
-            relay.events(),
-            callbacks.keys().clone(),
-            config.watch.clone(),
-            Arc::clone(&watch_metrics),
-            runway.usage(),
-        );
-        if config.watch.confirm_callbacks {
-            relay.confirm_callbacks(watcher.confirmer());
-        }
-
-        #[cfg(feature = "otel")]
-        let trace_metrics = exporter.as_ref().map(|e| e.metrics() as Arc<dyn MetricSet>);
-        #[cfg(not(feature = "otel"))]
-        let trace_metrics: Option<Arc<dyn MetricSet>> = None;
+        let stack = Stack::build(config, &store, &callbacks, signer)?;
         let requests = Arc::new(RequestMetrics::default());
         let reload_metrics = Arc::new(reload::ReloadMetrics::default());
-        let metrics = Metrics {
-            sets: vec![
-                Arc::clone(&requests) as Arc<dyn MetricSet>,
-                forward.metrics(),
-                runway.retry().metrics(),
-                runway.rate_limit().metrics(),
-                relay.metrics(),
-                watch_metrics,
-                runway.usage(),
-                Arc::clone(&reload_metrics) as Arc<dyn MetricSet>,
-                Arc::new(crate::metrics::ProcessMetrics::default()),
-            ]
-            .into_iter()
-            .chain(runway.guard().map(|guard| guard.metrics() as Arc<dyn MetricSet>))
-            .chain(trace_metrics)
-            .collect(),
-        };
+        let metrics = stack.metrics(&requests, &reload_metrics);
         let readiness = Readiness::default();
         let access = AdminAccess::new(config.admin_token.as_ref().map(Secret::expose), config.listen);
         if access.relay_locked() {
@@ -290,40 +191,40 @@ impl Proxy {
         let (reloader, reload_asks) = reload::channel();
         let applier = reload::Applier {
             current: config.clone(),
-            retry: runway.retry().clone(),
-            limit: runway.rate_limit().clone(),
-            guard: runway.guard().cloned(),
+            retry: stack.runway.retry().clone(),
+            limit: stack.runway.rate_limit().clone(),
+            guard: stack.runway.guard().cloned(),
             callbacks: callbacks.clone(),
             access: access.clone(),
-            tracer: tracer.clone(),
+            tracer: stack.tracer.clone(),
             metrics: reload_metrics,
         };
-        let service = Sidecar::new(runway.layer(forward), requests, readiness.clone())
+        let service = Sidecar::new(stack.runway.layer(stack.forward), requests, readiness.clone())
             .metric_sets(metrics.sets())
-            .relay_admin(relay.admin())
+            .relay_admin(stack.relay.admin())
             .task_admin(Arc::clone(&store.tasks))
             .admin_access(access)
             .config_reload(Arc::new(reloader.clone()))
-            .tracer(tracer)
+            .tracer(stack.tracer)
             .access_log(config.access_log);
         tracing::info!(public_url = %public_url, outbox = %store.described, "webhook relay ready");
         Ok(Proxy {
-            listeners,
-            webhook_listener,
+            listeners: listeners.proxy,
+            webhook_listener: listeners.webhook,
             service,
-            receiver: relay.receiver(),
-            relay,
+            receiver: stack.relay.receiver(),
+            relay: stack.relay,
             metrics,
             readiness,
             outbox: store.outbox,
-            watcher,
+            watcher: stack.watcher,
             grace: config.shutdown_grace,
             connections: config.connections,
             reloader,
             reload_asks,
             applier,
             #[cfg(feature = "otel")]
-            exporter,
+            exporter: stack.exporter,
         })
     }
 
@@ -422,35 +323,6 @@ impl Proxy {
     }
 }
 
-/// The outbox and the idempotency records: one store, SQLite in the data directory or
-/// the PostgreSQL that replicas share.
-struct Store {
-    outbox: Arc<dyn Outbox>,
-    idempotency: Arc<dyn IdempotencyStore>,
-    tasks: Arc<dyn TaskStore>,
-    described: String,
-}
-
-async fn open_store(config: &Config) -> Result<Store, StartError> {
-    #[cfg(feature = "postgres")]
-    if config.database.url.is_some() {
-        let store = Arc::new(crate::relay::PostgresOutbox::connect(&config.database).await?);
-        return Ok(Store {
-            described: store.target().to_owned(),
-            outbox: Arc::clone(&store) as Arc<dyn Outbox>,
-            idempotency: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
-            tasks: store,
-        });
-    }
-    let store = Arc::new(SqliteOutbox::open(&config.data_dir.join("outbox.sqlite3"))?);
-    Ok(Store {
-        described: store.path().display().to_string(),
-        outbox: Arc::clone(&store) as Arc<dyn Outbox>,
-        idempotency: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
-        tasks: store,
-    })
-}
-
 /// How often readiness asks the outbox whether it answers.
 const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -502,89 +374,4 @@ fn serve_thread(
             Err(err) => tracing::error!(error = %err, index, "cannot serve on a listener"),
         }
     });
-}
-
-fn webhook_signer(config: &Config) -> Result<WebhookSigner, StartError> {
-    let path = config.data_dir.join("webhook-secret");
-    let secret = match &config.webhook_secret {
-        // Checked when the config was loaded.
-        Some(secret) => {
-            tracing::info!("webhook signing secret: from the configuration (webhook_secret)");
-            secret.expose().to_owned()
-        }
-        None => {
-            let secret = secret_file(
-                &path,
-                "webhook signing secret",
-                "subscribers verify with it, replicas sign with it",
-                WebhookSigner::generate_secret,
-            )?;
-            // Every start, not just the first: subscribers need to find it.
-            tracing::info!(path = %path.display(), "webhook signing secret: give it to your subscribers");
-            secret
-        }
-    };
-    WebhookSigner::from_secret(&secret).map_err(|source| StartError::WebhookSecret { path, source })
-}
-
-fn token_keys(config: &Config) -> Result<Keyring, StartError> {
-    let path = config.data_dir.join("callback-token-keys");
-    let text = match &config.callback.token_keys {
-        Some(keys) => keys.expose().to_owned(),
-        None => secret_file(
-            &path,
-            "callback token key",
-            "every replica needs the same one",
-            || format!("1:{}", random_secret()),
-        )?,
-    };
-    Keyring::parse(&text).map_err(|source| StartError::TokenKeys { path, source })
-}
-
-/// Create the data directory readable by its owner only: it holds secrets and the
-/// webhooks' payloads.
-fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(path)
-}
-
-/// Read a secret from `path`, or generate one and store it there (readable by the owner
-/// only). The secret itself is never logged, only where it is.
-fn secret_file(
-    path: &Path,
-    what: &str,
-    who_needs_it: &str,
-    generate: impl FnOnce() -> String,
-) -> Result<String, StartError> {
-    let fail = |doing: &'static str| {
-        let path = path.to_owned();
-        move |source| StartError::File {
-            what: doing,
-            path,
-            source,
-        }
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => return Ok(text.trim().to_owned()),
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(fail("cannot read")(err)),
-        Err(_) => {}
-    }
-    let secret = generate();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(fail("cannot store a generated secret at"))?;
-    // No trailing newline: some Standard Webhooks libraries (the JS one) refuse the
-    // secret with one when it is read from the file as it is.
-    std::io::Write::write_all(&mut file, secret.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(fail("cannot store a generated secret at"))?;
-    tracing::info!(path = %path.display(), "generated a {what} (keep it: {who_needs_it})");
-    Ok(secret)
 }

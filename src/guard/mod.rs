@@ -52,6 +52,8 @@
 //! # }
 //! ```
 
+mod layer;
+mod metrics;
 mod refusal;
 mod service;
 
@@ -61,7 +63,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::context::ResponseFuture;
-pub use service::{Guard, GuardMetrics, TaskGuard, TaskGuardLayer, TaskGuardLayerBuilder};
+pub use layer::{TaskGuardLayer, TaskGuardLayerBuilder};
+pub use metrics::GuardMetrics;
+pub use service::{Guard, TaskGuard};
 
 use crate::settings::{InvalidSetting, check};
 use crate::tasks::TaskLimits;

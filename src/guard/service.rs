@@ -9,14 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 use super::refusal::Refusal;
-use super::{Directory, GuardSettings};
+use super::{Directory, GuardMetrics, GuardSettings};
 use crate::body::{self, Body, Bounded, BoxError};
 use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::duration::{millis, unix_millis};
-use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
 use crate::settings::{InvalidSetting, Live};
@@ -31,28 +30,22 @@ const POLL_OTHERS: Duration = Duration::from_millis(500);
 /// The longest model name kept for the ledger (Runway's are under 20 characters).
 const MODEL_LIMIT: usize = 64;
 
-/// Applies [`TaskGuard`]. Built with [`TaskGuardLayer::builder`].
-#[derive(Clone, Debug)]
-pub struct TaskGuardLayer {
-    shared: Arc<Guard>,
-}
-
 /// The handler of [`TaskGuard`]: the watch list it counts in, the rules (reloadable),
 /// the submissions waiting for a slot, and the metrics. Made by [`TaskGuardLayer`].
 #[derive(Debug)]
 pub struct Guard {
-    store: Arc<dyn TaskStore>,
-    usage: Arc<Usage>,
-    rules: Live<GuardRules>,
-    unknown_for: Duration,
-    body_limit: usize,
-    waiting: AtomicUsize,
-    metrics: Arc<GuardMetrics>,
+    pub(super) store: Arc<dyn TaskStore>,
+    pub(super) usage: Arc<Usage>,
+    pub(super) rules: Live<GuardRules>,
+    pub(super) unknown_for: Duration,
+    pub(super) body_limit: usize,
+    pub(super) waiting: AtomicUsize,
+    pub(super) metrics: Arc<GuardMetrics>,
 }
 
 /// The part of the guard a reload replaces.
 #[derive(Debug)]
-struct GuardRules {
+pub(super) struct GuardRules {
     directory: Directory,
     /// No limit is set for anyone: submissions are only labelled for the ledger.
     unlimited: bool,
@@ -61,7 +54,11 @@ struct GuardRules {
 }
 
 impl GuardRules {
-    fn new(settings: &GuardSettings, max_wait: Duration, max_queue: usize) -> Result<Self, InvalidSetting> {
+    pub(super) fn new(
+        settings: &GuardSettings,
+        max_wait: Duration,
+        max_queue: usize,
+    ) -> Result<Self, InvalidSetting> {
         let directory = settings.directory()?;
         crate::settings::check(max_queue > 0, "limit.max_queue", || "must be at least 1".into())?;
         Ok(GuardRules {
@@ -69,122 +66,6 @@ impl GuardRules {
             unlimited: settings.is_unlimited(),
             max_wait,
             max_queue,
-        })
-    }
-}
-
-impl TaskGuardLayer {
-    /// Check `settings` and put them in force now: for new submissions, and for those
-    /// waiting for a slot, which try again at once under the new limits (their
-    /// `max_wait` still counted from when they arrived). `max_wait` and `max_queue` are
-    /// the rate limiter's, which the guard's waits share.
-    pub fn reload(
-        &self,
-        settings: &GuardSettings,
-        max_wait: Duration,
-        max_queue: usize,
-    ) -> Result<(), InvalidSetting> {
-        settings.validate()?;
-        self.shared
-            .rules
-            .set(GuardRules::new(settings, max_wait, max_queue)?);
-        Ok(())
-    }
-
-    /// A builder counting tasks in `store` and reporting ended tasks through `usage`
-    /// (the watch list's receiver and watcher share it, so a finished task wakes the
-    /// submissions waiting for its slot).
-    pub fn builder(store: Arc<dyn TaskStore>, usage: Arc<Usage>) -> TaskGuardLayerBuilder {
-        TaskGuardLayerBuilder {
-            store,
-            usage,
-            settings: GuardSettings::default(),
-            max_wait: Duration::from_secs(30),
-            max_queue: 1024,
-            unknown_for: Duration::from_secs(15 * 60),
-            body_limit: 1024 * 1024,
-        }
-    }
-
-    /// The guard's metrics.
-    pub fn metrics(&self) -> Arc<GuardMetrics> {
-        Arc::clone(&self.shared.metrics)
-    }
-
-    /// Submissions waiting for a task slot now.
-    pub fn waiting(&self) -> usize {
-        self.shared.waiting.load(Ordering::Relaxed)
-    }
-}
-
-impl<S> Layer<S> for TaskGuardLayer {
-    type Service = TaskGuard<S>;
-
-    fn layer(&self, inner: S) -> TaskGuard<S> {
-        OnSubmission::new(inner, Arc::clone(&self.shared))
-    }
-}
-
-/// Builds a [`TaskGuardLayer`].
-#[derive(Debug)]
-pub struct TaskGuardLayerBuilder {
-    store: Arc<dyn TaskStore>,
-    usage: Arc<Usage>,
-    settings: GuardSettings,
-    max_wait: Duration,
-    max_queue: usize,
-    unknown_for: Duration,
-    body_limit: usize,
-}
-
-impl TaskGuardLayerBuilder {
-    /// The limits, budgets and keys.
-    pub fn settings(mut self, settings: GuardSettings) -> Self {
-        self.settings = settings;
-        self
-    }
-
-    /// Longest a submission waits for a task slot (default 30 s, the rate limiter's
-    /// `max_wait`).
-    pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.max_wait = wait;
-        self
-    }
-
-    /// Most submissions waiting for a slot at once (default 1024, the rate limiter's
-    /// `max_queue`).
-    pub fn max_queue(mut self, n: usize) -> Self {
-        self.max_queue = n;
-        self
-    }
-
-    /// How long a submission whose outcome is unknown counts as in flight (default
-    /// 15 min: `watch.recover_after`, after which the watch list gives up on it too).
-    pub fn unknown_for(mut self, wait: Duration) -> Self {
-        self.unknown_for = wait;
-        self
-    }
-
-    /// Largest submission body read for its `model` (default 1 MiB, the server's body
-    /// limit); a larger one is sent on with the model unknown.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
-    }
-
-    /// The layer, once the settings are checked.
-    pub fn build(self) -> Result<TaskGuardLayer, InvalidSetting> {
-        let rules = GuardRules::new(&self.settings, self.max_wait, self.max_queue)?;
-        Ok(TaskGuardLayer {
-            shared: Arc::new(Guard {
-                store: self.store,
-                usage: self.usage,
-                rules: Live::new(rules),
-                unknown_for: self.unknown_for,
-                body_limit: self.body_limit,
-                waiting: AtomicUsize::new(0),
-                metrics: Arc::default(),
-            }),
         })
     }
 }
@@ -485,71 +366,6 @@ impl Drop for Held {
                 }
             });
         }
-    }
-}
-
-/// What [`TaskGuard`] records: shared by every service one [`TaskGuardLayer`] makes.
-#[derive(Debug, Default)]
-pub struct GuardMetrics {
-    /// Submissions waiting for a task slot now.
-    pub waiting: Arc<Gauge>,
-    /// Reservations granted.
-    pub granted: Counter,
-    refusals: [Counter; REASONS.len()],
-}
-
-/// Refusal reasons: each limit by its setting's name, a full queue, the store unreachable.
-const REASONS: [&str; 8] = [
-    "max_tasks_in_flight",
-    "max_tasks_in_flight_per_key",
-    "daily_task_budget",
-    "daily_point_budget",
-    "daily_task_budget_per_key",
-    "daily_point_budget_per_key",
-    "queue_full",
-    "store_unavailable",
-];
-
-impl GuardMetrics {
-    fn refused(&self, reason: &str) {
-        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
-            self.refusals[i].inc();
-        }
-    }
-
-    /// Refusals for `reason` (a limit's setting name, `queue_full`, `store_unavailable`).
-    pub fn refusals(&self, reason: &str) -> u64 {
-        REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.refusals[i].get())
-    }
-}
-
-impl MetricSet for GuardMetrics {
-    fn render(&self, out: &mut String) {
-        write_one(
-            out,
-            "runway_proxy_guard_waiting",
-            "gauge",
-            "Submissions waiting for a task slot now.",
-            self.waiting.get(),
-        );
-        write_one(
-            out,
-            "runway_proxy_guard_reservations_total",
-            "counter",
-            "Submissions the task guard let through with a reservation.",
-            self.granted.get(),
-        );
-        write_family(
-            out,
-            "runway_proxy_guard_refusals_total",
-            "counter",
-            "Submissions the task guard refused before sending, by the limit (or reason).",
-            "reason",
-            REASONS.iter().zip(self.refusals.iter().map(Counter::get)),
-        );
     }
 }
 

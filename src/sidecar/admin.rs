@@ -97,7 +97,82 @@ enum Grant {
     NoToken,
 }
 
-/// Answer an admin path.
+/// What an admin path serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Page {
+    /// `/-/healthz`, `/-/readyz`: open to anyone, token or not.
+    Probe,
+    Tasks,
+    Usage,
+    Reload,
+    /// `/-/deliveries` and everything under it (the relay answers those).
+    Deliveries,
+    Metrics,
+}
+
+/// One admin path: what it serves, and why it needs an admin token on a listener that
+/// is not loopback (`None`: it does not).
+struct Route {
+    path: &'static str,
+    /// The path and everything under it.
+    prefix: bool,
+    page: Page,
+    sensitive: Option<&'static str>,
+}
+
+/// Every admin path.
+const ROUTES: &[Route] = &[
+    Route {
+        path: "/-/healthz",
+        prefix: false,
+        page: Page::Probe,
+        sensitive: None,
+    },
+    Route {
+        path: "/-/readyz",
+        prefix: false,
+        page: Page::Probe,
+        sensitive: None,
+    },
+    Route {
+        path: "/-/tasks",
+        prefix: false,
+        page: Page::Tasks,
+        sensitive: Some("reports the tasks the proxy watches and what each key spent"),
+    },
+    Route {
+        path: "/-/usage",
+        prefix: false,
+        page: Page::Usage,
+        sensitive: Some("reports the tasks the proxy watches and what each key spent"),
+    },
+    Route {
+        path: "/-/reload",
+        prefix: false,
+        page: Page::Reload,
+        sensitive: Some("changes the proxy's settings"),
+    },
+    Route {
+        path: "/-/deliveries",
+        prefix: true,
+        page: Page::Deliveries,
+        sensitive: Some("lists subscriber URLs and replays webhooks"),
+    },
+    Route {
+        path: "/-/metrics",
+        prefix: false,
+        page: Page::Metrics,
+        sensitive: None,
+    },
+];
+
+fn route_of(path: &str) -> Option<&'static Route> {
+    ROUTES
+        .iter()
+        .find(|route| path == route.path || (route.prefix && path.starts_with(route.path)))
+}
+
+/// Answer an admin path: find its route, check access once, then serve its page.
 pub(crate) async fn answer(
     state: &AdminState,
     method: &Method,
@@ -105,35 +180,25 @@ pub(crate) async fn answer(
     authorization: Option<&HeaderValue>,
 ) -> Response<Body> {
     let path = uri.path();
-    if path == "/-/healthz" || path == "/-/readyz" {
+    let route = route_of(path);
+    if let Some(Route {
+        page: Page::Probe, ..
+    }) = route
+    {
         return probe(state, method, path);
     }
     let grant = state.access.grant(authorization);
-    if grant == Grant::Refused {
-        let mut response = envelope::error_response(
-            StatusCode::UNAUTHORIZED,
-            "runway-proxy admin paths need Authorization: Bearer <admin token> (--admin-token)",
-        );
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"runway-proxy admin\""),
-        );
-        return response;
+    if let Some(refusal) = refusal(state, route, grant) {
+        return refusal;
     }
-    if path == "/-/tasks" || path == "/-/usage" {
-        if grant == Grant::NoToken && !state.access.loopback {
-            return envelope::error_response(
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "{path} reports the tasks the proxy watches and what each key spent, so on a listener that is \
-                     not loopback it needs an admin token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send \
-                     Authorization: Bearer <token>"
-                ),
-            );
-        }
-        return match &state.tasks {
+    let Some(route) = route else {
+        return get_only(method, path).unwrap_or_else(|| not_found(path));
+    };
+    match route.page {
+        Page::Probe => probe(state, method, path),
+        Page::Tasks | Page::Usage => match &state.tasks {
             Some(store) if method == Method::GET || method == Method::HEAD => {
-                if path == "/-/tasks" {
+                if route.page == Page::Tasks {
                     tasks(store.as_ref(), uri.query()).await
                 } else {
                     usage(store.as_ref(), uri.query()).await
@@ -144,62 +209,16 @@ pub(crate) async fn answer(
                 &format!("{path} only answers GET"),
             ),
             None => not_found(path),
-        };
-    }
-    if path == "/-/reload" {
-        if grant == Grant::NoToken && !state.access.loopback {
-            return envelope::error_response(
-                StatusCode::FORBIDDEN,
-                "/-/reload changes the proxy's settings, so on a listener that is not loopback it needs an admin \
-                 token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send Authorization: Bearer <token>",
-            );
-        }
-        let Some(reload) = &state.reload else {
-            return not_found(path);
-        };
-        if method != Method::POST {
-            return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "/-/reload only answers POST");
-        }
-        return match reload.reload().await {
-            Ok(report) => {
-                let mut response = Response::new(body::full(report.to_string()));
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                response
-            }
-            Err(why) => envelope::error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("the new configuration was refused, and the one in force stays: {why}"),
-            ),
-        };
-    }
-    if path.starts_with("/-/deliveries") {
-        if grant == Grant::NoToken && !state.access.loopback {
-            return envelope::error_response(
-                StatusCode::FORBIDDEN,
-                "/-/deliveries lists subscriber URLs and replays webhooks, so on a listener that is not loopback \
-                 it needs an admin token: set --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send \
-                 Authorization: Bearer <token>",
-            );
-        }
-        if let Some(relay) = &state.relay
-            && let Some(response) = relay
+        },
+        Page::Reload => reload(state, method, path).await,
+        Page::Deliveries => match &state.relay {
+            Some(relay) => relay
                 .handle(method, path, uri.query(), grant == Grant::Admin)
                 .await
-        {
-            return response;
-        }
-        return not_found(path);
-    }
-    if method != Method::GET && method != Method::HEAD {
-        return envelope::error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("{path} is an admin path of runway-proxy and only answers GET"),
-        );
-    }
-    match path {
-        "/-/metrics" => {
+                .unwrap_or_else(|| not_found(path)),
+            None => not_found(path),
+        },
+        Page::Metrics => get_only(method, path).unwrap_or_else(|| {
             let sets: Vec<_> = state.metric_sets.iter().map(|s| s.as_ref()).collect();
             let mut response = Response::new(body::full(crate::metrics::render_all(&sets)));
             response.headers_mut().insert(
@@ -207,8 +226,73 @@ pub(crate) async fn answer(
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             response
+        }),
+    }
+}
+
+/// The one access check: a wrong token is refused everywhere (401); without a token
+/// configured, a sensitive page is served on a loopback listener only (403).
+fn refusal(state: &AdminState, route: Option<&Route>, grant: Grant) -> Option<Response<Body>> {
+    if grant == Grant::Refused {
+        let mut response = envelope::error_response(
+            StatusCode::UNAUTHORIZED,
+            "runway-proxy admin paths need Authorization: Bearer <admin token> (--admin-token)",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"runway-proxy admin\""),
+        );
+        return Some(response);
+    }
+    if let Some(Route {
+        path,
+        sensitive: Some(why),
+        ..
+    }) = route
+        && grant == Grant::NoToken
+        && !state.access.loopback
+    {
+        return Some(envelope::error_response(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{path} {why}, so on a listener that is not loopback it needs an admin token: set \
+                 --admin-token (RUNWAY_PROXY_ADMIN_TOKEN) and send Authorization: Bearer <token>"
+            ),
+        ));
+    }
+    None
+}
+
+/// The 405 for a method other than GET (or HEAD) on a read-only admin path.
+fn get_only(method: &Method, path: &str) -> Option<Response<Body>> {
+    (method != Method::GET && method != Method::HEAD).then(|| {
+        envelope::error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{path} is an admin path of runway-proxy and only answers GET"),
+        )
+    })
+}
+
+/// `POST /-/reload`: read the configuration again and answer what changed.
+async fn reload(state: &AdminState, method: &Method, path: &str) -> Response<Body> {
+    let Some(reload) = &state.reload else {
+        return not_found(path);
+    };
+    if method != Method::POST {
+        return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "/-/reload only answers POST");
+    }
+    match reload.reload().await {
+        Ok(report) => {
+            let mut response = Response::new(body::full(report.to_string()));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
         }
-        _ => not_found(path),
+        Err(why) => envelope::error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("the new configuration was refused, and the one in force stays: {why}"),
+        ),
     }
 }
 

@@ -1,0 +1,135 @@
+//! [`TaskGuardLayer`] and its builder: check the settings, make the guard once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::service::{Guard, GuardRules, TaskGuard};
+use super::{GuardMetrics, GuardSettings};
+use crate::context::OnSubmission;
+use crate::settings::{InvalidSetting, Live};
+use crate::tasks::{TaskStore, Usage};
+
+/// Applies [`TaskGuard`]. Built with [`TaskGuardLayer::builder`].
+#[derive(Clone, Debug)]
+pub struct TaskGuardLayer {
+    shared: Arc<Guard>,
+}
+
+impl TaskGuardLayer {
+    /// Check `settings` and put them in force now: for new submissions, and for those
+    /// waiting for a slot, which try again at once under the new limits (their
+    /// `max_wait` still counted from when they arrived). `max_wait` and `max_queue` are
+    /// the rate limiter's, which the guard's waits share.
+    pub fn reload(
+        &self,
+        settings: &GuardSettings,
+        max_wait: Duration,
+        max_queue: usize,
+    ) -> Result<(), InvalidSetting> {
+        settings.validate()?;
+        self.shared
+            .rules
+            .set(GuardRules::new(settings, max_wait, max_queue)?);
+        Ok(())
+    }
+
+    /// A builder counting tasks in `store` and reporting ended tasks through `usage`
+    /// (the watch list's receiver and watcher share it, so a finished task wakes the
+    /// submissions waiting for its slot).
+    pub fn builder(store: Arc<dyn TaskStore>, usage: Arc<Usage>) -> TaskGuardLayerBuilder {
+        TaskGuardLayerBuilder {
+            store,
+            usage,
+            settings: GuardSettings::default(),
+            max_wait: Duration::from_secs(30),
+            max_queue: 1024,
+            unknown_for: Duration::from_secs(15 * 60),
+            body_limit: 1024 * 1024,
+        }
+    }
+
+    /// The guard's metrics.
+    pub fn metrics(&self) -> Arc<GuardMetrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Submissions waiting for a task slot now.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for TaskGuardLayer {
+    type Service = TaskGuard<S>;
+
+    fn layer(&self, inner: S) -> TaskGuard<S> {
+        OnSubmission::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Builds a [`TaskGuardLayer`].
+#[derive(Debug)]
+pub struct TaskGuardLayerBuilder {
+    store: Arc<dyn TaskStore>,
+    usage: Arc<Usage>,
+    settings: GuardSettings,
+    max_wait: Duration,
+    max_queue: usize,
+    unknown_for: Duration,
+    body_limit: usize,
+}
+
+impl TaskGuardLayerBuilder {
+    /// The limits, budgets and keys.
+    pub fn settings(mut self, settings: GuardSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Longest a submission waits for a task slot (default 30 s, the rate limiter's
+    /// `max_wait`).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// Most submissions waiting for a slot at once (default 1024, the rate limiter's
+    /// `max_queue`).
+    pub fn max_queue(mut self, n: usize) -> Self {
+        self.max_queue = n;
+        self
+    }
+
+    /// How long a submission whose outcome is unknown counts as in flight (default
+    /// 15 min: `watch.recover_after`, after which the watch list gives up on it too).
+    pub fn unknown_for(mut self, wait: Duration) -> Self {
+        self.unknown_for = wait;
+        self
+    }
+
+    /// Largest submission body read for its `model` (default 1 MiB, the server's body
+    /// limit); a larger one is sent on with the model unknown.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The layer, once the settings are checked.
+    pub fn build(self) -> Result<TaskGuardLayer, InvalidSetting> {
+        let rules = GuardRules::new(&self.settings, self.max_wait, self.max_queue)?;
+        Ok(TaskGuardLayer {
+            shared: Arc::new(Guard {
+                store: self.store,
+                usage: self.usage,
+                rules: Live::new(rules),
+                unknown_for: self.unknown_for,
+                body_limit: self.body_limit,
+                waiting: AtomicUsize::new(0),
+                metrics: Arc::default(),
+            }),
+        })
+    }
+}
