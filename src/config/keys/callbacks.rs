@@ -50,10 +50,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
         flag: "allow-private-callbacks",
         doc: "Let callback_url point at loopback, private and other internal addresses.",
-        set: |c, raw| {
-            c.callback.allow_private = boolean(raw)?;
-            Ok(())
-        },
+        parse: boolean,
         show: |c| c.callback.allow_private.to_string(),
     },
     key! {
@@ -99,10 +96,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
         flag: "callback-body-limit",
         doc: "Largest submission body rewritten, and largest webhook body accepted.",
-        set: |c, raw| {
-            c.callback.body_limit = size(raw)?;
-            Ok(())
-        },
+        parse: size,
         show: |c| show_size(c.callback.body_limit),
     },
     key! {
@@ -110,10 +104,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
         flag: "callback-token-lifetime",
         doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
-        set: |c, raw| {
-            c.callback.token_lifetime = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.callback.token_lifetime),
     },
     key! {
@@ -121,10 +112,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DELIVERY_SCHEDULE",
         flag: "delivery-schedule",
         doc: "Wait before each delivery attempt (with jitter); then a dead letter.",
-        set: |c, raw| {
-            c.delivery.schedule = schedule(raw)?;
-            Ok(())
-        },
+        parse: schedule,
         show: |c| show_schedule(&c.delivery.schedule),
     },
     key! {
@@ -132,10 +120,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DELIVERY_TIMEOUT",
         flag: "delivery-timeout",
         doc: "Time allowed for one delivery attempt.",
-        set: |c, raw| {
-            c.delivery.timeout = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.delivery.timeout),
     },
     key! {
@@ -154,10 +139,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DELIVERY_RETRY_AFTER_CAP",
         flag: "delivery-retry-after-cap",
         doc: "The longest a subscriber's Retry-After can push a delivery back.",
-        set: |c, raw| {
-            c.delivery.retry_after_cap = duration::parse(raw)?;
-            Ok(())
-        },
+        parse: duration::parse,
         show: |c| duration::format(c.delivery.retry_after_cap),
     },
     key! {
@@ -165,10 +147,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_TASK_POLL_INTERVAL",
         flag: "task-poll-interval",
         doc: "How often an official-format task is polled for its status, and an overdue reverse-format one read from the feed (with jitter).",
-        set: |c, raw| {
-            c.watch.poll_interval = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.watch.poll_interval),
     },
     key! {
@@ -176,10 +155,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RECOVER_AFTER",
         flag: "recover-after",
         doc: "How long a reverse-format task may go without its final callback before its result is read from the feed.",
-        set: |c, raw| {
-            c.watch.recover_after = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.watch.recover_after),
     },
     key! {
@@ -206,10 +182,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_CONFIRM_CALLBACKS",
         flag: "confirm-callbacks",
         doc: "Relay a reverse-format task's final callback only once a feed read agrees (callbacks are not signed).",
-        set: |c, raw| {
-            c.watch.confirm_callbacks = boolean(raw)?;
-            Ok(())
-        },
+        parse: boolean,
         show: |c| c.watch.confirm_callbacks.to_string(),
     },
     key! {
@@ -217,10 +190,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_LEDGER_RETENTION",
         flag: "ledger-retention",
         doc: "How long the ledger keeps a finished task's record (for /-/usage and the budgets; at least guard.budget_window).",
-        set: |c, raw| {
-            c.watch.ledger_retention = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.watch.ledger_retention),
     },
 ];

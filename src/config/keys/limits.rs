@@ -12,10 +12,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RATE_LIMIT",
         flag: "rate-limit",
         doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
-        set: |c, raw| {
-            c.limit.rate = parse_optional(raw)?;
-            Ok(())
-        },
+        parse: parse_optional,
         show: |c| show_optional(c.limit.rate),
     },
     key! {
@@ -23,10 +20,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
         flag: "rate-limit-per-key",
         doc: "Quota for each API key (bearer token, kept only as a hash).",
-        set: |c, raw| {
-            c.limit.rate_per_key = parse_optional(raw)?;
-            Ok(())
-        },
+        parse: parse_optional,
         show: |c| show_optional(c.limit.rate_per_key),
     },
     key! {
@@ -34,10 +28,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
         flag: "submit-rate-limit",
         doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
-        set: |c, raw| {
-            c.limit.submit_rate = parse_optional(raw)?;
-            Ok(())
-        },
+        parse: parse_optional,
         show: |c| show_optional(c.limit.submit_rate),
     },
     key! {
@@ -45,10 +36,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_READ_RATE_LIMIT",
         flag: "read-rate-limit",
         doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
-        set: |c, raw| {
-            c.limit.read_rate = parse_optional(raw)?;
-            Ok(())
-        },
+        parse: parse_optional,
         show: |c| show_optional(c.limit.read_rate),
     },
     key! {
@@ -56,10 +44,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_MAX_CONCURRENCY",
         flag: "max-concurrency",
         doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
-        set: |c, raw| {
-            c.limit.max_concurrency = optional_count(raw)?;
-            Ok(())
-        },
+        parse: optional_count,
         show: |c| show_optional(c.limit.max_concurrency),
     },
     key! {
@@ -67,10 +52,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
         flag: "max-concurrency-per-key",
         doc: "Most requests in flight to the upstream at once for one API key.",
-        set: |c, raw| {
-            c.limit.max_concurrency_per_key = optional_count(raw)?;
-            Ok(())
-        },
+        parse: optional_count,
         show: |c| show_optional(c.limit.max_concurrency_per_key),
     },
     key! {
@@ -78,10 +60,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_MAX_WAIT",
         flag: "max-wait",
         doc: "Longest a request waits for its turn before a 429.",
-        set: |c, raw| {
-            c.limit.max_wait = duration::parse(raw)?;
-            Ok(())
-        },
+        parse: duration::parse,
         show: |c| duration::format(c.limit.max_wait),
     },
     key! {
@@ -111,10 +90,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT",
         flag: "max-tasks-in-flight",
         doc: "Most tasks unfinished at once (from submission until the watch list sees their end); more wait their turn.",
-        set: |c, raw| {
-            c.guard.max_tasks_in_flight = optional_count(raw)?;
-            Ok(())
-        },
+        parse: optional_count,
         show: |c| show_optional(c.guard.max_tasks_in_flight),
     },
     key! {
@@ -122,10 +98,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT_PER_KEY",
         flag: "max-tasks-in-flight-per-key",
         doc: "Most tasks unfinished at once for one API key (or label).",
-        set: |c, raw| {
-            c.guard.max_tasks_in_flight_per_key = optional_count(raw)?;
-            Ok(())
-        },
+        parse: optional_count,
         show: |c| show_optional(c.guard.max_tasks_in_flight_per_key),
     },
     key! {
@@ -133,10 +106,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DAILY_TASK_BUDGET",
         flag: "daily-task-budget",
         doc: "Most tasks submitted per budget window, in all; past it submissions are refused before sending.",
-        set: |c, raw| {
-            c.guard.daily_task_budget = optional_amount(raw)?;
-            Ok(())
-        },
+        parse: optional_amount,
         show: |c| show_optional(c.guard.daily_task_budget),
     },
     key! {
@@ -144,10 +114,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DAILY_POINT_BUDGET",
         flag: "daily-point-budget",
         doc: "Most points (charged less refunded, as CometAPI reports them) per budget window, in all.",
-        set: |c, raw| {
-            c.guard.daily_point_budget = optional_amount(raw)?;
-            Ok(())
-        },
+        parse: optional_amount,
         show: |c| show_optional(c.guard.daily_point_budget),
     },
     key! {
@@ -155,10 +122,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DAILY_TASK_BUDGET_PER_KEY",
         flag: "daily-task-budget-per-key",
         doc: "Most tasks per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
-        set: |c, raw| {
-            c.guard.daily_task_budget_per_key = optional_amount(raw)?;
-            Ok(())
-        },
+        parse: optional_amount,
         show: |c| show_optional(c.guard.daily_task_budget_per_key),
     },
     key! {
@@ -166,10 +130,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DAILY_POINT_BUDGET_PER_KEY",
         flag: "daily-point-budget-per-key",
         doc: "Most points per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
-        set: |c, raw| {
-            c.guard.daily_point_budget_per_key = optional_amount(raw)?;
-            Ok(())
-        },
+        parse: optional_amount,
         show: |c| show_optional(c.guard.daily_point_budget_per_key),
     },
     key! {
@@ -177,10 +138,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_BUDGET_WINDOW",
         flag: "budget-window",
         doc: "The budgets' rolling window.",
-        set: |c, raw| {
-            c.guard.budget_window = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.guard.budget_window),
     },
 ];

@@ -39,10 +39,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_SHUTDOWN_GRACE",
         flag: "shutdown-grace",
         doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
-        set: |c, raw| {
-            c.shutdown_grace = duration::parse(raw)?;
-            Ok(())
-        },
+        parse: duration::parse,
         show: |c| duration::format(c.shutdown_grace),
     },
     key! {
@@ -61,10 +58,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_HEADER_READ_TIMEOUT",
         flag: "header-read-timeout",
         doc: "Longest a request's head may take to arrive (and an HTTP/1.1 connection may wait for its next request).",
-        set: |c, raw| {
-            c.connections.header_read_timeout = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.connections.header_read_timeout),
     },
     key! {
@@ -72,10 +66,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_IDLE_TIMEOUT",
         flag: "idle-timeout",
         doc: "Longest a connection stays open with no request in flight.",
-        set: |c, raw| {
-            c.connections.idle_timeout = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.connections.idle_timeout),
     },
     key! {

@@ -117,14 +117,26 @@ fn heading_of(toml: &str) -> &'static str {
 }
 
 /// One row of [`KEYS`]: the setting's field in [`Config`] (its TOML key too), `live` or
-/// `restart`, and the rest of [`Key`]. How a reload compares and copies it is derived
-/// from the field.
+/// `restart`, and the rest of [`Key`], with `parse: parser` for a value that is what its
+/// parser makes of the text. How a reload compares and copies it is derived from the
+/// field.
 macro_rules! key {
     ($table:ident . $name:ident, $live:ident, $($rest:tt)*) => {
         key!(@row concat!(stringify!($table), ".", stringify!($name)), $live, [$table . $name], $($rest)*)
     };
     ($name:ident, $live:ident, $($rest:tt)*) => {
         key!(@row stringify!($name), $live, [$name], $($rest)*)
+    };
+    // `parse`: the value is what the parser makes of the text, nothing else.
+    (@row $toml:expr, $live:ident, [$($field:ident).+],
+        env: $env:literal, flag: $flag:literal, doc: $doc:literal,
+        parse: $parse:expr, show: $show:expr $(,)?) => {
+        key!(@row $toml, $live, [$($field).+], env: $env, flag: $flag, doc: $doc,
+            set: |c, raw| {
+                c.$($field).+ = $parse(raw)?;
+                Ok(())
+            },
+            show: $show)
     };
     (@row $toml:expr, $live:ident, [$($field:ident).+],
         env: $env:literal, flag: $flag:literal, doc: $doc:literal,

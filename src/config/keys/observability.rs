@@ -28,10 +28,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_ACCESS_LOG",
         flag: "access-log",
         doc: "One log line per proxied request at info (off: at debug). Refusals, retries and webhooks are logged either way.",
-        set: |c, raw| {
-            c.access_log = boolean(raw)?;
-            Ok(())
-        },
+        parse: boolean,
         show: |c| c.access_log.to_string(),
     },
     key! {

@@ -11,10 +11,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_MAX_ATTEMPTS",
         flag: "max-attempts",
         doc: "Attempts per request in all, counting the first.",
-        set: |c, raw| {
-            c.retry.max_attempts = number(raw)?;
-            Ok(())
-        },
+        parse: number,
         show: |c| c.retry.max_attempts.to_string(),
     },
     key! {
@@ -22,10 +19,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_BASE_DELAY",
         flag: "retry-base-delay",
         doc: "Backoff base: the first retry waits a random time up to this.",
-        set: |c, raw| {
-            c.retry.base_delay = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.retry.base_delay),
     },
     key! {
@@ -33,10 +27,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_MAX_DELAY",
         flag: "retry-max-delay",
         doc: "Backoff cap: no backoff wait is longer.",
-        set: |c, raw| {
-            c.retry.max_delay = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.retry.max_delay),
     },
     key! {
@@ -44,10 +35,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_DEADLINE",
         flag: "retry-deadline",
         doc: "One deadline for all attempts and waits of a request.",
-        set: |c, raw| {
-            c.retry.deadline = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.retry.deadline),
     },
     key! {
@@ -55,10 +43,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_ATTEMPT_TIMEOUT",
         flag: "attempt-timeout",
         doc: "Time allowed for one attempt, response body included.",
-        set: |c, raw| {
-            c.retry.attempt_timeout = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.retry.attempt_timeout),
     },
     key! {
@@ -66,10 +51,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_AFTER_CAP",
         flag: "retry-after-cap",
         doc: "The longest wait a Retry-After header can ask for.",
-        set: |c, raw| {
-            c.retry.retry_after_cap = duration::parse(raw)?;
-            Ok(())
-        },
+        parse: duration::parse,
         show: |c| duration::format(c.retry.retry_after_cap),
     },
     key! {
@@ -77,10 +59,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_BUDGET_PERCENT",
         flag: "retry-budget-percent",
         doc: "Retries may add at most this percentage of recent requests...",
-        set: |c, raw| {
-            c.retry.budget_percent = percentage(raw)?;
-            Ok(())
-        },
+        parse: percentage,
         show: |c| c.retry.budget_percent.to_string(),
     },
     key! {
@@ -88,10 +67,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_BUDGET_MIN_PER_SEC",
         flag: "retry-budget-min-per-sec",
         doc: "...plus this many retries per second (a floor for quiet periods).",
-        set: |c, raw| {
-            c.retry.budget_min_per_sec = number(raw)?;
-            Ok(())
-        },
+        parse: number,
         show: |c| c.retry.budget_min_per_sec.to_string(),
     },
     key! {
@@ -99,10 +75,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_BODY_LIMIT",
         flag: "retry-body-limit",
         doc: "Largest body buffered to replay a request or classify a response.",
-        set: |c, raw| {
-            c.retry.body_limit = size(raw)?;
-            Ok(())
-        },
+        parse: size,
         show: |c| show_size(c.retry.body_limit),
     },
     key! {
@@ -110,10 +83,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_RETRY_UNKNOWN_OUTCOME",
         flag: "retry-unknown-outcome",
         doc: "Route classes retried after a timeout or reset once the request was written.",
-        set: |c, raw| {
-            c.retry.unknown_outcome = classes(raw)?;
-            Ok(())
-        },
+        parse: classes,
         show: |c| show_classes(&c.retry.unknown_outcome),
     },
     key! {
@@ -121,10 +91,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_SURFACE_ENVELOPE_ERRORS",
         flag: "surface-envelope-errors",
         doc: "Answer a failure inside an HTTP 200 with the HTTP status of its code (502 if none), so SDKs raise.",
-        set: |c, raw| {
-            c.retry.surface_envelope_errors = boolean(raw)?;
-            Ok(())
-        },
+        parse: boolean,
         show: |c| c.retry.surface_envelope_errors.to_string(),
     },
 ];

@@ -70,10 +70,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_DATABASE_TIMEOUT",
         flag: "database-timeout",
         doc: "The longest one PostgreSQL operation may take (a webhook not stored by then is answered 503).",
-        set: |c, raw| {
-            c.database.timeout = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.database.timeout),
     },
     key! {
@@ -81,10 +78,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
         flag: "idempotency-ttl",
         doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
-        set: |c, raw| {
-            c.idempotency.ttl = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.idempotency.ttl),
     },
 ];

@@ -11,10 +11,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_UPSTREAM",
         flag: "upstream",
         doc: "Base URL requests are forwarded to, path and query unchanged.",
-        set: |c, raw| {
-            c.upstream = base_url(raw)?;
-            Ok(())
-        },
+        parse: base_url,
         show: |c| c.upstream.to_string().trim_end_matches('/').to_owned(),
     },
     key! {
@@ -22,10 +19,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_CONNECT_TIMEOUT",
         flag: "connect-timeout",
         doc: "Time allowed to open a TCP and TLS connection to the upstream.",
-        set: |c, raw| {
-            c.connect_timeout = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.connect_timeout),
     },
     key! {
@@ -33,10 +27,7 @@ pub(super) const KEYS: &[Key] = &[
         env: "RUNWAY_PROXY_REQUEST_TIMEOUT",
         flag: "request-timeout",
         doc: "Time allowed for the upstream's response headers once the request is sent.",
-        set: |c, raw| {
-            c.request_timeout = positive_duration(raw)?;
-            Ok(())
-        },
+        parse: positive_duration,
         show: |c| duration::format(c.request_timeout),
     },
 ];
