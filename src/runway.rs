@@ -242,8 +242,7 @@ impl RunwayLayerBuilder {
                 guard = Some(
                     TaskGuardLayer::builder(Arc::clone(&store), Arc::clone(&usage))
                         .settings(self.guard)
-                        .max_wait(self.limit.max_wait)
-                        .max_queue(self.limit.max_queue)
+                        .waits(self.limit.wait_bounds())
                         .unknown_for(settings.recover_after)
                         .body_limit(callbacks.body_limit())
                         .build()?,

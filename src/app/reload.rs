@@ -273,7 +273,7 @@ impl Applier {
         self.retry.reload(next.retry.clone())?;
         self.limit.reload(next.limit.clone())?;
         if let Some(guard) = &self.guard {
-            guard.reload(&next.guard, next.limit.max_wait, next.limit.max_queue)?;
+            guard.reload(&next.guard, next.limit.wait_bounds())?;
         }
         self.callbacks.set_policy(next.callback.policy());
         if let Some(keys) = keys {

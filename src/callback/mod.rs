@@ -40,7 +40,7 @@ mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::settings::Live;
+use crate::settings::{InvalidSetting, Live, Secret, check};
 
 pub use crate::context::ResponseFuture;
 pub use crate::context::{CallbackUrl, RewriteError};
@@ -175,5 +175,52 @@ impl Callbacks {
         url.push_str(&self.prefix);
         url.push_str(&token);
         url
+    }
+}
+
+/// Settings of the `callback_url` rewrite (`[callback]`).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct CallbackSettings {
+    /// Let subscriber URLs point at loopback, private and other internal addresses.
+    pub allow_private: bool,
+    /// Only these subscriber hosts (empty: any).
+    pub allowed_hosts: Vec<String>,
+    /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
+    pub token_keys: Option<Secret>,
+    /// Largest submission body rewritten and webhook body accepted.
+    pub body_limit: usize,
+    /// How long a route token is honoured after it was minted.
+    pub token_lifetime: Duration,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            allow_private: false,
+            allowed_hosts: Vec::new(),
+            token_keys: None,
+            body_limit: 16 * 1024 * 1024,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+        }
+    }
+}
+
+impl CallbackSettings {
+    /// Check every value.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        check(!self.token_lifetime.is_zero(), "callback.token_lifetime", || {
+            "must be longer than zero".into()
+        })?;
+        check(self.body_limit > 0, "callback.body_limit", || {
+            "must be at least one byte".into()
+        })
+    }
+
+    /// The subscriber policy these settings describe.
+    pub fn policy(&self) -> SubscriberPolicy {
+        SubscriberPolicy::default()
+            .allow_private(self.allow_private)
+            .allowed_hosts(self.allowed_hosts.iter().cloned())
     }
 }

@@ -48,13 +48,14 @@ pub fn listen_address(raw: &str) -> Result<std::net::SocketAddr, ValueError> {
     values::socket_addr(raw, "127.0.0.1:8080")
 }
 
-use crate::callback::SubscriberPolicy;
+pub use crate::callback::CallbackSettings;
 use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
 use crate::relay::{DatabaseSettings, DeliverySettings};
 use crate::retry::{RetrySettings, Rules};
 use crate::server::ConnectionLimits;
+pub use crate::settings::Secret;
 use crate::settings::{InvalidSetting, check};
 use crate::tasks::WatchSettings;
 use crate::trace::TraceSettings;
@@ -143,65 +144,6 @@ impl Default for Config {
             otel: TraceSettings::default(),
             admin_token: None,
         }
-    }
-}
-
-/// Settings of the `callback_url` rewrite (`[callback]`).
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct CallbackSettings {
-    /// Let subscriber URLs point at loopback, private and other internal addresses.
-    pub allow_private: bool,
-    /// Only these subscriber hosts (empty: any).
-    pub allowed_hosts: Vec<String>,
-    /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
-    pub token_keys: Option<Secret>,
-    /// Largest submission body rewritten and webhook body accepted.
-    pub body_limit: usize,
-    /// How long a route token is honoured after it was minted.
-    pub token_lifetime: Duration,
-}
-
-impl Default for CallbackSettings {
-    fn default() -> Self {
-        CallbackSettings {
-            allow_private: false,
-            allowed_hosts: Vec::new(),
-            token_keys: None,
-            body_limit: 16 * 1024 * 1024,
-            token_lifetime: crate::callback::DEFAULT_TOKEN_LIFETIME,
-        }
-    }
-}
-
-impl CallbackSettings {
-    /// The subscriber policy these settings describe.
-    pub fn policy(&self) -> SubscriberPolicy {
-        SubscriberPolicy::default()
-            .allow_private(self.allow_private)
-            .allowed_hosts(self.allowed_hosts.iter().cloned())
-    }
-}
-
-/// A configuration value that must never be printed: `Debug` shows only that it is set.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the code that uses it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
     }
 }
 
@@ -393,11 +335,7 @@ impl Config {
                 },
             )?;
         }
-        check(
-            !self.callback.token_lifetime.is_zero(),
-            "callback.token_lifetime",
-            || "must be longer than zero".into(),
-        )?;
+        self.callback.validate()?;
         if let Some(token) = &self.admin_token {
             check(token.expose().len() >= 16, "admin_token", || {
                 "must be at least 16 characters (use a random one)".into()
@@ -418,9 +356,6 @@ impl Config {
                     self.webhook_listen
                 )
             },
-        )?;
-        check(self.callback.body_limit > 0, "callback.body_limit", || {
-            "must be at least one byte".into()
-        })
+        )
     }
 }

@@ -9,6 +9,7 @@ use tower::Layer;
 use super::service::{Guard, GuardRules, TaskGuard};
 use super::{GuardMetrics, GuardSettings};
 use crate::context::OnSubmission;
+use crate::limit::WaitBounds;
 use crate::settings::{InvalidSetting, Live};
 use crate::tasks::{TaskStore, Usage};
 
@@ -21,18 +22,11 @@ pub struct TaskGuardLayer {
 impl TaskGuardLayer {
     /// Check `settings` and put them in force now: for new submissions, and for those
     /// waiting for a slot, which try again at once under the new limits (their
-    /// `max_wait` still counted from when they arrived). `max_wait` and `max_queue` are
-    /// the rate limiter's, which the guard's waits share.
-    pub fn reload(
-        &self,
-        settings: &GuardSettings,
-        max_wait: Duration,
-        max_queue: usize,
-    ) -> Result<(), InvalidSetting> {
+    /// `max_wait` still counted from when they arrived). The wait bounds are the rate
+    /// limiter's, which the guard's waits share.
+    pub fn reload(&self, settings: &GuardSettings, waits: WaitBounds) -> Result<(), InvalidSetting> {
         settings.validate()?;
-        self.shared
-            .rules
-            .set(GuardRules::new(settings, max_wait, max_queue)?);
+        self.shared.rules.set(GuardRules::new(settings, waits)?);
         Ok(())
     }
 
@@ -44,8 +38,7 @@ impl TaskGuardLayer {
             store,
             usage,
             settings: GuardSettings::default(),
-            max_wait: Duration::from_secs(30),
-            max_queue: 1024,
+            waits: WaitBounds::default(),
             unknown_for: Duration::from_secs(15 * 60),
             body_limit: 1024 * 1024,
         }
@@ -76,8 +69,7 @@ pub struct TaskGuardLayerBuilder {
     store: Arc<dyn TaskStore>,
     usage: Arc<Usage>,
     settings: GuardSettings,
-    max_wait: Duration,
-    max_queue: usize,
+    waits: WaitBounds,
     unknown_for: Duration,
     body_limit: usize,
 }
@@ -89,17 +81,11 @@ impl TaskGuardLayerBuilder {
         self
     }
 
-    /// Longest a submission waits for a task slot (default 30 s, the rate limiter's
-    /// `max_wait`).
-    pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.max_wait = wait;
-        self
-    }
-
-    /// Most submissions waiting for a slot at once (default 1024, the rate limiter's
-    /// `max_queue`).
-    pub fn max_queue(mut self, n: usize) -> Self {
-        self.max_queue = n;
+    /// How long a submission waits for a task slot, and how many wait at once: the rate
+    /// limiter's bounds ([`LimitSettings::wait_bounds`](crate::limit::LimitSettings::wait_bounds);
+    /// default its defaults, 30 s and 1024).
+    pub fn waits(mut self, waits: WaitBounds) -> Self {
+        self.waits = waits;
         self
     }
 
@@ -119,7 +105,7 @@ impl TaskGuardLayerBuilder {
 
     /// The layer, once the settings are checked.
     pub fn build(self) -> Result<TaskGuardLayer, InvalidSetting> {
-        let rules = GuardRules::new(&self.settings, self.max_wait, self.max_queue)?;
+        let rules = GuardRules::new(&self.settings, self.waits)?;
         Ok(TaskGuardLayer {
             shared: Arc::new(Guard {
                 store: self.store,

@@ -16,6 +16,7 @@ use super::{Directory, GuardMetrics, GuardSettings};
 use crate::body::{self, Body, Bounded, BoxError};
 use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::duration::{millis, unix_millis};
+use crate::limit::WaitBounds;
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
 use crate::settings::{InvalidSetting, Live};
@@ -54,18 +55,16 @@ pub(super) struct GuardRules {
 }
 
 impl GuardRules {
-    pub(super) fn new(
-        settings: &GuardSettings,
-        max_wait: Duration,
-        max_queue: usize,
-    ) -> Result<Self, InvalidSetting> {
+    pub(super) fn new(settings: &GuardSettings, waits: WaitBounds) -> Result<Self, InvalidSetting> {
         let directory = settings.directory()?;
-        crate::settings::check(max_queue > 0, "limit.max_queue", || "must be at least 1".into())?;
+        crate::settings::check(waits.max_queue > 0, "limit.max_queue", || {
+            "must be at least 1".into()
+        })?;
         Ok(GuardRules {
             directory,
             unlimited: settings.is_unlimited(),
-            max_wait,
-            max_queue,
+            max_wait: waits.max_wait,
+            max_queue: waits.max_queue,
         })
     }
 }

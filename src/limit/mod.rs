@@ -61,6 +61,23 @@ pub use shared::{SharedDecision, SharedLimitError, SharedLimits};
 pub use crate::settings::ServiceUrl;
 use crate::settings::{InvalidSetting, check};
 
+/// How long a request may wait for its turn, and how many may wait at once: the bounds
+/// the rate limiter keeps, handed as one value to the layers whose waits share them (the
+/// task guard's, for a slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitBounds {
+    /// Longest wait (`limit.max_wait`).
+    pub max_wait: Duration,
+    /// Most waiting at once (`limit.max_queue`).
+    pub max_queue: usize,
+}
+
+impl Default for WaitBounds {
+    fn default() -> Self {
+        LimitSettings::default().wait_bounds()
+    }
+}
+
 /// Settings of the rate limiter (`[limit]` in the config file). Every quota is optional;
 /// unset means unlimited. Field names are the config keys.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,6 +164,14 @@ impl Default for LimitSettings {
 }
 
 impl LimitSettings {
+    /// The bounds of a wait for a turn.
+    pub fn wait_bounds(&self) -> WaitBounds {
+        WaitBounds {
+            max_wait: self.max_wait,
+            max_queue: self.max_queue,
+        }
+    }
+
     /// Whether any limit is set at all (if not, the layer only passes requests through).
     pub fn is_unlimited(&self) -> bool {
         self.rate.is_none()
