@@ -146,14 +146,15 @@
 //! | layer | modules | what they hold |
 //! |---|---|---|
 //! | app | [`app`] (feature `config`) | the only place that takes a [`config::Config`] and wires everything |
-//! | configuration | [`config`] (feature `config`) | one typed `Config`, each setting described once |
+//! | configuration | [`config`] (feature `config`) | one typed `Config`, its keys gathered from each settings type's rows |
 //! | sidecar | [`sidecar`] | the outermost service: admin paths, request metrics and logs, error envelopes |
 //! | composition | [`runway`], [`guard`], [`relay`], [`mock`] (feature `mock`) | [`RunwayLayer`]; task limits and budgets; the webhook relay; the CometAPI stand-in |
 //! | records | [`idempotency`], [`tasks`] | `Idempotency-Key` on submissions, recorded by what the retry layer concluded; the watch list of accepted tasks and the watcher that sees each one through |
 //! | middleware | [`callback`], [`retry`], [`limit`], [`server`] | each a tower `Layer` + `Service` with its own metrics; serving a service |
 //! | upstream, context | [`upstream`], [`context`] | talking to CometAPI: [`upstream::Forward`], [`upstream::UpstreamError`], TLS; one request's context: a submission's body buffered and parsed once for every layer |
-//! | storage | [`store`] | the durable records (outbox, watch list and ledger, idempotency) behind their traits, the SQLite and PostgreSQL backends, one typed error |
-//! | vocabulary | [`body`], [`duration`], [`envelope`], [`route`], [`metrics`], [`settings`] | shared types |
+//! | storage, envelope | [`store`], [`envelope`] | CometAPI's response envelope; the durable records (outbox, watch list and ledger, idempotency) behind their traits, the SQLite and PostgreSQL backends, one typed error |
+//! | settings | [`settings`] | each setting declared once, next to its field ([`settings::Setting`] rows), the error `validate` returns, [`settings::Secret`], [`settings::Live`] |
+//! | vocabulary | [`body`], [`duration`], [`route`], [`metrics`] | shared types |
 //!
 //! # Features
 //!

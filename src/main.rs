@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Arg, ArgMatches, Command};
 use runway_proxy::app::{ConfigSource, Proxy, Reloader};
-use runway_proxy::config::{Config, HEADINGS, KEYS, LogFormat, Origin, Overrides};
+use runway_proxy::config::{Config, HEADINGS, Heading, KEYS, LogFormat, Origin, Overrides};
 use runway_proxy::duration;
 use runway_proxy::mock::{MockConfig, MockUpstream};
 
@@ -30,7 +30,7 @@ fn setting_flags(mut command: Command) -> Command {
             let mut arg = Arg::new(key.toml)
                 .long(key.flag)
                 .value_name("VALUE")
-                .help_heading(*heading)
+                .help_heading(heading.as_str())
                 .help(format!(
                     "{} [env: {}] [default: {}]",
                     key.doc,
@@ -338,7 +338,7 @@ fn check_config(args: &ArgMatches) -> ExitCode {
                 from(origins.get(key.toml))
             ));
         }
-        if *heading == "Retry" {
+        if *heading == Heading::Retry {
             let rules: Vec<&str> = config.retry.rules.names().collect();
             out.push_str(&format!(
                 "{:<width$}  {:<24}  # in order\n",
@@ -346,7 +346,7 @@ fn check_config(args: &ArgMatches) -> ExitCode {
                 rules.join(", ")
             ));
         }
-        if *heading == "Limits" && !config.guard.keys.is_empty() {
+        if *heading == Heading::Limits && !config.guard.keys.is_empty() {
             let labels: Vec<&str> = config
                 .guard
                 .keys

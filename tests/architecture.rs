@@ -9,7 +9,8 @@ use std::path::Path;
 
 /// Bottom first. A module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["body", "duration", "route", "settings", "metrics"],
+    &["body", "duration", "route", "metrics"],
+    &["settings"],
     &["envelope", "store"],
     &["upstream", "context"],
     &["trace"],

@@ -40,7 +40,7 @@ mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::settings::{InvalidSetting, Live, Secret, check};
+use crate::settings::{InvalidSetting, Live, Secret, Setting, ValueError, check, parse, setting, show};
 
 pub use crate::context::ResponseFuture;
 pub use crate::context::{CallbackUrl, RewriteError};
@@ -223,4 +223,76 @@ impl CallbackSettings {
             .allow_private(self.allow_private)
             .allowed_hosts(self.allowed_hosts.iter().cloned())
     }
+
+    /// Callback hosts, comma-separated, lower-cased; `any` (or `*`, or empty): every host.
+    fn hosts(raw: &str) -> Result<Vec<String>, ValueError> {
+        Ok(match raw.trim() {
+            "" | "any" | "*" => Vec::new(),
+            hosts => hosts
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        })
+    }
+
+    fn show_hosts(hosts: &[String]) -> String {
+        match hosts {
+            [] => "any".to_owned(),
+            hosts => hosts.join(","),
+        }
+    }
+
+    /// Route token keys, `id:secret,...`, checked now; or `generated`.
+    fn token_keys(raw: &str) -> Result<Option<Secret>, ValueError> {
+        match raw.trim() {
+            "" | "generated" => Ok(None),
+            keys => {
+                Keyring::parse(keys)?;
+                Ok(Some(Secret::new(keys)))
+            }
+        }
+    }
+}
+
+impl CallbackSettings {
+    /// Each setting of `[callback]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            callback.allow_private, live, under Callbacks,
+            env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
+            flag: "allow-private-callbacks",
+            doc: "Let callback_url point at loopback, private and other internal addresses.",
+            parse: parse::boolean, show: show::plain,
+        },
+        setting! {
+            callback.allowed_hosts, live, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
+            flag: "callback-allowed-hosts",
+            doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
+            parse: Self::hosts, show: Self::show_hosts,
+        },
+        setting! {
+            callback.token_keys, live, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
+            flag: "callback-token-keys",
+            doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
+            parse: Self::token_keys, show: show::generated,
+        },
+        setting! {
+            callback.body_limit, restart, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
+            flag: "callback-body-limit",
+            doc: "Largest submission body rewritten, and largest webhook body accepted.",
+            parse: parse::size, show: show::size,
+        },
+        setting! {
+            callback.token_lifetime, restart, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
+            flag: "callback-token-lifetime",
+            doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
+            parse: parse::positive_duration, show: show::duration,
+        },
+    ];
 }

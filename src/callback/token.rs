@@ -65,6 +65,12 @@ pub enum KeyringError {
     Empty,
 }
 
+impl From<KeyringError> for crate::settings::ValueError {
+    fn from(err: KeyringError) -> Self {
+        crate::settings::ValueError::invalid(err)
+    }
+}
+
 /// A secret and the keys derived from it.
 struct Key {
     mac: hmac::Key,

@@ -2,10 +2,11 @@
 //! environment variables and command-line flags, in that order of precedence (a flag
 //! beats the environment, which beats the file, which beats the default).
 //!
-//! Every setting is described once, in [`KEYS`]: its TOML key, environment variable,
-//! flag, how its value is read and shown; defaults come from [`Config::default`]. The CLI
-//! builds its flags from that table and the README's table is checked against it, so the
-//! three can't drift apart. Each settings type checks itself (`validate`), and
+//! Every setting is declared once, next to its field, in its settings type's `SETTINGS`
+//! table (its TOML key, environment variable, flag, help, heading, whether a reload
+//! changes it, how its value is read and shown); [`KEYS`] lays those tables end to end
+//! and defaults come from [`Config::default`]. The CLI builds its flags from [`KEYS`] and
+//! the README's table is checked against it, so the three can't drift apart. Each settings type checks itself (`validate`), and
 //! [`Config::validate`] calls them all, so an embedder building a layer by hand gets the
 //! same checks and messages as the CLI. Available with the `config` feature.
 //!
@@ -28,11 +29,11 @@
 
 mod file;
 mod keys;
+mod load;
 #[cfg(test)]
 mod tests;
 mod values;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,25 +41,25 @@ use std::time::Duration;
 use http::Uri;
 
 pub use keys::{HEADINGS, KEYS, Key};
-pub use values::ValueError;
-
-/// An address to listen on, as every `*listen` setting reads it: `127.0.0.1:8080`,
-/// `[::1]:8080`, or a host name and port (`localhost:8080`), resolved now.
-pub fn listen_address(raw: &str) -> Result<std::net::SocketAddr, ValueError> {
-    values::socket_addr(raw, "127.0.0.1:8080")
-}
+pub use load::{ConfigError, Origin, Origins, Overrides};
 
 pub use crate::callback::CallbackSettings;
 use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
 use crate::relay::{DatabaseSettings, DeliverySettings};
-use crate::retry::{RetrySettings, Rules};
+use crate::retry::RetrySettings;
 use crate::server::ConnectionLimits;
-pub use crate::settings::Secret;
-use crate::settings::{InvalidSetting, check};
+pub use crate::settings::{Heading, Secret, Setting, ValueError};
+use crate::settings::{parse, setting, show};
 use crate::tasks::WatchSettings;
 use crate::trace::TraceSettings;
+
+/// An address to listen on, as every `*listen` setting reads it: `127.0.0.1:8080`,
+/// `[::1]:8080`, or a host name and port (`localhost:8080`), resolved now.
+pub fn listen_address(raw: &str) -> Result<SocketAddr, ValueError> {
+    values::listen_address(raw)
+}
 
 /// The sidecar's settings. Build it with [`Config::load`] or start from
 /// [`Config::default`]. Field names are the config keys.
@@ -158,204 +159,125 @@ pub enum LogFormat {
     Json,
 }
 
-/// Values given on the command line, by TOML key name.
-pub type Overrides = BTreeMap<&'static str, String>;
+impl std::str::FromStr for LogFormat {
+    type Err = ValueError;
 
-/// Where each setting came from, by TOML key; a key that is not here has its default.
-pub type Origins = BTreeMap<&'static str, Origin>;
-
-/// Where a value came from, for error messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// The built-in default.
-    Default,
-    /// The TOML file.
-    File,
-    /// An environment variable.
-    Env(&'static str),
-    /// A command-line flag.
-    Flag(&'static str),
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Default => f.write_str("the default"),
-            Origin::File => f.write_str("the config file"),
-            Origin::Env(name) => write!(f, "${name}"),
-            Origin::Flag(name) => write!(f, "--{name}"),
+    fn from_str(raw: &str) -> Result<Self, ValueError> {
+        match raw.trim() {
+            "auto" => Ok(LogFormat::Auto),
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(ValueError::Form(format!(
+                "{raw:?} is not a log format (auto, pretty or json)"
+            ))),
         }
     }
 }
 
-/// A configuration that can't be used; the message names the key and the expected form.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A value does not parse, or is out of range.
-    #[error("{key}: {problem} (set by {origin})")]
-    Invalid {
-        /// The TOML key of the setting.
-        key: &'static str,
-        /// What is wrong, quoting the value.
-        problem: String,
-        /// Where the value came from.
-        origin: Origin,
-    },
-    /// The file is not valid TOML.
-    #[error("config file is not valid TOML: {0}")]
-    Toml(String),
-    /// The file names a key that does not exist (most often a typo).
-    #[error("config file: unknown key {0:?} (see the README's configuration table)")]
-    UnknownKey(String),
-    /// The config file can't be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file's path.
-        path: PathBuf,
-        /// Why reading failed.
-        source: std::io::Error,
-    },
-}
-
-impl From<InvalidSetting> for ConfigError {
-    fn from(invalid: InvalidSetting) -> Self {
-        ConfigError::Invalid {
-            key: invalid.key,
-            problem: invalid.problem,
-            origin: Origin::Default,
-        }
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Auto => "auto",
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        })
     }
 }
 
 impl Config {
-    /// Read the file at `path` (if any), then layer environment variables and `flags` over it.
-    pub fn load_from(
-        path: Option<&std::path::Path>,
-        env: &dyn Fn(&str) -> Option<String>,
-        flags: &Overrides,
-    ) -> Result<Config, ConfigError> {
-        let text = path
-            .map(|path| {
-                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })
-            })
-            .transpose()?;
-        Self::load(text.as_deref(), env, flags)
-    }
-
-    /// Build a configuration from a TOML document, an environment lookup and flag values,
-    /// and check it.
-    pub fn load(
-        file: Option<&str>,
-        env: &dyn Fn(&str) -> Option<String>,
-        flags: &Overrides,
-    ) -> Result<Config, ConfigError> {
-        Self::load_with_origins(file, env, flags).map(|(config, _)| config)
-    }
-
-    /// [`Config::load`], also telling where each setting that is not its default came
-    /// from (`runway-proxy config check` prints it).
-    pub fn load_with_origins(
-        file: Option<&str>,
-        env: &dyn Fn(&str) -> Option<String>,
-        flags: &Overrides,
-    ) -> Result<(Config, Origins), ConfigError> {
-        let (file_values, rules, keys) = match file {
-            Some(text) => file::flatten_toml(text)?,
-            None => (BTreeMap::new(), Vec::new(), Vec::new()),
-        };
-        let mut config = Config::default();
-        config.guard.keys = keys;
-        let mut user_rules = Vec::with_capacity(rules.len());
-        for (index, spec) in rules.into_iter().enumerate() {
-            let rule = spec.build(index).map_err(|problem| ConfigError::Invalid {
-                key: "retry.rules",
-                problem: format!("rule {index}: {problem}"),
-                origin: Origin::File,
-            })?;
-            user_rules.push(rule);
-        }
-        config.retry.rules = Rules::with_user_rules(user_rules);
-        let mut origins = BTreeMap::new();
-        for key in KEYS {
-            let (raw, origin) = if let Some(value) = flags.get(key.toml) {
-                (value.clone(), Origin::Flag(key.flag))
-            } else if let Some(value) = env(key.env) {
-                (value, Origin::Env(key.env))
-            } else if let Some(value) = file_values.get(key.toml) {
-                (value.clone(), Origin::File)
-            } else {
-                continue;
-            };
-            key.set(&mut config, &raw)
-                .map_err(|problem| ConfigError::Invalid {
-                    key: key.toml,
-                    problem: problem.to_string(),
-                    origin: origin.clone(),
-                })?;
-            origins.insert(key.toml, origin);
-        }
-        config.validate().map_err(|invalid| ConfigError::Invalid {
-            origin: origins.get(invalid.key).cloned().unwrap_or(Origin::Default),
-            key: invalid.key,
-            problem: invalid.problem,
-        })?;
-        Ok((config, origins))
-    }
-
-    /// Check every setting and the relations between them: each settings type's own
-    /// `validate`, then the sidecar's.
-    pub fn validate(&self) -> Result<(), InvalidSetting> {
-        self.retry.validate()?;
-        self.limit.validate()?;
-        self.delivery.validate()?;
-        self.idempotency.validate()?;
-        self.watch.validate()?;
-        self.guard.validate()?;
-        check(
-            self.watch.ledger_retention >= self.guard.budget_window,
-            "watch.ledger_retention",
-            || "must be at least guard.budget_window: the budgets count the tasks the ledger keeps".into(),
-        )?;
-        self.connections.validate()?;
-        self.database.validate()?;
-        self.otel.validate()?;
-        if self.database.url.is_some() {
-            // Generated ones are made per data directory: each replica would sign with its
-            // own secret, and refuse the callback tokens the others minted.
-            check(
-                self.webhook_secret.is_some() && self.callback.token_keys.is_some(),
-                "database.url",
-                || {
-                    "replicas sharing a database must sign with one secret and verify with one set of \
-                     keys: set webhook_secret and callback.token_keys too (the same on every replica)"
-                        .into()
-                },
-            )?;
-        }
-        self.callback.validate()?;
-        if let Some(token) = &self.admin_token {
-            check(token.expose().len() >= 16, "admin_token", || {
-                "must be at least 16 characters (use a random one)".into()
-            })?;
-        }
-        for (key, value) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-        ] {
-            check(!value.is_zero(), key, || "must be longer than zero".into())?;
-        }
-        check(
-            self.listen.port() == 0 || self.listen != self.webhook_listen,
-            "webhook_listen",
-            || {
-                format!(
-                    "{} is listen's address too: the webhook listener needs a port of its own",
-                    self.webhook_listen
-                )
-            },
-        )
-    }
+    /// Each setting of the top level in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            listen, restart, under Listeners,
+            env: "RUNWAY_PROXY_LISTEN",
+            flag: "listen",
+            doc: "Address the proxy listens on for your application's calls.",
+            parse: values::listen_address, show: show::plain,
+        },
+        setting! {
+            threads, restart, under Listeners,
+            env: "RUNWAY_PROXY_THREADS",
+            flag: "threads",
+            doc: "Serving threads, each with its own listener, runtime and upstream pool (auto: one per core).",
+            parse: values::threads, show: values::show_threads,
+        },
+        setting! {
+            shutdown_grace, restart, under Listeners,
+            env: "RUNWAY_PROXY_SHUTDOWN_GRACE",
+            flag: "shutdown-grace",
+            doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
+            parse: parse::duration, show: show::duration,
+        },
+        setting! {
+            webhook_listen, restart, under Listeners,
+            env: "RUNWAY_PROXY_WEBHOOK_LISTEN",
+            flag: "webhook-listen",
+            doc: "Address of the webhook listener (in production, the public one).",
+            parse: values::listen_address, show: show::plain,
+        },
+        setting! {
+            upstream, restart, under Upstream,
+            env: "RUNWAY_PROXY_UPSTREAM",
+            flag: "upstream",
+            doc: "Base URL requests are forwarded to, path and query unchanged.",
+            parse: values::base_url, show: values::show_upstream,
+        },
+        setting! {
+            connect_timeout, restart, under Upstream,
+            env: "RUNWAY_PROXY_CONNECT_TIMEOUT",
+            flag: "connect-timeout",
+            doc: "Time allowed to open a TCP and TLS connection to the upstream.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            request_timeout, restart, under Upstream,
+            env: "RUNWAY_PROXY_REQUEST_TIMEOUT",
+            flag: "request-timeout",
+            doc: "Time allowed for the upstream's response headers once the request is sent.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            public_url, restart, under Callbacks,
+            env: "RUNWAY_PROXY_PUBLIC_URL",
+            flag: "public-url",
+            doc: "Base URL the upstream uses to reach the webhook listener (auto: http://{webhook_listen}).",
+            parse: values::public_url, show: values::show_public_url,
+        },
+        setting! {
+            webhook_secret, restart, under Callbacks,
+            env: "RUNWAY_PROXY_WEBHOOK_SECRET",
+            flag: "webhook-secret",
+            doc: "whsec_<base64> secret that signs relayed webhooks (generated: made once, kept in data_dir).",
+            parse: values::webhook_secret, show: show::generated,
+        },
+        setting! {
+            data_dir, restart, under Stores,
+            env: "RUNWAY_PROXY_DATA_DIR",
+            flag: "data-dir",
+            doc: "Directory of the outbox database and generated secrets.",
+            parse: values::data_dir, show: values::show_data_dir,
+        },
+        setting! {
+            admin_token, live, under Observability,
+            env: "RUNWAY_PROXY_ADMIN_TOKEN",
+            flag: "admin-token",
+            doc: "Bearer token every admin path but /-/healthz and /-/readyz requires (none: open on loopback only).",
+            parse: values::optional_secret, show: values::show_secret,
+        },
+        setting! {
+            access_log, restart, under Observability,
+            env: "RUNWAY_PROXY_ACCESS_LOG",
+            flag: "access-log",
+            doc: "One log line per proxied request at info (off: at debug). Refusals, retries and webhooks are logged either way.",
+            parse: parse::boolean, show: show::plain,
+        },
+        setting! {
+            log_format, restart, under Observability,
+            env: "RUNWAY_PROXY_LOG_FORMAT",
+            flag: "log-format",
+            doc: "Log line format: pretty, json, or auto (pretty on a terminal, json otherwise). The level comes from RUST_LOG (default info).",
+            parse: parse::parsed, show: show::plain,
+        },
+    ];
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::retry::Rules;
 use crate::route::RouteClass;
 
 fn no_env(_: &str) -> Option<String> {

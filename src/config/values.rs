@@ -1,41 +1,20 @@
-//! Reading (and writing back) setting values as they are written in flags, environment
-//! variables and the config file.
+//! Reading (and writing back) the values only the top-level settings hold: addresses,
+//! the upstream's URL, threads, the data directory, secrets.
 
-use std::time::Duration;
+use std::path::PathBuf;
 
 use http::Uri;
 
-use crate::callback::KeyringError;
-use crate::duration::{self, DurationError};
-use crate::limit::QuotaError;
-use crate::relay::SecretError;
-use crate::route::RouteClass;
-
-/// A value that does not parse as its setting's type.
-#[derive(Debug, thiserror::Error)]
-pub enum ValueError {
-    /// Not a duration.
-    #[error(transparent)]
-    Duration(#[from] DurationError),
-    /// Not a quota.
-    #[error(transparent)]
-    Quota(#[from] QuotaError),
-    /// Not a keyring.
-    #[error(transparent)]
-    Keyring(#[from] KeyringError),
-    /// Not a webhook secret.
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    /// Not an `[otel]` value (a sampler, a ratio, export headers).
-    #[error(transparent)]
-    Trace(#[from] crate::trace::ParseError),
-    /// Not of the expected form (the message quotes the value and says the form).
-    #[error("{0}")]
-    Form(String),
-}
+use crate::relay::WebhookSigner;
+use crate::settings::{Secret, ValueError, parse};
 
 fn form(message: String) -> ValueError {
     ValueError::Form(message)
+}
+
+/// An address to listen on, as every `*listen` setting reads it: see [`socket_addr`].
+pub(super) fn listen_address(raw: &str) -> Result<std::net::SocketAddr, ValueError> {
+    socket_addr(raw, "127.0.0.1:8080")
 }
 
 /// An address to listen on: `127.0.0.1:8080`, `[::1]:8080`, or a host name with a port
@@ -75,130 +54,6 @@ pub(super) fn socket_addr(raw: &str, example: &str) -> Result<std::net::SocketAd
         .ok_or_else(|| form(format!("{raw:?}: the host {host} has no address")))
 }
 
-pub(super) fn boolean(raw: &str) -> Result<bool, ValueError> {
-    match raw.trim() {
-        "true" | "yes" | "1" | "on" => Ok(true),
-        "false" | "no" | "0" | "off" => Ok(false),
-        _ => Err(form(format!("{raw:?} is not true or false"))),
-    }
-}
-
-/// A whole number.
-pub(super) fn number<T: std::str::FromStr>(raw: &str) -> Result<T, ValueError> {
-    raw.trim()
-        .parse()
-        .map_err(|_| form(format!("{raw:?} is not a whole number")))
-}
-
-/// A whole number of at least 1.
-pub(super) fn count(raw: &str) -> Result<u32, ValueError> {
-    match raw.trim().parse::<u32>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(form(format!("{raw:?} is not a whole number of at least 1"))),
-    }
-}
-
-/// A whole number of at least 1, or `unlimited`.
-pub(super) fn optional_count(raw: &str) -> Result<Option<u32>, ValueError> {
-    match raw.trim() {
-        "" | "unlimited" | "none" => Ok(None),
-        _ => count(raw).map(Some).map_err(|_| {
-            form(format!(
-                "{raw:?} is not a whole number of at least 1, or unlimited"
-            ))
-        }),
-    }
-}
-
-/// A whole number, 0 included (a budget of nothing), or `unlimited`.
-pub(super) fn optional_amount(raw: &str) -> Result<Option<u64>, ValueError> {
-    match raw.trim() {
-        "" | "unlimited" | "none" => Ok(None),
-        text => text
-            .replace('_', "")
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| form(format!("{raw:?} is not a whole number, or unlimited"))),
-    }
-}
-
-pub(super) fn show_optional<T: ToString>(value: Option<T>) -> String {
-    value.map_or_else(|| "unlimited".to_owned(), |v| v.to_string())
-}
-
-pub(super) fn percentage(raw: &str) -> Result<f32, ValueError> {
-    raw.trim()
-        .parse()
-        .map_err(|_| form(format!("{raw:?} is not a percentage from 0 to 1000")))
-}
-
-/// A size like `1MiB`, `512KiB` or `65536` (bytes).
-pub(super) fn size(raw: &str) -> Result<usize, ValueError> {
-    let text = raw.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(form(format!("{raw:?} is not a size like 65536, 512KiB or 1MiB"))),
-    };
-    number
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| form(format!("{raw:?} is not a size like 65536, 512KiB or 1MiB")))
-}
-
-/// A size as [`size`] reads it, in the largest exact unit.
-pub(super) fn show_size(bytes: usize) -> String {
-    for (unit, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= scale && bytes.is_multiple_of(scale) {
-            return format!("{}{unit}", bytes / scale);
-        }
-    }
-    bytes.to_string()
-}
-
-pub(super) fn positive_duration(raw: &str) -> Result<Duration, ValueError> {
-    let value = duration::parse(raw)?;
-    if value.is_zero() {
-        return Err(form(format!("{raw:?} must be longer than zero")));
-    }
-    Ok(value)
-}
-
-/// A comma-separated list of route classes (`submission`, `read`, `other`), or `none`.
-pub(super) fn classes(raw: &str) -> Result<Vec<RouteClass>, ValueError> {
-    let mut classes = Vec::new();
-    for word in raw
-        .split(',')
-        .map(str::trim)
-        .filter(|w| !w.is_empty() && *w != "none")
-    {
-        classes.push(match word {
-            "submission" => RouteClass::Submission,
-            "read" => RouteClass::Read,
-            "other" => RouteClass::Other,
-            _ => {
-                return Err(form(format!(
-                    "{word:?} is not a route class (submission, read, other or none)"
-                )));
-            }
-        });
-    }
-    Ok(classes)
-}
-
-pub(super) fn show_classes(classes: &[RouteClass]) -> String {
-    if classes.is_empty() {
-        return "none".to_owned();
-    }
-    classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")
-}
-
 /// An `http://` or `https://` base URL with a host, like `https://api.cometapi.com`.
 pub(super) fn base_url(raw: &str) -> Result<Uri, ValueError> {
     let expected = || {
@@ -217,54 +72,74 @@ pub(super) fn base_url(raw: &str) -> Result<Uri, ValueError> {
     Ok(uri)
 }
 
-/// A list of waits like `0s,5s,5m`.
-pub(super) fn schedule(raw: &str) -> Result<Vec<Duration>, ValueError> {
-    let schedule: Vec<Duration> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(duration::parse)
-        .collect::<Result<_, _>>()?;
-    if schedule.is_empty() {
-        return Err(form(format!("{raw:?} is not a list of waits like 0s,5s,5m")));
-    }
-    Ok(schedule)
+/// A secret, or none (`none` or empty).
+pub(super) fn optional_secret(raw: &str) -> Result<Option<Secret>, ValueError> {
+    Ok(parse::optional_text(raw)?.map(Secret::new))
 }
 
-pub(super) fn show_schedule(schedule: &[Duration]) -> String {
-    schedule
-        .iter()
-        .map(|d| duration::format(*d))
-        .collect::<Vec<_>>()
-        .join(",")
+/// A secret with no fallback: `(set)` or `none`.
+pub(super) fn show_secret(secret: &Option<Secret>) -> String {
+    match secret {
+        Some(_) => "(set)".to_owned(),
+        None => "none".to_owned(),
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Serving threads: a count, or `auto` (or 0), one per core.
+pub(super) fn threads(raw: &str) -> Result<usize, ValueError> {
+    match raw.trim() {
+        "auto" | "0" => Ok(0),
+        n => parse::count(n),
+    }
+}
 
-    #[test]
-    fn sizes_parse_and_show() {
-        assert_eq!(size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(size("512KiB").unwrap(), 512 << 10);
-        assert_eq!(size("65536").unwrap(), 65536);
-        for bad in ["0", "1MB", "MiB", "-1", "1.5MiB", "99999999999999999999GiB"] {
-            assert!(size(bad).is_err(), "{bad}");
-        }
-        for text in ["1MiB", "512KiB", "1000", "3GiB"] {
-            assert_eq!(show_size(size(text).unwrap()), text);
+pub(super) fn show_threads(threads: &usize) -> String {
+    match threads {
+        0 => "auto".to_owned(),
+        n => n.to_string(),
+    }
+}
+
+/// The upstream's base URL, as the file writes it (without the root path's slash).
+pub(super) fn show_upstream(upstream: &Uri) -> String {
+    upstream.to_string().trim_end_matches('/').to_owned()
+}
+
+/// The base URL webhooks come to, or `auto`; a path prefix is fine: webhooks come to
+/// `{public_url}/hooks/runway/...`.
+pub(super) fn public_url(raw: &str) -> Result<Option<String>, ValueError> {
+    match raw.trim() {
+        "" | "auto" => Ok(None),
+        url => {
+            base_url(url)?;
+            Ok(Some(url.trim_end_matches('/').to_owned()))
         }
     }
+}
 
-    #[test]
-    fn lists_parse_and_show() {
-        let waits = schedule("0s, 200ms,1s").unwrap();
-        assert_eq!(show_schedule(&waits), "0s,200ms,1s");
-        assert_eq!(
-            show_classes(&classes("read,submission").unwrap()),
-            "read,submission"
-        );
-        assert_eq!(show_classes(&classes("none").unwrap()), "none");
-        assert!(classes("writes").is_err());
+pub(super) fn show_public_url(url: &Option<String>) -> String {
+    url.clone().unwrap_or_else(|| "auto".to_owned())
+}
+
+/// A `whsec_` secret, or `generated`; checked here so a bad secret stops the start, never
+/// the first delivery.
+pub(super) fn webhook_secret(raw: &str) -> Result<Option<Secret>, ValueError> {
+    match raw.trim() {
+        "" | "generated" => Ok(None),
+        secret => {
+            WebhookSigner::from_secret(secret)?;
+            Ok(Some(Secret::new(secret)))
+        }
     }
+}
+
+pub(super) fn data_dir(raw: &str) -> Result<PathBuf, ValueError> {
+    if raw.trim().is_empty() {
+        return Err(ValueError::Form("the data directory must not be empty".into()));
+    }
+    Ok(raw.into())
+}
+
+pub(super) fn show_data_dir(dir: &std::path::Path) -> String {
+    dir.display().to_string()
 }

@@ -56,6 +56,8 @@ mod layer;
 mod metrics;
 mod refusal;
 mod service;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,7 +69,7 @@ pub use layer::{TaskGuardLayer, TaskGuardLayerBuilder};
 pub use metrics::GuardMetrics;
 pub use service::{Guard, TaskGuard};
 
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
 use crate::tasks::TaskLimits;
 
 /// Settings of the task guard (`[guard]` in the config file). Every limit is optional;
@@ -310,65 +312,58 @@ impl Directory {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ALICE: &str = "0F1E2D3C4B5A69788796A5B4C3D2E1F0";
-
-    #[test]
-    fn overrides_label_keys_and_replace_the_per_key_defaults() {
-        let settings = GuardSettings {
-            daily_point_budget_per_key: Some(2000),
-            max_tasks_in_flight_per_key: Some(2),
-            keys: vec![
-                KeyOverride::label("alice", [ALICE]).daily_point_budget(5000),
-                KeyOverride {
-                    hash: Some("ab".repeat(16)),
-                    max_tasks_in_flight: Some(1),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        let directory = settings.directory().unwrap();
-        let alice = directory.key_of(ALICE.to_ascii_lowercase());
-        assert_eq!(alice, "alice");
-        assert_eq!(directory.limits_for(&alice).points_per_key, Some(5000));
-        assert_eq!(directory.limits_for(&alice).in_flight_per_key, Some(2));
-        let unlabelled = directory.key_of("ab".repeat(16));
-        assert_eq!(unlabelled, "ab".repeat(16));
-        assert_eq!(directory.limits_for(&unlabelled).in_flight_per_key, Some(1));
-        assert_eq!(directory.limits_for("someone").points_per_key, Some(2000));
-    }
-
-    #[test]
-    fn bad_overrides_are_refused_with_the_entry_named() {
-        let refused = |entry: KeyOverride| {
-            GuardSettings {
-                keys: vec![entry],
-                ..Default::default()
-            }
-            .validate()
-            .unwrap_err()
-            .problem
-        };
-        assert!(refused(KeyOverride::label("alice", ["nothex"])).contains("not a key hash"));
-        assert!(refused(KeyOverride::label("a b", [ALICE])).contains("letters"));
-        assert!(refused(KeyOverride::label(ALICE, [ALICE])).contains("looks like a key hash"));
-        assert!(refused(KeyOverride::default()).contains("names no key"));
-        let twice = GuardSettings {
-            keys: vec![
-                KeyOverride::label("alice", [ALICE]),
-                KeyOverride::label("bob", [ALICE]),
-            ],
-            ..Default::default()
-        };
-        assert!(twice.validate().unwrap_err().problem.contains("labelled both"));
-        let zero = GuardSettings {
-            max_tasks_in_flight: Some(0),
-            ..Default::default()
-        };
-        assert_eq!(zero.validate().unwrap_err().key, "guard.max_tasks_in_flight");
-    }
+impl GuardSettings {
+    /// Each setting of `[guard]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            guard.max_tasks_in_flight, live, under Limits,
+            env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT",
+            flag: "max-tasks-in-flight",
+            doc: "Most tasks unfinished at once (from submission until the watch list sees their end); more wait their turn.",
+            parse: parse::optional_count, show: show::optional,
+        },
+        setting! {
+            guard.max_tasks_in_flight_per_key, live, under Limits,
+            env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT_PER_KEY",
+            flag: "max-tasks-in-flight-per-key",
+            doc: "Most tasks unfinished at once for one API key (or label).",
+            parse: parse::optional_count, show: show::optional,
+        },
+        setting! {
+            guard.daily_task_budget, live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_TASK_BUDGET",
+            flag: "daily-task-budget",
+            doc: "Most tasks submitted per budget window, in all; past it submissions are refused before sending.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        setting! {
+            guard.daily_point_budget, live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_POINT_BUDGET",
+            flag: "daily-point-budget",
+            doc: "Most points (charged less refunded, as CometAPI reports them) per budget window, in all.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        setting! {
+            guard.daily_task_budget_per_key, live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_TASK_BUDGET_PER_KEY",
+            flag: "daily-task-budget-per-key",
+            doc: "Most tasks per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        setting! {
+            guard.daily_point_budget_per_key, live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_POINT_BUDGET_PER_KEY",
+            flag: "daily-point-budget-per-key",
+            doc: "Most points per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        setting! {
+            guard.budget_window, live, under Limits,
+            env: "RUNWAY_PROXY_BUDGET_WINDOW",
+            flag: "budget-window",
+            doc: "The budgets' rolling window.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+    ];
 }

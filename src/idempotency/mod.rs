@@ -46,7 +46,7 @@ use crate::context::OnSubmission;
 pub use crate::context::ResponseFuture;
 pub use service::Idempotent;
 
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
 // The records and their stores live on the storage floor; these are their names where
 // this layer's users have always found them.
 pub use crate::store::MemoryIdempotencyStore;
@@ -147,4 +147,16 @@ impl<S> Layer<S> for IdempotencyLayer {
     fn layer(&self, inner: S) -> Idempotent<S> {
         OnSubmission::new(inner, Arc::clone(&self.shared))
     }
+}
+
+impl IdempotencySettings {
+    /// Each setting of `[idempotency]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[setting! {
+        idempotency.ttl, restart, under Stores,
+        env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
+        flag: "idempotency-ttl",
+        doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
+        parse: parse::positive_duration, show: show::duration,
+    }];
 }

@@ -59,7 +59,7 @@ pub use service::{RateLimit, ResponseFuture};
 pub use shared::{SharedDecision, SharedLimitError, SharedLimits};
 
 pub use crate::settings::ServiceUrl;
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, Setting, ValueError, check, parse, setting, show};
 
 /// How long a request may wait for its turn, and how many may wait at once: the bounds
 /// the rate limiter keeps, handed as one value to the layers whose waits share them (the
@@ -133,14 +133,20 @@ impl SharedFallback {
 }
 
 impl std::str::FromStr for SharedFallback {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         match raw.trim() {
             "local" => Ok(SharedFallback::Local),
             "refuse" => Ok(SharedFallback::Refuse),
-            other => Err(format!("{other:?} is not local or refuse")),
+            other => Err(ValueError::Form(format!("{other:?} is not local or refuse"))),
         }
+    }
+}
+
+impl std::fmt::Display for SharedFallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -225,4 +231,88 @@ fn check_redis_url(_: &ServiceUrl) -> Result<(), InvalidSetting> {
     check(false, "limit.redis_url", || {
         "this build has no Redis support (build with the `redis` feature)".into()
     })
+}
+
+impl LimitSettings {
+    /// Each setting of `[limit]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            limit.rate, live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT",
+            flag: "rate-limit",
+            doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        setting! {
+            limit.rate_per_key, live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
+            flag: "rate-limit-per-key",
+            doc: "Quota for each API key (bearer token, kept only as a hash).",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        setting! {
+            limit.submit_rate, live, under Limits,
+            env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
+            flag: "submit-rate-limit",
+            doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        setting! {
+            limit.read_rate, live, under Limits,
+            env: "RUNWAY_PROXY_READ_RATE_LIMIT",
+            flag: "read-rate-limit",
+            doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        setting! {
+            limit.max_concurrency, live, under Limits,
+            env: "RUNWAY_PROXY_MAX_CONCURRENCY",
+            flag: "max-concurrency",
+            doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
+            parse: parse::optional_count, show: show::optional,
+        },
+        setting! {
+            limit.max_concurrency_per_key, live, under Limits,
+            env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
+            flag: "max-concurrency-per-key",
+            doc: "Most requests in flight to the upstream at once for one API key.",
+            parse: parse::optional_count, show: show::optional,
+        },
+        setting! {
+            limit.max_wait, live, under Limits,
+            env: "RUNWAY_PROXY_MAX_WAIT",
+            flag: "max-wait",
+            doc: "Longest a request waits for its turn before a 429.",
+            parse: parse::duration, show: show::duration,
+        },
+        setting! {
+            limit.max_queue, live, under Limits,
+            env: "RUNWAY_PROXY_MAX_QUEUE",
+            flag: "max-queue",
+            doc: "Most requests waiting for their turn at once; more get a 429.",
+            parse: parse::count, show: show::plain,
+        },
+        setting! {
+            limit.max_keys, live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT_MAX_KEYS",
+            flag: "rate-limit-max-keys",
+            doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
+            parse: parse::count, show: show::plain,
+        },
+        setting! {
+            limit.redis_url, restart, under Stores,
+            env: "RUNWAY_PROXY_REDIS_URL",
+            flag: "redis-url",
+            doc: "Redis that keeps the rate quotas, shared by every replica that names it (none: in memory).",
+            parse: parse::service_url, show: show::service_url,
+        },
+        setting! {
+            limit.redis_fallback, restart, under Stores,
+            env: "RUNWAY_PROXY_REDIS_FALLBACK",
+            flag: "redis-fallback",
+            doc: "When that Redis is unreachable: local (this process's own limiter, with a warning) or refuse (503).",
+            parse: parse::parsed, show: show::plain,
+        },
+    ];
 }

@@ -17,6 +17,12 @@ pub enum QuotaError {
     TooFast(String),
 }
 
+impl From<QuotaError> for crate::settings::ValueError {
+    fn from(err: QuotaError) -> Self {
+        crate::settings::ValueError::invalid(err)
+    }
+}
+
 /// A rate: `count` requests per `period`, with bursts of up to `burst` at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaSpec {

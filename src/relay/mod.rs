@@ -43,6 +43,7 @@ mod admin;
 mod client;
 mod metrics;
 mod receiver;
+mod settings;
 mod signing;
 mod worker;
 
@@ -56,8 +57,8 @@ use crate::trace::Tracer;
 pub use admin::RelayAdmin;
 pub use metrics::RelayMetrics;
 pub use receiver::WebhookReceiver;
+pub use settings::DeliverySettings;
 pub use signing::{SecretError, TOLERANCE, WebhookSigner};
-pub use worker::DeliverySettings;
 
 // The outbox lives on the storage floor; these are its names where the relay's users
 // have always found them.

@@ -23,6 +23,12 @@ pub enum SecretError {
     TooShort,
 }
 
+impl From<SecretError> for crate::settings::ValueError {
+    fn from(err: SecretError) -> Self {
+        crate::settings::ValueError::invalid(err)
+    }
+}
+
 /// Signs relayed webhooks with a `whsec_<base64>` secret, as the Standard Webhooks spec
 /// describes (so subscribers can verify with any Standard Webhooks library).
 #[derive(Clone)]

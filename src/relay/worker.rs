@@ -10,62 +10,15 @@ use tokio::task::JoinSet;
 
 use super::RelayMetrics;
 use super::client::{DeliveryClient, delivery_client};
+use super::settings::DeliverySettings;
 use super::signing::WebhookSigner;
 use crate::body;
 use crate::callback::SubscriberPolicy;
 use crate::duration::{jittered, unix_millis as now_ms};
-use crate::settings::{InvalidSetting, check};
+use crate::settings::InvalidSetting;
 use crate::store::{Completion, Delivery, Outbox};
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 use crate::upstream::{ClientError, retry_after};
-
-/// Settings of the delivery workers (`[delivery]` in the config file). Field names are
-/// the config keys.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct DeliverySettings {
-    /// Wait before each attempt: the first is the wait before the first attempt, and the
-    /// number of entries is the number of attempts (default: immediately, 5 s, 5 min,
-    /// 30 min, 2 h, 5 h, 10 h, 10 h, each with ±20% jitter).
-    pub schedule: Vec<Duration>,
-    /// Time allowed for one attempt (default 15 s).
-    pub timeout: Duration,
-    /// Number of workers (default 4); each sends up to 16 deliveries at once.
-    pub workers: usize,
-    /// The longest a subscriber's `Retry-After` can push an attempt back (default 1 h).
-    pub retry_after_cap: Duration,
-}
-
-impl DeliverySettings {
-    /// Check every value; the config and [`RelayBuilder::start`](super::RelayBuilder::start)
-    /// both call this.
-    pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check(!self.schedule.is_empty(), "delivery.schedule", || {
-            "needs at least one wait, like 0s,5s,5m".into()
-        })?;
-        check(!self.timeout.is_zero(), "delivery.timeout", || {
-            "must be longer than zero".into()
-        })?;
-        check(self.workers > 0, "delivery.workers", || {
-            "must be at least 1".into()
-        })
-    }
-}
-
-impl Default for DeliverySettings {
-    fn default() -> Self {
-        let m = 60;
-        let h = 3600;
-        DeliverySettings {
-            schedule: [0, 5, 5 * m, 30 * m, 2 * h, 5 * h, 10 * h, 10 * h]
-                .map(Duration::from_secs)
-                .to_vec(),
-            timeout: Duration::from_secs(15),
-            workers: 4,
-            retry_after_cap: Duration::from_secs(3600),
-        }
-    }
-}
 
 /// Deliveries one worker claims and sends at once.
 const BATCH: usize = 16;

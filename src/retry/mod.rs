@@ -65,7 +65,7 @@ pub use policy::{
 pub use service::{ResponseFuture, Retry};
 
 use crate::route::RouteClass;
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
 
 /// Response header with the number of attempts made.
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-runway-proxy-attempts");
@@ -173,4 +173,88 @@ impl RetrySettings {
             "must be at least one byte".into()
         })
     }
+}
+
+impl RetrySettings {
+    /// Each setting of `[retry]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            retry.max_attempts, live, under Retry,
+            env: "RUNWAY_PROXY_MAX_ATTEMPTS",
+            flag: "max-attempts",
+            doc: "Attempts per request in all, counting the first.",
+            parse: parse::number, show: show::plain,
+        },
+        setting! {
+            retry.base_delay, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BASE_DELAY",
+            flag: "retry-base-delay",
+            doc: "Backoff base: the first retry waits a random time up to this.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            retry.max_delay, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_MAX_DELAY",
+            flag: "retry-max-delay",
+            doc: "Backoff cap: no backoff wait is longer.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            retry.deadline, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_DEADLINE",
+            flag: "retry-deadline",
+            doc: "One deadline for all attempts and waits of a request.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            retry.attempt_timeout, live, under Retry,
+            env: "RUNWAY_PROXY_ATTEMPT_TIMEOUT",
+            flag: "attempt-timeout",
+            doc: "Time allowed for one attempt, response body included.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            retry.retry_after_cap, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_AFTER_CAP",
+            flag: "retry-after-cap",
+            doc: "The longest wait a Retry-After header can ask for.",
+            parse: parse::duration, show: show::duration,
+        },
+        setting! {
+            retry.budget_percent, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BUDGET_PERCENT",
+            flag: "retry-budget-percent",
+            doc: "Retries may add at most this percentage of recent requests...",
+            parse: parse::percentage, show: show::plain,
+        },
+        setting! {
+            retry.budget_min_per_sec, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BUDGET_MIN_PER_SEC",
+            flag: "retry-budget-min-per-sec",
+            doc: "...plus this many retries per second (a floor for quiet periods).",
+            parse: parse::number, show: show::plain,
+        },
+        setting! {
+            retry.body_limit, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BODY_LIMIT",
+            flag: "retry-body-limit",
+            doc: "Largest body buffered to replay a request or classify a response.",
+            parse: parse::size, show: show::size,
+        },
+        setting! {
+            retry.unknown_outcome, live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_UNKNOWN_OUTCOME",
+            flag: "retry-unknown-outcome",
+            doc: "Route classes retried after a timeout or reset once the request was written.",
+            parse: parse::classes, show: show::classes,
+        },
+        setting! {
+            retry.surface_envelope_errors, live, under Retry,
+            env: "RUNWAY_PROXY_SURFACE_ENVELOPE_ERRORS",
+            flag: "surface-envelope-errors",
+            doc: "Answer a failure inside an HTTP 200 with the HTTP status of its code (502 if none), so SDKs raise.",
+            parse: parse::boolean, show: show::plain,
+        },
+    ];
 }

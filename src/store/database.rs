@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::settings::{InvalidSetting, ServiceUrl, check};
+use crate::settings::{InvalidSetting, ServiceUrl, Setting, check, parse, setting, show};
 
 /// The PostgreSQL database that replicas share for the outbox and the idempotency records
 /// (`[database]` in the config file). With no URL, each process keeps its own SQLite file.
@@ -84,4 +84,32 @@ fn check_database_url(_: &ServiceUrl) -> Result<(), InvalidSetting> {
     check(false, "database.url", || {
         "this build has no PostgreSQL support (build with the `postgres` feature)".into()
     })
+}
+
+impl DatabaseSettings {
+    /// Each setting of `[database]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            database.url, restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_URL",
+            flag: "database-url",
+            doc: "PostgreSQL that keeps the outbox and idempotency records, shared by every replica that names it (none: SQLite in data_dir).",
+            parse: parse::service_url, show: show::service_url,
+        },
+        setting! {
+            database.pool_size, restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_POOL_SIZE",
+            flag: "database-pool-size",
+            doc: "Most connections to that PostgreSQL this process opens.",
+            parse: parse::count, show: show::plain,
+        },
+        setting! {
+            database.timeout, restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_TIMEOUT",
+            flag: "database-timeout",
+            doc: "The longest one PostgreSQL operation may take (a webhook not stored by then is answered 503).",
+            parse: parse::positive_duration, show: show::duration,
+        },
+    ];
 }

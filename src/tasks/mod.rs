@@ -25,7 +25,7 @@ pub use record::{
 };
 pub use watcher::{CallbackCheck, Confirmation, TaskWatcher, WatchMetrics};
 
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
 // The records live on the storage floor; these are their names where the watch list's
 // users have always found them.
 pub use crate::store::{
@@ -85,4 +85,46 @@ impl WatchSettings {
             || "must be at least 1m".into(),
         )
     }
+}
+
+impl WatchSettings {
+    /// Each setting of `[watch]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            watch.poll_interval, restart, under Callbacks,
+            env: "RUNWAY_PROXY_TASK_POLL_INTERVAL",
+            flag: "task-poll-interval",
+            doc: "How often an official-format task is polled for its status, and an overdue reverse-format one read from the feed (with jitter).",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            watch.recover_after, restart, under Callbacks,
+            env: "RUNWAY_PROXY_RECOVER_AFTER",
+            flag: "recover-after",
+            doc: "How long a reverse-format task may go without its final callback before its result is read from the feed.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            watch.official_callback_url, restart, under Callbacks,
+            env: "RUNWAY_PROXY_OFFICIAL_CALLBACK_URL",
+            flag: "official-callback-url",
+            doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: their events are not relayed; they are still followed to their end for the ledger).",
+            parse: parse::optional_text, show: show::optional_text,
+        },
+        setting! {
+            watch.confirm_callbacks, restart, under Callbacks,
+            env: "RUNWAY_PROXY_CONFIRM_CALLBACKS",
+            flag: "confirm-callbacks",
+            doc: "Relay a reverse-format task's final callback only once a feed read agrees (callbacks are not signed).",
+            parse: parse::boolean, show: show::plain,
+        },
+        setting! {
+            watch.ledger_retention, restart, under Callbacks,
+            env: "RUNWAY_PROXY_LEDGER_RETENTION",
+            flag: "ledger-retention",
+            doc: "How long the ledger keeps a finished task's record (for /-/usage and the budgets; at least guard.budget_window).",
+            parse: parse::positive_duration, show: show::duration,
+        },
+    ];
 }

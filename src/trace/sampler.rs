@@ -47,6 +47,12 @@ impl SamplerKind {
     }
 }
 
+impl std::fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for SamplerKind {
     type Err = ParseError;
 

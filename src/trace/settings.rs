@@ -3,7 +3,7 @@
 
 use super::context::hex_into;
 use super::{Ratio, SamplerKind};
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, Setting, ValueError, check, parse, setting, show};
 
 /// Why an `[otel]` value could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +29,12 @@ pub enum ParseError {
     /// A value that may not stand in a header (named by its header).
     #[error("the value of {0} is not a header value")]
     HeaderValue(String),
+}
+
+impl From<ParseError> for crate::settings::ValueError {
+    fn from(err: ParseError) -> Self {
+        crate::settings::ValueError::invalid(err)
+    }
 }
 
 /// Where and as what spans are exported (`[otel]`). No endpoint: tracing is off.
@@ -134,4 +140,64 @@ impl TraceSettings {
             format!("{endpoint}/v1/traces")
         })
     }
+}
+
+impl TraceSettings {
+    /// Export headers, `name=value,...` (values percent-encoded), or `none`.
+    fn headers(raw: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ValueError> {
+        match raw.trim() {
+            "" | "none" => Ok(Vec::new()),
+            text => Ok(parse_headers(text)?),
+        }
+    }
+
+    /// Whether export headers are set: they carry a collector's API key, so never them.
+    fn show_headers(headers: &[(http::HeaderName, http::HeaderValue)]) -> String {
+        match headers.len() {
+            0 => "none".to_owned(),
+            _ => "(set)".to_owned(),
+        }
+    }
+}
+
+impl TraceSettings {
+    /// Each setting of `[otel]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            otel.endpoint, restart, under Observability,
+            env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+            flag: "otel-endpoint",
+            doc: "OpenTelemetry collector's OTLP/HTTP base URL (http://collector:4318): traces of each request, attempt, callback and delivery are exported to {url}/v1/traces (none: tracing off).",
+            parse: parse::optional_text, show: show::optional_text,
+        },
+        setting! {
+            otel.headers, restart, under Observability,
+            env: "OTEL_EXPORTER_OTLP_HEADERS",
+            flag: "otel-headers",
+            doc: "Headers sent with each export, name=value,... with values percent-encoded (a collector's API key); never shown.",
+            parse: Self::headers, show: Self::show_headers,
+        },
+        setting! {
+            otel.service_name, restart, under Observability,
+            env: "OTEL_SERVICE_NAME",
+            flag: "otel-service-name",
+            doc: "service.name of the exported traces.",
+            parse: parse::text, show: show::plain,
+        },
+        setting! {
+            otel.sampler, live, under Observability,
+            env: "OTEL_TRACES_SAMPLER",
+            flag: "otel-sampler",
+            doc: "Which traces are recorded: parentbased_always_on (the application's traceparent decides, else all), parentbased_traceidratio, traceidratio, always_on, always_off or parentbased_always_off.",
+            parse: parse::parsed, show: show::plain,
+        },
+        setting! {
+            otel.sampler_arg, live, under Observability,
+            env: "OTEL_TRACES_SAMPLER_ARG",
+            flag: "otel-sampler-arg",
+            doc: "Share of traces the traceidratio samplers record, 0 to 1 (0.1: one in ten, chosen by trace id).",
+            parse: parse::parsed, show: show::plain,
+        },
+    ];
 }

@@ -18,6 +18,9 @@
 //!   accepting (new connections wait in the kernel's backlog) until one closes, so the
 //!   process never runs out of file descriptors.
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,7 +38,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body, BoxError};
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
 use crate::upstream::ClientAddr;
 use futures_util::TryFutureExt;
 
@@ -293,40 +296,30 @@ impl std::fmt::Display for ServiceError {
 
 impl std::error::Error for ServiceError {}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shared_listeners_take_one_port() {
-        let listeners = bind_shared(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), 3).unwrap();
-        assert_eq!(listeners.len(), 3);
-        let port = listeners[0].local_addr().unwrap().port();
-        assert_ne!(port, 0);
-        assert!(listeners.iter().all(|l| l.local_addr().unwrap().port() == port));
-        // And the kernel hands connections to them.
-        let _client = std::net::TcpStream::connect(listeners[0].local_addr().unwrap()).unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_is_idle_only_with_no_request_in_flight() {
-        let activity = Arc::new(Activity::new());
-        let busy = activity.begin();
-        let idle = tokio::time::timeout(
-            Duration::from_secs(300),
-            activity.idle_for(Duration::from_secs(60)),
-        );
-        assert!(
-            idle.await.is_err(),
-            "a request in flight keeps the connection open"
-        );
-        drop(busy);
-        let started = Instant::now();
-        activity.idle_for(Duration::from_secs(60)).await;
-        assert_eq!(
-            started.elapsed(),
-            Duration::from_secs(60),
-            "idle from the end of the last request"
-        );
-    }
+impl ConnectionLimits {
+    /// Each setting of `[connections]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            connections.header_read_timeout, restart, under Listeners,
+            env: "RUNWAY_PROXY_HEADER_READ_TIMEOUT",
+            flag: "header-read-timeout",
+            doc: "Longest a request's head may take to arrive (and an HTTP/1.1 connection may wait for its next request).",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            connections.idle_timeout, restart, under Listeners,
+            env: "RUNWAY_PROXY_IDLE_TIMEOUT",
+            flag: "idle-timeout",
+            doc: "Longest a connection stays open with no request in flight.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            connections.max_connections, restart, under Listeners,
+            env: "RUNWAY_PROXY_MAX_CONNECTIONS",
+            flag: "max-connections",
+            doc: "Most connections open at once on each listener; more wait to be accepted.",
+            parse: parse::count, show: show::plain,
+        },
+    ];
 }

@@ -1,5 +1,16 @@
-//! The error every settings type's `validate` returns, so an embedder building a layer by
-//! hand gets the same checks, and the same messages, as the sidecar's configuration.
+//! What every settings type shares: its table of [`Setting`] rows (key, variable, flag,
+//! help, heading, live or not, how its value reads and shows), the error its `validate`
+//! returns, so an embedder building a layer by hand gets the same checks and messages as
+//! the sidecar's configuration, and the values that settings hold ([`Secret`],
+//! [`ServiceUrl`], [`Live`]).
+
+pub(crate) mod parse;
+mod row;
+pub(crate) mod show;
+
+pub use parse::ValueError;
+pub(crate) use row::setting;
+pub use row::{Heading, Setting};
 
 /// A setting whose value can't be used.
 ///

@@ -1,0 +1,88 @@
+//! The delivery workers' settings (`[delivery]`).
+
+use std::time::Duration;
+
+use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
+
+/// Settings of the delivery workers (`[delivery]` in the config file). Field names are
+/// the config keys.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct DeliverySettings {
+    /// Wait before each attempt: the first is the wait before the first attempt, and the
+    /// number of entries is the number of attempts (default: immediately, 5 s, 5 min,
+    /// 30 min, 2 h, 5 h, 10 h, 10 h, each with ±20% jitter).
+    pub schedule: Vec<Duration>,
+    /// Time allowed for one attempt (default 15 s).
+    pub timeout: Duration,
+    /// Number of workers (default 4); each sends up to 16 deliveries at once.
+    pub workers: usize,
+    /// The longest a subscriber's `Retry-After` can push an attempt back (default 1 h).
+    pub retry_after_cap: Duration,
+}
+
+impl DeliverySettings {
+    /// Check every value; the config and [`RelayBuilder::start`](super::RelayBuilder::start)
+    /// both call this.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        check(!self.schedule.is_empty(), "delivery.schedule", || {
+            "needs at least one wait, like 0s,5s,5m".into()
+        })?;
+        check(!self.timeout.is_zero(), "delivery.timeout", || {
+            "must be longer than zero".into()
+        })?;
+        check(self.workers > 0, "delivery.workers", || {
+            "must be at least 1".into()
+        })
+    }
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        let m = 60;
+        let h = 3600;
+        DeliverySettings {
+            schedule: [0, 5, 5 * m, 30 * m, 2 * h, 5 * h, 10 * h, 10 * h]
+                .map(Duration::from_secs)
+                .to_vec(),
+            timeout: Duration::from_secs(15),
+            workers: 4,
+            retry_after_cap: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// Each setting of `[delivery]` in the config file, with its variable, flag and help,
+    /// and how its value reads and shows; the sidecar's configuration lists these.
+    pub const SETTINGS: &'static [Setting<Self>] = &[
+        setting! {
+            delivery.schedule, live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_SCHEDULE",
+            flag: "delivery-schedule",
+            doc: "Wait before each delivery attempt (with jitter); then a dead letter.",
+            parse: parse::schedule, show: show::schedule,
+        },
+        setting! {
+            delivery.timeout, live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_TIMEOUT",
+            flag: "delivery-timeout",
+            doc: "Time allowed for one delivery attempt.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        setting! {
+            delivery.workers, live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_WORKERS",
+            flag: "delivery-workers",
+            doc: "Delivery workers (each sends up to 16 webhooks at once).",
+            parse: parse::count, show: show::plain,
+        },
+        setting! {
+            delivery.retry_after_cap, live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_RETRY_AFTER_CAP",
+            flag: "delivery-retry-after-cap",
+            doc: "The longest a subscriber's Retry-After can push a delivery back.",
+            parse: parse::duration, show: show::duration,
+        },
+    ];
+}

@@ -1,0 +1,159 @@
+//! One row per setting, declared by the settings type that holds it: the setting's key,
+//! environment variable, flag, help, heading and whether a reload changes it, and how
+//! its value is read from text and written back. The sidecar's configuration lists these
+//! tables; nothing else names a setting.
+
+use super::ValueError;
+
+/// One setting of the settings type `T`: a row of its `SETTINGS` table (for example
+/// [`RetrySettings::SETTINGS`](crate::retry::RetrySettings::SETTINGS)). The sidecar's
+/// configuration reads flags, environment variables and the config file through these
+/// rows, and writes the values in force back with them (`config check`).
+pub struct Setting<T: 'static> {
+    /// Key in the config file, dotted for a key inside a table (`retry.max_attempts`).
+    pub key: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Command-line flag, without the leading `--`.
+    pub flag: &'static str,
+    /// One line describing the setting (the README's table and `serve --help` show it).
+    pub doc: &'static str,
+    /// The heading it is listed under in `serve --help` and `config check`.
+    pub heading: Heading,
+    /// Whether a reload puts a change in force (otherwise it waits for the next start).
+    pub live: bool,
+    pub(crate) set: fn(&mut T, &str) -> Result<(), ValueError>,
+    pub(crate) show: fn(&T) -> String,
+    pub(crate) copy: fn(&mut T, &T),
+    pub(crate) differs: fn(&T, &T) -> bool,
+}
+
+impl<T> Setting<T> {
+    /// Read `raw` (as a flag, a variable or the file writes it) into `settings`.
+    pub fn set(&self, settings: &mut T, raw: &str) -> Result<(), ValueError> {
+        (self.set)(settings, raw)
+    }
+
+    /// The value `settings` holds, written as the file would (never a secret itself).
+    pub fn show(&self, settings: &T) -> String {
+        (self.show)(settings)
+    }
+
+    /// Put `from`'s value into `to`.
+    pub fn copy(&self, to: &mut T, from: &T) {
+        (self.copy)(to, from)
+    }
+
+    /// Whether `old` and `new` hold different values (secrets compared themselves, not as
+    /// shown).
+    pub fn differs(&self, old: &T, new: &T) -> bool {
+        (self.differs)(old, new)
+    }
+}
+
+impl<T> std::fmt::Debug for Setting<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setting")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The headings of `serve --help` and `config check`, in the order they are listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heading {
+    /// Addresses, threads and connection bounds.
+    Listeners,
+    /// Where requests go, and how long they may take.
+    Upstream,
+    /// The retry middleware.
+    Retry,
+    /// Quotas, concurrency, task limits and budgets.
+    Limits,
+    /// The callback rewrite, the relay and the task watcher.
+    Callbacks,
+    /// Where state is kept, and what is shared with other replicas.
+    Stores,
+    /// Logs, traces and the admin paths.
+    Observability,
+}
+
+impl Heading {
+    /// Every heading, in the order `serve --help` lists them.
+    pub const ALL: [Heading; 7] = [
+        Heading::Listeners,
+        Heading::Upstream,
+        Heading::Retry,
+        Heading::Limits,
+        Heading::Callbacks,
+        Heading::Stores,
+        Heading::Observability,
+    ];
+
+    /// The heading as `serve --help` writes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Heading::Listeners => "Listeners",
+            Heading::Upstream => "Upstream",
+            Heading::Retry => "Retry",
+            Heading::Limits => "Limits",
+            Heading::Callbacks => "Callbacks and relay",
+            Heading::Stores => "Stores",
+            Heading::Observability => "Observability",
+        }
+    }
+}
+
+impl std::fmt::Display for Heading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One [`Setting`] of the type whose `SETTINGS` table it stands in:
+///
+/// ```text
+/// setting! {
+///     retry.max_attempts, live, under Retry,
+///     env: "RUNWAY_PROXY_MAX_ATTEMPTS",
+///     flag: "max-attempts",
+///     doc: "Attempts per request in all, counting the first.",
+///     parse: parse::number, show: show::plain,
+/// }
+/// ```
+///
+/// The key's last part is the field (`max_attempts`); the part before it is the table the
+/// sidecar's configuration keeps the type under (checked when it builds its key list).
+/// `live` or `restart` says whether a reload changes it; `under` names its [`Heading`].
+/// `parse` makes the field's value of the text; `show` writes a reference to it back.
+/// How a reload compares and copies the value is derived from the field.
+macro_rules! setting {
+    ($table:ident . $field:ident, $($rest:tt)*) => {
+        $crate::settings::setting!(@row concat!(stringify!($table), ".", stringify!($field)), $field, $($rest)*)
+    };
+    ($field:ident, $($rest:tt)*) => {
+        $crate::settings::setting!(@row stringify!($field), $field, $($rest)*)
+    };
+    (@row $key:expr, $field:ident, $live:ident, under $heading:ident,
+        env: $env:literal, flag: $flag:literal, doc: $doc:literal,
+        parse: $parse:expr, show: $show:expr $(,)?) => {
+        $crate::settings::Setting {
+            key: $key,
+            env: $env,
+            flag: $flag,
+            doc: $doc,
+            heading: $crate::settings::Heading::$heading,
+            live: $crate::settings::setting!(@live $live),
+            set: |settings, raw| {
+                settings.$field = $parse(raw)?;
+                Ok(())
+            },
+            show: |settings| $show(&settings.$field),
+            copy: |to, from| to.$field = from.$field.clone(),
+            differs: |old, new| old.$field != new.$field,
+        }
+    };
+    (@live live) => { true };
+    (@live restart) => { false };
+}
+pub(crate) use setting;
