@@ -323,6 +323,57 @@ async fn the_delivery_schedule_and_workers_change_live() {
     assert_eq!(setup.metric(retried).await, Some(4.0));
 }
 
+/// `delivery.max_in_flight_per_worker` bounds what one worker sends at once, and a
+/// reload changes it.
+#[tokio::test]
+async fn deliveries_in_flight_per_worker_change_live() {
+    let config =
+        |in_flight: u32| format!("[delivery]\nworkers = 1\nmax_in_flight_per_worker = {in_flight}\n");
+    let setup = Setup::start(&config(1)).await;
+    // Slow answers, so that webhooks queue up behind the one being answered.
+    setup.subscriber.set_delay(Duration::from_millis(150));
+    let tasks = 4;
+    for _ in 0..tasks {
+        assert_eq!(setup.submit(None).await.json()["code"], 200);
+    }
+    // Each task calls back running, then done (a running webhook still waiting when
+    // its task's done one comes is superseded): wait for every task's end.
+    let ended = async |n: usize| {
+        let finals = || {
+            let received = setup.subscriber.received();
+            received
+                .iter()
+                .filter(|(_, body)| serde_json::from_slice::<Value>(body).is_ok_and(|b| b["status"] == "3"))
+                .count()
+        };
+        eventually("every task's final webhook arrives", WAIT, async || finals() >= n).await;
+    };
+    ended(tasks).await;
+    assert_eq!(
+        setup.subscriber.take_most_at_once(),
+        1,
+        "one worker, one at a time"
+    );
+
+    let (status, report) = setup.reload(&config(8)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["changed"], json!(["delivery.max_in_flight_per_worker"]));
+    for _ in 0..tasks {
+        assert_eq!(setup.submit(None).await.json()["code"], 200);
+    }
+    ended(2 * tasks).await;
+    let most = setup.subscriber.take_most_at_once();
+    assert!(
+        (2..=8).contains(&most),
+        "one worker now sends several at once: {most} at most"
+    );
+    assert_eq!(
+        setup.subscriber.overlaps(),
+        0,
+        "and never one webhook twice at once"
+    );
+}
+
 #[tokio::test]
 async fn settings_read_at_start_are_named_and_kept_and_an_invalid_config_changes_nothing() {
     let setup = Setup::start("[limit]\nsubmit_rate = \"100/s\"\n").await;

@@ -15,8 +15,12 @@ pub struct DeliverySettings {
     pub schedule: Vec<Duration>,
     /// Time allowed for one attempt (default 15 s).
     pub timeout: Duration,
-    /// Number of workers (default 4); each sends up to 16 deliveries at once.
+    /// Number of workers (default 4); each sends up to `max_in_flight_per_worker`
+    /// deliveries at once.
     pub workers: usize,
+    /// Deliveries one worker claims and sends at once, 1 to 1024 (default 16): with
+    /// `workers`, how many subscribers can be waited on at the same time.
+    pub max_in_flight_per_worker: usize,
     /// The longest a subscriber's `Retry-After` can push an attempt back (default 1 h).
     pub retry_after_cap: Duration,
 }
@@ -33,7 +37,12 @@ impl DeliverySettings {
         })?;
         check(self.workers > 0, "delivery.workers", || {
             "must be at least 1".into()
-        })
+        })?;
+        check(
+            (1..=1024).contains(&self.max_in_flight_per_worker),
+            "delivery.max_in_flight_per_worker",
+            || format!("{} is not a number from 1 to 1024", self.max_in_flight_per_worker),
+        )
     }
 }
 
@@ -47,6 +56,7 @@ impl Default for DeliverySettings {
                 .to_vec(),
             timeout: Duration::from_secs(15),
             workers: 4,
+            max_in_flight_per_worker: 16,
             retry_after_cap: Duration::from_secs(3600),
         }
     }
@@ -74,7 +84,14 @@ impl DeliverySettings {
             delivery.workers, live, under Callbacks,
             env: "RUNWAY_PROXY_DELIVERY_WORKERS",
             flag: "delivery-workers",
-            doc: "Delivery workers (each sends up to 16 webhooks at once).",
+            doc: "Delivery workers (each sends up to delivery.max_in_flight_per_worker webhooks at once).",
+            parse: parse::count, show: show::plain,
+        },
+        setting! {
+            delivery.max_in_flight_per_worker, live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_MAX_IN_FLIGHT_PER_WORKER",
+            flag: "delivery-max-in-flight-per-worker",
+            doc: "Deliveries each worker sends at once (all workers: delivery.workers times this).",
             parse: parse::count, show: show::plain,
         },
         setting! {

@@ -20,8 +20,6 @@ use crate::store::{Completion, Delivery, Outbox};
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 use crate::upstream::{ClientError, retry_after};
 
-/// Deliveries one worker claims and sends at once.
-const BATCH: usize = 16;
 /// How often an idle worker looks for due deliveries even without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -221,7 +219,11 @@ impl Worker {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = match self.outbox.claim(self.name.clone(), BATCH, lease).await {
+            let claimed = match self
+                .outbox
+                .claim(self.name.clone(), self.settings.max_in_flight_per_worker, lease)
+                .await
+            {
                 Ok(claimed) => claimed,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot claim deliveries");
@@ -544,5 +546,11 @@ mod tests {
         settings = DeliverySettings::default();
         settings.workers = 0;
         assert_eq!(settings.validate().unwrap_err().key, "delivery.workers");
+        for in_flight in [0, 1025] {
+            settings = DeliverySettings::default();
+            settings.max_in_flight_per_worker = in_flight;
+            let key = settings.validate().unwrap_err().key;
+            assert_eq!(key, "delivery.max_in_flight_per_worker");
+        }
     }
 }

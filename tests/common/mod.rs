@@ -195,6 +195,8 @@ pub struct Subscriber {
     /// Webhook ids being answered now, and how often one arrived while it already was.
     open: Arc<Mutex<std::collections::HashSet<String>>>,
     overlaps: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most webhooks answered at once.
+    most_at_once: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Subscriber {
@@ -209,6 +211,7 @@ impl Subscriber {
             arrived: Arc::default(),
             open: Arc::default(),
             overlaps: Arc::default(),
+            most_at_once: Arc::default(),
         };
         let this = subscriber.clone();
         let service = tower::service_fn(move |request: Request<Body>| {
@@ -226,8 +229,13 @@ impl Subscriber {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
-                if !id.is_empty() && !this.open.lock().unwrap().insert(id.clone()) {
-                    this.overlaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                {
+                    let mut open = this.open.lock().unwrap();
+                    if !id.is_empty() && !open.insert(id.clone()) {
+                        this.overlaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    this.most_at_once
+                        .fetch_max(open.len(), std::sync::atomic::Ordering::SeqCst);
                 }
                 // Closed however the answer ends, a sender that hung up included.
                 let _open = Open(Arc::clone(&this.open), id);
@@ -267,6 +275,12 @@ impl Subscriber {
     /// still being answered: two senders at once.
     pub fn overlaps(&self) -> usize {
         self.overlaps.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most webhooks (by `webhook-id`) that were being answered at the same time;
+    /// starts again from zero.
+    pub fn take_most_at_once(&self) -> usize {
+        self.most_at_once.swap(0, std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<(HeaderMap, Bytes)> {
