@@ -75,10 +75,16 @@ pub fn error_response_for(path: &str, status: StatusCode, msg: &str) -> Response
 }
 
 fn generated(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = json_response(status, body);
+    response.extensions_mut().insert(Generated);
+    response
+}
+
+/// A response with status `status` whose body, `body`, is JSON.
+pub fn json_response(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut response = Response::new(body::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, JSON);
-    response.extensions_mut().insert(Generated);
     response
 }
 

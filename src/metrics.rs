@@ -142,6 +142,47 @@ impl Histogram {
     }
 }
 
+/// Counters for a set of label values fixed when the family is declared (refusal
+/// reasons, failure kinds): no lock and no map, and every value is exported from the
+/// start, 0 included, so `rate()` sees each series' first event.
+#[derive(Debug)]
+pub struct LabeledCounters<const N: usize> {
+    labels: &'static [&'static str; N],
+    counts: [Counter; N],
+}
+
+impl<const N: usize> LabeledCounters<N> {
+    /// A counter for each of `labels`, at 0.
+    pub fn new(labels: &'static [&'static str; N]) -> Self {
+        LabeledCounters {
+            labels,
+            counts: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+
+    /// Add one for `label`; a label not in the set is not counted.
+    pub fn inc(&self, label: &str) {
+        if let Some(at) = self.position(label) {
+            self.counts[at].inc();
+        }
+    }
+
+    /// The count for `label` (0 for a label not in the set).
+    pub fn get(&self, label: &str) -> u64 {
+        self.position(label).map_or(0, |at| self.counts[at].get())
+    }
+
+    /// Write the family: `name{label_name="value"} count` for every value.
+    pub fn render(&self, out: &mut String, name: &str, help: &str, label_name: &str) {
+        let samples = self.labels.iter().zip(self.counts.iter().map(Counter::get));
+        write_family(out, name, "counter", help, label_name, samples);
+    }
+
+    fn position(&self, label: &str) -> Option<usize> {
+        self.labels.iter().position(|known| *known == label)
+    }
+}
+
 /// A family of counters told apart by a label key `K`.
 ///
 /// Label sets are few (route class by status, retry reason, ...), so a read-locked map is

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use runway_proxy::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+use runway_proxy::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
 use runway_proxy::relay::{Completion, DeliveryState, Enqueued, NewDelivery, Outbox};
 use runway_proxy::tasks::{
     Checked, Finished as TaskFinished, Limit, NewTask, Reservation, Reserved, Seen, StatusClass, TaskFormat,
@@ -251,7 +251,7 @@ async fn a_released_claim_is_pending_again(store: Arc<dyn Store>) {
 async fn idempotency_keys_keep_their_answer(store: Arc<dyn Store>) {
     let (lease, ttl) = (Duration::from_secs(60), Duration::from_secs(3600));
     let begin =
-        |key: &str, fingerprint: &str, ttl: Duration| store.begin(key.into(), fingerprint.into(), lease, ttl);
+        |key: &str, fingerprint: &str, ttl: Duration| store.begin(Claim::new(key, fingerprint, lease, ttl));
     assert_eq!(begin("k", "f", ttl).await, Ok(Begin::Started));
     assert_eq!(begin("k", "f", ttl).await, Ok(Begin::InFlight));
     assert_eq!(begin("k", "g", ttl).await, Ok(Begin::Mismatch));
@@ -279,7 +279,7 @@ async fn idempotency_keys_keep_their_answer(store: Arc<dyn Store>) {
     );
     let short = Duration::from_millis(200);
     assert_eq!(
-        store.begin("l".into(), "f".into(), short, ttl).await,
+        store.begin(Claim::new("l", "f", short, ttl)).await,
         Ok(Begin::Started)
     );
     tokio::time::sleep(Duration::from_millis(300)).await;

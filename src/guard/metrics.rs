@@ -2,16 +2,26 @@
 
 use std::sync::Arc;
 
-use crate::metrics::{Counter, Gauge, MetricSet, write_family, write_one};
+use crate::metrics::{Counter, Gauge, LabeledCounters, MetricSet, write_one};
 
 /// What [`TaskGuard`] records: shared by every service one [`TaskGuardLayer`] makes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GuardMetrics {
     /// Submissions waiting for a task slot now.
     pub waiting: Arc<Gauge>,
     /// Reservations granted.
     pub granted: Counter,
-    refusals: [Counter; REASONS.len()],
+    refusals: LabeledCounters<8>,
+}
+
+impl Default for GuardMetrics {
+    fn default() -> Self {
+        GuardMetrics {
+            waiting: Arc::default(),
+            granted: Counter::default(),
+            refusals: LabeledCounters::new(&REASONS),
+        }
+    }
 }
 
 /// Refusal reasons: each limit by its setting's name, a full queue, the store unreachable.
@@ -28,17 +38,12 @@ const REASONS: [&str; 8] = [
 
 impl GuardMetrics {
     pub(super) fn refused(&self, reason: &str) {
-        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
-            self.refusals[i].inc();
-        }
+        self.refusals.inc(reason);
     }
 
     /// Refusals for `reason` (a limit's setting name, `queue_full`, `store_unavailable`).
     pub fn refusals(&self, reason: &str) -> u64 {
-        REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.refusals[i].get())
+        self.refusals.get(reason)
     }
 }
 
@@ -58,13 +63,11 @@ impl MetricSet for GuardMetrics {
             "Submissions the task guard let through with a reservation.",
             self.granted.get(),
         );
-        write_family(
+        self.refusals.render(
             out,
             "runway_proxy_guard_refusals_total",
-            "counter",
             "Submissions the task guard refused before sending, by the limit (or reason).",
             "reason",
-            REASONS.iter().zip(self.refusals.iter().map(Counter::get)),
         );
     }
 }

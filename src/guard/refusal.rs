@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::duration;
 use crate::envelope;
 use crate::tasks::{Limit, Spend};
@@ -153,10 +153,8 @@ impl Refusal {
         } else {
             json!({ "code": status.as_u16(), "msg": msg, "data": data })
         };
-        let mut response = Response::new(body::full(serde_json::to_vec(&body).unwrap_or_default()));
-        *response.status_mut() = status;
+        let mut response = envelope::json_response(status, body.to_string());
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, envelope::JSON);
         headers.insert(LIMIT_HEADER, HeaderValue::from_static(self.reason()));
         if let Some(wait) = retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -50,7 +50,7 @@ use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
 // The records and their stores live on the storage floor; these are their names where
 // this layer's users have always found them.
 pub use crate::store::MemoryIdempotencyStore;
-pub use crate::store::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
+pub use crate::store::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
 
 /// The request header a client names its submission with.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");

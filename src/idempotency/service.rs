@@ -7,7 +7,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use ring::digest;
 use tower::{Service, ServiceExt};
 
-use super::{Begin, Finished, IDEMPOTENCY_KEY, Idempotency, REPLAYED, StoredAnswer};
+use super::{Begin, Claim, Finished, IDEMPOTENCY_KEY, Idempotency, REPLAYED, StoredAnswer};
 use crate::body::{self, Body, Bounded, BoxError, ReadError};
 use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::envelope;
@@ -94,7 +94,7 @@ impl Idempotency {
         let settings = &self.settings;
         let begun = self
             .store
-            .begin(key.clone(), fingerprint, settings.lease, settings.ttl)
+            .begin(Claim::new(key.clone(), fingerprint, settings.lease, settings.ttl))
             .await;
         match begun {
             Ok(Begin::Started) => {}

@@ -178,16 +178,16 @@ async fn keys_expire_and_a_dead_in_flight_record_reads_as_unknown() {
 
     // A process that died mid-request never finished its record.
     let begun = store
-        .begin("dead".into(), "f".into(), settings.lease, settings.ttl)
+        .begin(Claim::new("dead", "f", settings.lease, settings.ttl))
         .await;
     assert_eq!(begun, Ok(Begin::Started));
     let again = store
-        .begin("dead".into(), "f".into(), settings.lease, settings.ttl)
+        .begin(Claim::new("dead", "f", settings.lease, settings.ttl))
         .await;
     assert_eq!(again, Ok(Begin::InFlight));
     tokio::time::sleep(Duration::from_secs(61)).await;
     let after = store
-        .begin("dead".into(), "f".into(), settings.lease, settings.ttl)
+        .begin(Claim::new("dead", "f", settings.lease, settings.ttl))
         .await;
     assert_eq!(after, Ok(Begin::Unknown), "it may have created a task");
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::metrics::{
-    Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricSet, header, write_family, write_one,
+    Counter, Gauge, Histogram, LATENCY_BUCKETS, LabeledCounters, MetricSet, header, write_one,
 };
 
 /// Metrics of [`RateLimit`](super::RateLimit): shared by every service one
@@ -21,7 +21,7 @@ pub struct LimitMetrics {
     /// Decisions the shared store (Redis) could not make, so the local limiter made them
     /// (`limit.redis_fallback = "local"`) or the request was refused (`"refuse"`).
     pub shared_unavailable: Counter,
-    refusals: [Counter; 4],
+    refusals: LabeledCounters<4>,
 }
 
 impl Default for LimitMetrics {
@@ -32,7 +32,7 @@ impl Default for LimitMetrics {
             in_flight: Arc::default(),
             tracked_keys: Gauge::default(),
             shared_unavailable: Counter::default(),
-            refusals: Default::default(),
+            refusals: LabeledCounters::new(&REASONS),
         }
     }
 }
@@ -45,17 +45,12 @@ const REASONS: [&str; 4] = ["queue_full", "max_wait", "keys_overflow", "shared_u
 impl LimitMetrics {
     /// Count a refusal (`queue_full`, `max_wait`, `keys_overflow`, `shared_unavailable`).
     pub(super) fn refused(&self, reason: &str) {
-        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
-            self.refusals[i].inc();
-        }
+        self.refusals.inc(reason);
     }
 
     /// Refusals for `reason` so far.
     pub fn refusals(&self, reason: &str) -> u64 {
-        REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.refusals[i].get())
+        self.refusals.get(reason)
     }
 }
 
@@ -84,13 +79,11 @@ impl MetricSet for LimitMetrics {
             "API keys with per-key rate-limit state after the last pruning.",
             self.tracked_keys.get(),
         );
-        write_family(
+        self.refusals.render(
             out,
             "runway_proxy_limit_refusals_total",
-            "counter",
             "Requests refused by the rate limit, by reason.",
             "reason",
-            REASONS.iter().zip(self.refusals.iter().map(Counter::get)),
         );
         write_one(
             out,

@@ -1,10 +1,10 @@
 //! What every route of the stand-in answers with: JSON responses, CometAPI's error
 //! envelope, and the scripted reset that drops a connection without an answer.
 
-use http::{Response, StatusCode, header};
+use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::envelope;
 
 /// The connection is dropped without an answer (a scripted reset).
@@ -17,12 +17,7 @@ pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Body>
 }
 
 pub(super) fn json_response_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(body::full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, envelope::JSON);
-    response
+    envelope::json_response(status, body)
 }
 
 /// A reverse-format error: the envelope with `code`, under HTTP `status`.

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use http::{Method, Response, StatusCode, header};
+use http::{Method, Response, StatusCode};
 use tokio::sync::Notify;
 
 use super::{DeliveryState, Outbox};
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::envelope;
 
 /// Most deliveries one admin page lists.
@@ -174,12 +174,7 @@ fn redact(url: &str) -> String {
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, envelope::JSON);
-    response
+    envelope::json_response(status, value.to_string())
 }
 
 #[cfg(test)]

@@ -283,11 +283,7 @@ impl Shared {
 }
 
 fn ok_response(msg: &str) -> Response<Body> {
-    let mut response = Response::new(body::full(envelope_ok(msg)));
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, envelope::JSON);
-    response
+    envelope::json_response(http::StatusCode::OK, envelope_ok(msg))
 }
 
 fn envelope_ok(msg: &str) -> Vec<u8> {

@@ -332,11 +332,7 @@ async fn tasks(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
                 .then(|| tasks.last().map(|t| t.id))
                 .flatten();
             let page = serde_json::json!({ "status": status, "tasks": tasks, "next": next });
-            let mut response = Response::new(body::full(page.to_string()));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, envelope::JSON);
-            response
+            envelope::json_response(StatusCode::OK, page.to_string())
         }
         Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
@@ -393,11 +389,7 @@ async fn usage(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
                 "to": crate::duration::rfc3339(to),
                 "usage": UsageReport::of(&rows),
             });
-            let mut response = Response::new(body::full(report.to_string()));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, envelope::JSON);
-            response
+            envelope::json_response(StatusCode::OK, report.to_string())
         }
         Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
@@ -453,12 +445,7 @@ fn not_found(path: &str) -> Response<Body> {
 }
 
 fn json(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(body::full(text));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, envelope::JSON);
-    response
+    envelope::json_response(status, text)
 }
 
 #[cfg(test)]

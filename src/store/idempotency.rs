@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{BoxFuture, Error};
+use super::StoreFuture;
 
 /// An answer kept for replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,23 +42,49 @@ pub enum Finished {
     Unknown,
 }
 
-/// A store of idempotency records, shared by every replica that should honour a key.
-pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Look `key` up for a submission whose body hashes to `fingerprint`; when the key is
-    /// new (or its record expired), record it as in flight for `lease` and keep it `ttl`.
-    fn begin(
-        &self,
-        key: String,
-        fingerprint: String,
+/// A submission's claim on an idempotency key: the key (as stored: hashed with the API
+/// key), a hash of the body, how long its record stays in flight, and how long it is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The key, as stored.
+    pub key: String,
+    /// A hash of the submission's body: a repeat with another body is refused.
+    pub fingerprint: String,
+    /// How long the record counts as in flight (a crashed holder's lease runs out).
+    pub lease: Duration,
+    /// How long the record is kept.
+    pub ttl: Duration,
+}
+
+impl Claim {
+    /// A claim on `key` for a body that hashes to `fingerprint`.
+    pub fn new(
+        key: impl Into<String>,
+        fingerprint: impl Into<String>,
         lease: Duration,
         ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, Error>>;
+    ) -> Self {
+        Claim {
+            key: key.into(),
+            fingerprint: fingerprint.into(),
+            lease,
+            ttl,
+        }
+    }
+}
+
+/// A store of idempotency records, shared by every replica that should honour a key.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Look the claim's key up for a submission whose body hashes to its fingerprint;
+    /// when the key is new (or its record expired), record it as in flight for its lease
+    /// and keep it its ttl.
+    fn begin(&self, claim: Claim) -> StoreFuture<'_, Begin>;
 
     /// Record how the submission with `key` ended.
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), Error>>;
+    fn finish(&self, key: String, finished: Finished) -> StoreFuture<'_, ()>;
 
     /// Forget `key`: the submission provably created nothing, so its retry may go.
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), Error>>;
+    fn release(&self, key: String) -> StoreFuture<'_, ()>;
 }
 
 impl std::fmt::Debug for dyn IdempotencyStore {

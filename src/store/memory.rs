@@ -2,12 +2,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
-use super::{BoxFuture, Error};
+use super::StoreFuture;
+use super::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
 
 /// Idempotency records kept in memory: for one process that needs no durability (a
 /// restart forgets every key). The sidecar uses its SQLite outbox instead.
@@ -31,14 +30,14 @@ enum State {
 }
 
 impl MemoryIdempotencyStore {
-    fn begin_now(&self, key: String, fingerprint: String, lease: Duration, ttl: Duration) -> Begin {
+    fn begin_now(&self, claim: Claim) -> Begin {
         let now = Instant::now();
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if records.len() > 1024 {
             records.retain(|_, r| r.expires > now);
         }
-        if let Some(record) = records.get_mut(&key).filter(|r| r.expires > now) {
-            if record.fingerprint != fingerprint {
+        if let Some(record) = records.get_mut(&claim.key).filter(|r| r.expires > now) {
+            if record.fingerprint != claim.fingerprint {
                 return Begin::Mismatch;
             }
             return match &record.state {
@@ -52,28 +51,24 @@ impl MemoryIdempotencyStore {
             };
         }
         let record = Record {
-            fingerprint,
-            state: State::InFlight { until: now + lease },
-            expires: now + ttl,
+            fingerprint: claim.fingerprint,
+            state: State::InFlight {
+                until: now + claim.lease,
+            },
+            expires: now + claim.ttl,
         };
-        records.insert(key, record);
+        records.insert(claim.key, record);
         Begin::Started
     }
 }
 
 impl IdempotencyStore for MemoryIdempotencyStore {
-    fn begin(
-        &self,
-        key: String,
-        fingerprint: String,
-        lease: Duration,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, Error>> {
-        let begun = self.begin_now(key, fingerprint, lease, ttl);
+    fn begin(&self, claim: Claim) -> StoreFuture<'_, Begin> {
+        let begun = self.begin_now(claim);
         Box::pin(async move { Ok(begun) })
     }
 
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), Error>> {
+    fn finish(&self, key: String, finished: Finished) -> StoreFuture<'_, ()> {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(record) = records.get_mut(&key) {
             record.state = match finished {
@@ -84,7 +79,7 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), Error>> {
+    fn release(&self, key: String) -> StoreFuture<'_, ()> {
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())

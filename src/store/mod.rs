@@ -54,7 +54,7 @@ use std::sync::Arc;
 pub use database::DatabaseSettings;
 pub(crate) use event::event;
 pub use event::event_delivery;
-pub use idempotency::{Begin, IdempotencyStore, StoredAnswer};
+pub use idempotency::{Begin, Claim, IdempotencyStore, StoredAnswer};
 pub use ledger::{
     Finished, Limit, Reservation, Reserved, Seen, Spend, StatusClass, TaskLimits, TaskReport, UsageRow,
 };
@@ -67,6 +67,9 @@ pub use tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchState,
 
 /// A boxed future, so the stores' traits can be used as `dyn` objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What every store operation returns: a boxed future of its result or a store [`Error`].
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, Error>>;
 
 /// What kind of failure a store had, whatever the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::{BoxFuture, Error};
+use super::{Error, StoreFuture};
 
 /// A webhook to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,45 +156,35 @@ pub struct Depth {
 /// A durable store of webhooks to relay. See the module docs.
 pub trait Outbox: Send + Sync + 'static {
     /// Store a webhook durably. When this resolves `Ok`, it survives a crash.
-    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, Error>>;
+    fn enqueue(&self, delivery: NewDelivery) -> StoreFuture<'_, Enqueued>;
 
     /// Claim up to `max` due deliveries for `owner`, leased for `lease`. At most one
     /// delivery per task is in flight at a time, and a task's deliveries go in order.
-    fn claim(
-        &self,
-        owner: String,
-        max: usize,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>>;
+    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>>;
 
     /// Record how an attempt of a claimed delivery ended.
-    fn complete(&self, id: i64, owner: String, completion: Completion) -> BoxFuture<'_, Result<(), Error>>;
+    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()>;
 
     /// Give a claimed delivery back unattempted (on shutdown).
-    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), Error>>;
+    fn release(&self, id: i64, owner: String) -> StoreFuture<'_, ()>;
 
     /// Deliveries in `state` with an id above `after`, oldest first, at most `limit`.
-    fn list(
-        &self,
-        state: DeliveryState,
-        after: i64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>>;
+    fn list(&self, state: DeliveryState, after: i64, limit: usize) -> StoreFuture<'_, Vec<Delivery>>;
 
     /// Make a delivery pending again with a fresh schedule (a dead letter, say). `false`
     /// when there is no such delivery or it is in flight.
-    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, Error>>;
+    fn replay(&self, id: i64) -> StoreFuture<'_, bool>;
 
     /// When the next pending delivery is due (Unix milliseconds), if any.
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>>;
+    fn next_due(&self) -> StoreFuture<'_, Option<i64>>;
 
     /// How many deliveries are pending, in flight and dead (the delivery workers publish
     /// it as `runway_proxy_outbox_depth`).
-    fn depth(&self) -> BoxFuture<'_, Result<Depth, Error>>;
+    fn depth(&self) -> StoreFuture<'_, Depth>;
 
     /// Whether the store answers now (the sidecar's readiness asks every second). The
     /// default says yes: a store that can't fail apart from its operations needs no probe.
-    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+    fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
 }

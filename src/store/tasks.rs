@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::StoreFuture;
 use super::ledger::{Finished, Reservation, Reserved, Seen, Spend, TaskLimits, TaskReport, UsageRow};
-use super::{BoxFuture, Error};
 
 /// Which of CometAPI's two API shapes a task was submitted through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -185,7 +185,7 @@ pub struct Checked {
 pub trait TaskStore: Send + Sync + 'static {
     /// Record an accepted submission, first due `check_after` from now: in place of its
     /// reservation when it has one. Recording a task id twice keeps the first record.
-    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), Error>>;
+    fn record(&self, task: NewTask, check_after: Duration) -> StoreFuture<'_, ()>;
 
     /// A callback for `task_id` arrived with `report`: remember its status and points,
     /// and push the next check back to `check_after` from now; a terminal status ends
@@ -195,35 +195,25 @@ pub trait TaskStore: Send + Sync + 'static {
         task_id: String,
         report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<Seen, Error>>;
+    ) -> StoreFuture<'_, Seen>;
 
     /// Claim up to `max` watched tasks that are due, for `owner`, leased for `lease`.
-    fn claim_due(
-        &self,
-        owner: String,
-        max: usize,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>>;
+    fn claim_due(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<WatchedTask>>;
 
     /// Record how `owner`'s check of a claimed task ended, and give the claim back. A
     /// claim whose lease has passed to another owner is not touched. The task, when this
     /// check ended it.
-    fn checked(
-        &self,
-        task_id: String,
-        owner: String,
-        checked: Checked,
-    ) -> BoxFuture<'_, Result<Option<Finished>, Error>>;
+    fn checked(&self, task_id: String, owner: String, checked: Checked) -> StoreFuture<'_, Option<Finished>>;
 
     /// How many tasks are in each state (the watcher publishes it as
     /// `runway_proxy_tasks{state}`).
-    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, Error>>;
+    fn count_tasks(&self) -> StoreFuture<'_, TaskCounts>;
 
     /// The record of `task_id`, if it is on the list.
-    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, Error>>;
+    fn task(&self, task_id: String) -> StoreFuture<'_, Option<WatchedTask>>;
 
     /// The `traceparent` of task `task_id`'s submission, if one was recorded.
-    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, Error>>;
+    fn trace_of(&self, task_id: String) -> StoreFuture<'_, Option<String>>;
 
     /// Tasks in `state` (every state: `None`) with a row id above `after`, oldest first,
     /// at most `limit`.
@@ -232,32 +222,31 @@ pub trait TaskStore: Send + Sync + 'static {
         state: Option<WatchState>,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>>;
+    ) -> StoreFuture<'_, Vec<WatchedTask>>;
 
     /// Check `limits` and, when none is reached, record `reservation` as `pending`, in
     /// one step no other reservation (of any replica) interleaves with. Tasks in flight
     /// are those `pending` or `watching`, and those whose outcome is unknown for
     /// `limits.unknown_for` after submission; a budget counts every task submitted in the
     /// last `limits.window`, and its points charged less refunded.
-    fn reserve(&self, reservation: Reservation, limits: TaskLimits)
-    -> BoxFuture<'_, Result<Reserved, Error>>;
+    fn reserve(&self, reservation: Reservation, limits: TaskLimits) -> StoreFuture<'_, Reserved>;
 
     /// Drop a reservation whose submission was not accepted (nothing is charged for it).
     /// A reservation already turned into a task is not touched.
-    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), Error>>;
+    fn cancel_reservation(&self, reservation: String) -> StoreFuture<'_, ()>;
 
     /// What `key` (every key: `None`) spent since `since` (Unix milliseconds): one entry
     /// per task, oldest first (in submission order).
-    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, Error>>;
+    fn spend(&self, key: Option<String>, since: i64) -> StoreFuture<'_, Vec<Spend>>;
 
     /// Ledger totals of tasks submitted in `[from, to)` (Unix milliseconds), of `key` (a
     /// label or a key hash; every key: `None`), by key, model and how they ended.
     /// Reservations not yet answered are not tasks and are left out.
-    fn usage(&self, key: Option<String>, from: i64, to: i64) -> BoxFuture<'_, Result<Vec<UsageRow>, Error>>;
+    fn usage(&self, key: Option<String>, from: i64, to: i64) -> StoreFuture<'_, Vec<UsageRow>>;
 
     /// Forget finished tasks (and stale reservations) submitted before `before` (Unix
     /// milliseconds); how many were forgotten.
-    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>>;
+    fn prune(&self, before: i64) -> StoreFuture<'_, u64>;
 }
 
 impl std::fmt::Debug for dyn TaskStore {

@@ -1,6 +1,6 @@
 //! What the forwarder records: upstream latency and its own failures.
 
-use crate::metrics::{Counter, Histogram, LATENCY_BUCKETS, MetricSet, header, write_family};
+use crate::metrics::{Histogram, LATENCY_BUCKETS, LabeledCounters, MetricSet, header};
 
 use super::UpstreamError;
 
@@ -9,14 +9,14 @@ use super::UpstreamError;
 pub struct UpstreamMetrics {
     /// Time from sending a request upstream to its response headers.
     pub latency: Histogram,
-    errors: [Counter; 3],
+    errors: LabeledCounters<3>,
 }
 
 impl Default for UpstreamMetrics {
     fn default() -> Self {
         UpstreamMetrics {
             latency: Histogram::new(LATENCY_BUCKETS),
-            errors: Default::default(),
+            errors: LabeledCounters::new(&KINDS),
         }
     }
 }
@@ -26,20 +26,12 @@ const KINDS: [&str; 3] = super::UpstreamError::KINDS;
 impl UpstreamMetrics {
     /// Count a failure.
     pub fn failed(&self, err: &UpstreamError) {
-        let index = match err {
-            UpstreamError::Connect(_) => 0,
-            UpstreamError::Timeout(_) => 1,
-            UpstreamError::Request(_) => 2,
-        };
-        self.errors[index].inc();
+        self.errors.inc(err.kind());
     }
 
     /// Failures of a kind (`connect`, `timeout`, `request`) so far.
     pub fn errors(&self, kind: &str) -> u64 {
-        KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .map_or(0, |i| self.errors[i].get())
+        self.errors.get(kind)
     }
 }
 
@@ -53,13 +45,11 @@ impl MetricSet for UpstreamMetrics {
             "Time from sending a request upstream to its response headers.",
         );
         self.latency.render(out, name, "");
-        write_family(
+        self.errors.render(
             out,
             "runway_proxy_upstream_errors_total",
-            "counter",
             "Upstream calls that failed in the proxy (connect, timeout, request).",
             "kind",
-            KINDS.iter().zip(self.errors.iter().map(Counter::get)),
         );
     }
 }

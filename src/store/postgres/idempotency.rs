@@ -1,13 +1,11 @@
 //! Idempotency records in the outbox's PostgreSQL database, shared by every replica: a
 //! retry of a submission that reaches another replica still finds its key.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
 use super::{PostgresOutbox, pool_error};
-use crate::store::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
-use crate::store::{BoxFuture, Error};
+use crate::store::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
+use crate::store::{Error, StoreFuture};
 
 use crate::duration::millis;
 
@@ -42,13 +40,7 @@ impl PostgresOutbox {
 }
 
 impl IdempotencyStore for PostgresOutbox {
-    fn begin(
-        &self,
-        key: String,
-        fingerprint: String,
-        lease: Duration,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, Error>> {
+    fn begin(&self, claim: Claim) -> StoreFuture<'_, Begin> {
         let pool = self.pool();
         Box::pin(async move {
             self.call(async move {
@@ -61,7 +53,15 @@ impl IdempotencyStore for PostgresOutbox {
                     .await
                     .map_err(super::db_error)?;
                 let row = client
-                    .query_one(&begin, &[&key, &fingerprint, &millis(lease), &millis(ttl)])
+                    .query_one(
+                        &begin,
+                        &[
+                            &claim.key,
+                            &claim.fingerprint,
+                            &millis(claim.lease),
+                            &millis(claim.ttl),
+                        ],
+                    )
                     .await
                     .map_err(super::db_error)?;
                 let outcome: String = row.try_get(0).map_err(super::db_error)?;
@@ -85,7 +85,7 @@ impl IdempotencyStore for PostgresOutbox {
         })
     }
 
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), Error>> {
+    fn finish(&self, key: String, finished: Finished) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             match finished {
                 Finished::Answer(_) => {
@@ -109,7 +109,7 @@ impl IdempotencyStore for PostgresOutbox {
         })
     }
 
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), Error>> {
+    fn release(&self, key: String) -> StoreFuture<'_, ()> {
         Box::pin(self.idempotency_statement("DELETE FROM runway_proxy_idempotency WHERE key = $1", key, None))
     }
 }

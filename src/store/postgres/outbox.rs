@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 use super::writer::task_lock;
 use super::{Applied, PostgresOutbox, WriteOp, db_error, now_ms, pool_error};
 use crate::store::{
-    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, Error, NewDelivery, Outbox,
+    Completion, Delivery, DeliveryState, Depth, Enqueued, Error, NewDelivery, Outbox, StoreFuture,
 };
 
 const COLUMNS: &str = "d.id, d.webhook_id, d.task_key, d.status, d.target_url, d.body, d.state, d.attempts, \
@@ -80,7 +80,7 @@ fn claim_sql() -> String {
 }
 
 impl Outbox for PostgresOutbox {
-    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, Error>> {
+    fn enqueue(&self, delivery: NewDelivery) -> StoreFuture<'_, Enqueued> {
         Box::pin(async move {
             let lock = task_lock(&delivery.task_key);
             match self.write(WriteOp::Enqueue { lock, delivery }).await? {
@@ -90,12 +90,7 @@ impl Outbox for PostgresOutbox {
         })
     }
 
-    fn claim(
-        &self,
-        owner: String,
-        max: usize,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
+    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -111,7 +106,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn complete(&self, id: i64, owner: String, completion: Completion) -> BoxFuture<'_, Result<(), Error>> {
+    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.write(WriteOp::Complete {
                 id,
@@ -123,19 +118,14 @@ impl Outbox for PostgresOutbox {
         })
     }
 
-    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), Error>> {
+    fn release(&self, id: i64, owner: String) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.write(WriteOp::Release { id, owner }).await?;
             Ok(())
         })
     }
 
-    fn list(
-        &self,
-        state: DeliveryState,
-        after: i64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
+    fn list(&self, state: DeliveryState, after: i64, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -154,7 +144,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, Error>> {
+    fn replay(&self, id: i64) -> StoreFuture<'_, bool> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -172,7 +162,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+    fn next_due(&self) -> StoreFuture<'_, Option<i64>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -192,7 +182,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn depth(&self) -> BoxFuture<'_, Result<Depth, Error>> {
+    fn depth(&self) -> StoreFuture<'_, Depth> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
@@ -219,7 +209,7 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+    fn ping(&self) -> StoreFuture<'_, ()> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;

@@ -7,11 +7,11 @@ use std::time::Duration;
 use tokio_postgres::Row;
 
 use super::{PostgresOutbox, db_error, pool_error};
-use crate::store::{BoxFuture, Error};
 use crate::store::{
     Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
     TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
+use crate::store::{Error, StoreFuture};
 
 /// The columns `row_to_task` reads, in its order (a macro, so statements stay literals).
 macro_rules! columns {
@@ -107,7 +107,7 @@ impl PostgresOutbox {
 }
 
 impl TaskStore for PostgresOutbox {
-    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), Error>> {
+    fn record(&self, task: NewTask, check_after: Duration) -> StoreFuture<'_, ()> {
         let state = if task.outcome_unknown {
             WatchState::Unknown
         } else {
@@ -170,7 +170,7 @@ impl TaskStore for PostgresOutbox {
         task_id: String,
         report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<Seen, Error>> {
+    ) -> StoreFuture<'_, Seen> {
         Box::pin(async move {
             // Points are noted whatever the state (a refund may come after the end); the
             // watch moves on only while the task is watched. One statement, which also
@@ -233,12 +233,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn claim_due(
-        &self,
-        owner: String,
-        max: usize,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
+    fn claim_due(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<WatchedTask>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -264,12 +259,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn checked(
-        &self,
-        task_id: String,
-        owner: String,
-        checked: Checked,
-    ) -> BoxFuture<'_, Result<Option<Finished>, Error>> {
+    fn checked(&self, task_id: String, owner: String, checked: Checked) -> StoreFuture<'_, Option<Finished>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -301,7 +291,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, Error>> {
+    fn count_tasks(&self) -> StoreFuture<'_, TaskCounts> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -327,7 +317,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
+    fn trace_of(&self, task_id: String) -> StoreFuture<'_, Option<String>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -342,7 +332,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, Error>> {
+    fn task(&self, task_id: String) -> StoreFuture<'_, Option<WatchedTask>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -363,7 +353,7 @@ impl TaskStore for PostgresOutbox {
         state: Option<WatchState>,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
+    ) -> StoreFuture<'_, Vec<WatchedTask>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -384,11 +374,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn reserve(
-        &self,
-        reservation: Reservation,
-        limits: TaskLimits,
-    ) -> BoxFuture<'_, Result<Reserved, Error>> {
+    fn reserve(&self, reservation: Reservation, limits: TaskLimits) -> StoreFuture<'_, Reserved> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -431,7 +417,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), Error>> {
+    fn cancel_reservation(&self, reservation: String) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.task_statement(
                 "DELETE FROM runway_proxy_tasks WHERE task_id = $1 AND state = 'pending'",
@@ -442,7 +428,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, Error>> {
+    fn spend(&self, key: Option<String>, since: i64) -> StoreFuture<'_, Vec<Spend>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -463,7 +449,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn usage(&self, key: Option<String>, from: i64, to: i64) -> BoxFuture<'_, Result<Vec<UsageRow>, Error>> {
+    fn usage(&self, key: Option<String>, from: i64, to: i64) -> StoreFuture<'_, Vec<UsageRow>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -498,7 +484,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>> {
+    fn prune(&self, before: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let rows = self
                 .task_statement(

@@ -1,25 +1,19 @@
 //! Idempotency records in the outbox's SQLite database: durable like the webhooks, written
 //! by the same thread with the same group commit.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{SqliteOutbox, now_ms};
-use crate::store::idempotency::{Begin, Finished, IdempotencyStore, StoredAnswer};
-use crate::store::{BoxFuture, Error};
+use crate::store::StoreFuture;
+use crate::store::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
 
 /// Expired records deleted per lookup (the table stays small without a sweeper).
 const PURGE: i64 = 64;
 
-fn begin(
-    tx: &Transaction<'_>,
-    key: &str,
-    fingerprint: &str,
-    lease: Duration,
-    ttl: Duration,
-) -> rusqlite::Result<Begin> {
+fn begin(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Begin> {
+    let (key, fingerprint) = (&claim.key, &claim.fingerprint);
+    let (lease, ttl) = (claim.lease, claim.ttl);
     let now = now_ms();
     tx.execute(
         "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
@@ -43,7 +37,7 @@ fn begin(
         .optional()?;
     match found {
         Some((stored, state, status, content_type, body, lease_until, expires_at)) if expires_at > now => {
-            if stored != fingerprint {
+            if stored != *fingerprint {
                 return Ok(Begin::Mismatch);
             }
             Ok(match state.as_str() {
@@ -80,20 +74,11 @@ fn begin(
 }
 
 impl IdempotencyStore for SqliteOutbox {
-    fn begin(
-        &self,
-        key: String,
-        fingerprint: String,
-        lease: Duration,
-        ttl: Duration,
-    ) -> BoxFuture<'_, Result<Begin, Error>> {
-        Box::pin(async move {
-            self.run(move |tx| begin(tx, &key, &fingerprint, lease, ttl))
-                .await
-        })
+    fn begin(&self, claim: Claim) -> StoreFuture<'_, Begin> {
+        Box::pin(async move { self.run(move |tx| begin(tx, &claim)).await })
     }
 
-    fn finish(&self, key: String, finished: Finished) -> BoxFuture<'_, Result<(), Error>> {
+    fn finish(&self, key: String, finished: Finished) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.run(move |tx| {
                 match finished {
@@ -111,7 +96,7 @@ impl IdempotencyStore for SqliteOutbox {
         })
     }
 
-    fn release(&self, key: String) -> BoxFuture<'_, Result<(), Error>> {
+    fn release(&self, key: String) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.run(move |tx| {
                 tx.execute("DELETE FROM idempotency WHERE key = ?1", params![key])
@@ -124,6 +109,8 @@ impl IdempotencyStore for SqliteOutbox {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -134,15 +121,15 @@ mod tests {
         {
             let store = SqliteOutbox::open(&path).unwrap();
             assert_eq!(
-                store.begin("k".into(), "f".into(), lease, ttl).await,
+                store.begin(Claim::new("k", "f", lease, ttl)).await,
                 Ok(Begin::Started)
             );
             assert_eq!(
-                store.begin("k".into(), "f".into(), lease, ttl).await,
+                store.begin(Claim::new("k", "f", lease, ttl)).await,
                 Ok(Begin::InFlight)
             );
             assert_eq!(
-                store.begin("k".into(), "g".into(), lease, ttl).await,
+                store.begin(Claim::new("k", "g", lease, ttl)).await,
                 Ok(Begin::Mismatch)
             );
             let answer = StoredAnswer {
@@ -151,29 +138,29 @@ mod tests {
                 body: Bytes::from_static(br#"{"code":200}"#),
             };
             store.finish("k".into(), Finished::Answer(answer)).await.unwrap();
-            store.begin("u".into(), "f".into(), lease, ttl).await.unwrap();
+            store.begin(Claim::new("u", "f", lease, ttl)).await.unwrap();
             store.finish("u".into(), Finished::Unknown).await.unwrap();
-            store.begin("r".into(), "f".into(), lease, ttl).await.unwrap();
+            store.begin(Claim::new("r", "f", lease, ttl)).await.unwrap();
             store.release("r".into()).await.unwrap();
         }
         let store = SqliteOutbox::open(&path).unwrap();
-        let Ok(Begin::Replay(answer)) = store.begin("k".into(), "f".into(), lease, ttl).await else {
+        let Ok(Begin::Replay(answer)) = store.begin(Claim::new("k", "f", lease, ttl)).await else {
             panic!("the answer is kept across a restart");
         };
         assert_eq!(answer.body, r#"{"code":200}"#);
         assert_eq!(
-            store.begin("u".into(), "f".into(), lease, ttl).await,
+            store.begin(Claim::new("u", "f", lease, ttl)).await,
             Ok(Begin::Unknown)
         );
         assert_eq!(
-            store.begin("r".into(), "f".into(), lease, ttl).await,
+            store.begin(Claim::new("r", "f", lease, ttl)).await,
             Ok(Begin::Started),
             "released"
         );
-        let expired = store.begin("x".into(), "f".into(), lease, Duration::ZERO).await;
+        let expired = store.begin(Claim::new("x", "f", lease, Duration::ZERO)).await;
         assert_eq!(expired, Ok(Begin::Started));
         assert_eq!(
-            store.begin("x".into(), "f".into(), lease, ttl).await,
+            store.begin(Claim::new("x", "f", lease, ttl)).await,
             Ok(Begin::Started),
             "an expired key is new again"
         );

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind, NewDelivery, Outbox,
+    Completion, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind, NewDelivery, Outbox, StoreFuture,
 };
 
 /// Most commands applied in one transaction.
@@ -483,20 +483,15 @@ fn claim(tx: &Transaction<'_>, owner: &str, max: usize, lease: Duration) -> rusq
 }
 
 impl Outbox for SqliteOutbox {
-    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<Enqueued, Error>> {
+    fn enqueue(&self, delivery: NewDelivery) -> StoreFuture<'_, Enqueued> {
         Box::pin(self.run(move |tx| enqueue(tx, &delivery)))
     }
 
-    fn claim(
-        &self,
-        owner: String,
-        max: usize,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
+    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>> {
         Box::pin(self.run(move |tx| claim(tx, &owner, max, lease)))
     }
 
-    fn complete(&self, id: i64, owner: String, completion: Completion) -> BoxFuture<'_, Result<(), Error>> {
+    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()> {
         Box::pin(self.run(move |tx| {
             let now = now_ms();
             let (state, next, error, delivered) = match completion {
@@ -514,7 +509,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn release(&self, id: i64, owner: String) -> BoxFuture<'_, Result<(), Error>> {
+    fn release(&self, id: i64, owner: String) -> StoreFuture<'_, ()> {
         Box::pin(self.run(move |tx| {
             tx.execute(
                 "UPDATE deliveries SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?3
@@ -525,12 +520,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn list(
-        &self,
-        state: DeliveryState,
-        after: i64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Delivery>, Error>> {
+    fn list(&self, state: DeliveryState, after: i64, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
         Box::pin(self.run(move |tx| {
             let mut select = tx.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM deliveries WHERE state = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
@@ -541,7 +531,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, Error>> {
+    fn replay(&self, id: i64) -> StoreFuture<'_, bool> {
         Box::pin(self.run(move |tx| {
             let changed = tx.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
@@ -553,7 +543,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, Error>> {
+    fn next_due(&self) -> StoreFuture<'_, Option<i64>> {
         Box::pin(self.run(|tx| {
             tx.query_row(
                 "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE state = 'pending'
@@ -564,7 +554,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn depth(&self) -> BoxFuture<'_, Result<Depth, Error>> {
+    fn depth(&self) -> StoreFuture<'_, Depth> {
         Box::pin(self.run(|tx| {
             // One index range count per state: the delivered rows are never walked.
             let mut count = tx.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE state = ?1")?;
@@ -578,7 +568,7 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
-    fn ping(&self) -> BoxFuture<'_, Result<(), Error>> {
+    fn ping(&self) -> StoreFuture<'_, ()> {
         // Through the writer thread: a writer that stopped or stalls fails it.
         Box::pin(self.run(|_| Ok(())))
     }

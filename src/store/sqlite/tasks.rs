@@ -6,7 +6,7 @@ use std::time::Duration;
 use rusqlite::{Transaction, params};
 
 use super::{SqliteOutbox, now_ms};
-use crate::store::{BoxFuture, Error};
+use crate::store::StoreFuture;
 use crate::store::{
     Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
     TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
@@ -167,7 +167,7 @@ fn claim_due(
 }
 
 impl TaskStore for SqliteOutbox {
-    fn record(&self, task: NewTask, check_after: Duration) -> BoxFuture<'_, Result<(), Error>> {
+    fn record(&self, task: NewTask, check_after: Duration) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
@@ -228,7 +228,7 @@ impl TaskStore for SqliteOutbox {
         task_id: String,
         report: TaskReport,
         check_after: Duration,
-    ) -> BoxFuture<'_, Result<Seen, Error>> {
+    ) -> StoreFuture<'_, Seen> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
@@ -263,21 +263,11 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn claim_due(
-        &self,
-        owner: String,
-        max: usize,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
+    fn claim_due(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<WatchedTask>> {
         Box::pin(async move { self.run(move |tx| claim_due(tx, &owner, max, lease)).await })
     }
 
-    fn checked(
-        &self,
-        task_id: String,
-        owner: String,
-        checked: Checked,
-    ) -> BoxFuture<'_, Result<Option<Finished>, Error>> {
+    fn checked(&self, task_id: String, owner: String, checked: Checked) -> StoreFuture<'_, Option<Finished>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
@@ -311,7 +301,7 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn count_tasks(&self) -> BoxFuture<'_, Result<TaskCounts, Error>> {
+    fn count_tasks(&self) -> StoreFuture<'_, TaskCounts> {
         Box::pin(async move {
             self.run(|tx| {
                 // One index range count per state.
@@ -329,7 +319,7 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn task(&self, task_id: String) -> BoxFuture<'_, Result<Option<WatchedTask>, Error>> {
+    fn task(&self, task_id: String) -> StoreFuture<'_, Option<WatchedTask>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select =
@@ -341,7 +331,7 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn trace_of(&self, task_id: String) -> BoxFuture<'_, Result<Option<String>, Error>> {
+    fn trace_of(&self, task_id: String) -> StoreFuture<'_, Option<String>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached("SELECT trace FROM tasks WHERE task_id = ?1")?;
@@ -357,7 +347,7 @@ impl TaskStore for SqliteOutbox {
         state: Option<WatchState>,
         after: i64,
         limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<WatchedTask>, Error>> {
+    ) -> StoreFuture<'_, Vec<WatchedTask>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(&format!(
@@ -371,15 +361,11 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn reserve(
-        &self,
-        reservation: Reservation,
-        limits: TaskLimits,
-    ) -> BoxFuture<'_, Result<Reserved, Error>> {
+    fn reserve(&self, reservation: Reservation, limits: TaskLimits) -> StoreFuture<'_, Reserved> {
         Box::pin(async move { self.run(move |tx| reserve(tx, &reservation, &limits)).await })
     }
 
-    fn cancel_reservation(&self, reservation: String) -> BoxFuture<'_, Result<(), Error>> {
+    fn cancel_reservation(&self, reservation: String) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.run(move |tx| {
                 tx.execute(
@@ -392,7 +378,7 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn spend(&self, key: Option<String>, since: i64) -> BoxFuture<'_, Result<Vec<Spend>, Error>> {
+    fn spend(&self, key: Option<String>, since: i64) -> StoreFuture<'_, Vec<Spend>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(
@@ -412,7 +398,7 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn usage(&self, key: Option<String>, from: i64, to: i64) -> BoxFuture<'_, Result<Vec<UsageRow>, Error>> {
+    fn usage(&self, key: Option<String>, from: i64, to: i64) -> StoreFuture<'_, Vec<UsageRow>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(
@@ -443,7 +429,7 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn prune(&self, before: i64) -> BoxFuture<'_, Result<u64, Error>> {
+    fn prune(&self, before: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.run(move |tx| {
                 tx.execute(
