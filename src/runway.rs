@@ -67,6 +67,7 @@ use crate::idempotency::{IdempotencyLayer, IdempotencySettings, IdempotencyStore
 use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer, RetrySettings};
 use crate::settings::InvalidSetting;
+use crate::settings::setters;
 use crate::tasks::{RecordTasks, RecordTasksLayer, TaskStore, Usage, WatchSettings};
 use crate::trace::Tracer;
 
@@ -175,52 +176,27 @@ pub struct RunwayLayerBuilder {
 }
 
 impl RunwayLayerBuilder {
-    /// Record a span for each attempt upstream (see [`crate::trace`]); the watch list
-    /// keeps each task's submission span, when the request carries one.
-    pub fn tracer(mut self, tracer: Tracer) -> Self {
-        self.tracer = tracer;
-        self
-    }
-
-    /// Retry settings and rules.
-    pub fn retry(mut self, settings: RetrySettings) -> Self {
-        self.retry = settings;
-        self
-    }
-
-    /// Rate limits and concurrency caps.
-    pub fn rate_limit(mut self, settings: LimitSettings) -> Self {
-        self.limit = settings;
-        self
-    }
-
-    /// Rewrite `callback_url` in submissions by `callbacks` (give the relay the same
-    /// value, so both check subscribers by one policy).
-    pub fn callbacks(mut self, callbacks: Callbacks) -> Self {
-        self.callbacks = Some(callbacks);
-        self
-    }
-
-    /// Honour `Idempotency-Key` on submissions, recording them in `store`.
-    pub fn idempotency(mut self, store: Arc<dyn IdempotencyStore>, settings: IdempotencySettings) -> Self {
-        self.idempotency = Some((store, settings));
-        self
-    }
-
-    /// Put every accepted submission on the watch list (and the ledger) in `store`
-    /// (needs [`callbacks`](Self::callbacks): its keys seal the API keys the watcher
-    /// polls with). The watcher itself runs beside the relay.
-    pub fn watch(mut self, store: Arc<dyn TaskStore>, settings: WatchSettings) -> Self {
-        self.tasks = Some((store, settings));
-        self
-    }
-
-    /// Limit tasks in flight and spend per key (needs [`watch`](Self::watch): tasks are
-    /// counted on the watch list). With a watch list and no limits, submissions are still
-    /// labelled for the ledger.
-    pub fn guard(mut self, settings: GuardSettings) -> Self {
-        self.guard = settings;
-        self
+    setters! {
+        /// Record a span for each attempt upstream (see [`crate::trace`]); the watch list
+        /// keeps each task's submission span, when the request carries one.
+        tracer(tracer: Tracer) => tracer;
+        /// Retry settings and rules.
+        retry(settings: RetrySettings) => retry;
+        /// Rate limits and concurrency caps.
+        rate_limit(settings: LimitSettings) => limit;
+        /// Rewrite `callback_url` in submissions by `callbacks` (give the relay the same
+        /// value, so both check subscribers by one policy).
+        callbacks(callbacks: Callbacks) => callbacks = Some(callbacks);
+        /// Honour `Idempotency-Key` on submissions, recording them in `store`.
+        idempotency(store: Arc<dyn IdempotencyStore>, settings: IdempotencySettings) => idempotency = Some((store, settings));
+        /// Put every accepted submission on the watch list (and the ledger) in `store`
+        /// (needs [`callbacks`](Self::callbacks): its keys seal the API keys the watcher
+        /// polls with). The watcher itself runs beside the relay.
+        watch(store: Arc<dyn TaskStore>, settings: WatchSettings) => tasks = Some((store, settings));
+        /// Limit tasks in flight and spend per key (needs [`watch`](Self::watch): tasks are
+        /// counted on the watch list). With a watch list and no limits, submissions are still
+        /// labelled for the ledger.
+        guard(settings: GuardSettings) => guard;
     }
 
     /// Check every setting and make the layers and their shared state, once.

@@ -40,7 +40,7 @@ mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::settings::{InvalidSetting, Live, Secret, Setting, ValueError, check, parse, setting, show};
+use crate::settings::{InvalidSetting, Live, Secret, ValueError, check, parse, settings, show};
 
 pub use crate::context::ResponseFuture;
 pub use crate::context::{CallbackUrl, RewriteError};
@@ -178,31 +178,51 @@ impl Callbacks {
     }
 }
 
-/// Settings of the `callback_url` rewrite (`[callback]`).
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct CallbackSettings {
-    /// Let subscriber URLs point at loopback, private and other internal addresses.
-    pub allow_private: bool,
-    /// Only these subscriber hosts (empty: any).
-    pub allowed_hosts: Vec<String>,
-    /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
-    pub token_keys: Option<Secret>,
-    /// Largest submission body rewritten and webhook body accepted.
-    pub body_limit: usize,
-    /// How long a route token is honoured after it was minted.
-    pub token_lifetime: Duration,
-}
-
-impl Default for CallbackSettings {
-    fn default() -> Self {
-        CallbackSettings {
-            allow_private: false,
-            allowed_hosts: Vec::new(),
-            token_keys: None,
-            body_limit: 16 * 1024 * 1024,
-            token_lifetime: DEFAULT_TOKEN_LIFETIME,
-        }
+settings! {
+    /// Settings of the `callback_url` rewrite (`[callback]`).
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct CallbackSettings in callback {
+        /// Let subscriber URLs point at loopback, private and other internal addresses.
+        pub allow_private: bool = false => {
+            live, under Callbacks,
+            env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
+            flag: "allow-private-callbacks",
+            doc: "Let callback_url point at loopback, private and other internal addresses.",
+            parse: parse::boolean, show: show::plain,
+        },
+        /// Only these subscriber hosts (empty: any).
+        pub allowed_hosts: Vec<String> = Vec::new() => {
+            live, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
+            flag: "callback-allowed-hosts",
+            doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
+            parse: Self::hosts, show: Self::show_hosts,
+        },
+        /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
+        pub token_keys: Option<Secret> = None => {
+            live, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
+            flag: "callback-token-keys",
+            doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
+            parse: Self::token_keys, show: show::generated,
+        },
+        /// Largest submission body rewritten and webhook body accepted.
+        pub body_limit: usize = 16 * 1024 * 1024 => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
+            flag: "callback-body-limit",
+            doc: "Largest submission body rewritten, and largest webhook body accepted.",
+            parse: parse::size, show: show::size,
+        },
+        /// How long a route token is honoured after it was minted.
+        pub token_lifetime: Duration = DEFAULT_TOKEN_LIFETIME => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
+            flag: "callback-token-lifetime",
+            doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
+            parse: parse::positive_duration, show: show::duration,
+        },
     }
 }
 
@@ -253,46 +273,4 @@ impl CallbackSettings {
             }
         }
     }
-}
-
-impl CallbackSettings {
-    /// Each setting of `[callback]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            callback.allow_private, live, under Callbacks,
-            env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
-            flag: "allow-private-callbacks",
-            doc: "Let callback_url point at loopback, private and other internal addresses.",
-            parse: parse::boolean, show: show::plain,
-        },
-        setting! {
-            callback.allowed_hosts, live, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
-            flag: "callback-allowed-hosts",
-            doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
-            parse: Self::hosts, show: Self::show_hosts,
-        },
-        setting! {
-            callback.token_keys, live, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
-            flag: "callback-token-keys",
-            doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
-            parse: Self::token_keys, show: show::generated,
-        },
-        setting! {
-            callback.body_limit, restart, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
-            flag: "callback-body-limit",
-            doc: "Largest submission body rewritten, and largest webhook body accepted.",
-            parse: parse::size, show: show::size,
-        },
-        setting! {
-            callback.token_lifetime, restart, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
-            flag: "callback-token-lifetime",
-            doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
-            parse: parse::positive_duration, show: show::duration,
-        },
-    ];
 }

@@ -51,7 +51,7 @@ use crate::relay::{DatabaseSettings, DeliverySettings};
 use crate::retry::RetrySettings;
 use crate::server::ConnectionLimits;
 pub use crate::settings::{Heading, Secret, Setting, ValueError};
-use crate::settings::{parse, setting, show};
+use crate::settings::{parse, settings, show};
 use crate::tasks::WatchSettings;
 use crate::trace::TraceSettings;
 
@@ -61,90 +61,140 @@ pub fn listen_address(raw: &str) -> Result<SocketAddr, ValueError> {
     values::listen_address(raw)
 }
 
-/// The sidecar's settings. Build it with [`Config::load`] or start from
-/// [`Config::default`]. Field names are the config keys.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct Config {
-    /// Address the proxy listens on for the application's calls.
-    pub listen: SocketAddr,
-    /// Serving threads for `listen`, each with its own runtime, listener and upstream
-    /// pool; 0: one per available core.
-    pub threads: usize,
-    /// Base URL of CometAPI (or the stand-in); paths and queries are appended unchanged.
-    pub upstream: Uri,
-    /// How long to wait for a TCP (and TLS) connection to the upstream.
-    pub connect_timeout: Duration,
-    /// How long to wait for the upstream's response headers after sending a request.
-    pub request_timeout: Duration,
-    /// On SIGINT or SIGTERM, how long in-flight requests may take to finish.
-    pub shutdown_grace: Duration,
-    /// Log line format.
-    pub log_format: LogFormat,
-    /// Log one line per proxied request at info (otherwise at debug).
-    pub access_log: bool,
-    /// The retry middleware's settings and rule table (`[retry]`, `[[retry.rules]]`).
-    pub retry: RetrySettings,
-    /// The rate limiter's quotas and bounds (`[limit]`).
-    pub limit: LimitSettings,
-    /// Address of the webhook listener.
-    pub webhook_listen: SocketAddr,
-    /// Base URL the upstream uses to reach the webhook listener; `None`: derived from
-    /// the listener's bound address.
-    pub public_url: Option<String>,
-    /// Directory of the outbox database and generated secrets.
-    pub data_dir: PathBuf,
-    /// The PostgreSQL outbox replicas share (`[database]`); no URL: SQLite in `data_dir`.
-    pub database: DatabaseSettings,
-    /// The secret that signs relayed webhooks; `None`: generated once, kept in `data_dir`.
-    pub webhook_secret: Option<Secret>,
-    /// The `callback_url` rewrite (`[callback]`).
-    pub callback: CallbackSettings,
-    /// Webhook delivery (`[delivery]`).
-    pub delivery: DeliverySettings,
-    /// `Idempotency-Key` records (`[idempotency]`).
-    pub idempotency: IdempotencySettings,
-    /// The task watcher (`[watch]`).
-    pub watch: WatchSettings,
-    /// Task limits and budgets (`[guard]`, `[[guard.keys]]`).
-    pub guard: GuardSettings,
-    /// Bounds on each listener's connections (`[connections]`).
-    pub connections: ConnectionLimits,
-    /// OpenTelemetry trace export (`[otel]`).
-    pub otel: TraceSettings,
-    /// The token every admin path but `healthz` and `readyz` requires
-    /// (`Authorization: Bearer ...`); `None`: admin paths are open on a loopback listener,
-    /// and the relay's refused on any other.
-    pub admin_token: Option<Secret>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            threads: 0,
-            upstream: Uri::from_static("https://api.cometapi.com"),
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(30),
-            log_format: LogFormat::Auto,
-            access_log: false,
-            retry: RetrySettings::default(),
-            limit: LimitSettings::default(),
-            webhook_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            public_url: None,
-            data_dir: PathBuf::from("./runway-proxy-data"),
-            database: DatabaseSettings::default(),
-            webhook_secret: None,
-            callback: CallbackSettings::default(),
-            delivery: DeliverySettings::default(),
-            idempotency: IdempotencySettings::default(),
-            watch: WatchSettings::default(),
-            guard: GuardSettings::default(),
-            connections: ConnectionLimits::default(),
-            otel: TraceSettings::default(),
-            admin_token: None,
-        }
+settings! {
+    /// The sidecar's settings. Build it with [`Config::load`] or start from
+    /// [`Config::default`]. Field names are the config keys.
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct Config {
+        /// Address the proxy listens on for the application's calls.
+        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)) => {
+            restart, under Listeners,
+            env: "RUNWAY_PROXY_LISTEN",
+            flag: "listen",
+            doc: "Address the proxy listens on for your application's calls.",
+            parse: values::listen_address, show: show::plain,
+        },
+        /// Serving threads for `listen`, each with its own runtime, listener and upstream
+        /// pool; 0: one per available core.
+        pub threads: usize = 0 => {
+            restart, under Listeners,
+            env: "RUNWAY_PROXY_THREADS",
+            flag: "threads",
+            doc: "Serving threads, each with its own listener, runtime and upstream pool (auto: one per core).",
+            parse: values::threads, show: values::show_threads,
+        },
+        /// Base URL of CometAPI (or the stand-in); paths and queries are appended unchanged.
+        pub upstream: Uri = Uri::from_static("https://api.cometapi.com") => {
+            restart, under Upstream,
+            env: "RUNWAY_PROXY_UPSTREAM",
+            flag: "upstream",
+            doc: "Base URL requests are forwarded to, path and query unchanged.",
+            parse: values::base_url, show: values::show_upstream,
+        },
+        /// How long to wait for a TCP (and TLS) connection to the upstream.
+        pub connect_timeout: Duration = Duration::from_secs(10) => {
+            restart, under Upstream,
+            env: "RUNWAY_PROXY_CONNECT_TIMEOUT",
+            flag: "connect-timeout",
+            doc: "Time allowed to open a TCP and TLS connection to the upstream.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// How long to wait for the upstream's response headers after sending a request.
+        pub request_timeout: Duration = Duration::from_secs(60) => {
+            restart, under Upstream,
+            env: "RUNWAY_PROXY_REQUEST_TIMEOUT",
+            flag: "request-timeout",
+            doc: "Time allowed for the upstream's response headers once the request is sent.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// On SIGINT or SIGTERM, how long in-flight requests may take to finish.
+        pub shutdown_grace: Duration = Duration::from_secs(30) => {
+            restart, under Listeners,
+            env: "RUNWAY_PROXY_SHUTDOWN_GRACE",
+            flag: "shutdown-grace",
+            doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
+            parse: parse::duration, show: show::duration,
+        },
+        /// Log line format.
+        pub log_format: LogFormat = LogFormat::Auto => {
+            restart, under Observability,
+            env: "RUNWAY_PROXY_LOG_FORMAT",
+            flag: "log-format",
+            doc: "Log line format: pretty, json, or auto (pretty on a terminal, json otherwise). The level comes from RUST_LOG (default info).",
+            parse: parse::parsed, show: show::plain,
+        },
+        /// Log one line per proxied request at info (otherwise at debug).
+        pub access_log: bool = false => {
+            restart, under Observability,
+            env: "RUNWAY_PROXY_ACCESS_LOG",
+            flag: "access-log",
+            doc: "One log line per proxied request at info (off: at debug). Refusals, retries and webhooks are logged either way.",
+            parse: parse::boolean, show: show::plain,
+        },
+        /// The retry middleware's settings and rule table (`[retry]`, `[[retry.rules]]`).
+        pub retry: RetrySettings = RetrySettings::default(),
+        /// The rate limiter's quotas and bounds (`[limit]`).
+        pub limit: LimitSettings = LimitSettings::default(),
+        /// Address of the webhook listener.
+        pub webhook_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8081)) => {
+            restart, under Listeners,
+            env: "RUNWAY_PROXY_WEBHOOK_LISTEN",
+            flag: "webhook-listen",
+            doc: "Address of the webhook listener (in production, the public one).",
+            parse: values::listen_address, show: show::plain,
+        },
+        /// Base URL the upstream uses to reach the webhook listener; `None`: derived from
+        /// the listener's bound address.
+        pub public_url: Option<String> = None => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_PUBLIC_URL",
+            flag: "public-url",
+            doc: "Base URL the upstream uses to reach the webhook listener (auto: http://{webhook_listen}).",
+            parse: values::public_url, show: values::show_public_url,
+        },
+        /// Directory of the outbox database and generated secrets.
+        pub data_dir: PathBuf = PathBuf::from("./runway-proxy-data") => {
+            restart, under Stores,
+            env: "RUNWAY_PROXY_DATA_DIR",
+            flag: "data-dir",
+            doc: "Directory of the outbox database and generated secrets.",
+            parse: values::data_dir, show: values::show_data_dir,
+        },
+        /// The PostgreSQL outbox replicas share (`[database]`); no URL: SQLite in `data_dir`.
+        pub database: DatabaseSettings = DatabaseSettings::default(),
+        /// The secret that signs relayed webhooks; `None`: generated once, kept in `data_dir`.
+        pub webhook_secret: Option<Secret> = None => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_WEBHOOK_SECRET",
+            flag: "webhook-secret",
+            doc: "whsec_<base64> secret that signs relayed webhooks (generated: made once, kept in data_dir).",
+            parse: values::webhook_secret, show: show::generated,
+        },
+        /// The `callback_url` rewrite (`[callback]`).
+        pub callback: CallbackSettings = CallbackSettings::default(),
+        /// Webhook delivery (`[delivery]`).
+        pub delivery: DeliverySettings = DeliverySettings::default(),
+        /// `Idempotency-Key` records (`[idempotency]`).
+        pub idempotency: IdempotencySettings = IdempotencySettings::default(),
+        /// The task watcher (`[watch]`).
+        pub watch: WatchSettings = WatchSettings::default(),
+        /// Task limits and budgets (`[guard]`, `[[guard.keys]]`).
+        pub guard: GuardSettings = GuardSettings::default(),
+        /// Bounds on each listener's connections (`[connections]`).
+        pub connections: ConnectionLimits = ConnectionLimits::default(),
+        /// OpenTelemetry trace export (`[otel]`).
+        pub otel: TraceSettings = TraceSettings::default(),
+        /// The token every admin path but `healthz` and `readyz` requires
+        /// (`Authorization: Bearer ...`); `None`: admin paths are open on a loopback listener,
+        /// and the relay's refused on any other.
+        pub admin_token: Option<Secret> = None => {
+            live, under Observability,
+            env: "RUNWAY_PROXY_ADMIN_TOKEN",
+            flag: "admin-token",
+            doc: "Bearer token every admin path but /-/healthz and /-/readyz requires (none: open on loopback only).",
+            parse: values::optional_secret, show: values::show_secret,
+        },
     }
 }
 
@@ -182,102 +232,4 @@ impl std::fmt::Display for LogFormat {
             LogFormat::Json => "json",
         })
     }
-}
-
-impl Config {
-    /// Each setting of the top level in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            listen, restart, under Listeners,
-            env: "RUNWAY_PROXY_LISTEN",
-            flag: "listen",
-            doc: "Address the proxy listens on for your application's calls.",
-            parse: values::listen_address, show: show::plain,
-        },
-        setting! {
-            threads, restart, under Listeners,
-            env: "RUNWAY_PROXY_THREADS",
-            flag: "threads",
-            doc: "Serving threads, each with its own listener, runtime and upstream pool (auto: one per core).",
-            parse: values::threads, show: values::show_threads,
-        },
-        setting! {
-            shutdown_grace, restart, under Listeners,
-            env: "RUNWAY_PROXY_SHUTDOWN_GRACE",
-            flag: "shutdown-grace",
-            doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
-            parse: parse::duration, show: show::duration,
-        },
-        setting! {
-            webhook_listen, restart, under Listeners,
-            env: "RUNWAY_PROXY_WEBHOOK_LISTEN",
-            flag: "webhook-listen",
-            doc: "Address of the webhook listener (in production, the public one).",
-            parse: values::listen_address, show: show::plain,
-        },
-        setting! {
-            upstream, restart, under Upstream,
-            env: "RUNWAY_PROXY_UPSTREAM",
-            flag: "upstream",
-            doc: "Base URL requests are forwarded to, path and query unchanged.",
-            parse: values::base_url, show: values::show_upstream,
-        },
-        setting! {
-            connect_timeout, restart, under Upstream,
-            env: "RUNWAY_PROXY_CONNECT_TIMEOUT",
-            flag: "connect-timeout",
-            doc: "Time allowed to open a TCP and TLS connection to the upstream.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        setting! {
-            request_timeout, restart, under Upstream,
-            env: "RUNWAY_PROXY_REQUEST_TIMEOUT",
-            flag: "request-timeout",
-            doc: "Time allowed for the upstream's response headers once the request is sent.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        setting! {
-            public_url, restart, under Callbacks,
-            env: "RUNWAY_PROXY_PUBLIC_URL",
-            flag: "public-url",
-            doc: "Base URL the upstream uses to reach the webhook listener (auto: http://{webhook_listen}).",
-            parse: values::public_url, show: values::show_public_url,
-        },
-        setting! {
-            webhook_secret, restart, under Callbacks,
-            env: "RUNWAY_PROXY_WEBHOOK_SECRET",
-            flag: "webhook-secret",
-            doc: "whsec_<base64> secret that signs relayed webhooks (generated: made once, kept in data_dir).",
-            parse: values::webhook_secret, show: show::generated,
-        },
-        setting! {
-            data_dir, restart, under Stores,
-            env: "RUNWAY_PROXY_DATA_DIR",
-            flag: "data-dir",
-            doc: "Directory of the outbox database and generated secrets.",
-            parse: values::data_dir, show: values::show_data_dir,
-        },
-        setting! {
-            admin_token, live, under Observability,
-            env: "RUNWAY_PROXY_ADMIN_TOKEN",
-            flag: "admin-token",
-            doc: "Bearer token every admin path but /-/healthz and /-/readyz requires (none: open on loopback only).",
-            parse: values::optional_secret, show: values::show_secret,
-        },
-        setting! {
-            access_log, restart, under Observability,
-            env: "RUNWAY_PROXY_ACCESS_LOG",
-            flag: "access-log",
-            doc: "One log line per proxied request at info (off: at debug). Refusals, retries and webhooks are logged either way.",
-            parse: parse::boolean, show: show::plain,
-        },
-        setting! {
-            log_format, restart, under Observability,
-            env: "RUNWAY_PROXY_LOG_FORMAT",
-            flag: "log-format",
-            doc: "Log line format: pretty, json, or auto (pretty on a terminal, json otherwise). The level comes from RUST_LOG (default info).",
-            parse: parse::parsed, show: show::plain,
-        },
-    ];
 }

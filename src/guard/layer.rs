@@ -10,6 +10,7 @@ use super::service::{Guard, GuardRules, TaskGuard};
 use super::{GuardMetrics, GuardSettings};
 use crate::context::OnSubmission;
 use crate::limit::WaitBounds;
+use crate::settings::setters;
 use crate::settings::{InvalidSetting, Live};
 use crate::tasks::{TaskStore, Usage};
 
@@ -75,32 +76,19 @@ pub struct TaskGuardLayerBuilder {
 }
 
 impl TaskGuardLayerBuilder {
-    /// The limits, budgets and keys.
-    pub fn settings(mut self, settings: GuardSettings) -> Self {
-        self.settings = settings;
-        self
-    }
-
-    /// How long a submission waits for a task slot, and how many wait at once: the rate
-    /// limiter's bounds ([`LimitSettings::wait_bounds`](crate::limit::LimitSettings::wait_bounds);
-    /// default its defaults, 30 s and 1024).
-    pub fn waits(mut self, waits: WaitBounds) -> Self {
-        self.waits = waits;
-        self
-    }
-
-    /// How long a submission whose outcome is unknown counts as in flight (default
-    /// 15 min: `watch.recover_after`, after which the watch list gives up on it too).
-    pub fn unknown_for(mut self, wait: Duration) -> Self {
-        self.unknown_for = wait;
-        self
-    }
-
-    /// Largest submission body read for its `model` (default 1 MiB, the server's body
-    /// limit); a larger one is sent on with the model unknown.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
+    setters! {
+        /// The limits, budgets and keys.
+        settings(settings: GuardSettings) => settings;
+        /// How long a submission waits for a task slot, and how many wait at once: the rate
+        /// limiter's bounds ([`LimitSettings::wait_bounds`](crate::limit::LimitSettings::wait_bounds);
+        /// default its defaults, 30 s and 1024).
+        waits(waits: WaitBounds) => waits;
+        /// How long a submission whose outcome is unknown counts as in flight (default
+        /// 15 min: `watch.recover_after`, after which the watch list gives up on it too).
+        unknown_for(wait: Duration) => unknown_for;
+        /// Largest submission body read for its `model` (default 1 MiB, the server's body
+        /// limit); a larger one is sent on with the model unknown.
+        body_limit(bytes: usize) => body_limit;
     }
 
     /// The layer, once the settings are checked.

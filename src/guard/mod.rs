@@ -69,44 +69,74 @@ pub use layer::{TaskGuardLayer, TaskGuardLayerBuilder};
 pub use metrics::GuardMetrics;
 pub use service::{Guard, TaskGuard};
 
-use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
+use crate::settings::setters;
+use crate::settings::{InvalidSetting, check, parse, settings, show};
 use crate::tasks::TaskLimits;
 
-/// Settings of the task guard (`[guard]` in the config file). Every limit is optional;
-/// unset means unlimited. Field names are the config keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GuardSettings {
-    /// Most tasks unfinished at once, in all.
-    pub max_tasks_in_flight: Option<u32>,
-    /// Most tasks unfinished at once for one key.
-    pub max_tasks_in_flight_per_key: Option<u32>,
-    /// Most tasks per window, in all.
-    pub daily_task_budget: Option<u64>,
-    /// Most points (charged less refunded) per window, in all.
-    pub daily_point_budget: Option<u64>,
-    /// Most tasks per window for one key.
-    pub daily_task_budget_per_key: Option<u64>,
-    /// Most points per window for one key.
-    pub daily_point_budget_per_key: Option<u64>,
-    /// The budgets' rolling window (default 24 h).
-    pub budget_window: Duration,
-    /// Labels and limits of particular keys (`[[guard.keys]]`).
-    pub keys: Vec<KeyOverride>,
-}
-
-impl Default for GuardSettings {
-    fn default() -> Self {
-        GuardSettings {
-            max_tasks_in_flight: None,
-            max_tasks_in_flight_per_key: None,
-            daily_task_budget: None,
-            daily_point_budget: None,
-            daily_task_budget_per_key: None,
-            daily_point_budget_per_key: None,
-            budget_window: Duration::from_secs(24 * 3600),
-            keys: Vec::new(),
-        }
+settings! {
+    /// Settings of the task guard (`[guard]` in the config file). Every limit is optional;
+    /// unset means unlimited. Field names are the config keys.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct GuardSettings in guard {
+        /// Most tasks unfinished at once, in all.
+        pub max_tasks_in_flight: Option<u32> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT",
+            flag: "max-tasks-in-flight",
+            doc: "Most tasks unfinished at once (from submission until the watch list sees their end); more wait their turn.",
+            parse: parse::optional_count, show: show::optional,
+        },
+        /// Most tasks unfinished at once for one key.
+        pub max_tasks_in_flight_per_key: Option<u32> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT_PER_KEY",
+            flag: "max-tasks-in-flight-per-key",
+            doc: "Most tasks unfinished at once for one API key (or label).",
+            parse: parse::optional_count, show: show::optional,
+        },
+        /// Most tasks per window, in all.
+        pub daily_task_budget: Option<u64> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_TASK_BUDGET",
+            flag: "daily-task-budget",
+            doc: "Most tasks submitted per budget window, in all; past it submissions are refused before sending.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        /// Most points (charged less refunded) per window, in all.
+        pub daily_point_budget: Option<u64> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_POINT_BUDGET",
+            flag: "daily-point-budget",
+            doc: "Most points (charged less refunded, as CometAPI reports them) per budget window, in all.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        /// Most tasks per window for one key.
+        pub daily_task_budget_per_key: Option<u64> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_TASK_BUDGET_PER_KEY",
+            flag: "daily-task-budget-per-key",
+            doc: "Most tasks per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        /// Most points per window for one key.
+        pub daily_point_budget_per_key: Option<u64> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_DAILY_POINT_BUDGET_PER_KEY",
+            flag: "daily-point-budget-per-key",
+            doc: "Most points per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
+            parse: parse::optional_amount, show: show::optional,
+        },
+        /// The budgets' rolling window (default 24 h).
+        pub budget_window: Duration = Duration::from_secs(24 * 3600) => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_BUDGET_WINDOW",
+            flag: "budget-window",
+            doc: "The budgets' rolling window.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// Labels and limits of particular keys (`[[guard.keys]]`).
+        pub keys: Vec<KeyOverride> = Vec::new(),
     }
 }
 
@@ -142,22 +172,13 @@ impl KeyOverride {
         }
     }
 
-    /// Set its own daily point budget.
-    pub fn daily_point_budget(mut self, points: u64) -> Self {
-        self.daily_point_budget = Some(points);
-        self
-    }
-
-    /// Set its own daily task budget.
-    pub fn daily_task_budget(mut self, tasks: u64) -> Self {
-        self.daily_task_budget = Some(tasks);
-        self
-    }
-
-    /// Set its own limit of tasks in flight.
-    pub fn max_tasks_in_flight(mut self, tasks: u32) -> Self {
-        self.max_tasks_in_flight = Some(tasks);
-        self
+    setters! {
+        /// Set its own daily point budget.
+        daily_point_budget(points: u64) => daily_point_budget = Some(points);
+        /// Set its own daily task budget.
+        daily_task_budget(tasks: u64) => daily_task_budget = Some(tasks);
+        /// Set its own limit of tasks in flight.
+        max_tasks_in_flight(tasks: u32) => max_tasks_in_flight = Some(tasks);
     }
 }
 
@@ -310,60 +331,4 @@ impl Directory {
         }
         limits
     }
-}
-
-impl GuardSettings {
-    /// Each setting of `[guard]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            guard.max_tasks_in_flight, live, under Limits,
-            env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT",
-            flag: "max-tasks-in-flight",
-            doc: "Most tasks unfinished at once (from submission until the watch list sees their end); more wait their turn.",
-            parse: parse::optional_count, show: show::optional,
-        },
-        setting! {
-            guard.max_tasks_in_flight_per_key, live, under Limits,
-            env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT_PER_KEY",
-            flag: "max-tasks-in-flight-per-key",
-            doc: "Most tasks unfinished at once for one API key (or label).",
-            parse: parse::optional_count, show: show::optional,
-        },
-        setting! {
-            guard.daily_task_budget, live, under Limits,
-            env: "RUNWAY_PROXY_DAILY_TASK_BUDGET",
-            flag: "daily-task-budget",
-            doc: "Most tasks submitted per budget window, in all; past it submissions are refused before sending.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        setting! {
-            guard.daily_point_budget, live, under Limits,
-            env: "RUNWAY_PROXY_DAILY_POINT_BUDGET",
-            flag: "daily-point-budget",
-            doc: "Most points (charged less refunded, as CometAPI reports them) per budget window, in all.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        setting! {
-            guard.daily_task_budget_per_key, live, under Limits,
-            env: "RUNWAY_PROXY_DAILY_TASK_BUDGET_PER_KEY",
-            flag: "daily-task-budget-per-key",
-            doc: "Most tasks per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        setting! {
-            guard.daily_point_budget_per_key, live, under Limits,
-            env: "RUNWAY_PROXY_DAILY_POINT_BUDGET_PER_KEY",
-            flag: "daily-point-budget-per-key",
-            doc: "Most points per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        setting! {
-            guard.budget_window, live, under Limits,
-            env: "RUNWAY_PROXY_BUDGET_WINDOW",
-            flag: "budget-window",
-            doc: "The budgets' rolling window.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-    ];
 }

@@ -46,7 +46,7 @@ use crate::context::OnSubmission;
 pub use crate::context::ResponseFuture;
 pub use service::Idempotent;
 
-use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
+use crate::settings::{InvalidSetting, check, parse, settings, show};
 // The records and their stores live on the storage floor; these are their names where
 // this layer's users have always found them.
 pub use crate::store::MemoryIdempotencyStore;
@@ -57,30 +57,27 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// The response header marking an answer replayed from the record.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// Settings of the idempotency layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct IdempotencySettings {
-    /// How long a record is kept (`idempotency.ttl`, default 24 h).
-    pub ttl: Duration,
-    /// How long a submission may stay in flight before its record counts as an unknown
-    /// outcome (a process that died mid-request never finishes it; default 10 min).
-    pub lease: Duration,
-    /// Largest body hashed; a larger submission with a key gets 413 (default 16 MiB).
-    pub body_limit: usize,
-    /// Largest answer stored for replay; a larger one is recorded as an unknown outcome
-    /// (default 1 MiB; a submission's answer is a few hundred bytes).
-    pub answer_limit: usize,
-}
-
-impl Default for IdempotencySettings {
-    fn default() -> Self {
-        IdempotencySettings {
-            ttl: Duration::from_secs(24 * 3600),
-            lease: Duration::from_secs(600),
-            body_limit: 16 * 1024 * 1024,
-            answer_limit: 1024 * 1024,
-        }
+settings! {
+    /// Settings of the idempotency layer.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct IdempotencySettings in idempotency {
+        /// How long a record is kept (`idempotency.ttl`, default 24 h).
+        pub ttl: Duration = Duration::from_secs(24 * 3600) => {
+            restart, under Stores,
+            env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
+            flag: "idempotency-ttl",
+            doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// How long a submission may stay in flight before its record counts as an unknown
+        /// outcome (a process that died mid-request never finishes it; default 10 min).
+        pub lease: Duration = Duration::from_secs(600),
+        /// Largest body hashed; a larger submission with a key gets 413 (default 16 MiB).
+        pub body_limit: usize = 16 * 1024 * 1024,
+        /// Largest answer stored for replay; a larger one is recorded as an unknown outcome
+        /// (default 1 MiB; a submission's answer is a few hundred bytes).
+        pub answer_limit: usize = 1024 * 1024,
     }
 }
 
@@ -147,16 +144,4 @@ impl<S> Layer<S> for IdempotencyLayer {
     fn layer(&self, inner: S) -> Idempotent<S> {
         OnSubmission::new(inner, Arc::clone(&self.shared))
     }
-}
-
-impl IdempotencySettings {
-    /// Each setting of `[idempotency]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[setting! {
-        idempotency.ttl, restart, under Stores,
-        env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
-        flag: "idempotency-ttl",
-        doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
-        parse: parse::positive_duration, show: show::duration,
-    }];
 }

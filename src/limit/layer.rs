@@ -12,6 +12,7 @@ use tower::Layer;
 use super::gate::{Gate, KeyedGate, KeyedSlots, TokioClock};
 use super::wait::Shared;
 use super::{LimitMetrics, LimitSettings, QuotaSpec, RateLimit};
+use crate::settings::setters;
 use crate::settings::{InvalidSetting, Live};
 
 /// Every key in the shared store starts with this, so one Redis can serve other uses too.
@@ -194,64 +195,27 @@ pub struct RateLimitLayerBuilder {
 }
 
 impl RateLimitLayerBuilder {
-    /// Start from these settings (the config's `[limit]`, say) instead of no limits.
-    pub fn settings(mut self, settings: LimitSettings) -> Self {
-        self.settings = settings;
-        self
-    }
-
-    /// One quota for all requests (`limit.rate`).
-    pub fn rate(mut self, quota: QuotaSpec) -> Self {
-        self.settings.rate = Some(quota);
-        self
-    }
-
-    /// A quota for each API key (`limit.rate_per_key`).
-    pub fn rate_per_key(mut self, quota: QuotaSpec) -> Self {
-        self.settings.rate_per_key = Some(quota);
-        self
-    }
-
-    /// A quota for submissions (`limit.submit_rate`).
-    pub fn submit_rate(mut self, quota: QuotaSpec) -> Self {
-        self.settings.submit_rate = Some(quota);
-        self
-    }
-
-    /// A quota for reads (`limit.read_rate`).
-    pub fn read_rate(mut self, quota: QuotaSpec) -> Self {
-        self.settings.read_rate = Some(quota);
-        self
-    }
-
-    /// Most requests in flight to the upstream at once.
-    pub fn max_concurrency(mut self, n: u32) -> Self {
-        self.settings.max_concurrency = Some(n);
-        self
-    }
-
-    /// Most requests in flight to the upstream at once for one API key.
-    pub fn max_concurrency_per_key(mut self, n: u32) -> Self {
-        self.settings.max_concurrency_per_key = Some(n);
-        self
-    }
-
-    /// Longest a request waits for its turn.
-    pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.settings.max_wait = wait;
-        self
-    }
-
-    /// Most requests waiting at once.
-    pub fn max_queue(mut self, n: usize) -> Self {
-        self.settings.max_queue = n;
-        self
-    }
-
-    /// Most API keys whose state is kept.
-    pub fn max_keys(mut self, n: usize) -> Self {
-        self.settings.max_keys = n;
-        self
+    setters! {
+        /// Start from these settings (the config's `[limit]`, say) instead of no limits.
+        settings(settings: LimitSettings) => settings;
+        /// One quota for all requests (`limit.rate`).
+        rate(quota: QuotaSpec) => settings.rate = Some(quota);
+        /// A quota for each API key (`limit.rate_per_key`).
+        rate_per_key(quota: QuotaSpec) => settings.rate_per_key = Some(quota);
+        /// A quota for submissions (`limit.submit_rate`).
+        submit_rate(quota: QuotaSpec) => settings.submit_rate = Some(quota);
+        /// A quota for reads (`limit.read_rate`).
+        read_rate(quota: QuotaSpec) => settings.read_rate = Some(quota);
+        /// Most requests in flight to the upstream at once.
+        max_concurrency(n: u32) => settings.max_concurrency = Some(n);
+        /// Most requests in flight to the upstream at once for one API key.
+        max_concurrency_per_key(n: u32) => settings.max_concurrency_per_key = Some(n);
+        /// Longest a request waits for its turn.
+        max_wait(wait: Duration) => settings.max_wait;
+        /// Most requests waiting at once.
+        max_queue(n: usize) => settings.max_queue;
+        /// Most API keys whose state is kept.
+        max_keys(n: usize) => settings.max_keys;
     }
 
     /// Check the settings and make the layer (its quotas, slots and metrics, once).

@@ -59,7 +59,7 @@ pub use service::{RateLimit, ResponseFuture};
 pub use shared::{SharedDecision, SharedLimitError, SharedLimits};
 
 pub use crate::settings::ServiceUrl;
-use crate::settings::{InvalidSetting, Setting, ValueError, check, parse, setting, show};
+use crate::settings::{InvalidSetting, ValueError, check, parse, settings, show};
 
 /// How long a request may wait for its turn, and how many may wait at once: the bounds
 /// the rate limiter keeps, handed as one value to the layers whose waits share them (the
@@ -78,37 +78,105 @@ impl Default for WaitBounds {
     }
 }
 
-/// Settings of the rate limiter (`[limit]` in the config file). Every quota is optional;
-/// unset means unlimited. Field names are the config keys.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct LimitSettings {
-    /// One quota for all requests.
-    pub rate: Option<QuotaSpec>,
-    /// A quota for each API key (bearer token).
-    pub rate_per_key: Option<QuotaSpec>,
-    /// A quota for submissions.
-    pub submit_rate: Option<QuotaSpec>,
-    /// A quota for reads.
-    pub read_rate: Option<QuotaSpec>,
-    /// Most requests in flight to the upstream at once.
-    pub max_concurrency: Option<u32>,
-    /// Most requests in flight to the upstream at once for one API key.
-    pub max_concurrency_per_key: Option<u32>,
-    /// Longest a request waits for its turn (default 30 s).
-    pub max_wait: Duration,
-    /// Most requests waiting at once (default 1024).
-    pub max_queue: usize,
-    /// Most API keys whose state is kept (default 10,000).
-    pub max_keys: usize,
-    /// A wait longer than this is logged (default 1 s; not a config key).
-    pub slow_wait: Duration,
-    /// Keep the rate quotas in this Redis, shared by every replica that names it (needs
-    /// the `redis` feature). Unset: in this process's memory.
-    pub redis_url: Option<ServiceUrl>,
-    /// What to do when the Redis of `redis_url` cannot be reached (default: fall back to
-    /// this process's own limiter).
-    pub redis_fallback: SharedFallback,
+settings! {
+    /// Settings of the rate limiter (`[limit]` in the config file). Every quota is optional;
+    /// unset means unlimited. Field names are the config keys.
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct LimitSettings in limit {
+        /// One quota for all requests.
+        pub rate: Option<QuotaSpec> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT",
+            flag: "rate-limit",
+            doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        /// A quota for each API key (bearer token).
+        pub rate_per_key: Option<QuotaSpec> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
+            flag: "rate-limit-per-key",
+            doc: "Quota for each API key (bearer token, kept only as a hash).",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        /// A quota for submissions.
+        pub submit_rate: Option<QuotaSpec> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
+            flag: "submit-rate-limit",
+            doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        /// A quota for reads.
+        pub read_rate: Option<QuotaSpec> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_READ_RATE_LIMIT",
+            flag: "read-rate-limit",
+            doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
+            parse: quota::parse_optional, show: show::optional,
+        },
+        /// Most requests in flight to the upstream at once.
+        pub max_concurrency: Option<u32> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_MAX_CONCURRENCY",
+            flag: "max-concurrency",
+            doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
+            parse: parse::optional_count, show: show::optional,
+        },
+        /// Most requests in flight to the upstream at once for one API key.
+        pub max_concurrency_per_key: Option<u32> = None => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
+            flag: "max-concurrency-per-key",
+            doc: "Most requests in flight to the upstream at once for one API key.",
+            parse: parse::optional_count, show: show::optional,
+        },
+        /// Longest a request waits for its turn (default 30 s).
+        pub max_wait: Duration = Duration::from_secs(30) => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_MAX_WAIT",
+            flag: "max-wait",
+            doc: "Longest a request waits for its turn before a 429.",
+            parse: parse::duration, show: show::duration,
+        },
+        /// Most requests waiting at once (default 1024).
+        pub max_queue: usize = 1024 => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_MAX_QUEUE",
+            flag: "max-queue",
+            doc: "Most requests waiting for their turn at once; more get a 429.",
+            parse: parse::count, show: show::plain,
+        },
+        /// Most API keys whose state is kept (default 10,000).
+        pub max_keys: usize = 10_000 => {
+            live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT_MAX_KEYS",
+            flag: "rate-limit-max-keys",
+            doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
+            parse: parse::count, show: show::plain,
+        },
+        /// A wait longer than this is logged (default 1 s; not a config key).
+        pub slow_wait: Duration = Duration::from_secs(1),
+        /// Keep the rate quotas in this Redis, shared by every replica that names it (needs
+        /// the `redis` feature). Unset: in this process's memory.
+        pub redis_url: Option<ServiceUrl> = None => {
+            restart, under Stores,
+            env: "RUNWAY_PROXY_REDIS_URL",
+            flag: "redis-url",
+            doc: "Redis that keeps the rate quotas, shared by every replica that names it (none: in memory).",
+            parse: parse::service_url, show: show::service_url,
+        },
+        /// What to do when the Redis of `redis_url` cannot be reached (default: fall back to
+        /// this process's own limiter).
+        pub redis_fallback: SharedFallback = SharedFallback::Local => {
+            restart, under Stores,
+            env: "RUNWAY_PROXY_REDIS_FALLBACK",
+            flag: "redis-fallback",
+            doc: "When that Redis is unreachable: local (this process's own limiter, with a warning) or refuse (503).",
+            parse: parse::parsed, show: show::plain,
+        },
+    }
 }
 
 /// What the limiter does when its shared store (Redis) does not answer.
@@ -147,25 +215,6 @@ impl std::str::FromStr for SharedFallback {
 impl std::fmt::Display for SharedFallback {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        LimitSettings {
-            rate: None,
-            rate_per_key: None,
-            submit_rate: None,
-            read_rate: None,
-            max_concurrency: None,
-            max_concurrency_per_key: None,
-            max_wait: Duration::from_secs(30),
-            max_queue: 1024,
-            max_keys: 10_000,
-            slow_wait: Duration::from_secs(1),
-            redis_url: None,
-            redis_fallback: SharedFallback::Local,
-        }
     }
 }
 
@@ -231,88 +280,4 @@ fn check_redis_url(_: &ServiceUrl) -> Result<(), InvalidSetting> {
     check(false, "limit.redis_url", || {
         "this build has no Redis support (build with the `redis` feature)".into()
     })
-}
-
-impl LimitSettings {
-    /// Each setting of `[limit]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            limit.rate, live, under Limits,
-            env: "RUNWAY_PROXY_RATE_LIMIT",
-            flag: "rate-limit",
-            doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
-            parse: quota::parse_optional, show: show::optional,
-        },
-        setting! {
-            limit.rate_per_key, live, under Limits,
-            env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
-            flag: "rate-limit-per-key",
-            doc: "Quota for each API key (bearer token, kept only as a hash).",
-            parse: quota::parse_optional, show: show::optional,
-        },
-        setting! {
-            limit.submit_rate, live, under Limits,
-            env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
-            flag: "submit-rate-limit",
-            doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
-            parse: quota::parse_optional, show: show::optional,
-        },
-        setting! {
-            limit.read_rate, live, under Limits,
-            env: "RUNWAY_PROXY_READ_RATE_LIMIT",
-            flag: "read-rate-limit",
-            doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
-            parse: quota::parse_optional, show: show::optional,
-        },
-        setting! {
-            limit.max_concurrency, live, under Limits,
-            env: "RUNWAY_PROXY_MAX_CONCURRENCY",
-            flag: "max-concurrency",
-            doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
-            parse: parse::optional_count, show: show::optional,
-        },
-        setting! {
-            limit.max_concurrency_per_key, live, under Limits,
-            env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
-            flag: "max-concurrency-per-key",
-            doc: "Most requests in flight to the upstream at once for one API key.",
-            parse: parse::optional_count, show: show::optional,
-        },
-        setting! {
-            limit.max_wait, live, under Limits,
-            env: "RUNWAY_PROXY_MAX_WAIT",
-            flag: "max-wait",
-            doc: "Longest a request waits for its turn before a 429.",
-            parse: parse::duration, show: show::duration,
-        },
-        setting! {
-            limit.max_queue, live, under Limits,
-            env: "RUNWAY_PROXY_MAX_QUEUE",
-            flag: "max-queue",
-            doc: "Most requests waiting for their turn at once; more get a 429.",
-            parse: parse::count, show: show::plain,
-        },
-        setting! {
-            limit.max_keys, live, under Limits,
-            env: "RUNWAY_PROXY_RATE_LIMIT_MAX_KEYS",
-            flag: "rate-limit-max-keys",
-            doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
-            parse: parse::count, show: show::plain,
-        },
-        setting! {
-            limit.redis_url, restart, under Stores,
-            env: "RUNWAY_PROXY_REDIS_URL",
-            flag: "redis-url",
-            doc: "Redis that keeps the rate quotas, shared by every replica that names it (none: in memory).",
-            parse: parse::service_url, show: show::service_url,
-        },
-        setting! {
-            limit.redis_fallback, restart, under Stores,
-            env: "RUNWAY_PROXY_REDIS_FALLBACK",
-            flag: "redis-fallback",
-            doc: "When that Redis is unreachable: local (this process's own limiter, with a warning) or refuse (503).",
-            parse: parse::parsed, show: show::plain,
-        },
-    ];
 }

@@ -54,6 +54,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+
+use crate::settings::setters;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -90,37 +92,20 @@ impl Default for MockConfig {
 }
 
 impl MockConfig {
-    /// Time between a task's status changes: queued, running, then done (default 2 s).
-    pub fn step(mut self, step: Duration) -> Self {
-        self.step = step;
-        self
-    }
-
-    /// How long after creation a task is still unknown to the feed (`task_not_exist`),
-    /// as CometAPI's feed is right after a submission (default 0).
-    pub fn feed_delay(mut self, delay: Duration) -> Self {
-        self.feed_delay = delay;
-        self
-    }
-
-    /// Accept only this bearer token (by default any non-empty token is accepted).
-    pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
-        self
-    }
-
-    /// Time allowed for one callback POST (default 10 s).
-    pub fn callback_timeout(mut self, timeout: Duration) -> Self {
-        self.callback_timeout = timeout;
-        self
-    }
-
-    /// Run at most `tasks` generations at once, as a Runway account's tier does: a task
-    /// accepted past it waits as `THROTTLED` (reverse format: still `"0"`, queued) until
-    /// one ends, then starts its steps (default: no limit).
-    pub fn max_running(mut self, tasks: usize) -> Self {
-        self.max_running = Some(tasks);
-        self
+    setters! {
+        /// Time between a task's status changes: queued, running, then done (default 2 s).
+        step(step: Duration) => step;
+        /// How long after creation a task is still unknown to the feed (`task_not_exist`),
+        /// as CometAPI's feed is right after a submission (default 0).
+        feed_delay(delay: Duration) => feed_delay;
+        /// Accept only this bearer token (by default any non-empty token is accepted).
+        api_key(key: impl Into<String>) => api_key = Some(key.into());
+        /// Time allowed for one callback POST (default 10 s).
+        callback_timeout(timeout: Duration) => callback_timeout;
+        /// Run at most `tasks` generations at once, as a Runway account's tier does: a task
+        /// accepted past it waits as `THROTTLED` (reverse format: still `"0"`, queued) until
+        /// one ends, then starts its steps (default: no limit).
+        max_running(tasks: usize) => max_running = Some(tasks);
     }
 }
 

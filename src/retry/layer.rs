@@ -8,6 +8,7 @@ use tower::retry::budget::TpsBudget;
 
 use super::{Retry, RetryMetrics, RetrySettings, Rules};
 use crate::route::RouteClass;
+use crate::settings::setters;
 use crate::settings::{InvalidSetting, Live};
 use crate::trace::Tracer;
 
@@ -127,24 +128,15 @@ pub struct RetryLayerBuilder {
 }
 
 impl RetryLayerBuilder {
-    /// Record a span for each attempt, a child of the request's span (the
-    /// [`SpanContext`](crate::trace::SpanContext) in its extensions, or its
-    /// `traceparent`), and send the attempt's `traceparent` upstream.
-    pub fn tracer(mut self, tracer: Tracer) -> Self {
-        self.tracer = tracer;
-        self
-    }
-
-    /// Start from these settings (the config's `[retry]`, say) instead of the defaults.
-    pub fn settings(mut self, settings: RetrySettings) -> Self {
-        self.settings = settings;
-        self
-    }
-
-    /// Attempts in all, counting the first.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.settings.max_attempts = attempts;
-        self
+    setters! {
+        /// Record a span for each attempt, a child of the request's span (the
+        /// [`SpanContext`](crate::trace::SpanContext) in its extensions, or its
+        /// `traceparent`), and send the attempt's `traceparent` upstream.
+        tracer(tracer: Tracer) => tracer;
+        /// Start from these settings (the config's `[retry]`, say) instead of the defaults.
+        settings(settings: RetrySettings) => settings;
+        /// Attempts in all, counting the first.
+        max_attempts(attempts: u32) => settings.max_attempts;
     }
 
     /// Backoff base and cap.
@@ -154,22 +146,13 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// One deadline covering every attempt and wait.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.settings.deadline = deadline;
-        self
-    }
-
-    /// Time allowed for one attempt.
-    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.attempt_timeout = timeout;
-        self
-    }
-
-    /// The longest wait a `Retry-After` header can ask for.
-    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
-        self.settings.retry_after_cap = cap;
-        self
+    setters! {
+        /// One deadline covering every attempt and wait.
+        deadline(deadline: Duration) => settings.deadline;
+        /// Time allowed for one attempt.
+        attempt_timeout(timeout: Duration) => settings.attempt_timeout;
+        /// The longest wait a `Retry-After` header can ask for.
+        retry_after_cap(cap: Duration) => settings.retry_after_cap;
     }
 
     /// Retries may add at most `percent` of recent requests plus `min_per_sec` per second.
@@ -194,16 +177,11 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// Answer failures reported inside an HTTP 200 with the HTTP status of their code.
-    pub fn surface_envelope_errors(mut self, surface: bool) -> Self {
-        self.settings.surface_envelope_errors = surface;
-        self
-    }
-
-    /// The rule table.
-    pub fn rules(mut self, rules: Rules) -> Self {
-        self.settings.rules = rules;
-        self
+    setters! {
+        /// Answer failures reported inside an HTTP 200 with the HTTP status of their code.
+        surface_envelope_errors(surface: bool) => settings.surface_envelope_errors;
+        /// The rule table.
+        rules(rules: Rules) => settings.rules;
     }
 
     /// Check the settings and make the layer (its retry budget and metrics, once).

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::duration;
 use crate::envelope::{Code, Envelope};
 use crate::route::RouteClass;
+use crate::settings::setters;
 
 /// What to do with an attempt's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -108,16 +109,11 @@ impl Rule {
         self
     }
 
-    /// Match when `msg` contains `needle`, ignoring ASCII case.
-    pub fn msg_contains(mut self, needle: impl Into<String>) -> Self {
-        self.msg_contains = Some(needle.into());
-        self
-    }
-
-    /// Match when `msg` matches `regex`.
-    pub fn msg_regex(mut self, regex: Regex) -> Self {
-        self.msg_regex = Some(MsgRegex(regex));
-        self
+    setters! {
+        /// Match when `msg` contains `needle`, ignoring ASCII case.
+        msg_contains(needle: impl Into<String>) => msg_contains = Some(needle.into());
+        /// Match when `msg` matches `regex`.
+        msg_regex(regex: Regex) => msg_regex = Some(MsgRegex(regex));
     }
 
     /// Apply only to these route classes.
@@ -126,17 +122,12 @@ impl Rule {
         self
     }
 
-    /// On retry, wait at least this long.
-    pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
-        self
-    }
-
-    /// On retry, allow at most this many attempts in all (counting the first) for
-    /// outcomes this rule matched, below the policy's overall maximum.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = Some(attempts);
-        self
+    setters! {
+        /// On retry, wait at least this long.
+        delay(delay: Duration) => delay = Some(delay);
+        /// On retry, allow at most this many attempts in all (counting the first) for
+        /// outcomes this rule matched, below the policy's overall maximum.
+        max_attempts(attempts: u32) => max_attempts = Some(attempts);
     }
 
     /// The rule's name, as shown in logs and metrics.

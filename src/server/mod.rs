@@ -38,35 +38,42 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body, BoxError};
-use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
+use crate::settings::{InvalidSetting, check, parse, settings, show};
 use crate::upstream::ClientAddr;
 use futures_util::TryFutureExt;
 
 type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, ServiceError>> + Send>>;
 
-/// Bounds on the connections one listener takes. See the [module docs](self).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConnectionLimits {
-    /// Longest time a request's head may take to arrive (and an HTTP/1.1 connection may
-    /// wait for its next request).
-    pub header_read_timeout: Duration,
-    /// Longest time a connection may stay open with no request in flight.
-    pub idle_timeout: Duration,
-    /// Most connections open at once.
-    pub max_connections: usize,
-}
-
-impl Default for ConnectionLimits {
-    /// 10 s for a request head (nginx allows 60 s; no client of an API needs that long),
-    /// 60 s idle, 512 connections (each proxied one may need an upstream connection too,
-    /// and a laptop's default limit is 1,024 open files).
-    fn default() -> Self {
-        ConnectionLimits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 512,
-        }
+settings! {
+    /// Bounds on the connections one listener takes. See the [module docs](self).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct ConnectionLimits in connections {
+        /// Longest time a request's head may take to arrive (and an HTTP/1.1 connection may
+        /// wait for its next request).
+        pub header_read_timeout: Duration = Duration::from_secs(10) => {
+            restart, under Listeners,
+            env: "RUNWAY_PROXY_HEADER_READ_TIMEOUT",
+            flag: "header-read-timeout",
+            doc: "Longest a request's head may take to arrive (and an HTTP/1.1 connection may wait for its next request).",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// Longest time a connection may stay open with no request in flight.
+        pub idle_timeout: Duration = Duration::from_secs(60) => {
+            restart, under Listeners,
+            env: "RUNWAY_PROXY_IDLE_TIMEOUT",
+            flag: "idle-timeout",
+            doc: "Longest a connection stays open with no request in flight.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// Most connections open at once.
+        pub max_connections: usize = 512 => {
+            restart, under Listeners,
+            env: "RUNWAY_PROXY_MAX_CONNECTIONS",
+            flag: "max-connections",
+            doc: "Most connections open at once on each listener; more wait to be accepted.",
+            parse: parse::count, show: show::plain,
+        },
     }
 }
 
@@ -295,31 +302,3 @@ impl std::fmt::Display for ServiceError {
 }
 
 impl std::error::Error for ServiceError {}
-
-impl ConnectionLimits {
-    /// Each setting of `[connections]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            connections.header_read_timeout, restart, under Listeners,
-            env: "RUNWAY_PROXY_HEADER_READ_TIMEOUT",
-            flag: "header-read-timeout",
-            doc: "Longest a request's head may take to arrive (and an HTTP/1.1 connection may wait for its next request).",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        setting! {
-            connections.idle_timeout, restart, under Listeners,
-            env: "RUNWAY_PROXY_IDLE_TIMEOUT",
-            flag: "idle-timeout",
-            doc: "Longest a connection stays open with no request in flight.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        setting! {
-            connections.max_connections, restart, under Listeners,
-            env: "RUNWAY_PROXY_MAX_CONNECTIONS",
-            flag: "max-connections",
-            doc: "Most connections open at once on each listener; more wait to be accepted.",
-            parse: parse::count, show: show::plain,
-        },
-    ];
-}

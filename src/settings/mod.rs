@@ -9,8 +9,8 @@ mod row;
 pub(crate) mod show;
 
 pub use parse::ValueError;
-pub(crate) use row::setting;
 pub use row::{Heading, Setting};
+pub(crate) use row::{setters, setting, settings};
 
 /// A setting whose value can't be used.
 ///

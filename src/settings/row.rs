@@ -110,6 +110,82 @@ impl std::fmt::Display for Heading {
     }
 }
 
+/// A settings type declared with its settings: each field with its default and, for a
+/// field the config file sets, its row (the key is the table's name and the field's):
+///
+/// ```text
+/// settings! {
+///     /// Settings of the retry middleware (`[retry]`).
+///     #[derive(Clone, Debug, PartialEq)]
+///     pub struct RetrySettings in retry {
+///         /// Attempts in all, counting the first (default 5).
+///         pub max_attempts: u32 = 5 => {
+///             live, under Retry,
+///             env: "RUNWAY_PROXY_MAX_ATTEMPTS",
+///             flag: "max-attempts",
+///             doc: "Attempts per request in all, counting the first.",
+///             parse: parse::number, show: show::plain,
+///         },
+///         /// The rule table (`[[retry.rules]]`, read apart).
+///         pub rules: Rules = Rules::default(),
+///     }
+/// }
+/// ```
+///
+/// This makes the struct, its `Default` (each field's default) and its `SETTINGS` table
+/// (a [`Setting`] per field with a row, in the fields' order). A type whose keys are at
+/// the top level of the file leaves out `in table`.
+macro_rules! settings {
+    (@key [] $field:ident) => { stringify!($field) };
+    (@key [$table:ident] $field:ident) => { concat!(stringify!($table), ".", stringify!($field)) };
+    (
+        @make $table:tt
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[$field_meta:meta])*
+                $field_vis:vis $field:ident : $ty:ty = $default:expr $(=> { $($row:tt)* })?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $(
+                $(#[$field_meta])*
+                $field_vis $field: $ty,
+            )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    $($field: $default,)*
+                }
+            }
+        }
+
+        impl $name {
+            /// Each setting of this type in the config file, with its variable, flag,
+            /// help and heading, and how its value reads and shows; the sidecar's
+            /// configuration lists these.
+            pub const SETTINGS: &'static [$crate::settings::Setting<Self>] = &[
+                $($(
+                    $crate::settings::setting!(
+                        @row $crate::settings::settings!(@key $table $field), $field, $($row)*
+                    ),
+                )?)*
+            ];
+        }
+    };
+    ($(#[$meta:meta])* $vis:vis struct $name:ident in $table:ident { $($body:tt)* }) => {
+        $crate::settings::settings!(@make [$table] $(#[$meta])* $vis struct $name { $($body)* });
+    };
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($body:tt)* }) => {
+        $crate::settings::settings!(@make [] $(#[$meta])* $vis struct $name { $($body)* });
+    };
+}
+pub(crate) use settings;
+
 /// One [`Setting`] of the type whose `SETTINGS` table it stands in:
 ///
 /// ```text
@@ -157,3 +233,33 @@ macro_rules! setting {
     (@live restart) => { false };
 }
 pub(crate) use setting;
+
+/// Builder methods that each set one value and give the builder back, tower-style:
+///
+/// ```text
+/// setters! {
+///     /// The retry settings.
+///     settings(settings: RetrySettings) => settings;
+///     /// Attempts in all, counting the first.
+///     max_attempts(attempts: u32) => settings.max_attempts;
+///     /// A quota for all calls.
+///     rate(quota: QuotaSpec) => settings.rate = Some(quota);
+/// }
+/// ```
+///
+/// `name(argument: Type) => field` stores the argument in `self.field` (a path into the
+/// builder); `=> field = value` stores `value`, made of the arguments.
+macro_rules! setters {
+    ($($(#[$meta:meta])* $name:ident($($arg:ident: $ty:ty),+) => $($field:ident).+ $(= $value:expr)?;)*) => {
+        $(
+            $(#[$meta])*
+            pub fn $name(mut self, $($arg: $ty),+) -> Self {
+                self.$($field).+ = $crate::settings::setters!(@value [$($arg),+] $(, $value)?);
+                self
+            }
+        )*
+    };
+    (@value [$arg:ident]) => { $arg };
+    (@value [$($arg:ident),+], $value:expr) => { $value };
+}
+pub(crate) use setters;

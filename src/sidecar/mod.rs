@@ -52,6 +52,7 @@ use crate::envelope;
 use crate::metrics::{GaugeGuard, MetricSet};
 use crate::relay::RelayAdmin;
 use crate::route::{self, RouteClass};
+use crate::settings::setters;
 use crate::tasks::TaskStore;
 use crate::trace::{Span, SpanKind, Tracer};
 use crate::upstream::{UpstreamError, UpstreamLatency};
@@ -171,49 +172,24 @@ impl<S> Sidecar<S> {
         }
     }
 
-    /// Record a span for each proxied request (a child of its `traceparent`, if it came
-    /// with one), and put its context in the request's extensions for the layers below.
-    pub fn tracer(mut self, tracer: Tracer) -> Self {
-        self.tracer = tracer;
-        self
-    }
-
-    /// Log one line per request at info (default: at debug, where it costs nothing
-    /// unless `RUST_LOG` asks for it).
-    pub fn access_log(mut self, on: bool) -> Self {
-        self.access_log = on;
-        self
-    }
-
-    /// Render these metric sets, in this order, at `/-/metrics`.
-    pub fn metric_sets(mut self, sets: Vec<Arc<dyn MetricSet>>) -> Self {
-        self.admin.metric_sets = sets.into();
-        self
-    }
-
-    /// Who may use the admin paths (default: no token, and a listener taken for one that
-    /// is not loopback, so `/-/deliveries` is refused).
-    pub fn admin_access(mut self, access: AdminAccess) -> Self {
-        self.admin.access = access;
-        self
-    }
-
-    /// Answer the relay's admin paths (`/-/deliveries`) too.
-    pub fn relay_admin(mut self, relay: RelayAdmin) -> Self {
-        self.admin.relay = Some(relay);
-        self
-    }
-
-    /// Answer `POST /-/reload` with `reload`.
-    pub fn config_reload(mut self, reload: Arc<dyn ConfigReload>) -> Self {
-        self.admin.reload = Some(reload);
-        self
-    }
-
-    /// Answer `/-/tasks` (the watch list) from `store` too.
-    pub fn task_admin(mut self, store: Arc<dyn TaskStore>) -> Self {
-        self.admin.tasks = Some(store);
-        self
+    setters! {
+        /// Record a span for each proxied request (a child of its `traceparent`, if it came
+        /// with one), and put its context in the request's extensions for the layers below.
+        tracer(tracer: Tracer) => tracer;
+        /// Log one line per request at info (default: at debug, where it costs nothing
+        /// unless `RUST_LOG` asks for it).
+        access_log(on: bool) => access_log;
+        /// Render these metric sets, in this order, at `/-/metrics`.
+        metric_sets(sets: Vec<Arc<dyn MetricSet>>) => admin.metric_sets = sets.into();
+        /// Who may use the admin paths (default: no token, and a listener taken for one that
+        /// is not loopback, so `/-/deliveries` is refused).
+        admin_access(access: AdminAccess) => admin.access;
+        /// Answer the relay's admin paths (`/-/deliveries`) too.
+        relay_admin(relay: RelayAdmin) => admin.relay = Some(relay);
+        /// Answer `POST /-/reload` with `reload`.
+        config_reload(reload: Arc<dyn ConfigReload>) => admin.reload = Some(reload);
+        /// Answer `/-/tasks` (the watch list) from `store` too.
+        task_admin(store: Arc<dyn TaskStore>) => admin.tasks = Some(store);
     }
 }
 

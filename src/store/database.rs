@@ -3,31 +3,41 @@
 
 use std::time::Duration;
 
-use crate::settings::{InvalidSetting, ServiceUrl, Setting, check, parse, setting, show};
+use crate::settings::{InvalidSetting, ServiceUrl, check, parse, settings, show};
 
-/// The PostgreSQL database that replicas share for the outbox and the idempotency records
-/// (`[database]` in the config file). With no URL, each process keeps its own SQLite file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DatabaseSettings {
-    /// `postgres://user:password@host:port/database`; `None`: the embedded SQLite outbox.
-    pub url: Option<ServiceUrl>,
-    /// Most connections this process opens (default 8). Two replicas with the default
-    /// hold 16 of the server's `max_connections`.
-    pub pool_size: usize,
-    /// The longest any one store operation may take, from waiting for a pooled
-    /// connection through connecting to the statement itself (default 5 s). A webhook
-    /// that can't be stored within it is answered 503, so its sender tries again.
-    pub timeout: Duration,
-}
-
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        DatabaseSettings {
-            url: None,
-            pool_size: 8,
-            timeout: Duration::from_secs(5),
-        }
+settings! {
+    /// The PostgreSQL database that replicas share for the outbox and the idempotency records
+    /// (`[database]` in the config file). With no URL, each process keeps its own SQLite file.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct DatabaseSettings in database {
+        /// `postgres://user:password@host:port/database`; `None`: the embedded SQLite outbox.
+        pub url: Option<ServiceUrl> = None => {
+            restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_URL",
+            flag: "database-url",
+            doc: "PostgreSQL that keeps the outbox and idempotency records, shared by every replica that names it (none: SQLite in data_dir).",
+            parse: parse::service_url, show: show::service_url,
+        },
+        /// Most connections this process opens (default 8). Two replicas with the default
+        /// hold 16 of the server's `max_connections`.
+        pub pool_size: usize = 8 => {
+            restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_POOL_SIZE",
+            flag: "database-pool-size",
+            doc: "Most connections to that PostgreSQL this process opens.",
+            parse: parse::count, show: show::plain,
+        },
+        /// The longest any one store operation may take, from waiting for a pooled
+        /// connection through connecting to the statement itself (default 5 s). A webhook
+        /// that can't be stored within it is answered 503, so its sender tries again.
+        pub timeout: Duration = Duration::from_secs(5) => {
+            restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_TIMEOUT",
+            flag: "database-timeout",
+            doc: "The longest one PostgreSQL operation may take (a webhook not stored by then is answered 503).",
+            parse: parse::positive_duration, show: show::duration,
+        },
     }
 }
 
@@ -84,32 +94,4 @@ fn check_database_url(_: &ServiceUrl) -> Result<(), InvalidSetting> {
     check(false, "database.url", || {
         "this build has no PostgreSQL support (build with the `postgres` feature)".into()
     })
-}
-
-impl DatabaseSettings {
-    /// Each setting of `[database]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            database.url, restart, under Stores,
-            env: "RUNWAY_PROXY_DATABASE_URL",
-            flag: "database-url",
-            doc: "PostgreSQL that keeps the outbox and idempotency records, shared by every replica that names it (none: SQLite in data_dir).",
-            parse: parse::service_url, show: show::service_url,
-        },
-        setting! {
-            database.pool_size, restart, under Stores,
-            env: "RUNWAY_PROXY_DATABASE_POOL_SIZE",
-            flag: "database-pool-size",
-            doc: "Most connections to that PostgreSQL this process opens.",
-            parse: parse::count, show: show::plain,
-        },
-        setting! {
-            database.timeout, restart, under Stores,
-            env: "RUNWAY_PROXY_DATABASE_TIMEOUT",
-            flag: "database-timeout",
-            doc: "The longest one PostgreSQL operation may take (a webhook not stored by then is answered 503).",
-            parse: parse::positive_duration, show: show::duration,
-        },
-    ];
 }

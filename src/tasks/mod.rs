@@ -25,7 +25,7 @@ pub use record::{
 };
 pub use watcher::{CallbackCheck, Confirmation, TaskWatcher, WatchMetrics};
 
-use crate::settings::{InvalidSetting, Setting, check, parse, setting, show};
+use crate::settings::{InvalidSetting, check, parse, settings, show};
 // The records live on the storage floor; these are their names where the watch list's
 // users have always found them.
 pub use crate::store::{
@@ -33,37 +33,57 @@ pub use crate::store::{
     TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
 
-/// How accepted tasks are watched (`[watch]` in the config file).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WatchSettings {
-    /// How often an official-format task is polled (`GET /runwayml/v1/tasks/{id}`), with
-    /// ±20% jitter, and a reverse-format one's feed read once it is overdue (default 5 s,
-    /// the least Runway advises).
-    pub poll_interval: Duration,
-    /// How long a reverse-format task may go without its terminal callback, after its
-    /// submission or its last callback, before the feed is read for it (default 15 min).
-    pub recover_after: Duration,
-    /// Where the events of official-format submissions that name no subscriber (with
-    /// `x-runway-proxy-callback-url`) go; `None`: their events are not relayed (they are still followed to their end, for the ledger and the task guard).
-    pub official_callback_url: Option<String>,
-    /// Relay a reverse-format task's final callback only once a feed read agrees with it
-    /// (CometAPI's callbacks are not signed; default off: it costs a read per task).
-    pub confirm_callbacks: bool,
-    /// How long the ledger keeps a finished task's record, for `/-/usage` and the
-    /// budgets (default 90 days; at least the guard's `budget_window`).
-    pub ledger_retention: Duration,
-}
-
-impl Default for WatchSettings {
-    fn default() -> Self {
-        WatchSettings {
-            poll_interval: Duration::from_secs(5),
-            recover_after: Duration::from_secs(15 * 60),
-            official_callback_url: None,
-            confirm_callbacks: false,
-            ledger_retention: Duration::from_secs(90 * 86_400),
-        }
+settings! {
+    /// How accepted tasks are watched (`[watch]` in the config file).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct WatchSettings in watch {
+        /// How often an official-format task is polled (`GET /runwayml/v1/tasks/{id}`), with
+        /// ±20% jitter, and a reverse-format one's feed read once it is overdue (default 5 s,
+        /// the least Runway advises).
+        pub poll_interval: Duration = Duration::from_secs(5) => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_TASK_POLL_INTERVAL",
+            flag: "task-poll-interval",
+            doc: "How often an official-format task is polled for its status, and an overdue reverse-format one read from the feed (with jitter).",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// How long a reverse-format task may go without its terminal callback, after its
+        /// submission or its last callback, before the feed is read for it (default 15 min).
+        pub recover_after: Duration = Duration::from_secs(15 * 60) => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_RECOVER_AFTER",
+            flag: "recover-after",
+            doc: "How long a reverse-format task may go without its final callback before its result is read from the feed.",
+            parse: parse::positive_duration, show: show::duration,
+        },
+        /// Where the events of official-format submissions that name no subscriber (with
+        /// `x-runway-proxy-callback-url`) go; `None`: their events are not relayed (they are still followed to their end, for the ledger and the task guard).
+        pub official_callback_url: Option<String> = None => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_OFFICIAL_CALLBACK_URL",
+            flag: "official-callback-url",
+            doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: their events are not relayed; they are still followed to their end for the ledger).",
+            parse: parse::optional_text, show: show::optional_text,
+        },
+        /// Relay a reverse-format task's final callback only once a feed read agrees with it
+        /// (CometAPI's callbacks are not signed; default off: it costs a read per task).
+        pub confirm_callbacks: bool = false => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_CONFIRM_CALLBACKS",
+            flag: "confirm-callbacks",
+            doc: "Relay a reverse-format task's final callback only once a feed read agrees (callbacks are not signed).",
+            parse: parse::boolean, show: show::plain,
+        },
+        /// How long the ledger keeps a finished task's record, for `/-/usage` and the
+        /// budgets (default 90 days; at least the guard's `budget_window`).
+        pub ledger_retention: Duration = Duration::from_secs(90 * 86_400) => {
+            restart, under Callbacks,
+            env: "RUNWAY_PROXY_LEDGER_RETENTION",
+            flag: "ledger-retention",
+            doc: "How long the ledger keeps a finished task's record (for /-/usage and the budgets; at least guard.budget_window).",
+            parse: parse::positive_duration, show: show::duration,
+        },
     }
 }
 
@@ -85,46 +105,4 @@ impl WatchSettings {
             || "must be at least 1m".into(),
         )
     }
-}
-
-impl WatchSettings {
-    /// Each setting of `[watch]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            watch.poll_interval, restart, under Callbacks,
-            env: "RUNWAY_PROXY_TASK_POLL_INTERVAL",
-            flag: "task-poll-interval",
-            doc: "How often an official-format task is polled for its status, and an overdue reverse-format one read from the feed (with jitter).",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        setting! {
-            watch.recover_after, restart, under Callbacks,
-            env: "RUNWAY_PROXY_RECOVER_AFTER",
-            flag: "recover-after",
-            doc: "How long a reverse-format task may go without its final callback before its result is read from the feed.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        setting! {
-            watch.official_callback_url, restart, under Callbacks,
-            env: "RUNWAY_PROXY_OFFICIAL_CALLBACK_URL",
-            flag: "official-callback-url",
-            doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: their events are not relayed; they are still followed to their end for the ledger).",
-            parse: parse::optional_text, show: show::optional_text,
-        },
-        setting! {
-            watch.confirm_callbacks, restart, under Callbacks,
-            env: "RUNWAY_PROXY_CONFIRM_CALLBACKS",
-            flag: "confirm-callbacks",
-            doc: "Relay a reverse-format task's final callback only once a feed read agrees (callbacks are not signed).",
-            parse: parse::boolean, show: show::plain,
-        },
-        setting! {
-            watch.ledger_retention, restart, under Callbacks,
-            env: "RUNWAY_PROXY_LEDGER_RETENTION",
-            flag: "ledger-retention",
-            doc: "How long the ledger keeps a finished task's record (for /-/usage and the budgets; at least guard.budget_window).",
-            parse: parse::positive_duration, show: show::duration,
-        },
-    ];
 }

@@ -3,7 +3,7 @@
 
 use super::context::hex_into;
 use super::{Ratio, SamplerKind};
-use crate::settings::{InvalidSetting, Setting, ValueError, check, parse, setting, show};
+use crate::settings::{InvalidSetting, ValueError, check, parse, settings, show};
 
 /// Why an `[otel]` value could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,34 +37,54 @@ impl From<ParseError> for crate::settings::ValueError {
     }
 }
 
-/// Where and as what spans are exported (`[otel]`). No endpoint: tracing is off.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TraceSettings {
-    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to
-    /// `{endpoint}/v1/traces`, or to the URL itself if it already ends so.
-    pub endpoint: Option<String>,
-    /// `service.name` of the spans' resource.
-    pub service_name: String,
-    /// Headers sent with each export (a collector's API key, say); marked sensitive, so
-    /// `Debug` never shows their values.
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// Which traces are recorded (`OTEL_TRACES_SAMPLER`).
-    pub sampler: SamplerKind,
-    /// The share of traces the `*traceidratio` samplers record, 0 to 1
-    /// (`OTEL_TRACES_SAMPLER_ARG`).
-    pub sampler_arg: Ratio,
-}
-
-impl Default for TraceSettings {
-    fn default() -> Self {
-        TraceSettings {
-            endpoint: None,
-            service_name: "runway-proxy".to_owned(),
-            headers: Vec::new(),
-            sampler: SamplerKind::default(),
-            sampler_arg: Ratio::ONE,
-        }
+settings! {
+    /// Where and as what spans are exported (`[otel]`). No endpoint: tracing is off.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub struct TraceSettings in otel {
+        /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to
+        /// `{endpoint}/v1/traces`, or to the URL itself if it already ends so.
+        pub endpoint: Option<String> = None => {
+            restart, under Observability,
+            env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+            flag: "otel-endpoint",
+            doc: "OpenTelemetry collector's OTLP/HTTP base URL (http://collector:4318): traces of each request, attempt, callback and delivery are exported to {url}/v1/traces (none: tracing off).",
+            parse: parse::optional_text, show: show::optional_text,
+        },
+        /// `service.name` of the spans' resource.
+        pub service_name: String = "runway-proxy".to_owned() => {
+            restart, under Observability,
+            env: "OTEL_SERVICE_NAME",
+            flag: "otel-service-name",
+            doc: "service.name of the exported traces.",
+            parse: parse::text, show: show::plain,
+        },
+        /// Headers sent with each export (a collector's API key, say); marked sensitive, so
+        /// `Debug` never shows their values.
+        pub headers: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new() => {
+            restart, under Observability,
+            env: "OTEL_EXPORTER_OTLP_HEADERS",
+            flag: "otel-headers",
+            doc: "Headers sent with each export, name=value,... with values percent-encoded (a collector's API key); never shown.",
+            parse: Self::headers, show: Self::show_headers,
+        },
+        /// Which traces are recorded (`OTEL_TRACES_SAMPLER`).
+        pub sampler: SamplerKind = SamplerKind::default() => {
+            live, under Observability,
+            env: "OTEL_TRACES_SAMPLER",
+            flag: "otel-sampler",
+            doc: "Which traces are recorded: parentbased_always_on (the application's traceparent decides, else all), parentbased_traceidratio, traceidratio, always_on, always_off or parentbased_always_off.",
+            parse: parse::parsed, show: show::plain,
+        },
+        /// The share of traces the `*traceidratio` samplers record, 0 to 1
+        /// (`OTEL_TRACES_SAMPLER_ARG`).
+        pub sampler_arg: Ratio = Ratio::ONE => {
+            live, under Observability,
+            env: "OTEL_TRACES_SAMPLER_ARG",
+            flag: "otel-sampler-arg",
+            doc: "Share of traces the traceidratio samplers record, 0 to 1 (0.1: one in ten, chosen by trace id).",
+            parse: parse::parsed, show: show::plain,
+        },
     }
 }
 
@@ -158,46 +178,4 @@ impl TraceSettings {
             _ => "(set)".to_owned(),
         }
     }
-}
-
-impl TraceSettings {
-    /// Each setting of `[otel]` in the config file, with its variable, flag and help,
-    /// and how its value reads and shows; the sidecar's configuration lists these.
-    pub const SETTINGS: &'static [Setting<Self>] = &[
-        setting! {
-            otel.endpoint, restart, under Observability,
-            env: "OTEL_EXPORTER_OTLP_ENDPOINT",
-            flag: "otel-endpoint",
-            doc: "OpenTelemetry collector's OTLP/HTTP base URL (http://collector:4318): traces of each request, attempt, callback and delivery are exported to {url}/v1/traces (none: tracing off).",
-            parse: parse::optional_text, show: show::optional_text,
-        },
-        setting! {
-            otel.headers, restart, under Observability,
-            env: "OTEL_EXPORTER_OTLP_HEADERS",
-            flag: "otel-headers",
-            doc: "Headers sent with each export, name=value,... with values percent-encoded (a collector's API key); never shown.",
-            parse: Self::headers, show: Self::show_headers,
-        },
-        setting! {
-            otel.service_name, restart, under Observability,
-            env: "OTEL_SERVICE_NAME",
-            flag: "otel-service-name",
-            doc: "service.name of the exported traces.",
-            parse: parse::text, show: show::plain,
-        },
-        setting! {
-            otel.sampler, live, under Observability,
-            env: "OTEL_TRACES_SAMPLER",
-            flag: "otel-sampler",
-            doc: "Which traces are recorded: parentbased_always_on (the application's traceparent decides, else all), parentbased_traceidratio, traceidratio, always_on, always_off or parentbased_always_off.",
-            parse: parse::parsed, show: show::plain,
-        },
-        setting! {
-            otel.sampler_arg, live, under Observability,
-            env: "OTEL_TRACES_SAMPLER_ARG",
-            flag: "otel-sampler-arg",
-            doc: "Share of traces the traceidratio samplers record, 0 to 1 (0.1: one in ten, chosen by trace id).",
-            parse: parse::parsed, show: show::plain,
-        },
-    ];
 }
