@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+mod columns;
 mod database;
 mod event;
 pub mod idempotency;

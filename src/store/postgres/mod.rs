@@ -52,8 +52,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, Row};
 
+use super::columns::Columns;
 use super::{Completion, DatabaseSettings, Enqueued, Error, ErrorKind, NewDelivery};
 
 /// Most writes committed in one transaction.
@@ -291,3 +292,35 @@ fn pool_error(err: deadpool_postgres::PoolError) -> Error {
 }
 
 use crate::duration::unix_millis as now_ms;
+
+impl Columns for Row {
+    type Error = tokio_postgres::Error;
+
+    fn text(&self, at: usize) -> Result<String, Self::Error> {
+        self.try_get(at)
+    }
+
+    fn optional_text(&self, at: usize) -> Result<Option<String>, Self::Error> {
+        self.try_get(at)
+    }
+
+    fn int(&self, at: usize) -> Result<i64, Self::Error> {
+        self.try_get(at)
+    }
+
+    fn optional_int(&self, at: usize) -> Result<Option<i64>, Self::Error> {
+        self.try_get(at)
+    }
+
+    fn count(&self, at: usize) -> Result<u32, Self::Error> {
+        Ok(u32::try_from(self.try_get::<_, i32>(at)?).unwrap_or(0))
+    }
+
+    fn flag(&self, at: usize) -> Result<bool, Self::Error> {
+        self.try_get(at)
+    }
+
+    fn bytes(&self, at: usize) -> Result<Vec<u8>, Self::Error> {
+        self.try_get(at)
+    }
+}

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_postgres::Row;
 
 use super::writer::task_lock;
@@ -15,29 +14,9 @@ use crate::store::{
 const COLUMNS: &str = "d.id, d.webhook_id, d.task_key, d.status, d.target_url, d.body, d.state, d.attempts, \
                        d.next_attempt_at, d.last_error, d.created_at, d.delivered_at, d.trace";
 
-fn row_to_delivery(row: &Row) -> Result<Delivery, tokio_postgres::Error> {
-    let state: &str = row.try_get(6)?;
-    let attempts: i32 = row.try_get(7)?;
-    Ok(Delivery {
-        id: row.try_get(0)?,
-        webhook_id: row.try_get(1)?,
-        task_key: row.try_get(2)?,
-        status: row.try_get(3)?,
-        target_url: row.try_get(4)?,
-        body: Bytes::from(row.try_get::<_, Vec<u8>>(5)?),
-        state: DeliveryState::parse(state).unwrap_or(DeliveryState::Dead),
-        attempts: u32::try_from(attempts).unwrap_or(0),
-        next_attempt_at: row.try_get(8)?,
-        last_error: row.try_get(9)?,
-        created_at: row.try_get(10)?,
-        delivered_at: row.try_get(11)?,
-        trace: row.try_get(12)?,
-    })
-}
-
 fn rows_to_deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, Error> {
     rows.iter()
-        .map(row_to_delivery)
+        .map(Delivery::from_columns)
         .collect::<Result<_, _>>()
         .map_err(db_error)
 }

@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 use super::{PostgresOutbox, db_error, pool_error};
 use crate::store::{
     Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
-    TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+    TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
 use crate::store::{Error, StoreFuture};
 
@@ -29,20 +29,11 @@ macro_rules! finished {
     };
 }
 
-fn row_to_finished(row: &Row) -> Result<Finished, tokio_postgres::Error> {
-    let state: &str = row.try_get(2)?;
-    let status: Option<&str> = row.try_get(3)?;
-    Ok(Finished {
-        key: row.try_get(0)?,
-        model: row.try_get(1)?,
-        status: StatusClass::of(WatchState::parse(state).unwrap_or(WatchState::Done), status),
-        points: row.try_get(4)?,
-        refunded: row.try_get(5)?,
-    })
-}
-
 fn first_finished(rows: &[Row]) -> Result<Option<Finished>, Error> {
-    rows.first().map(row_to_finished).transpose().map_err(db_error)
+    rows.first()
+        .map(Finished::from_columns)
+        .transpose()
+        .map_err(db_error)
 }
 
 fn limit_param(limit: Option<u64>) -> Option<i64> {
@@ -51,36 +42,9 @@ fn limit_param(limit: Option<u64>) -> Option<i64> {
 
 use crate::duration::millis;
 
-fn row_to_task(row: &Row) -> Result<WatchedTask, tokio_postgres::Error> {
-    let format: &str = row.try_get(2)?;
-    let state: &str = row.try_get(7)?;
-    let checks: i32 = row.try_get(12)?;
-    Ok(WatchedTask {
-        id: row.try_get(0)?,
-        task_id: row.try_get(1)?,
-        format: TaskFormat::parse(format).unwrap_or(TaskFormat::Reverse),
-        route: row.try_get(3)?,
-        key_hash: row.try_get(4)?,
-        sealed_key: row.try_get(5)?,
-        subscriber: row.try_get(6)?,
-        state: WatchState::parse(state).unwrap_or(WatchState::Unknown),
-        status: row.try_get(8)?,
-        submitted_at: row.try_get(9)?,
-        last_callback_at: row.try_get(10)?,
-        next_check_at: row.try_get(11)?,
-        checks: u32::try_from(checks).unwrap_or(0),
-        recovered: row.try_get(13)?,
-        key: row.try_get(14)?,
-        model: row.try_get(15)?,
-        points: row.try_get(16)?,
-        refunded: row.try_get(17)?,
-        finished_at: row.try_get(18)?,
-    })
-}
-
 fn rows_to_tasks(rows: Vec<Row>) -> Result<Vec<WatchedTask>, Error> {
     rows.iter()
-        .map(row_to_task)
+        .map(WatchedTask::from_columns)
         .collect::<Result<_, _>>()
         .map_err(db_error)
 }

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::columns::Columns;
 use super::{
     Completion, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind, NewDelivery, Outbox, StoreFuture,
 };
@@ -361,23 +361,41 @@ fn sqlite_kind(err: &rusqlite::Error) -> ErrorKind {
 
 const COLUMNS: &str = "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, created_at, delivered_at, trace";
 
+impl Columns for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+
+    fn text(&self, at: usize) -> rusqlite::Result<String> {
+        self.get(at)
+    }
+
+    fn optional_text(&self, at: usize) -> rusqlite::Result<Option<String>> {
+        self.get(at)
+    }
+
+    fn int(&self, at: usize) -> rusqlite::Result<i64> {
+        self.get(at)
+    }
+
+    fn optional_int(&self, at: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(at)
+    }
+
+    fn count(&self, at: usize) -> rusqlite::Result<u32> {
+        Ok(u32::try_from(self.get::<_, i64>(at)?).unwrap_or(0))
+    }
+
+    fn flag(&self, at: usize) -> rusqlite::Result<bool> {
+        self.get(at)
+    }
+
+    fn bytes(&self, at: usize) -> rusqlite::Result<Vec<u8>> {
+        self.get(at)
+    }
+}
+
+/// A delivery from a row of [`COLUMNS`].
 fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
-    let state: String = row.get(6)?;
-    Ok(Delivery {
-        id: row.get(0)?,
-        webhook_id: row.get(1)?,
-        task_key: row.get(2)?,
-        status: row.get(3)?,
-        target_url: row.get(4)?,
-        body: Bytes::from(row.get::<_, Vec<u8>>(5)?),
-        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Dead),
-        attempts: row.get(7)?,
-        next_attempt_at: row.get(8)?,
-        last_error: row.get(9)?,
-        created_at: row.get(10)?,
-        delivered_at: row.get(11)?,
-        trace: row.get(12)?,
-    })
+    Delivery::from_columns(row)
 }
 
 fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> {

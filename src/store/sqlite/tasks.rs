@@ -9,7 +9,7 @@ use super::{SqliteOutbox, now_ms};
 use crate::store::StoreFuture;
 use crate::store::{
     Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
-    TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+    TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
 
 const COLUMNS: &str = "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
@@ -22,44 +22,20 @@ const FINISHED: &str = "key_label, model, state, status, COALESCE(points, 0), CO
 use crate::duration::millis;
 
 fn row_to_task(row: &rusqlite::Row<'_>) -> rusqlite::Result<WatchedTask> {
-    let format: String = row.get(2)?;
-    let state: String = row.get(7)?;
-    Ok(WatchedTask {
-        id: row.get(0)?,
-        task_id: row.get(1)?,
-        format: TaskFormat::parse(&format).unwrap_or(TaskFormat::Reverse),
-        route: row.get(3)?,
-        key_hash: row.get(4)?,
-        sealed_key: row.get(5)?,
-        subscriber: row.get(6)?,
-        state: WatchState::parse(&state).unwrap_or(WatchState::Unknown),
-        status: row.get(8)?,
-        submitted_at: row.get(9)?,
-        last_callback_at: row.get(10)?,
-        next_check_at: row.get(11)?,
-        checks: row.get(12)?,
-        recovered: row.get(13)?,
-        key: row.get(14)?,
-        model: row.get(15)?,
-        points: row.get(16)?,
-        refunded: row.get(17)?,
-        finished_at: row.get(18)?,
-    })
+    WatchedTask::from_columns(row)
 }
 
 fn row_to_finished(row: &rusqlite::Row<'_>) -> rusqlite::Result<Finished> {
-    let state: String = row.get(2)?;
-    let status: Option<String> = row.get(3)?;
-    Ok(Finished {
-        key: row.get(0)?,
-        model: row.get(1)?,
-        status: StatusClass::of(
-            WatchState::parse(&state).unwrap_or(WatchState::Done),
-            status.as_deref(),
-        ),
-        points: row.get(4)?,
-        refunded: row.get(5)?,
-    })
+    Finished::from_columns(row)
+}
+
+/// The condition that counts one key's tasks (`?2` is its label) or every key's.
+fn scope(per_key: bool) -> &'static str {
+    if per_key {
+        "key_label = ?2 AND"
+    } else {
+        "?2 IS NOT NULL AND"
+    }
 }
 
 /// Which limit `reservation` would pass, if any; the check and the insert run in one
@@ -81,11 +57,7 @@ fn reserve(
             } else {
                 "COUNT(*)"
             };
-            let scope = if per_key {
-                "key_label = ?2 AND"
-            } else {
-                "?2 IS NOT NULL AND"
-            };
+            let scope = scope(per_key);
             let used: i64 = tx
                 .prepare_cached(&format!(
                     "SELECT {what} FROM tasks WHERE {scope} submitted_at > ?1"
@@ -108,11 +80,7 @@ fn reserve(
         (Limit::InFlight, limits.in_flight, false),
     ] {
         let Some(cap) = cap else { continue };
-        let scope = if per_key {
-            "key_label = ?2 AND"
-        } else {
-            "?2 IS NOT NULL AND"
-        };
+        let scope = scope(per_key);
         let used: i64 = tx
             .prepare_cached(&format!(
                 "SELECT COUNT(*) FROM tasks WHERE state IN ('pending', 'watching', 'unknown') AND {scope}

@@ -1,0 +1,98 @@
+//! A result row read by column, the same way on every backend, so that each record
+//! (a watched task, a delivery, a finished task) is read from its columns in one place.
+
+use bytes::Bytes;
+
+use super::ledger::{Finished, StatusClass};
+use super::outbox::{Delivery, DeliveryState};
+use super::tasks::{TaskFormat, WatchState, WatchedTask};
+
+/// One row of a query's result, by column index. SQLite's and PostgreSQL's rows
+/// implement it; their errors stay their own.
+pub(crate) trait Columns {
+    /// Why a column could not be read as asked.
+    type Error;
+
+    /// A text column.
+    fn text(&self, at: usize) -> Result<String, Self::Error>;
+    /// A text column that may be NULL.
+    fn optional_text(&self, at: usize) -> Result<Option<String>, Self::Error>;
+    /// A 64-bit integer column (ids, Unix milliseconds, points).
+    fn int(&self, at: usize) -> Result<i64, Self::Error>;
+    /// A 64-bit integer column that may be NULL.
+    fn optional_int(&self, at: usize) -> Result<Option<i64>, Self::Error>;
+    /// A small count (attempts, checks); a negative one reads as 0.
+    fn count(&self, at: usize) -> Result<u32, Self::Error>;
+    /// A boolean column.
+    fn flag(&self, at: usize) -> Result<bool, Self::Error>;
+    /// A binary column.
+    fn bytes(&self, at: usize) -> Result<Vec<u8>, Self::Error>;
+}
+
+impl WatchedTask {
+    /// A task from a row of the watch list's columns, in their order: id, task_id,
+    /// format, route, key_hash, sealed_key, subscriber, state, status, submitted_at,
+    /// last_callback_at, next_check_at, checks, recovered, key_label, model, points,
+    /// refunded, finished_at.
+    pub(crate) fn from_columns<R: Columns>(row: &R) -> Result<Self, R::Error> {
+        Ok(WatchedTask {
+            id: row.int(0)?,
+            task_id: row.text(1)?,
+            format: TaskFormat::parse(&row.text(2)?).unwrap_or(TaskFormat::Reverse),
+            route: row.text(3)?,
+            key_hash: row.text(4)?,
+            sealed_key: row.optional_text(5)?,
+            subscriber: row.optional_text(6)?,
+            state: WatchState::parse(&row.text(7)?).unwrap_or(WatchState::Unknown),
+            status: row.optional_text(8)?,
+            submitted_at: row.int(9)?,
+            last_callback_at: row.optional_int(10)?,
+            next_check_at: row.int(11)?,
+            checks: row.count(12)?,
+            recovered: row.flag(13)?,
+            key: row.text(14)?,
+            model: row.optional_text(15)?,
+            points: row.optional_int(16)?,
+            refunded: row.optional_int(17)?,
+            finished_at: row.optional_int(18)?,
+        })
+    }
+}
+
+impl Finished {
+    /// A task that just ended, from the columns key_label, model, state, status, points
+    /// (0 when unknown), refunded (likewise).
+    pub(crate) fn from_columns<R: Columns>(row: &R) -> Result<Self, R::Error> {
+        let state = WatchState::parse(&row.text(2)?).unwrap_or(WatchState::Done);
+        Ok(Finished {
+            key: row.text(0)?,
+            model: row.optional_text(1)?,
+            status: StatusClass::of(state, row.optional_text(3)?.as_deref()),
+            points: row.int(4)?,
+            refunded: row.int(5)?,
+        })
+    }
+}
+
+impl Delivery {
+    /// A delivery from the outbox's columns, in their order: id, webhook_id, task_key,
+    /// status, target_url, body, state, attempts, next_attempt_at, last_error,
+    /// created_at, delivered_at, trace.
+    pub(crate) fn from_columns<R: Columns>(row: &R) -> Result<Self, R::Error> {
+        Ok(Delivery {
+            id: row.int(0)?,
+            webhook_id: row.text(1)?,
+            task_key: row.text(2)?,
+            status: row.optional_text(3)?,
+            target_url: row.text(4)?,
+            body: Bytes::from(row.bytes(5)?),
+            state: DeliveryState::parse(&row.text(6)?).unwrap_or(DeliveryState::Dead),
+            attempts: row.count(7)?,
+            next_attempt_at: row.int(8)?,
+            last_error: row.optional_text(9)?,
+            created_at: row.int(10)?,
+            delivered_at: row.optional_int(11)?,
+            trace: row.optional_text(12)?,
+        })
+    }
+}
