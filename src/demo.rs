@@ -129,17 +129,8 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         submissions.spawn(async move {
             let _slot = limiter.acquire_owned().await;
             let body = serde_json::json!({"prompt": format!("demo task #{n}"), "model": "gen4", "callback_url": callback});
-            let request = Request::post(format!("http://{proxy_addr}/runway/pro/generate"))
-                .header("authorization", "Bearer sk-demo")
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.to_string())))
-                .map_err(|e| e.to_string());
-            let sent = Instant::now();
-            let outcome = match request {
-                Ok(request) => submit(&client, request).await,
-                Err(e) => Outcome::Failed(e),
-            };
-            (outcome, sent.elapsed())
+            let url = format!("http://{proxy_addr}/runway/pro/generate");
+            timed_submit(&client, &url, &body, None).await
         });
     }
     // A few official-format tasks too: no webhooks upstream; the proxy polls them and
@@ -151,18 +142,8 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         submissions.spawn(async move {
             let body = serde_json::json!({"model": "gen4_turbo", "promptText": format!("official demo task #{n}"),
                                           "promptImage": "https://example.com/cat.png", "ratio": "1280:720"});
-            let request = Request::post(format!("http://{proxy_addr}/runwayml/v1/image_to_video"))
-                .header("authorization", "Bearer sk-demo")
-                .header("content-type", "application/json")
-                .header("x-runway-proxy-callback-url", callback)
-                .body(Full::new(Bytes::from(body.to_string())))
-                .map_err(|e| e.to_string());
-            let sent = Instant::now();
-            let outcome = match request {
-                Ok(request) => submit(&client, request).await,
-                Err(e) => Outcome::Failed(e),
-            };
-            (outcome, sent.elapsed())
+            let url = format!("http://{proxy_addr}/runwayml/v1/image_to_video");
+            timed_submit(&client, &url, &body, Some(&callback)).await
         });
     }
     let mut latencies = Vec::with_capacity(tasks + official);
@@ -340,6 +321,28 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         }
     );
     Ok(ok)
+}
+
+/// Submit `body` to `url` as the demo's client would (with the subscriber in
+/// `x-runway-proxy-callback-url` when given): how it ended, and how long it took.
+async fn timed_submit(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: &serde_json::Value,
+    callback: Option<&str>,
+) -> (Outcome, Duration) {
+    let mut request = Request::post(url)
+        .header("authorization", "Bearer sk-demo")
+        .header("content-type", "application/json");
+    if let Some(callback) = callback {
+        request = request.header("x-runway-proxy-callback-url", callback);
+    }
+    let sent = Instant::now();
+    let outcome = match request.body(Full::new(Bytes::from(body.to_string()))) {
+        Ok(request) => submit(client, request).await,
+        Err(e) => Outcome::Failed(e.to_string()),
+    };
+    (outcome, sent.elapsed())
 }
 
 async fn submit(client: &Client<HttpConnector, Full<Bytes>>, request: Request<Full<Bytes>>) -> Outcome {

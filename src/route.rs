@@ -237,30 +237,25 @@ mod tests {
 
     #[test]
     fn classifies_runway_routes() {
-        let post = Method::POST;
-        let get = Method::GET;
-        assert_eq!(
-            RouteClass::of(&post, "/runway/pro/generate"),
-            RouteClass::Submission
-        );
-        assert_eq!(
-            RouteClass::of(&post, "/runway/pro/video2video"),
-            RouteClass::Submission
-        );
-        assert_eq!(
-            RouteClass::of(&post, "/runway/pro/act_one"),
-            RouteClass::Submission
-        );
-        assert_eq!(
-            RouteClass::of(&post, "/runwayml/v1/image_to_video"),
-            RouteClass::Submission
-        );
-        assert_eq!(
-            RouteClass::of(&post, "/runwayml/v1/video_to_video"),
-            RouteClass::Submission
-        );
-        assert_eq!(RouteClass::of(&post, "/runway/feed"), RouteClass::Read);
-        assert_eq!(RouteClass::of(&get, "/runwayml/v1/tasks/abc"), RouteClass::Read);
+        for (method, path, class) in [
+            (Method::POST, "/runway/pro/generate", RouteClass::Submission),
+            (Method::POST, "/runway/pro/video2video", RouteClass::Submission),
+            (Method::POST, "/runway/pro/act_one", RouteClass::Submission),
+            (
+                Method::POST,
+                "/runwayml/v1/image_to_video",
+                RouteClass::Submission,
+            ),
+            (
+                Method::POST,
+                "/runwayml/v1/video_to_video",
+                RouteClass::Submission,
+            ),
+            (Method::POST, "/runway/feed", RouteClass::Read),
+            (Method::GET, "/runwayml/v1/tasks/abc", RouteClass::Read),
+        ] {
+            assert_eq!(RouteClass::of(&method, path), class, "{method} {path}");
+        }
     }
 
     #[test]

@@ -400,6 +400,7 @@ mod tests {
         ("delivery.schedule", "1s,2s"),
         ("delivery.timeout", "3s"),
         ("delivery.workers", "3"),
+        ("delivery.max_in_flight_per_worker", "4"),
         ("delivery.retry_after_cap", "3m"),
         ("watch.poll_interval", "7s"),
         ("watch.recover_after", "7m"),

@@ -40,7 +40,9 @@ mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::settings::{InvalidSetting, Live, Secret, ValueError, check, parse, settings, show};
+use crate::settings::{
+    InvalidSetting, Live, Secret, ValueError, at_least_one_byte, longer_than_zero, parse, settings, show,
+};
 
 pub use crate::context::ResponseFuture;
 pub use crate::context::{CallbackUrl, RewriteError};
@@ -184,57 +186,50 @@ settings! {
     #[non_exhaustive]
     pub struct CallbackSettings in callback {
         /// Let subscriber URLs point at loopback, private and other internal addresses.
-        pub allow_private: bool = false => {
-            live, under Callbacks,
+        pub allow_private: bool = false,
+        /// Only these subscriber hosts (empty: any).
+        pub allowed_hosts: Vec<String> = Vec::new(),
+        /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
+        pub token_keys: Option<Secret> = None,
+        /// Largest submission body rewritten and webhook body accepted.
+        pub body_limit: usize = 16 * 1024 * 1024,
+        /// How long a route token is honoured after it was minted.
+        pub token_lifetime: Duration = DEFAULT_TOKEN_LIFETIME,
+    }
+    rows {
+        allow_private: live, under Callbacks,
             env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
             flag: "allow-private-callbacks",
             doc: "Let callback_url point at loopback, private and other internal addresses.",
-            parse: parse::boolean, show: show::plain,
-        },
-        /// Only these subscriber hosts (empty: any).
-        pub allowed_hosts: Vec<String> = Vec::new() => {
-            live, under Callbacks,
+            parse: parse::boolean, show: show::plain;
+        allowed_hosts: live, under Callbacks,
             env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
             flag: "callback-allowed-hosts",
             doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
-            parse: Self::hosts, show: Self::show_hosts,
-        },
-        /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
-        pub token_keys: Option<Secret> = None => {
-            live, under Callbacks,
+            parse: Self::hosts, show: Self::show_hosts;
+        token_keys: live, under Callbacks,
             env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
             flag: "callback-token-keys",
             doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
-            parse: Self::token_keys, show: show::generated,
-        },
-        /// Largest submission body rewritten and webhook body accepted.
-        pub body_limit: usize = 16 * 1024 * 1024 => {
-            restart, under Callbacks,
+            parse: Self::token_keys, show: show::generated;
+        body_limit: restart, under Callbacks,
             env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
             flag: "callback-body-limit",
             doc: "Largest submission body rewritten, and largest webhook body accepted.",
-            parse: parse::size, show: show::size,
-        },
-        /// How long a route token is honoured after it was minted.
-        pub token_lifetime: Duration = DEFAULT_TOKEN_LIFETIME => {
-            restart, under Callbacks,
+            parse: parse::size, show: show::size;
+        token_lifetime: restart, under Callbacks,
             env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
             flag: "callback-token-lifetime",
             doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
-            parse: parse::positive_duration, show: show::duration,
-        },
+            parse: parse::positive_duration, show: show::duration;
     }
 }
 
 impl CallbackSettings {
     /// Check every value.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check(!self.token_lifetime.is_zero(), "callback.token_lifetime", || {
-            "must be longer than zero".into()
-        })?;
-        check(self.body_limit > 0, "callback.body_limit", || {
-            "must be at least one byte".into()
-        })
+        longer_than_zero(self.token_lifetime, "callback.token_lifetime")?;
+        at_least_one_byte(self.body_limit, "callback.body_limit")
     }
 
     /// The subscriber policy these settings describe.

@@ -13,34 +13,8 @@ pub(super) fn flatten_toml(text: &str) -> Result<Flattened, ConfigError> {
     let mut table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
-    let rules = match table
-        .get_mut("retry")
-        .and_then(|r| r.as_table_mut())
-        .and_then(|r| r.remove("rules"))
-    {
-        Some(value) => value
-            .try_into::<Vec<RuleSpec>>()
-            .map_err(|e| ConfigError::Invalid {
-                key: "retry.rules",
-                problem: e.to_string().trim().to_owned(),
-                origin: Origin::File,
-            })?,
-        None => Vec::new(),
-    };
-    let keys = match table
-        .get_mut("guard")
-        .and_then(|g| g.as_table_mut())
-        .and_then(|g| g.remove("keys"))
-    {
-        Some(value) => value
-            .try_into::<Vec<KeyOverride>>()
-            .map_err(|e| ConfigError::Invalid {
-                key: "guard.keys",
-                problem: e.to_string().trim().to_owned(),
-                origin: Origin::File,
-            })?,
-        None => Vec::new(),
-    };
+    let rules: Vec<RuleSpec> = take_array(&mut table, "retry.rules")?;
+    let keys: Vec<KeyOverride> = take_array(&mut table, "guard.keys")?;
     let mut out = BTreeMap::new();
     flatten_into(&table, "", &mut out)?;
     Ok((out, rules, keys))
@@ -83,4 +57,27 @@ fn flatten_into(
         out.insert(key, text);
     }
     Ok(())
+}
+
+/// Take the array of tables `[[key]]` (`retry.rules`) out of `document` (none: empty),
+/// read as `T`s; a wrong shape names the key.
+fn take_array<T: serde::de::DeserializeOwned>(
+    document: &mut toml::Table,
+    key: &'static str,
+) -> Result<Vec<T>, ConfigError> {
+    let (table, name) = key.split_once('.').unwrap_or((key, ""));
+    let Some(value) = document
+        .get_mut(table)
+        .and_then(|t| t.as_table_mut())
+        .and_then(|t| t.remove(name))
+    else {
+        return Ok(Vec::new());
+    };
+    value
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid {
+            key,
+            problem: e.to_string().trim().to_owned(),
+            origin: Origin::File,
+        })
 }

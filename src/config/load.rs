@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::{Config, KEYS, file};
 use crate::retry::Rules;
-use crate::settings::{InvalidSetting, check};
+use crate::settings::{InvalidSetting, check, longer_than_zero};
 
 /// Values given on the command line, by TOML key name.
 pub type Overrides = BTreeMap<&'static str, String>;
@@ -195,7 +195,7 @@ impl Config {
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),
         ] {
-            check(!value.is_zero(), key, || "must be longer than zero".into())?;
+            longer_than_zero(value, key)?;
         }
         check(
             self.listen.port() == 0 || self.listen != self.webhook_listen,

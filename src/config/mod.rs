@@ -68,109 +68,37 @@ settings! {
     #[non_exhaustive]
     pub struct Config {
         /// Address the proxy listens on for the application's calls.
-        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)) => {
-            restart, under Listeners,
-            env: "RUNWAY_PROXY_LISTEN",
-            flag: "listen",
-            doc: "Address the proxy listens on for your application's calls.",
-            parse: values::listen_address, show: show::plain,
-        },
+        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
         /// Serving threads for `listen`, each with its own runtime, listener and upstream
         /// pool; 0: one per available core.
-        pub threads: usize = 0 => {
-            restart, under Listeners,
-            env: "RUNWAY_PROXY_THREADS",
-            flag: "threads",
-            doc: "Serving threads, each with its own listener, runtime and upstream pool (auto: one per core).",
-            parse: values::threads, show: values::show_threads,
-        },
+        pub threads: usize = 0,
         /// Base URL of CometAPI (or the stand-in); paths and queries are appended unchanged.
-        pub upstream: Uri = Uri::from_static("https://api.cometapi.com") => {
-            restart, under Upstream,
-            env: "RUNWAY_PROXY_UPSTREAM",
-            flag: "upstream",
-            doc: "Base URL requests are forwarded to, path and query unchanged.",
-            parse: values::base_url, show: values::show_upstream,
-        },
+        pub upstream: Uri = Uri::from_static("https://api.cometapi.com"),
         /// How long to wait for a TCP (and TLS) connection to the upstream.
-        pub connect_timeout: Duration = Duration::from_secs(10) => {
-            restart, under Upstream,
-            env: "RUNWAY_PROXY_CONNECT_TIMEOUT",
-            flag: "connect-timeout",
-            doc: "Time allowed to open a TCP and TLS connection to the upstream.",
-            parse: parse::positive_duration, show: show::duration,
-        },
+        pub connect_timeout: Duration = Duration::from_secs(10),
         /// How long to wait for the upstream's response headers after sending a request.
-        pub request_timeout: Duration = Duration::from_secs(60) => {
-            restart, under Upstream,
-            env: "RUNWAY_PROXY_REQUEST_TIMEOUT",
-            flag: "request-timeout",
-            doc: "Time allowed for the upstream's response headers once the request is sent.",
-            parse: parse::positive_duration, show: show::duration,
-        },
+        pub request_timeout: Duration = Duration::from_secs(60),
         /// On SIGINT or SIGTERM, how long in-flight requests may take to finish.
-        pub shutdown_grace: Duration = Duration::from_secs(30) => {
-            restart, under Listeners,
-            env: "RUNWAY_PROXY_SHUTDOWN_GRACE",
-            flag: "shutdown-grace",
-            doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
-            parse: parse::duration, show: show::duration,
-        },
+        pub shutdown_grace: Duration = Duration::from_secs(30),
         /// Log line format.
-        pub log_format: LogFormat = LogFormat::Auto => {
-            restart, under Observability,
-            env: "RUNWAY_PROXY_LOG_FORMAT",
-            flag: "log-format",
-            doc: "Log line format: pretty, json, or auto (pretty on a terminal, json otherwise). The level comes from RUST_LOG (default info).",
-            parse: parse::parsed, show: show::plain,
-        },
+        pub log_format: LogFormat = LogFormat::Auto,
         /// Log one line per proxied request at info (otherwise at debug).
-        pub access_log: bool = false => {
-            restart, under Observability,
-            env: "RUNWAY_PROXY_ACCESS_LOG",
-            flag: "access-log",
-            doc: "One log line per proxied request at info (off: at debug). Refusals, retries and webhooks are logged either way.",
-            parse: parse::boolean, show: show::plain,
-        },
+        pub access_log: bool = false,
         /// The retry middleware's settings and rule table (`[retry]`, `[[retry.rules]]`).
         pub retry: RetrySettings = RetrySettings::default(),
         /// The rate limiter's quotas and bounds (`[limit]`).
         pub limit: LimitSettings = LimitSettings::default(),
         /// Address of the webhook listener.
-        pub webhook_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8081)) => {
-            restart, under Listeners,
-            env: "RUNWAY_PROXY_WEBHOOK_LISTEN",
-            flag: "webhook-listen",
-            doc: "Address of the webhook listener (in production, the public one).",
-            parse: values::listen_address, show: show::plain,
-        },
+        pub webhook_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8081)),
         /// Base URL the upstream uses to reach the webhook listener; `None`: derived from
         /// the listener's bound address.
-        pub public_url: Option<String> = None => {
-            restart, under Callbacks,
-            env: "RUNWAY_PROXY_PUBLIC_URL",
-            flag: "public-url",
-            doc: "Base URL the upstream uses to reach the webhook listener (auto: http://{webhook_listen}).",
-            parse: values::public_url, show: values::show_public_url,
-        },
+        pub public_url: Option<String> = None,
         /// Directory of the outbox database and generated secrets.
-        pub data_dir: PathBuf = PathBuf::from("./runway-proxy-data") => {
-            restart, under Stores,
-            env: "RUNWAY_PROXY_DATA_DIR",
-            flag: "data-dir",
-            doc: "Directory of the outbox database and generated secrets.",
-            parse: values::data_dir, show: values::show_data_dir,
-        },
+        pub data_dir: PathBuf = PathBuf::from("./runway-proxy-data"),
         /// The PostgreSQL outbox replicas share (`[database]`); no URL: SQLite in `data_dir`.
         pub database: DatabaseSettings = DatabaseSettings::default(),
         /// The secret that signs relayed webhooks; `None`: generated once, kept in `data_dir`.
-        pub webhook_secret: Option<Secret> = None => {
-            restart, under Callbacks,
-            env: "RUNWAY_PROXY_WEBHOOK_SECRET",
-            flag: "webhook-secret",
-            doc: "whsec_<base64> secret that signs relayed webhooks (generated: made once, kept in data_dir).",
-            parse: values::webhook_secret, show: show::generated,
-        },
+        pub webhook_secret: Option<Secret> = None,
         /// The `callback_url` rewrite (`[callback]`).
         pub callback: CallbackSettings = CallbackSettings::default(),
         /// Webhook delivery (`[delivery]`).
@@ -188,13 +116,74 @@ settings! {
         /// The token every admin path but `healthz` and `readyz` requires
         /// (`Authorization: Bearer ...`); `None`: admin paths are open on a loopback listener,
         /// and the relay's refused on any other.
-        pub admin_token: Option<Secret> = None => {
-            live, under Observability,
+        pub admin_token: Option<Secret> = None,
+    }
+    rows {
+        listen: restart, under Listeners,
+            env: "RUNWAY_PROXY_LISTEN",
+            flag: "listen",
+            doc: "Address the proxy listens on for your application's calls.",
+            parse: values::listen_address, show: show::plain;
+        threads: restart, under Listeners,
+            env: "RUNWAY_PROXY_THREADS",
+            flag: "threads",
+            doc: "Serving threads, each with its own listener, runtime and upstream pool (auto: one per core).",
+            parse: values::threads, show: values::show_threads;
+        upstream: restart, under Upstream,
+            env: "RUNWAY_PROXY_UPSTREAM",
+            flag: "upstream",
+            doc: "Base URL requests are forwarded to, path and query unchanged.",
+            parse: values::base_url, show: values::show_upstream;
+        connect_timeout: restart, under Upstream,
+            env: "RUNWAY_PROXY_CONNECT_TIMEOUT",
+            flag: "connect-timeout",
+            doc: "Time allowed to open a TCP and TLS connection to the upstream.",
+            parse: parse::positive_duration, show: show::duration;
+        request_timeout: restart, under Upstream,
+            env: "RUNWAY_PROXY_REQUEST_TIMEOUT",
+            flag: "request-timeout",
+            doc: "Time allowed for the upstream's response headers once the request is sent.",
+            parse: parse::positive_duration, show: show::duration;
+        shutdown_grace: restart, under Listeners,
+            env: "RUNWAY_PROXY_SHUTDOWN_GRACE",
+            flag: "shutdown-grace",
+            doc: "On SIGINT or SIGTERM, time in-flight requests get to finish.",
+            parse: parse::duration, show: show::duration;
+        log_format: restart, under Observability,
+            env: "RUNWAY_PROXY_LOG_FORMAT",
+            flag: "log-format",
+            doc: "Log line format: pretty, json, or auto (pretty on a terminal, json otherwise). The level comes from RUST_LOG (default info).",
+            parse: parse::parsed, show: show::plain;
+        access_log: restart, under Observability,
+            env: "RUNWAY_PROXY_ACCESS_LOG",
+            flag: "access-log",
+            doc: "One log line per proxied request at info (off: at debug). Refusals, retries and webhooks are logged either way.",
+            parse: parse::boolean, show: show::plain;
+        webhook_listen: restart, under Listeners,
+            env: "RUNWAY_PROXY_WEBHOOK_LISTEN",
+            flag: "webhook-listen",
+            doc: "Address of the webhook listener (in production, the public one).",
+            parse: values::listen_address, show: show::plain;
+        public_url: restart, under Callbacks,
+            env: "RUNWAY_PROXY_PUBLIC_URL",
+            flag: "public-url",
+            doc: "Base URL the upstream uses to reach the webhook listener (auto: http://{webhook_listen}).",
+            parse: values::public_url, show: values::show_public_url;
+        data_dir: restart, under Stores,
+            env: "RUNWAY_PROXY_DATA_DIR",
+            flag: "data-dir",
+            doc: "Directory of the outbox database and generated secrets.",
+            parse: values::data_dir, show: values::show_data_dir;
+        webhook_secret: restart, under Callbacks,
+            env: "RUNWAY_PROXY_WEBHOOK_SECRET",
+            flag: "webhook-secret",
+            doc: "whsec_<base64> secret that signs relayed webhooks (generated: made once, kept in data_dir).",
+            parse: values::webhook_secret, show: show::generated;
+        admin_token: live, under Observability,
             env: "RUNWAY_PROXY_ADMIN_TOKEN",
             flag: "admin-token",
             doc: "Bearer token every admin path but /-/healthz and /-/readyz requires (none: open on loopback only).",
-            parse: values::optional_secret, show: values::show_secret,
-        },
+            parse: values::optional_secret, show: values::show_secret;
     }
 }
 

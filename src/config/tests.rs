@@ -10,6 +10,15 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
+/// Why a configuration with `key` set to `value` by its flag (and nothing else) is
+/// refused; `None` when it is not.
+fn refusal(key: &'static str, value: &str) -> Option<String> {
+    let flags = Overrides::from([(key, value.to_owned())]);
+    Config::load(None, &no_env, &flags)
+        .err()
+        .map(|err| err.to_string())
+}
+
 #[test]
 fn defaults_are_valid_and_documented() {
     let config = Config::default();
@@ -42,8 +51,7 @@ fn flags_beat_env_beat_file_beat_defaults() {
 
 #[test]
 fn invalid_value_names_key_form_and_origin() {
-    let flags = Overrides::from([("listen", "abc".to_owned())]);
-    let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
+    let err = refusal("listen", "abc").expect("refused");
     assert_eq!(
         err,
         "listen: \"abc\" is not a socket address like 127.0.0.1:8080 or localhost:8080 (set by --listen)"
@@ -57,8 +65,7 @@ fn invalid_value_names_key_form_and_origin() {
     assert!(err.ends_with("(set by $RUNWAY_PROXY_REQUEST_TIMEOUT)"), "{err}");
 
     for upstream in ["ftp://x", "api.cometapi.com", "http://", "https://a?b=c"] {
-        let flags = Overrides::from([("upstream", upstream.to_owned())]);
-        let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
+        let err = refusal("upstream", upstream).expect("refused");
         assert!(err.starts_with("upstream: "), "{upstream}: {err}");
     }
 }
@@ -115,14 +122,12 @@ fn retry_settings_and_rules_load() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("retry.rules: "), "{err}");
-    let flags = Overrides::from([("retry.max_attempts", "0".to_owned())]);
-    let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
+    let err = refusal("retry.max_attempts", "0").expect("refused");
     assert_eq!(
         err,
         "retry.max_attempts: 0 is not a number of attempts from 1 to 100 (set by --max-attempts)"
     );
-    let flags = Overrides::from([("retry.unknown_outcome", "writes".to_owned())]);
-    assert!(Config::load(None, &no_env, &flags).is_err());
+    assert!(refusal("retry.unknown_outcome", "writes").is_some());
 }
 
 #[test]
@@ -135,14 +140,12 @@ fn limit_settings_load() {
     assert_eq!(config.limit.max_concurrency, Some(5));
     assert_eq!(config.limit.max_wait, Duration::from_secs(2));
     assert_eq!(config.limit.rate_per_key, None, "unset is unlimited");
-    let flags = Overrides::from([("limit.rate", "fast".to_owned())]);
-    let err = Config::load(None, &no_env, &flags).unwrap_err().to_string();
+    let err = refusal("limit.rate", "fast").expect("refused");
     assert!(
         err.starts_with("limit.rate: \"fast\" is not a rate like 5/s"),
         "{err}"
     );
-    let flags = Overrides::from([("limit.max_concurrency", "0".to_owned())]);
-    assert!(Config::load(None, &no_env, &flags).is_err());
+    assert!(refusal("limit.max_concurrency", "0").is_some());
 }
 
 #[test]
@@ -163,19 +166,11 @@ fn relay_settings_load_and_secrets_stay_hidden() {
         "Debug never shows a secret"
     );
 
-    let flags = Overrides::from([("webhook_secret", "whsec_short".to_owned())]);
-    assert!(
-        Config::load(None, &no_env, &flags)
-            .unwrap_err()
-            .to_string()
-            .starts_with("webhook_secret: ")
-    );
-    let flags = Overrides::from([("callback.token_keys", "1:short".to_owned())]);
-    assert!(Config::load(None, &no_env, &flags).is_err());
-    let flags = Overrides::from([("delivery.schedule", "0s,soon".to_owned())]);
-    assert!(Config::load(None, &no_env, &flags).is_err());
-    let flags = Overrides::from([("public_url", "hooks.example.com".to_owned())]);
-    assert!(Config::load(None, &no_env, &flags).is_err());
+    let err = refusal("webhook_secret", "whsec_short").expect("refused");
+    assert!(err.starts_with("webhook_secret: "), "{err}");
+    assert!(refusal("callback.token_keys", "1:short").is_some());
+    assert!(refusal("delivery.schedule", "0s,soon").is_some());
+    assert!(refusal("public_url", "hooks.example.com").is_some());
 }
 
 #[test]

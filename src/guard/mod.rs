@@ -80,63 +80,58 @@ settings! {
     #[non_exhaustive]
     pub struct GuardSettings in guard {
         /// Most tasks unfinished at once, in all.
-        pub max_tasks_in_flight: Option<u32> = None => {
-            live, under Limits,
+        pub max_tasks_in_flight: Option<u32> = None,
+        /// Most tasks unfinished at once for one key.
+        pub max_tasks_in_flight_per_key: Option<u32> = None,
+        /// Most tasks per window, in all.
+        pub daily_task_budget: Option<u64> = None,
+        /// Most points (charged less refunded) per window, in all.
+        pub daily_point_budget: Option<u64> = None,
+        /// Most tasks per window for one key.
+        pub daily_task_budget_per_key: Option<u64> = None,
+        /// Most points per window for one key.
+        pub daily_point_budget_per_key: Option<u64> = None,
+        /// The budgets' rolling window (default 24 h).
+        pub budget_window: Duration = Duration::from_secs(24 * 3600),
+        /// Labels and limits of particular keys (`[[guard.keys]]`).
+        pub keys: Vec<KeyOverride> = Vec::new(),
+    }
+    rows {
+        max_tasks_in_flight: live, under Limits,
             env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT",
             flag: "max-tasks-in-flight",
             doc: "Most tasks unfinished at once (from submission until the watch list sees their end); more wait their turn.",
-            parse: parse::optional_count, show: show::optional,
-        },
-        /// Most tasks unfinished at once for one key.
-        pub max_tasks_in_flight_per_key: Option<u32> = None => {
-            live, under Limits,
+            parse: parse::optional_count, show: show::optional;
+        max_tasks_in_flight_per_key: live, under Limits,
             env: "RUNWAY_PROXY_MAX_TASKS_IN_FLIGHT_PER_KEY",
             flag: "max-tasks-in-flight-per-key",
             doc: "Most tasks unfinished at once for one API key (or label).",
-            parse: parse::optional_count, show: show::optional,
-        },
-        /// Most tasks per window, in all.
-        pub daily_task_budget: Option<u64> = None => {
-            live, under Limits,
+            parse: parse::optional_count, show: show::optional;
+        daily_task_budget: live, under Limits,
             env: "RUNWAY_PROXY_DAILY_TASK_BUDGET",
             flag: "daily-task-budget",
             doc: "Most tasks submitted per budget window, in all; past it submissions are refused before sending.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        /// Most points (charged less refunded) per window, in all.
-        pub daily_point_budget: Option<u64> = None => {
-            live, under Limits,
+            parse: parse::optional_amount, show: show::optional;
+        daily_point_budget: live, under Limits,
             env: "RUNWAY_PROXY_DAILY_POINT_BUDGET",
             flag: "daily-point-budget",
             doc: "Most points (charged less refunded, as CometAPI reports them) per budget window, in all.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        /// Most tasks per window for one key.
-        pub daily_task_budget_per_key: Option<u64> = None => {
-            live, under Limits,
+            parse: parse::optional_amount, show: show::optional;
+        daily_task_budget_per_key: live, under Limits,
             env: "RUNWAY_PROXY_DAILY_TASK_BUDGET_PER_KEY",
             flag: "daily-task-budget-per-key",
             doc: "Most tasks per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        /// Most points per window for one key.
-        pub daily_point_budget_per_key: Option<u64> = None => {
-            live, under Limits,
+            parse: parse::optional_amount, show: show::optional;
+        daily_point_budget_per_key: live, under Limits,
             env: "RUNWAY_PROXY_DAILY_POINT_BUDGET_PER_KEY",
             flag: "daily-point-budget-per-key",
             doc: "Most points per budget window for one API key (or label); [[guard.keys]] overrides it per key.",
-            parse: parse::optional_amount, show: show::optional,
-        },
-        /// The budgets' rolling window (default 24 h).
-        pub budget_window: Duration = Duration::from_secs(24 * 3600) => {
-            live, under Limits,
+            parse: parse::optional_amount, show: show::optional;
+        budget_window: live, under Limits,
             env: "RUNWAY_PROXY_BUDGET_WINDOW",
             flag: "budget-window",
             doc: "The budgets' rolling window.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        /// Labels and limits of particular keys (`[[guard.keys]]`).
-        pub keys: Vec<KeyOverride> = Vec::new(),
+            parse: parse::positive_duration, show: show::duration;
     }
 }
 

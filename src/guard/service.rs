@@ -19,7 +19,7 @@ use crate::duration::{millis, unix_millis};
 use crate::limit::WaitBounds;
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
-use crate::settings::{InvalidSetting, Live};
+use crate::settings::{InvalidSetting, Live, at_least_one};
 use crate::tasks::{
     Limit, Recorded, Reservation, Reserved, Submission, TaskFormat, TaskLimits, TaskStore, Usage, key_hash,
 };
@@ -57,9 +57,7 @@ pub(super) struct GuardRules {
 impl GuardRules {
     pub(super) fn new(settings: &GuardSettings, waits: WaitBounds) -> Result<Self, InvalidSetting> {
         let directory = settings.directory()?;
-        crate::settings::check(waits.max_queue > 0, "limit.max_queue", || {
-            "must be at least 1".into()
-        })?;
+        at_least_one(waits.max_queue, "limit.max_queue")?;
         Ok(GuardRules {
             directory,
             unlimited: settings.is_unlimited(),

@@ -46,7 +46,7 @@ use crate::context::OnSubmission;
 pub use crate::context::ResponseFuture;
 pub use service::Idempotent;
 
-use crate::settings::{InvalidSetting, check, parse, settings, show};
+use crate::settings::{InvalidSetting, check, longer_than_zero, parse, settings, show};
 // The records and their stores live on the storage floor; these are their names where
 // this layer's users have always found them.
 pub use crate::store::MemoryIdempotencyStore;
@@ -63,13 +63,7 @@ settings! {
     #[non_exhaustive]
     pub struct IdempotencySettings in idempotency {
         /// How long a record is kept (`idempotency.ttl`, default 24 h).
-        pub ttl: Duration = Duration::from_secs(24 * 3600) => {
-            restart, under Stores,
-            env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
-            flag: "idempotency-ttl",
-            doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
-            parse: parse::positive_duration, show: show::duration,
-        },
+        pub ttl: Duration = Duration::from_secs(24 * 3600),
         /// How long a submission may stay in flight before its record counts as an unknown
         /// outcome (a process that died mid-request never finishes it; default 10 min).
         pub lease: Duration = Duration::from_secs(600),
@@ -79,14 +73,19 @@ settings! {
         /// (default 1 MiB; a submission's answer is a few hundred bytes).
         pub answer_limit: usize = 1024 * 1024,
     }
+    rows {
+        ttl: restart, under Stores,
+            env: "RUNWAY_PROXY_IDEMPOTENCY_TTL",
+            flag: "idempotency-ttl",
+            doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
+            parse: parse::positive_duration, show: show::duration;
+    }
 }
 
 impl IdempotencySettings {
     /// Check every value.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check(!self.ttl.is_zero(), "idempotency.ttl", || {
-            "must be longer than zero".into()
-        })?;
+        longer_than_zero(self.ttl, "idempotency.ttl")?;
         check(self.lease <= self.ttl, "idempotency.ttl", || {
             format!(
                 "is shorter than a submission may stay in flight ({})",

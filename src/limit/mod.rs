@@ -59,7 +59,7 @@ pub use service::{RateLimit, ResponseFuture};
 pub use shared::{SharedDecision, SharedLimitError, SharedLimits};
 
 pub use crate::settings::ServiceUrl;
-use crate::settings::{InvalidSetting, ValueError, check, parse, settings, show};
+use crate::settings::{InvalidSetting, ValueError, at_least_one, check, parse, settings, show};
 
 /// How long a request may wait for its turn, and how many may wait at once: the bounds
 /// the rate limiter keeps, handed as one value to the layers whose waits share them (the
@@ -85,97 +85,88 @@ settings! {
     #[non_exhaustive]
     pub struct LimitSettings in limit {
         /// One quota for all requests.
-        pub rate: Option<QuotaSpec> = None => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_RATE_LIMIT",
-            flag: "rate-limit",
-            doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
-            parse: quota::parse_optional, show: show::optional,
-        },
+        pub rate: Option<QuotaSpec> = None,
         /// A quota for each API key (bearer token).
-        pub rate_per_key: Option<QuotaSpec> = None => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
-            flag: "rate-limit-per-key",
-            doc: "Quota for each API key (bearer token, kept only as a hash).",
-            parse: quota::parse_optional, show: show::optional,
-        },
+        pub rate_per_key: Option<QuotaSpec> = None,
         /// A quota for submissions.
-        pub submit_rate: Option<QuotaSpec> = None => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
-            flag: "submit-rate-limit",
-            doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
-            parse: quota::parse_optional, show: show::optional,
-        },
+        pub submit_rate: Option<QuotaSpec> = None,
         /// A quota for reads.
-        pub read_rate: Option<QuotaSpec> = None => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_READ_RATE_LIMIT",
-            flag: "read-rate-limit",
-            doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
-            parse: quota::parse_optional, show: show::optional,
-        },
+        pub read_rate: Option<QuotaSpec> = None,
         /// Most requests in flight to the upstream at once.
-        pub max_concurrency: Option<u32> = None => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_MAX_CONCURRENCY",
-            flag: "max-concurrency",
-            doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
-            parse: parse::optional_count, show: show::optional,
-        },
+        pub max_concurrency: Option<u32> = None,
         /// Most requests in flight to the upstream at once for one API key.
-        pub max_concurrency_per_key: Option<u32> = None => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
-            flag: "max-concurrency-per-key",
-            doc: "Most requests in flight to the upstream at once for one API key.",
-            parse: parse::optional_count, show: show::optional,
-        },
+        pub max_concurrency_per_key: Option<u32> = None,
         /// Longest a request waits for its turn (default 30 s).
-        pub max_wait: Duration = Duration::from_secs(30) => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_MAX_WAIT",
-            flag: "max-wait",
-            doc: "Longest a request waits for its turn before a 429.",
-            parse: parse::duration, show: show::duration,
-        },
+        pub max_wait: Duration = Duration::from_secs(30),
         /// Most requests waiting at once (default 1024).
-        pub max_queue: usize = 1024 => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_MAX_QUEUE",
-            flag: "max-queue",
-            doc: "Most requests waiting for their turn at once; more get a 429.",
-            parse: parse::count, show: show::plain,
-        },
+        pub max_queue: usize = 1024,
         /// Most API keys whose state is kept (default 10,000).
-        pub max_keys: usize = 10_000 => {
-            live, under Limits,
-            env: "RUNWAY_PROXY_RATE_LIMIT_MAX_KEYS",
-            flag: "rate-limit-max-keys",
-            doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
-            parse: parse::count, show: show::plain,
-        },
+        pub max_keys: usize = 10_000,
         /// A wait longer than this is logged (default 1 s; not a config key).
         pub slow_wait: Duration = Duration::from_secs(1),
         /// Keep the rate quotas in this Redis, shared by every replica that names it (needs
         /// the `redis` feature). Unset: in this process's memory.
-        pub redis_url: Option<ServiceUrl> = None => {
-            restart, under Stores,
+        pub redis_url: Option<ServiceUrl> = None,
+        /// What to do when the Redis of `redis_url` cannot be reached (default: fall back to
+        /// this process's own limiter).
+        pub redis_fallback: SharedFallback = SharedFallback::Local,
+    }
+    rows {
+        rate: live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT",
+            flag: "rate-limit",
+            doc: "Quota for all outbound calls, like 5/s, 300/min or \"5/s burst 10\".",
+            parse: quota::parse_optional, show: show::optional;
+        rate_per_key: live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT_PER_KEY",
+            flag: "rate-limit-per-key",
+            doc: "Quota for each API key (bearer token, kept only as a hash).",
+            parse: quota::parse_optional, show: show::optional;
+        submit_rate: live, under Limits,
+            env: "RUNWAY_PROXY_SUBMIT_RATE_LIMIT",
+            flag: "submit-rate-limit",
+            doc: "Quota for submissions (POST /runway/pro/*, task-creating /runwayml/v1/*).",
+            parse: quota::parse_optional, show: show::optional;
+        read_rate: live, under Limits,
+            env: "RUNWAY_PROXY_READ_RATE_LIMIT",
+            flag: "read-rate-limit",
+            doc: "Quota for reads (POST /runway/feed, GET /runwayml/v1/tasks/{id}).",
+            parse: quota::parse_optional, show: show::optional;
+        max_concurrency: live, under Limits,
+            env: "RUNWAY_PROXY_MAX_CONCURRENCY",
+            flag: "max-concurrency",
+            doc: "Most requests in flight to the upstream at once (CometAPI's guide uses 5).",
+            parse: parse::optional_count, show: show::optional;
+        max_concurrency_per_key: live, under Limits,
+            env: "RUNWAY_PROXY_MAX_CONCURRENCY_PER_KEY",
+            flag: "max-concurrency-per-key",
+            doc: "Most requests in flight to the upstream at once for one API key.",
+            parse: parse::optional_count, show: show::optional;
+        max_wait: live, under Limits,
+            env: "RUNWAY_PROXY_MAX_WAIT",
+            flag: "max-wait",
+            doc: "Longest a request waits for its turn before a 429.",
+            parse: parse::duration, show: show::duration;
+        max_queue: live, under Limits,
+            env: "RUNWAY_PROXY_MAX_QUEUE",
+            flag: "max-queue",
+            doc: "Most requests waiting for their turn at once; more get a 429.",
+            parse: parse::count, show: show::plain;
+        max_keys: live, under Limits,
+            env: "RUNWAY_PROXY_RATE_LIMIT_MAX_KEYS",
+            flag: "rate-limit-max-keys",
+            doc: "Most API keys whose per-key state is kept (idle keys are pruned).",
+            parse: parse::count, show: show::plain;
+        redis_url: restart, under Stores,
             env: "RUNWAY_PROXY_REDIS_URL",
             flag: "redis-url",
             doc: "Redis that keeps the rate quotas, shared by every replica that names it (none: in memory).",
-            parse: parse::service_url, show: show::service_url,
-        },
-        /// What to do when the Redis of `redis_url` cannot be reached (default: fall back to
-        /// this process's own limiter).
-        pub redis_fallback: SharedFallback = SharedFallback::Local => {
-            restart, under Stores,
+            parse: parse::service_url, show: show::service_url;
+        redis_fallback: restart, under Stores,
             env: "RUNWAY_PROXY_REDIS_FALLBACK",
             flag: "redis-fallback",
             doc: "When that Redis is unreachable: local (this process's own limiter, with a warning) or refuse (503).",
-            parse: parse::parsed, show: show::plain,
-        },
+            parse: parse::parsed, show: show::plain;
     }
 }
 
@@ -247,12 +238,8 @@ impl LimitSettings {
                 "0 lets nothing through; leave it unset for unlimited".into()
             })?;
         }
-        check(self.max_queue > 0, "limit.max_queue", || {
-            "must be at least 1".into()
-        })?;
-        check(self.max_keys > 0, "limit.max_keys", || {
-            "must be at least 1".into()
-        })?;
+        at_least_one(self.max_queue, "limit.max_queue")?;
+        at_least_one(self.max_keys, "limit.max_keys")?;
         if let Some(url) = &self.redis_url {
             check_redis_url(url)?;
         }

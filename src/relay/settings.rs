@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::settings::{InvalidSetting, check, parse, settings, show};
+use crate::settings::{InvalidSetting, at_least_one, check, longer_than_zero, parse, settings, show};
 
 /// A minute and an hour, in seconds, for the default schedule.
 const M: u64 = 60;
@@ -19,47 +19,44 @@ settings! {
         /// 30 min, 2 h, 5 h, 10 h, 10 h, each with ±20% jitter).
         pub schedule: Vec<Duration> = [0, 5, 5 * M, 30 * M, 2 * H, 5 * H, 10 * H, 10 * H]
             .map(Duration::from_secs)
-            .to_vec() => {
-            live, under Callbacks,
+            .to_vec(),
+        /// Time allowed for one attempt (default 15 s).
+        pub timeout: Duration = Duration::from_secs(15),
+        /// Number of workers (default 4); each sends up to `max_in_flight_per_worker`
+        /// deliveries at once.
+        pub workers: usize = 4,
+        /// Deliveries one worker claims and sends at once, 1 to 1024 (default 16): with
+        /// `workers`, how many subscribers can be waited on at the same time.
+        pub max_in_flight_per_worker: usize = 16,
+        /// The longest a subscriber's `Retry-After` can push an attempt back (default 1 h).
+        pub retry_after_cap: Duration = Duration::from_secs(3600),
+    }
+    rows {
+        schedule: live, under Callbacks,
             env: "RUNWAY_PROXY_DELIVERY_SCHEDULE",
             flag: "delivery-schedule",
             doc: "Wait before each delivery attempt (with jitter); then a dead letter.",
-            parse: parse::schedule, show: show::schedule,
-        },
-        /// Time allowed for one attempt (default 15 s).
-        pub timeout: Duration = Duration::from_secs(15) => {
-            live, under Callbacks,
+            parse: parse::schedule, show: show::schedule;
+        timeout: live, under Callbacks,
             env: "RUNWAY_PROXY_DELIVERY_TIMEOUT",
             flag: "delivery-timeout",
             doc: "Time allowed for one delivery attempt.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        /// Number of workers (default 4); each sends up to `max_in_flight_per_worker`
-        /// deliveries at once.
-        pub workers: usize = 4 => {
-            live, under Callbacks,
+            parse: parse::positive_duration, show: show::duration;
+        workers: live, under Callbacks,
             env: "RUNWAY_PROXY_DELIVERY_WORKERS",
             flag: "delivery-workers",
             doc: "Delivery workers (each sends up to delivery.max_in_flight_per_worker webhooks at once).",
-            parse: parse::count, show: show::plain,
-        },
-        /// Deliveries one worker claims and sends at once, 1 to 1024 (default 16): with
-        /// `workers`, how many subscribers can be waited on at the same time.
-        pub max_in_flight_per_worker: usize = 16 => {
-            live, under Callbacks,
+            parse: parse::count, show: show::plain;
+        max_in_flight_per_worker: live, under Callbacks,
             env: "RUNWAY_PROXY_DELIVERY_MAX_IN_FLIGHT_PER_WORKER",
             flag: "delivery-max-in-flight-per-worker",
             doc: "Deliveries each worker sends at once (all workers: delivery.workers times this).",
-            parse: parse::count, show: show::plain,
-        },
-        /// The longest a subscriber's `Retry-After` can push an attempt back (default 1 h).
-        pub retry_after_cap: Duration = Duration::from_secs(3600) => {
-            live, under Callbacks,
+            parse: parse::count, show: show::plain;
+        retry_after_cap: live, under Callbacks,
             env: "RUNWAY_PROXY_DELIVERY_RETRY_AFTER_CAP",
             flag: "delivery-retry-after-cap",
             doc: "The longest a subscriber's Retry-After can push a delivery back.",
-            parse: parse::duration, show: show::duration,
-        },
+            parse: parse::duration, show: show::duration;
     }
 }
 
@@ -70,12 +67,8 @@ impl DeliverySettings {
         check(!self.schedule.is_empty(), "delivery.schedule", || {
             "needs at least one wait, like 0s,5s,5m".into()
         })?;
-        check(!self.timeout.is_zero(), "delivery.timeout", || {
-            "must be longer than zero".into()
-        })?;
-        check(self.workers > 0, "delivery.workers", || {
-            "must be at least 1".into()
-        })?;
+        longer_than_zero(self.timeout, "delivery.timeout")?;
+        at_least_one(self.workers, "delivery.workers")?;
         check(
             (1..=1024).contains(&self.max_in_flight_per_worker),
             "delivery.max_in_flight_per_worker",

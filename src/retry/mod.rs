@@ -65,7 +65,7 @@ pub use policy::{
 pub use service::{ResponseFuture, Retry};
 
 use crate::route::RouteClass;
-use crate::settings::{InvalidSetting, check, parse, settings, show};
+use crate::settings::{InvalidSetting, at_least_one_byte, check, longer_than_zero, parse, settings, show};
 
 /// Response header with the number of attempts made.
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-runway-proxy-attempts");
@@ -84,98 +84,89 @@ settings! {
     #[non_exhaustive]
     pub struct RetrySettings in retry {
         /// Attempts in all, counting the first, from 1 to 100 (default 5).
-        pub max_attempts: u32 = 5 => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_MAX_ATTEMPTS",
-            flag: "max-attempts",
-            doc: "Attempts per request in all, counting the first.",
-            parse: parse::number, show: show::plain,
-        },
+        pub max_attempts: u32 = 5,
         /// Backoff base: the first retry waits up to this long (default 1 s).
-        pub base_delay: Duration = Duration::from_secs(1) => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_BASE_DELAY",
-            flag: "retry-base-delay",
-            doc: "Backoff base: the first retry waits a random time up to this.",
-            parse: parse::positive_duration, show: show::duration,
-        },
+        pub base_delay: Duration = Duration::from_secs(1),
         /// Backoff cap, at least `base_delay` (default 30 s).
-        pub max_delay: Duration = Duration::from_secs(30) => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_MAX_DELAY",
-            flag: "retry-max-delay",
-            doc: "Backoff cap: no backoff wait is longer.",
-            parse: parse::positive_duration, show: show::duration,
-        },
+        pub max_delay: Duration = Duration::from_secs(30),
         /// One deadline covering every attempt and wait (default 2 min).
-        pub deadline: Duration = Duration::from_secs(120) => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_DEADLINE",
-            flag: "retry-deadline",
-            doc: "One deadline for all attempts and waits of a request.",
-            parse: parse::positive_duration, show: show::duration,
-        },
+        pub deadline: Duration = Duration::from_secs(120),
         /// Time allowed for one attempt, response body included (default 60 s).
-        pub attempt_timeout: Duration = Duration::from_secs(60) => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_ATTEMPT_TIMEOUT",
-            flag: "attempt-timeout",
-            doc: "Time allowed for one attempt, response body included.",
-            parse: parse::positive_duration, show: show::duration,
-        },
+        pub attempt_timeout: Duration = Duration::from_secs(60),
         /// The most a `Retry-After` may make us wait (default 60 s).
-        pub retry_after_cap: Duration = Duration::from_secs(60) => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_AFTER_CAP",
-            flag: "retry-after-cap",
-            doc: "The longest wait a Retry-After header can ask for.",
-            parse: parse::duration, show: show::duration,
-        },
+        pub retry_after_cap: Duration = Duration::from_secs(60),
         /// Retries may add at most this percentage of recent requests, 0 to 1000 (default 20).
-        pub budget_percent: f32 = 20.0 => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_BUDGET_PERCENT",
-            flag: "retry-budget-percent",
-            doc: "Retries may add at most this percentage of recent requests...",
-            parse: parse::percentage, show: show::plain,
-        },
+        pub budget_percent: f32 = 20.0,
         /// ...plus this many retries per second regardless (default 1).
-        pub budget_min_per_sec: u32 = 1 => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_BUDGET_MIN_PER_SEC",
-            flag: "retry-budget-min-per-sec",
-            doc: "...plus this many retries per second (a floor for quiet periods).",
-            parse: parse::number, show: show::plain,
-        },
+        pub budget_min_per_sec: u32 = 1,
         /// Largest request or response body buffered to replay or classify (default 16 MiB: a 5 MB image as a base64 data URI fits).
-        pub body_limit: usize = 16 * 1024 * 1024 => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_BODY_LIMIT",
-            flag: "retry-body-limit",
-            doc: "Largest body buffered to replay a request or classify a response.",
-            parse: parse::size, show: show::size,
-        },
+        pub body_limit: usize = 16 * 1024 * 1024,
         /// Route classes on which a timeout or reset after the request was written is retried
         /// (default: reads only; a submission so retried may be paid for twice).
-        pub unknown_outcome: Vec<RouteClass> = vec![RouteClass::Read] => {
-            live, under Retry,
-            env: "RUNWAY_PROXY_RETRY_UNKNOWN_OUTCOME",
-            flag: "retry-unknown-outcome",
-            doc: "Route classes retried after a timeout or reset once the request was written.",
-            parse: parse::classes, show: show::classes,
-        },
+        pub unknown_outcome: Vec<RouteClass> = vec![RouteClass::Read],
         /// Answer a failure reported inside an HTTP 200 with the HTTP status of its envelope
         /// code (502 when that is not an HTTP error status), body unchanged, so HTTP clients
         /// raise an error (default off: the wire stays CometAPI's).
-        pub surface_envelope_errors: bool = false => {
-            live, under Retry,
+        pub surface_envelope_errors: bool = false,
+        /// The rule table.
+        pub rules: Rules = Rules::default(),
+    }
+    rows {
+        max_attempts: live, under Retry,
+            env: "RUNWAY_PROXY_MAX_ATTEMPTS",
+            flag: "max-attempts",
+            doc: "Attempts per request in all, counting the first.",
+            parse: parse::number, show: show::plain;
+        base_delay: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BASE_DELAY",
+            flag: "retry-base-delay",
+            doc: "Backoff base: the first retry waits a random time up to this.",
+            parse: parse::positive_duration, show: show::duration;
+        max_delay: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_MAX_DELAY",
+            flag: "retry-max-delay",
+            doc: "Backoff cap: no backoff wait is longer.",
+            parse: parse::positive_duration, show: show::duration;
+        deadline: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_DEADLINE",
+            flag: "retry-deadline",
+            doc: "One deadline for all attempts and waits of a request.",
+            parse: parse::positive_duration, show: show::duration;
+        attempt_timeout: live, under Retry,
+            env: "RUNWAY_PROXY_ATTEMPT_TIMEOUT",
+            flag: "attempt-timeout",
+            doc: "Time allowed for one attempt, response body included.",
+            parse: parse::positive_duration, show: show::duration;
+        retry_after_cap: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_AFTER_CAP",
+            flag: "retry-after-cap",
+            doc: "The longest wait a Retry-After header can ask for.",
+            parse: parse::duration, show: show::duration;
+        budget_percent: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BUDGET_PERCENT",
+            flag: "retry-budget-percent",
+            doc: "Retries may add at most this percentage of recent requests...",
+            parse: parse::percentage, show: show::plain;
+        budget_min_per_sec: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BUDGET_MIN_PER_SEC",
+            flag: "retry-budget-min-per-sec",
+            doc: "...plus this many retries per second (a floor for quiet periods).",
+            parse: parse::number, show: show::plain;
+        body_limit: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_BODY_LIMIT",
+            flag: "retry-body-limit",
+            doc: "Largest body buffered to replay a request or classify a response.",
+            parse: parse::size, show: show::size;
+        unknown_outcome: live, under Retry,
+            env: "RUNWAY_PROXY_RETRY_UNKNOWN_OUTCOME",
+            flag: "retry-unknown-outcome",
+            doc: "Route classes retried after a timeout or reset once the request was written.",
+            parse: parse::classes, show: show::classes;
+        surface_envelope_errors: live, under Retry,
             env: "RUNWAY_PROXY_SURFACE_ENVELOPE_ERRORS",
             flag: "surface-envelope-errors",
             doc: "Answer a failure inside an HTTP 200 with the HTTP status of its code (502 if none), so SDKs raise.",
-            parse: parse::boolean, show: show::plain,
-        },
-        /// The rule table.
-        pub rules: Rules = Rules::default(),
+            parse: parse::boolean, show: show::plain;
     }
 }
 
@@ -194,7 +185,7 @@ impl RetrySettings {
             ("retry.deadline", self.deadline),
             ("retry.attempt_timeout", self.attempt_timeout),
         ] {
-            check(!value.is_zero(), key, || "must be longer than zero".into())?;
+            longer_than_zero(value, key)?;
         }
         check(self.base_delay <= self.max_delay, "retry.base_delay", || {
             format!(
@@ -218,8 +209,6 @@ impl RetrySettings {
                 )
             },
         )?;
-        check(self.body_limit > 0, "retry.body_limit", || {
-            "must be at least one byte".into()
-        })
+        at_least_one_byte(self.body_limit, "retry.body_limit")
     }
 }

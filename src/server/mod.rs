@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body, BoxError};
-use crate::settings::{InvalidSetting, check, parse, settings, show};
+use crate::settings::{InvalidSetting, at_least_one, longer_than_zero, parse, settings, show};
 use crate::upstream::ClientAddr;
 use futures_util::TryFutureExt;
 
@@ -51,46 +51,37 @@ settings! {
     pub struct ConnectionLimits in connections {
         /// Longest time a request's head may take to arrive (and an HTTP/1.1 connection may
         /// wait for its next request).
-        pub header_read_timeout: Duration = Duration::from_secs(10) => {
-            restart, under Listeners,
+        pub header_read_timeout: Duration = Duration::from_secs(10),
+        /// Longest time a connection may stay open with no request in flight.
+        pub idle_timeout: Duration = Duration::from_secs(60),
+        /// Most connections open at once.
+        pub max_connections: usize = 512,
+    }
+    rows {
+        header_read_timeout: restart, under Listeners,
             env: "RUNWAY_PROXY_HEADER_READ_TIMEOUT",
             flag: "header-read-timeout",
             doc: "Longest a request's head may take to arrive (and an HTTP/1.1 connection may wait for its next request).",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        /// Longest time a connection may stay open with no request in flight.
-        pub idle_timeout: Duration = Duration::from_secs(60) => {
-            restart, under Listeners,
+            parse: parse::positive_duration, show: show::duration;
+        idle_timeout: restart, under Listeners,
             env: "RUNWAY_PROXY_IDLE_TIMEOUT",
             flag: "idle-timeout",
             doc: "Longest a connection stays open with no request in flight.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        /// Most connections open at once.
-        pub max_connections: usize = 512 => {
-            restart, under Listeners,
+            parse: parse::positive_duration, show: show::duration;
+        max_connections: restart, under Listeners,
             env: "RUNWAY_PROXY_MAX_CONNECTIONS",
             flag: "max-connections",
             doc: "Most connections open at once on each listener; more wait to be accepted.",
-            parse: parse::count, show: show::plain,
-        },
+            parse: parse::count, show: show::plain;
     }
 }
 
 impl ConnectionLimits {
     /// Check the limits (every one must be above zero); errors name the `[connections]` keys.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check(
-            !self.header_read_timeout.is_zero(),
-            "connections.header_read_timeout",
-            || "must be longer than zero".into(),
-        )?;
-        check(!self.idle_timeout.is_zero(), "connections.idle_timeout", || {
-            "must be longer than zero".into()
-        })?;
-        check(self.max_connections > 0, "connections.max_connections", || {
-            "must be at least 1".into()
-        })
+        longer_than_zero(self.header_read_timeout, "connections.header_read_timeout")?;
+        longer_than_zero(self.idle_timeout, "connections.idle_timeout")?;
+        at_least_one(self.max_connections, "connections.max_connections")
     }
 }
 

@@ -48,6 +48,21 @@ pub(crate) fn check(
     }
 }
 
+/// `Err` naming `key` unless `value` is longer than zero.
+pub(crate) fn longer_than_zero(value: std::time::Duration, key: &'static str) -> Result<(), InvalidSetting> {
+    check(!value.is_zero(), key, || "must be longer than zero".into())
+}
+
+/// `Err` naming `key` unless `count` is at least 1.
+pub(crate) fn at_least_one(count: usize, key: &'static str) -> Result<(), InvalidSetting> {
+    check(count > 0, key, || "must be at least 1".into())
+}
+
+/// `Err` naming `key` unless `bytes` is at least one byte.
+pub(crate) fn at_least_one_byte(bytes: usize, key: &'static str) -> Result<(), InvalidSetting> {
+    check(bytes > 0, key, || "must be at least one byte".into())
+}
+
 /// The URL of a service that holds shared state (Redis, PostgreSQL). It may carry a
 /// password, so it is never printed whole: `Debug` and [`redacted`](Self::redacted) leave
 /// the user part out.

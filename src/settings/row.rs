@@ -110,8 +110,8 @@ impl std::fmt::Display for Heading {
     }
 }
 
-/// A settings type declared with its settings: each field with its default and, for a
-/// field the config file sets, its row (the key is the table's name and the field's):
+/// A settings type declared with its settings: each field with its default, then a row
+/// for each field the config file sets (its key is the table's name and the field's):
 ///
 /// ```text
 /// settings! {
@@ -119,22 +119,24 @@ impl std::fmt::Display for Heading {
 ///     #[derive(Clone, Debug, PartialEq)]
 ///     pub struct RetrySettings in retry {
 ///         /// Attempts in all, counting the first (default 5).
-///         pub max_attempts: u32 = 5 => {
-///             live, under Retry,
+///         pub max_attempts: u32 = 5,
+///         /// The rule table (`[[retry.rules]]`, read apart).
+///         pub rules: Rules = Rules::default(),
+///     }
+///     rows {
+///         max_attempts: live, under Retry,
 ///             env: "RUNWAY_PROXY_MAX_ATTEMPTS",
 ///             flag: "max-attempts",
 ///             doc: "Attempts per request in all, counting the first.",
-///             parse: parse::number, show: show::plain,
-///         },
-///         /// The rule table (`[[retry.rules]]`, read apart).
-///         pub rules: Rules = Rules::default(),
+///             parse: parse::number, show: show::plain;
 ///     }
 /// }
 /// ```
 ///
 /// This makes the struct, its `Default` (each field's default) and its `SETTINGS` table
-/// (a [`Setting`] per field with a row, in the fields' order). A type whose keys are at
-/// the top level of the file leaves out `in table`.
+/// (a [`Setting`] per row, in the rows' order; a row names a field of the struct, or
+/// does not compile). A type whose keys are at the top level of the file leaves out
+/// `in table`.
 macro_rules! settings {
     (@key [] $field:ident) => { stringify!($field) };
     (@key [$table:ident] $field:ident) => { concat!(stringify!($table), ".", stringify!($field)) };
@@ -144,8 +146,15 @@ macro_rules! settings {
         $vis:vis struct $name:ident {
             $(
                 $(#[$field_meta:meta])*
-                $field_vis:vis $field:ident : $ty:ty = $default:expr $(=> { $($row:tt)* })?
+                $field_vis:vis $field:ident : $ty:ty = $default:expr
             ),* $(,)?
+        }
+        rows {
+            $(
+                $row_field:ident: $live:ident, under $heading:ident,
+                env: $env:literal, flag: $flag:literal, doc: $doc:literal,
+                parse: $parse:expr, show: $show:expr;
+            )*
         }
     ) => {
         $(#[$meta])*
@@ -169,19 +178,20 @@ macro_rules! settings {
             /// help and heading, and how its value reads and shows; the sidecar's
             /// configuration lists these.
             pub const SETTINGS: &'static [$crate::settings::Setting<Self>] = &[
-                $($(
+                $(
                     $crate::settings::setting!(
-                        @row $crate::settings::settings!(@key $table $field), $field, $($row)*
+                        @row $crate::settings::settings!(@key $table $row_field), $row_field, $live,
+                        under $heading, env: $env, flag: $flag, doc: $doc, parse: $parse, show: $show
                     ),
-                )?)*
+                )*
             ];
         }
     };
-    ($(#[$meta:meta])* $vis:vis struct $name:ident in $table:ident { $($body:tt)* }) => {
-        $crate::settings::settings!(@make [$table] $(#[$meta])* $vis struct $name { $($body)* });
+    ($(#[$meta:meta])* $vis:vis struct $name:ident in $table:ident { $($body:tt)* } rows { $($rows:tt)* }) => {
+        $crate::settings::settings!(@make [$table] $(#[$meta])* $vis struct $name { $($body)* } rows { $($rows)* });
     };
-    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($body:tt)* }) => {
-        $crate::settings::settings!(@make [] $(#[$meta])* $vis struct $name { $($body)* });
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($body:tt)* } rows { $($rows:tt)* }) => {
+        $crate::settings::settings!(@make [] $(#[$meta])* $vis struct $name { $($body)* } rows { $($rows)* });
     };
 }
 pub(crate) use settings;

@@ -12,32 +12,31 @@ settings! {
     #[non_exhaustive]
     pub struct DatabaseSettings in database {
         /// `postgres://user:password@host:port/database`; `None`: the embedded SQLite outbox.
-        pub url: Option<ServiceUrl> = None => {
-            restart, under Stores,
-            env: "RUNWAY_PROXY_DATABASE_URL",
-            flag: "database-url",
-            doc: "PostgreSQL that keeps the outbox and idempotency records, shared by every replica that names it (none: SQLite in data_dir).",
-            parse: parse::service_url, show: show::service_url,
-        },
+        pub url: Option<ServiceUrl> = None,
         /// Most connections this process opens (default 8). Two replicas with the default
         /// hold 16 of the server's `max_connections`.
-        pub pool_size: usize = 8 => {
-            restart, under Stores,
-            env: "RUNWAY_PROXY_DATABASE_POOL_SIZE",
-            flag: "database-pool-size",
-            doc: "Most connections to that PostgreSQL this process opens.",
-            parse: parse::count, show: show::plain,
-        },
+        pub pool_size: usize = 8,
         /// The longest any one store operation may take, from waiting for a pooled
         /// connection through connecting to the statement itself (default 5 s). A webhook
         /// that can't be stored within it is answered 503, so its sender tries again.
-        pub timeout: Duration = Duration::from_secs(5) => {
-            restart, under Stores,
+        pub timeout: Duration = Duration::from_secs(5),
+    }
+    rows {
+        url: restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_URL",
+            flag: "database-url",
+            doc: "PostgreSQL that keeps the outbox and idempotency records, shared by every replica that names it (none: SQLite in data_dir).",
+            parse: parse::service_url, show: show::service_url;
+        pool_size: restart, under Stores,
+            env: "RUNWAY_PROXY_DATABASE_POOL_SIZE",
+            flag: "database-pool-size",
+            doc: "Most connections to that PostgreSQL this process opens.",
+            parse: parse::count, show: show::plain;
+        timeout: restart, under Stores,
             env: "RUNWAY_PROXY_DATABASE_TIMEOUT",
             flag: "database-timeout",
             doc: "The longest one PostgreSQL operation may take (a webhook not stored by then is answered 503).",
-            parse: parse::positive_duration, show: show::duration,
-        },
+            parse: parse::positive_duration, show: show::duration;
     }
 }
 

@@ -25,7 +25,7 @@ pub use record::{
 };
 pub use watcher::{CallbackCheck, Confirmation, TaskWatcher, WatchMetrics};
 
-use crate::settings::{InvalidSetting, check, parse, settings, show};
+use crate::settings::{InvalidSetting, check, longer_than_zero, parse, settings, show};
 // The records live on the storage floor; these are their names where the watch list's
 // users have always found them.
 pub use crate::store::{
@@ -41,49 +41,46 @@ settings! {
         /// How often an official-format task is polled (`GET /runwayml/v1/tasks/{id}`), with
         /// ±20% jitter, and a reverse-format one's feed read once it is overdue (default 5 s,
         /// the least Runway advises).
-        pub poll_interval: Duration = Duration::from_secs(5) => {
-            restart, under Callbacks,
+        pub poll_interval: Duration = Duration::from_secs(5),
+        /// How long a reverse-format task may go without its terminal callback, after its
+        /// submission or its last callback, before the feed is read for it (default 15 min).
+        pub recover_after: Duration = Duration::from_secs(15 * 60),
+        /// Where the events of official-format submissions that name no subscriber (with
+        /// `x-runway-proxy-callback-url`) go; `None`: their events are not relayed (they are still followed to their end, for the ledger and the task guard).
+        pub official_callback_url: Option<String> = None,
+        /// Relay a reverse-format task's final callback only once a feed read agrees with it
+        /// (CometAPI's callbacks are not signed; default off: it costs a read per task).
+        pub confirm_callbacks: bool = false,
+        /// How long the ledger keeps a finished task's record, for `/-/usage` and the
+        /// budgets (default 90 days; at least the guard's `budget_window`).
+        pub ledger_retention: Duration = Duration::from_secs(90 * 86_400),
+    }
+    rows {
+        poll_interval: restart, under Callbacks,
             env: "RUNWAY_PROXY_TASK_POLL_INTERVAL",
             flag: "task-poll-interval",
             doc: "How often an official-format task is polled for its status, and an overdue reverse-format one read from the feed (with jitter).",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        /// How long a reverse-format task may go without its terminal callback, after its
-        /// submission or its last callback, before the feed is read for it (default 15 min).
-        pub recover_after: Duration = Duration::from_secs(15 * 60) => {
-            restart, under Callbacks,
+            parse: parse::positive_duration, show: show::duration;
+        recover_after: restart, under Callbacks,
             env: "RUNWAY_PROXY_RECOVER_AFTER",
             flag: "recover-after",
             doc: "How long a reverse-format task may go without its final callback before its result is read from the feed.",
-            parse: parse::positive_duration, show: show::duration,
-        },
-        /// Where the events of official-format submissions that name no subscriber (with
-        /// `x-runway-proxy-callback-url`) go; `None`: their events are not relayed (they are still followed to their end, for the ledger and the task guard).
-        pub official_callback_url: Option<String> = None => {
-            restart, under Callbacks,
+            parse: parse::positive_duration, show: show::duration;
+        official_callback_url: restart, under Callbacks,
             env: "RUNWAY_PROXY_OFFICIAL_CALLBACK_URL",
             flag: "official-callback-url",
             doc: "Subscriber of official-format tasks whose submission names none with x-runway-proxy-callback-url (none: their events are not relayed; they are still followed to their end for the ledger).",
-            parse: parse::optional_text, show: show::optional_text,
-        },
-        /// Relay a reverse-format task's final callback only once a feed read agrees with it
-        /// (CometAPI's callbacks are not signed; default off: it costs a read per task).
-        pub confirm_callbacks: bool = false => {
-            restart, under Callbacks,
+            parse: parse::optional_text, show: show::optional_text;
+        confirm_callbacks: restart, under Callbacks,
             env: "RUNWAY_PROXY_CONFIRM_CALLBACKS",
             flag: "confirm-callbacks",
             doc: "Relay a reverse-format task's final callback only once a feed read agrees (callbacks are not signed).",
-            parse: parse::boolean, show: show::plain,
-        },
-        /// How long the ledger keeps a finished task's record, for `/-/usage` and the
-        /// budgets (default 90 days; at least the guard's `budget_window`).
-        pub ledger_retention: Duration = Duration::from_secs(90 * 86_400) => {
-            restart, under Callbacks,
+            parse: parse::boolean, show: show::plain;
+        ledger_retention: restart, under Callbacks,
             env: "RUNWAY_PROXY_LEDGER_RETENTION",
             flag: "ledger-retention",
             doc: "How long the ledger keeps a finished task's record (for /-/usage and the budgets; at least guard.budget_window).",
-            parse: parse::positive_duration, show: show::duration,
-        },
+            parse: parse::positive_duration, show: show::duration;
     }
 }
 
@@ -96,9 +93,7 @@ impl WatchSettings {
             "watch.poll_interval",
             || "must be at least 100ms (Runway asks for 5s or more)".into(),
         )?;
-        check(!self.recover_after.is_zero(), "watch.recover_after", || {
-            "must be longer than zero".into()
-        })?;
+        longer_than_zero(self.recover_after, "watch.recover_after")?;
         check(
             self.ledger_retention >= Duration::from_secs(60),
             "watch.ledger_retention",

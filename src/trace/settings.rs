@@ -44,47 +44,44 @@ settings! {
     pub struct TraceSettings in otel {
         /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to
         /// `{endpoint}/v1/traces`, or to the URL itself if it already ends so.
-        pub endpoint: Option<String> = None => {
-            restart, under Observability,
+        pub endpoint: Option<String> = None,
+        /// `service.name` of the spans' resource.
+        pub service_name: String = "runway-proxy".to_owned(),
+        /// Headers sent with each export (a collector's API key, say); marked sensitive, so
+        /// `Debug` never shows their values.
+        pub headers: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new(),
+        /// Which traces are recorded (`OTEL_TRACES_SAMPLER`).
+        pub sampler: SamplerKind = SamplerKind::default(),
+        /// The share of traces the `*traceidratio` samplers record, 0 to 1
+        /// (`OTEL_TRACES_SAMPLER_ARG`).
+        pub sampler_arg: Ratio = Ratio::ONE,
+    }
+    rows {
+        endpoint: restart, under Observability,
             env: "OTEL_EXPORTER_OTLP_ENDPOINT",
             flag: "otel-endpoint",
             doc: "OpenTelemetry collector's OTLP/HTTP base URL (http://collector:4318): traces of each request, attempt, callback and delivery are exported to {url}/v1/traces (none: tracing off).",
-            parse: parse::optional_text, show: show::optional_text,
-        },
-        /// `service.name` of the spans' resource.
-        pub service_name: String = "runway-proxy".to_owned() => {
-            restart, under Observability,
+            parse: parse::optional_text, show: show::optional_text;
+        service_name: restart, under Observability,
             env: "OTEL_SERVICE_NAME",
             flag: "otel-service-name",
             doc: "service.name of the exported traces.",
-            parse: parse::text, show: show::plain,
-        },
-        /// Headers sent with each export (a collector's API key, say); marked sensitive, so
-        /// `Debug` never shows their values.
-        pub headers: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new() => {
-            restart, under Observability,
+            parse: parse::text, show: show::plain;
+        headers: restart, under Observability,
             env: "OTEL_EXPORTER_OTLP_HEADERS",
             flag: "otel-headers",
             doc: "Headers sent with each export, name=value,... with values percent-encoded (a collector's API key); never shown.",
-            parse: Self::headers, show: Self::show_headers,
-        },
-        /// Which traces are recorded (`OTEL_TRACES_SAMPLER`).
-        pub sampler: SamplerKind = SamplerKind::default() => {
-            live, under Observability,
+            parse: Self::headers, show: Self::show_headers;
+        sampler: live, under Observability,
             env: "OTEL_TRACES_SAMPLER",
             flag: "otel-sampler",
             doc: "Which traces are recorded: parentbased_always_on (the application's traceparent decides, else all), parentbased_traceidratio, traceidratio, always_on, always_off or parentbased_always_off.",
-            parse: parse::parsed, show: show::plain,
-        },
-        /// The share of traces the `*traceidratio` samplers record, 0 to 1
-        /// (`OTEL_TRACES_SAMPLER_ARG`).
-        pub sampler_arg: Ratio = Ratio::ONE => {
-            live, under Observability,
+            parse: parse::parsed, show: show::plain;
+        sampler_arg: live, under Observability,
             env: "OTEL_TRACES_SAMPLER_ARG",
             flag: "otel-sampler-arg",
             doc: "Share of traces the traceidratio samplers record, 0 to 1 (0.1: one in ten, chosen by trace id).",
-            parse: parse::parsed, show: show::plain,
-        },
+            parse: parse::parsed, show: show::plain;
     }
 }
 
