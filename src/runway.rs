@@ -61,13 +61,12 @@ use std::sync::Arc;
 use tower::Layer;
 
 use crate::callback::{Callbacks, RewriteCallback, RewriteCallbackLayer};
-use crate::context::{SubmissionContext, SubmissionContextLayer};
+use crate::context::{OnSubmission, SubmissionContext, SubmissionContextLayer};
 use crate::guard::{GuardSettings, TaskGuard, TaskGuardLayer};
 use crate::idempotency::{IdempotencyLayer, IdempotencySettings, IdempotencyStore, Idempotent};
 use crate::limit::{LimitSettings, RateLimit, RateLimitLayer};
 use crate::retry::{Retry, RetryLayer, RetrySettings};
-use crate::settings::InvalidSetting;
-use crate::settings::setters;
+use crate::settings::{InvalidSetting, setters};
 use crate::tasks::{RecordTasks, RecordTasksLayer, TaskStore, Usage, WatchSettings};
 use crate::trace::Tracer;
 
@@ -131,27 +130,26 @@ impl RunwayLayer {
     }
 }
 
+/// `layer` around `inner`; without one, `inner` alone (a submission passes through).
+fn around<L, S, H>(layer: &Option<L>, inner: S) -> OnSubmission<S, H>
+where
+    L: Layer<S, Service = OnSubmission<S, H>>,
+{
+    match layer {
+        Some(layer) => layer.layer(inner),
+        None => OnSubmission::passthrough(inner),
+    }
+}
+
 impl<S> Layer<S> for RunwayLayer {
     type Service = Runway<S>;
 
     fn layer(&self, inner: S) -> Runway<S> {
         let retrying = self.retry.layer(self.limit.layer(inner));
-        let recording = match &self.tasks {
-            Some(tasks) => tasks.layer(retrying),
-            None => RecordTasks::passthrough(retrying),
-        };
-        let guarded = match &self.guard {
-            Some(guard) => guard.layer(recording),
-            None => TaskGuard::passthrough(recording),
-        };
-        let rewriting = match &self.callbacks {
-            Some(rewrite) => rewrite.layer(guarded),
-            None => RewriteCallback::passthrough(guarded),
-        };
-        let idempotent = match &self.idempotency {
-            Some(idempotency) => idempotency.layer(rewriting),
-            None => Idempotent::passthrough(rewriting),
-        };
+        let recording = around(&self.tasks, retrying);
+        let guarded = around(&self.guard, recording);
+        let rewriting = around(&self.callbacks, guarded);
+        let idempotent = around(&self.idempotency, rewriting);
         // `RunwayLayer::default()` has no bounds to take the largest of: the retry
         // layer's default is the one every layer inside then has.
         match &self.context {
@@ -427,17 +425,15 @@ mod tests {
             max_attempts: 0,
             ..Default::default()
         };
-        assert_eq!(
-            RunwayLayer::builder().retry(retry).build().unwrap_err().key,
-            "retry.max_attempts"
-        );
         let limits = LimitSettings {
             max_queue: 0,
             ..Default::default()
         };
-        assert_eq!(
-            RunwayLayer::builder().rate_limit(limits).build().unwrap_err().key,
-            "limit.max_queue"
-        );
+        for (builder, key) in [
+            (RunwayLayer::builder().retry(retry), "retry.max_attempts"),
+            (RunwayLayer::builder().rate_limit(limits), "limit.max_queue"),
+        ] {
+            assert_eq!(builder.build().unwrap_err().key, key);
+        }
     }
 }

@@ -180,51 +180,6 @@ impl Callbacks {
     }
 }
 
-settings! {
-    /// Settings of the `callback_url` rewrite (`[callback]`).
-    #[derive(Clone, Debug, PartialEq)]
-    #[non_exhaustive]
-    pub struct CallbackSettings in callback {
-        /// Let subscriber URLs point at loopback, private and other internal addresses.
-        pub allow_private: bool = false,
-        /// Only these subscriber hosts (empty: any).
-        pub allowed_hosts: Vec<String> = Vec::new(),
-        /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
-        pub token_keys: Option<Secret> = None,
-        /// Largest submission body rewritten and webhook body accepted.
-        pub body_limit: usize = 16 * 1024 * 1024,
-        /// How long a route token is honoured after it was minted.
-        pub token_lifetime: Duration = DEFAULT_TOKEN_LIFETIME,
-    }
-    rows {
-        allow_private: live, under Callbacks,
-            env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
-            flag: "allow-private-callbacks",
-            doc: "Let callback_url point at loopback, private and other internal addresses.",
-            parse: parse::boolean, show: show::plain;
-        allowed_hosts: live, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
-            flag: "callback-allowed-hosts",
-            doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
-            parse: Self::hosts, show: Self::show_hosts;
-        token_keys: live, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
-            flag: "callback-token-keys",
-            doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
-            parse: Self::token_keys, show: show::generated;
-        body_limit: restart, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
-            flag: "callback-body-limit",
-            doc: "Largest submission body rewritten, and largest webhook body accepted.",
-            parse: parse::size, show: show::size;
-        token_lifetime: restart, under Callbacks,
-            env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
-            flag: "callback-token-lifetime",
-            doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
-            parse: parse::positive_duration, show: show::duration;
-    }
-}
-
 impl CallbackSettings {
     /// Check every value.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
@@ -267,5 +222,50 @@ impl CallbackSettings {
                 Ok(Some(Secret::new(keys)))
             }
         }
+    }
+}
+
+settings! {
+    /// Settings of the `callback_url` rewrite (`[callback]`).
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct CallbackSettings in callback {
+        /// Let subscriber URLs point at loopback, private and other internal addresses.
+        pub allow_private: bool = false,
+        /// Only these subscriber hosts (empty: any).
+        pub allowed_hosts: Vec<String> = Vec::new(),
+        /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
+        pub token_keys: Option<Secret> = None,
+        /// Largest submission body rewritten and webhook body accepted.
+        pub body_limit: usize = 16 * 1024 * 1024,
+        /// How long a route token is honoured after it was minted.
+        pub token_lifetime: Duration = DEFAULT_TOKEN_LIFETIME,
+    }
+    rows {
+        allow_private: live, under Callbacks,
+            env: "RUNWAY_PROXY_ALLOW_PRIVATE_CALLBACKS",
+            flag: "allow-private-callbacks",
+            doc: "Let callback_url point at loopback, private and other internal addresses.",
+            parse: parse::boolean, show: show::plain;
+        allowed_hosts: live, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_ALLOWED_HOSTS",
+            flag: "callback-allowed-hosts",
+            doc: "Only these callback hosts, comma-separated (*.example.com for subdomains).",
+            parse: Self::hosts, show: Self::show_hosts;
+        token_keys: live, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_TOKEN_KEYS",
+            flag: "callback-token-keys",
+            doc: "Keys of callback route tokens, id:secret,... (newest id mints; generated: kept in data_dir).",
+            parse: Self::token_keys, show: show::generated;
+        body_limit: restart, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
+            flag: "callback-body-limit",
+            doc: "Largest submission body rewritten, and largest webhook body accepted.",
+            parse: parse::size, show: show::size;
+        token_lifetime: restart, under Callbacks,
+            env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",
+            flag: "callback-token-lifetime",
+            doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
+            parse: parse::positive_duration, show: show::duration;
     }
 }

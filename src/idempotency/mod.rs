@@ -57,6 +57,19 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// The response header marking an answer replayed from the record.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
+impl IdempotencySettings {
+    /// Check every value.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        longer_than_zero(self.ttl, "idempotency.ttl")?;
+        check(self.lease <= self.ttl, "idempotency.ttl", || {
+            format!(
+                "is shorter than a submission may stay in flight ({})",
+                crate::duration::format(self.lease)
+            )
+        })
+    }
+}
+
 settings! {
     /// Settings of the idempotency layer.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,19 +92,6 @@ settings! {
             flag: "idempotency-ttl",
             doc: "How long an Idempotency-Key is remembered: a repeat within it gets the first answer.",
             parse: parse::positive_duration, show: show::duration;
-    }
-}
-
-impl IdempotencySettings {
-    /// Check every value.
-    pub fn validate(&self) -> Result<(), InvalidSetting> {
-        longer_than_zero(self.ttl, "idempotency.ttl")?;
-        check(self.lease <= self.ttl, "idempotency.ttl", || {
-            format!(
-                "is shorter than a submission may stay in flight ({})",
-                crate::duration::format(self.lease)
-            )
-        })
     }
 }
 
