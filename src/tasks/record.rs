@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, header};
-use serde_json::Value;
 use tower::{Layer, ServiceExt};
 
 use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
@@ -245,18 +244,61 @@ fn accepted_task_id(format: TaskFormat, status: http::StatusCode, body: &[u8]) -
     if !status.is_success() {
         return None;
     }
-    let value: Value = serde_json::from_slice(body).ok()?;
+    // Only the fields it needs, borrowed where the text has no escapes: no map of the
+    // whole answer is built.
     let id = match format {
         TaskFormat::Reverse => {
-            let code = value.get("code")?;
-            if code.as_u64() != Some(200) && code.as_str() != Some("200") {
+            let answer: ReverseAnswer<'_> = serde_json::from_slice(body).ok()?;
+            if !answer.code?.is_200() {
                 return None;
             }
-            value.get("data")?.get("task_id")?
+            answer.data?.task_id?
         }
-        TaskFormat::Official => value.get("id")?,
+        TaskFormat::Official => serde_json::from_slice::<OfficialAnswer<'_>>(body).ok()?.id?,
     };
-    id.as_str().filter(|id| !id.is_empty()).map(str::to_owned)
+    (!id.is_empty()).then(|| id.into_owned())
+}
+
+/// What [`accepted_task_id`] reads of a reverse-format envelope.
+#[derive(serde::Deserialize)]
+struct ReverseAnswer<'a> {
+    code: Option<AnswerCode<'a>>,
+    #[serde(borrow)]
+    data: Option<ReverseData<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReverseData<'a> {
+    #[serde(borrow)]
+    task_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The envelope's `code`: 200 or `"200"` is success (anything else, or another type,
+/// is not).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AnswerCode<'a> {
+    Number(u64),
+    #[serde(borrow)]
+    Text(std::borrow::Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
+}
+
+impl AnswerCode<'_> {
+    fn is_200(&self) -> bool {
+        match self {
+            AnswerCode::Number(code) => *code == 200,
+            AnswerCode::Text(code) => code == "200",
+            AnswerCode::Other(_) => false,
+        }
+    }
+}
+
+/// What [`accepted_task_id`] reads of an official-format answer.
+#[derive(serde::Deserialize)]
+struct OfficialAnswer<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::statements::ExecuteCached;
 use super::{SqliteOutbox, now_ms};
 use crate::store::StoreFuture;
 use crate::store::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
@@ -15,7 +16,7 @@ fn begin(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Begin> {
     let (key, fingerprint) = (&claim.key, &claim.fingerprint);
     let (lease, ttl) = (claim.lease, claim.ttl);
     let now = now_ms();
-    tx.execute(
+    tx.execute_cached(
         "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
         params![now, PURGE],
     )?;
@@ -49,7 +50,7 @@ fn begin(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Begin> {
                 }),
                 // Unknown, or in flight past its lease (the process died mid-request).
                 _ => {
-                    tx.execute(
+                    tx.execute_cached(
                         "UPDATE idempotency SET state = 'unknown' WHERE key = ?1",
                         params![key],
                     )?;
@@ -58,7 +59,7 @@ fn begin(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Begin> {
             })
         }
         _ => {
-            tx.execute(
+            tx.execute_cached(
                 "INSERT OR REPLACE INTO idempotency (key, fingerprint, state, lease_until, expires_at)
                  VALUES (?1, ?2, 'in_flight', ?3, ?4)",
                 params![
@@ -82,12 +83,12 @@ impl IdempotencyStore for SqliteOutbox {
         Box::pin(async move {
             self.run(move |tx| {
                 match finished {
-                    Finished::Answer(answer) => tx.execute(
+                    Finished::Answer(answer) => tx.execute_cached(
                         "UPDATE idempotency SET state = 'done', status = ?2, content_type = ?3, body = ?4 WHERE key = ?1",
                         params![key, answer.status, answer.content_type, answer.body.as_ref()],
                     )?,
                     Finished::Unknown => {
-                        tx.execute("UPDATE idempotency SET state = 'unknown' WHERE key = ?1", params![key])?
+                        tx.execute_cached("UPDATE idempotency SET state = 'unknown' WHERE key = ?1", params![key])?
                     }
                 };
                 Ok(())
@@ -99,7 +100,7 @@ impl IdempotencyStore for SqliteOutbox {
     fn release(&self, key: String) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.run(move |tx| {
-                tx.execute("DELETE FROM idempotency WHERE key = ?1", params![key])
+                tx.execute_cached("DELETE FROM idempotency WHERE key = ?1", params![key])
                     .map(drop)
             })
             .await

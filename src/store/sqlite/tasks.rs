@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rusqlite::{Transaction, params};
 
+use super::statements::ExecuteCached;
 use super::{SqliteOutbox, now_ms};
 use crate::store::StoreFuture;
 use crate::store::{
@@ -83,7 +84,7 @@ fn reserve(
         let scope = scope(per_key);
         let used: i64 = tx
             .prepare_cached(&format!(
-                "SELECT COUNT(*) FROM tasks WHERE state IN ('pending', 'watching', 'unknown') AND {scope}
+                "SELECT COUNT(*) FROM tasks WHERE state <> 'done' AND {scope}
                    (state = 'watching' OR submitted_at > ?1)"
             ))?
             .query_row(params![unknown_since, key], |row| row.get(0))?;
@@ -91,7 +92,7 @@ fn reserve(
             return Ok(Reserved::Refused { limit, used });
         }
     }
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO tasks (task_id, format, route, key_hash, key_label, model, state, submitted_at, next_check_at,
                             updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
@@ -147,7 +148,7 @@ impl TaskStore for SqliteOutbox {
                 let next_check = now + millis(check_after);
                 if let Some(reservation) = &task.reservation {
                     // The reservation becomes the task: counted once, from its submission.
-                    let replaced = tx.execute(
+                    let replaced = tx.execute_cached(
                         "UPDATE OR IGNORE tasks SET task_id = ?2, sealed_key = ?3, subscriber = ?4, state = ?5,
                                 next_check_at = ?6, updated_at = ?7, trace = ?8
                          WHERE task_id = ?1 AND state = 'pending'",
@@ -166,7 +167,7 @@ impl TaskStore for SqliteOutbox {
                         return Ok(());
                     }
                 }
-                tx.execute(
+                tx.execute_cached(
                     "INSERT OR IGNORE INTO tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
                                                   subscriber, state, submitted_at, next_check_at, updated_at, trace)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?12)",
@@ -201,7 +202,7 @@ impl TaskStore for SqliteOutbox {
             self.run(move |tx| {
                 let now = now_ms();
                 // Points are noted whatever the state: a refund may come after the end.
-                let listed = tx.execute(
+                let listed = tx.execute_cached(
                     "UPDATE tasks SET points = COALESCE(?2, points), refunded = COALESCE(?3, refunded)
                      WHERE task_id = ?1",
                     params![task_id, report.points, report.refunded],
@@ -336,7 +337,7 @@ impl TaskStore for SqliteOutbox {
     fn cancel_reservation(&self, reservation: String) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.run(move |tx| {
-                tx.execute(
+                tx.execute_cached(
                     "DELETE FROM tasks WHERE task_id = ?1 AND state = 'pending'",
                     params![reservation],
                 )
@@ -400,7 +401,7 @@ impl TaskStore for SqliteOutbox {
     fn prune(&self, before: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.run(move |tx| {
-                tx.execute(
+                tx.execute_cached(
                     "DELETE FROM tasks WHERE state IN ('done', 'unknown', 'pending') AND submitted_at < ?1",
                     params![before],
                 )

@@ -1,0 +1,93 @@
+//! Running statements on the writer's connection: each parsed once and kept
+//! (`execute_cached`), and result rows read by column the way every backend reads them.
+
+use rusqlite::Connection;
+
+use crate::store::columns::Columns;
+
+/// Statements the writer keeps parsed: more than it runs (about 40), so that none is
+/// parsed again per call (rusqlite keeps 16 by default).
+pub(super) const STATEMENT_CACHE: usize = 64;
+
+/// `execute` through the connection's statement cache: each statement is parsed once per
+/// connection, not once per call.
+pub(super) trait ExecuteCached {
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+}
+
+impl ExecuteCached for Connection {
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+
+    fn text(&self, at: usize) -> rusqlite::Result<String> {
+        self.get(at)
+    }
+
+    fn optional_text(&self, at: usize) -> rusqlite::Result<Option<String>> {
+        self.get(at)
+    }
+
+    fn int(&self, at: usize) -> rusqlite::Result<i64> {
+        self.get(at)
+    }
+
+    fn optional_int(&self, at: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(at)
+    }
+
+    fn count(&self, at: usize) -> rusqlite::Result<u32> {
+        Ok(u32::try_from(self.get::<_, i64>(at)?).unwrap_or(0))
+    }
+
+    fn flag(&self, at: usize) -> rusqlite::Result<bool> {
+        self.get(at)
+    }
+
+    fn bytes(&self, at: usize) -> rusqlite::Result<Vec<u8>> {
+        self.get(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SqliteOutbox;
+
+    /// The unfinished tasks' partial index has a condition SQLite checks without a
+    /// temporary b-tree per insert, a file made before keeps no old one, and the
+    /// in-flight count reads it.
+    #[test]
+    fn the_open_tasks_index_is_the_one_the_in_flight_count_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite3");
+        drop(SqliteOutbox::open(&path).unwrap());
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let indexes: Vec<String> = connection
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(indexes.iter().any(|name| name == "tasks_open"), "{indexes:?}");
+        assert!(
+            !indexes.iter().any(|name| name == "tasks_unfinished"),
+            "{indexes:?}"
+        );
+        let plan: Vec<String> = connection
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM tasks WHERE state <> 'done' AND key_label = ?2 AND
+                   (state = 'watching' OR submitted_at > ?1)",
+            )
+            .unwrap()
+            .query_map([0, 0], |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("tasks_open")), "{plan:?}");
+    }
+}
