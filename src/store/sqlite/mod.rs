@@ -548,14 +548,13 @@ impl Outbox for SqliteOutbox {
 
     fn depth(&self) -> StoreFuture<'_, Depth> {
         Box::pin(self.run(|tx| {
-            // One index range count per state: the delivered rows are never walked.
-            let mut count = tx.prepare_cached("SELECT COUNT(*) FROM deliveries WHERE state = ?1")?;
-            let mut of =
-                |state: DeliveryState| count.query_row(params![state.as_str()], |r| r.get::<_, u64>(0));
+            // One index range count per state (the delivered rows are never walked), each
+            // its own statement, so that none is re-planned for a new bound value.
+            let of = |sql: &str| tx.prepare_cached(sql)?.query_row([], |r| r.get::<_, u64>(0));
             Ok(Depth {
-                pending: of(DeliveryState::Pending)?,
-                in_flight: of(DeliveryState::InFlight)?,
-                dead: of(DeliveryState::Dead)?,
+                pending: of("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")?,
+                in_flight: of("SELECT COUNT(*) FROM deliveries WHERE state = 'in_flight'")?,
+                dead: of("SELECT COUNT(*) FROM deliveries WHERE state = 'dead'")?,
             })
         }))
     }
