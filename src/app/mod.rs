@@ -2,7 +2,7 @@
 //! Available with the `config` feature.
 //!
 //! [`Proxy::bind`] builds everything `runway-proxy serve` runs, in one direction: the
-//! forwarder, [`RunwayLayer`] around it (exactly the layer an embedder uses), the relay
+//! forwarder, [`RunwayLayer`](crate::RunwayLayer) around it (exactly the layer an embedder uses), the relay
 //! through [`Relay::builder`] (with the same [`Callbacks`] as the rewrite), the
 //! [`Sidecar`] service on top, and both listeners. [`Proxy::run`] serves until shutdown.
 //!

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::metrics::{Counter, Gauge, LabeledCounters, MetricSet, write_one};
 
-/// What [`TaskGuard`] records: shared by every service one [`TaskGuardLayer`] makes.
+/// What [`TaskGuard`](super::TaskGuard) records: shared by every service one
+/// [`TaskGuardLayer`](super::TaskGuardLayer) makes.
 #[derive(Debug)]
 pub struct GuardMetrics {
     /// Submissions waiting for a task slot now.

@@ -22,7 +22,7 @@
 //! key (or several) a label, which the ledger and the metrics show, and limits of its own.
 //! Keys that share a label share its budgets.
 //!
-//! The counts live in the watch list's store ([`TaskStore::reserve`]): one SQLite file
+//! The counts live in the watch list's store ([`TaskStore::reserve`](crate::store::TaskStore::reserve)): one SQLite file
 //! for one process, one PostgreSQL database for every replica, where a reservation is
 //! checked and recorded under one lock so two replicas cannot both take the last slot.
 //!

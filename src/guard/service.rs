@@ -32,7 +32,7 @@ const POLL_OTHERS: Duration = Duration::from_millis(500);
 const MODEL_LIMIT: usize = 64;
 
 /// The handler of [`TaskGuard`]: the watch list it counts in, the rules (reloadable),
-/// the submissions waiting for a slot, and the metrics. Made by [`TaskGuardLayer`].
+/// the submissions waiting for a slot, and the metrics. Made by [`TaskGuardLayer`](super::TaskGuardLayer).
 #[derive(Debug)]
 pub struct Guard {
     pub(super) store: Arc<dyn TaskStore>,

@@ -62,7 +62,7 @@ const MAX_BATCH: usize = 512;
 /// Writes that may wait for a transaction before their senders wait too.
 const QUEUE: usize = 8192;
 
-/// The PostgreSQL [`Outbox`]: see the module docs. Cheap to clone; clones share the pool.
+/// The PostgreSQL [`Outbox`](crate::store::Outbox): see the module docs. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct PostgresOutbox {
     inner: Arc<Inner>,

@@ -85,7 +85,7 @@ pub trait CallbackCheck: Send + Sync + 'static {
     fn confirm(&self, task_id: String, status: String) -> BoxFuture<'_, Confirmation>;
 }
 
-/// The running watcher. See the [module docs](self).
+/// The running watcher. See the [module docs](crate::tasks).
 #[derive(Debug)]
 pub struct TaskWatcher {
     stop: watch::Sender<bool>,
