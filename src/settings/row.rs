@@ -196,30 +196,10 @@ macro_rules! settings {
 }
 pub(crate) use settings;
 
-/// One [`Setting`] of the type whose `SETTINGS` table it stands in:
-///
-/// ```text
-/// setting! {
-///     retry.max_attempts, live, under Retry,
-///     env: "RUNWAY_PROXY_MAX_ATTEMPTS",
-///     flag: "max-attempts",
-///     doc: "Attempts per request in all, counting the first.",
-///     parse: parse::number, show: show::plain,
-/// }
-/// ```
-///
-/// The key's last part is the field (`max_attempts`); the part before it is the table the
-/// sidecar's configuration keeps the type under (checked when it builds its key list).
-/// `live` or `restart` says whether a reload changes it; `under` names its [`Heading`].
-/// `parse` makes the field's value of the text; `show` writes a reference to it back.
-/// How a reload compares and copies the value is derived from the field.
+/// The [`Setting`] of one row of [`settings!`], which is its only caller: `$key` is the
+/// row's key, `$field` the field it reads and writes. How a reload compares and copies
+/// the value is derived from the field.
 macro_rules! setting {
-    ($table:ident . $field:ident, $($rest:tt)*) => {
-        $crate::settings::setting!(@row concat!(stringify!($table), ".", stringify!($field)), $field, $($rest)*)
-    };
-    ($field:ident, $($rest:tt)*) => {
-        $crate::settings::setting!(@row stringify!($field), $field, $($rest)*)
-    };
     (@row $key:expr, $field:ident, $live:ident, under $heading:ident,
         env: $env:literal, flag: $flag:literal, doc: $doc:literal,
         parse: $parse:expr, show: $show:expr $(,)?) => {
