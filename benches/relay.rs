@@ -1,6 +1,6 @@
 //! Webhooks accepted per second into each durable outbox: many concurrent writers sharing
 //! group commits, beside one writer paying a commit (an fsync) per webhook; then end to
-//! end over HTTP. On SQLite (the embedded store), and with the `postgres` feature on the
+//! end over HTTP; and submissions' task records, which share the writer. On SQLite (the embedded store), and with the `postgres` feature on the
 //! PostgreSQL that replicas share (`scripts/test-services` starts one, installing it when
 //! missing; durability on: `fsync` and `synchronous_commit`).
 
@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use runway_proxy::callback::{Callbacks, Keyring, SubscriberPolicy};
 use runway_proxy::relay::{NewDelivery, Outbox, Relay, SqliteOutbox, WebhookSigner};
+use runway_proxy::store::{NewTask, TaskFormat, TaskStore};
 
 #[cfg(feature = "postgres")]
 #[path = "../tests/common/services.rs"]
@@ -45,14 +46,14 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = |name: &str| -> Arc<dyn Outbox> {
-        Arc::new(SqliteOutbox::open(&dir.path().join(name)).expect("outbox"))
-    };
+    let open = |name: &str| Arc::new(SqliteOutbox::open(&dir.path().join(name)).expect("outbox"));
+    let tasks = open("tasks.sqlite3");
+    task_records(c, &runtime, "sqlite", tasks);
     stores(c, &runtime, "sqlite", open("bench.sqlite3"), open("e2e.sqlite3"));
     #[cfg(feature = "postgres")]
     {
         use runway_proxy::relay::{DatabaseSettings, PostgresOutbox};
-        let connect = || -> Arc<dyn Outbox> {
+        let connect = || {
             runtime.block_on(async {
                 let url = services::fresh_database().await;
                 Arc::new(
@@ -62,9 +63,80 @@ fn bench(c: &mut Criterion) {
                 )
             })
         };
+        task_records(c, &runtime, "postgres", connect());
         let (bench, e2e) = (connect(), connect());
         stores(c, &runtime, "postgres", bench, e2e);
     }
+}
+
+/// A submission's record as the proxy writes it before answering.
+fn new_task(n: u64) -> NewTask {
+    NewTask {
+        task_id: format!("{n:08x}-f7fa-4ad3-a083-b8918686c478"),
+        format: TaskFormat::Official,
+        route: "/runwayml/v1/image_to_video".into(),
+        key_hash: "5e884898da280471".into(),
+        key: "bench".into(),
+        model: Some("gen4_turbo".into()),
+        reservation: None,
+        sealed_key: Some("v1.sealed-key-of-about-this-length-0123456789abcdef".into()),
+        subscriber: Some("https://hooks.example.com/runway".into()),
+        outcome_unknown: false,
+        trace: None,
+    }
+}
+
+/// Task records per second: many submissions at once sharing commits, and one at a time.
+fn task_records<S: TaskStore>(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    store: &str,
+    tasks: Arc<S>,
+) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut group = c.benchmark_group(format!("relay/{store}/task_record"));
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    const CONCURRENT: u64 = 512;
+    group.throughput(Throughput::Elements(CONCURRENT));
+    group.bench_function("512_concurrent", |b| {
+        b.to_async(runtime).iter_custom(|iters| {
+            let (tasks, next) = (Arc::clone(&tasks), Arc::clone(&next));
+            async move {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let mut records = tokio::task::JoinSet::new();
+                    for _ in 0..CONCURRENT {
+                        let tasks = Arc::clone(&tasks);
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        records.spawn(async move {
+                            tasks
+                                .record(new_task(n), Duration::from_secs(60))
+                                .await
+                                .expect("recorded")
+                        });
+                    }
+                    while let Some(done) = records.join_next().await {
+                        done.expect("task");
+                    }
+                }
+                started.elapsed()
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("1_sequential", |b| {
+        b.to_async(runtime).iter(|| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tasks = Arc::clone(&tasks);
+            async move {
+                tasks
+                    .record(new_task(n), Duration::from_secs(60))
+                    .await
+                    .expect("recorded")
+            }
+        })
+    });
+    group.finish();
 }
 
 /// The groups for one kind of store: `outbox` for the store alone, `e2e` behind the

@@ -9,7 +9,7 @@
 //!   workers never wait on each other nor take the same delivery; a claim is a lease, and
 //!   a delivery whose replica died mid-send is claimed again once its lease runs out.
 //!   Leases and due times are read off the database's clock, never a replica's.
-//! - **Writes** (stored webhooks, recorded attempts) are group-committed: the writes
+//! - **Writes** (stored webhooks, recorded attempts, submissions' task records) are group-committed: the writes
 //!   waiting when a transaction starts go into it, pipelined on one connection, and are
 //!   answered after its one commit. Stores of one task take an advisory lock on it, in a
 //!   fixed order, so the terminal-status rule holds across replicas without deadlocks.
@@ -55,7 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row};
 
 use super::columns::Columns;
-use super::{Completion, DatabaseSettings, Enqueued, Error, ErrorKind, NewDelivery};
+use super::{Completion, DatabaseSettings, Enqueued, Error, ErrorKind, NewDelivery, NewTask};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -104,6 +104,11 @@ enum WriteOp {
         id: i64,
         owner: String,
     },
+    /// A submission's task (`check_after` in milliseconds).
+    Record {
+        task: NewTask,
+        check_after: i64,
+    },
 }
 
 enum Applied {
@@ -118,6 +123,9 @@ impl WriteOp {
         match self {
             WriteOp::Enqueue { lock, .. } => (0, *lock),
             WriteOp::Complete { id, .. } | WriteOp::Release { id, .. } => (1, *id),
+            // Task rows after every delivery: a record takes no advisory lock, and its
+            // rows (a new task id, its own reservation) are no other write's.
+            WriteOp::Record { .. } => (2, 0),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::Row;
 
-use super::{PostgresOutbox, db_error, pool_error};
+use super::{PostgresOutbox, WriteOp, db_error, pool_error};
 use crate::store::{
     Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
     TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
@@ -72,58 +72,13 @@ impl PostgresOutbox {
 
 impl TaskStore for PostgresOutbox {
     fn record(&self, task: NewTask, check_after: Duration) -> StoreFuture<'_, ()> {
-        let state = if task.outcome_unknown {
-            WatchState::Unknown
-        } else {
-            WatchState::Watching
-        };
+        // Group-committed with the outbox's writes: a burst of submissions pays one
+        // commit, and each is answered once its batch is durable.
         Box::pin(async move {
-            if let Some(reservation) = task.reservation.clone() {
-                // The reservation becomes the task: counted once, from its submission.
-                let replaced = self
-                    .task_statement(
-                        "UPDATE runway_proxy_tasks
-                         SET task_id = $2, sealed_key = $3, subscriber = $4, state = $5,
-                             next_check_at = runway_proxy_now_ms() + $6, updated_at = runway_proxy_now_ms(),
-                             trace = $7
-                         WHERE task_id = $1 AND state = 'pending'
-                           AND NOT EXISTS (SELECT 1 FROM runway_proxy_tasks WHERE task_id = $2)
-                         RETURNING 1",
-                        vec![
-                            Box::new(reservation),
-                            Box::new(task.task_id.clone()),
-                            Box::new(task.sealed_key.clone()),
-                            Box::new(task.subscriber.clone()),
-                            Box::new(state.as_str()),
-                            Box::new(millis(check_after)),
-                            Box::new(task.trace.clone()),
-                        ],
-                    )
-                    .await?;
-                if !replaced.is_empty() {
-                    return Ok(());
-                }
-            }
-            self.task_statement(
-                "INSERT INTO runway_proxy_tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
-                                                 subscriber, state, submitted_at, next_check_at, updated_at, trace)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, runway_proxy_now_ms(), runway_proxy_now_ms() + $10,
-                         runway_proxy_now_ms(), $11)
-                 ON CONFLICT (task_id) DO NOTHING",
-                vec![
-                    Box::new(task.task_id),
-                    Box::new(task.format.as_str()),
-                    Box::new(task.route),
-                    Box::new(task.key_hash),
-                    Box::new(task.key),
-                    Box::new(task.model),
-                    Box::new(task.sealed_key),
-                    Box::new(task.subscriber),
-                    Box::new(state.as_str()),
-                    Box::new(millis(check_after)),
-                    Box::new(task.trace),
-                ],
-            )
+            self.write(WriteOp::Record {
+                task,
+                check_after: millis(check_after),
+            })
             .await
             .map(drop)
         })

@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Applied, MAX_BATCH, Write, WriteOp, db_error, now_ms, pool_error};
-use crate::store::{Completion, Enqueued, Error};
+use crate::store::{Completion, Enqueued, Error, WatchState};
 
 /// The advisory lock of a task: 64 bits of a hash of its key.
 pub(super) fn task_lock(task_key: &str) -> i64 {
@@ -112,12 +112,30 @@ const RELEASE: &str = "
     SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
     WHERE id = $1 AND lease_owner = $2 AND state = 'in_flight'";
 
+/// A submission's task in place of its reservation; nothing when the reservation is gone
+/// (released, or already replaced) or the task id is recorded already.
+const REPLACE_RESERVATION: &str = "
+    UPDATE runway_proxy_tasks
+    SET task_id = $2, sealed_key = $3, subscriber = $4, state = $5,
+        next_check_at = runway_proxy_now_ms() + $6, updated_at = runway_proxy_now_ms(), trace = $7
+    WHERE task_id = $1 AND state = 'pending'
+      AND NOT EXISTS (SELECT 1 FROM runway_proxy_tasks WHERE task_id = $2)";
+/// A submission's task; recording a task id twice keeps the first record.
+const RECORD: &str = "
+    INSERT INTO runway_proxy_tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
+                                    subscriber, state, submitted_at, next_check_at, updated_at, trace)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, runway_proxy_now_ms(), runway_proxy_now_ms() + $10,
+            runway_proxy_now_ms(), $11)
+    ON CONFLICT (task_id) DO NOTHING";
+
 async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db_error)?;
     let enqueue = tx.prepare_cached(ENQUEUE).await.map_err(db_error)?;
     let complete = tx.prepare_cached(COMPLETE).await.map_err(db_error)?;
     let release = tx.prepare_cached(RELEASE).await.map_err(db_error)?;
+    let replace_reservation = tx.prepare_cached(REPLACE_RESERVATION).await.map_err(db_error)?;
+    let record = tx.prepare_cached(RECORD).await.map_err(db_error)?;
     // Issued together, the statements are pipelined: the batch costs about one round
     // trip and one commit, not one of each per write.
     let applied = futures_util::future::join_all(ops.iter().map(|op| async {
@@ -167,6 +185,51 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
                     .map(|_| Applied::Done)
             }
             WriteOp::Release { id, owner } => tx.execute(&release, &[id, owner]).await.map(|_| Applied::Done),
+            WriteOp::Record { task, check_after } => {
+                let state = if task.outcome_unknown {
+                    WatchState::Unknown
+                } else {
+                    WatchState::Watching
+                };
+                if let Some(reservation) = &task.reservation {
+                    // The reservation becomes the task: counted once, from its submission.
+                    let replaced = tx
+                        .execute(
+                            &replace_reservation,
+                            &[
+                                reservation,
+                                &task.task_id,
+                                &task.sealed_key,
+                                &task.subscriber,
+                                &state.as_str(),
+                                check_after,
+                                &task.trace,
+                            ],
+                        )
+                        .await?;
+                    if replaced > 0 {
+                        return Ok(Applied::Done);
+                    }
+                }
+                tx.execute(
+                    &record,
+                    &[
+                        &task.task_id,
+                        &task.format.as_str(),
+                        &task.route,
+                        &task.key_hash,
+                        &task.key,
+                        &task.model,
+                        &task.sealed_key,
+                        &task.subscriber,
+                        &state.as_str(),
+                        check_after,
+                        &task.trace,
+                    ],
+                )
+                .await
+                .map(|_| Applied::Done)
+            }
         }
     }))
     .await
