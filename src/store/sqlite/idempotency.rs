@@ -2,24 +2,24 @@
 //! by the same thread with the same group commit.
 
 use bytes::Bytes;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::statements::ExecuteCached;
 use super::{SqliteOutbox, now_ms};
 use crate::store::StoreFuture;
 use crate::store::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
 
-/// Expired records deleted per lookup (the table stays small without a sweeper).
-const PURGE: i64 = 64;
+/// Deletes up to 64 expired records; run at every lookup, the table stays small without
+/// a sweeper. The count is a literal: a bound `LIMIT ?` makes SQLite plan the statement
+/// again at every call.
+pub(super) const PURGE_EXPIRED: &str =
+    "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ?1 LIMIT 64)";
 
-fn begin(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Begin> {
+pub(super) fn begin(tx: &Connection, claim: &Claim) -> rusqlite::Result<Begin> {
     let (key, fingerprint) = (&claim.key, &claim.fingerprint);
     let (lease, ttl) = (claim.lease, claim.ttl);
     let now = now_ms();
-    tx.execute_cached(
-        "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
-        params![now, PURGE],
-    )?;
+    tx.execute_cached(PURGE_EXPIRED, params![now])?;
     type Row = (
         String,
         String,
@@ -30,11 +30,12 @@ fn begin(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Begin> {
         i64,
     );
     let found: Option<Row> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT fingerprint, state, status, content_type, body, lease_until, expires_at FROM idempotency WHERE key = ?1",
-            params![key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-        )
+        )?
+        .query_row(params![key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })
         .optional()?;
     match found {
         Some((stored, state, status, content_type, body, lease_until, expires_at)) if expires_at > now => {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -139,7 +139,7 @@ fn add_columns(connection: &Connection, table: &str, wanted: &[(&str, &str)]) ->
 /// How a batch's commit went, handed to every command of the batch.
 type Committed = Result<(), Arc<rusqlite::Error>>;
 type Finish = Box<dyn FnOnce(Committed) + Send>;
-type Command = Box<dyn FnOnce(&Transaction<'_>) -> Finish + Send>;
+type Command = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 
 /// The SQLite [`Outbox`]. Cheap to clone; clones share the writer thread.
 #[derive(Clone, Debug)]
@@ -203,10 +203,11 @@ impl SqliteOutbox {
         &self.path
     }
 
-    /// Run `apply` in the writer's next transaction and wait for its commit.
+    /// Run `apply` in the writer's next transaction (it gets the writer's connection, in
+    /// the batch's transaction) and wait for its commit.
     pub(super) async fn run<T: Send + 'static>(
         &self,
-        apply: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        apply: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
         let command: Command = Box::new(move |tx| {
@@ -296,7 +297,7 @@ fn holder_pid(file: &mut std::fs::File) -> Option<u32> {
 }
 
 /// The writer thread: batches of commands, one transaction and one commit per batch.
-fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
+fn writer(connection: Connection, mut commands: mpsc::Receiver<Command>) {
     while let Some(first) = commands.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -305,21 +306,14 @@ fn writer(mut connection: Connection, mut commands: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        let transaction = match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        {
-            Ok(transaction) => transaction,
-            Err(e) => {
-                let error = e.to_string();
-                tracing::error!(%error, "outbox cannot start a transaction");
-                // Answer every command in the batch with the failure, none applied.
-                for command in batch {
-                    drop(command);
-                }
-                continue;
-            }
-        };
-        let finishers: Vec<Finish> = batch.into_iter().map(|command| command(&transaction)).collect();
-        let committed = transaction.commit().map_err(Arc::new);
+        if let Err(error) = statements::begin(&connection) {
+            tracing::error!(%error, "outbox cannot start a transaction");
+            // Answer every command in the batch with the failure, none applied.
+            drop(batch);
+            continue;
+        }
+        let finishers: Vec<Finish> = batch.into_iter().map(|command| command(&connection)).collect();
+        let committed = statements::commit(&connection).map_err(Arc::new);
         if let Err(error) = &committed {
             tracing::error!(%error, "outbox commit failed");
         }
@@ -366,20 +360,56 @@ fn sqlite_kind(err: &rusqlite::Error) -> ErrorKind {
     }
 }
 
-const COLUMNS: &str = "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, created_at, delivered_at, trace";
+/// The columns [`row_to_delivery`] reads, in its order (a macro, so the statements that
+/// read them stay literals).
+macro_rules! columns {
+    () => {
+        "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, \
+         created_at, delivered_at, trace"
+    };
+}
+const COLUMNS: &str = columns!();
+
+// A claim is two index range scans rather than one query with an OR, which SQLite would
+// answer by scanning the whole table: claims must cost the batch, not the table's size.
+// A row is claimable when no other row of its task is in flight, and no older row of its
+// task is still waiting (a task's deliveries go one at a time, in order). Each is read
+// only as far as the claim needs, not `LIMIT ?`: a bound LIMIT makes SQLite plan the
+// statement again at every call.
+macro_rules! task_is_free {
+    () => {
+        " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id <> d.id
+                          AND o.state = 'in_flight' AND o.lease_until > ?1)
+          AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id < d.id
+                          AND o.state IN ('pending', 'in_flight'))"
+    };
+}
+/// Deliveries whose lease ran out, oldest lease first.
+const CLAIM_EXPIRED: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM deliveries d WHERE d.state = 'in_flight' AND d.lease_until <= ?1",
+    task_is_free!(),
+    " ORDER BY d.lease_until"
+);
+/// Pending deliveries whose time has come, in order.
+const CLAIM_DUE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM deliveries d WHERE d.state = 'pending' AND d.next_attempt_at <= ?1",
+    task_is_free!(),
+    " ORDER BY d.next_attempt_at, d.id"
+);
 
 /// A delivery from a row of [`COLUMNS`].
 fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     Delivery::from_columns(row)
 }
 
-fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
+fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
     if let Some(id) = tx
-        .query_row(
-            "SELECT id FROM deliveries WHERE dedup_key = ?1",
-            params![d.dedup_key],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT id FROM deliveries WHERE dedup_key = ?1")?
+        .query_row(params![d.dedup_key], |r| r.get(0))
         .optional()?
     {
         return Ok(Enqueued::Duplicate(id));
@@ -387,11 +417,10 @@ fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> 
     // A task's older status is never delivered after its terminal one, nor a second
     // terminal one (a late callback after the result was recovered from the feed).
     let terminal_seen = tx
-        .query_row(
+        .prepare_cached(
             "SELECT 1 FROM deliveries WHERE task_key = ?1 AND terminal = 1 AND state <> 'superseded' LIMIT 1",
-            params![d.task_key],
-            |_| Ok(()),
-        )
+        )?
+        .query_row(params![d.task_key], |_| Ok(()))
         .optional()?
         .is_some();
     let state = if terminal_seen {
@@ -432,30 +461,18 @@ fn enqueue(tx: &Transaction<'_>, d: &NewDelivery) -> rusqlite::Result<Enqueued> 
     Ok(Enqueued::Stored(id))
 }
 
-fn claim(tx: &Transaction<'_>, owner: &str, max: usize, lease: Duration) -> rusqlite::Result<Vec<Delivery>> {
+fn claim(tx: &Connection, owner: &str, max: usize, lease: Duration) -> rusqlite::Result<Vec<Delivery>> {
     let now = now_ms();
-    // Two index range scans rather than one query with an OR, which SQLite would answer
-    // by scanning the whole table: claims must cost the batch, not the table's size.
-    // A row is claimable when no other row of its task is in flight, and no older row of
-    // its task is still waiting (a task's deliveries go one at a time, in order).
-    const TASK_IS_FREE: &str = "
-           AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id <> d.id
-                           AND o.state = 'in_flight' AND o.lease_until > ?1)
-           AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id < d.id
-                           AND o.state IN ('pending', 'in_flight'))";
-    let mut expired = tx.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM deliveries d WHERE d.state = 'in_flight' AND d.lease_until <= ?1 {TASK_IS_FREE}
-         ORDER BY d.lease_until LIMIT ?2"
-    ))?;
+    let mut expired = tx.prepare_cached(CLAIM_EXPIRED)?;
     let mut candidates: Vec<Delivery> = expired
-        .query_map(params![now, max as i64], row_to_delivery)?
+        .query_map(params![now], row_to_delivery)?
+        .take(max)
         .collect::<rusqlite::Result<_>>()?;
     if candidates.len() < max {
-        let mut due = tx.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM deliveries d WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 {TASK_IS_FREE}
-             ORDER BY d.next_attempt_at, d.id LIMIT ?2"
-        ))?;
-        let more = due.query_map(params![now, (max - candidates.len()) as i64], row_to_delivery)?;
+        let mut due = tx.prepare_cached(CLAIM_DUE)?;
+        let more = due
+            .query_map(params![now], row_to_delivery)?
+            .take(max - candidates.len());
         candidates.extend(more.collect::<rusqlite::Result<Vec<_>>>()?);
     }
     let lease_until = now + lease.as_millis() as i64;

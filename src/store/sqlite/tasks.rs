@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use super::statements::ExecuteCached;
 use super::{SqliteOutbox, now_ms};
@@ -13,9 +13,27 @@ use crate::store::{
     TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
 
-const COLUMNS: &str = "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
-                       submitted_at, last_callback_at, next_check_at, checks, recovered, key_label, model, \
-                       points, refunded, finished_at";
+/// The columns `row_to_task` reads, in its order (a macro, so the statements that read
+/// them stay literals).
+macro_rules! columns {
+    () => {
+        "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
+         submitted_at, last_callback_at, next_check_at, checks, recovered, key_label, model, \
+         points, refunded, finished_at"
+    };
+}
+const COLUMNS: &str = columns!();
+
+/// Tasks due for a check: their time has come and nobody holds them (or the holder's
+/// lease ran out). One index range scan in the index's order, read as far as the claim
+/// needs, not `LIMIT ?`: a bound LIMIT makes SQLite plan the statement again at every call.
+pub(super) const CLAIM_DUE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM tasks WHERE state = 'watching' AND next_check_at <= ?1
+        AND (lease_until IS NULL OR lease_until <= ?1)
+      ORDER BY next_check_at"
+);
 
 /// What a task that just ended reports: read back in the statement that ended it.
 const FINISHED: &str = "key_label, model, state, status, COALESCE(points, 0), COALESCE(refunded, 0)";
@@ -41,11 +59,7 @@ fn scope(per_key: bool) -> &'static str {
 
 /// Which limit `reservation` would pass, if any; the check and the insert run in one
 /// command of the single writer, so no other reservation comes between them.
-fn reserve(
-    tx: &Transaction<'_>,
-    reservation: &Reservation,
-    limits: &TaskLimits,
-) -> rusqlite::Result<Reserved> {
+fn reserve(tx: &Connection, reservation: &Reservation, limits: &TaskLimits) -> rusqlite::Result<Reserved> {
     let now = now_ms();
     let window_start = now - millis(limits.window);
     let unknown_since = now - millis(limits.unknown_for);
@@ -109,22 +123,17 @@ fn reserve(
     Ok(Reserved::Granted)
 }
 
-fn claim_due(
-    tx: &Transaction<'_>,
+pub(super) fn claim_due(
+    tx: &Connection,
     owner: &str,
     max: usize,
     lease: Duration,
 ) -> rusqlite::Result<Vec<WatchedTask>> {
     let now = now_ms();
-    // A task is due when its time has come and nobody holds it (or its holder's lease
-    // ran out): one index range scan.
-    let mut due = tx.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM tasks WHERE state = 'watching' AND next_check_at <= ?1
-           AND (lease_until IS NULL OR lease_until <= ?1)
-         ORDER BY next_check_at LIMIT ?2"
-    ))?;
+    let mut due = tx.prepare_cached(CLAIM_DUE)?;
     let claimed: Vec<WatchedTask> = due
-        .query_map(params![now, max as i64], row_to_task)?
+        .query_map(params![now], row_to_task)?
+        .take(max)
         .collect::<rusqlite::Result<_>>()?;
     let mut lease_it = tx.prepare_cached(
         "UPDATE tasks SET lease_owner = ?2, lease_until = ?3, updated_at = ?4 WHERE id = ?1",
