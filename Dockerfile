@@ -15,8 +15,8 @@ COPY benches ./benches
 COPY examples ./examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
-    cargo build --release --locked --bin runway-proxy \
-    && cp target/release/runway-proxy /runway-proxy \
+    cargo build --profile dist --locked --bin runway-proxy \
+    && cp target/dist/runway-proxy /runway-proxy \
     && mkdir /data
 
 # glibc and libgcc, nothing else: no shell, no package manager. The health check is the

@@ -117,9 +117,15 @@ fn the_dockerfile_builds_the_way_the_readme_says_and_checks_health_with_the_bina
     assert!(stages[0].ends_with(" AS build"), "{stages:?}");
     assert!(stages[1].contains("distroless"), "{stages:?}");
     let run = all("RUN").join(" ");
+    // The shipped binary is the `dist` profile's (fat LTO), which the manifest declares.
     assert!(
-        run.contains("cargo build --release --locked --bin runway-proxy"),
+        run.contains("cargo build --profile dist --locked --bin runway-proxy")
+            && run.contains("cp target/dist/runway-proxy /runway-proxy"),
         "{run}"
+    );
+    assert!(
+        read("Cargo.toml").contains("\n[profile.dist]\n"),
+        "Cargo.toml declares the dist profile"
     );
     for copy in all("COPY").iter().filter(|c| !c.starts_with("--from")) {
         let sources: Vec<&str> = copy.split_whitespace().collect();
