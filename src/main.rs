@@ -111,6 +111,19 @@ fn cli() -> Command {
                 .help("Run at most N tasks at once, like a Runway tier; more wait as THROTTLED (default: no limit)"),
         )
         .arg(
+            Arg::new("output-bytes")
+                .long("output-bytes")
+                .value_name("SIZE")
+                .default_value("256KiB")
+                .help("Size of each output a succeeded task's URLs serve (under /cdn/, generated as sent)"),
+        )
+        .arg(
+            Arg::new("outputs-expire-after")
+                .long("outputs-expire-after")
+                .value_name("DURATION")
+                .help("Answer 403 for a task's outputs this long after it ended, like an expired CDN URL (default: never)"),
+        )
+        .arg(
             Arg::new("log-format")
                 .long("log-format")
                 .value_name("FORMAT")
@@ -431,6 +444,27 @@ async fn mock_upstream(args: &ArgMatches) -> ExitCode {
         .feed_delay(parsed.get("feed-delay").copied().unwrap_or_default());
     if let Some(most) = args.get_one::<usize>("max-running") {
         config = config.max_running(*most);
+    }
+    let raw = args
+        .get_one::<String>("output-bytes")
+        .map_or("256KiB", String::as_str);
+    match runway_proxy::config::byte_size(raw) {
+        Ok(bytes) => config = config.output_bytes(bytes),
+        Err(problem) => {
+            eprintln!("runway-proxy: invalid configuration: output-bytes: {problem} (set by --output-bytes)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    if let Some(raw) = args.get_one::<String>("outputs-expire-after") {
+        match duration::parse(raw) {
+            Ok(lifetime) => config = config.outputs_expire_after(lifetime),
+            Err(problem) => {
+                eprintln!(
+                    "runway-proxy: invalid configuration: outputs-expire-after: {problem} (set by --outputs-expire-after)"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
     }
     let mock = match MockUpstream::start(listen, config).await {
         Ok(mock) => mock,

@@ -246,6 +246,26 @@ async fn secrets_never_reach_the_logs() {
     assert!(lines.len() > 3, "trace logging produced lines to check");
 }
 
+#[test]
+fn mock_upstream_refuses_a_size_it_cannot_read() {
+    let output = Command::new(BIN)
+        .args([
+            "mock-upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--output-bytes",
+            "lots",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("output-bytes: \"lots\" is not a size"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn mock_upstream_runs_standalone() {
     let mut running = Running::spawn(Command::new(BIN).args([
@@ -256,11 +276,37 @@ async fn mock_upstream_runs_standalone() {
         "json",
         "--step",
         "50ms",
+        "--output-bytes",
+        "100KiB",
+        "--outputs-expire-after",
+        "1h",
     ]));
     let listen = running.wait_for_log("CometAPI stand-in serving")["listen"]
         .as_str()
         .unwrap()
         .to_owned();
+    // A task's output is served at the size asked for.
+    let created = post_json(
+        &client(),
+        &format!("http://{listen}/runwayml/v1/image_to_video"),
+        &serde_json::json!({"promptText": "a cat", "promptImage": "https://x/y.png"}),
+    )
+    .await
+    .unwrap();
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let video = format!("http://{listen}/cdn/video/{id}.mp4");
+    let mut served = None;
+    for _ in 0..100 {
+        let reply = send(&client(), Request::get(&video).body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        if reply.status == StatusCode::OK {
+            served = Some(reply.body.len());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served, Some(100 * 1024));
     let stats = send(
         &client(),
         Request::get(format!("http://{listen}/-/mock/stats"))

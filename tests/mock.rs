@@ -491,3 +491,93 @@ async fn a_tier_limit_throttles_tasks_and_each_key_is_charged_by_duration() {
     let other = &stats.keys[&runway_proxy::tasks::key_hash(b"Bearer sk-other")];
     assert_eq!((other.tasks, other.points, other.refunded), (1, 320, 320));
 }
+
+#[tokio::test]
+async fn a_succeeded_tasks_outputs_are_real_bytes_that_expire() {
+    const SIZE: u64 = 300_001; // not a whole number of the generator's chunks
+    let lifetime = Duration::from_millis(1500);
+    let mock = start_mock(
+        MockConfig::default()
+            .step(STEP)
+            .output_bytes(SIZE)
+            .outputs_expire_after(lifetime),
+    )
+    .await;
+    let subscriber = Subscriber::start().await;
+    let client = client();
+    let get = |url: &str| Request::get(url).body(Full::default()).unwrap();
+    let reply = post_json(
+        &client,
+        &format!("{}/runway/pro/generate", mock.url()),
+        &submission(&subscriber.url("/hook")),
+    )
+    .await
+    .unwrap();
+    let id = reply.json()["data"]["task_id"].as_str().unwrap().to_owned();
+    // Not succeeded yet: nothing to serve.
+    let early = send(&client, get(&format!("{}/cdn/video/{id}.mp4", mock.url())))
+        .await
+        .unwrap();
+    assert_eq!(early.status, StatusCode::NOT_FOUND);
+
+    let got = callbacks(&subscriber.wait_for(2, Duration::from_secs(5)).await);
+    let done = &got[1];
+    assert_eq!(done["status"], "3");
+    let video_url = done["video_url"].as_str().unwrap();
+    assert_eq!(video_url, format!("{}/cdn/video/{id}.mp4", mock.url()));
+
+    // No key needed, as on a CDN; the declared length is the body's; an MP4 header.
+    let video = send(&client, get(video_url)).await.unwrap();
+    assert_eq!(video.status, StatusCode::OK);
+    assert_eq!(video.headers["content-type"], "video/mp4");
+    assert_eq!(video.headers["content-length"], SIZE.to_string().as_str());
+    assert_eq!(video.body.len() as u64, SIZE);
+    assert_eq!(&video.body[4..12], b"ftypisom");
+    // The same URL, the same bytes; another output, other bytes.
+    let again = send(&client, get(video_url)).await.unwrap();
+    assert_eq!(again.body, video.body);
+    let poster = send(&client, get(done["poster"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(poster.headers["content-type"], "image/png");
+    assert_eq!(&poster.body[..8], b"\x89PNG\r\n\x1a\n");
+    assert_ne!(poster.body[64..], video.body[64..]);
+    let head = send(&client, Request::head(video_url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.headers["content-length"], SIZE.to_string().as_str());
+    assert!(head.body.is_empty());
+
+    // Faults apply to the CDN like any route.
+    let unavailable = Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    };
+    mock.inject("/cdn/*", unavailable, 1);
+    let failed = send(&client, get(video_url)).await.unwrap();
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        send(&client, get(video_url)).await.unwrap().status,
+        StatusCode::OK
+    );
+
+    for missing in [
+        format!("{}/cdn/video/nope.mp4", mock.url()),
+        format!("{}/cdn/video/{id}.png", mock.url()),
+        format!("{}/cdn/audio/{id}.mp3", mock.url()),
+    ] {
+        assert_eq!(
+            send(&client, get(&missing)).await.unwrap().status,
+            StatusCode::NOT_FOUND,
+            "{missing}"
+        );
+    }
+
+    // Expired, as a signed CDN URL does.
+    tokio::time::sleep(lifetime).await;
+    let expired = send(&client, get(video_url)).await.unwrap();
+    assert_eq!(expired.status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&expired.body).contains("AccessDenied"));
+}

@@ -118,10 +118,7 @@ async fn official_format_tasks_get_signed_events_ending_in_their_final_status() 
     let last = all.last().unwrap();
     assert_eq!(last["id"], id.as_str());
     assert_eq!(last["runway_proxy_source"], "poll");
-    assert_eq!(
-        last["output"][0],
-        format!("https://cdn.mock.invalid/video/{id}.mp4")
-    );
+    assert_eq!(last["output"][0], format!("{}/cdn/video/{id}.mp4", mock.url()));
 
     // The watch ends with the final status, and says so.
     eventually("the watch is done", WAIT, async || {
@@ -228,7 +225,7 @@ async fn a_reverse_task_whose_callbacks_are_lost_is_recovered_once_even_when_one
     assert_eq!(recovered["runway_proxy_source"], "recovered");
     assert_eq!(
         recovered["video_url"],
-        format!("https://cdn.mock.invalid/video/{id}.mp4")
+        format!("{}/cdn/video/{id}.mp4", mock.url())
     );
     assert!(
         recovered.get("state").is_none(),
@@ -362,10 +359,7 @@ async fn with_confirmation_a_forged_final_callback_is_not_relayed() {
         "{all:?}"
     );
     let done = all.iter().find(|e| e["status"] == "3").unwrap();
-    assert_eq!(
-        done["video_url"],
-        format!("https://cdn.mock.invalid/video/{id}.mp4")
-    );
+    assert_eq!(done["video_url"], format!("{}/cdn/video/{id}.mp4", mock.url()));
     let metrics = metrics_text(&proxy).await;
     assert!(
         metrics.contains("runway_proxy_callback_confirmations_total{result=\"contradicted\"} 1"),

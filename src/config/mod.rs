@@ -61,6 +61,11 @@ pub fn listen_address(raw: &str) -> Result<SocketAddr, ValueError> {
     values::listen_address(raw)
 }
 
+/// A size as every size setting reads it: `65536` (bytes), `512KiB`, `16MiB`, `2GiB`.
+pub fn byte_size(raw: &str) -> Result<u64, ValueError> {
+    parse::size(raw).map(|bytes| bytes as u64)
+}
+
 settings! {
     /// The sidecar's settings. Build it with [`Config::load`] or start from
     /// [`Config::default`]. Field names are the config keys.

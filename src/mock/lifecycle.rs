@@ -63,7 +63,10 @@ pub(super) async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan)
                 _ => 3,
             };
             task.update_time = unix_now();
-            let sent = (task.callback_url.clone(), task.callback_payload());
+            if task.status >= 2 {
+                task.finished_at = Some(std::time::Instant::now());
+            }
+            let sent = (task.callback_url.clone(), task.callback_payload(&state.base));
             let (status, points, key) = (task.status, task.points, task.key.clone());
             if status >= 2 {
                 inner.unfinished = inner.unfinished.saturating_sub(1);

@@ -4,7 +4,9 @@
 //! reverse-format routes (`/runway/pro/generate`, `video2video`, `act_one`) and the
 //! official ones (`/runwayml/v1/image_to_video`, `video_to_video`), moves each task
 //! through its statuses, POSTs a callback to the task's `callback_url` at each change,
-//! and answers reads (`/runway/feed`, `/runwayml/v1/tasks/{id}`). Faults ([`Fault`]) are
+//! and answers reads (`/runway/feed`, `/runwayml/v1/tasks/{id}`). A succeeded task's
+//! outputs are real bytes it serves itself under `/cdn/` (see
+//! [`MockConfig::output_bytes`]), and can expire. Faults ([`Fault`]) are
 //! scripted per route, from Rust or over the control API under `/-/mock/`; it counts
 //! every request it receives and every task it accepts. Available with the `mock`
 //! feature (on in the default `cli` build and in this crate's own tests).
@@ -39,6 +41,7 @@ mod answer;
 mod control;
 mod fault;
 mod lifecycle;
+mod outputs;
 mod routes;
 mod service;
 mod state;
@@ -77,6 +80,8 @@ pub struct MockConfig {
     api_key: Option<String>,
     callback_timeout: Duration,
     max_running: Option<usize>,
+    pub(super) output_bytes: u64,
+    pub(super) outputs_expire_after: Option<Duration>,
 }
 
 impl Default for MockConfig {
@@ -87,6 +92,8 @@ impl Default for MockConfig {
             api_key: None,
             callback_timeout: Duration::from_secs(10),
             max_running: None,
+            output_bytes: 256 * 1024,
+            outputs_expire_after: None,
         }
     }
 }
@@ -106,6 +113,12 @@ impl MockConfig {
         /// accepted past it waits as `THROTTLED` (reverse format: still `"0"`, queued) until
         /// one ends, then starts its steps (default: no limit).
         max_running(tasks: usize) => max_running = Some(tasks);
+        /// Size of each output a succeeded task's URLs serve (default 256 KiB): generated
+        /// as it is sent, so any size costs no memory.
+        output_bytes(bytes: u64) => output_bytes;
+        /// Answer 403 for a task's outputs this long after it ended, as an expired signed
+        /// CDN URL does (default: never).
+        outputs_expire_after(lifetime: Duration) => outputs_expire_after = Some(lifetime);
     }
 }
 
@@ -229,6 +242,7 @@ impl MockUpstream {
         connector.set_nodelay(true);
         let state = Arc::new(State {
             config,
+            base: format!("http://{addr}"),
             inner: Mutex::new(Inner::default()),
             callback_client: Client::builder(TokioExecutor::new()).build(connector),
             shutdown: shutdown.clone(),
@@ -300,7 +314,7 @@ impl MockUpstream {
         let (url, payload) = {
             let inner = self.state.lock();
             match inner.tasks.get(id) {
-                Some(task) => (task.callback_url.clone(), task.callback_payload()),
+                Some(task) => (task.callback_url.clone(), task.callback_payload(&self.state.base)),
                 None => return false,
             }
         };

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::answer::{Reset, json_response, json_response_bytes, reverse_error};
 use super::lifecycle::{CallbackPlan, lifecycle};
+use super::outputs;
 use super::state::{POINTS_PER_SECOND, State, Task, unix_now};
 use super::{Fault, MAX_BODY, MAX_RECORDED, MockConfig, RecordedRequest};
 use crate::body::{self, Body};
@@ -126,6 +127,10 @@ pub(super) fn route(
 ) -> Response<Body> {
     let path = parts.uri.path();
     let method = &parts.method;
+    if path.starts_with(outputs::PREFIX) {
+        // The CDN: no key, as on CometAPI's.
+        return outputs::serve(state, method, path);
+    }
     let reverse = matches!(
         path,
         "/runway/pro/generate" | "/runway/pro/video2video" | "/runway/pro/act_one"
@@ -162,7 +167,7 @@ pub(super) fn route(
     }
     if let Some(id) = task_read {
         return match state.lock().tasks.get(id) {
-            Some(task) => json_response(StatusCode::OK, &task.official()),
+            Some(task) => json_response(StatusCode::OK, &task.official(&state.base)),
             None => json_response(StatusCode::NOT_FOUND, &json!({"error": "Task not found"})),
         };
     }
@@ -244,7 +249,7 @@ pub(super) fn feed(state: &State, fields: &serde_json::Map<String, Value>) -> Re
     let inner = state.lock();
     match inner.tasks.get(id) {
         Some(task) if task.created_at.elapsed() >= state.config.feed_delay => {
-            let mut data = task.callback_payload();
+            let mut data = task.callback_payload(&state.base);
             let word = match task.status {
                 0 => "queued",
                 1 => "running",
@@ -307,6 +312,7 @@ pub(super) fn create_task(
                 points: task.points,
                 key: task.key,
                 throttled,
+                finished_at: None,
             },
         );
     }

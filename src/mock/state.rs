@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::fault::FaultQueue;
+use super::outputs;
 use super::{KeyUsage, MockConfig, RecordedRequest, RouteStats, SentCallback, TaskSnapshot};
 
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub(super) struct Task {
     pub(super) key: String,
     /// Waiting for a slot under [`MockConfig::max_running`] (Runway's `THROTTLED`).
     pub(super) throttled: bool,
+    /// When it ended (its outputs expire from then).
+    pub(super) finished_at: Option<Instant>,
 }
 
 /// Points per second of video the stand-in charges (so a default 10 s task costs 320).
@@ -54,11 +57,12 @@ impl Task {
     }
 
     /// The callback body, in CometAPI's documented shape: flat, every value a string.
-    pub(super) fn callback_payload(&self) -> Value {
+    /// Outputs are served by the stand-in itself, under `base`.
+    pub(super) fn callback_payload(&self, base: &str) -> Value {
         let done = self.status == 3;
-        let media = |kind: &str, ext: &str| {
+        let media = |kind: &str| {
             if done {
-                format!("https://cdn.mock.invalid/{kind}/{}.{ext}", self.id)
+                outputs::url(base, kind, &self.id)
             } else {
                 String::new()
             }
@@ -68,9 +72,9 @@ impl Task {
             "status": self.status_str(),
             "prompt": self.prompt,
             "prompt_en": self.prompt,
-            "video_url": media("video", "mp4"),
-            "poster": media("poster", "png"),
-            "last_frame": media("last_frame", "png"),
+            "video_url": media("video"),
+            "poster": media("poster"),
+            "last_frame": media("last_frame"),
             "msg": if self.status == 2 { Value::from("generation failed") } else { Value::Null },
             "point": self.points.to_string(),
             "refund": if self.status == 2 { self.points.to_string() } else { "0".to_owned() },
@@ -79,7 +83,8 @@ impl Task {
         })
     }
 
-    pub(super) fn official(&self) -> Value {
+    /// The task in the official shape; outputs under `base`.
+    pub(super) fn official(&self, base: &str) -> Value {
         let status = match self.status {
             0 if self.throttled => "THROTTLED",
             0 => "PENDING",
@@ -91,7 +96,7 @@ impl Task {
             "id": self.id,
             "status": status,
             "createdAt": self.create_time,
-            "output": if self.status == 3 { json!([format!("https://cdn.mock.invalid/video/{}.mp4", self.id)]) } else { json!([]) },
+            "output": if self.status == 3 { json!([outputs::url(base, "video", &self.id)]) } else { json!([]) },
             "failure": if self.status == 2 { Value::from("generation failed") } else { Value::Null },
             "failureCode": if self.status == 2 { Value::from("INTERNAL") } else { Value::Null },
             "progress": match self.status { 0 => 0.0, 1 => 0.5, _ => 1.0 },
@@ -132,6 +137,8 @@ impl Inner {
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) config: MockConfig,
+    /// The stand-in's own URL (`http://{addr}`): its outputs are served there.
+    pub(super) base: String,
     pub(super) inner: Mutex<Inner>,
     pub(super) callback_client: Client<HttpConnector, Full<Bytes>>,
     pub(super) shutdown: watch::Receiver<bool>,
