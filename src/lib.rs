@@ -203,6 +203,10 @@ pub mod guard;
 pub mod mock;
 pub mod relay;
 pub mod runway;
+// outputs copied to the operator's storage
+#[cfg(feature = "archive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
+pub mod archive;
 // the sidecar
 pub mod sidecar;
 // configuration and wiring

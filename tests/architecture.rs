@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["upstream", "context"],
     &["trace"],
     &["callback", "limit", "retry", "server"],
-    &["idempotency", "tasks"],
+    &["idempotency", "tasks", "archive"],
     &["guard"],
     &["mock", "relay", "runway"],
     &["sidecar"],

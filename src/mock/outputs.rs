@@ -17,30 +17,13 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 
-use super::state::State;
+use super::state::{OUTPUT_KINDS as KINDS, State};
 use crate::body::{self, Body, BodyError};
 
-/// The path prefix of the stand-in's CDN.
-pub(super) const PREFIX: &str = "/cdn/";
-
-/// The kinds of output a task has, with their extension and content type.
-const KINDS: [(&str, &str, &str); 3] = [
-    ("video", "mp4", "video/mp4"),
-    ("poster", "png", "image/png"),
-    ("last_frame", "png", "image/png"),
-];
+pub(super) use super::state::OUTPUTS as PREFIX;
 
 /// Bytes generated per frame of the body.
 const CHUNK: usize = 64 * 1024;
-
-/// The URL of task `id`'s output of `kind` (`video`, `poster`, `last_frame`) under `base`.
-pub(super) fn url(base: &str, kind: &str, id: &str) -> String {
-    let ext = KINDS
-        .iter()
-        .find(|(k, _, _)| *k == kind)
-        .map_or("bin", |(_, ext, _)| ext);
-    format!("{base}{PREFIX}{kind}/{id}.{ext}")
-}
 
 /// Answer a request under [`PREFIX`].
 pub(super) fn serve(state: &State, method: &Method, path: &str) -> Response<Body> {
@@ -206,7 +189,7 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad}");
         }
         assert_eq!(
-            url("http://127.0.0.1:1", "poster", "t1"),
+            super::super::state::output_url("http://127.0.0.1:1", "poster", "t1"),
             "http://127.0.0.1:1/cdn/poster/t1.png"
         );
     }

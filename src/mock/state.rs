@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::fault::FaultQueue;
-use super::outputs;
 use super::{KeyUsage, MockConfig, RecordedRequest, RouteStats, SentCallback, TaskSnapshot};
 
 #[derive(Debug)]
@@ -35,6 +34,25 @@ pub(super) struct Task {
     pub(super) throttled: bool,
     /// When it ended (its outputs expire from then).
     pub(super) finished_at: Option<Instant>,
+}
+
+/// The path prefix of the stand-in's CDN (served by `outputs`).
+pub(super) const OUTPUTS: &str = "/cdn/";
+
+/// The kinds of output a task has, with their extension and content type.
+pub(super) const OUTPUT_KINDS: [(&str, &str, &str); 3] = [
+    ("video", "mp4", "video/mp4"),
+    ("poster", "png", "image/png"),
+    ("last_frame", "png", "image/png"),
+];
+
+/// The URL of task `id`'s output of `kind` (`video`, `poster`, `last_frame`) under `base`.
+pub(super) fn output_url(base: &str, kind: &str, id: &str) -> String {
+    let ext = OUTPUT_KINDS
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .map_or("bin", |(_, ext, _)| ext);
+    format!("{base}{OUTPUTS}{kind}/{id}.{ext}")
 }
 
 /// Points per second of video the stand-in charges (so a default 10 s task costs 320).
@@ -62,7 +80,7 @@ impl Task {
         let done = self.status == 3;
         let media = |kind: &str| {
             if done {
-                outputs::url(base, kind, &self.id)
+                output_url(base, kind, &self.id)
             } else {
                 String::new()
             }
@@ -96,7 +114,7 @@ impl Task {
             "id": self.id,
             "status": status,
             "createdAt": self.create_time,
-            "output": if self.status == 3 { json!([outputs::url(base, "video", &self.id)]) } else { json!([]) },
+            "output": if self.status == 3 { json!([output_url(base, "video", &self.id)]) } else { json!([]) },
             "failure": if self.status == 2 { Value::from("generation failed") } else { Value::Null },
             "failureCode": if self.status == 2 { Value::from("INTERNAL") } else { Value::Null },
             "progress": match self.status { 0 => 0.0, 1 => 0.5, _ => 1.0 },

@@ -31,6 +31,7 @@ mod forward;
 pub mod headers;
 mod metrics;
 mod pool;
+mod resolver;
 mod retry_after;
 
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub(crate) use client::{https_connector, tls_client};
 pub use error::UpstreamError;
 pub use forward::{Forward, serve_on_this_thread};
 pub use metrics::UpstreamMetrics;
+pub(crate) use resolver::GuardedResolver;
 pub use retry_after::retry_after;
 
 /// The address of the client that sent a request, put in its extensions by the server

@@ -90,3 +90,36 @@ async fn forget_finished_runs(client: &tokio_postgres::Client) {
     })
     .await;
 }
+
+/// The test S3-compatible store (SeaweedFS): its endpoint, bucket and credentials
+/// (`RUNWAY_PROXY_TEST_S3_ENDPOINT`, `..._S3_BUCKET`, `..._S3_ACCESS_KEY`, `..._S3_SECRET_KEY`).
+pub fn s3() -> S3 {
+    S3 {
+        endpoint: service_url("RUNWAY_PROXY_TEST_S3_ENDPOINT"),
+        bucket: service_url("RUNWAY_PROXY_TEST_S3_BUCKET"),
+        access_key: service_url("RUNWAY_PROXY_TEST_S3_ACCESS_KEY"),
+        secret_key: service_url("RUNWAY_PROXY_TEST_S3_SECRET_KEY"),
+    }
+}
+
+/// Where the test S3 store is, and how to sign in.
+pub struct S3 {
+    pub endpoint: &'static str,
+    pub bucket: &'static str,
+    pub access_key: &'static str,
+    pub secret_key: &'static str,
+}
+
+impl S3 {
+    /// `object_store` options for it.
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("aws_endpoint", self.endpoint.to_owned()),
+            ("aws_access_key_id", self.access_key.to_owned()),
+            ("aws_secret_access_key", self.secret_key.to_owned()),
+            ("aws_region", "us-east-1".to_owned()),
+            ("aws_allow_http", "true".to_owned()),
+            ("aws_virtual_hosted_style_request", "false".to_owned()),
+        ]
+    }
+}

@@ -1,0 +1,241 @@
+//! The output archive's copier over loopback: the stand-in's CDN as the source, a real
+//! directory as the store.
+
+#![cfg(feature = "archive")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use runway_proxy::archive::{ArchiveError, ArchiveStore, Archiver, ObjectKey, SourceHosts};
+use runway_proxy::mock::{Fault, MockConfig, MockUpstream};
+use serde_json::json;
+
+/// A stand-in whose tasks succeed fast with outputs of `size` bytes, and one succeeded
+/// task's video URL.
+async fn finished_output(config: MockConfig) -> (MockUpstream, String) {
+    let mock = start_mock(config.step(Duration::from_millis(20))).await;
+    let created = post_json(
+        &client(),
+        &format!("{}/runwayml/v1/image_to_video", mock.url()),
+        &json!({"promptText": "a cat", "promptImage": "https://x/y.png"}),
+    )
+    .await
+    .unwrap();
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/cdn/video/{id}.mp4", mock.url());
+    for _ in 0..200 {
+        if mock.task(&id).is_some_and(|t| t.status == "3") {
+            return (mock, url);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the task did not succeed");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn archiver(dir: &std::path::Path, hosts: &[&str]) -> Archiver {
+    let store = ArchiveStore::open(&format!("file://{}", dir.display())).unwrap();
+    Archiver::new(store, SourceHosts::new(hosts.iter().copied())).unwrap()
+}
+
+#[tokio::test]
+async fn an_output_is_copied_whole_with_its_hash_in_parts() {
+    // Five parts and a bit: the multipart path, not one put.
+    const SIZE: u64 = 5 * 8 * 1024 * 1024 + 12_345;
+    let (mock, url) = finished_output(MockConfig::default().output_bytes(SIZE)).await;
+    let source = send(
+        &client(),
+        http::Request::get(&url).body(Default::default()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(source.body.len() as u64, SIZE);
+    let dir = tempfile::tempdir().unwrap();
+    let archiver = archiver(dir.path(), &["127.0.0.1"]);
+    let key = ObjectKey::new("task-1", 0, "mp4");
+    let copy = archiver.copy(&url, &key).await.unwrap();
+    assert_eq!(copy.bytes, SIZE);
+    assert_eq!(copy.sha256, sha256_hex(&source.body));
+    assert_eq!(copy.content_type.as_deref(), Some("video/mp4"));
+    assert_eq!(copy.source, url);
+    let stored = std::fs::read(dir.path().join(key.as_str())).unwrap();
+    assert_eq!(
+        sha256_hex(&stored),
+        copy.sha256,
+        "the stored bytes are the source's"
+    );
+    // Copied again to the same key: the same object, replaced whole.
+    let again = archiver.copy(&url, &key).await.unwrap();
+    assert_eq!(again.sha256, copy.sha256);
+    drop(mock);
+}
+
+#[tokio::test]
+async fn too_large_gone_and_failing_sources_leave_nothing() {
+    let (mock, url) = finished_output(
+        MockConfig::default()
+            .output_bytes(300_000)
+            .outputs_expire_after(Duration::from_millis(700)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = ObjectKey::new("task-2", 0, "mp4");
+
+    // Over the limit: refused by its Content-Length, before a byte is stored.
+    let small = archiver(dir.path(), &["127.0.0.1"]).max_bytes(100_000);
+    assert_eq!(
+        small.copy(&url, &key).await,
+        Err(ArchiveError::TooLarge { limit: 100_000 })
+    );
+
+    // A 503 is worth trying again; the next attempt copies.
+    let archiver = archiver(dir.path(), &["127.0.0.1"]);
+    let unavailable = Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    };
+    mock.inject("/cdn/*", unavailable, 1);
+    let failed = archiver.copy(&url, &key).await.unwrap_err();
+    assert_eq!(failed, ArchiveError::Status(503));
+    assert!(failed.is_transient());
+    assert!(!dir.path().join(key.as_str()).exists(), "nothing at the key");
+    assert_eq!(archiver.copy(&url, &key).await.unwrap().bytes, 300_000);
+
+    // Expired: gone, and not worth trying again with the same URL.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let gone = archiver
+        .copy(&url, &ObjectKey::new("task-2", 1, "mp4"))
+        .await
+        .unwrap_err();
+    assert_eq!(gone, ArchiveError::Gone(403));
+    assert!(!gone.is_transient());
+}
+
+#[tokio::test]
+async fn only_listed_hosts_are_fetched_and_redirects_are_checked_again() {
+    let (mock, url) = finished_output(MockConfig::default().output_bytes(1000)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = ObjectKey::new("task-3", 0, "mp4");
+    let before = mock.stats().received(url.trim_start_matches(&mock.url()));
+
+    // Not on the list: refused without a request.
+    let elsewhere = archiver(dir.path(), &["cdn.example.com"]);
+    assert!(matches!(
+        elsewhere.copy(&url, &key).await,
+        Err(ArchiveError::Refused(_))
+    ));
+    // On the list through a wildcard only: an internal address is still refused.
+    let localhost = url.replace("127.0.0.1", "localhost");
+    let wildcard = archiver(dir.path(), &["*.localhost", "localhost.example"]);
+    assert!(matches!(
+        wildcard.copy(&localhost, &key).await,
+        Err(ArchiveError::Refused(_))
+    ));
+    assert_eq!(
+        mock.stats().received(url.trim_start_matches(&mock.url())),
+        before,
+        "no request reached the source"
+    );
+
+    // A listed source that redirects to an internal address, or to an unlisted host.
+    let archiver = archiver(dir.path(), &["127.0.0.1"]);
+    for target in [
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        url.replace("127.0.0.1", "localhost"),
+        "https://evil.example/x.mp4".to_owned(),
+    ] {
+        let redirect = Fault::Respond {
+            status: 302,
+            headers: vec![("location".into(), target.clone())],
+            body: String::new(),
+        };
+        mock.inject("/cdn/*", redirect, 1);
+        let refused = archiver.copy(&url, &key).await;
+        assert!(
+            matches!(refused, Err(ArchiveError::Refused(_))),
+            "{target}: {refused:?}"
+        );
+    }
+    // A redirect that stays on the list is followed.
+    let path = url.trim_start_matches(&mock.url()).to_owned();
+    mock.inject(
+        "/cdn/*",
+        Fault::Respond {
+            status: 307,
+            headers: vec![("location".into(), path)],
+            body: String::new(),
+        },
+        1,
+    );
+    assert_eq!(archiver.copy(&url, &key).await.unwrap().bytes, 1000);
+    assert_eq!(
+        send(
+            &client(),
+            http::Request::get(&url).body(Default::default()).unwrap()
+        )
+        .await
+        .unwrap()
+        .status,
+        StatusCode::OK
+    );
+}
+
+/// The same copy into a real S3-compatible store (SeaweedFS, from `scripts/test-services`),
+/// read back through S3.
+#[tokio::test]
+async fn an_output_is_copied_to_s3_and_reads_back_the_same() {
+    use object_store::ObjectStore as _;
+
+    const SIZE: u64 = 2 * 8 * 1024 * 1024 + 777;
+    let s3 = common::services::s3();
+    let (mock, url) = finished_output(MockConfig::default().output_bytes(SIZE)).await;
+    let prefix = format!("test-{}-{}", std::process::id(), rand_suffix());
+    let store = ArchiveStore::open_with(&format!("s3://{}/{prefix}", s3.bucket), s3.options()).unwrap();
+    let archiver = Archiver::new(store.clone(), SourceHosts::new(["127.0.0.1"])).unwrap();
+    let key = ObjectKey::new("task-s3", 0, "mp4");
+    let copy = archiver.copy(&url, &key).await.unwrap();
+    assert_eq!(copy.bytes, SIZE);
+    let read = store.inner().get(&store.path(key.as_str())).await.unwrap();
+    assert_eq!(read.meta.size, SIZE);
+    assert_eq!(
+        read.attributes
+            .get(&object_store::Attribute::ContentType)
+            .map(|v| v.as_ref()),
+        Some("video/mp4")
+    );
+    let bytes = read.bytes().await.unwrap();
+    assert_eq!(sha256_hex(&bytes), copy.sha256);
+    assert!(
+        store.path(key.as_str()).as_ref().starts_with(&prefix),
+        "under the URL's prefix"
+    );
+
+    // A refused copy leaves no object (the multipart upload is abandoned).
+    let small = Archiver::new(store.clone(), SourceHosts::new(["127.0.0.1"]))
+        .unwrap()
+        .max_bytes(1000);
+    let other = ObjectKey::new("task-s3", 1, "mp4");
+    assert!(small.copy(&url, &other).await.is_err());
+    assert!(matches!(
+        store.inner().head(&store.path(other.as_str())).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+    drop(mock);
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
