@@ -7,7 +7,8 @@
 //! SHA-256 is computed on the way. A download goes only to [`SourceHosts`] (the SSRF
 //! guard), follows at most five redirects (each checked again), and is refused past
 //! `max_bytes` or when fewer bytes arrive than its `Content-Length` said; the partial
-//! upload is then abandoned, so a key holds a whole copy or nothing.
+//! upload is then abandoned, so a key holds a whole copy or nothing. [`webhook`] finds the
+//! outputs a webhook names and rewrites it to point at their copies.
 //!
 //! # Example
 //!
@@ -29,6 +30,7 @@
 mod copy;
 mod sources;
 mod store;
+pub mod webhook;
 
 use std::time::Duration;
 
