@@ -239,3 +239,129 @@ fn rand_suffix() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
 }
+
+/// Links to copies in a `file://` store: served whole and by range, refused when forged,
+/// when they are callback tokens, and once expired.
+#[tokio::test]
+async fn output_links_serve_the_copy_by_range_and_expire() {
+    use std::sync::Arc;
+
+    use runway_proxy::archive::{OutputLinks, OutputServer};
+    use runway_proxy::callback::Keyring;
+
+    const SIZE: u64 = 200_000;
+    let (mock, url) = finished_output(MockConfig::default().output_bytes(SIZE)).await;
+    let source = send(
+        &client(),
+        http::Request::get(&url).body(Default::default()).unwrap(),
+    )
+    .await
+    .unwrap()
+    .body;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArchiveStore::open(&format!("file://{}", dir.path().display())).unwrap();
+    let archiver = Archiver::new(store.clone(), SourceHosts::new(["127.0.0.1"])).unwrap();
+    let key = ObjectKey::new("task-links", 0, "mp4");
+    archiver.copy(&url, &key).await.unwrap();
+    drop(mock);
+
+    let keys = Arc::new(Keyring::parse("1:a-secret-of-at-least-thirty-two-bytes!").unwrap());
+    let serve = |lifetime: Duration| {
+        let server = OutputServer::new(store.clone(), Arc::clone(&keys), lifetime);
+        async move { serve_outputs(server).await }
+    };
+    let base = serve(Duration::from_secs(3600)).await;
+    let links = OutputLinks::new(&base, Arc::clone(&keys));
+    let link = links.link(&key);
+    assert!(link.starts_with(&format!("{base}/-/outputs/")), "{link}");
+    assert!(
+        !link.contains("task-links"),
+        "the key is not readable in the link: {link}"
+    );
+    let get = |range: Option<&str>| {
+        let mut request = http::Request::get(&link);
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        request.body(Default::default()).unwrap()
+    };
+
+    let whole = send(&client(), get(None)).await.unwrap();
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.body, source);
+    assert_eq!(whole.headers["content-type"], "video/mp4");
+    assert_eq!(whole.headers["accept-ranges"], "bytes");
+
+    let part = send(&client(), get(Some("bytes=100-199"))).await.unwrap();
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.body, source.slice(100..200));
+    assert_eq!(
+        part.headers["content-range"],
+        format!("bytes 100-199/{SIZE}").as_str()
+    );
+    let tail = send(&client(), get(Some("bytes=-10"))).await.unwrap();
+    assert_eq!(tail.body, source.slice(source.len() - 10..));
+    let outside = send(&client(), get(Some(&format!("bytes={SIZE}-"))))
+        .await
+        .unwrap();
+    assert_eq!(outside.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        outside.headers["content-range"],
+        format!("bytes */{SIZE}").as_str()
+    );
+
+    // A forged token, a callback token and an object that is gone: not found.
+    let token = link.rsplit('/').next().unwrap();
+    let mut forged = token.to_owned().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let callback_token = keys.mint("https://hooks.example.com/runway");
+    for path in [String::from_utf8(forged).unwrap(), callback_token] {
+        let reply = send(
+            &client(),
+            http::Request::get(format!("{base}/-/outputs/{path}"))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let missing = links.link(&ObjectKey::new("task-links", 9, "mp4"));
+    assert_eq!(
+        send(
+            &client(),
+            http::Request::get(&missing).body(Default::default()).unwrap()
+        )
+        .await
+        .unwrap()
+        .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Past its lifetime (0 s: from the next second on), the link is gone.
+    let strict = serve(Duration::ZERO).await;
+    let soon_stale = OutputLinks::new(&strict, Arc::clone(&keys)).link(&key);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = send(
+        &client(),
+        http::Request::get(&soon_stale).body(Default::default()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(expired.status, StatusCode::GONE);
+}
+
+/// Serve `server` on a loopback port; its base URL.
+async fn serve_outputs(server: runway_proxy::archive::OutputServer) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(runway_proxy::server::serve(
+        listener,
+        server,
+        std::future::pending(),
+        Duration::from_secs(1),
+        runway_proxy::server::ConnectionLimits::default(),
+    ));
+    format!("http://{addr}")
+}

@@ -267,8 +267,18 @@ async fn forged_altered_and_foreign_tokens_are_refused_and_nothing_is_stored() {
     let foreign = Keyring::parse("1:another-secret-of-at-least-32-bytes")
         .unwrap()
         .mint("http://127.0.0.1:1/hook");
+    // Genuine, but not a callback token: what an output link carries (an object's key).
+    let not_a_route = Keyring::parse(TOKEN_KEYS)
+        .unwrap()
+        .mint("archive:2026/12/06/t/0-0123456789abcdef.mp4");
     let body = br#"{"task_id":"t","status":"3","update_time":"1"}"#;
-    for token in ["forged", &String::from_utf8(altered).unwrap(), &foreign, ""] {
+    for token in [
+        "forged",
+        &String::from_utf8(altered).unwrap(),
+        &foreign,
+        "",
+        &not_a_route,
+    ] {
         let request = Request::post(format!("http://{}/hooks/runway/{token}", proxy.webhook_addr))
             .body(Full::new(Bytes::from_static(body)))
             .unwrap();

@@ -8,7 +8,8 @@
 //! guard), follows at most five redirects (each checked again), and is refused past
 //! `max_bytes` or when fewer bytes arrive than its `Content-Length` said; the partial
 //! upload is then abandoned, so a key holds a whole copy or nothing. [`webhook`] finds the
-//! outputs a webhook names and rewrites it to point at their copies.
+//! outputs a webhook names and rewrites it to point at their copies; for a `file://`
+//! store, [`OutputLinks`] mints signed, expiring links that [`OutputServer`] serves.
 //!
 //! # Example
 //!
@@ -28,6 +29,7 @@
 //! ```
 
 mod copy;
+mod links;
 mod sources;
 mod store;
 pub mod webhook;
@@ -35,6 +37,7 @@ pub mod webhook;
 use std::time::Duration;
 
 pub use copy::{Archived, ObjectKey};
+pub use links::{OutputLinks, OutputServer};
 pub use sources::{DEFAULT_HOSTS, SourceHosts};
 pub use store::ArchiveStore;
 

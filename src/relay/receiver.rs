@@ -146,7 +146,14 @@ impl Shared {
             return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "webhooks are POSTed");
         }
         let route = match self.keys.get().verify_fresh(token, self.token_lifetime) {
-            Ok(route) => route,
+            // Only a callback token routes a webhook: the same keys sign output links
+            // (`archive:` and a key), which name no subscriber.
+            Ok(route) if route.url.starts_with("https://") || route.url.starts_with("http://") => route,
+            Ok(_) => {
+                tracing::warn!("webhook refused: the token is not a callback token");
+                self.count(|m| m.webhooks_rejected.inc());
+                return envelope::error_response(StatusCode::NOT_FOUND, "unknown callback token");
+            }
             Err(err) => {
                 // Never log the token itself: it is a bearer credential for this route.
                 tracing::warn!(error = %err, "webhook refused: bad callback token");
