@@ -1,11 +1,11 @@
 //! One output from its source into the store: streamed, hashed, bounded.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderMap, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty};
-use object_store::{Attribute, Attributes, MultipartUpload, PutMultipartOptions, PutPayloadMut};
+use object_store::{Attribute, Attributes, MultipartUpload, PutMultipartOptions, PutPayload};
 use serde::Serialize;
 
 use super::sources::redact;
@@ -191,7 +191,9 @@ impl Archiver {
         upload: &mut dyn MultipartUpload,
     ) -> Result<(u64, String), ArchiveError> {
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut part = PutPayloadMut::new();
+        // Each part is one buffer of its exact size: the frames' bytes are copied into it,
+        // since a frame can hold on to a larger read buffer than its own length.
+        let mut part = BytesMut::with_capacity(PART);
         let mut uploading: FuturesUnordered<object_store::UploadPart> = FuturesUnordered::new();
         let mut received: u64 = 0;
         let store_error = |e: object_store::Error| ArchiveError::Store(e.to_string());
@@ -205,16 +207,15 @@ impl Archiver {
                 });
             }
             hash.update(&data);
-            // The frames are kept as they came (no copy) until a part is full.
-            part.push(data);
-            if part.content_length() >= PART {
+            part.extend_from_slice(&data);
+            if part.len() >= PART {
                 if uploading.len() >= PARTS_IN_FLIGHT
                     && let Some(done) = uploading.next().await
                 {
                     done.map_err(store_error)?;
                 }
-                let full = std::mem::take(&mut part);
-                uploading.push(upload.put_part(full.freeze()));
+                let full = std::mem::replace(&mut part, BytesMut::with_capacity(PART));
+                uploading.push(upload.put_part(PutPayload::from(full.freeze())));
             }
         }
         if let Some(declared) = declared
@@ -226,8 +227,8 @@ impl Archiver {
             });
         }
         // The last part (or the only one, empty for an empty output).
-        if part.content_length() > 0 || received == 0 {
-            uploading.push(upload.put_part(part.freeze()));
+        if !part.is_empty() || received == 0 {
+            uploading.push(upload.put_part(PutPayload::from(part.freeze())));
         }
         while let Some(done) = uploading.next().await {
             done.map_err(store_error)?;
