@@ -63,6 +63,14 @@ async fn an_output_is_copied_whole_with_its_hash_in_parts() {
     let dir = tempfile::tempdir().unwrap();
     let archiver = archiver(dir.path(), &["127.0.0.1"]);
     let key = ObjectKey::new("task-1", 0, "mp4");
+    assert_eq!(
+        archiver
+            .store()
+            .presigned(key.as_str(), Duration::from_secs(60))
+            .await,
+        Ok(None),
+        "local files are linked by the proxy, not signed"
+    );
     let copy = archiver.copy(&url, &key).await.unwrap();
     assert_eq!(copy.bytes, SIZE);
     assert_eq!(copy.sha256, sha256_hex(&source.body));
@@ -220,6 +228,32 @@ async fn an_output_is_copied_to_s3_and_reads_back_the_same() {
         store.path(key.as_str()).as_ref().starts_with(&prefix),
         "under the URL's prefix"
     );
+    // A pre-signed link reads the copy without credentials.
+    let link = store
+        .presigned(key.as_str(), Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("S3 signs URLs");
+    assert!(
+        link.starts_with(s3.endpoint) && link.contains("X-Amz-Signature="),
+        "{link}"
+    );
+    let read = send(
+        &client(),
+        http::Request::get(&link).body(Default::default()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(sha256_hex(&read.body), copy.sha256);
+    let unsigned = link.split('?').next().unwrap().to_owned();
+    let refused = send(
+        &client(),
+        http::Request::get(&unsigned).body(Default::default()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "not without the signature");
 
     // A refused copy leaves no object (the multipart upload is abandoned).
     let small = Archiver::new(store.clone(), SourceHosts::new(["127.0.0.1"]))

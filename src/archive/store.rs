@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::path::Path;
+use object_store::signer::Signer;
 
 use super::ArchiveError;
 
@@ -15,6 +16,8 @@ pub struct ArchiveStore {
     prefix: Path,
     url: Arc<str>,
     local: bool,
+    /// Pre-signs URLs (every cloud store; not local files).
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl ArchiveStore {
@@ -50,7 +53,7 @@ impl ArchiveStore {
                 "credentials and options come from the environment, not the URL".into(),
             ));
         }
-        let (store, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
+        let (store, signer, prefix): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, &str) = match scheme {
             "file" => {
                 if let Some((key, _)) = options.first() {
                     return Err(setup(format!("{key} is not an option of file:// stores")));
@@ -64,7 +67,7 @@ impl ArchiveStore {
                     .map_err(|e| setup(e.to_string()))?
                     // Parts are written beside the object and renamed into place.
                     .with_automatic_cleanup(true);
-                (Arc::new(local), "")
+                (Arc::new(local), None, "")
             }
             "s3" | "gs" | "az" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -73,32 +76,26 @@ impl ArchiveStore {
                 }
                 let root = format!("{scheme}://{bucket}");
                 let unknown = |key: &str| setup(format!("{key} is not an option of {scheme}:// stores"));
-                let built: Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {
-                    "s3" => {
-                        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(&root);
+                // Each cloud's builder: the environment, the URL's bucket, the options.
+                macro_rules! cloud {
+                    ($builder:expr) => {{
+                        let mut builder = $builder.with_url(&root);
                         for (key, value) in &options {
                             builder = builder.with_config(key.parse().map_err(|_| unknown(key))?, value);
                         }
-                        builder.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                    }
-                    "gs" => {
-                        let mut builder =
-                            object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(&root);
-                        for (key, value) in &options {
-                            builder = builder.with_config(key.parse().map_err(|_| unknown(key))?, value);
-                        }
-                        builder.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                    }
-                    _ => {
-                        let mut builder =
-                            object_store::azure::MicrosoftAzureBuilder::from_env().with_url(&root);
-                        for (key, value) in &options {
-                            builder = builder.with_config(key.parse().map_err(|_| unknown(key))?, value);
-                        }
-                        builder.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-                    }
+                        let built = Arc::new(builder.build().map_err(|e| setup(e.to_string()))?);
+                        (
+                            Arc::clone(&built) as Arc<dyn ObjectStore>,
+                            Some(built as Arc<dyn Signer>),
+                        )
+                    }};
+                }
+                let (store, signer) = match scheme {
+                    "s3" => cloud!(object_store::aws::AmazonS3Builder::from_env()),
+                    "gs" => cloud!(object_store::gcp::GoogleCloudStorageBuilder::from_env()),
+                    _ => cloud!(object_store::azure::MicrosoftAzureBuilder::from_env()),
                 };
-                (built.map_err(|e| setup(e.to_string()))?, prefix)
+                (store, signer, prefix)
             }
             other => {
                 return Err(setup(format!(
@@ -112,6 +109,7 @@ impl ArchiveStore {
             prefix,
             url: url.into(),
             local: scheme == "file",
+            signer,
         })
     }
 
@@ -129,6 +127,23 @@ impl ArchiveStore {
     /// whose server answers by extension.
     pub fn keeps_attributes(&self) -> bool {
         !self.local
+    }
+
+    /// A pre-signed `GET` URL for `key`, valid for `lifetime`; `None` for a store that
+    /// cannot sign (local files: link them with [`OutputLinks`](super::OutputLinks)).
+    pub async fn presigned(
+        &self,
+        key: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<Option<String>, ArchiveError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        signer
+            .signed_url(http::Method::GET, &self.path(key), lifetime)
+            .await
+            .map(|url| Some(url.to_string()))
+            .map_err(|e| ArchiveError::Store(e.to_string()))
     }
 
     /// The full path of `key` under the prefix.
