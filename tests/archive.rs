@@ -399,3 +399,46 @@ async fn serve_outputs(server: runway_proxy::archive::OutputServer) -> String {
     ));
     format!("http://{addr}")
 }
+
+/// The retention sweep deletes what is older than the setting, and nothing else.
+#[tokio::test]
+async fn the_retention_sweep_deletes_only_what_is_older() {
+    use object_store::{ObjectStore as _, PutPayload};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArchiveStore::open(&format!("file://{}/archive", dir.path().display())).unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let keys = [
+        "2026/10/01/old/0-a.mp4",
+        "2026/10/02/old/1-b.png",
+        "2026/12/06/new/0-c.mp4",
+    ];
+    for key in keys {
+        store
+            .inner()
+            .put(&store.path(key), PutPayload::from_static(b"bytes"))
+            .await
+            .unwrap();
+    }
+    let age = |path: std::path::PathBuf, days: u32| {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - day * days)
+            .unwrap();
+    };
+    age(dir.path().join("archive").join(keys[0]), 40);
+    age(dir.path().join("archive").join(keys[1]), 31);
+    // Old, but outside the store's directory: not the sweep's.
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    std::fs::write(dir.path().join("other/old.mp4"), b"keep").unwrap();
+    age(dir.path().join("other/old.mp4"), 90);
+
+    assert_eq!(store.sweep(day * 30).await.unwrap(), 2);
+    assert!(!dir.path().join("archive").join(keys[0]).exists());
+    assert!(!dir.path().join("archive").join(keys[1]).exists());
+    assert!(
+        dir.path().join("archive").join(keys[2]).exists(),
+        "newer than 30 days"
+    );
+    assert!(dir.path().join("other/old.mp4").exists(), "outside the store");
+    assert_eq!(store.sweep(day * 30).await.unwrap(), 0, "nothing left to sweep");
+}

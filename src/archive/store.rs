@@ -146,6 +146,30 @@ impl ArchiveStore {
             .map_err(|e| ArchiveError::Store(e.to_string()))
     }
 
+    /// Delete every object under the prefix last written more than `older_than` ago (the
+    /// retention sweep); how many were deleted. Objects are listed once per sweep, in
+    /// pages, and deleted one by one; one that cannot be deleted is logged and left for
+    /// the next sweep.
+    pub async fn sweep(&self, older_than: std::time::Duration) -> Result<u64, ArchiveError> {
+        use futures_util::StreamExt as _;
+
+        let cutoff = cutoff_ms(older_than);
+        let mut listed = self.store.list(Some(&self.prefix));
+        let mut deleted = 0;
+        while let Some(meta) = listed.next().await {
+            let meta = meta.map_err(|e| ArchiveError::Store(e.to_string()))?;
+            if meta.last_modified.timestamp_millis() >= cutoff {
+                continue;
+            }
+            match self.store.delete(&meta.location).await {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(err) => tracing::warn!(error = %err, "cannot delete an expired archive object"),
+            }
+        }
+        Ok(deleted)
+    }
+
     /// The full path of `key` under the prefix.
     pub fn path(&self, key: &str) -> Path {
         let mut path = self.prefix.clone();
@@ -154,6 +178,11 @@ impl ArchiveStore {
         }
         path
     }
+}
+
+/// Unix milliseconds `older_than` ago.
+fn cutoff_ms(older_than: std::time::Duration) -> i64 {
+    crate::duration::unix_millis().saturating_sub(crate::duration::millis(older_than))
 }
 
 #[cfg(test)]
