@@ -121,7 +121,7 @@ fn cli() -> Command {
             Arg::new("outputs-expire-after")
                 .long("outputs-expire-after")
                 .value_name("DURATION")
-                .help("Answer 403 for a task's outputs this long after it ended, like an expired CDN URL (default: never)"),
+                .help("Sign output URLs with an expiry this long after they are handed out; 403 after it, like a CDN (default: never)"),
         )
         .arg(
             Arg::new("log-format")

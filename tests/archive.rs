@@ -25,9 +25,15 @@ async fn finished_output(config: MockConfig) -> (MockUpstream, String) {
     .await
     .unwrap();
     let id = created.json()["id"].as_str().unwrap().to_owned();
-    let url = format!("{}/cdn/video/{id}.mp4", mock.url());
     for _ in 0..200 {
-        if mock.task(&id).is_some_and(|t| t.status == "3") {
+        // The task read gives the output's URL (signed with its expiry, when outputs expire).
+        let read = http::Request::get(format!("{}/runwayml/v1/tasks/{id}", mock.url()))
+            .header("authorization", "Bearer sk-test")
+            .body(Default::default())
+            .unwrap();
+        let task = send(&client(), read).await.unwrap().json();
+        if task["status"] == "SUCCEEDED" {
+            let url = task["output"][0].as_str().unwrap().to_owned();
             return (mock, url);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -294,13 +294,19 @@ async fn mock_upstream_runs_standalone() {
     .await
     .unwrap();
     let id = created.json()["id"].as_str().unwrap().to_owned();
-    let video = format!("http://{listen}/cdn/video/{id}.mp4");
     let mut served = None;
     for _ in 0..100 {
-        let reply = send(&client(), Request::get(&video).body(Full::default()).unwrap())
-            .await
+        // Its URL comes from a task read: signed, since outputs expire here.
+        let read = Request::get(format!("http://{listen}/runwayml/v1/tasks/{id}"))
+            .header("authorization", "Bearer sk-test")
+            .body(Full::default())
             .unwrap();
-        if reply.status == StatusCode::OK {
+        let task = send(&client(), read).await.unwrap().json();
+        if let Some(video) = task["output"][0].as_str() {
+            assert!(video.contains("?expires="), "{video}");
+            let reply = send(&client(), Request::get(video).body(Full::default()).unwrap())
+                .await
+                .unwrap();
             served = Some(reply.body.len());
             break;
         }

@@ -524,7 +524,22 @@ async fn a_succeeded_tasks_outputs_are_real_bytes_that_expire() {
     let done = &got[1];
     assert_eq!(done["status"], "3");
     let video_url = done["video_url"].as_str().unwrap();
-    assert_eq!(video_url, format!("{}/cdn/video/{id}.mp4", mock.url()));
+    // Signed with its expiry, as a CDN's URL is.
+    let unsigned = format!("{}/cdn/video/{id}.mp4", mock.url());
+    assert!(
+        video_url.starts_with(&format!("{unsigned}?expires=")),
+        "{video_url}"
+    );
+    assert!(video_url.contains("&signature="), "{video_url}");
+    let tampered = video_url.replace("expires=1", "expires=2");
+    assert_eq!(
+        send(&client, get(&tampered)).await.unwrap().status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&client, get(&unsigned)).await.unwrap().status,
+        StatusCode::FORBIDDEN
+    );
 
     // No key needed, as on a CDN; the declared length is the body's; an MP4 header.
     let video = send(&client, get(video_url)).await.unwrap();
@@ -575,9 +590,24 @@ async fn a_succeeded_tasks_outputs_are_real_bytes_that_expire() {
         );
     }
 
-    // Expired, as a signed CDN URL does.
+    // Expired, as a signed CDN URL does; reading the task again gives a fresh URL.
     tokio::time::sleep(lifetime).await;
     let expired = send(&client, get(video_url)).await.unwrap();
     assert_eq!(expired.status, StatusCode::FORBIDDEN);
     assert!(String::from_utf8_lossy(&expired.body).contains("AccessDenied"));
+    let feed = post_json(
+        &client,
+        &format!("{}/runway/feed", mock.url()),
+        &json!({"task_id": id}),
+    )
+    .await
+    .unwrap()
+    .json();
+    let fresh = feed["data"]["video_url"].as_str().unwrap();
+    assert_ne!(fresh, video_url);
+    assert_eq!(
+        send(&client, get(fresh)).await.unwrap().body,
+        video.body,
+        "the same bytes"
+    );
 }

@@ -63,10 +63,7 @@ pub(super) async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan)
                 _ => 3,
             };
             task.update_time = unix_now();
-            if task.status >= 2 {
-                task.finished_at = Some(std::time::Instant::now());
-            }
-            let sent = (task.callback_url.clone(), task.callback_payload(&state.base));
+            let sent = (task.callback_url.clone(), task.callback_payload(&state.outputs));
             let (status, points, key) = (task.status, task.points, task.key.clone());
             if status >= 2 {
                 inner.unfinished = inner.unfinished.saturating_sub(1);

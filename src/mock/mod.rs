@@ -116,8 +116,9 @@ impl MockConfig {
         /// Size of each output a succeeded task's URLs serve (default 256 KiB): generated
         /// as it is sent, so any size costs no memory.
         output_bytes(bytes: u64) => output_bytes;
-        /// Answer 403 for a task's outputs this long after it ended, as an expired signed
-        /// CDN URL does (default: never).
+        /// Sign output URLs with an expiry this long after they are handed out (in a
+        /// callback, a feed answer, a task read) and answer 403 after it, as a signed CDN
+        /// URL does; reading the task again gives fresh URLs (default: never expire).
         outputs_expire_after(lifetime: Duration) => outputs_expire_after = Some(lifetime);
     }
 }
@@ -241,8 +242,8 @@ impl MockUpstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let state = Arc::new(State {
+            outputs: state::OutputUrls::new(format!("http://{addr}"), config.outputs_expire_after),
             config,
-            base: format!("http://{addr}"),
             inner: Mutex::new(Inner::default()),
             callback_client: Client::builder(TokioExecutor::new()).build(connector),
             shutdown: shutdown.clone(),
@@ -314,7 +315,10 @@ impl MockUpstream {
         let (url, payload) = {
             let inner = self.state.lock();
             match inner.tasks.get(id) {
-                Some(task) => (task.callback_url.clone(), task.callback_payload(&self.state.base)),
+                Some(task) => (
+                    task.callback_url.clone(),
+                    task.callback_payload(&self.state.outputs),
+                ),
                 None => return false,
             }
         };

@@ -7,8 +7,10 @@
 //! with bytes drawn from a generator seeded by the path: the same URL always serves the
 //! same bytes (a copy can be checked by its SHA-256), generated as they are sent, so a
 //! 1 GiB output costs no memory. With
-//! [`MockConfig::outputs_expire_after`](super::MockConfig::outputs_expire_after), an
-//! output answers 403 that long after its task ended, as a signed CDN URL does.
+//! [`MockConfig::outputs_expire_after`](super::MockConfig::outputs_expire_after), output
+//! URLs are signed with their expiry, that long after they were handed out (in a
+//! callback, a feed answer, a task read), and answer 403 after it: reading the task
+//! again gives fresh URLs, as with Runway's.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,7 +28,7 @@ pub(super) use super::state::OUTPUTS as PREFIX;
 const CHUNK: usize = 64 * 1024;
 
 /// Answer a request under [`PREFIX`].
-pub(super) fn serve(state: &State, method: &Method, path: &str) -> Response<Body> {
+pub(super) fn serve(state: &State, method: &Method, path: &str, query: Option<&str>) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -36,22 +38,12 @@ pub(super) fn serve(state: &State, method: &Method, path: &str) -> Response<Body
     let Some((kind, content_type, id)) = parse(path) else {
         return plain(StatusCode::NOT_FOUND, "no such output");
     };
-    let finished_at = {
-        let inner = state.lock();
-        match inner.tasks.get(id) {
-            Some(task) if task.status == 3 => task.finished_at,
-            _ => None,
-        }
-    };
-    let Some(finished_at) = finished_at else {
+    let succeeded = state.lock().tasks.get(id).is_some_and(|task| task.status == 3);
+    if !succeeded {
         return plain(StatusCode::NOT_FOUND, "no such output");
-    };
-    if state
-        .config
-        .outputs_expire_after
-        .is_some_and(|lifetime| finished_at.elapsed() >= lifetime)
-    {
-        // What an expired signed URL answers on S3 and most CDNs in front of it.
+    }
+    if !state.outputs.admits(path, query) {
+        // What an expired (or altered) signed URL answers on S3 and most CDNs.
         let mut response = Response::new(body::full(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
         ));
@@ -188,9 +180,17 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
-        assert_eq!(
-            super::super::state::output_url("http://127.0.0.1:1", "poster", "t1"),
-            "http://127.0.0.1:1/cdn/poster/t1.png"
-        );
+        let plain = super::super::state::OutputUrls::new("http://127.0.0.1:1".into(), None);
+        assert_eq!(plain.url("poster", "t1"), "http://127.0.0.1:1/cdn/poster/t1.png");
+        assert!(plain.admits("/cdn/poster/t1.png", None));
+        let signed =
+            super::super::state::OutputUrls::new("http://h".into(), Some(std::time::Duration::from_secs(60)));
+        let url = signed.url("video", "t1");
+        let (path, query) = url.trim_start_matches("http://h").split_once('?').unwrap();
+        assert!(signed.admits(path, Some(query)));
+        assert!(!signed.admits(path, None), "unsigned");
+        assert!(!signed.admits("/cdn/video/t2.mp4", Some(query)), "another output");
+        let later = query.replacen("expires=1", "expires=2", 1);
+        assert!(!signed.admits(path, Some(&later)), "an altered expiry");
     }
 }

@@ -129,7 +129,7 @@ pub(super) fn route(
     let method = &parts.method;
     if path.starts_with(outputs::PREFIX) {
         // The CDN: no key, as on CometAPI's.
-        return outputs::serve(state, method, path);
+        return outputs::serve(state, method, path, parts.uri.query());
     }
     let reverse = matches!(
         path,
@@ -167,7 +167,7 @@ pub(super) fn route(
     }
     if let Some(id) = task_read {
         return match state.lock().tasks.get(id) {
-            Some(task) => json_response(StatusCode::OK, &task.official(&state.base)),
+            Some(task) => json_response(StatusCode::OK, &task.official(&state.outputs)),
             None => json_response(StatusCode::NOT_FOUND, &json!({"error": "Task not found"})),
         };
     }
@@ -249,7 +249,7 @@ pub(super) fn feed(state: &State, fields: &serde_json::Map<String, Value>) -> Re
     let inner = state.lock();
     match inner.tasks.get(id) {
         Some(task) if task.created_at.elapsed() >= state.config.feed_delay => {
-            let mut data = task.callback_payload(&state.base);
+            let mut data = task.callback_payload(&state.outputs);
             let word = match task.status {
                 0 => "queued",
                 1 => "running",
@@ -312,7 +312,6 @@ pub(super) fn create_task(
                 points: task.points,
                 key: task.key,
                 throttled,
-                finished_at: None,
             },
         );
     }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -32,8 +32,6 @@ pub(super) struct Task {
     pub(super) key: String,
     /// Waiting for a slot under [`MockConfig::max_running`] (Runway's `THROTTLED`).
     pub(super) throttled: bool,
-    /// When it ended (its outputs expire from then).
-    pub(super) finished_at: Option<Instant>,
 }
 
 /// The path prefix of the stand-in's CDN (served by `outputs`).
@@ -46,13 +44,77 @@ pub(super) const OUTPUT_KINDS: [(&str, &str, &str); 3] = [
     ("last_frame", "png", "image/png"),
 ];
 
-/// The URL of task `id`'s output of `kind` (`video`, `poster`, `last_frame`) under `base`.
-pub(super) fn output_url(base: &str, kind: &str, id: &str) -> String {
-    let ext = OUTPUT_KINDS
-        .iter()
-        .find(|(k, _, _)| *k == kind)
-        .map_or("bin", |(_, ext, _)| ext);
-    format!("{base}{OUTPUTS}{kind}/{id}.{ext}")
+/// How the stand-in's output URLs are made: under its own base URL and, when outputs
+/// expire, signed with their expiry (`?expires={unix ms}&signature={hex}`), as a CDN's
+/// signed URLs are: a URL read later (a task read again) expires later, and an altered
+/// expiry does not verify.
+#[derive(Debug)]
+pub(super) struct OutputUrls {
+    base: String,
+    lifetime: Option<Duration>,
+    secret: u64,
+}
+
+impl OutputUrls {
+    pub(super) fn new(base: String, lifetime: Option<Duration>) -> OutputUrls {
+        OutputUrls {
+            base,
+            lifetime,
+            secret: rand::random(),
+        }
+    }
+
+    /// The URL of task `id`'s output of `kind` (`video`, `poster`, `last_frame`), issued now.
+    pub(super) fn url(&self, kind: &str, id: &str) -> String {
+        let ext = OUTPUT_KINDS
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map_or("bin", |(_, ext, _)| ext);
+        let path = format!("{OUTPUTS}{kind}/{id}.{ext}");
+        match self.lifetime {
+            None => format!("{}{path}", self.base),
+            Some(lifetime) => {
+                let expires = crate::duration::unix_millis() + crate::duration::millis(lifetime);
+                let signature = self.signature(&path, expires);
+                format!("{}{path}?expires={expires}&signature={signature:016x}", self.base)
+            }
+        }
+    }
+
+    /// Whether a request for `path` with `query` may read the output now: always when
+    /// outputs do not expire, else with a genuine signature before its expiry.
+    pub(super) fn admits(&self, path: &str, query: Option<&str>) -> bool {
+        if self.lifetime.is_none() {
+            return true;
+        }
+        let mut expires = None;
+        let mut signature = None;
+        for pair in query.unwrap_or_default().split('&') {
+            match pair.split_once('=') {
+                Some(("expires", value)) => expires = value.parse::<i64>().ok(),
+                Some(("signature", value)) => signature = u64::from_str_radix(value, 16).ok(),
+                _ => {}
+            }
+        }
+        match (expires, signature) {
+            (Some(expires), Some(signature)) => {
+                signature == self.signature(path, expires) && crate::duration::unix_millis() < expires
+            }
+            _ => false,
+        }
+    }
+
+    /// FNV-1a over the secret, the path and the expiry: enough to tell an altered URL.
+    fn signature(&self, path: &str, expires: i64) -> u64 {
+        self.secret
+            .to_le_bytes()
+            .iter()
+            .chain(path.as_bytes())
+            .chain(&expires.to_le_bytes())
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
 }
 
 /// Points per second of video the stand-in charges (so a default 10 s task costs 320).
@@ -75,12 +137,12 @@ impl Task {
     }
 
     /// The callback body, in CometAPI's documented shape: flat, every value a string.
-    /// Outputs are served by the stand-in itself, under `base`.
-    pub(super) fn callback_payload(&self, base: &str) -> Value {
+    /// Outputs are served by the stand-in itself ([`OutputUrls`]).
+    pub(super) fn callback_payload(&self, outputs: &OutputUrls) -> Value {
         let done = self.status == 3;
         let media = |kind: &str| {
             if done {
-                output_url(base, kind, &self.id)
+                outputs.url(kind, &self.id)
             } else {
                 String::new()
             }
@@ -101,8 +163,8 @@ impl Task {
         })
     }
 
-    /// The task in the official shape; outputs under `base`.
-    pub(super) fn official(&self, base: &str) -> Value {
+    /// The task in the official shape.
+    pub(super) fn official(&self, outputs: &OutputUrls) -> Value {
         let status = match self.status {
             0 if self.throttled => "THROTTLED",
             0 => "PENDING",
@@ -114,7 +176,7 @@ impl Task {
             "id": self.id,
             "status": status,
             "createdAt": self.create_time,
-            "output": if self.status == 3 { json!([output_url(base, "video", &self.id)]) } else { json!([]) },
+            "output": if self.status == 3 { json!([outputs.url("video", &self.id)]) } else { json!([]) },
             "failure": if self.status == 2 { Value::from("generation failed") } else { Value::Null },
             "failureCode": if self.status == 2 { Value::from("INTERNAL") } else { Value::Null },
             "progress": match self.status { 0 => 0.0, 1 => 0.5, _ => 1.0 },
@@ -155,8 +217,8 @@ impl Inner {
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) config: MockConfig,
-    /// The stand-in's own URL (`http://{addr}`): its outputs are served there.
-    pub(super) base: String,
+    /// Its outputs' URLs: under its own address.
+    pub(super) outputs: OutputUrls,
     pub(super) inner: Mutex<Inner>,
     pub(super) callback_client: Client<HttpConnector, Full<Bytes>>,
     pub(super) shutdown: watch::Receiver<bool>,
