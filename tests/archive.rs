@@ -10,36 +10,7 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use runway_proxy::archive::{ArchiveError, ArchiveStore, Archiver, ObjectKey, SourceHosts};
-use runway_proxy::mock::{Fault, MockConfig, MockUpstream};
-use serde_json::json;
-
-/// A stand-in whose tasks succeed fast with outputs of `size` bytes, and one succeeded
-/// task's video URL.
-async fn finished_output(config: MockConfig) -> (MockUpstream, String) {
-    let mock = start_mock(config.step(Duration::from_millis(20))).await;
-    let created = post_json(
-        &client(),
-        &format!("{}/runwayml/v1/image_to_video", mock.url()),
-        &json!({"promptText": "a cat", "promptImage": "https://x/y.png"}),
-    )
-    .await
-    .unwrap();
-    let id = created.json()["id"].as_str().unwrap().to_owned();
-    for _ in 0..200 {
-        // The task read gives the output's URL (signed with its expiry, when outputs expire).
-        let read = http::Request::get(format!("{}/runwayml/v1/tasks/{id}", mock.url()))
-            .header("authorization", "Bearer sk-test")
-            .body(Default::default())
-            .unwrap();
-        let task = send(&client(), read).await.unwrap().json();
-        if task["status"] == "SUCCEEDED" {
-            let url = task["output"][0].as_str().unwrap().to_owned();
-            return (mock, url);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the task did not succeed");
-}
+use runway_proxy::mock::{Fault, MockConfig};
 
 fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
@@ -58,7 +29,7 @@ fn archiver(dir: &std::path::Path, hosts: &[&str]) -> Archiver {
 async fn an_output_is_copied_whole_with_its_hash_in_parts() {
     // Five parts and a bit: the multipart path, not one put.
     const SIZE: u64 = 5 * 8 * 1024 * 1024 + 12_345;
-    let (mock, url) = finished_output(MockConfig::default().output_bytes(SIZE)).await;
+    let (mock, url) = succeeded_output(MockConfig::default().output_bytes(SIZE)).await;
     let source = send(
         &client(),
         http::Request::get(&url).body(Default::default()).unwrap(),
@@ -96,7 +67,7 @@ async fn an_output_is_copied_whole_with_its_hash_in_parts() {
 
 #[tokio::test]
 async fn too_large_gone_and_failing_sources_leave_nothing() {
-    let (mock, url) = finished_output(
+    let (mock, url) = succeeded_output(
         MockConfig::default()
             .output_bytes(300_000)
             .outputs_expire_after(Duration::from_millis(700)),
@@ -138,7 +109,7 @@ async fn too_large_gone_and_failing_sources_leave_nothing() {
 
 #[tokio::test]
 async fn only_listed_hosts_are_fetched_and_redirects_are_checked_again() {
-    let (mock, url) = finished_output(MockConfig::default().output_bytes(1000)).await;
+    let (mock, url) = succeeded_output(MockConfig::default().output_bytes(1000)).await;
     let dir = tempfile::tempdir().unwrap();
     let key = ObjectKey::new("task-3", 0, "mp4");
     let before = mock.stats().received(url.trim_start_matches(&mock.url()));
@@ -213,7 +184,7 @@ async fn an_output_is_copied_to_s3_and_reads_back_the_same() {
 
     const SIZE: u64 = 2 * 8 * 1024 * 1024 + 777;
     let s3 = common::services::s3();
-    let (mock, url) = finished_output(MockConfig::default().output_bytes(SIZE)).await;
+    let (mock, url) = succeeded_output(MockConfig::default().output_bytes(SIZE)).await;
     let prefix = format!("test-{}-{}", std::process::id(), rand_suffix());
     let store = ArchiveStore::open_with(&format!("s3://{}/{prefix}", s3.bucket), s3.options()).unwrap();
     let archiver = Archiver::new(store.clone(), SourceHosts::new(["127.0.0.1"])).unwrap();
@@ -290,7 +261,7 @@ async fn output_links_serve_the_copy_by_range_and_expire() {
     use runway_proxy::callback::Keyring;
 
     const SIZE: u64 = 200_000;
-    let (mock, url) = finished_output(MockConfig::default().output_bytes(SIZE)).await;
+    let (mock, url) = succeeded_output(MockConfig::default().output_bytes(SIZE)).await;
     let source = send(
         &client(),
         http::Request::get(&url).body(Default::default()).unwrap(),

@@ -110,13 +110,7 @@ impl OutputServer {
         let size = match self.store.inner().head(&path).await {
             Ok(meta) => meta.size,
             Err(object_store::Error::NotFound { .. }) => return not_found(),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read an archived output");
-                return envelope::error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the archive store did not answer",
-                );
-            }
+            Err(err) => return store_failed(&err),
         };
         let range = match request
             .headers
@@ -154,13 +148,7 @@ impl OutputServer {
                     body::boxed(StreamBody::new(frames))
                 }
                 Err(object_store::Error::NotFound { .. }) => return not_found(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read an archived output");
-                    return envelope::error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the archive store did not answer",
-                    );
-                }
+                Err(err) => return store_failed(&err),
             }
         };
         let mut response = Response::new(body);
@@ -200,6 +188,15 @@ impl<B: Send + 'static> tower::Service<Request<B>> for OutputServer {
         let (head, _) = request.into_parts();
         Box::pin(async move { Ok(server.answer(&head).await) })
     }
+}
+
+/// The answer when the store fails a read: 503, which clients may retry.
+fn store_failed(err: &object_store::Error) -> Response<Body> {
+    tracing::warn!(error = %err, "cannot read an archived output");
+    envelope::error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the archive store did not answer",
+    )
 }
 
 /// A `Range` header, read against an object of `size` bytes.

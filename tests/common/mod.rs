@@ -340,3 +340,31 @@ pub async fn dead_address() -> SocketAddr {
     std::mem::forget(socket);
     addr
 }
+
+/// A stand-in whose tasks succeed within a few tens of milliseconds (its other settings
+/// from `config`), and the URL of one succeeded task's video, as a task read gives it
+/// (signed with its expiry when outputs expire).
+pub async fn succeeded_output(config: MockConfig) -> (MockUpstream, String) {
+    let mock = start_mock(config.step(Duration::from_millis(20))).await;
+    let created = post_json(
+        &client(),
+        &format!("{}/runwayml/v1/image_to_video", mock.url()),
+        &serde_json::json!({"promptText": "a cat", "promptImage": "https://x/y.png"}),
+    )
+    .await
+    .unwrap();
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    for _ in 0..300 {
+        let read = Request::get(format!("{}/runwayml/v1/tasks/{id}", mock.url()))
+            .header("authorization", "Bearer sk-test")
+            .body(Full::default())
+            .unwrap();
+        let task = send(&client(), read).await.unwrap().json();
+        if task["status"] == "SUCCEEDED" {
+            let url = task["output"][0].as_str().unwrap().to_owned();
+            return (mock, url);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the task did not succeed");
+}
