@@ -97,6 +97,16 @@ async fn too_large_gone_and_failing_sources_leave_nothing() {
     assert!(!dir.path().join(key.as_str()).exists(), "nothing at the key");
     assert_eq!(archiver.copy(&url, &key).await.unwrap().bytes, 300_000);
 
+    // A source slower than the copy's timeout: the copy gives up, worth trying again.
+    mock.inject("/cdn/*", Fault::delay(Duration::from_millis(500)), 1);
+    let slow = archiver.clone().timeout(Duration::from_millis(100));
+    let timed_out = slow
+        .copy(&url, &ObjectKey::new("task-2", 2, "mp4"))
+        .await
+        .unwrap_err();
+    assert_eq!(timed_out, ArchiveError::Timeout(Duration::from_millis(100)));
+    assert!(timed_out.is_transient());
+
     // Expired: gone, and not worth trying again with the same URL.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let gone = archiver

@@ -90,14 +90,13 @@ impl Archiver {
     /// other than 200, exceeds the size limit or breaks off, or the store fails; nothing
     /// is left at `key` then. Bounded by the archiver's timeout.
     pub async fn copy(&self, source: &str, key: &ObjectKey) -> Result<Archived, ArchiveError> {
-        match tokio::time::timeout(self.timeout, self.copy_unbounded(source, key)).await {
-            Ok(copied) => copied,
-            Err(_) => Err(ArchiveError::Timeout(self.timeout)),
-        }
-    }
-
-    async fn copy_unbounded(&self, source: &str, key: &ObjectKey) -> Result<Archived, ArchiveError> {
-        let response = self.fetch(source).await?;
+        // One deadline for the whole copy; a copy that runs out of time still aborts its
+        // upload (dropping it would leave the parts in the bucket).
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = |_| ArchiveError::Timeout(self.timeout);
+        let response = tokio::time::timeout_at(deadline, self.fetch(source))
+            .await
+            .map_err(timed_out)??;
         let declared = content_length(response.headers());
         if declared.is_some_and(|declared| declared > self.max_bytes) {
             return Err(ArchiveError::TooLarge {
@@ -119,13 +118,18 @@ impl Archiver {
             ..PutMultipartOptions::default()
         };
         let path = self.store.path(key.as_str());
-        let mut upload = self
-            .store
-            .inner()
-            .put_multipart_opts(&path, options)
-            .await
-            .map_err(|e| ArchiveError::Store(e.to_string()))?;
-        match self.stream(response.into_body(), declared, upload.as_mut()).await {
+        let mut upload =
+            tokio::time::timeout_at(deadline, self.store.inner().put_multipart_opts(&path, options))
+                .await
+                .map_err(timed_out)?
+                .map_err(|e| ArchiveError::Store(e.to_string()))?;
+        let streamed = tokio::time::timeout_at(
+            deadline,
+            self.stream(response.into_body(), declared, upload.as_mut()),
+        )
+        .await
+        .unwrap_or(Err(ArchiveError::Timeout(self.timeout)));
+        match streamed {
             Ok((bytes, sha256)) => Ok(Archived {
                 source: redact(source).to_owned(),
                 key: key.clone(),
