@@ -37,6 +37,7 @@ fn delivery(n: u64) -> NewDelivery {
         target_url: "https://hooks.example.com/runway".into(),
         body: Bytes::from_static(BODY),
         trace: None,
+        hold_until: None,
     }
 }
 
@@ -83,6 +84,7 @@ fn new_task(n: u64) -> NewTask {
         subscriber: Some("https://hooks.example.com/runway".into()),
         outcome_unknown: false,
         trace: None,
+        hold_until: None,
     }
 }
 

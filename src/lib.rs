@@ -203,9 +203,7 @@ pub mod guard;
 pub mod mock;
 pub mod relay;
 pub mod runway;
-// outputs copied to the operator's storage
-#[cfg(feature = "archive")]
-#[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
+// outputs copied to the operator's storage (the copier itself: feature `archive`)
 pub mod archive;
 // the sidecar
 pub mod sidecar;

@@ -35,6 +35,7 @@ fn webhook(task: &str, status: &str, at: u32) -> NewDelivery {
             r#"{{"id":"{task}","status":"{status}","at":{at},"raw":"\u00e9 \u0000"}}"#
         )),
         trace: None,
+        hold_until: None,
     }
 }
 
@@ -1084,7 +1085,7 @@ mod postgres_schema {
         }
         let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
         let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
-        assert_eq!(versions, [1, 2, 3, 4], "each migration once, in order");
+        assert_eq!(versions, [1, 2, 3, 4, 5], "each migration once, in order");
         // And a restart finds the schema as it left it.
         PostgresOutbox::connect(&settings).await.unwrap();
     }

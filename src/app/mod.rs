@@ -27,10 +27,14 @@
 //! # }
 //! ```
 
+#[cfg(feature = "archive")]
+mod archive;
+mod hooks;
 mod reload;
 mod start;
 
 pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader, is_live};
+use hooks::HookRoutes;
 use start::{Listeners, Stack, create_private_dir, open_store, token_keys, webhook_signer};
 
 use std::future::Future;
@@ -45,7 +49,7 @@ use tower::Layer;
 use crate::callback::{CallbackError, Callbacks, KeyringError};
 use crate::config::{Config, ConfigError, Secret};
 use crate::metrics::MetricSet;
-use crate::relay::{Outbox, Relay, RelayError, SecretError, WebhookReceiver};
+use crate::relay::{Outbox, Relay, RelayError, SecretError};
 use crate::runway::Runway;
 use crate::server::ConnectionLimits;
 use crate::settings::InvalidSetting;
@@ -140,7 +144,10 @@ pub struct Proxy {
     listeners: Vec<std::net::TcpListener>,
     webhook_listener: TcpListener,
     service: Sidecar<Runway<Forward>>,
-    receiver: WebhookReceiver,
+    hooks: HookRoutes,
+    /// The archive's store and retention, for the sweep.
+    #[cfg(feature = "archive")]
+    retention: Option<(crate::archive::ArchiveStore, Duration)>,
     relay: Relay,
     metrics: Metrics,
     readiness: Readiness,
@@ -175,7 +182,36 @@ impl Proxy {
             .with_policy(config.callback.policy())
             .with_body_limit(config.callback.body_limit)
             .with_token_lifetime(config.callback.token_lifetime);
-        let stack = Stack::build(config, &store, &callbacks, signer)?;
+        #[cfg(feature = "archive")]
+        let archive = archive::Archive::open(
+            &config.archive,
+            Arc::clone(&store.archive_jobs),
+            &callbacks,
+            &public_url,
+        )?;
+        #[cfg(not(feature = "archive"))]
+        if config.archive.url.is_some() {
+            return Err(StartError::Setting(InvalidSetting::new(
+                "archive.url",
+                "this build has no archive (built without the `archive` feature)".to_owned(),
+            )));
+        }
+        #[cfg(feature = "archive")]
+        let (archiving, outputs, retention) = match archive {
+            Some(archive) => {
+                let retention = archive.retention();
+                (Some(archive.archiving), archive.server, Some(retention))
+            }
+            None => (None, None, None),
+        };
+        let stack = Stack::build(
+            config,
+            &store,
+            &callbacks,
+            signer,
+            #[cfg(feature = "archive")]
+            archiving,
+        )?;
         let requests = Arc::new(RequestMetrics::default());
         let reload_metrics = Arc::new(reload::ReloadMetrics::default());
         let metrics = stack.metrics(&requests, &reload_metrics);
@@ -212,7 +248,13 @@ impl Proxy {
             listeners: listeners.proxy,
             webhook_listener: listeners.webhook,
             service,
-            receiver: stack.relay.receiver(),
+            hooks: HookRoutes {
+                receiver: stack.relay.receiver(),
+                #[cfg(feature = "archive")]
+                outputs,
+            },
+            #[cfg(feature = "archive")]
+            retention,
             relay: stack.relay,
             metrics,
             readiness,
@@ -292,11 +334,23 @@ impl Proxy {
         let probe = watch_store(self.outbox, self.readiness.clone(), stopped.clone());
         let hooks = crate::server::serve(
             self.webhook_listener,
-            self.receiver,
+            self.hooks,
             signal(stopped.clone()),
             grace,
             limits,
         );
+        #[cfg(feature = "archive")]
+        let sweep = {
+            let metrics = self.relay.archive_metrics();
+            let stopped = stopped.clone();
+            async move {
+                if let Some((store, retention)) = self.retention {
+                    archive::Archive::sweep(store, retention, metrics, stopped).await;
+                }
+            }
+        };
+        #[cfg(not(feature = "archive"))]
+        let sweep = async {};
         let readiness = self.readiness.clone();
         let trigger = async move {
             shutdown.await;
@@ -307,7 +361,7 @@ impl Proxy {
         let reloads = self
             .applier
             .serve(self.reload_asks, self.reloader, &relay, stopped);
-        tokio::join!(hooks, trigger, probe, reloads);
+        tokio::join!(hooks, trigger, probe, reloads, sweep);
         let _ = tokio::task::spawn_blocking(move || {
             for thread in serving {
                 let _ = thread.join();

@@ -28,6 +28,8 @@ pub(super) struct Store {
     pub(super) outbox: Arc<dyn Outbox>,
     pub(super) idempotency: Arc<dyn IdempotencyStore>,
     pub(super) tasks: Arc<dyn TaskStore>,
+    #[cfg(feature = "archive")]
+    pub(super) archive_jobs: Arc<dyn crate::store::ArchiveJobs>,
     pub(super) described: String,
 }
 
@@ -39,6 +41,9 @@ pub(super) async fn open_store(config: &Config) -> Result<Store, StartError> {
             described: store.target().to_owned(),
             outbox: Arc::clone(&store) as Arc<dyn Outbox>,
             idempotency: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
+            #[cfg(feature = "archive")]
+            #[cfg(feature = "archive")]
+        archive_jobs: Arc::clone(&store) as Arc<dyn crate::store::ArchiveJobs>,
             tasks: store,
         });
     }
@@ -47,6 +52,8 @@ pub(super) async fn open_store(config: &Config) -> Result<Store, StartError> {
         described: store.path().display().to_string(),
         outbox: Arc::clone(&store) as Arc<dyn Outbox>,
         idempotency: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
+        #[cfg(feature = "archive")]
+        archive_jobs: Arc::clone(&store) as Arc<dyn crate::store::ArchiveJobs>,
         tasks: store,
     })
 }
@@ -117,6 +124,7 @@ impl Stack {
         store: &Store,
         callbacks: &Callbacks,
         signer: WebhookSigner,
+        #[cfg(feature = "archive")] archiving: Option<crate::relay::Archiving>,
     ) -> Result<Stack, StartError> {
         let forward = Forward::new(&config.upstream, config.connect_timeout, config.request_timeout)?;
         #[cfg(feature = "otel")]
@@ -147,8 +155,13 @@ impl Stack {
                 Arc::clone(&store.tasks),
                 config.watch.recover_after,
                 runway.usage(),
-            )
-            .start()?;
+            );
+        #[cfg(feature = "archive")]
+        let relay = match archiving {
+            Some(archiving) => relay.archive(archiving),
+            None => relay,
+        };
+        let relay = relay.start()?;
         // The watcher checks tasks through the same stack as the application's calls: its
         // reads wait in the read quota and are retried like theirs.
         let watch_metrics = Arc::new(WatchMetrics::default());
@@ -205,8 +218,21 @@ impl Stack {
                     .map(|guard| guard.metrics() as Arc<dyn MetricSet>),
             )
             .chain(trace_metrics)
+            .chain(self.archive_metrics())
             .collect(),
         }
+    }
+}
+
+impl Stack {
+    #[cfg(feature = "archive")]
+    fn archive_metrics(&self) -> Option<Arc<dyn MetricSet>> {
+        self.relay.archive_metrics().map(|m| m as Arc<dyn MetricSet>)
+    }
+
+    #[cfg(not(feature = "archive"))]
+    fn archive_metrics(&self) -> Option<Arc<dyn MetricSet>> {
+        None
     }
 }
 

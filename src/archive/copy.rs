@@ -37,6 +37,20 @@ impl ObjectKey {
         ))
     }
 
+    /// The key of output `index` of an archive job made at `created_at` (Unix
+    /// milliseconds) with `nonce` (random, kept with the job): the same every time it is
+    /// asked, so a copy made again after a crash overwrites its first try.
+    pub fn stable(task_id: &str, index: usize, ext: &str, created_at: i64, nonce: &str) -> ObjectKey {
+        let day = crate::duration::rfc3339(created_at);
+        let date = day.get(..10).unwrap_or("1970-01-01").replace('-', "/");
+        ObjectKey(format!(
+            "{date}/{}/{index}-{}.{}",
+            safe(task_id, 128),
+            safe(nonce, 32),
+            safe(ext, 8)
+        ))
+    }
+
     /// A key kept from before (the store's own relative path).
     pub fn from_stored(key: impl Into<String>) -> ObjectKey {
         ObjectKey(key.into())

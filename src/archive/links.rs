@@ -22,7 +22,7 @@ use http_body::Frame;
 use http_body_util::StreamBody;
 use object_store::{GetOptions, GetRange};
 
-use super::{ArchiveStore, ObjectKey};
+use super::{ArchiveError, ArchiveStore, ObjectKey};
 use crate::body::{self, Body, BodyError};
 use crate::callback::Keyring;
 use crate::envelope;
@@ -53,6 +53,60 @@ impl OutputLinks {
     pub fn link(&self, key: &ObjectKey) -> String {
         let token = self.keys.mint(&format!("{SCHEME}{}", key.as_str()));
         format!("{}{PREFIX}{token}", self.public_url)
+    }
+}
+
+/// How a relayed webhook links to a copy.
+#[derive(Clone, Debug)]
+pub enum LinkStyle {
+    /// `{base}/{object path}`: the bucket, or a CDN before it, serves the objects.
+    Public(String),
+    /// Pre-signed `GET` URLs, valid this long (S3, GCS, Azure).
+    Presigned(Duration),
+    /// Links the proxy's webhook listener serves ([`OutputServer`]): for `file://`.
+    Served(OutputLinks),
+}
+
+/// Mints the link a subscriber gets for each copy, in the store's [`LinkStyle`].
+#[derive(Clone, Debug)]
+pub struct ArchiveLinks {
+    store: ArchiveStore,
+    style: LinkStyle,
+}
+
+impl ArchiveLinks {
+    /// Links to `store`'s objects in `style`. A pre-signed style on a store that cannot
+    /// sign (local files) is refused.
+    pub fn new(store: ArchiveStore, style: LinkStyle) -> Result<ArchiveLinks, ArchiveError> {
+        if matches!(style, LinkStyle::Presigned(_)) && !store.can_sign() {
+            return Err(ArchiveError::Setup(format!(
+                "{} cannot pre-sign links: set archive.public_url, or serve them from the webhook listener",
+                store.url()
+            )));
+        }
+        Ok(ArchiveLinks { store, style })
+    }
+
+    /// The style.
+    pub fn style(&self) -> &LinkStyle {
+        &self.style
+    }
+
+    /// A link to the copy at `key`, valid from now (for the style's lifetime).
+    pub async fn link(&self, key: &ObjectKey) -> Result<String, ArchiveError> {
+        match &self.style {
+            LinkStyle::Public(base) => Ok(format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                self.store.path(key.as_str())
+            )),
+            LinkStyle::Presigned(lifetime) => self
+                .store
+                .presigned(key.as_str(), *lifetime)
+                .await?
+                .ok_or_else(|| ArchiveError::Setup("the store cannot pre-sign links".into())),
+            LinkStyle::Served(links) => Ok(links.link(key)),
+        }
     }
 }
 

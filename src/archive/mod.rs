@@ -28,17 +28,28 @@
 //! # }
 //! ```
 
+#[cfg(feature = "archive")]
 mod copy;
+#[cfg(feature = "archive")]
 mod links;
+mod settings;
+#[cfg(feature = "archive")]
 mod sources;
+#[cfg(feature = "archive")]
 mod store;
+#[cfg(feature = "archive")]
 pub mod webhook;
 
 use std::time::Duration;
 
+#[cfg(feature = "archive")]
 pub use copy::{Archived, ObjectKey};
-pub use links::{OutputLinks, OutputServer};
-pub use sources::{DEFAULT_HOSTS, SourceHosts};
+#[cfg(feature = "archive")]
+pub use links::{ArchiveLinks, LinkStyle, OutputLinks, OutputServer, PREFIX as OUTPUTS_PATH};
+pub use settings::{ArchiveSettings, DEFAULT_HOSTS};
+#[cfg(feature = "archive")]
+pub use sources::SourceHosts;
+#[cfg(feature = "archive")]
 pub use store::ArchiveStore;
 
 /// Bytes per uploaded part (S3 wants at least 5 MiB for every part but the last).
@@ -86,6 +97,22 @@ pub enum ArchiveError {
 }
 
 impl ArchiveError {
+    /// A short name for the kind of failure (a metric label): `setup`, `refused`,
+    /// `gone`, `status`, `too_large`, `truncated`, `download`, `timeout`, `store`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ArchiveError::Setup(_) => "setup",
+            ArchiveError::Refused(_) => "refused",
+            ArchiveError::Gone(_) => "gone",
+            ArchiveError::Status(_) => "status",
+            ArchiveError::TooLarge { .. } => "too_large",
+            ArchiveError::Truncated { .. } => "truncated",
+            ArchiveError::Download(_) => "download",
+            ArchiveError::Timeout(_) => "timeout",
+            ArchiveError::Store(_) => "store",
+        }
+    }
+
     /// Whether trying again later may succeed (a 429 or 5xx, a broken connection, a
     /// timeout, a store failure); not for a refusal, a size over the limit or a gone
     /// source (which needs fresh URLs first).
@@ -102,6 +129,7 @@ impl ArchiveError {
 }
 
 /// Copies outputs into one store. Cheap to clone.
+#[cfg(feature = "archive")]
 #[derive(Clone, Debug)]
 pub struct Archiver {
     store: ArchiveStore,
@@ -111,6 +139,7 @@ pub struct Archiver {
     timeout: Duration,
 }
 
+#[cfg(feature = "archive")]
 impl Archiver {
     /// Copy into `store`, downloading only from `hosts`. Limits: 2 GiB per output and 10
     /// minutes per copy, until changed with [`max_bytes`](Self::max_bytes) and

@@ -23,12 +23,7 @@ use crate::upstream::{GuardedResolver, tls_client};
 use bytes::Bytes;
 use http_body_util::Empty;
 
-/// CometAPI's and Runway's CDN hosts: where outputs come from unless configured.
-pub const DEFAULT_HOSTS: &[&str] = &[
-    "runwaycdn.cometapi.com",
-    "*.cometapi.com",
-    "dnznrvs05pmza.cloudfront.net",
-];
+use super::DEFAULT_HOSTS;
 
 /// The hosts outputs may be downloaded from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -129,6 +129,11 @@ impl ArchiveStore {
         !self.local
     }
 
+    /// Whether it can pre-sign links (S3, GCS, Azure; not local files).
+    pub fn can_sign(&self) -> bool {
+        self.signer.is_some()
+    }
+
     /// A pre-signed `GET` URL for `key`, valid for `lifetime`; `None` for a store that
     /// cannot sign (local files: link them with [`OutputLinks`](super::OutputLinks)).
     pub async fn presigned(

@@ -5,6 +5,7 @@
 //! (and what needs a restart) from each row's `live`.
 
 use super::Config;
+use crate::archive::ArchiveSettings;
 use crate::callback::CallbackSettings;
 use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;
@@ -184,6 +185,7 @@ tables! {
     DatabaseSettings => database,
     IdempotencySettings => idempotency,
     TraceSettings => otel,
+    ArchiveSettings => archive,
 }
 
 /// Every setting of [`Config`].

@@ -172,6 +172,7 @@ impl Config {
         self.connections.validate()?;
         self.database.validate()?;
         self.otel.validate()?;
+        self.archive.validate()?;
         if self.database.url.is_some() {
             // Generated ones are made per data directory: each replica would sign with its
             // own secret, and refuse the callback tokens the others minted.

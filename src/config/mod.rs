@@ -44,6 +44,7 @@ pub use keys::{HEADINGS, KEYS, Key};
 pub use load::{ConfigError, Origin, Origins, Overrides};
 
 pub use crate::callback::CallbackSettings;
+use crate::archive::ArchiveSettings;
 use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;
@@ -118,6 +119,8 @@ settings! {
         pub connections: ConnectionLimits = ConnectionLimits::default(),
         /// OpenTelemetry trace export (`[otel]`).
         pub otel: TraceSettings = TraceSettings::default(),
+        /// Copies of succeeded tasks' outputs (`[archive]`).
+        pub archive: ArchiveSettings = ArchiveSettings::default(),
         /// The token every admin path but `healthz` and `readyz` requires
         /// (`Authorization: Bearer ...`); `None`: admin paths are open on a loopback listener,
         /// and the relay's refused on any other.

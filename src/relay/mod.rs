@@ -40,6 +40,8 @@
 //! ```
 
 mod admin;
+#[cfg(feature = "archive")]
+mod archiving;
 mod client;
 mod metrics;
 mod receiver;
@@ -55,6 +57,9 @@ use tokio::sync::Notify;
 pub use crate::settings::ServiceUrl;
 use crate::trace::Tracer;
 pub use admin::RelayAdmin;
+#[cfg(feature = "archive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
+pub use archiving::{ArchiveMetrics, Archiving};
 pub use metrics::RelayMetrics;
 pub use receiver::WebhookReceiver;
 pub use settings::DeliverySettings;
@@ -100,6 +105,8 @@ pub struct Relay {
     metrics: Arc<RelayMetrics>,
     events: EventSink,
     callbacks: Callbacks,
+    #[cfg(feature = "archive")]
+    archive: Option<(archiving::ArchiveWorkers, Arc<ArchiveMetrics>)>,
 }
 
 /// Settings for [`Relay::builder`]; [`start`](RelayBuilder::start) checks them and starts
@@ -113,6 +120,8 @@ pub struct RelayBuilder {
     settings: DeliverySettings,
     tasks: Option<receiver::WatchList>,
     tracer: Tracer,
+    #[cfg(feature = "archive")]
+    archiving: Option<Archiving>,
 }
 
 impl std::fmt::Debug for dyn Outbox {
@@ -133,6 +142,8 @@ impl Relay {
             settings: DeliverySettings::default(),
             tasks: None,
             tracer: Tracer::off(),
+            #[cfg(feature = "archive")]
+            archiving: None,
         }
     }
 
@@ -179,10 +190,25 @@ impl Relay {
         self.workers.reload(settings, (*self.callbacks.policy()).clone())
     }
 
-    /// Stop the delivery workers: deliveries in flight get `grace` to finish, and what is
-    /// left goes back to pending for the next start.
+    /// What the archive workers record, when outputs are archived.
+    #[cfg(feature = "archive")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
+    pub fn archive_metrics(&self) -> Option<Arc<ArchiveMetrics>> {
+        self.archive.as_ref().map(|(_, metrics)| Arc::clone(metrics))
+    }
+
+    /// Stop the delivery workers (and the archive workers): deliveries in flight get
+    /// `grace` to finish, and what is left goes back to pending for the next start.
     pub async fn shutdown(self, grace: Duration) {
-        self.workers.shutdown(grace).await;
+        #[cfg(feature = "archive")]
+        let archived = async {
+            if let Some((workers, _)) = self.archive {
+                workers.shutdown(grace).await;
+            }
+        };
+        #[cfg(not(feature = "archive"))]
+        let archived = async {};
+        tokio::join!(self.workers.shutdown(grace), archived);
     }
 }
 
@@ -219,23 +245,57 @@ impl RelayBuilder {
         self
     }
 
+    /// Archive succeeded tasks' outputs: their webhooks wait (at most the deadline) for
+    /// the copies, and point at them. The outbox must be the database `archiving` keeps
+    /// its jobs in.
+    #[cfg(feature = "archive")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
+    pub fn archive(mut self, archiving: Archiving) -> Self {
+        self.archiving = Some(archiving);
+        self
+    }
+
     /// Check the settings and start the delivery workers on the current Tokio runtime.
     pub fn start(self) -> Result<Relay, RelayError> {
         self.settings.validate()?;
         let metrics = Arc::new(RelayMetrics::default());
         let wake = Arc::new(Notify::new());
+        let outbox = self.outbox;
+        // Archiving holds succeeded tasks' webhooks back: every part of the relay sees
+        // the outbox through the hold.
+        #[cfg(feature = "archive")]
+        let (outbox, archive) = match self.archiving {
+            Some(archiving) => {
+                let held = Arc::new(Notify::new());
+                let outbox: Arc<dyn Outbox> = Arc::new(archiving::HoldForArchive::new(
+                    outbox,
+                    archiving.deadline(),
+                    Arc::clone(&held),
+                ));
+                let archive_metrics = Arc::new(ArchiveMetrics::default());
+                let workers = archiving::ArchiveWorkers::start(
+                    archiving,
+                    held,
+                    Arc::clone(&wake),
+                    Arc::clone(&archive_metrics),
+                    self.tracer.clone(),
+                );
+                (outbox, Some((workers, archive_metrics)))
+            }
+            None => (outbox, None),
+        };
         let receiver = WebhookReceiver::new(
             &self.callbacks,
-            Arc::clone(&self.outbox),
+            Arc::clone(&outbox),
             Arc::clone(&wake),
             Arc::clone(&metrics),
             self.tasks,
             self.tracer.clone(),
         );
-        let admin = RelayAdmin::new(Arc::clone(&self.outbox), Arc::clone(&wake));
-        let events = EventSink::new(Arc::clone(&self.outbox), Arc::clone(&wake));
+        let admin = RelayAdmin::new(Arc::clone(&outbox), Arc::clone(&wake));
+        let events = EventSink::new(Arc::clone(&outbox), Arc::clone(&wake));
         let workers = DeliveryWorkers::start(
-            self.outbox,
+            outbox,
             self.signer,
             self.settings,
             (*self.callbacks.policy()).clone(),
@@ -250,6 +310,8 @@ impl RelayBuilder {
             metrics,
             events,
             callbacks: self.callbacks,
+            #[cfg(feature = "archive")]
+            archive,
         })
     }
 }

@@ -183,3 +183,17 @@ pub(crate) fn schedule(raw: &str) -> Result<Vec<Duration>, ValueError> {
     }
     Ok(schedule)
 }
+
+/// A comma-separated list of words (hosts, say); empty entries dropped, at least one.
+pub(crate) fn list(raw: &str) -> Result<Vec<String>, ValueError> {
+    let items: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if items.is_empty() {
+        return Err(form(format!("{raw:?} is not a comma-separated list")));
+    }
+    Ok(items)
+}

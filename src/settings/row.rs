@@ -74,19 +74,22 @@ pub enum Heading {
     Callbacks,
     /// Where state is kept, and what is shared with other replicas.
     Stores,
+    /// Copies of task outputs in the operator's storage.
+    Archive,
     /// Logs, traces and the admin paths.
     Observability,
 }
 
 impl Heading {
     /// Every heading, in the order `serve --help` lists them.
-    pub const ALL: [Heading; 7] = [
+    pub const ALL: [Heading; 8] = [
         Heading::Listeners,
         Heading::Upstream,
         Heading::Retry,
         Heading::Limits,
         Heading::Callbacks,
         Heading::Stores,
+        Heading::Archive,
         Heading::Observability,
     ];
 
@@ -99,6 +102,7 @@ impl Heading {
             Heading::Limits => "Limits",
             Heading::Callbacks => "Callbacks and relay",
             Heading::Stores => "Stores",
+            Heading::Archive => "Archive",
             Heading::Observability => "Observability",
         }
     }

@@ -100,3 +100,7 @@ mod tests {
         assert!(parse::classes("writes").is_err());
     }
 }
+
+pub(crate) fn list(items: &[String]) -> String {
+    items.join(",")
+}

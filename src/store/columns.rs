@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::archive::{ArchiveJob, ArchiveState};
 use super::ledger::{Finished, StatusClass};
 use super::outbox::{Delivery, DeliveryState};
 use super::tasks::{TaskFormat, WatchState, WatchedTask};
@@ -93,6 +94,30 @@ impl Delivery {
             created_at: row.int(10)?,
             delivered_at: row.optional_int(11)?,
             trace: row.optional_text(12)?,
+        })
+    }
+}
+
+impl ArchiveJob {
+    /// A job from the archive queue's columns, in their order: id, delivery_id, task_key,
+    /// nonce, body, state, holding, attempts, deadline_at, next_attempt_at, last_error,
+    /// result, created_at, trace.
+    pub(crate) fn from_columns<R: Columns>(row: &R) -> Result<Self, R::Error> {
+        Ok(ArchiveJob {
+            id: row.int(0)?,
+            delivery_id: row.int(1)?,
+            task_key: row.text(2)?,
+            nonce: row.text(3)?,
+            body: Bytes::from(row.bytes(4)?),
+            state: ArchiveState::parse(&row.text(5)?).unwrap_or(ArchiveState::Failed),
+            holding: row.flag(6)?,
+            attempts: row.count(7)?,
+            deadline_at: row.int(8)?,
+            next_attempt_at: row.int(9)?,
+            last_error: row.optional_text(10)?,
+            result: row.optional_text(11)?,
+            created_at: row.int(12)?,
+            trace: row.optional_text(13)?,
         })
     }
 }

@@ -96,6 +96,7 @@ pub(crate) fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<Strin
         target_url: subscriber.to_owned(),
         body,
         trace: None,
+        hold_until: None,
     };
     (delivery, identity.task_id, identity.points)
 }

@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+mod archive;
 mod columns;
 mod database;
 mod event;
@@ -52,6 +53,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use archive::{ArchiveBacklog, ArchiveFinish, ArchiveJob, ArchiveJobs, ArchiveState, Released};
 pub use database::DatabaseSettings;
 pub(crate) use event::event;
 pub use event::event_delivery;

@@ -34,6 +34,10 @@ pub struct NewDelivery {
     /// The `traceparent` of the task's submission, when traces are exported: each
     /// delivery attempt's span links to it.
     pub trace: Option<String>,
+    /// Hold the delivery back until its outputs are archived, at most until this time
+    /// (Unix milliseconds): it is stored as [`DeliveryState::Archiving`] with an
+    /// [`ArchiveJob`](super::ArchiveJob) beside it. `None`: deliver as it is.
+    pub hold_until: Option<i64>,
 }
 
 /// What happened to an enqueued webhook.
@@ -62,6 +66,8 @@ pub enum DeliveryState {
     Dead,
     /// An older status of a task whose terminal status came first: not delivered.
     Superseded,
+    /// Held back while the task's outputs are copied to the archive.
+    Archiving,
 }
 
 impl DeliveryState {
@@ -73,6 +79,7 @@ impl DeliveryState {
             DeliveryState::Delivered => "delivered",
             DeliveryState::Dead => "dead",
             DeliveryState::Superseded => "superseded",
+            DeliveryState::Archiving => "archiving",
         }
     }
 
@@ -84,6 +91,7 @@ impl DeliveryState {
             "delivered" => DeliveryState::Delivered,
             "dead" => DeliveryState::Dead,
             "superseded" => DeliveryState::Superseded,
+            "archiving" => DeliveryState::Archiving,
             _ => return None,
         })
     }

@@ -40,6 +40,7 @@
 //! # }
 //! ```
 
+mod archive;
 mod idempotency;
 mod outbox;
 mod schema;

@@ -132,7 +132,7 @@ impl Outbox for PostgresOutbox {
                     "UPDATE runway_proxy_deliveries
                      SET state = 'pending', attempts = 0, next_attempt_at = runway_proxy_now_ms(),
                          last_error = NULL, updated_at = runway_proxy_now_ms()
-                     WHERE id = $1 AND state <> 'in_flight'",
+                     WHERE id = $1 AND state NOT IN ('in_flight', 'archiving')",
                     &[&id],
                 )
                 .await

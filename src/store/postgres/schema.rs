@@ -15,7 +15,7 @@ const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
 
 /// Each migration, in order; its number is its position (from 1). Never edit one that has
 /// shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The newest schema version this build knows.
 pub(super) const LATEST: i32 = MIGRATIONS.len() as i32;
@@ -272,6 +272,32 @@ const V4: &str = r#"
 -- belongs to: the callback's receipt and every delivery attempt link to it.
 ALTER TABLE runway_proxy_tasks ADD COLUMN trace text;
 ALTER TABLE runway_proxy_deliveries ADD COLUMN trace text;
+"#;
+
+const V5: &str = r#"
+-- Archive jobs: a succeeded task's outputs to copy, beside the delivery they hold back
+-- (state 'archiving', which no delivery claim reads).
+CREATE TABLE runway_proxy_archive_jobs (
+    id              bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id     bigint  NOT NULL UNIQUE,
+    task_key        text    NOT NULL,
+    nonce           text    NOT NULL,
+    body            bytea   NOT NULL,
+    state           text    NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    deadline_at     bigint  NOT NULL,
+    next_attempt_at bigint  NOT NULL,
+    lease_owner     text,
+    lease_until     bigint,
+    last_error      text,
+    result          text,
+    created_at      bigint  NOT NULL,
+    updated_at      bigint  NOT NULL,
+    trace           text
+);
+CREATE INDEX runway_proxy_archive_jobs_due ON runway_proxy_archive_jobs (next_attempt_at) WHERE state = 'open';
+CREATE INDEX runway_proxy_archive_jobs_task ON runway_proxy_archive_jobs (task_key, id);
+CREATE INDEX runway_proxy_deliveries_archiving ON runway_proxy_deliveries (id) WHERE state = 'archiving';
 "#;
 
 /// Bring the database's schema up to [`LATEST`].

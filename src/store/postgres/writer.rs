@@ -101,6 +101,17 @@ async fn commit(pool: &Pool, mut batch: Vec<Write>) {
 
 const ENQUEUE: &str = "SELECT o_id, o_outcome FROM runway_proxy_enqueue($1, $2, $3, $4, $5, $6, $7, $8)";
 const SET_TRACE: &str = "UPDATE runway_proxy_deliveries SET trace = $2 WHERE id = $1";
+/// Hold a delivery just stored for archiving, with its job beside it (`$3`: how long it
+/// may be held, by the database's clock).
+const HOLD: &str = "
+    WITH held AS (
+        UPDATE runway_proxy_deliveries SET state = 'archiving' WHERE id = $1 AND state = 'pending'
+        RETURNING id, task_key, body, trace)
+    INSERT INTO runway_proxy_archive_jobs (delivery_id, task_key, nonce, body, state, deadline_at,
+                                           next_attempt_at, created_at, updated_at, trace)
+    SELECT id, task_key, $2, body, 'open', runway_proxy_now_ms() + $3, runway_proxy_now_ms(),
+           runway_proxy_now_ms(), runway_proxy_now_ms(), trace
+    FROM held";
 const COMPLETE: &str = "
     UPDATE runway_proxy_deliveries
     SET state = $3, attempts = attempts + 1, next_attempt_at = runway_proxy_now_ms() + $4,
@@ -162,6 +173,11 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
                     // Written apart from the enqueue function, whose signature stays as
                     // it was: only when traces are exported.
                     tx.execute(SET_TRACE, &[&id, trace]).await?;
+                }
+                if let (Some(until), "stored") = (d.hold_until, outcome) {
+                    let hold_ms = (until - now_ms()).max(0);
+                    tx.execute(HOLD, &[&id, &crate::store::archive::nonce(), &hold_ms])
+                        .await?;
                 }
                 Ok(Applied::Enqueued(match outcome {
                     "duplicate" => Enqueued::Duplicate(id),

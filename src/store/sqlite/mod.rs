@@ -6,6 +6,7 @@
 //! whole batch instead of one each, and nothing is acknowledged before it is on disk
 //! (`synchronous = FULL`).
 
+mod archive;
 mod idempotency;
 mod statements;
 mod tasks;
@@ -81,6 +82,26 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks (state, next_check_at);
+CREATE TABLE IF NOT EXISTS archive_jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id     INTEGER NOT NULL UNIQUE,
+    task_key        TEXT    NOT NULL,
+    nonce           TEXT    NOT NULL,
+    body            BLOB    NOT NULL,
+    state           TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    deadline_at     INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    last_error      TEXT,
+    result          TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    trace           TEXT
+);
+CREATE INDEX IF NOT EXISTS archive_jobs_due ON archive_jobs (next_attempt_at) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS archive_jobs_task ON archive_jobs (task_key, id);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
 ";
 
@@ -182,6 +203,11 @@ impl SqliteOutbox {
                 resumed,
                 "returned deliveries left in flight by the last run to pending"
             );
+        }
+        // Likewise archive jobs a killed run was copying: copied again, to the same keys.
+        let resumed = archive::resume(&connection)?;
+        if resumed > 0 {
+            tracing::info!(resumed, "archive jobs left mid-copy by the last run are due again");
         }
         let (commands, receiver) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
@@ -425,6 +451,8 @@ fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
         .is_some();
     let state = if terminal_seen {
         DeliveryState::Superseded
+    } else if d.hold_until.is_some() {
+        DeliveryState::Archiving
     } else {
         DeliveryState::Pending
     };
@@ -449,6 +477,9 @@ fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
     let id = tx.last_insert_rowid();
     if terminal_seen {
         return Ok(Enqueued::Superseded(id));
+    }
+    if let Some(deadline) = d.hold_until {
+        archive::add_job(tx, id, d, deadline, now)?;
     }
     if d.terminal {
         // Older statuses still waiting would arrive after the terminal one: drop them.
@@ -546,7 +577,7 @@ impl Outbox for SqliteOutbox {
             let changed = tx.execute_cached(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
                         updated_at = ?2
-                 WHERE id = ?1 AND state <> 'in_flight'",
+                 WHERE id = ?1 AND state NOT IN ('in_flight', 'archiving')",
                 params![id, now_ms()],
             )?;
             Ok(changed > 0)

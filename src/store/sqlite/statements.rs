@@ -5,9 +5,9 @@ use rusqlite::Connection;
 
 use crate::store::columns::Columns;
 
-/// Statements the writer keeps parsed: more than it runs (about 40), so that none is
+/// Statements the writer keeps parsed: more than it runs (about 50), so that none is
 /// parsed again per call (rusqlite keeps 16 by default).
-pub(super) const STATEMENT_CACHE: usize = 64;
+pub(super) const STATEMENT_CACHE: usize = 96;
 
 /// `execute` through the connection's statement cache: each statement is parsed once per
 /// connection, not once per call.
@@ -134,6 +134,7 @@ mod tests {
                 target_url: "http://127.0.0.1:9/hook".into(),
                 body: bytes::Bytes::from_static(b"{}"),
                 trace: None,
+                hold_until: None,
             };
             enqueue(&connection, &delivery).unwrap();
             assert_eq!(claim(&connection, "w", 1, Duration::ZERO).unwrap().len(), 1);
