@@ -269,3 +269,36 @@ async fn a_dead_letter_replayed_after_the_source_expired_carries_working_links()
         assert_eq!(entry["sha256"], sha256_hex(&copy.body));
     }
 }
+
+#[tokio::test]
+async fn an_expired_source_url_is_read_again_from_the_feed_and_copied() {
+    // Signed URLs: each read of the task hands out new ones.
+    let run = setup(MockConfig::default().outputs_expire_after(Duration::from_secs(60)), &[]).await;
+    // The CDN refuses the URLs the callback carries, as it does once they expire.
+    let expired = Fault::Status {
+        status: 403,
+        retry_after: None,
+        body: Some("<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>".into()),
+    };
+    run.mock.inject("/cdn/*", expired, 3);
+    run.submit().await;
+    let webhooks = run.webhooks(2).await;
+    let done = &webhooks[1];
+    assert_eq!(done["runway_proxy_archive_status"], "archived", "{done}");
+    let feed_reads = run
+        .mock
+        .requests()
+        .iter()
+        .filter(|r| r.uri == "/runway/feed")
+        .count();
+    assert_eq!(feed_reads, 1, "one read of the task for the three outputs");
+    let callback: Value = serde_json::from_slice(&run.mock.callbacks().last().unwrap().body).unwrap();
+    for entry in done["runway_proxy_archive"].as_array().unwrap() {
+        let field = entry["field"].as_str().unwrap();
+        assert_ne!(entry["original"], callback[field], "copied from the fresh URL");
+        let copy = get(entry["url"].as_str().unwrap()).await;
+        assert_eq!(entry["sha256"], sha256_hex(&copy.body));
+    }
+    let metrics = metrics_text(&run.proxy).await;
+    assert!(metrics.contains(r#"runway_proxy_archive_failures_total{reason="gone"} 3"#), "{metrics}");
+}

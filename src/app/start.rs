@@ -177,6 +177,8 @@ impl Stack {
         if config.watch.confirm_callbacks {
             relay.confirm_callbacks(watcher.confirmer());
         }
+        #[cfg(feature = "archive")]
+        relay.refresh_outputs_with(watcher.reader());
         Ok(Stack {
             forward,
             runway,

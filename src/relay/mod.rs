@@ -107,6 +107,9 @@ pub struct Relay {
     callbacks: Callbacks,
     #[cfg(feature = "archive")]
     archive: Option<(archiving::ArchiveWorkers, Arc<ArchiveMetrics>)>,
+    /// How the archive reads tasks again for fresh URLs, once set.
+    #[cfg(feature = "archive")]
+    refresh: Option<Arc<std::sync::OnceLock<Arc<dyn crate::tasks::TaskReader>>>>,
 }
 
 /// Settings for [`Relay::builder`]; [`start`](RelayBuilder::start) checks them and starts
@@ -190,6 +193,17 @@ impl Relay {
         self.workers.reload(settings, (*self.callbacks.policy()).clone())
     }
 
+    /// When an archived output's source answers 403 or 404 (its URL expired), read the
+    /// task again with `reader` for fresh URLs (the task watcher's
+    /// [`reader`](crate::tasks::TaskWatcher::reader)). Set once; later calls are ignored.
+    #[cfg(feature = "archive")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
+    pub fn refresh_outputs_with(&self, reader: Arc<dyn crate::tasks::TaskReader>) {
+        if let Some(cell) = &self.refresh {
+            let _ = cell.set(reader);
+        }
+    }
+
     /// What the archive workers record, when outputs are archived.
     #[cfg(feature = "archive")]
     #[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
@@ -264,6 +278,8 @@ impl RelayBuilder {
         // Archiving holds succeeded tasks' webhooks back: every part of the relay sees
         // the outbox through the hold.
         #[cfg(feature = "archive")]
+        let refresh = self.archiving.as_ref().map(Archiving::refresh_cell);
+        #[cfg(feature = "archive")]
         let (outbox, archive) = match self.archiving {
             Some(archiving) => {
                 let held = Arc::new(Notify::new());
@@ -312,6 +328,8 @@ impl RelayBuilder {
             callbacks: self.callbacks,
             #[cfg(feature = "archive")]
             archive,
+            #[cfg(feature = "archive")]
+            refresh,
         })
     }
 }

@@ -23,7 +23,7 @@ pub use ledger::{Totals, Usage, UsageReport, key_hash};
 pub use record::{
     Pending, RecordTasks, RecordTasksLayer, Recorded, Recorder, SEALED_KEY_PURPOSE, Submission,
 };
-pub use watcher::{CallbackCheck, Confirmation, TaskWatcher, WatchMetrics};
+pub use watcher::{CallbackCheck, Confirmation, TaskReader, TaskWatcher, WatchMetrics};
 
 use crate::settings::{InvalidSetting, check, longer_than_zero, parse, settings, show};
 // The records live on the storage floor; these are their names where the watch list's

@@ -15,7 +15,7 @@
 mod hold;
 mod metrics;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use crate::archive::webhook::{self, Linked, OutputRef};
 use crate::archive::{ArchiveError, ArchiveLinks, Archiver, ObjectKey};
 use crate::duration::{jittered, unix_millis};
 use crate::store::{ArchiveFinish, ArchiveJob, ArchiveJobs, Released};
+use crate::tasks::TaskReader;
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 
 /// How often idle workers look for due jobs without a wake-up.
@@ -61,6 +62,9 @@ pub struct Archiving {
     deadline: Duration,
     workers: usize,
     timeout: Duration,
+    /// Reads a task again for fresh output URLs when the ones it was given expired; set
+    /// once the watcher runs.
+    refresh: Arc<OnceLock<Arc<dyn TaskReader>>>,
 }
 
 impl std::fmt::Debug for Archiving {
@@ -92,7 +96,13 @@ impl Archiving {
             deadline,
             workers: workers.max(1),
             timeout,
+            refresh: Arc::default(),
         }
+    }
+
+    /// Where the relay sets how tasks are read again for fresh URLs.
+    pub(super) fn refresh_cell(&self) -> Arc<OnceLock<Arc<dyn TaskReader>>> {
+        Arc::clone(&self.refresh)
     }
 
     /// How long a webhook is held at most.
@@ -244,6 +254,7 @@ impl Claimer {
         } else {
             copies.await
         };
+        let (outputs, copied) = self.refreshed(job, &task_id, outputs, copied).await;
         let mut linked = Vec::with_capacity(outputs.len());
         let mut errors = Vec::new();
         for (output, copied) in outputs.into_iter().zip(copied) {
@@ -297,21 +308,64 @@ impl Claimer {
         task_id: &str,
         outputs: &[OutputRef],
     ) -> Vec<Result<crate::archive::Archived, ArchiveError>> {
-        join_all(outputs.iter().enumerate().map(|(index, output)| async move {
+        join_all(outputs.iter().enumerate().map(|(index, output)| {
             let key = ObjectKey::stable(task_id, index, output.extension(), job.created_at, &job.nonce);
-            let started = Instant::now();
-            let copied = self.archiving.archiver.copy(&output.url, &key).await;
-            match &copied {
-                Ok(copy) => {
-                    self.metrics.objects.inc();
-                    self.metrics.bytes.add(copy.bytes);
-                    self.metrics.copy_duration.observe(started.elapsed());
-                }
-                Err(err) => self.metrics.failed(err.reason()),
-            }
-            copied
+            async move { self.copy_one(&output.url, &key).await }
         }))
         .await
+    }
+
+    /// Copy one output, counted.
+    async fn copy_one(&self, source: &str, key: &ObjectKey) -> Result<crate::archive::Archived, ArchiveError> {
+        let started = Instant::now();
+        let copied = self.archiving.archiver.copy(source, key).await;
+        match &copied {
+            Ok(copy) => {
+                self.metrics.objects.inc();
+                self.metrics.bytes.add(copy.bytes);
+                self.metrics.copy_duration.observe(started.elapsed());
+            }
+            Err(err) => self.metrics.failed(err.reason()),
+        }
+        copied
+    }
+
+    /// Outputs whose source answered 403 or 404 (the URL expired) copied again from the
+    /// fresh URLs a read of the task gives, when it can be read.
+    async fn refreshed(
+        &self,
+        job: &ArchiveJob,
+        task_id: &str,
+        mut outputs: Vec<OutputRef>,
+        mut copied: Vec<Result<crate::archive::Archived, ArchiveError>>,
+    ) -> (Vec<OutputRef>, Vec<Result<crate::archive::Archived, ArchiveError>>) {
+        let gone = |c: &Result<_, ArchiveError>| matches!(c, Err(ArchiveError::Gone(_)));
+        let Some(reader) = self.archiving.refresh.get().filter(|_| copied.iter().any(gone)) else {
+            return (outputs, copied);
+        };
+        let Some(fresh) = reader
+            .current(task_id.to_owned())
+            .await
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        else {
+            tracing::warn!(task_id, job = job.id, "an output's URL expired and the task could not be read again");
+            return (outputs, copied);
+        };
+        let fresh = webhook::outputs(&fresh);
+        let again: Vec<usize> = (0..outputs.len()).filter(|at| gone(&copied[*at])).collect();
+        let retried = join_all(again.iter().filter_map(|at| {
+            let output = &outputs[*at];
+            let renewed = fresh.iter().find(|f| f.field == output.field)?;
+            let key = ObjectKey::stable(task_id, *at, output.extension(), job.created_at, &job.nonce);
+            Some(async move { (*at, renewed.clone(), self.copy_one(&renewed.url, &key).await) })
+        }))
+        .await;
+        tracing::info!(task_id, job = job.id, renewed = retried.len(), "expired output URLs read again from the upstream");
+        for (at, renewed, result) in retried {
+            outputs[at] = renewed;
+            copied[at] = result;
+        }
+        (outputs, copied)
     }
 
     fn past_deadline(&self, job: &ArchiveJob) -> bool {

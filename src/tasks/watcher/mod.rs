@@ -85,12 +85,29 @@ pub trait CallbackCheck: Send + Sync + 'static {
     fn confirm(&self, task_id: String, status: String) -> BoxFuture<'_, Confirmation>;
 }
 
+/// Reads a watched task's current state from the upstream, in the shape its events have
+/// (the feed's result for a reverse-format task, `GET /v1/tasks/{id}` for an official
+/// one), with the key it was submitted with: fresh output URLs for the archive when the
+/// ones it was given have expired.
+pub trait TaskReader: Send + Sync + 'static {
+    /// Task `task_id` as the upstream shows it now; `None` when it is not on the watch
+    /// list, has no key to read it with, or the read failed.
+    fn current(&self, task_id: String) -> BoxFuture<'_, Option<Bytes>>;
+}
+
+impl std::fmt::Debug for dyn TaskReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskReader")
+    }
+}
+
 /// The running watcher. See the [module docs](crate::tasks).
 #[derive(Debug)]
 pub struct TaskWatcher {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     confirmer: Arc<dyn CallbackCheck>,
+    reader: Arc<dyn TaskReader>,
 }
 
 impl std::fmt::Debug for dyn CallbackCheck {
@@ -145,7 +162,8 @@ impl TaskWatcher {
         TaskWatcher {
             stop,
             tasks,
-            confirmer: watcher,
+            confirmer: Arc::clone(&watcher) as Arc<dyn CallbackCheck>,
+            reader: watcher,
         }
     }
 
@@ -153,6 +171,11 @@ impl TaskWatcher {
     /// [`Relay::confirm_callbacks`](crate::relay::Relay::confirm_callbacks).
     pub fn confirmer(&self) -> Arc<dyn CallbackCheck> {
         Arc::clone(&self.confirmer)
+    }
+
+    /// Reads tasks' current state from the upstream, for the archive's fresh URLs.
+    pub fn reader(&self) -> Arc<dyn TaskReader> {
+        Arc::clone(&self.reader)
     }
 
     /// Stop claiming; checks in progress end with the runtime (their claims lapse).
@@ -414,6 +437,33 @@ where
                     self.metrics.failed_checks.inc();
                     Confirmation::Unconfirmed(why.to_string())
                 }
+            }
+        })
+    }
+}
+
+impl<S> TaskReader for Watcher<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + Sync + 'static,
+    S::Error: std::fmt::Display + Send,
+    S::Future: Send,
+{
+    fn current(&self, task_id: String) -> BoxFuture<'_, Option<Bytes>> {
+        Box::pin(async move {
+            let task = self.store.task(task_id).await.ok().flatten()?;
+            let authorization = self.authorization(&task)?;
+            let found = match task.format {
+                // Asked with no status known, so the answer is always an event.
+                TaskFormat::Official => {
+                    let mut unknown = task.clone();
+                    unknown.status = None;
+                    self.poll_official(&unknown, authorization).await
+                }
+                TaskFormat::Reverse => self.read_feed(&task, authorization, "refreshed").await,
+            };
+            match found {
+                Found::Status { event, .. } => event,
+                Found::NotYet | Found::Failed(_) => None,
             }
         })
     }
