@@ -161,6 +161,25 @@ async fn a_succeeded_webhook_points_at_copies_that_outlive_the_source() {
     assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(range.body, bytes.slice(100..200));
 
+    // The operator sees the task's archive, and gets links minted now.
+    let task_id = done["task_id"].as_str().unwrap();
+    let page = get(&run.proxy.url(&format!("/-/tasks/{task_id}"))).await.json();
+    assert_eq!(page["task"]["task_id"], task_id);
+    assert_eq!(page["archive"]["state"], "archived", "{page}");
+    assert_eq!(page["archive"]["holding"], false);
+    let listed = page["archive"]["outputs"].as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    for (entry, (_, _, bytes)) in listed.iter().zip(&sources) {
+        let fresh = get(entry["url"].as_str().unwrap()).await;
+        assert_eq!(fresh.status, StatusCode::OK);
+        assert_eq!(sha256_hex(&fresh.body), sha256_hex(bytes));
+        assert!(entry["key"].as_str().unwrap().contains(task_id), "{entry}");
+    }
+    assert_eq!(
+        get(&run.proxy.url("/-/tasks/no-such-task")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
     let metrics = metrics_text(&run.proxy).await;
     assert!(metrics.contains("runway_proxy_archive_objects_total 3"), "{metrics}");
     assert!(

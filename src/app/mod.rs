@@ -197,12 +197,13 @@ impl Proxy {
             )));
         }
         #[cfg(feature = "archive")]
-        let (archiving, outputs, retention) = match archive {
+        let (archiving, outputs, retention, archive_admin) = match archive {
             Some(archive) => {
                 let retention = archive.retention();
-                (Some(archive.archiving), archive.server, Some(retention))
+                let admin: Arc<dyn crate::relay::TaskArchive> = Arc::new(archive.archiving.admin());
+                (Some(archive.archiving), archive.server, Some(retention), Some(admin))
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         let stack = Stack::build(
             config,
@@ -238,7 +239,13 @@ impl Proxy {
         let service = Sidecar::new(stack.runway.layer(stack.forward), requests, readiness.clone())
             .metric_sets(metrics.sets())
             .relay_admin(stack.relay.admin())
-            .task_admin(Arc::clone(&store.tasks))
+            .task_admin(Arc::clone(&store.tasks));
+        #[cfg(feature = "archive")]
+        let service = match archive_admin {
+            Some(admin) => service.archive_admin(admin),
+            None => service,
+        };
+        let service = service
             .admin_access(access)
             .config_reload(Arc::new(reloader.clone()))
             .tracer(stack.tracer)

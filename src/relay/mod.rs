@@ -59,7 +59,7 @@ use crate::trace::Tracer;
 pub use admin::RelayAdmin;
 #[cfg(feature = "archive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
-pub use archiving::{ArchiveMetrics, Archiving};
+pub use archiving::{ArchiveAdmin, ArchiveMetrics, Archiving};
 pub use metrics::RelayMetrics;
 pub use receiver::WebhookReceiver;
 pub use settings::DeliverySettings;
@@ -82,6 +82,18 @@ use crate::settings::InvalidSetting;
 use crate::tasks::{TaskStore, Usage};
 use crate::upstream::ClientError;
 use worker::DeliveryWorkers;
+
+/// What `GET /-/tasks/{id}` shows of a task's archive: implemented by
+/// [`ArchiveAdmin`] (feature `archive`).
+pub trait TaskArchive: Send + Sync + std::fmt::Debug + 'static {
+    /// The archive job of task `task_id` relayed to `subscriber` (its state, attempts,
+    /// last error, and each copy with a link minted now), if it has one.
+    fn report(
+        &self,
+        subscriber: String,
+        task_id: String,
+    ) -> BoxFuture<'_, Result<Option<serde_json::Value>, crate::store::Error>>;
+}
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]

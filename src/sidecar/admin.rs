@@ -103,6 +103,8 @@ enum Page {
     /// `/-/healthz`, `/-/readyz`: open to anyone, token or not.
     Probe,
     Tasks,
+    /// `/-/tasks/{id}`.
+    Task,
     Usage,
     Reload,
     /// `/-/deliveries` and everything under it (the relay answers those).
@@ -139,6 +141,12 @@ const ROUTES: &[Route] = &[
         prefix: false,
         page: Page::Tasks,
         sensitive: Some("reports the tasks the proxy watches and what each key spent"),
+    },
+    Route {
+        path: "/-/tasks/",
+        prefix: true,
+        page: Page::Task,
+        sensitive: Some("reports the tasks the proxy watches and links to their archived outputs"),
     },
     Route {
         path: "/-/usage",
@@ -209,6 +217,12 @@ pub(crate) async fn answer(
                 &format!("{path} only answers GET"),
             ),
             None => not_found(path),
+        },
+        Page::Task => match (&state.tasks, path.strip_prefix("/-/tasks/")) {
+            (Some(store), Some(id)) if !id.is_empty() && !id.contains('/') => {
+                super::task_page::task(store.as_ref(), state.archive.as_deref(), method, id).await
+            }
+            _ => not_found(path),
         },
         Page::Reload => reload(state, method, path).await,
         Page::Deliveries => match &state.relay {

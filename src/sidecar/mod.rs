@@ -30,6 +30,7 @@
 
 pub mod admin;
 mod metrics;
+mod task_page;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -50,7 +51,7 @@ pub use metrics::{RequestMetrics, StatusCounts};
 use crate::body::{self, Body, BoxError};
 use crate::envelope;
 use crate::metrics::{GaugeGuard, MetricSet};
-use crate::relay::RelayAdmin;
+use crate::relay::{RelayAdmin, TaskArchive};
 use crate::route::{self, RouteClass};
 use crate::settings::setters;
 use crate::tasks::TaskStore;
@@ -131,6 +132,7 @@ pub(crate) struct AdminState {
     metric_sets: Arc<[Arc<dyn MetricSet>]>,
     relay: Option<RelayAdmin>,
     tasks: Option<Arc<dyn TaskStore>>,
+    archive: Option<Arc<dyn TaskArchive>>,
     reload: Option<Arc<dyn ConfigReload>>,
 }
 
@@ -164,6 +166,7 @@ impl<S> Sidecar<S> {
                 metric_sets: Arc::new([Arc::clone(&requests) as Arc<dyn MetricSet>]),
                 relay: None,
                 tasks: None,
+                archive: None,
                 reload: None,
             },
             requests,
@@ -190,6 +193,8 @@ impl<S> Sidecar<S> {
         config_reload(reload: Arc<dyn ConfigReload>) => admin.reload = Some(reload);
         /// Answer `/-/tasks` (the watch list) from `store` too.
         task_admin(store: Arc<dyn TaskStore>) => admin.tasks = Some(store);
+        /// Show each task's archive at `/-/tasks/{id}`.
+        archive_admin(archive: Arc<dyn TaskArchive>) => admin.archive = Some(archive);
     }
 }
 

@@ -86,7 +86,7 @@ pub(crate) fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<Strin
         "msg_{}",
         &hex(digest::digest(&digest::SHA256, identity.dedup_key.as_bytes()).as_ref())[..32]
     );
-    let scope = &hex(digest::digest(&digest::SHA256, subscriber.as_bytes()).as_ref())[..24];
+    let scope = scope(subscriber);
     let delivery = NewDelivery {
         webhook_id,
         dedup_key: format!("{scope}/{}", identity.dedup_key),
@@ -99,6 +99,16 @@ pub(crate) fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<Strin
         hold_until: None,
     };
     (delivery, identity.task_id, identity.points)
+}
+
+/// The key a task's deliveries (and archive job) to `subscriber` are kept under.
+pub fn task_key(subscriber: &str, task_id: &str) -> String {
+    format!("{}/task:{task_id}", scope(subscriber))
+}
+
+/// Deliveries are deduped and ordered per subscriber: a hash of its URL.
+fn scope(subscriber: &str) -> String {
+    hex(digest::digest(&digest::SHA256, subscriber.as_bytes()).as_ref())[..24].to_owned()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -56,7 +56,7 @@ use std::sync::Arc;
 pub use archive::{ArchiveBacklog, ArchiveFinish, ArchiveJob, ArchiveJobs, ArchiveState, Released};
 pub use database::DatabaseSettings;
 pub(crate) use event::event;
-pub use event::event_delivery;
+pub use event::{event_delivery, task_key};
 pub use idempotency::{Begin, Claim, IdempotencyStore, StoredAnswer};
 pub use ledger::{
     Finished, Limit, Reservation, Reserved, Seen, Spend, StatusClass, TaskLimits, TaskReport, UsageRow,

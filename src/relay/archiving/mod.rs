@@ -12,6 +12,7 @@
 //! goes on); a copy that succeeds after that is announced with one more webhook for the
 //! task, carrying the links.
 
+mod admin;
 mod hold;
 mod metrics;
 
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub(super) use hold::HoldForArchive;
+pub use admin::ArchiveAdmin;
 pub use metrics::ArchiveMetrics;
 
 use crate::archive::webhook::{self, Linked, OutputRef};
@@ -103,6 +105,11 @@ impl Archiving {
     /// Where the relay sets how tasks are read again for fresh URLs.
     pub(super) fn refresh_cell(&self) -> Arc<OnceLock<Arc<dyn TaskReader>>> {
         Arc::clone(&self.refresh)
+    }
+
+    /// What `/-/tasks/{id}` shows of each task's archive.
+    pub fn admin(&self) -> ArchiveAdmin {
+        ArchiveAdmin::new(Arc::clone(&self.jobs), self.links.clone())
     }
 
     /// How long a webhook is held at most.
@@ -268,10 +275,24 @@ impl Claimer {
         }
         if errors.is_empty() {
             webhook::archived(&mut body, &linked);
-            let result = body
-                .get("runway_proxy_archive")
-                .map(Value::to_string)
-                .unwrap_or_default();
+            // What the admin API shows: the webhook's entries, with each copy's key (to
+            // mint a fresh link from) in place of the link that expires.
+            let result = Value::Array(
+                linked
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "field": l.output.field.label(),
+                            "original": l.output.url,
+                            "key": l.copy.key,
+                            "bytes": l.copy.bytes,
+                            "sha256": l.copy.sha256,
+                            "content_type": l.copy.content_type,
+                        })
+                    })
+                    .collect(),
+            )
+            .to_string();
             tracing::info!(task_id, outputs = linked.len(), job = job.id, "task outputs archived");
             return match serde_json::to_vec(&body) {
                 Ok(rewritten) => ArchiveFinish::Archived {
