@@ -321,3 +321,29 @@ async fn an_expired_source_url_is_read_again_from_the_feed_and_copied() {
     let metrics = metrics_text(&run.proxy).await;
     assert!(metrics.contains(r#"runway_proxy_archive_failures_total{reason="gone"} 3"#), "{metrics}");
 }
+
+#[tokio::test]
+async fn turned_off_the_archive_lets_held_webhooks_go_as_they_came() {
+    let mut run = setup(MockConfig::default(), &[("archive.deadline", "1h")]).await;
+    run.mock.inject("/cdn/*", Fault::delay(Duration::from_secs(60)), 3);
+    run.submit().await;
+    eventually("the result held for its copies", WAIT, async || {
+        let held = get(&run.proxy.url("/-/deliveries?state=archiving")).await.json();
+        held["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
+    run.proxy.shutdown().await.unwrap();
+    let relayed = run.subscriber.received().len();
+
+    // The same data directory, the archive off.
+    let flags = Overrides::from([
+        ("webhook_secret", SECRET.to_owned()),
+        ("callback.allow_private", "true".to_owned()),
+        ("data_dir", run.proxy.data.path().display().to_string()),
+    ]);
+    let _again = start_proxy_with(None, &run.mock.url(), &flags).await;
+    let received = run.subscriber.wait_for(relayed + 1, WAIT).await;
+    let done: Value = serde_json::from_slice(&received[relayed].1).unwrap();
+    assert_eq!(done["status"], "3");
+    assert!(done["video_url"].as_str().unwrap().contains("/cdn/video/"), "{done}");
+}

@@ -196,6 +196,16 @@ impl Proxy {
                 "this build has no archive (built without the `archive` feature)".to_owned(),
             )));
         }
+        // Webhooks an earlier run held for the archive, now off, go out as they came.
+        #[cfg(feature = "archive")]
+        if archive.is_none() {
+            let reason = "the archive was turned off (archive.url unset)".to_owned();
+            match store.archive_jobs.release_all_held(reason).await {
+                Ok(0) => {}
+                Ok(released) => tracing::warn!(released, "archive off: webhooks held for it are delivered without copies"),
+                Err(err) => tracing::warn!(error = %err, "cannot let go of webhooks held for the archive"),
+            }
+        }
         #[cfg(feature = "archive")]
         let (archiving, outputs, retention, archive_admin) = match archive {
             Some(archive) => {

@@ -156,6 +156,10 @@ pub trait ArchiveJobs: Send + Sync + 'static {
 
     /// How many jobs are open.
     fn archive_backlog(&self) -> StoreFuture<'_, ArchiveBacklog>;
+
+    /// The archive is off: every held delivery goes out as it came, and every open job
+    /// is given up with `reason`. How many deliveries were let go.
+    fn release_all_held(&self, reason: String) -> StoreFuture<'_, u64>;
 }
 
 /// The dedup key of the announcement a late archive makes for `job` (made once).

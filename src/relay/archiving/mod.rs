@@ -36,6 +36,8 @@ use crate::store::{ArchiveFinish, ArchiveJob, ArchiveJobs, Released};
 use crate::tasks::TaskReader;
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 
+/// The most a shutdown waits for copies in flight.
+const COPY_GRACE: Duration = Duration::from_secs(2);
 /// How often idle workers look for due jobs without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// The waits between attempts at a job whose copies keep failing for a reason that may
@@ -156,11 +158,14 @@ impl ArchiveWorkers {
         ArchiveWorkers { stop, tasks }
     }
 
-    /// Stop claiming; copies in flight get `grace`, then are dropped (their jobs are
-    /// claimed again: at once by the next start on SQLite, after the lease on PostgreSQL).
+    /// Stop claiming; copies in flight get `grace` (at most [`COPY_GRACE`]), then are
+    /// dropped: a copy is made again to the same keys, so waiting out a long one would
+    /// only hold up the shutdown. Their jobs are claimed again at once by the next start
+    /// on SQLite, after the lease on PostgreSQL.
     pub(super) async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+        let wait = grace.min(COPY_GRACE);
+        let _ = tokio::time::timeout(wait, async { while self.tasks.join_next().await.is_some() {} }).await;
         self.tasks.abort_all();
     }
 }

@@ -163,6 +163,33 @@ impl ArchiveJobs for PostgresOutbox {
         }))
     }
 
+    fn release_all_held(&self, reason: String) -> StoreFuture<'_, u64> {
+        let pool = self.pool();
+        Box::pin(self.call(async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(db_error)?;
+            let released = tx
+                .execute(
+                    "UPDATE runway_proxy_deliveries SET state = 'pending', next_attempt_at = runway_proxy_now_ms(),
+                            updated_at = runway_proxy_now_ms()
+                     WHERE state = 'archiving'",
+                    &[],
+                )
+                .await
+                .map_err(db_error)?;
+            tx.execute(
+                "UPDATE runway_proxy_archive_jobs SET state = 'failed', last_error = $1, lease_owner = NULL,
+                        lease_until = NULL, updated_at = runway_proxy_now_ms()
+                 WHERE state = 'open'",
+                &[&reason],
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(released)
+        }))
+    }
+
     fn archive_backlog(&self) -> StoreFuture<'_, ArchiveBacklog> {
         let pool = self.pool();
         Box::pin(self.call(async move {

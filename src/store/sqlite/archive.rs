@@ -173,6 +173,23 @@ impl ArchiveJobs for SqliteOutbox {
         }))
     }
 
+    fn release_all_held(&self, reason: String) -> StoreFuture<'_, u64> {
+        Box::pin(self.run(move |tx| {
+            let now = now_ms();
+            let released = tx.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'archiving'",
+                params![now],
+            )?;
+            tx.execute(
+                "UPDATE archive_jobs SET state = 'failed', last_error = ?2, lease_owner = NULL, lease_until = NULL,
+                        updated_at = ?1
+                 WHERE state = 'open'",
+                params![now, reason],
+            )?;
+            Ok(released as u64)
+        }))
+    }
+
     fn archive_backlog(&self) -> StoreFuture<'_, ArchiveBacklog> {
         Box::pin(self.run(|tx| {
             let of = |sql: &str| tx.prepare_cached(sql)?.query_row([], |r| r.get::<_, u64>(0));
