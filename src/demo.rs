@@ -36,6 +36,9 @@ struct Seen {
     /// Events the proxy made itself: recovered from the feed, or polled.
     recovered: usize,
     polled: usize,
+    /// Results that came pointing at archived copies, and ones whose archiving failed.
+    archived: usize,
+    not_archived: usize,
 }
 
 /// Whether `status` ends a task: "2" failed and "3" succeeded (reverse format), or the
@@ -63,7 +66,9 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
     // The stand-in: tasks finish in under a second; faults scripted in a seeded order.
     let cometapi = MockUpstream::start(
         ([127, 0, 0, 1], 0).into(),
-        MockConfig::default().step(Duration::from_millis(300)),
+        MockConfig::default()
+            .step(Duration::from_millis(300))
+            .output_bytes(64 * 1024),
     )
     .await?;
     let mut rng = Rng(seed | 1);
@@ -105,6 +110,10 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         ("watch.poll_interval", "250ms".to_owned()),
         ("watch.recover_after", "2s".to_owned()),
         ("shutdown_grace", "2s".to_owned()),
+        // Every succeeded task's outputs copied to a directory; the stand-in's CDN is on
+        // loopback, so it is listed exactly.
+        ("archive.url", format!("file://{}", data.join("outputs").display())),
+        ("archive.hosts", "127.0.0.1".to_owned()),
     ]);
     let config = Config::load(None, &|_| None, &flags)?;
     let proxy = Proxy::bind(&config).await?;
@@ -191,6 +200,13 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         *prompts.entry(task.prompt.as_str()).or_default() += 1;
     }
     let duplicates: usize = prompts.values().map(|n| n.saturating_sub(1)).sum();
+    let (archived, not_archived) = {
+        let seen = lock(&received);
+        (
+            seen.values().map(|s| s.archived).sum::<usize>(),
+            seen.values().map(|s| s.not_archived).sum::<usize>(),
+        )
+    };
     let (relayed, verified, forged, recovered, polled) = {
         let seen = lock(&received);
         let relayed: usize = seen.values().map(|s| s.statuses.len()).sum();
@@ -281,6 +297,19 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
             format!("{verified} (bad: {forged})"),
         ),
         (
+            "outputs archived (objects, bytes)".into(),
+            format!(
+                "{}, {:.1} MiB (to file://{}, removed at exit)",
+                counter("runway_proxy_archive_objects_total"),
+                counter("runway_proxy_archive_bytes_total") / (1024.0 * 1024.0),
+                data.join("outputs").display()
+            ),
+        ),
+        (
+            "results relayed pointing at the copies".into(),
+            format!("{archived} (not archived: {not_archived})"),
+        ),
+        (
             "tasks whose final status arrived".into(),
             format!("{finals} of {}", upstream_tasks.len()),
         ),
@@ -310,12 +339,13 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         && duplicates == 0
         && forged == 0
         && verified == relayed
-        && relayed > 0;
+        && relayed > 0
+        && not_archived == 0;
     println!();
     println!(
         "{}",
         if ok {
-            "OK: every accepted task's final result reached the subscriber, signed; no task was submitted twice."
+            "OK: every accepted task's final result reached the subscriber, signed, its outputs archived; no task was submitted twice."
         } else {
             "FAILED: see the table above."
         }
@@ -415,6 +445,11 @@ async fn start_subscriber(signer: WebhookSigner, received: Received) -> Result<S
                 Some("recovered") => entry.recovered += 1,
                 Some("poll") => entry.polled += 1,
                 _ => {}
+            }
+            match payload["runway_proxy_archive_status"].as_str() {
+                Some("archived") => entry.archived += 1,
+                Some(_) => entry.not_archived += 1,
+                None => {}
             }
             entry
                 .statuses
