@@ -84,7 +84,6 @@ fn new_task(n: u64) -> NewTask {
         subscriber: Some("https://hooks.example.com/runway".into()),
         outcome_unknown: false,
         trace: None,
-        hold_until: None,
     }
 }
 

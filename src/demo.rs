@@ -112,7 +112,10 @@ pub async fn run(tasks: usize, seed: u64) -> Result<bool, BoxError> {
         ("shutdown_grace", "2s".to_owned()),
         // Every succeeded task's outputs copied to a directory; the stand-in's CDN is on
         // loopback, so it is listed exactly.
-        ("archive.url", format!("file://{}", data.join("outputs").display())),
+        (
+            "archive.url",
+            format!("file://{}", data.join("outputs").display()),
+        ),
         ("archive.hosts", "127.0.0.1".to_owned()),
     ]);
     let config = Config::load(None, &|_| None, &flags)?;

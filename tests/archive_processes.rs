@@ -104,12 +104,20 @@ fn results(subscriber: &Subscriber) -> HashMap<String, Vec<Value>> {
 }
 
 fn cdn_downloads(mock: &MockUpstream) -> usize {
-    mock.requests().iter().filter(|r| r.uri.starts_with("/cdn/")).count()
+    mock.requests()
+        .iter()
+        .filter(|r| r.uri.starts_with("/cdn/"))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_copy_the_restart_copies_once_and_delivers_once() {
-    let mock = start_mock(MockConfig::default().step(Duration::from_millis(30)).output_bytes(200_000)).await;
+    let mock = start_mock(
+        MockConfig::default()
+            .step(Duration::from_millis(30))
+            .output_bytes(200_000),
+    )
+    .await;
     // The first downloads hang long enough for the proxy to be killed in them.
     mock.inject("/cdn/*", Fault::delay(Duration::from_secs(30)), 3);
     let subscriber = Subscriber::start().await;
@@ -122,10 +130,16 @@ async fn killed_mid_copy_the_restart_copies_once_and_delivers_once() {
     eventually("the copies started", WAIT, async || cdn_downloads(&mock) == 3).await;
     first.signal("KILL");
     let _ = tokio::task::block_in_place(|| first.finish());
-    assert!(results(&subscriber).is_empty(), "nothing relayed before the copies");
+    assert!(
+        results(&subscriber).is_empty(),
+        "nothing relayed before the copies"
+    );
 
     let (second, _) = tokio::task::block_in_place(|| start(&mut proxy(&mock.url(), &archive, &env)));
-    eventually("the result relayed", WAIT, async || !results(&subscriber).is_empty()).await;
+    eventually("the result relayed", WAIT, async || {
+        !results(&subscriber).is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let results = results(&subscriber);
     let webhooks = results.values().next().unwrap();
@@ -143,7 +157,12 @@ async fn killed_mid_copy_the_restart_copies_once_and_delivers_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn to_s3_the_webhook_carries_presigned_links() {
-    let mock = start_mock(MockConfig::default().step(Duration::from_millis(30)).output_bytes(100_000)).await;
+    let mock = start_mock(
+        MockConfig::default()
+            .step(Duration::from_millis(30))
+            .output_bytes(100_000),
+    )
+    .await;
     let subscriber = Subscriber::start().await;
     let s3 = s3();
     let prefix = format!("relay-{}-{}", std::process::id(), rand::random::<u32>());
@@ -159,25 +178,37 @@ async fn to_s3_the_webhook_carries_presigned_links() {
     let archive = format!("s3://{}/{prefix}", s3.bucket);
     let (running, listen) = tokio::task::block_in_place(|| start(&mut proxy(&mock.url(), &archive, &env)));
     submit(&listen, &subscriber.url("/hook")).await;
-    eventually("the result relayed", WAIT, async || !results(&subscriber).is_empty()).await;
+    eventually("the result relayed", WAIT, async || {
+        !results(&subscriber).is_empty()
+    })
+    .await;
     let results = results(&subscriber);
     let done = &results.values().next().unwrap()[0];
     assert_eq!(done["runway_proxy_archive_status"], "archived", "{done}");
     for entry in done["runway_proxy_archive"].as_array().unwrap() {
         let link = entry["url"].as_str().unwrap();
         assert!(link.starts_with(s3.endpoint), "{link}");
-        assert!(link.contains(&prefix) && link.contains("X-Amz-Signature="), "pre-signed: {link}");
+        assert!(
+            link.contains(&prefix) && link.contains("X-Amz-Signature="),
+            "pre-signed: {link}"
+        );
         let copy = get(link).await;
         assert_eq!(copy.status, StatusCode::OK, "{link}");
         assert_eq!(entry["sha256"], sha256_hex(&copy.body));
         assert_eq!(entry["bytes"], 100_000);
         let unsigned = link.split('?').next().unwrap();
-        assert_ne!(get(unsigned).await.status, StatusCode::OK, "the bucket is not public");
+        assert_ne!(
+            get(unsigned).await.status,
+            StatusCode::OK,
+            "the bucket is not public"
+        );
     }
     running.signal("TERM");
     let (_, lines) = tokio::task::block_in_place(|| running.finish());
     assert!(
-        !lines.iter().any(|line| line.contains(s3.secret_key) || line.contains("X-Amz-Signature")),
+        !lines
+            .iter()
+            .any(|line| line.contains(s3.secret_key) || line.contains("X-Amz-Signature")),
         "neither the credentials nor a signed link are logged"
     );
 }
@@ -185,7 +216,12 @@ async fn to_s3_the_webhook_carries_presigned_links() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_copy_each_output_once() {
     const TASKS: usize = 50;
-    let mock = start_mock(MockConfig::default().step(Duration::from_millis(40)).output_bytes(20_000)).await;
+    let mock = start_mock(
+        MockConfig::default()
+            .step(Duration::from_millis(40))
+            .output_bytes(20_000),
+    )
+    .await;
     let subscriber = Subscriber::start().await;
     let database = fresh_database().await;
     let outputs = tempfile::tempdir().unwrap();

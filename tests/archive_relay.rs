@@ -42,7 +42,10 @@ async fn setup(mock: MockConfig, extra: &[(&'static str, &str)]) -> Setup {
         ("webhook_secret", SECRET.to_owned()),
         ("callback.allow_private", "true".to_owned()),
         ("delivery.schedule", "0s,100ms,200ms".to_owned()),
-        ("archive.url", format!("file://{}/outputs", outputs.path().display())),
+        (
+            "archive.url",
+            format!("file://{}/outputs", outputs.path().display()),
+        ),
         // The stand-in's CDN is on loopback: allowed only because it is listed exactly.
         ("archive.hosts", "127.0.0.1".to_owned()),
     ]);
@@ -143,10 +146,18 @@ async fn a_succeeded_webhook_points_at_copies_that_outlive_the_source() {
     // The stand-in's URLs expire; the copies do not.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     for (link, original, bytes) in &sources {
-        assert_eq!(get(original).await.status, StatusCode::FORBIDDEN, "the source expired");
+        assert_eq!(
+            get(original).await.status,
+            StatusCode::FORBIDDEN,
+            "the source expired"
+        );
         let copy = get(link).await;
         assert_eq!(copy.status, StatusCode::OK);
-        assert_eq!(sha256_hex(&copy.body), sha256_hex(bytes), "the link serves the source's bytes");
+        assert_eq!(
+            sha256_hex(&copy.body),
+            sha256_hex(bytes),
+            "the link serves the source's bytes"
+        );
     }
     let (video, _, bytes) = &sources[0];
     let range = send(
@@ -181,7 +192,10 @@ async fn a_succeeded_webhook_points_at_copies_that_outlive_the_source() {
     );
 
     let metrics = metrics_text(&run.proxy).await;
-    assert!(metrics.contains("runway_proxy_archive_objects_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("runway_proxy_archive_objects_total 3"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(&format!("runway_proxy_archive_bytes_total {}", 3 * OUTPUT_BYTES)),
         "{metrics}"
@@ -199,7 +213,10 @@ async fn an_output_over_the_limit_keeps_the_original_urls_and_says_why() {
     assert_eq!(done["runway_proxy_archive_status"], "failed", "{done}");
     let reason = done["runway_proxy_archive_reason"].as_str().unwrap();
     assert!(reason.contains("larger than 65536 bytes"), "{reason}");
-    assert!(done["video_url"].as_str().unwrap().contains("/cdn/video/"), "{done}");
+    assert!(
+        done["video_url"].as_str().unwrap().contains("/cdn/video/"),
+        "{done}"
+    );
     assert!(done.get("runway_proxy_archive").is_none());
     assert!(run.stored().is_empty(), "nothing half-copied: {:?}", run.stored());
     let metrics = metrics_text(&run.proxy).await;
@@ -213,7 +230,8 @@ async fn an_output_over_the_limit_keeps_the_original_urls_and_says_why() {
 async fn past_the_deadline_the_webhook_goes_out_and_the_copies_follow() {
     let run = setup(MockConfig::default(), &[("archive.deadline", "300ms")]).await;
     // Every output download takes 1.5 s: well past the deadline.
-    run.mock.inject("/cdn/*", Fault::delay(Duration::from_millis(1500)), 3);
+    run.mock
+        .inject("/cdn/*", Fault::delay(Duration::from_millis(1500)), 3);
     run.submit().await;
     let webhooks = run.webhooks(3).await;
     let (on_time, late) = (&webhooks[1], &webhooks[2]);
@@ -282,7 +300,10 @@ async fn a_dead_letter_replayed_after_the_source_expired_carries_working_links()
         .expect("the result was replayed");
     assert_eq!(done["runway_proxy_archive_status"], "archived");
     for entry in done["runway_proxy_archive"].as_array().unwrap() {
-        assert_eq!(get(entry["original"].as_str().unwrap()).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            get(entry["original"].as_str().unwrap()).await.status,
+            StatusCode::FORBIDDEN
+        );
         let copy = get(entry["url"].as_str().unwrap()).await;
         assert_eq!(copy.status, StatusCode::OK);
         assert_eq!(entry["sha256"], sha256_hex(&copy.body));
@@ -292,7 +313,11 @@ async fn a_dead_letter_replayed_after_the_source_expired_carries_working_links()
 #[tokio::test]
 async fn an_expired_source_url_is_read_again_from_the_feed_and_copied() {
     // Signed URLs: each read of the task hands out new ones.
-    let run = setup(MockConfig::default().outputs_expire_after(Duration::from_secs(60)), &[]).await;
+    let run = setup(
+        MockConfig::default().outputs_expire_after(Duration::from_secs(60)),
+        &[],
+    )
+    .await;
     // The CDN refuses the URLs the callback carries, as it does once they expire.
     let expired = Fault::Status {
         status: 403,
@@ -319,13 +344,17 @@ async fn an_expired_source_url_is_read_again_from_the_feed_and_copied() {
         assert_eq!(entry["sha256"], sha256_hex(&copy.body));
     }
     let metrics = metrics_text(&run.proxy).await;
-    assert!(metrics.contains(r#"runway_proxy_archive_failures_total{reason="gone"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"runway_proxy_archive_failures_total{reason="gone"} 3"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn turned_off_the_archive_lets_held_webhooks_go_as_they_came() {
     let mut run = setup(MockConfig::default(), &[("archive.deadline", "1h")]).await;
-    run.mock.inject("/cdn/*", Fault::delay(Duration::from_secs(60)), 3);
+    run.mock
+        .inject("/cdn/*", Fault::delay(Duration::from_secs(60)), 3);
     run.submit().await;
     eventually("the result held for its copies", WAIT, async || {
         let held = get(&run.proxy.url("/-/deliveries?state=archiving")).await.json();
@@ -345,5 +374,8 @@ async fn turned_off_the_archive_lets_held_webhooks_go_as_they_came() {
     let received = run.subscriber.wait_for(relayed + 1, WAIT).await;
     let done: Value = serde_json::from_slice(&received[relayed].1).unwrap();
     assert_eq!(done["status"], "3");
-    assert!(done["video_url"].as_str().unwrap().contains("/cdn/video/"), "{done}");
+    assert!(
+        done["video_url"].as_str().unwrap().contains("/cdn/video/"),
+        "{done}"
+    );
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::StartError;
 use crate::archive::{
-    ArchiveError, ArchiveLinks, ArchiveSettings, ArchiveStore, Archiver, LinkStyle, OutputLinks, OutputServer,
-    SourceHosts,
+    ArchiveError, ArchiveLinks, ArchiveSettings, ArchiveStore, Archiver, LinkStyle, OutputLinks,
+    OutputServer, SourceHosts,
 };
 use crate::callback::Callbacks;
 use crate::relay::{ArchiveMetrics, Archiving};
@@ -85,7 +85,9 @@ impl Archive {
                     }
                     tracing::info!(deleted, retention = ?retention, "archive retention sweep done");
                 }
-                Err(err) => tracing::warn!(error = %err, "archive retention sweep failed; trying again in an hour"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "archive retention sweep failed; trying again in an hour")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(SWEEP_EVERY) => {}
@@ -104,5 +106,8 @@ impl Archive {
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 fn setup(err: ArchiveError) -> StartError {
-    StartError::Setting(crate::settings::InvalidSetting::new("archive.url", err.to_string()))
+    StartError::Setting(crate::settings::InvalidSetting::new(
+        "archive.url",
+        err.to_string(),
+    ))
 }

@@ -33,8 +33,8 @@ mod hooks;
 mod reload;
 mod start;
 
-pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader, is_live};
 use hooks::HookRoutes;
+pub use reload::{ConfigSource, ReloadError, Reloaded, Reloader, is_live};
 use start::{Listeners, Stack, create_private_dir, open_store, token_keys, webhook_signer};
 
 use std::future::Future;
@@ -202,7 +202,10 @@ impl Proxy {
             let reason = "the archive was turned off (archive.url unset)".to_owned();
             match store.archive_jobs.release_all_held(reason).await {
                 Ok(0) => {}
-                Ok(released) => tracing::warn!(released, "archive off: webhooks held for it are delivered without copies"),
+                Ok(released) => tracing::warn!(
+                    released,
+                    "archive off: webhooks held for it are delivered without copies"
+                ),
                 Err(err) => tracing::warn!(error = %err, "cannot let go of webhooks held for the archive"),
             }
         }
@@ -211,7 +214,12 @@ impl Proxy {
             Some(archive) => {
                 let retention = archive.retention();
                 let admin: Arc<dyn crate::relay::TaskArchive> = Arc::new(archive.archiving.admin());
-                (Some(archive.archiving), archive.server, Some(retention), Some(admin))
+                (
+                    Some(archive.archiving),
+                    archive.server,
+                    Some(retention),
+                    Some(admin),
+                )
             }
             None => (None, None, None, None),
         };

@@ -43,7 +43,7 @@ pub(super) async fn open_store(config: &Config) -> Result<Store, StartError> {
             idempotency: Arc::clone(&store) as Arc<dyn IdempotencyStore>,
             #[cfg(feature = "archive")]
             #[cfg(feature = "archive")]
-        archive_jobs: Arc::clone(&store) as Arc<dyn crate::store::ArchiveJobs>,
+            archive_jobs: Arc::clone(&store) as Arc<dyn crate::store::ArchiveJobs>,
             tasks: store,
         });
     }

@@ -105,11 +105,9 @@ impl ArchiveSettings {
             "archive.retention",
             || "must be 0 (keep forever) or at least 1h".into(),
         )?;
-        check(
-            (1..=256).contains(&self.workers),
-            "archive.workers",
-            || "must be from 1 to 256".into(),
-        )?;
+        check((1..=256).contains(&self.workers), "archive.workers", || {
+            "must be from 1 to 256".into()
+        })?;
         check(
             self.public_url
                 .as_deref()

@@ -43,8 +43,8 @@ use http::Uri;
 pub use keys::{HEADINGS, KEYS, Key};
 pub use load::{ConfigError, Origin, Origins, Overrides};
 
-pub use crate::callback::CallbackSettings;
 use crate::archive::ArchiveSettings;
+pub use crate::callback::CallbackSettings;
 use crate::guard::GuardSettings;
 use crate::idempotency::IdempotencySettings;
 use crate::limit::LimitSettings;

@@ -73,6 +73,10 @@ pub(crate) fn generated(secret: &Option<Secret>) -> String {
     }
 }
 
+pub(crate) fn list(items: &[String]) -> String {
+    items.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::parse;
@@ -99,8 +103,4 @@ mod tests {
         assert_eq!(super::classes(&parse::classes("none").unwrap()), "none");
         assert!(parse::classes("writes").is_err());
     }
-}
-
-pub(crate) fn list(items: &[String]) -> String {
-    items.join(",")
 }

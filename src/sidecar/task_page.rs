@@ -24,7 +24,10 @@ pub(super) async fn task(
         Ok(None) => return envelope::error_response(StatusCode::NOT_FOUND, "no such task on the watch list"),
         Err(err) => {
             tracing::warn!(error = %err, "cannot read a task for /-/tasks/{{id}}");
-            return envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, "the task store does not answer");
+            return envelope::error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the task store does not answer",
+            );
         }
     };
     let archive = match (archive, task.subscriber.clone()) {

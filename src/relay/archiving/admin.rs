@@ -41,7 +41,10 @@ impl super::super::TaskArchive for ArchiveAdmin {
                 .unwrap_or_default();
             let mut outputs = Vec::with_capacity(copies.len());
             for mut copy in copies {
-                let key = copy.get("key").and_then(Value::as_str).map(ObjectKey::from_stored);
+                let key = copy
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .map(ObjectKey::from_stored);
                 if let (Some(key), Some(fields)) = (key, copy.as_object_mut()) {
                     // A link minted now: valid for the whole link lifetime from now.
                     match self.links.link(&key).await {

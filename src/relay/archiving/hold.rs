@@ -8,9 +8,7 @@ use tokio::sync::Notify;
 
 use crate::archive::webhook;
 use crate::duration::{millis, unix_millis};
-use crate::store::{
-    Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, StoreFuture,
-};
+use crate::store::{Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, StoreFuture};
 
 /// Wraps the outbox: every webhook of a succeeded task that names outputs (a received
 /// callback, or a result the watcher recovered) is held for at most `deadline` while its
@@ -24,7 +22,11 @@ pub(in crate::relay) struct HoldForArchive {
 
 impl HoldForArchive {
     pub(in crate::relay) fn new(inner: Arc<dyn Outbox>, deadline: Duration, held: Arc<Notify>) -> Self {
-        HoldForArchive { inner, deadline, held }
+        HoldForArchive {
+            inner,
+            deadline,
+            held,
+        }
     }
 }
 
@@ -94,12 +96,29 @@ mod tests {
 
     #[test]
     fn only_a_success_naming_outputs_is_held() {
-        let held = |body: &str| names_outputs(&event_delivery("https://app.example/hook", Bytes::from(body.to_owned())));
-        assert!(held(r#"{"task_id":"t1","status":"3","video_url":"https://runwaycdn.cometapi.com/v.mp4"}"#));
-        assert!(held(r#"{"id":"t1","status":"SUCCEEDED","output":["https://dnznrvs05pmza.cloudfront.net/a.mp4"]}"#));
-        assert!(!held(r#"{"task_id":"t1","status":"3","video_url":""}"#), "no output");
-        assert!(!held(r#"{"task_id":"t1","status":"2","video_url":"https://c/v.mp4"}"#), "failed");
+        let held = |body: &str| {
+            names_outputs(&event_delivery(
+                "https://app.example/hook",
+                Bytes::from(body.to_owned()),
+            ))
+        };
+        assert!(held(
+            r#"{"task_id":"t1","status":"3","video_url":"https://runwaycdn.cometapi.com/v.mp4"}"#
+        ));
+        assert!(held(
+            r#"{"id":"t1","status":"SUCCEEDED","output":["https://dnznrvs05pmza.cloudfront.net/a.mp4"]}"#
+        ));
+        assert!(
+            !held(r#"{"task_id":"t1","status":"3","video_url":""}"#),
+            "no output"
+        );
+        assert!(
+            !held(r#"{"task_id":"t1","status":"2","video_url":"https://c/v.mp4"}"#),
+            "failed"
+        );
         assert!(!held(r#"{"task_id":"t1","status":"1"}"#), "running");
-        assert!(!held(r#"{"id":"t1","status":"RUNNING","output":["https://c/a.mp4"]}"#));
+        assert!(!held(
+            r#"{"id":"t1","status":"RUNNING","output":["https://c/a.mp4"]}"#
+        ));
     }
 }

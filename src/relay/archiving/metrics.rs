@@ -1,10 +1,19 @@
 //! What the archive workers record.
 
-use crate::metrics::{Counter, DELIVERY_BUCKETS, Gauge, Histogram, MetricSet, header, write_family, write_one};
+use crate::metrics::{
+    Counter, DELIVERY_BUCKETS, Gauge, Histogram, MetricSet, header, write_family, write_one,
+};
 
 /// Why a copy failed, as the `reason` label of `runway_proxy_archive_failures_total`.
 pub(super) const REASONS: [&str; 8] = [
-    "refused", "gone", "status", "too_large", "truncated", "download", "timeout", "store",
+    "refused",
+    "gone",
+    "status",
+    "too_large",
+    "truncated",
+    "download",
+    "timeout",
+    "store",
 ];
 
 /// Metrics of the archive workers.
@@ -77,7 +86,10 @@ impl MetricSet for ArchiveMetrics {
             "counter",
             "Output copies that failed, by reason.",
             "reason",
-            REASONS.iter().zip(&self.failures).map(|(reason, n)| (*reason, n.get())),
+            REASONS
+                .iter()
+                .zip(&self.failures)
+                .map(|(reason, n)| (*reason, n.get())),
         );
         write_one(
             out,

@@ -25,8 +25,8 @@ use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-pub(super) use hold::HoldForArchive;
 pub use admin::ArchiveAdmin;
+pub(super) use hold::HoldForArchive;
 pub use metrics::ArchiveMetrics;
 
 use crate::archive::webhook::{self, Linked, OutputRef};
@@ -193,7 +193,12 @@ impl Claimer {
             }
             let free = self.slots.available_permits();
             if free > 0 {
-                match self.archiving.jobs.claim_archive(self.name.clone(), free, lease).await {
+                match self
+                    .archiving
+                    .jobs
+                    .claim_archive(self.name.clone(), free, lease)
+                    .await
+                {
                     Ok(jobs) => {
                         for job in jobs {
                             let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
@@ -227,7 +232,12 @@ impl Claimer {
         if let ArchiveFinish::RetryAt { error, .. } | ArchiveFinish::Failed { error, .. } = &finish {
             span.set_error(error.clone());
         }
-        match self.archiving.jobs.finish_archive(job.id, self.name.clone(), finish).await {
+        match self
+            .archiving
+            .jobs
+            .finish_archive(job.id, self.name.clone(), finish)
+            .await
+        {
             Ok(Released::Nothing) => {}
             Ok(Released::Held | Released::Announcement) => self.wake.notify_waiters(),
             // The lease runs out and the job is claimed again: copied again to the same keys.
@@ -250,7 +260,8 @@ impl Claimer {
             span.set_str("runway.task_id", task_id.clone());
             span.set_int("runway.archive.outputs", outputs.len() as i64);
         }
-        let copies = self.copy_all(job, &task_id, &outputs);
+        let parent = span.context();
+        let copies = self.copy_all(job, &task_id, &outputs, parent);
         let copied = if job.holding {
             // The subscriber waits at most until the deadline: past it, its webhook goes
             // out with the original URLs while the copies go on.
@@ -266,7 +277,7 @@ impl Claimer {
         } else {
             copies.await
         };
-        let (outputs, copied) = self.refreshed(job, &task_id, outputs, copied).await;
+        let (outputs, copied) = self.refreshed(job, &task_id, outputs, copied, parent).await;
         let mut linked = Vec::with_capacity(outputs.len());
         let mut errors = Vec::new();
         for (output, copied) in outputs.into_iter().zip(copied) {
@@ -298,7 +309,12 @@ impl Claimer {
                     .collect(),
             )
             .to_string();
-            tracing::info!(task_id, outputs = linked.len(), job = job.id, "task outputs archived");
+            tracing::info!(
+                task_id,
+                outputs = linked.len(),
+                job = job.id,
+                "task outputs archived"
+            );
             return match serde_json::to_vec(&body) {
                 Ok(rewritten) => ArchiveFinish::Archived {
                     body: Bytes::from(rewritten),
@@ -333,25 +349,42 @@ impl Claimer {
         job: &ArchiveJob,
         task_id: &str,
         outputs: &[OutputRef],
+        parent: Option<SpanContext>,
     ) -> Vec<Result<crate::archive::Archived, ArchiveError>> {
         join_all(outputs.iter().enumerate().map(|(index, output)| {
             let key = ObjectKey::stable(task_id, index, output.extension(), job.created_at, &job.nonce);
-            async move { self.copy_one(&output.url, &key).await }
+            async move { self.copy_one(output, &key, parent).await }
         }))
         .await
     }
 
-    /// Copy one output, counted.
-    async fn copy_one(&self, source: &str, key: &ObjectKey) -> Result<crate::archive::Archived, ArchiveError> {
+    /// Copy one output, counted, in a span of its own under the job's.
+    async fn copy_one(
+        &self,
+        output: &OutputRef,
+        key: &ObjectKey,
+        parent: Option<SpanContext>,
+    ) -> Result<crate::archive::Archived, ArchiveError> {
+        let mut span = self.tracer.span("archive copy", SpanKind::Client, parent);
         let started = Instant::now();
-        let copied = self.archiving.archiver.copy(source, key).await;
+        let copied = self.archiving.archiver.copy(&output.url, key).await;
+        if span.is_recording() {
+            span.set_str("runway.archive.field", output.field.label());
+        }
         match &copied {
             Ok(copy) => {
                 self.metrics.objects.inc();
                 self.metrics.bytes.add(copy.bytes);
                 self.metrics.copy_duration.observe(started.elapsed());
+                span.set_int(
+                    "runway.archive.bytes",
+                    i64::try_from(copy.bytes).unwrap_or(i64::MAX),
+                );
             }
-            Err(err) => self.metrics.failed(err.reason()),
+            Err(err) => {
+                self.metrics.failed(err.reason());
+                span.set_error(err.to_string());
+            }
         }
         copied
     }
@@ -364,7 +397,11 @@ impl Claimer {
         task_id: &str,
         mut outputs: Vec<OutputRef>,
         mut copied: Vec<Result<crate::archive::Archived, ArchiveError>>,
-    ) -> (Vec<OutputRef>, Vec<Result<crate::archive::Archived, ArchiveError>>) {
+        parent: Option<SpanContext>,
+    ) -> (
+        Vec<OutputRef>,
+        Vec<Result<crate::archive::Archived, ArchiveError>>,
+    ) {
         let gone = |c: &Result<_, ArchiveError>| matches!(c, Err(ArchiveError::Gone(_)));
         let Some(reader) = self.archiving.refresh.get().filter(|_| copied.iter().any(gone)) else {
             return (outputs, copied);
@@ -374,7 +411,11 @@ impl Claimer {
             .await
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
         else {
-            tracing::warn!(task_id, job = job.id, "an output's URL expired and the task could not be read again");
+            tracing::warn!(
+                task_id,
+                job = job.id,
+                "an output's URL expired and the task could not be read again"
+            );
             return (outputs, copied);
         };
         let fresh = webhook::outputs(&fresh);
@@ -383,10 +424,15 @@ impl Claimer {
             let output = &outputs[*at];
             let renewed = fresh.iter().find(|f| f.field == output.field)?;
             let key = ObjectKey::stable(task_id, *at, output.extension(), job.created_at, &job.nonce);
-            Some(async move { (*at, renewed.clone(), self.copy_one(&renewed.url, &key).await) })
+            Some(async move { (*at, renewed.clone(), self.copy_one(renewed, &key, parent).await) })
         }))
         .await;
-        tracing::info!(task_id, job = job.id, renewed = retried.len(), "expired output URLs read again from the upstream");
+        tracing::info!(
+            task_id,
+            job = job.id,
+            renewed = retried.len(),
+            "expired output URLs read again from the upstream"
+        );
         for (at, renewed, result) in retried {
             outputs[at] = renewed;
             copied[at] = result;
@@ -406,10 +452,18 @@ impl Claimer {
         let Ok(told) = serde_json::to_vec(&told) else {
             return;
         };
-        match self.archiving.jobs.release_held(job.id, self.name.clone(), Bytes::from(told)).await {
+        match self
+            .archiving
+            .jobs
+            .release_held(job.id, self.name.clone(), Bytes::from(told))
+            .await
+        {
             Ok(true) => {
                 self.metrics.past_deadline.inc();
-                tracing::warn!(job = job.id, "archive deadline passed: the webhook goes out with the original URLs");
+                tracing::warn!(
+                    job = job.id,
+                    "archive deadline passed: the webhook goes out with the original URLs"
+                );
                 self.wake.notify_waiters();
             }
             Ok(false) => {}
@@ -446,11 +500,17 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Keep `runway_proxy_archive_backlog` equal to what the store holds (other replicas'
 /// jobs included).
-async fn publish_backlog(jobs: Arc<dyn ArchiveJobs>, metrics: Arc<ArchiveMetrics>, mut stopped: watch::Receiver<bool>) {
+async fn publish_backlog(
+    jobs: Arc<dyn ArchiveJobs>,
+    metrics: Arc<ArchiveMetrics>,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         if let Ok(backlog) = jobs.archive_backlog().await {
             metrics.open.set(i64::try_from(backlog.open).unwrap_or(i64::MAX));
-            metrics.holding.set(i64::try_from(backlog.holding).unwrap_or(i64::MAX));
+            metrics
+                .holding
+                .set(i64::try_from(backlog.holding).unwrap_or(i64::MAX));
         }
         tokio::select! {
             () = tokio::time::sleep(BACKLOG_EVERY) => {}

@@ -119,7 +119,11 @@ impl ArchiveJobs for PostgresOutbox {
                     tx.execute(END, &[&job, &"failed", &0_i64, error, &none])
                         .await
                         .map_err(db_error)?;
-                    if released { Released::Held } else { Released::Nothing }
+                    if released {
+                        Released::Held
+                    } else {
+                        Released::Nothing
+                    }
                 }
                 ArchiveFinish::Archived { body, result } => {
                     let released = holding && release(&tx, job, &owner, body).await?;
@@ -131,7 +135,12 @@ impl ArchiveJobs for PostgresOutbox {
                     } else {
                         tx.execute(
                             ANNOUNCE,
-                            &[&delivery_id, &ANNOUNCEMENT_SUFFIX, &announcement_dedup(job), &&body[..]],
+                            &[
+                                &delivery_id,
+                                &ANNOUNCEMENT_SUFFIX,
+                                &announcement_dedup(job),
+                                &&body[..],
+                            ],
                         )
                         .await
                         .map_err(db_error)?;
@@ -159,7 +168,10 @@ impl ArchiveJobs for PostgresOutbox {
                 )
                 .await
                 .map_err(db_error)?;
-            row.as_ref().map(ArchiveJob::from_columns).transpose().map_err(db_error)
+            row.as_ref()
+                .map(ArchiveJob::from_columns)
+                .transpose()
+                .map_err(db_error)
         }))
     }
 

@@ -129,7 +129,11 @@ fn finish(tx: &Connection, job: i64, owner: &str, finish: &ArchiveFinish) -> rus
             // The release reads the lease, so it goes before the job lets it go.
             let released = holding && release(tx, job, owner, body, now)?;
             end.execute(params![job, "failed", now, error, None::<String>, now])?;
-            Ok(if released { Released::Held } else { Released::Nothing })
+            Ok(if released {
+                Released::Held
+            } else {
+                Released::Nothing
+            })
         }
         ArchiveFinish::Archived { body, result } => {
             // The release reads the lease, so it goes before the job lets it go.

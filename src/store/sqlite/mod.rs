@@ -207,7 +207,10 @@ impl SqliteOutbox {
         // Likewise archive jobs a killed run was copying: copied again, to the same keys.
         let resumed = archive::resume(&connection)?;
         if resumed > 0 {
-            tracing::info!(resumed, "archive jobs left mid-copy by the last run are due again");
+            tracing::info!(
+                resumed,
+                "archive jobs left mid-copy by the last run are due again"
+            );
         }
         let (commands, receiver) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
