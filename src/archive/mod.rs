@@ -14,6 +14,8 @@
 //! # Example
 //!
 //! ```no_run
+//! # #[cfg(feature = "archive")]
+//! # mod example {
 //! use runway_proxy::archive::{Archiver, ArchiveStore, ObjectKey, SourceHosts};
 //!
 //! # async fn run() -> Result<(), runway_proxy::archive::ArchiveError> {
@@ -25,6 +27,7 @@
 //!     .await?;
 //! println!("{} bytes, sha256 {}", copy.bytes, copy.sha256);
 //! # Ok(())
+//! # }
 //! # }
 //! ```
 
