@@ -306,7 +306,7 @@ async fn forged_altered_and_foreign_tokens_are_refused_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn webhook_bodies_are_bounded_and_odd_shapes_still_relayed() {
-    let (_mock, proxy, subscriber) = setup(&[("callback.body_limit", "1KiB")]).await;
+    let (_mock, proxy, subscriber) = setup(&[("callback.webhook_body_limit", "1KiB")]).await;
     let client = client();
     let token = Keyring::parse(TOKEN_KEYS).unwrap().mint(&subscriber.url("/odd"));
     let url = format!("http://{}/hooks/runway/{token}", proxy.webhook_addr);
@@ -323,6 +323,35 @@ async fn webhook_bodies_are_bounded_and_odd_shapes_still_relayed() {
     let received = subscriber.wait_for(1, WAIT).await;
     assert_eq!(received[0].1, odd);
     assert!(verified(&received[0].0, &received[0].1));
+}
+
+#[tokio::test]
+async fn a_two_mib_webhook_is_refused_by_default_and_stored_nowhere() {
+    // Submissions may be 16 MiB (data URIs); webhooks have a limit of their own, 1 MiB.
+    let (_mock, proxy, subscriber) = setup(&[]).await;
+    let token = Keyring::parse(TOKEN_KEYS).unwrap().mint(&subscriber.url("/hook"));
+    let url = format!("http://{}/hooks/runway/{token}", proxy.webhook_addr);
+    let mut body = br#"{"task_id":"t-big","status":"3","pad":""#.to_vec();
+    body.resize(2 * 1024 * 1024, b'x');
+    body.extend_from_slice(br#""}"#);
+    let reply = send(
+        &client(),
+        Request::post(&url).body(Full::new(Bytes::from(body))).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("1048576 bytes"),
+        "{:?}",
+        reply.body
+    );
+    for state in ["pending", "in_flight", "delivered", "dead"] {
+        let listed = get_json(proxy.url(&format!("/-/deliveries?state={state}"))).await;
+        assert_eq!(listed["deliveries"], json!([]), "nothing stored ({state})");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(subscriber.received().is_empty());
 }
 
 #[tokio::test]

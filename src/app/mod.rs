@@ -181,6 +181,7 @@ impl Proxy {
         let callbacks = Callbacks::new(&public_url, keys)?
             .with_policy(config.callback.policy())
             .with_body_limit(config.callback.body_limit)
+            .with_webhook_body_limit(config.callback.webhook_body_limit)
             .with_token_lifetime(config.callback.token_lifetime);
         #[cfg(feature = "archive")]
         let archive = archive::Archive::open(

@@ -87,6 +87,7 @@ pub struct Callbacks {
     keys: Live<Keyring>,
     policy: Live<SubscriberPolicy>,
     body_limit: usize,
+    webhook_body_limit: usize,
     token_lifetime: Duration,
 }
 
@@ -113,6 +114,7 @@ impl Callbacks {
             keys: Live::from_arc(keys.into()),
             policy: Live::new(SubscriberPolicy::default()),
             body_limit: 16 * 1024 * 1024,
+            webhook_body_limit: 1024 * 1024,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
         })
     }
@@ -149,10 +151,22 @@ impl Callbacks {
         self.keys.set(keys);
     }
 
-    /// Largest submission body rewritten and webhook body accepted (default 16 MiB: a 5 MB image as a base64 data URI fits).
+    /// Largest submission body rewritten (default 16 MiB: a 5 MB image as a base64 data
+    /// URI fits).
     pub fn with_body_limit(mut self, limit: usize) -> Self {
         self.body_limit = limit;
         self
+    }
+
+    /// Largest webhook body the receiver accepts (default 1 MiB; CometAPI's are a few KB).
+    pub fn with_webhook_body_limit(mut self, limit: usize) -> Self {
+        self.webhook_body_limit = limit;
+        self
+    }
+
+    /// The webhook body limit.
+    pub fn webhook_body_limit(&self) -> usize {
+        self.webhook_body_limit
     }
 
     /// The token keys, as a reload replaces them.
@@ -165,7 +179,7 @@ impl Callbacks {
         self.policy.get()
     }
 
-    /// The body limit.
+    /// The submission body limit.
     pub fn body_limit(&self) -> usize {
         self.body_limit
     }
@@ -184,7 +198,8 @@ impl CallbackSettings {
     /// Check every value.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         longer_than_zero(self.token_lifetime, "callback.token_lifetime")?;
-        at_least_one_byte(self.body_limit, "callback.body_limit")
+        at_least_one_byte(self.body_limit, "callback.body_limit")?;
+        at_least_one_byte(self.webhook_body_limit, "callback.webhook_body_limit")
     }
 
     /// The subscriber policy these settings describe.
@@ -236,8 +251,11 @@ settings! {
         pub allowed_hosts: Vec<String> = Vec::new(),
         /// Route token keys (`id:secret,...`); `None`: generated once, kept in `data_dir`.
         pub token_keys: Option<Secret> = None,
-        /// Largest submission body rewritten and webhook body accepted.
+        /// Largest submission body rewritten (16 MiB: a 5 MB image as a base64 data URI fits).
         pub body_limit: usize = 16 * 1024 * 1024,
+        /// Largest webhook body accepted (CometAPI's are a few KB): a holder of a callback
+        /// URL can make the proxy store no more than this per post.
+        pub webhook_body_limit: usize = 1024 * 1024,
         /// How long a route token is honoured after it was minted.
         pub token_lifetime: Duration = DEFAULT_TOKEN_LIFETIME,
     }
@@ -260,7 +278,12 @@ settings! {
         body_limit: restart, under Callbacks,
             env: "RUNWAY_PROXY_CALLBACK_BODY_LIMIT",
             flag: "callback-body-limit",
-            doc: "Largest submission body rewritten, and largest webhook body accepted.",
+            doc: "Largest submission body whose callback_url is rewritten.",
+            parse: parse::size, show: show::size;
+        webhook_body_limit: restart, under Callbacks,
+            env: "RUNWAY_PROXY_WEBHOOK_BODY_LIMIT",
+            flag: "webhook-body-limit",
+            doc: "Largest webhook body the webhook listener accepts (413 past it, nothing stored).",
             parse: parse::size, show: show::size;
         token_lifetime: restart, under Callbacks,
             env: "RUNWAY_PROXY_CALLBACK_TOKEN_LIFETIME",

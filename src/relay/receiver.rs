@@ -81,7 +81,7 @@ impl WebhookReceiver {
             shared: Arc::new(Shared {
                 keys: callbacks.keys().clone(),
                 token_lifetime: callbacks.token_lifetime(),
-                body_limit: callbacks.body_limit(),
+                body_limit: callbacks.webhook_body_limit(),
                 outbox,
                 wake,
                 metrics,
