@@ -38,6 +38,8 @@ fn delivery(n: u64) -> NewDelivery {
         body: Bytes::from_static(BODY),
         trace: None,
         hold_until: None,
+        token: None,
+        task_id: None,
     }
 }
 
@@ -84,6 +86,7 @@ fn new_task(n: u64) -> NewTask {
         subscriber: Some("https://hooks.example.com/runway".into()),
         outcome_unknown: false,
         trace: None,
+        callback_token: None,
     }
 }
 

@@ -6,15 +6,17 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use runway_proxy::callback::Keyring;
+use runway_proxy::callback::{Callbacks, Keyring, SubscriberPolicy};
 use runway_proxy::config::Overrides;
 use runway_proxy::mock::MockConfig;
+use runway_proxy::relay::{Relay, SqliteOutbox, WebhookSigner};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -221,7 +223,7 @@ async fn route_tokens_age_out() {
     assert!(
         metrics_text(&proxy)
             .await
-            .contains("runway_proxy_webhooks_rejected_total 1")
+            .contains(r#"runway_proxy_webhooks_rejected_total{reason="token"} 1"#)
     );
 }
 
@@ -312,4 +314,97 @@ async fn without_a_token_the_relays_admin_paths_are_refused_off_loopback() {
     for path in ["/-/healthz", "/-/metrics"] {
         assert_eq!(get(url(path), None).await.status, StatusCode::OK, "{path}");
     }
+}
+
+/// The route token of the hook URL a submission through `proxy` gave the stand-in.
+fn token_sent_upstream(mock: &runway_proxy::mock::MockUpstream) -> String {
+    let sent: serde_json::Value = serde_json::from_slice(&mock.requests()[0].body).unwrap();
+    let hook = sent["callback_url"].as_str().unwrap();
+    hook.rsplit('/').next().unwrap().to_owned()
+}
+
+async fn listed(proxy: &RunningProxy, state: &str) -> usize {
+    get(proxy.url(&format!("/-/deliveries?state={state}")), None).await.json()["deliveries"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_callback_url_is_good_for_its_own_task_only() {
+    // The callbacks come late: the forger posts first, through the genuine hook URL.
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(1500))).await;
+    let proxy = start_proxy_with(None, &mock.url(), &flags(&[("callback.allow_private", "true")])).await;
+    let subscriber = Subscriber::start().await;
+    let reply = post_json(
+        &client(),
+        &proxy.url("/runway/pro/generate"),
+        &json!({"prompt": "a cat", "callback_url": subscriber.url("/hook"), "model": "gen4"}),
+    )
+    .await
+    .unwrap();
+    let task_id = reply.json()["data"]["task_id"].as_str().unwrap().to_owned();
+    let token = token_sent_upstream(&mock);
+
+    for forged in [
+        json!({"task_id": "someone-elses-task", "status": "3", "update_time": "1", "video_url": "https://evil.example/x.mp4"}),
+        json!({"event": "no task named at all"}),
+    ] {
+        let reply = post_hook(proxy.webhook_addr, &token, &forged).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{forged}");
+        assert_eq!(reply.json()["msg"], "this callback URL belongs to another task");
+    }
+    for state in ["pending", "in_flight", "delivered", "dead", "superseded"] {
+        assert_eq!(listed(&proxy, state).await, 0, "nothing stored ({state})");
+    }
+    assert!(
+        metrics_text(&proxy)
+            .await
+            .contains(r#"runway_proxy_webhooks_rejected_total{reason="other_task"} 2"#)
+    );
+    // The task's own callbacks still come through, and only they reach the subscriber.
+    let received = subscriber.wait_for(2, WAIT).await;
+    for (_, body) in &received {
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(body["task_id"], task_id.as_str());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(subscriber.received().len(), 2);
+}
+
+#[tokio::test]
+async fn without_a_watch_list_a_token_binds_to_the_first_task_it_carries() {
+    let keys = Arc::new(Keyring::parse(TOKEN_KEYS).unwrap());
+    let signer = WebhookSigner::from_secret(SECRET).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let outbox = Arc::new(SqliteOutbox::open(&data.path().join("outbox.sqlite3")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let callbacks = Callbacks::new(&format!("http://{addr}"), Arc::clone(&keys))
+        .unwrap()
+        .with_policy(SubscriberPolicy::default().allow_private(true));
+    // No watch list: nothing binds a token at submission.
+    let relay = Relay::builder(&callbacks, outbox, signer).start().unwrap();
+    tokio::spawn(runway_proxy::server::serve(
+        listener,
+        relay.receiver(),
+        std::future::pending(),
+        Duration::from_secs(1),
+        runway_proxy::server::ConnectionLimits::default(),
+    ));
+    let subscriber = Subscriber::start().await;
+    let token = keys.mint(&subscriber.url("/hook"));
+    let first = json!({"task_id": "task-a", "status": "1", "update_time": "1"});
+    assert_eq!(post_hook(addr, &token, &first).await.status, StatusCode::OK);
+    let other = json!({"task_id": "task-b", "status": "3", "update_time": "2"});
+    assert_eq!(post_hook(addr, &token, &other).await.status, StatusCode::FORBIDDEN);
+    let done = json!({"task_id": "task-a", "status": "3", "update_time": "2"});
+    assert_eq!(post_hook(addr, &token, &done).await.status, StatusCode::OK);
+    let received = subscriber.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(subscriber.received().len(), 2);
+    for (_, body) in received {
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["task_id"], "task-a");
+    }
+    relay.shutdown(Duration::from_secs(1)).await;
 }

@@ -14,13 +14,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use runway_proxy::idempotency::{Begin, Claim, Finished, IdempotencyStore, StoredAnswer};
 use runway_proxy::relay::{Completion, DeliveryState, Enqueued, NewDelivery, Outbox};
+use runway_proxy::store::{ArchiveBacklog, ArchiveFinish, ArchiveJobs, ArchiveState, Released};
 use runway_proxy::tasks::{
     Checked, Finished as TaskFinished, Limit, NewTask, Reservation, Reserved, Seen, StatusClass, TaskFormat,
     TaskLimits, TaskReport, TaskStore, UsageReport, WatchState,
 };
 
-trait Store: Outbox + IdempotencyStore + TaskStore {}
-impl<T: Outbox + IdempotencyStore + TaskStore> Store for T {}
+trait Store: Outbox + IdempotencyStore + TaskStore + ArchiveJobs {}
+impl<T: Outbox + IdempotencyStore + TaskStore + ArchiveJobs> Store for T {}
 
 fn webhook(task: &str, status: &str, at: u32) -> NewDelivery {
     let terminal = matches!(status, "SUCCEEDED" | "FAILED");
@@ -36,6 +37,8 @@ fn webhook(task: &str, status: &str, at: u32) -> NewDelivery {
         )),
         trace: None,
         hold_until: None,
+        token: None,
+        task_id: None,
     }
 }
 
@@ -307,6 +310,7 @@ fn task(id: &str, format: TaskFormat) -> NewTask {
         subscriber: Some("https://hooks.example.com/runway".to_owned()),
         outcome_unknown: false,
         trace: None,
+        callback_token: None,
     }
 }
 
@@ -975,6 +979,102 @@ async fn trace_contexts_are_kept_with_tasks_and_deliveries(store: Arc<dyn Store>
     assert_eq!(trace_of("untraced"), None);
 }
 
+fn through(token: &str, task: &str, status: &str, at: u32) -> NewDelivery {
+    let mut delivery = webhook(task, status, at);
+    delivery.token = Some(token.to_owned());
+    delivery.task_id = Some(task.to_owned());
+    delivery
+}
+
+async fn a_token_belongs_to_the_first_task_recorded_for_it(store: Arc<dyn Store>) {
+    // Bound at submission: the first webhook, naming another task, is refused.
+    let mut submitted = task("bound-task", TaskFormat::Reverse);
+    submitted.callback_token = Some("tok-submitted".to_owned());
+    store.record(submitted, LEASE).await.unwrap();
+    let forged = through("tok-submitted", "other-task", "SUCCEEDED", 1);
+    assert_eq!(store.enqueue(forged).await.unwrap(), Enqueued::Refused);
+    let mut unnamed = through("tok-submitted", "x", "SUCCEEDED", 1);
+    unnamed.task_id = None;
+    assert_eq!(store.enqueue(unnamed).await.unwrap(), Enqueued::Refused, "a bound token must name its task");
+    let genuine = through("tok-submitted", "bound-task", "SUCCEEDED", 1);
+    assert!(matches!(store.enqueue(genuine).await.unwrap(), Enqueued::Stored(_)));
+
+    // Not bound at submission (an outcome-unknown one, or no watch list): its first
+    // webhook binds it.
+    let first = through("tok-unbound", "task-a", "RUNNING", 1);
+    assert!(matches!(store.enqueue(first).await.unwrap(), Enqueued::Stored(_)));
+    let other = through("tok-unbound", "task-b", "SUCCEEDED", 2);
+    assert_eq!(store.enqueue(other).await.unwrap(), Enqueued::Refused);
+    let later = through("tok-unbound", "task-a", "SUCCEEDED", 2);
+    assert!(matches!(store.enqueue(later).await.unwrap(), Enqueued::Stored(_)));
+    // Events the proxy makes itself come through no token.
+    assert!(matches!(
+        store.enqueue(webhook("task-c", "SUCCEEDED", 3)).await.unwrap(),
+        Enqueued::Stored(_)
+    ));
+    let pending = store.list(DeliveryState::Pending, 0, 100).await.unwrap();
+    assert!(pending.iter().all(|d| d.task_key != "other-task" && d.task_key != "task-b"));
+}
+
+async fn archive_jobs_hold_their_delivery_until_finished(store: Arc<dyn Store>) {
+    let mut held = webhook("archived-task", "SUCCEEDED", 1);
+    held.hold_until = Some(now_ms() + 60_000);
+    let Enqueued::Stored(id) = store.enqueue(held).await.unwrap() else {
+        panic!("stored");
+    };
+    assert!(store.claim("w".into(), 10, LEASE).await.unwrap().is_empty(), "held back");
+    assert_eq!(store.list(DeliveryState::Archiving, 0, 10).await.unwrap()[0].id, id);
+    assert_eq!(store.archive_backlog().await.unwrap(), ArchiveBacklog { open: 1, holding: 1 });
+
+    let jobs = store.claim_archive("a1".into(), 10, LEASE).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].holding);
+    assert_eq!(jobs[0].delivery_id, id);
+    assert!(store.claim_archive("a2".into(), 10, LEASE).await.unwrap().is_empty(), "leased");
+    // A transient failure: the job waits, the delivery is still held.
+    let retry = ArchiveFinish::RetryAt { at: now_ms(), error: "503".into() };
+    assert_eq!(store.finish_archive(jobs[0].id, "a1".into(), retry).await.unwrap(), Released::Nothing);
+    let jobs = store.claim_archive("a2".into(), 10, LEASE).await.unwrap();
+    assert_eq!(jobs[0].attempts, 1);
+    // Another worker's finish is ignored; the holder's puts the delivery in line.
+    let archived = ArchiveFinish::Archived { body: Bytes::from_static(b"{\"archived\":true}"), result: "[]".into() };
+    assert_eq!(store.finish_archive(jobs[0].id, "a1".into(), archived.clone()).await.unwrap(), Released::Nothing);
+    assert_eq!(store.finish_archive(jobs[0].id, "a2".into(), archived).await.unwrap(), Released::Held);
+    let claimed = store.claim("w".into(), 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(&claimed[0].body[..], b"{\"archived\":true}");
+    let job = store.archive_of("archived-task".into()).await.unwrap().unwrap();
+    assert_eq!(job.state, ArchiveState::Archived);
+
+    // Let go at the deadline, archived later: one more delivery announces it, once.
+    let mut late = webhook("late-task", "SUCCEEDED", 1);
+    late.hold_until = Some(now_ms() + 60_000);
+    store.enqueue(late).await.unwrap();
+    let job = store.claim_archive("a1".into(), 10, LEASE).await.unwrap().remove(0);
+    assert!(store.release_held(job.id, "a1".into(), Bytes::from_static(b"{\"failed\":1}")).await.unwrap());
+    assert!(!store.release_held(job.id, "a1".into(), Bytes::from_static(b"{}")).await.unwrap());
+    let sent = store.claim("w".into(), 10, LEASE).await.unwrap();
+    assert_eq!(&sent[0].body[..], b"{\"failed\":1}");
+    store.complete(sent[0].id, "w".into(), Completion::Delivered).await.unwrap();
+    let done = ArchiveFinish::Archived { body: Bytes::from_static(b"{\"late\":1}"), result: "[]".into() };
+    assert_eq!(store.finish_archive(job.id, "a1".into(), done).await.unwrap(), Released::Announcement);
+    let announced = store.claim("w".into(), 10, LEASE).await.unwrap();
+    assert_eq!(announced.len(), 1);
+    assert_eq!(announced[0].webhook_id, format!("{}_archived", sent[0].webhook_id));
+    assert_eq!(&announced[0].body[..], b"{\"late\":1}");
+    assert_eq!(store.archive_backlog().await.unwrap(), ArchiveBacklog::default());
+
+    // Given up while held: the delivery goes out with the body that says so.
+    let mut refused = webhook("refused-task", "SUCCEEDED", 1);
+    refused.hold_until = Some(now_ms() + 60_000);
+    store.enqueue(refused).await.unwrap();
+    let job = store.claim_archive("a1".into(), 10, LEASE).await.unwrap().remove(0);
+    let failed = ArchiveFinish::Failed { error: "too large".into(), body: Bytes::from_static(b"{\"why\":1}") };
+    assert_eq!(store.finish_archive(job.id, "a1".into(), failed).await.unwrap(), Released::Held);
+    let job = store.archive_of("refused-task".into()).await.unwrap().unwrap();
+    assert_eq!((job.state, job.last_error.as_deref()), (ArchiveState::Failed, Some("too large")));
+}
+
 macro_rules! on_every_store {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -1061,6 +1161,8 @@ on_every_store!(
     budgets_count_net_points_over_the_window,
     usage_sums_the_ledger_and_prune_forgets_what_ended,
     trace_contexts_are_kept_with_tasks_and_deliveries,
+    a_token_belongs_to_the_first_task_recorded_for_it,
+    archive_jobs_hold_their_delivery_until_finished,
 );
 
 #[cfg(feature = "postgres")]
@@ -1085,7 +1187,7 @@ mod postgres_schema {
         }
         let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
         let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
-        assert_eq!(versions, [1, 2, 3, 4, 5], "each migration once, in order");
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6], "each migration once, in order");
         // And a restart finds the schema as it left it.
         PostgresOutbox::connect(&settings).await.unwrap();
     }

@@ -67,6 +67,19 @@ pub const CALLBACK_URL_HEADER: http::HeaderName =
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSubscriber(pub String);
 
+/// The route token a submission's callback URL carries, by its id ([`token_id`]):
+/// [`RewriteCallback`] puts it in the request's extensions, and the watch list records
+/// it with the task the submission creates, binding the two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackToken(pub String);
+
+/// A route token's id: its first 24 characters, the base64 of its header (version, key,
+/// minting time and random nonce). Unique per token, public (it seals nothing), and read
+/// without opening the token.
+pub fn token_id(token: &str) -> Option<&str> {
+    token.get(..24)
+}
+
 /// Why [`Callbacks`] could not be made.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackError {

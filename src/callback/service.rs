@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode, header};
 use tower::ServiceExt;
 
 use super::layer::Rewriter;
-use super::{CALLBACK_URL_HEADER, TaskSubscriber};
+use super::{CALLBACK_URL_HEADER, CallbackToken, TaskSubscriber};
 use crate::body::{self, Body, BoxError, ReadError};
 use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionBody, SubmissionHandler};
 use crate::envelope;
@@ -151,11 +151,20 @@ impl Rewriter {
             }
         };
         self.check_subscriber(&found.url).await?;
-        let rewritten = found.replace(buffered.bytes(), &self.callbacks.hook_url(&found.url));
+        let hook = self.callbacks.hook_url(&found.url);
+        let token = hook
+            .rsplit('/')
+            .next()
+            .and_then(super::token_id)
+            .map(|id| CallbackToken(id.to_owned()));
+        let rewritten = found.replace(buffered.bytes(), &hook);
         // The length changed; hyper sets the new one from the body.
         request.headers_mut().remove(header::CONTENT_LENGTH);
         if self.name_subscribers {
             request.extensions_mut().insert(TaskSubscriber(found.url.clone()));
+            if let Some(token) = token {
+                request.extensions_mut().insert(token);
+            }
         }
         Ok(SubmissionBody::replace(request, rewritten))
     }

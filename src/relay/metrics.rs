@@ -17,6 +17,9 @@ pub struct RelayMetrics {
     pub webhooks_superseded: Counter,
     /// Webhooks refused for a bad or forged token.
     pub webhooks_rejected: Counter,
+    /// Webhooks refused through a genuine token bound to another task (or naming no task
+    /// once it is bound).
+    pub webhooks_refused_other_task: Counter,
     /// Terminal callbacks the upstream confirmed (`--confirm-callbacks`).
     pub callbacks_confirmed: Counter,
     /// Terminal callbacks the upstream contradicted: not relayed.
@@ -43,6 +46,7 @@ impl Default for RelayMetrics {
             webhooks_duplicate: Counter::default(),
             webhooks_superseded: Counter::default(),
             webhooks_rejected: Counter::default(),
+            webhooks_refused_other_task: Counter::default(),
             callbacks_confirmed: Counter::default(),
             callbacks_contradicted: Counter::default(),
             callbacks_unconfirmed: Counter::default(),
@@ -78,14 +82,20 @@ impl MetricSet for RelayMetrics {
                 "Webhooks not delivered: an older status after the terminal one.",
                 &self.webhooks_superseded,
             ),
-            (
-                "runway_proxy_webhooks_rejected_total",
-                "Webhooks refused for a bad token.",
-                &self.webhooks_rejected,
-            ),
         ] {
             write_one(out, name, "counter", help, counter.get());
         }
+        write_family(
+            out,
+            "runway_proxy_webhooks_rejected_total",
+            "counter",
+            "Webhooks refused, by reason: a bad, forged or expired token; a genuine token bound to another task.",
+            "reason",
+            [
+                ("token", self.webhooks_rejected.get()),
+                ("other_task", self.webhooks_refused_other_task.get()),
+            ],
+        );
         write_family(
             out,
             "runway_proxy_callback_confirmations_total",

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::RelayMetrics;
 use crate::body::{self, Body, BoxError, ReadError};
-use crate::callback::{Callbacks, HOOK_PATH, Keyring};
+use crate::callback::{Callbacks, HOOK_PATH, Keyring, token_id};
 use crate::envelope;
 use crate::settings::Live;
 use crate::store::{Enqueued, Outbox, event};
@@ -145,6 +145,7 @@ impl Shared {
         if request.method() != Method::POST {
             return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "webhooks are POSTed");
         }
+        let bound_to = token_id(token).map(str::to_owned);
         let route = match self.keys.get().verify_fresh(token, self.token_lifetime) {
             // Only a callback token routes a webhook: the same keys sign output links
             // (`archive:` and a key), which name no subscriber.
@@ -174,6 +175,9 @@ impl Shared {
         };
         self.count(|m| m.webhooks_received.inc());
         let (mut delivery, task_id, mut report) = event(&route.url, bytes);
+        // The token belongs to one task: the store refuses a webhook naming another.
+        delivery.token = bound_to;
+        delivery.task_id.clone_from(&task_id);
         if let (true, Some(check), Some(id), Some(status)) = (
             delivery.terminal,
             self.confirm.get(),
@@ -194,7 +198,12 @@ impl Shared {
                         "a final callback the upstream contradicts: not relayed (the upstream's version is, if it has one)"
                     );
                     match upstream {
-                        Some(version) => (delivery, _, report) = event(&route.url, version),
+                        Some(version) => {
+                        let token = delivery.token.take();
+                        (delivery, _, report) = event(&route.url, version);
+                        delivery.token = token;
+                        delivery.task_id.clone_from(&task_id);
+                    }
                         // Not finished upstream: nothing to relay yet, and the watch goes
                         // on (its recovery relays the real end).
                         None => return ok_response("not relayed: the upstream contradicts it"),
@@ -247,6 +256,18 @@ impl Shared {
                     Enqueued::Superseded(_) => {
                         self.count(|m| m.webhooks_superseded.inc());
                         "stored: superseded by the task's final status"
+                    }
+                    Enqueued::Refused => {
+                        // Never the token, nor the task it belongs to: only what was tried.
+                        tracing::warn!(
+                            task = %logged_task,
+                            "webhook refused: its callback URL belongs to another task"
+                        );
+                        self.count(|m| m.webhooks_refused_other_task.inc());
+                        return envelope::error_response(
+                            StatusCode::FORBIDDEN,
+                            "this callback URL belongs to another task",
+                        );
                     }
                 };
                 if let (Some(watch), Some(task_id)) = (&self.tasks, task_id) {

@@ -97,6 +97,8 @@ pub(crate) fn event(subscriber: &str, body: Bytes) -> (NewDelivery, Option<Strin
         body,
         trace: None,
         hold_until: None,
+        token: None,
+        task_id: None,
     };
     (delivery, identity.task_id, identity.points)
 }

@@ -38,6 +38,12 @@ pub struct NewDelivery {
     /// (Unix milliseconds): it is stored as [`DeliveryState::Archiving`] with an
     /// [`ArchiveJob`](super::ArchiveJob) beside it. `None`: deliver as it is.
     pub hold_until: Option<i64>,
+    /// The id of the callback route token it came through, if it came through one: the
+    /// token is bound to the first task id recorded for it (at submission, or by its
+    /// first webhook), and a webhook naming another task is refused.
+    pub token: Option<String>,
+    /// The task id the body names, if it names one.
+    pub task_id: Option<String>,
 }
 
 /// What happened to an enqueued webhook.
@@ -50,6 +56,9 @@ pub enum Enqueued {
     /// Stored, but the task's terminal status is already queued or delivered, so this older
     /// status will not be delivered after it.
     Superseded(i64),
+    /// Not stored: its token is bound to another task (or it names no task and its token
+    /// is bound to one).
+    Refused,
 }
 
 /// Where a delivery is in its life.

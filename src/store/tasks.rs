@@ -104,6 +104,10 @@ pub struct NewTask {
     /// The submission's span (`traceparent`), when traces are exported: the callback's
     /// receipt and every delivery attempt link to it.
     pub trace: Option<String>,
+    /// The id of the callback route token the submission was given
+    /// ([`token_id`](crate::callback::token_id)): recorded with the task id, a webhook
+    /// through that token naming another task is refused.
+    pub callback_token: Option<String>,
 }
 
 /// A watched task and what is known of it.

@@ -8,7 +8,7 @@ use tower::{Layer, ServiceExt};
 
 use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
 use crate::body::{self, Body, Bounded};
-use crate::callback::{Keyring, TaskSubscriber};
+use crate::callback::{CallbackToken, Keyring, TaskSubscriber};
 use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionHandler};
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
@@ -97,6 +97,7 @@ pub struct Pending {
     sealed_key: Option<String>,
     subscriber: Option<String>,
     trace: Option<String>,
+    callback_token: Option<String>,
 }
 
 impl SubmissionHandler for Recorder {
@@ -166,6 +167,10 @@ impl Recorder {
                     .with(|keys| keys.seal(SEALED_KEY_PURPOSE, value.as_bytes()))
             }),
             subscriber,
+            callback_token: request
+                .extensions()
+                .get::<CallbackToken>()
+                .map(|CallbackToken(id)| id.clone()),
             // The submission's span, when the sidecar records one.
             trace: request
                 .extensions()
@@ -227,6 +232,7 @@ impl Recorder {
             subscriber: pending.subscriber,
             outcome_unknown,
             trace: pending.trace,
+            callback_token: pending.callback_token,
         };
         match self.store.record(task, check_after).await {
             Ok(()) => true,

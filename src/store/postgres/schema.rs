@@ -15,7 +15,7 @@ const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
 
 /// Each migration, in order; its number is its position (from 1). Never edit one that has
 /// shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The newest schema version this build knows.
 pub(super) const LATEST: i32 = MIGRATIONS.len() as i32;
@@ -298,6 +298,16 @@ CREATE TABLE runway_proxy_archive_jobs (
 CREATE INDEX runway_proxy_archive_jobs_due ON runway_proxy_archive_jobs (next_attempt_at) WHERE state = 'open';
 CREATE INDEX runway_proxy_archive_jobs_task ON runway_proxy_archive_jobs (task_key, id);
 CREATE INDEX runway_proxy_deliveries_archiving ON runway_proxy_deliveries (id) WHERE state = 'archiving';
+"#;
+
+const V6: &str = r#"
+-- Which task each callback route token belongs to: the first task id recorded for it (at
+-- submission, or by the token's first webhook). A webhook naming another is refused.
+CREATE TABLE runway_proxy_token_bindings (
+    token    text   PRIMARY KEY,
+    task_id  text   NOT NULL,
+    bound_at bigint NOT NULL
+);
 "#;
 
 /// Bring the database's schema up to [`LATEST`].

@@ -101,6 +101,11 @@ async fn commit(pool: &Pool, mut batch: Vec<Write>) {
 
 const ENQUEUE: &str = "SELECT o_id, o_outcome FROM runway_proxy_enqueue($1, $2, $3, $4, $5, $6, $7, $8)";
 const SET_TRACE: &str = "UPDATE runway_proxy_deliveries SET trace = $2 WHERE id = $1";
+/// Bind a token to a task id, unless it is bound already.
+const BIND: &str = "INSERT INTO runway_proxy_token_bindings (token, task_id, bound_at)
+                    VALUES ($1, $2, runway_proxy_now_ms()) ON CONFLICT (token) DO NOTHING";
+/// The task id a token is bound to.
+const BOUND: &str = "SELECT task_id FROM runway_proxy_token_bindings WHERE token = $1";
 /// Hold a delivery just stored for archiving, with its job beside it (`$3`: how long it
 /// may be held, by the database's clock).
 const HOLD: &str = "
@@ -152,6 +157,20 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
     let applied = futures_util::future::join_all(ops.iter().map(|op| async {
         match op {
             WriteOp::Enqueue { lock, delivery: d } => {
+                if let Some(token) = &d.token {
+                    if let Some(task_id) = &d.task_id {
+                        tx.execute(BIND, &[token, task_id]).await?;
+                    }
+                    let bound: Option<String> = tx.query_opt(BOUND, &[token]).await?.map(|row| row.get(0));
+                    let allowed = match (bound, &d.task_id) {
+                        (Some(bound), Some(task_id)) => &bound == task_id,
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    };
+                    if !allowed {
+                        return Ok(Applied::Enqueued(Enqueued::Refused));
+                    }
+                }
                 let row = tx
                     .query_one(
                         &enqueue,
@@ -202,6 +221,9 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
             }
             WriteOp::Release { id, owner } => tx.execute(&release, &[id, owner]).await.map(|_| Applied::Done),
             WriteOp::Record { task, check_after } => {
+                if let (Some(token), false) = (&task.callback_token, task.outcome_unknown) {
+                    tx.execute(BIND, &[token, &task.task_id]).await?;
+                }
                 let state = if task.outcome_unknown {
                     WatchState::Unknown
                 } else {

@@ -102,6 +102,12 @@ CREATE TABLE IF NOT EXISTS archive_jobs (
 );
 CREATE INDEX IF NOT EXISTS archive_jobs_due ON archive_jobs (next_attempt_at) WHERE state = 'open';
 CREATE INDEX IF NOT EXISTS archive_jobs_task ON archive_jobs (task_key, id);
+-- Which task each callback route token belongs to: the first task id recorded for it.
+CREATE TABLE IF NOT EXISTS token_bindings (
+    token   TEXT    PRIMARY KEY,
+    task_id TEXT    NOT NULL,
+    bound_at INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
 ";
 
@@ -435,7 +441,33 @@ fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     Delivery::from_columns(row)
 }
 
+/// Whether a webhook through `token` naming `task_id` may be stored: its token is bound to
+/// the first task id recorded for it (this one, if none was), and a webhook naming another
+/// task, or none once the token is bound, is refused.
+fn token_allows(tx: &Connection, token: &str, task_id: Option<&str>, now: i64) -> rusqlite::Result<bool> {
+    if let Some(task_id) = task_id {
+        tx.execute_cached(
+            "INSERT OR IGNORE INTO token_bindings (token, task_id, bound_at) VALUES (?1, ?2, ?3)",
+            params![token, task_id, now],
+        )?;
+    }
+    let bound: Option<String> = tx
+        .prepare_cached("SELECT task_id FROM token_bindings WHERE token = ?1")?
+        .query_row(params![token], |r| r.get(0))
+        .optional()?;
+    Ok(match (bound, task_id) {
+        (Some(bound), Some(task_id)) => bound == task_id,
+        (Some(_), None) => false,
+        (None, _) => true,
+    })
+}
+
 fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
+    if let Some(token) = &d.token
+        && !token_allows(tx, token, d.task_id.as_deref(), now_ms())?
+    {
+        return Ok(Enqueued::Refused);
+    }
     if let Some(id) = tx
         .prepare_cached("SELECT id FROM deliveries WHERE dedup_key = ?1")?
         .query_row(params![d.dedup_key], |r| r.get(0))

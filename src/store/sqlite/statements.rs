@@ -135,6 +135,8 @@ mod tests {
                 body: bytes::Bytes::from_static(b"{}"),
                 trace: None,
                 hold_until: None,
+                token: None,
+                task_id: None,
             };
             enqueue(&connection, &delivery).unwrap();
             assert_eq!(claim(&connection, "w", 1, Duration::ZERO).unwrap().len(), 1);

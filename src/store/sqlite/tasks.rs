@@ -149,6 +149,14 @@ impl TaskStore for SqliteOutbox {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
+                if let (Some(token), false) = (&task.callback_token, task.outcome_unknown) {
+                    // The token belongs to this task from now on (an outcome-unknown
+                    // submission's binds to the first task id its webhooks name).
+                    tx.execute_cached(
+                        "INSERT OR IGNORE INTO token_bindings (token, task_id, bound_at) VALUES (?1, ?2, ?3)",
+                        params![token, task.task_id, now],
+                    )?;
+                }
                 let state = if task.outcome_unknown {
                     WatchState::Unknown
                 } else {
