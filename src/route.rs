@@ -34,13 +34,18 @@ impl RouteClass {
                 return RouteClass::Submission;
             }
             if let Some(rest) = path.strip_prefix("/runwayml/v1/") {
-                // Every POST on the official API creates a task except those on an
-                // existing task (cancel, delete), which live under `tasks/`.
-                if !rest.is_empty() && !rest.starts_with("tasks") {
+                // A POST on the official API creates a task unless it is one of the
+                // resources that are no task (an upload, a voice, an avatar, ...), or
+                // acts on an existing task (under `tasks/`). One the proxy does not know
+                // yet counts as a task: never sent twice, and watched.
+                if !rest.is_empty() && !rest.starts_with("tasks") && !creates_no_task(rest) {
                     return RouteClass::Submission;
                 }
             }
-        } else if *method == Method::GET && non_empty_suffix(path, "/runwayml/v1/tasks/") {
+        } else if *method == Method::GET
+            && (non_empty_suffix(path, "/runwayml/v1/tasks/")
+                || non_empty_suffix(path, "/runwayml/v1/workflow_invocations/"))
+        {
             return RouteClass::Read;
         }
         RouteClass::Other
@@ -57,6 +62,24 @@ impl RouteClass {
 
     /// Every class, in a fixed order (for metrics).
     pub const ALL: [RouteClass; 3] = [RouteClass::Submission, RouteClass::Read, RouteClass::Other];
+}
+
+/// The official API's POSTs that create no task (as the official SDKs call them): their
+/// answers are resources, not tasks, so they hold no task slot and are not watched.
+pub const OFFICIAL_NON_TASK_POSTS: &[&str] = &[
+    "uploads",
+    "organization/usage",
+    "voices",
+    "voices/preview",
+    "avatars",
+    "documents",
+    "routers",
+    "realtime_sessions",
+];
+
+/// Whether `POST /runwayml/v1/{rest}` creates no task.
+fn creates_no_task(rest: &str) -> bool {
+    OFFICIAL_NON_TASK_POSTS.contains(&rest)
 }
 
 /// Why a request's path was refused: it spells a CometAPI route in a form that is not the
@@ -253,8 +276,46 @@ mod tests {
             ),
             (Method::POST, "/runway/feed", RouteClass::Read),
             (Method::GET, "/runwayml/v1/tasks/abc", RouteClass::Read),
+            (
+                Method::GET,
+                "/runwayml/v1/workflow_invocations/abc",
+                RouteClass::Read,
+            ),
+            (Method::DELETE, "/runwayml/v1/tasks/abc", RouteClass::Other),
         ] {
             assert_eq!(RouteClass::of(&method, path), class, "{method} {path}");
+        }
+        // Every task-creating POST the official SDK makes, and every one that creates none.
+        for task in [
+            "text_to_video",
+            "text_to_image",
+            "character_performance",
+            "image_upscale",
+            "video_upscale",
+            "text_to_speech",
+            "speech_to_speech",
+            "sound_effect",
+            "voice_dubbing",
+            "voice_isolation",
+            "video_to_audio",
+            "video_to_hdr",
+            "generate/video",
+            "generate/image",
+            "generate/audio",
+            "recipes/product_shot",
+            "avatar_videos",
+            "workflows/wf-1",
+        ] {
+            let path = format!("/runwayml/v1/{task}");
+            assert_eq!(
+                RouteClass::of(&Method::POST, &path),
+                RouteClass::Submission,
+                "{path}"
+            );
+        }
+        for resource in OFFICIAL_NON_TASK_POSTS {
+            let path = format!("/runwayml/v1/{resource}");
+            assert_eq!(RouteClass::of(&Method::POST, &path), RouteClass::Other, "{path}");
         }
     }
 

@@ -128,6 +128,14 @@ impl RunwayLayer {
     pub fn usage(&self) -> Arc<Usage> {
         Arc::clone(&self.usage)
     }
+
+    /// Tell the subscribers of cancelled tasks through `events` (the relay's
+    /// [`events`](crate::relay::Relay::events)), with a watch list. Set once.
+    pub fn send_events_to(&self, events: crate::store::EventSink) {
+        if let Some(tasks) = &self.tasks {
+            tasks.send_events_to(events);
+        }
+    }
 }
 
 /// `layer` around `inner`; without one, `inner` alone (a submission passes through).
@@ -221,7 +229,12 @@ impl RunwayLayerBuilder {
                         .body_limit(callbacks.body_limit())
                         .build()?,
                 );
-                Some(RecordTasksLayer::new(store, callbacks.keys().clone(), settings))
+                Some(RecordTasksLayer::new(
+                    store,
+                    callbacks.keys().clone(),
+                    settings,
+                    Arc::clone(&usage),
+                ))
             }
             (None, _) if !self.guard.is_unlimited() => {
                 return Err(InvalidSetting::new(

@@ -324,7 +324,9 @@ fn token_sent_upstream(mock: &runway_proxy::mock::MockUpstream) -> String {
 }
 
 async fn listed(proxy: &RunningProxy, state: &str) -> usize {
-    get(proxy.url(&format!("/-/deliveries?state={state}")), None).await.json()["deliveries"]
+    get(proxy.url(&format!("/-/deliveries?state={state}")), None)
+        .await
+        .json()["deliveries"]
         .as_array()
         .map_or(0, Vec::len)
 }
@@ -396,7 +398,10 @@ async fn without_a_watch_list_a_token_binds_to_the_first_task_it_carries() {
     let first = json!({"task_id": "task-a", "status": "1", "update_time": "1"});
     assert_eq!(post_hook(addr, &token, &first).await.status, StatusCode::OK);
     let other = json!({"task_id": "task-b", "status": "3", "update_time": "2"});
-    assert_eq!(post_hook(addr, &token, &other).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        post_hook(addr, &token, &other).await.status,
+        StatusCode::FORBIDDEN
+    );
     let done = json!({"task_id": "task-a", "status": "3", "update_time": "2"});
     assert_eq!(post_hook(addr, &token, &done).await.status, StatusCode::OK);
     let received = subscriber.wait_for(2, WAIT).await;

@@ -995,9 +995,16 @@ async fn a_token_belongs_to_the_first_task_recorded_for_it(store: Arc<dyn Store>
     assert_eq!(store.enqueue(forged).await.unwrap(), Enqueued::Refused);
     let mut unnamed = through("tok-submitted", "x", "SUCCEEDED", 1);
     unnamed.task_id = None;
-    assert_eq!(store.enqueue(unnamed).await.unwrap(), Enqueued::Refused, "a bound token must name its task");
+    assert_eq!(
+        store.enqueue(unnamed).await.unwrap(),
+        Enqueued::Refused,
+        "a bound token must name its task"
+    );
     let genuine = through("tok-submitted", "bound-task", "SUCCEEDED", 1);
-    assert!(matches!(store.enqueue(genuine).await.unwrap(), Enqueued::Stored(_)));
+    assert!(matches!(
+        store.enqueue(genuine).await.unwrap(),
+        Enqueued::Stored(_)
+    ));
 
     // Not bound at submission (an outcome-unknown one, or no watch list): its first
     // webhook binds it.
@@ -1013,7 +1020,11 @@ async fn a_token_belongs_to_the_first_task_recorded_for_it(store: Arc<dyn Store>
         Enqueued::Stored(_)
     ));
     let pending = store.list(DeliveryState::Pending, 0, 100).await.unwrap();
-    assert!(pending.iter().all(|d| d.task_key != "other-task" && d.task_key != "task-b"));
+    assert!(
+        pending
+            .iter()
+            .all(|d| d.task_key != "other-task" && d.task_key != "task-b")
+    );
 }
 
 async fn archive_jobs_hold_their_delivery_until_finished(store: Arc<dyn Store>) {
@@ -1022,24 +1033,64 @@ async fn archive_jobs_hold_their_delivery_until_finished(store: Arc<dyn Store>) 
     let Enqueued::Stored(id) = store.enqueue(held).await.unwrap() else {
         panic!("stored");
     };
-    assert!(store.claim("w".into(), 10, LEASE).await.unwrap().is_empty(), "held back");
-    assert_eq!(store.list(DeliveryState::Archiving, 0, 10).await.unwrap()[0].id, id);
-    assert_eq!(store.archive_backlog().await.unwrap(), ArchiveBacklog { open: 1, holding: 1 });
+    assert!(
+        store.claim("w".into(), 10, LEASE).await.unwrap().is_empty(),
+        "held back"
+    );
+    assert_eq!(
+        store.list(DeliveryState::Archiving, 0, 10).await.unwrap()[0].id,
+        id
+    );
+    assert_eq!(
+        store.archive_backlog().await.unwrap(),
+        ArchiveBacklog { open: 1, holding: 1 }
+    );
 
     let jobs = store.claim_archive("a1".into(), 10, LEASE).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert!(jobs[0].holding);
     assert_eq!(jobs[0].delivery_id, id);
-    assert!(store.claim_archive("a2".into(), 10, LEASE).await.unwrap().is_empty(), "leased");
+    assert!(
+        store
+            .claim_archive("a2".into(), 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
     // A transient failure: the job waits, the delivery is still held.
-    let retry = ArchiveFinish::RetryAt { at: now_ms(), error: "503".into() };
-    assert_eq!(store.finish_archive(jobs[0].id, "a1".into(), retry).await.unwrap(), Released::Nothing);
+    let retry = ArchiveFinish::RetryAt {
+        at: now_ms(),
+        error: "503".into(),
+    };
+    assert_eq!(
+        store
+            .finish_archive(jobs[0].id, "a1".into(), retry)
+            .await
+            .unwrap(),
+        Released::Nothing
+    );
     let jobs = store.claim_archive("a2".into(), 10, LEASE).await.unwrap();
     assert_eq!(jobs[0].attempts, 1);
     // Another worker's finish is ignored; the holder's puts the delivery in line.
-    let archived = ArchiveFinish::Archived { body: Bytes::from_static(b"{\"archived\":true}"), result: "[]".into() };
-    assert_eq!(store.finish_archive(jobs[0].id, "a1".into(), archived.clone()).await.unwrap(), Released::Nothing);
-    assert_eq!(store.finish_archive(jobs[0].id, "a2".into(), archived).await.unwrap(), Released::Held);
+    let archived = ArchiveFinish::Archived {
+        body: Bytes::from_static(b"{\"archived\":true}"),
+        result: "[]".into(),
+    };
+    assert_eq!(
+        store
+            .finish_archive(jobs[0].id, "a1".into(), archived.clone())
+            .await
+            .unwrap(),
+        Released::Nothing
+    );
+    assert_eq!(
+        store
+            .finish_archive(jobs[0].id, "a2".into(), archived)
+            .await
+            .unwrap(),
+        Released::Held
+    );
     let claimed = store.claim("w".into(), 10, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(&claimed[0].body[..], b"{\"archived\":true}");
@@ -1050,17 +1101,43 @@ async fn archive_jobs_hold_their_delivery_until_finished(store: Arc<dyn Store>) 
     let mut late = webhook("late-task", "SUCCEEDED", 1);
     late.hold_until = Some(now_ms() + 60_000);
     store.enqueue(late).await.unwrap();
-    let job = store.claim_archive("a1".into(), 10, LEASE).await.unwrap().remove(0);
-    assert!(store.release_held(job.id, "a1".into(), Bytes::from_static(b"{\"failed\":1}")).await.unwrap());
-    assert!(!store.release_held(job.id, "a1".into(), Bytes::from_static(b"{}")).await.unwrap());
+    let job = store
+        .claim_archive("a1".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        store
+            .release_held(job.id, "a1".into(), Bytes::from_static(b"{\"failed\":1}"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .release_held(job.id, "a1".into(), Bytes::from_static(b"{}"))
+            .await
+            .unwrap()
+    );
     let sent = store.claim("w".into(), 10, LEASE).await.unwrap();
     assert_eq!(&sent[0].body[..], b"{\"failed\":1}");
-    store.complete(sent[0].id, "w".into(), Completion::Delivered).await.unwrap();
-    let done = ArchiveFinish::Archived { body: Bytes::from_static(b"{\"late\":1}"), result: "[]".into() };
-    assert_eq!(store.finish_archive(job.id, "a1".into(), done).await.unwrap(), Released::Announcement);
+    store
+        .complete(sent[0].id, "w".into(), Completion::Delivered)
+        .await
+        .unwrap();
+    let done = ArchiveFinish::Archived {
+        body: Bytes::from_static(b"{\"late\":1}"),
+        result: "[]".into(),
+    };
+    assert_eq!(
+        store.finish_archive(job.id, "a1".into(), done).await.unwrap(),
+        Released::Announcement
+    );
     let announced = store.claim("w".into(), 10, LEASE).await.unwrap();
     assert_eq!(announced.len(), 1);
-    assert_eq!(announced[0].webhook_id, format!("{}_archived", sent[0].webhook_id));
+    assert_eq!(
+        announced[0].webhook_id,
+        format!("{}_archived", sent[0].webhook_id)
+    );
     assert_eq!(&announced[0].body[..], b"{\"late\":1}");
     assert_eq!(store.archive_backlog().await.unwrap(), ArchiveBacklog::default());
 
@@ -1068,11 +1145,24 @@ async fn archive_jobs_hold_their_delivery_until_finished(store: Arc<dyn Store>) 
     let mut refused = webhook("refused-task", "SUCCEEDED", 1);
     refused.hold_until = Some(now_ms() + 60_000);
     store.enqueue(refused).await.unwrap();
-    let job = store.claim_archive("a1".into(), 10, LEASE).await.unwrap().remove(0);
-    let failed = ArchiveFinish::Failed { error: "too large".into(), body: Bytes::from_static(b"{\"why\":1}") };
-    assert_eq!(store.finish_archive(job.id, "a1".into(), failed).await.unwrap(), Released::Held);
+    let job = store
+        .claim_archive("a1".into(), 10, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let failed = ArchiveFinish::Failed {
+        error: "too large".into(),
+        body: Bytes::from_static(b"{\"why\":1}"),
+    };
+    assert_eq!(
+        store.finish_archive(job.id, "a1".into(), failed).await.unwrap(),
+        Released::Held
+    );
     let job = store.archive_of("refused-task".into()).await.unwrap().unwrap();
-    assert_eq!((job.state, job.last_error.as_deref()), (ArchiveState::Failed, Some("too large")));
+    assert_eq!(
+        (job.state, job.last_error.as_deref()),
+        (ArchiveState::Failed, Some("too large"))
+    );
 }
 
 macro_rules! on_every_store {

@@ -251,3 +251,52 @@ async fn relayed_webhooks_verify_with_both_standard_webhooks_libraries() {
     }
     assert!(mock.callbacks().iter().all(|c| c.accepted));
 }
+
+#[tokio::test]
+async fn the_sdks_other_endpoints_answer_through_the_proxy_with_their_types() {
+    let (mock, proxy) = setup(
+        MockConfig::default().step(Duration::from_secs(5)),
+        &[("guard.max_tasks_in_flight", "4")],
+    )
+    .await;
+    let outcome = sdk(&proxy, "api-surface").await;
+    for created in ["text_to_video", "text_to_image", "sound_effect", "cancelled"] {
+        let id = outcome[created]
+            .as_str()
+            .unwrap_or_else(|| panic!("{created}: {outcome}"));
+        assert_eq!(id.len(), 36, "{created}: a task id: {outcome}");
+    }
+    assert_eq!(outcome["cancelled_status"], "CANCELLED", "{outcome}");
+    assert!(
+        outcome["voice"].as_str().is_some_and(|id| !id.is_empty()),
+        "{outcome}"
+    );
+    assert!(
+        outcome["upload_uri"]
+            .as_str()
+            .is_some_and(|uri| uri.starts_with("runway://")),
+        "{outcome}"
+    );
+    assert_eq!(outcome["credit_balance"], 10_000);
+    assert_eq!(outcome["usage_results"], 0);
+    // Four tasks were created; the voice, the upload and the organization are no task:
+    // none of them is on the watch list, and the cancelled task has ended.
+    let listed = send(
+        &client(),
+        http::Request::get(proxy.url("/-/tasks"))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .json();
+    let tasks = listed["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 4, "{listed}");
+    let cancelled = tasks
+        .iter()
+        .find(|t| t["task_id"] == outcome["cancelled"])
+        .unwrap();
+    assert_eq!(cancelled["status"], "CANCELLED");
+    assert_eq!(cancelled["state"], "done");
+    assert_eq!(mock.stats().accepted("/runwayml/v1/text_to_video"), 1);
+}

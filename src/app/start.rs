@@ -162,6 +162,7 @@ impl Stack {
             None => relay,
         };
         let relay = relay.start()?;
+        runway.send_events_to(relay.events());
         // The watcher checks tasks through the same stack as the application's calls: its
         // reads wait in the read quota and are retried like theirs.
         let watch_metrics = Arc::new(WatchMetrics::default());

@@ -34,6 +34,9 @@ pub(super) async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan)
             let Some(task) = inner.tasks.get_mut(&id) else {
                 return;
             };
+            if task.cancelled {
+                return;
+            }
             if !task.throttled {
                 break;
             }
@@ -57,6 +60,9 @@ pub(super) async fn lifecycle(state: Arc<State>, id: String, plan: CallbackPlan)
             let Some(task) = inner.tasks.get_mut(&id) else {
                 return;
             };
+            if task.cancelled {
+                return;
+            }
             task.status = match task.status {
                 0 => 1,
                 _ if task.will_fail => 2,

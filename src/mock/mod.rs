@@ -42,6 +42,7 @@ mod control;
 mod fault;
 mod lifecycle;
 mod outputs;
+mod resources;
 mod routes;
 mod service;
 mod state;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::answer::{Reset, json_response, json_response_bytes, reverse_error};
 use super::lifecycle::{CallbackPlan, lifecycle};
 use super::outputs;
+use super::resources;
 use super::state::{POINTS_PER_SECOND, State, Task, unix_now};
 use super::{Fault, MAX_BODY, MAX_RECORDED, MockConfig, RecordedRequest};
 use crate::body::{self, Body};
@@ -135,15 +136,21 @@ pub(super) fn route(
         path,
         "/runway/pro/generate" | "/runway/pro/video2video" | "/runway/pro/act_one"
     );
-    let official = matches!(
-        path,
-        "/runwayml/v1/image_to_video" | "/runwayml/v1/video_to_video"
-    );
+    // Every task-creating POST of the official API (the proxy's own list), and the
+    // resources that are no task.
+    let official = *method == Method::POST
+        && path.starts_with("/runwayml/v1/")
+        && crate::route::RouteClass::of(method, path) == crate::route::RouteClass::Submission;
     let task_read = path
         .strip_prefix("/runwayml/v1/tasks/")
+        .or_else(|| path.strip_prefix("/runwayml/v1/workflow_invocations/"))
         .filter(|id| !id.is_empty() && !id.contains('/'));
+    let resource = resources::known(method, path);
     let known = (*method == Method::POST && (reverse || official || path == "/runway/feed"))
-        || (*method == Method::GET && task_read.is_some());
+        || (*method == Method::GET && task_read.is_some())
+        || (*method == Method::DELETE && task_read.is_some())
+        || resource
+        || path.starts_with(resources::UPLOADS);
     if !known {
         return reverse_error(
             StatusCode::NOT_FOUND,
@@ -151,8 +158,12 @@ pub(super) fn route(
             &format!("no route {method} {path} on the CometAPI stand-in"),
         );
     }
+    if path.starts_with(resources::UPLOADS) {
+        // Where an upload's bytes go: a storage bucket, signed by its form fields.
+        return resources::stored_upload(method);
+    }
     if !authorized(&state.config, &parts.headers) {
-        return if official || task_read.is_some() {
+        return if official || task_read.is_some() || resource {
             json_response(
                 StatusCode::UNAUTHORIZED,
                 &json!({"error": "Unauthorized: a valid bearer token is required"}),
@@ -164,6 +175,12 @@ pub(super) fn route(
                 "invalid token: an Authorization: Bearer <key> header is required",
             )
         };
+    }
+    if let (Some(id), true) = (task_read, *method == Method::DELETE) {
+        return resources::cancel(state, id);
+    }
+    if resource {
+        return resources::answer(state, method, path);
     }
     if let Some(id) = task_read {
         return match state.lock().tasks.get(id) {
@@ -312,6 +329,7 @@ pub(super) fn create_task(
                 points: task.points,
                 key: task.key,
                 throttled,
+                cancelled: false,
             },
         );
     }

@@ -32,6 +32,9 @@ pub(super) struct Task {
     pub(super) key: String,
     /// Waiting for a slot under [`MockConfig::max_running`] (Runway's `THROTTLED`).
     pub(super) throttled: bool,
+    /// Cancelled (`DELETE /v1/tasks/{id}` before it finished): `CANCELLED`, and nothing
+    /// more happens to it.
+    pub(super) cancelled: bool,
 }
 
 /// The path prefix of the stand-in's CDN (served by `outputs`).
@@ -62,6 +65,11 @@ impl OutputUrls {
             lifetime,
             secret: rand::random(),
         }
+    }
+
+    /// The stand-in's own base URL.
+    pub(super) fn base(&self) -> &str {
+        &self.base
     }
 
     /// The URL of task `id`'s output of `kind` (`video`, `poster`, `last_frame`), issued now.
@@ -166,6 +174,7 @@ impl Task {
     /// The task in the official shape.
     pub(super) fn official(&self, outputs: &OutputUrls) -> Value {
         let status = match self.status {
+            _ if self.cancelled => "CANCELLED",
             0 if self.throttled => "THROTTLED",
             0 => "PENDING",
             1 => "RUNNING",
@@ -209,7 +218,7 @@ impl Inner {
     pub(super) fn running(&self) -> usize {
         self.tasks
             .values()
-            .filter(|t| t.status < 2 && !t.throttled)
+            .filter(|t| t.status < 2 && !t.throttled && !t.cancelled)
             .count()
     }
 }

@@ -199,11 +199,11 @@ impl Shared {
                     );
                     match upstream {
                         Some(version) => {
-                        let token = delivery.token.take();
-                        (delivery, _, report) = event(&route.url, version);
-                        delivery.token = token;
-                        delivery.task_id.clone_from(&task_id);
-                    }
+                            let token = delivery.token.take();
+                            (delivery, _, report) = event(&route.url, version);
+                            delivery.token = token;
+                            delivery.task_id.clone_from(&task_id);
+                        }
                         // Not finished upstream: nothing to relay yet, and the watch goes
                         // on (its recovery relays the real end).
                         None => return ok_response("not relayed: the upstream contradicts it"),

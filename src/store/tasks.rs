@@ -209,6 +209,11 @@ pub trait TaskStore: Send + Sync + 'static {
     /// check ended it.
     fn checked(&self, task_id: String, owner: String, checked: Checked) -> StoreFuture<'_, Option<Finished>>;
 
+    /// Task `task_id` was cancelled (`DELETE /v1/tasks/{id}` answered 2xx): it ends now,
+    /// status `CANCELLED`, whoever holds it. The task and what it ended as, unless it had
+    /// ended already (or is not on the list).
+    fn cancelled(&self, task_id: String) -> StoreFuture<'_, Option<(WatchedTask, Finished)>>;
+
     /// How many tasks are in each state (the watcher publishes it as
     /// `runway_proxy_tasks{state}`).
     fn count_tasks(&self) -> StoreFuture<'_, TaskCounts>;

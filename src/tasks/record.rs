@@ -1,18 +1,19 @@
 //! [`RecordTasks`]: put every accepted submission on the watch list before its answer
 //! goes back to the client.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use tower::{Layer, ServiceExt};
 
-use super::{NewTask, TaskFormat, TaskStore, WatchSettings};
+use super::{NewTask, TaskFormat, TaskStore, Usage, WatchSettings};
 use crate::body::{self, Body, Bounded};
 use crate::callback::{CallbackToken, Keyring, TaskSubscriber};
 use crate::context::{self, BytesBody, Inner, OnSubmission, SubmissionHandler};
 use crate::retry::RetryOutcome;
 use crate::route::RouteClass;
 use crate::settings::Live;
+use crate::store::{EventSink, event_delivery};
 
 /// What a sealed API key is sealed for ([`Keyring::seal`]).
 pub const SEALED_KEY_PURPOSE: &str = "runway-proxy/task-api-key";
@@ -56,18 +57,36 @@ pub struct Recorder {
     store: Arc<dyn TaskStore>,
     keys: Live<Keyring>,
     settings: WatchSettings,
+    /// Counts a task that ends (a cancelled one), and wakes submissions waiting for a slot.
+    usage: Arc<Usage>,
+    /// Where a cancelled task's event goes: the relay's, once it runs.
+    events: Arc<OnceLock<EventSink>>,
 }
 
 impl RecordTasksLayer {
-    /// Record into `store`, sealing API keys with `keys`.
-    pub fn new(store: Arc<dyn TaskStore>, keys: Live<Keyring>, settings: WatchSettings) -> Self {
+    /// Record into `store`, sealing API keys with `keys`; a task that ends here (is
+    /// cancelled) is counted in `usage`.
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        keys: Live<Keyring>,
+        settings: WatchSettings,
+        usage: Arc<Usage>,
+    ) -> Self {
         RecordTasksLayer {
             shared: Arc::new(Recorder {
                 store,
                 keys,
                 settings,
+                usage,
+                events: Arc::default(),
             }),
         }
+    }
+
+    /// Tell subscribers of cancelled tasks through `events` (the relay's
+    /// [`events`](crate::relay::Relay::events)). Set once; later calls are ignored.
+    pub fn send_events_to(&self, events: EventSink) {
+        let _ = self.shared.events.set(events);
     }
 }
 
@@ -100,25 +119,78 @@ pub struct Pending {
     callback_token: Option<String>,
 }
 
-impl SubmissionHandler for Recorder {
-    type Ticket = Pending;
+/// A request the recorder acts on.
+pub enum Taken {
+    /// A submission: recorded once accepted.
+    Submission(Pending),
+    /// `DELETE /runwayml/v1/tasks/{id}`: the task ends, cancelled, once it succeeds.
+    Cancel(String),
+}
 
-    fn take<B>(&self, request: &Request<B>) -> Option<Pending> {
-        self.pending(request)
+impl SubmissionHandler for Recorder {
+    type Ticket = Taken;
+
+    fn take<B>(&self, request: &Request<B>) -> Option<Taken> {
+        if request.method() == Method::DELETE {
+            return request
+                .uri()
+                .path()
+                .strip_prefix("/runwayml/v1/tasks/")
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+                .map(|id| Taken::Cancel(id.to_owned()));
+        }
+        self.pending(request).map(Taken::Submission)
     }
 
     async fn handle<S: Inner<RB>, RB: BytesBody>(
         self: Arc<Self>,
-        pending: Pending,
+        taken: Taken,
         inner: S,
         request: Request<Body>,
     ) -> Result<Response<Body>, S::Error> {
-        let response = inner.oneshot(request).await?;
-        Ok(self.record(pending, response.map(body::boxed)).await)
+        let response = inner.oneshot(request).await?.map(body::boxed);
+        Ok(match taken {
+            Taken::Submission(pending) => self.record(pending, response).await,
+            Taken::Cancel(task_id) => {
+                if response.status().is_success() {
+                    self.cancelled(task_id).await;
+                }
+                response
+            }
+        })
     }
 }
 
 impl Recorder {
+    /// A task was cancelled upstream: it ends now (its slot free at once, the submissions
+    /// waiting for one woken), and its subscriber is told `CANCELLED`, signed, like any
+    /// other status. A store that fails is logged: the watcher's next poll finds the end.
+    async fn cancelled(&self, task_id: String) {
+        let (task, finished) = match self.store.cancelled(task_id.clone()).await {
+            Ok(Some(ended)) => ended,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, task_id, "a cancelled task could not be ended on the watch list");
+                return;
+            }
+        };
+        self.usage.finished(&finished);
+        tracing::info!(task_id, "task cancelled");
+        let (Some(subscriber), Some(events)) = (task.subscriber.as_deref(), self.events.get()) else {
+            return;
+        };
+        let event = serde_json::json!({
+            "id": task.task_id,
+            "status": "CANCELLED",
+            "runway_proxy_source": "cancel",
+        });
+        let mut delivery = event_delivery(subscriber, bytes::Bytes::from(event.to_string()));
+        delivery.trace = self.store.trace_of(task.task_id.clone()).await.ok().flatten();
+        if let Err(err) = events.enqueue(delivery).await {
+            tracing::warn!(error = %err, task_id = %task.task_id, "cannot store a cancelled task's event");
+        }
+    }
+
     /// The submission's details, if it is one to watch.
     fn pending<B>(&self, request: &Request<B>) -> Option<Pending> {
         let path = request.uri().path();

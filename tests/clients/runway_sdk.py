@@ -54,5 +54,33 @@ elif scenario == "create-twice":
     first = create()
     again = create()
     print(json.dumps({"first": public(first), "again": public(again)}))
+elif scenario == "api-surface":
+    # A representative method of each kind, through the proxy: task creations on routes
+    # other than image_to_video, resources that are no task, an upload, the
+    # organization, and cancelling a task. Each result is read through the SDK's types.
+    results = {}
+    results["text_to_video"] = client.text_to_video.create(
+        model="gen4.5", prompt_text="a cat", ratio="1280:720", duration=5
+    ).id
+    results["text_to_image"] = client.text_to_image.create(
+        model="gen4_image", prompt_text="a cat", ratio="1920:1080"
+    ).id
+    results["sound_effect"] = client.sound_effect.create(model="seed_audio", prompt_text="rain").id
+    voice = client.voices.create(
+        name="My voice", from_={"type": "text", "model": "eleven_ttv_v3", "prompt": "a calm voice"}
+    )
+    results["voice"] = voice.id
+    upload = client.uploads.create_ephemeral(file=("cat.png", b"\x89PNG\r\n\x1a\n0000", "image/png"))
+    results["upload_uri"] = upload.uri
+    organization = client.organization.retrieve()
+    results["credit_balance"] = organization.credit_balance
+    usage = client.organization.retrieve_usage()
+    results["usage_results"] = len(usage.results)
+    # Cancelled while it runs: the SDK reads it as CANCELLED.
+    task = client.image_to_video.create(**task_args)
+    client.tasks.delete(task.id)
+    results["cancelled"] = task.id
+    results["cancelled_status"] = client.tasks.retrieve(task.id).status
+    print(json.dumps(results))
 else:
     sys.exit(f"unknown scenario {scenario}")

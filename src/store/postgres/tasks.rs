@@ -210,6 +210,29 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
+    fn cancelled(&self, task_id: String) -> StoreFuture<'_, Option<(WatchedTask, Finished)>> {
+        Box::pin(async move {
+            // Both column lists from the one updated row: the finished part first.
+            let rows = self
+                .task_statement(
+                    concat!(
+                        "UPDATE runway_proxy_tasks t
+                 SET status = 'CANCELLED', state = 'done', finished_at = runway_proxy_now_ms(),
+                     lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
+                 WHERE task_id = $1 AND state <> 'done'
+                 RETURNING ",
+                        finished!()
+                    ),
+                    vec![Box::new(task_id.clone())],
+                )
+                .await?;
+            let Some(finished) = first_finished(&rows)? else {
+                return Ok(None);
+            };
+            Ok(self.task(task_id).await?.map(|task| (task, finished)))
+        })
+    }
+
     fn count_tasks(&self) -> StoreFuture<'_, TaskCounts> {
         Box::pin(async move {
             let rows = self

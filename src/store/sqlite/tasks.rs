@@ -287,6 +287,34 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
+    fn cancelled(&self, task_id: String) -> StoreFuture<'_, Option<(WatchedTask, Finished)>> {
+        Box::pin(async move {
+            self.run(move |tx| {
+                let now = now_ms();
+                let finished = tx
+                    .prepare_cached(&format!(
+                        "UPDATE tasks SET status = 'CANCELLED', state = 'done', finished_at = ?2,
+                                lease_owner = NULL, lease_until = NULL, updated_at = ?2
+                         WHERE task_id = ?1 AND state <> 'done'
+                         RETURNING {FINISHED}"
+                    ))?
+                    .query_map(params![task_id, now], row_to_finished)?
+                    .next()
+                    .transpose()?;
+                let Some(finished) = finished else {
+                    return Ok(None);
+                };
+                let task = tx
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ?1"))?
+                    .query_map(params![task_id], row_to_task)?
+                    .next()
+                    .transpose()?;
+                Ok(task.map(|task| (task, finished)))
+            })
+            .await
+        })
+    }
+
     fn count_tasks(&self) -> StoreFuture<'_, TaskCounts> {
         Box::pin(async move {
             self.run(|tx| {

@@ -253,6 +253,27 @@ where
         }
     }
 
+    /// Count an official-format status event the watch list's states do not name, and a
+    /// failure by its code's family.
+    fn count_status(&self, status: &str, event: Option<&[u8]>) {
+        match status {
+            "THROTTLED" => self.metrics.throttled.inc(),
+            "CANCELLED" => self.metrics.cancelled.inc(),
+            "FAILED" => {
+                let code = event
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+                    .and_then(|event| {
+                        event
+                            .get("failureCode")
+                            .and_then(|c| c.as_str())
+                            .map(str::to_owned)
+                    });
+                self.metrics.failed_with(code.as_deref());
+            }
+            _ => {}
+        }
+    }
+
     /// The `Authorization` the task was submitted with, unsealed.
     fn authorization(&self, task: &WatchedTask) -> Option<HeaderValue> {
         let keys = self.keys.get();
@@ -288,6 +309,9 @@ where
                 event,
                 points,
             } => {
+                if task.format == TaskFormat::Official && event.is_some() {
+                    self.count_status(&status, event.as_deref());
+                }
                 // A task no one subscribed to is watched for the ledger only.
                 if let (Some(event), Some(subscriber)) = (event, task.subscriber.as_deref()) {
                     let mut delivery = event_delivery(subscriber, event);
