@@ -326,3 +326,61 @@ async fn usage_queries_are_checked() {
     let usage = get_json(&proxy, "/-/usage?from=0&to=60").await;
     assert_eq!(usage["to"], "1970-01-01T00:01:00Z");
 }
+
+#[tokio::test]
+async fn estimates_count_against_a_point_budget_before_the_bill() {
+    // Nothing is billed while the test runs: the tasks take a minute.
+    let mock = start_mock(MockConfig::default().step(Duration::from_secs(60))).await;
+    // gen4_turbo is 5 points a second in the shipped price table: a 10 s video is
+    // estimated at 50, and the budget has room for two.
+    let proxy = start_proxy_with(None, &mock.url(), &flags(&[("guard.daily_point_budget", "120")])).await;
+    let body = json!({"model": "gen4_turbo", "promptImage": "https://cdn.example.com/cat.png",
+                      "ratio": "1280:720", "duration": 10});
+    let replies = futures_util::future::join_all((0..10).map(|_| {
+        let request = Request::post(proxy.url("/runwayml/v1/image_to_video"))
+            .header("authorization", "Bearer sk-test")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        async move { send(&client(), request).await.unwrap() }
+    }))
+    .await;
+    let granted = replies.iter().filter(|r| r.status == StatusCode::OK).count();
+    assert_eq!(
+        granted,
+        2,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for refused in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        let msg = refused.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(msg.contains("estimated at 50 points"), "{msg}");
+    }
+    assert_eq!(
+        mock.stats().received("/runwayml/v1/image_to_video"),
+        2,
+        "the eight refused were never sent"
+    );
+    // A model the table has no price for counts at guard.unknown_model_points (100
+    // here, more than the 20 left), and is named in a warning metric.
+    let subscriber = Subscriber::start().await;
+    let unpriced = submit(&proxy, "sk-test", &subscriber).await;
+    assert!(
+        unpriced.json()["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("estimated at 100 points"),
+        "{}",
+        unpriced.json()
+    );
+    let metrics = metrics_text(&proxy).await;
+    assert!(
+        metrics.contains(r#"runway_proxy_guard_refusals_total{reason="daily_point_budget"} 9"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"runway_proxy_guard_unpriced_total{model="gen4"} 1"#),
+        "{metrics}"
+    );
+}

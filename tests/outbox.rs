@@ -517,7 +517,58 @@ fn reservation(id: &str, key: &str) -> Reservation {
         key_hash: format!("hash-of-{key}"),
         key: key.to_owned(),
         model: Some("gen4_turbo".to_owned()),
+        points: None,
     }
+}
+
+async fn estimates_count_until_the_bill_replaces_them(store: Arc<dyn Store>) {
+    let limits = TaskLimits {
+        points_per_key: Some(120),
+        ..limits()
+    };
+    let estimated = |id: &str| Reservation {
+        points: Some(50),
+        ..reservation(id, "est")
+    };
+    assert_eq!(
+        store.reserve(estimated("r1"), limits).await.unwrap(),
+        Reserved::Granted
+    );
+    assert_eq!(
+        store.reserve(estimated("r2"), limits).await.unwrap(),
+        Reserved::Granted
+    );
+    assert_eq!(
+        store.reserve(estimated("r3"), limits).await.unwrap(),
+        Reserved::Refused {
+            limit: Limit::PointsPerKey,
+            used: 100
+        },
+        "a third estimate would not fit whole"
+    );
+    // The first becomes a task, and CometAPI reports what it really cost: 10.
+    let mut task = keyed("billed", "est", "gen4_turbo");
+    task.reservation = Some("r1".into());
+    store.record(task, HOUR).await.unwrap();
+    store
+        .callback_seen("billed".into(), ended("3", 10, 0), HOUR)
+        .await
+        .unwrap();
+    let spent: i64 = store
+        .spend(Some("est".into()), 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.net_points)
+        .sum();
+    assert_eq!(
+        spent, 60,
+        "the bill replaced its estimate; the other still counts at 50"
+    );
+    assert_eq!(
+        store.reserve(estimated("r4"), limits).await.unwrap(),
+        Reserved::Granted
+    );
 }
 
 fn keyed(id: &str, key: &str, model: &str) -> NewTask {
@@ -1253,6 +1304,7 @@ on_every_store!(
     trace_contexts_are_kept_with_tasks_and_deliveries,
     a_token_belongs_to_the_first_task_recorded_for_it,
     archive_jobs_hold_their_delivery_until_finished,
+    estimates_count_until_the_bill_replaces_them,
 );
 
 #[cfg(feature = "postgres")]

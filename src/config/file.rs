@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{ConfigError, KEYS, Origin};
-use crate::guard::KeyOverride;
+use crate::guard::{KeyOverride, Price};
 use crate::retry::RuleSpec;
 
 /// Flatten a TOML document into `dotted.key -> value text`, refusing keys not in [`KEYS`],
@@ -15,13 +15,19 @@ pub(super) fn flatten_toml(text: &str) -> Result<Flattened, ConfigError> {
         .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
     let rules: Vec<RuleSpec> = take_array(&mut table, "retry.rules")?;
     let keys: Vec<KeyOverride> = take_array(&mut table, "guard.keys")?;
+    let prices: Vec<Price> = take_array(&mut table, "guard.prices")?;
     let mut out = BTreeMap::new();
     flatten_into(&table, "", &mut out)?;
-    Ok((out, rules, keys))
+    Ok((out, rules, keys, prices))
 }
 
-/// Dotted keys and their value text, the retry rules, the key overrides.
-pub(super) type Flattened = (BTreeMap<String, String>, Vec<RuleSpec>, Vec<KeyOverride>);
+/// Dotted keys and their value text, the retry rules, the key overrides, the prices.
+pub(super) type Flattened = (
+    BTreeMap<String, String>,
+    Vec<RuleSpec>,
+    Vec<KeyOverride>,
+    Vec<Price>,
+);
 
 fn flatten_into(
     table: &toml::Table,

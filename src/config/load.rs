@@ -112,12 +112,16 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &Overrides,
     ) -> Result<(Config, Origins), ConfigError> {
-        let (file_values, rules, keys) = match file {
+        let (file_values, rules, keys, prices) = match file {
             Some(text) => file::flatten_toml(text)?,
-            None => (BTreeMap::new(), Vec::new(), Vec::new()),
+            None => (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new()),
         };
         let mut config = Config::default();
         config.guard.keys = keys;
+        // A file's price table replaces the shipped one whole.
+        if !prices.is_empty() {
+            config.guard.prices = prices;
+        }
         let mut user_rules = Vec::with_capacity(rules.len());
         for (index, spec) in rules.into_iter().enumerate() {
             let rule = spec.build(index).map_err(|problem| ConfigError::Invalid {

@@ -67,6 +67,9 @@ pub struct Fields {
     pub callback_url: Result<Option<CallbackUrl>, RewriteError>,
     /// The top-level `model`, when it is a string (and the body is a JSON object).
     pub model: Option<String>,
+    /// The top-level `duration` (or `seconds`) in milliseconds, when it is a positive
+    /// number of seconds or a string holding one: what a video's price is estimated by.
+    pub duration_ms: Option<u64>,
 }
 
 impl Fields {
@@ -75,8 +78,12 @@ impl Fields {
     pub fn parse(body: &[u8]) -> Fields {
         #[cfg(test)]
         PARSES.with(|parses| parses.set(parses.get() + 1));
-        let (callback_url, model) = scan(body);
-        Fields { callback_url, model }
+        let (callback_url, model, duration) = scan(body);
+        Fields {
+            callback_url,
+            model,
+            duration_ms: duration,
+        }
     }
 }
 
@@ -90,7 +97,14 @@ fn find_callback_url(body: &[u8]) -> Result<Option<CallbackUrl>, RewriteError> {
     scan(body).0
 }
 
-fn scan(body: &[u8]) -> (Result<Option<CallbackUrl>, RewriteError>, Option<String>) {
+/// What one pass over a submission body found: its `callback_url`, `model` and duration.
+type Found = (
+    Result<Option<CallbackUrl>, RewriteError>,
+    Option<String>,
+    Option<u64>,
+);
+
+fn scan(body: &[u8]) -> Found {
     // serde_json skips the strings it ignores without checking them, so check all at once.
     let utf8 = std::str::from_utf8(body).is_ok();
     let mut deserializer = serde_json::Deserializer::from_slice(body);
@@ -99,9 +113,13 @@ fn scan(body: &[u8]) -> (Result<Option<CallbackUrl>, RewriteError>, Option<Strin
             base: body.as_ptr() as usize,
         })
         .and_then(|found| deserializer.end().map(|()| found));
-    let (found, model) = match scanned {
-        Ok(Scanned { found, model }) => (found, model),
-        Err(err) => (Err(RewriteError::NotAnObject(err.to_string())), None),
+    let (found, model, duration) = match scanned {
+        Ok(Scanned {
+            found,
+            model,
+            duration,
+        }) => (found, model, duration),
+        Err(err) => (Err(RewriteError::NotAnObject(err.to_string())), None, None),
     };
     // Bytes that are not UTF-8 come first: decoders disagree on everything after them.
     let callback_url = if utf8 {
@@ -109,7 +127,7 @@ fn scan(body: &[u8]) -> (Result<Option<CallbackUrl>, RewriteError>, Option<Strin
     } else {
         Err(RewriteError::InvalidUtf8)
     };
-    (callback_url, model)
+    (callback_url, model, duration)
 }
 
 /// What one pass over the top level found: the `callback_url` (or why it cannot be
@@ -117,6 +135,7 @@ fn scan(body: &[u8]) -> (Result<Option<CallbackUrl>, RewriteError>, Option<Strin
 struct Scanned {
     found: Result<Option<CallbackUrl>, RewriteError>,
     model: Option<String>,
+    duration: Option<u64>,
 }
 
 /// `body` with the bytes in `span` replaced by `url` as a JSON string.
@@ -164,6 +183,7 @@ impl<'de> Visitor<'de> for TopLevel {
         let mut found: Result<Option<CallbackUrl>, RewriteError> = Ok(None);
         let mut model = None;
         let mut models = 0;
+        let mut duration = None;
         while let Some(JsonKey(key)) = map.next_key::<JsonKey<'de>>()? {
             match key.as_ref() {
                 "callback_url" => {
@@ -180,6 +200,16 @@ impl<'de> Visitor<'de> for TopLevel {
                     models += 1;
                     model = serde_json::from_str::<String>(raw.get()).ok();
                 }
+                "duration" | "seconds" => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    let text = raw.get().trim_matches('"');
+                    duration = text
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0)
+                        .map(|s| (s.min(86_400.0) * 1000.0).round() as u64);
+                }
                 _ => {
                     if found.is_ok() && folds_to_callback_url(&key) {
                         found = Err(RewriteError::Ambiguous(key.clone().into_owned()));
@@ -192,6 +222,7 @@ impl<'de> Visitor<'de> for TopLevel {
         Ok(Scanned {
             found,
             model: model.filter(|_| models == 1),
+            duration,
         })
     }
 }

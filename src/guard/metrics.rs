@@ -13,7 +13,13 @@ pub struct GuardMetrics {
     /// Reservations granted.
     pub granted: Counter,
     refusals: LabeledCounters<8>,
+    /// Submissions estimated at `guard.unknown_model_points`, by the model they named
+    /// (the first [`UNPRICED_NAMES`] names; the rest as `other`). Held only to count.
+    unpriced: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// Most model names `runway_proxy_guard_unpriced_total` names (clients choose them).
+pub const UNPRICED_NAMES: usize = 32;
 
 impl Default for GuardMetrics {
     fn default() -> Self {
@@ -21,6 +27,7 @@ impl Default for GuardMetrics {
             waiting: Arc::default(),
             granted: Counter::default(),
             refusals: LabeledCounters::new(&REASONS),
+            unpriced: std::sync::Mutex::default(),
         }
     }
 }
@@ -40,6 +47,18 @@ const REASONS: [&str; 8] = [
 impl GuardMetrics {
     pub(super) fn refused(&self, reason: &str) {
         self.refusals.inc(reason);
+    }
+
+    /// Count a submission the price table had no price for.
+    pub(super) fn unpriced(&self, model: Option<&str>) {
+        let mut unpriced = self.unpriced.lock().unwrap_or_else(|p| p.into_inner());
+        let named = model.unwrap_or("none");
+        let label = if unpriced.contains_key(named) || unpriced.len() < UNPRICED_NAMES {
+            named
+        } else {
+            "other"
+        };
+        *unpriced.entry(label.to_owned()).or_default() += 1;
     }
 
     /// Refusals for `reason` (a limit's setting name, `queue_full`, `store_unavailable`).
@@ -69,6 +88,21 @@ impl MetricSet for GuardMetrics {
             "runway_proxy_guard_refusals_total",
             "Submissions the task guard refused before sending, by the limit (or reason).",
             "reason",
+        );
+        let unpriced: Vec<(String, u64)> = self
+            .unpriced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(model, n)| (model.clone(), *n))
+            .collect();
+        crate::metrics::write_family(
+            out,
+            "runway_proxy_guard_unpriced_total",
+            "counter",
+            "Submissions whose model [[guard.prices]] has no price for, estimated at guard.unknown_model_points (a warning: add a price).",
+            "model",
+            unpriced,
         );
     }
 }

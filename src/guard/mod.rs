@@ -54,6 +54,7 @@
 
 mod layer;
 mod metrics;
+mod prices;
 mod refusal;
 mod service;
 #[cfg(test)]
@@ -67,6 +68,7 @@ use serde::Deserialize;
 pub use crate::context::ResponseFuture;
 pub use layer::{TaskGuardLayer, TaskGuardLayerBuilder};
 pub use metrics::GuardMetrics;
+pub use prices::{Estimate, Price, default_prices};
 pub use service::{Guard, TaskGuard};
 
 use crate::settings::setters;
@@ -95,6 +97,11 @@ settings! {
         pub budget_window: Duration = Duration::from_secs(24 * 3600),
         /// Labels and limits of particular keys (`[[guard.keys]]`).
         pub keys: Vec<KeyOverride> = Vec::new(),
+        /// What submissions are estimated to cost before CometAPI reports it
+        /// (`[[guard.prices]]`; default: Runway's published prices, see [`default_prices`]).
+        pub prices: Vec<Price> = default_prices(),
+        /// Points a submission whose model (and route) the price table lacks is estimated at.
+        pub unknown_model_points: u64 = 100,
     }
     rows {
         max_tasks_in_flight: live, under Limits,
@@ -132,6 +139,11 @@ settings! {
             flag: "budget-window",
             doc: "The budgets' rolling window.",
             parse: parse::positive_duration, show: show::duration;
+        unknown_model_points: live, under Limits,
+            env: "RUNWAY_PROXY_UNKNOWN_MODEL_POINTS",
+            flag: "unknown-model-points",
+            doc: "Points a submission is estimated at when [[guard.prices]] has no price for its model or route (counted against point budgets until CometAPI reports the real figure).",
+            parse: parse::number, show: show::plain;
     }
 }
 

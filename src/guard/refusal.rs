@@ -28,6 +28,9 @@ pub(super) enum Refusal {
         /// When enough of the window has passed for one more task (Unix ms); `None`:
         /// never (a budget of 0).
         frees_at: Option<i64>,
+        /// This submission's estimated points, when a point budget refused it: the
+        /// estimate decided if `used` alone was under the budget.
+        estimate: Option<u64>,
     },
     /// No task slot came free within `max_wait`.
     MaxWait {
@@ -66,6 +69,7 @@ impl Refusal {
                 used,
                 window,
                 frees_at,
+                estimate,
             } => {
                 let what = if matches!(limit, Limit::Points | Limit::PointsPerKey) {
                     "points"
@@ -92,8 +96,18 @@ impl Refusal {
                         None,
                     ),
                 };
+                // Points not yet billed count at their estimate; say when one decided.
+                let estimated = match estimate {
+                    Some(points) if *used < i64::try_from(*budget).unwrap_or(i64::MAX) => format!(
+                        " (counting estimates for tasks not billed yet), and this submission is estimated at \
+                         {points} points, more than the {} left",
+                        i64::try_from(*budget).unwrap_or(i64::MAX) - used
+                    ),
+                    Some(_) => " (counting estimates for tasks not billed yet)".to_owned(),
+                    None => String::new(),
+                };
                 let msg = format!(
-                    "budget spent (runway-proxy {}): {whose} used {used} {what} of its {budget} in the last {}; \
+                    "budget spent (runway-proxy {}): {whose} used {used} {what} of its {budget} in the last {}{estimated}; \
                      nothing was sent; {when}",
                     limit.as_str(),
                     duration::format(*window),
@@ -103,6 +117,7 @@ impl Refusal {
                     "key": key,
                     "budget": budget,
                     "used": used,
+                    "estimate": estimate,
                     "frees_at": frees_at.map(duration::rfc3339),
                 });
                 (status, msg, retry_after, false, data)
@@ -236,6 +251,7 @@ mod tests {
             used: 640,
             window: Duration::from_secs(86_400),
             frees_at: Some(3_600_000),
+            estimate: None,
         }
         .into_response("/runway/pro/generate", 0);
         assert_eq!(budget.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -252,6 +268,7 @@ mod tests {
             used: 0,
             window: Duration::from_secs(86_400),
             frees_at: None,
+            estimate: None,
         }
         .into_response("/runwayml/v1/image_to_video", 0);
         assert_eq!(never.status(), StatusCode::PAYMENT_REQUIRED);

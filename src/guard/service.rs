@@ -48,6 +48,9 @@ pub struct Guard {
 #[derive(Debug)]
 pub(super) struct GuardRules {
     directory: Directory,
+    /// What submissions are estimated to cost (`[[guard.prices]]`).
+    prices: Vec<super::Price>,
+    unknown_points: u64,
     /// No limit is set for anyone: submissions are only labelled for the ledger.
     unlimited: bool,
     max_wait: Duration,
@@ -60,6 +63,8 @@ impl GuardRules {
         at_least_one(waits.max_queue, "limit.max_queue")?;
         Ok(GuardRules {
             directory,
+            prices: settings.prices.clone(),
+            unknown_points: settings.unknown_model_points,
             unlimited: settings.is_unlimited(),
             max_wait: waits.max_wait,
             max_queue: waits.max_queue,
@@ -108,8 +113,8 @@ impl Guard {
         );
         let rules = self.rules.get();
         let key = rules.directory.key_of(hash.clone());
-        let (model, mut request) = match SubmissionBody::of(&request, self.body_limit) {
-            Some(buffered) => (model_of(buffered), request),
+        let (model, duration_ms, mut request) = match SubmissionBody::of(&request, self.body_limit) {
+            Some(buffered) => (model_of(buffered), buffered.fields().duration_ms, request),
             None => match read_for_model(request, self.body_limit).await {
                 Ok(read) => read,
                 Err(refusal) => return Ok(refusal),
@@ -124,6 +129,16 @@ impl Guard {
         let limits = self.limits(&rules, &key);
         let mut reservation = None;
         if !rules.unlimited && !limits.is_unlimited() {
+            let estimate = super::prices::estimate(
+                &rules.prices,
+                rules.unknown_points,
+                model.as_deref(),
+                &path,
+                duration_ms,
+            );
+            if !estimate.priced {
+                self.metrics.unpriced(model.as_deref());
+            }
             let wanted = Reservation {
                 id: format!("pending-{:032x}", rand::random::<u128>()),
                 format,
@@ -131,6 +146,7 @@ impl Guard {
                 key_hash: hash.clone(),
                 key: key.clone(),
                 model: model.clone(),
+                points: Some(estimate.points),
             };
             match self.reserve(&wanted, rules).await {
                 Ok(()) => {
@@ -268,6 +284,7 @@ impl Guard {
             used,
             window: limits.window,
             frees_at,
+            estimate: points.then_some(wanted.points).flatten(),
         }
     }
 }
@@ -290,16 +307,16 @@ fn model_of(buffered: &SubmissionBody) -> Option<String> {
 async fn read_for_model(
     request: Request<Body>,
     limit: usize,
-) -> Result<(Option<String>, Request<Body>), Response<Body>> {
+) -> Result<(Option<String>, Option<u64>, Request<Body>), Response<Body>> {
     let (mut parts, body) = request.into_parts();
     match body::read_bounded(body, limit).await {
         Ok(Bounded::Whole(bytes)) => {
             let buffered = SubmissionBody::new(bytes.clone());
-            let model = model_of(&buffered);
+            let (model, duration_ms) = (model_of(&buffered), buffered.fields().duration_ms);
             parts.extensions.insert(buffered);
-            Ok((model, Request::from_parts(parts, body::full(bytes))))
+            Ok((model, duration_ms, Request::from_parts(parts, body::full(bytes))))
         }
-        Ok(Bounded::Partial(body)) => Ok((None, Request::from_parts(parts, body))),
+        Ok(Bounded::Partial(body)) => Ok((None, None, Request::from_parts(parts, body))),
         // The client went away mid-body: nothing to send, nothing reserved.
         Err(err) => {
             tracing::debug!(error = %body::error_chain(&err), "a submission's body broke off");

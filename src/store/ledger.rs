@@ -123,6 +123,10 @@ pub struct Reservation {
     pub key: String,
     /// The model it names, if any.
     pub model: Option<String>,
+    /// What it is estimated to cost, in points, before CometAPI reports the real figure:
+    /// counted against the point budgets from the reservation on, and replaced by the
+    /// reported `point`/`refund` when they arrive.
+    pub points: Option<u64>,
 }
 
 /// The limits a reservation is checked against, resolved for its key.

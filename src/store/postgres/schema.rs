@@ -15,7 +15,7 @@ const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
 
 /// Each migration, in order; its number is its position (from 1). Never edit one that has
 /// shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The newest schema version this build knows.
 pub(super) const LATEST: i32 = MIGRATIONS.len() as i32;
@@ -308,6 +308,67 @@ CREATE TABLE runway_proxy_token_bindings (
     task_id  text   NOT NULL,
     bound_at bigint NOT NULL
 );
+"#;
+
+const V7: &str = r#"
+-- The reservation counts a submission's estimated points against the point budgets (it
+-- must fit whole) and records them until CometAPI reports the real figure.
+DROP FUNCTION runway_proxy_reserve_task(text, text, text, text, text, text, bigint, bigint,
+                                        bigint, bigint, bigint, bigint, bigint, bigint);
+CREATE FUNCTION runway_proxy_reserve_task(
+    p_task_id text, p_format text, p_route text, p_key_hash text, p_key text, p_model text,
+    p_window_ms bigint, p_unknown_ms bigint,
+    p_tasks_per_key bigint, p_points_per_key bigint, p_tasks bigint, p_points bigint,
+    p_in_flight_per_key bigint, p_in_flight bigint, p_points_estimate bigint,
+    OUT refused text, OUT used bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    now_ms bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(8247619751614414850);
+    now_ms := runway_proxy_now_ms();
+    IF p_tasks_per_key IS NOT NULL THEN
+        SELECT count(*) INTO used FROM runway_proxy_tasks
+        WHERE key_label = p_key AND submitted_at > now_ms - p_window_ms;
+        IF used >= p_tasks_per_key THEN refused := 'daily_task_budget_per_key'; RETURN; END IF;
+    END IF;
+    IF p_points_per_key IS NOT NULL THEN
+        SELECT COALESCE(sum(COALESCE(points, 0) - COALESCE(refunded, 0)), 0) INTO used FROM runway_proxy_tasks
+        WHERE key_label = p_key AND submitted_at > now_ms - p_window_ms;
+        IF used >= p_points_per_key OR used + COALESCE(p_points_estimate, 0) > p_points_per_key THEN
+            refused := 'daily_point_budget_per_key'; RETURN;
+        END IF;
+    END IF;
+    IF p_tasks IS NOT NULL THEN
+        SELECT count(*) INTO used FROM runway_proxy_tasks WHERE submitted_at > now_ms - p_window_ms;
+        IF used >= p_tasks THEN refused := 'daily_task_budget'; RETURN; END IF;
+    END IF;
+    IF p_points IS NOT NULL THEN
+        SELECT COALESCE(sum(COALESCE(points, 0) - COALESCE(refunded, 0)), 0) INTO used FROM runway_proxy_tasks
+        WHERE submitted_at > now_ms - p_window_ms;
+        IF used >= p_points OR used + COALESCE(p_points_estimate, 0) > p_points THEN
+            refused := 'daily_point_budget'; RETURN;
+        END IF;
+    END IF;
+    IF p_in_flight_per_key IS NOT NULL THEN
+        SELECT count(*) INTO used FROM runway_proxy_tasks
+        WHERE key_label = p_key AND state IN ('pending', 'watching', 'unknown')
+          AND (state = 'watching' OR submitted_at > now_ms - p_unknown_ms);
+        IF used >= p_in_flight_per_key THEN refused := 'max_tasks_in_flight_per_key'; RETURN; END IF;
+    END IF;
+    IF p_in_flight IS NOT NULL THEN
+        SELECT count(*) INTO used FROM runway_proxy_tasks
+        WHERE state IN ('pending', 'watching', 'unknown')
+          AND (state = 'watching' OR submitted_at > now_ms - p_unknown_ms);
+        IF used >= p_in_flight THEN refused := 'max_tasks_in_flight'; RETURN; END IF;
+    END IF;
+    INSERT INTO runway_proxy_tasks (task_id, format, route, key_hash, key_label, model, state, submitted_at,
+                                    next_check_at, updated_at, points)
+    VALUES (p_task_id, p_format, p_route, p_key_hash, p_key, p_model, 'pending', now_ms, now_ms, now_ms,
+            p_points_estimate);
+    refused := NULL;
+    used := 0;
+END $$;
 "#;
 
 /// Bring the database's schema up to [`LATEST`].

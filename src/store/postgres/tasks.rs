@@ -321,7 +321,7 @@ impl TaskStore for PostgresOutbox {
             let rows = self
                 .task_statement(
                     "SELECT refused, used FROM runway_proxy_reserve_task(
-                         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                     vec![
                         Box::new(reservation.id),
                         Box::new(reservation.format.as_str()),
@@ -337,6 +337,7 @@ impl TaskStore for PostgresOutbox {
                         Box::new(limit_param(limits.points)),
                         Box::new(limits.in_flight_per_key.map(i64::from)),
                         Box::new(limits.in_flight.map(i64::from)),
+                        Box::new(reservation.points.and_then(|p| i64::try_from(p).ok())),
                     ],
                 )
                 .await?;

@@ -64,6 +64,9 @@ fn reserve(tx: &Connection, reservation: &Reservation, limits: &TaskLimits) -> r
     let window_start = now - millis(limits.window);
     let unknown_since = now - millis(limits.unknown_for);
     let key = reservation.key.as_str();
+    let estimate = reservation
+        .points
+        .map_or(0, |p| i64::try_from(p).unwrap_or(i64::MAX));
     let budget =
         |limit: Limit, cap: Option<u64>, per_key: bool, points: bool| -> rusqlite::Result<Option<Reserved>> {
             let Some(cap) = cap else { return Ok(None) };
@@ -78,7 +81,10 @@ fn reserve(tx: &Connection, reservation: &Reservation, limits: &TaskLimits) -> r
                     "SELECT {what} FROM tasks WHERE {scope} submitted_at > ?1"
                 ))?
                 .query_row(params![window_start, key], |row| row.get(0))?;
-            Ok((used >= i64::try_from(cap).unwrap_or(i64::MAX)).then_some(Reserved::Refused { limit, used }))
+            let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+            // A point budget counts this submission's estimate too: it must fit whole.
+            let over = used >= cap || (points && estimate > 0 && used.saturating_add(estimate) > cap);
+            Ok(over.then_some(Reserved::Refused { limit, used }))
         };
     for (limit, cap, per_key, points) in [
         (Limit::TasksPerKey, limits.tasks_per_key, true, false),
@@ -108,8 +114,8 @@ fn reserve(tx: &Connection, reservation: &Reservation, limits: &TaskLimits) -> r
     }
     tx.execute_cached(
         "INSERT INTO tasks (task_id, format, route, key_hash, key_label, model, state, submitted_at, next_check_at,
-                            updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+                            updated_at, points)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7, ?8)",
         params![
             reservation.id,
             reservation.format.as_str(),
@@ -117,7 +123,8 @@ fn reserve(tx: &Connection, reservation: &Reservation, limits: &TaskLimits) -> r
             reservation.key_hash,
             reservation.key,
             reservation.model,
-            now
+            now,
+            reservation.points.and_then(|p| i64::try_from(p).ok())
         ],
     )?;
     Ok(Reserved::Granted)
