@@ -1030,9 +1030,9 @@ async fn trace_contexts_are_kept_with_tasks_and_deliveries(store: Arc<dyn Store>
     assert_eq!(trace_of("untraced"), None);
 }
 
-fn through(token: &str, task: &str, status: &str, at: u32) -> NewDelivery {
+fn through(token: i64, task: &str, status: &str, at: u32) -> NewDelivery {
     let mut delivery = webhook(task, status, at);
-    delivery.token = Some(token.to_owned());
+    delivery.token = Some(token);
     delivery.task_id = Some(task.to_owned());
     delivery
 }
@@ -1040,18 +1040,18 @@ fn through(token: &str, task: &str, status: &str, at: u32) -> NewDelivery {
 async fn a_token_belongs_to_the_first_task_recorded_for_it(store: Arc<dyn Store>) {
     // Bound at submission: the first webhook, naming another task, is refused.
     let mut submitted = task("bound-task", TaskFormat::Reverse);
-    submitted.callback_token = Some("tok-submitted".to_owned());
+    submitted.callback_token = Some(0x50b_0001);
     store.record(submitted, LEASE).await.unwrap();
-    let forged = through("tok-submitted", "other-task", "SUCCEEDED", 1);
+    let forged = through(0x50b_0001, "other-task", "SUCCEEDED", 1);
     assert_eq!(store.enqueue(forged).await.unwrap(), Enqueued::Refused);
-    let mut unnamed = through("tok-submitted", "x", "SUCCEEDED", 1);
+    let mut unnamed = through(0x50b_0001, "x", "SUCCEEDED", 1);
     unnamed.task_id = None;
     assert_eq!(
         store.enqueue(unnamed).await.unwrap(),
         Enqueued::Refused,
         "a bound token must name its task"
     );
-    let genuine = through("tok-submitted", "bound-task", "SUCCEEDED", 1);
+    let genuine = through(0x50b_0001, "bound-task", "SUCCEEDED", 1);
     assert!(matches!(
         store.enqueue(genuine).await.unwrap(),
         Enqueued::Stored(_)
@@ -1059,11 +1059,11 @@ async fn a_token_belongs_to_the_first_task_recorded_for_it(store: Arc<dyn Store>
 
     // Not bound at submission (an outcome-unknown one, or no watch list): its first
     // webhook binds it.
-    let first = through("tok-unbound", "task-a", "RUNNING", 1);
+    let first = through(0x50b_0002, "task-a", "RUNNING", 1);
     assert!(matches!(store.enqueue(first).await.unwrap(), Enqueued::Stored(_)));
-    let other = through("tok-unbound", "task-b", "SUCCEEDED", 2);
+    let other = through(0x50b_0002, "task-b", "SUCCEEDED", 2);
     assert_eq!(store.enqueue(other).await.unwrap(), Enqueued::Refused);
-    let later = through("tok-unbound", "task-a", "SUCCEEDED", 2);
+    let later = through(0x50b_0002, "task-a", "SUCCEEDED", 2);
     assert!(matches!(store.enqueue(later).await.unwrap(), Enqueued::Stored(_)));
     // Events the proxy makes itself come through no token.
     assert!(matches!(
@@ -1329,7 +1329,7 @@ mod postgres_schema {
         }
         let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
         let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6], "each migration once, in order");
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7], "each migration once, in order");
         // And a restart finds the schema as it left it.
         PostgresOutbox::connect(&settings).await.unwrap();
     }

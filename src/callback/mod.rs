@@ -71,13 +71,20 @@ pub struct TaskSubscriber(pub String);
 /// [`RewriteCallback`] puts it in the request's extensions, and the watch list records
 /// it with the task the submission creates, binding the two.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CallbackToken(pub String);
+pub struct CallbackToken(pub i64);
 
-/// A route token's id: its first 24 characters, the base64 of its header (version, key,
-/// minting time and random nonce). Unique per token, public (it seals nothing), and read
-/// without opening the token.
-pub fn token_id(token: &str) -> Option<&str> {
-    token.get(..24)
+/// A route token's id: the first 8 of the 12 random bytes of its nonce (characters 8 to
+/// 18 of the token: base64 of its header), as a number. Unique per token for all
+/// practical purposes (64 random bits), public (it seals nothing), read without opening
+/// the token, and a number so that recording it costs an integer key.
+pub fn token_id(token: &str) -> Option<i64> {
+    use base64::Engine as _;
+    // Characters 8..24 are bytes 6..18 of the token: its nonce.
+    let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.get(8..24)?)
+        .ok()?;
+    let bytes: [u8; 8] = nonce.get(..8)?.try_into().ok()?;
+    Some(i64::from_be_bytes(bytes))
 }
 
 /// Why [`Callbacks`] could not be made.
@@ -303,5 +310,23 @@ settings! {
             flag: "callback-token-lifetime",
             doc: "How long a callback route token is honoured after it was minted (webhooks with older ones get 404).",
             parse: parse::positive_duration, show: show::duration;
+    }
+}
+
+#[cfg(test)]
+mod token_id_tests {
+    use super::*;
+
+    #[test]
+    fn each_token_has_its_own_id_read_without_the_keys() {
+        let keys: Keyring = "1:a-secret-of-at-least-thirty-two-bytes".parse().unwrap();
+        let first = keys.mint("https://app.example/hook");
+        let second = keys.mint("https://app.example/hook");
+        assert_eq!(token_id(&first), token_id(&first));
+        assert!(token_id(&first).is_some());
+        assert_ne!(token_id(&first), token_id(&second), "a fresh nonce each");
+        for bad in ["", "short", "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"] {
+            assert_eq!(token_id(bad), None, "{bad:?}");
+        }
     }
 }

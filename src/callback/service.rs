@@ -156,7 +156,7 @@ impl Rewriter {
             .rsplit('/')
             .next()
             .and_then(super::token_id)
-            .map(|id| CallbackToken(id.to_owned()));
+            .map(CallbackToken);
         let rewritten = found.replace(buffered.bytes(), &hook);
         // The length changed; hyper sets the new one from the body.
         request.headers_mut().remove(header::CONTENT_LENGTH);

@@ -145,7 +145,7 @@ impl Shared {
         if request.method() != Method::POST {
             return envelope::error_response(StatusCode::METHOD_NOT_ALLOWED, "webhooks are POSTed");
         }
-        let bound_to = token_id(token).map(str::to_owned);
+        let bound_to = token_id(token);
         let route = match self.keys.get().verify_fresh(token, self.token_lifetime) {
             // Only a callback token routes a webhook: the same keys sign output links
             // (`archive:` and a key), which name no subscriber.

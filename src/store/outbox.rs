@@ -41,7 +41,7 @@ pub struct NewDelivery {
     /// The id of the callback route token it came through, if it came through one: the
     /// token is bound to the first task id recorded for it (at submission, or by its
     /// first webhook), and a webhook naming another task is refused.
-    pub token: Option<String>,
+    pub token: Option<i64>,
     /// The task id the body names, if it names one.
     pub task_id: Option<String>,
 }

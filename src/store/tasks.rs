@@ -107,7 +107,7 @@ pub struct NewTask {
     /// The id of the callback route token the submission was given
     /// ([`token_id`](crate::callback::token_id)): recorded with the task id, a webhook
     /// through that token naming another task is refused.
-    pub callback_token: Option<String>,
+    pub callback_token: Option<i64>,
 }
 
 /// A watched task and what is known of it.

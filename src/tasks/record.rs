@@ -116,7 +116,7 @@ pub struct Pending {
     sealed_key: Option<String>,
     subscriber: Option<String>,
     trace: Option<String>,
-    callback_token: Option<String>,
+    callback_token: Option<i64>,
 }
 
 /// A request the recorder acts on.
@@ -242,7 +242,7 @@ impl Recorder {
             callback_token: request
                 .extensions()
                 .get::<CallbackToken>()
-                .map(|CallbackToken(id)| id.clone()),
+                .map(|CallbackToken(id)| *id),
             // The submission's span, when the sidecar records one.
             trace: request
                 .extensions()

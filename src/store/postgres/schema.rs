@@ -304,7 +304,7 @@ const V6: &str = r#"
 -- Which task each callback route token belongs to: the first task id recorded for it (at
 -- submission, or by the token's first webhook). A webhook naming another is refused.
 CREATE TABLE runway_proxy_token_bindings (
-    token    text   PRIMARY KEY,
+    token    bigint PRIMARY KEY,
     task_id  text   NOT NULL,
     bound_at bigint NOT NULL
 );

@@ -103,11 +103,12 @@ CREATE TABLE IF NOT EXISTS archive_jobs (
 CREATE INDEX IF NOT EXISTS archive_jobs_due ON archive_jobs (next_attempt_at) WHERE state = 'open';
 CREATE INDEX IF NOT EXISTS archive_jobs_task ON archive_jobs (task_key, id);
 -- Which task each callback route token belongs to: the first task id recorded for it.
+-- The token's id is the row id: one integer-keyed insert per submission.
 CREATE TABLE IF NOT EXISTS token_bindings (
-    token   TEXT    PRIMARY KEY,
-    task_id TEXT    NOT NULL,
+    token    INTEGER PRIMARY KEY,
+    task_id  TEXT    NOT NULL,
     bound_at INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
 ";
 
@@ -121,6 +122,8 @@ const LEDGER_COLUMNS: &[(&str, &str)] = &[
     ("finished_at", "INTEGER"),
     // The submission's trace context (traces exported).
     ("trace", "TEXT"),
+    // The id of the callback route token the submission was given: the task it belongs to.
+    ("callback_token", "INTEGER"),
 ];
 /// Columns added to `deliveries` since its first version.
 const DELIVERY_COLUMNS: &[(&str, &str)] = &[("trace", "TEXT")];
@@ -134,6 +137,8 @@ CREATE INDEX IF NOT EXISTS tasks_spend_all ON tasks (submitted_at, points, refun
 -- and an IN list there builds a temporary b-tree each time (about a third of a
 -- submission's insert). Every state but 'done' is unfinished.
 DROP INDEX IF EXISTS tasks_unfinished;
+-- Which task a callback token belongs to (the webhook receiver asks).
+CREATE INDEX IF NOT EXISTS tasks_token ON tasks (callback_token) WHERE callback_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (key_label, state, submitted_at)
     WHERE state <> 'done';
 ";
@@ -444,7 +449,15 @@ fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
 /// Whether a webhook through `token` naming `task_id` may be stored: its token is bound to
 /// the first task id recorded for it (this one, if none was), and a webhook naming another
 /// task, or none once the token is bound, is refused.
-fn token_allows(tx: &Connection, token: &str, task_id: Option<&str>, now: i64) -> rusqlite::Result<bool> {
+fn token_allows(tx: &Connection, token: i64, task_id: Option<&str>, now: i64) -> rusqlite::Result<bool> {
+    // Bound at submission: written on the task's row.
+    let submitted: Option<String> = tx
+        .prepare_cached("SELECT task_id FROM tasks WHERE callback_token = ?1")?
+        .query_row(params![token], |r| r.get(0))
+        .optional()?;
+    if let Some(bound) = submitted {
+        return Ok(task_id == Some(bound.as_str()));
+    }
     if let Some(task_id) = task_id {
         tx.execute_cached(
             "INSERT OR IGNORE INTO token_bindings (token, task_id, bound_at) VALUES (?1, ?2, ?3)",
@@ -463,7 +476,7 @@ fn token_allows(tx: &Connection, token: &str, task_id: Option<&str>, now: i64) -
 }
 
 fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
-    if let Some(token) = &d.token
+    if let Some(token) = d.token
         && !token_allows(tx, token, d.task_id.as_deref(), now_ms())?
     {
         return Ok(Enqueued::Refused);

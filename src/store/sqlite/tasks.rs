@@ -156,14 +156,10 @@ impl TaskStore for SqliteOutbox {
         Box::pin(async move {
             self.run(move |tx| {
                 let now = now_ms();
-                if let (Some(token), false) = (&task.callback_token, task.outcome_unknown) {
-                    // The token belongs to this task from now on (an outcome-unknown
-                    // submission's binds to the first task id its webhooks name).
-                    tx.execute_cached(
-                        "INSERT OR IGNORE INTO token_bindings (token, task_id, bound_at) VALUES (?1, ?2, ?3)",
-                        params![token, task.task_id, now],
-                    )?;
-                }
+                // The token belongs to this task from now on, written on its row (an
+                // outcome-unknown submission's binds to the first task id its webhooks
+                // name, in `token_bindings`).
+                let token = task.callback_token.filter(|_| !task.outcome_unknown);
                 let state = if task.outcome_unknown {
                     WatchState::Unknown
                 } else {
@@ -174,7 +170,7 @@ impl TaskStore for SqliteOutbox {
                     // The reservation becomes the task: counted once, from its submission.
                     let replaced = tx.execute_cached(
                         "UPDATE OR IGNORE tasks SET task_id = ?2, sealed_key = ?3, subscriber = ?4, state = ?5,
-                                next_check_at = ?6, updated_at = ?7, trace = ?8
+                                next_check_at = ?6, updated_at = ?7, trace = ?8, callback_token = ?9
                          WHERE task_id = ?1 AND state = 'pending'",
                         params![
                             reservation,
@@ -184,7 +180,8 @@ impl TaskStore for SqliteOutbox {
                             state.as_str(),
                             next_check,
                             now,
-                            task.trace
+                            task.trace,
+                            token
                         ],
                     )?;
                     if replaced > 0 {
@@ -193,8 +190,9 @@ impl TaskStore for SqliteOutbox {
                 }
                 tx.execute_cached(
                     "INSERT OR IGNORE INTO tasks (task_id, format, route, key_hash, key_label, model, sealed_key,
-                                                  subscriber, state, submitted_at, next_check_at, updated_at, trace)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?12)",
+                                                  subscriber, state, submitted_at, next_check_at, updated_at, trace,
+                                                  callback_token)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?12, ?13)",
                     params![
                         task.task_id,
                         task.format.as_str(),
@@ -207,7 +205,8 @@ impl TaskStore for SqliteOutbox {
                         state.as_str(),
                         now,
                         next_check,
-                        task.trace
+                        task.trace,
+                        token
                     ],
                 )
                 .map(drop)
