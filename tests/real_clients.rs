@@ -300,3 +300,27 @@ async fn the_sdks_other_endpoints_answer_through_the_proxy_with_their_types() {
     assert_eq!(cancelled["state"], "done");
     assert_eq!(mock.stats().accepted("/runwayml/v1/text_to_video"), 1);
 }
+
+#[tokio::test]
+async fn the_node_sdk_reaches_the_same_endpoints_through_the_proxy() {
+    let (_mock, proxy) = setup(MockConfig::default().step(Duration::from_secs(5)), &[]).await;
+    // scripts/test-deps installs the Node packages too.
+    python();
+    let mut command = Command::new("node");
+    command
+        .arg(repo().join("tests/clients/runway_sdk.cjs"))
+        .env("RUNWAYML_BASE_URL", proxy.url("/runwayml"))
+        .env("NODE_PATH", repo().join("target/test-deps/node/node_modules"));
+    let outcome = run(command, None).await;
+    assert_eq!(
+        outcome["text_to_video"].as_str().map(str::len),
+        Some(36),
+        "{outcome}"
+    );
+    assert!(
+        outcome["voice"].as_str().is_some_and(|id| !id.is_empty()),
+        "{outcome}"
+    );
+    assert_eq!(outcome["credit_balance"], 10_000);
+    assert_eq!(outcome["cancelled_status"], "CANCELLED", "{outcome}");
+}
