@@ -42,6 +42,17 @@ fn image_to_video() -> serde_json::Value {
     json!({"model": "gen4_turbo", "promptImage": "https://cdn.example.com/cat.png", "ratio": "1280:720"})
 }
 
+/// An `image_to_video` submission through `proxy`, its events to `hook` if given.
+async fn submit_video(proxy: &RunningProxy, hook: Option<&str>) -> Reply {
+    call(
+        http::Method::POST,
+        proxy.url("/runwayml/v1/image_to_video"),
+        Some(image_to_video()),
+        hook,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn resources_that_are_no_task_hold_no_task_slot() {
     let mock = start_mock(MockConfig::default().step(Duration::from_secs(30))).await;
@@ -62,13 +73,7 @@ async fn resources_that_are_no_task_hold_no_task_slot() {
         assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
     }
     // The only task slot is still free.
-    let reply = call(
-        http::Method::POST,
-        proxy.url("/runwayml/v1/image_to_video"),
-        Some(image_to_video()),
-        None,
-    )
-    .await;
+    let reply = submit_video(&proxy, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let listed = send(
         &client(),
@@ -99,22 +104,10 @@ async fn a_cancelled_task_frees_its_slot_at_once_and_its_subscriber_hears_it() {
     .await;
     let subscriber = Subscriber::start().await;
     let hook = subscriber.url("/events");
-    let first = call(
-        http::Method::POST,
-        proxy.url("/runwayml/v1/image_to_video"),
-        Some(image_to_video()),
-        Some(&hook),
-    )
-    .await;
+    let first = submit_video(&proxy, Some(&hook)).await;
     let id = first.json()["id"].as_str().unwrap().to_owned();
     // The slot is taken: a second submission is refused at once.
-    let refused = call(
-        http::Method::POST,
-        proxy.url("/runwayml/v1/image_to_video"),
-        Some(image_to_video()),
-        None,
-    )
-    .await;
+    let refused = submit_video(&proxy, None).await;
     assert_eq!(
         refused.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -130,13 +123,7 @@ async fn a_cancelled_task_frees_its_slot_at_once_and_its_subscriber_hears_it() {
     )
     .await;
     assert_eq!(cancel.status, StatusCode::NO_CONTENT);
-    let next = call(
-        http::Method::POST,
-        proxy.url("/runwayml/v1/image_to_video"),
-        Some(image_to_video()),
-        None,
-    )
-    .await;
+    let next = submit_video(&proxy, None).await;
     assert_eq!(
         next.status,
         StatusCode::OK,

@@ -75,20 +75,6 @@ async fn get(url: &str) -> Reply {
         .unwrap()
 }
 
-/// The files under `dir`, recursively.
-fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 /// The succeeded tasks' webhooks the subscriber got, by task id, each checked signed.
 fn results(subscriber: &Subscriber) -> HashMap<String, Vec<Value>> {
     let mut by_task: HashMap<String, Vec<Value>> = HashMap::new();
@@ -145,7 +131,7 @@ async fn killed_mid_copy_the_restart_copies_once_and_delivers_once() {
     let webhooks = results.values().next().unwrap();
     assert_eq!(webhooks.len(), 1, "delivered once: {webhooks:#?}");
     assert_eq!(webhooks[0]["runway_proxy_archive_status"], "archived");
-    let stored = files(outputs.path());
+    let stored = files_under(outputs.path());
     assert_eq!(stored.len(), 3, "exactly one object per output: {stored:?}");
     for entry in webhooks[0]["runway_proxy_archive"].as_array().unwrap() {
         let copy = get(entry["url"].as_str().unwrap()).await;
@@ -249,6 +235,10 @@ async fn two_replicas_on_postgres_copy_each_output_once() {
         assert_eq!(webhooks[0]["runway_proxy_archive_status"], "archived", "{task}");
     }
     assert_eq!(cdn_downloads(&mock), 3 * TASKS, "each output downloaded once");
-    assert_eq!(files(outputs.path()).len(), 3 * TASKS, "each output stored once");
+    assert_eq!(
+        files_under(outputs.path()).len(),
+        3 * TASKS,
+        "each output stored once"
+    );
     drop((a, b));
 }

@@ -88,20 +88,7 @@ impl Setup {
 
     /// Every file the archive holds.
     fn stored(&self) -> Vec<std::path::PathBuf> {
-        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.outputs.path().join("outputs"), &mut out);
-        out.sort();
-        out
+        files_under(&self.outputs.path().join("outputs"))
     }
 }
 

@@ -368,3 +368,18 @@ pub async fn succeeded_output(config: MockConfig) -> (MockUpstream, String) {
     }
     panic!("the task did not succeed");
 }
+
+/// Every file under `dir`, recursively, sorted (what an archive directory holds).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
