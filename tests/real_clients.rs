@@ -324,3 +324,18 @@ async fn the_node_sdk_reaches_the_same_endpoints_through_the_proxy() {
     assert_eq!(outcome["credit_balance"], 10_000);
     assert_eq!(outcome["cancelled_status"], "CANCELLED", "{outcome}");
 }
+
+#[tokio::test]
+async fn every_method_of_the_python_sdk_answers_through_the_proxy() {
+    let (_mock, proxy) = setup(MockConfig::default().step(Duration::from_secs(5)), &[]).await;
+    let outcomes = sdk(&proxy, "every-method").await;
+    let outcomes = outcomes.as_object().unwrap();
+    let failed: Vec<(&String, &Value)> = outcomes.iter().filter(|(_, o)| o["ok"] != true).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} methods failed: {failed:#?}",
+        failed.len(),
+        outcomes.len()
+    );
+    assert_eq!(outcomes.len(), 58, "the SDK 5.24 methods this test calls");
+}

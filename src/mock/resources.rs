@@ -16,8 +16,17 @@ use crate::route::OFFICIAL_NON_TASK_POSTS;
 /// bucket's form endpoint, outside the API.
 pub(super) const UPLOADS: &str = "/upload-bucket/";
 
-/// Resources answered here: the non-task POSTs, and reads, updates and deletes of them.
-const RESOURCES: &[&str] = &["voices", "avatars", "documents", "routers", "realtime_sessions"];
+/// Resources answered here: the non-task POSTs, and reads, updates and deletes of them
+/// (and of workflows and avatar conversations, which are read and deleted only).
+const RESOURCES: &[&str] = &[
+    "voices",
+    "avatars",
+    "documents",
+    "routers",
+    "realtime_sessions",
+    "workflows",
+    "avatar_conversations",
+];
 
 /// Whether `method path` is one of the official API's non-task resources.
 pub(super) fn known(method: &Method, path: &str) -> bool {

@@ -82,5 +82,99 @@ elif scenario == "api-surface":
     results["cancelled"] = task.id
     results["cancelled_status"] = client.tasks.retrieve(task.id).status
     print(json.dumps(results))
+elif scenario == "every-method":
+    # Every method of the SDK, each with the arguments it requires (values the stand-in
+    # takes), its answer read through the SDK's types. Prints each method's outcome.
+    uri = "https://cdn.example.com/in.mp4"
+    calls = {
+        "image_to_video.create": lambda: client.image_to_video.create(model="gen4_turbo", prompt_image=uri).id,
+        "text_to_video.create": lambda: client.text_to_video.create(
+            model="gen4.5", prompt_text="a cat", ratio="1280:720", duration=5
+        ).id,
+        "video_to_video.create": lambda: client.video_to_video.create(model="gen4_aleph", video_uri=uri, prompt_text="x").id,
+        "text_to_image.create": lambda: client.text_to_image.create(model="gen4_image", prompt_text="a cat", ratio="1920:1080").id,
+        "character_performance.create": lambda: client.character_performance.create(
+            model="act_two", character={"type": "image", "uri": uri}, reference={"type": "video", "uri": uri}
+        ).id,
+        "image_upscale.create": lambda: client.image_upscale.create(model="magnific_upscale", image_uri=uri).id,
+        "video_upscale.create": lambda: client.video_upscale.create(model="upscale_v1", video_uri=uri).id,
+        "text_to_speech.create": lambda: client.text_to_speech.create(
+            model="eleven_multilingual_v2", prompt_text="hello", voice={"type": "runway-preset", "presetId": "Leslie"}
+        ).id,
+        "speech_to_speech.create": lambda: client.speech_to_speech.create(
+            model="eleven_multilingual_sts_v2", media={"type": "audio", "uri": uri},
+            voice={"type": "runway-preset", "presetId": "Leslie"},
+        ).id,
+        "sound_effect.create": lambda: client.sound_effect.create(model="seed_audio", prompt_text="rain").id,
+        "voice_dubbing.create": lambda: client.voice_dubbing.create(model="eleven_voice_dubbing", audio_uri=uri, target_lang="fr").id,
+        "voice_isolation.create": lambda: client.voice_isolation.create(model="eleven_voice_isolation", audio_uri=uri).id,
+        "video_to_audio.create": lambda: client.video_to_audio.create(model="mirelo_sfx_2_0", video_uri=uri, duration=5).id,
+        "video_to_hdr.create": lambda: client.video_to_hdr.create(model="hdr_v1", video_uri=uri).id,
+        "generate.video.create": lambda: client.generate.video.create(config_id="cfg", input={"prompt": "x"}).id,
+        "generate.image.create": lambda: client.generate.image.create(config_id="cfg", input={"prompt": "x"}).id,
+        "generate.audio.create": lambda: client.generate.audio.create(config_id="cfg", input={"prompt": "x"}).id,
+        "recipes.ad_localization": lambda: client.recipes.ad_localization(reference_image=uri, target_language="fr", version="1").id,
+        "recipes.marketing_stock_image": lambda: client.recipes.marketing_stock_image(prompt="x", version="1").id,
+        "recipes.multi_shot_video": lambda: client.recipes.multi_shot_video(mode="auto", prompt="x", version="1").id,
+        "recipes.product_ad": lambda: client.recipes.product_ad(product_images=[uri], version="1").id,
+        "recipes.product_campaign_image": lambda: client.recipes.product_campaign_image(image=uri, prompt="x", version="1").id,
+        "recipes.product_swap": lambda: client.recipes.product_swap(
+            new_product_images=[uri], original_product_image=uri, reference_video=uri, version="1"
+        ).id,
+        "recipes.product_ugc": lambda: client.recipes.product_ugc(character_image=uri, product_image=uri, version="1").id,
+        "avatar_videos.create": lambda: client.avatar_videos.create(
+            model="gwm1_avatars", avatar={"type": "runway-preset", "presetId": "x"}, speech={"type": "text", "text": "hi"}
+        ).id,
+        "workflows.run": lambda: client.workflows.run("wf-1").id,
+        "workflows.list": lambda: type(client.workflows.list()).__name__,
+        "workflows.retrieve": lambda: client.workflows.retrieve("wf-1").id,
+        "workflow_invocations.retrieve": lambda: client.workflow_invocations.retrieve(
+            client.workflows.run("wf-1").id
+        ).status,
+        "uploads.create_ephemeral": lambda: client.uploads.create_ephemeral(
+            file=("cat.png", b"\x89PNG\r\n\x1a\n0000", "image/png")
+        ).uri,
+        "organization.retrieve": lambda: client.organization.retrieve().credit_balance,
+        "organization.retrieve_usage": lambda: len(client.organization.retrieve_usage().results),
+        "voices.create": lambda: client.voices.create(
+            name="v", from_={"type": "text", "model": "eleven_ttv_v3", "prompt": "calm"}
+        ).id,
+        "voices.list": lambda: type(client.voices.list(limit=10)).__name__,
+        "voices.retrieve": lambda: client.voices.retrieve("v-1").id,
+        "voices.update": lambda: type(client.voices.update("v-1", name="w")).__name__,
+        "voices.delete": lambda: client.voices.delete("v-1"),
+        "voices.preview": lambda: client.voices.preview(model="eleven_ttv_v3", prompt="calm").url,
+        "avatars.create": lambda: client.avatars.create(
+            name="a", personality="kind", reference_image=uri, voice={"type": "runway-live-preset", "presetId": "x"}
+        ).id,
+        "avatars.list": lambda: type(client.avatars.list(limit=10)).__name__,
+        "avatars.retrieve": lambda: client.avatars.retrieve("a-1").id,
+        "avatars.update": lambda: client.avatars.update("a-1", name="b").id,
+        "avatars.delete": lambda: client.avatars.delete("a-1"),
+        "documents.create": lambda: client.documents.create(content="text", name="d").id,
+        "documents.list": lambda: type(client.documents.list(limit=10, order="desc", sort="createdAt")).__name__,
+        "documents.retrieve": lambda: client.documents.retrieve("d-1").id,
+        "documents.update": lambda: client.documents.update("d-1", name="e"),
+        "documents.delete": lambda: client.documents.delete("d-1"),
+        "routers.create": lambda: client.routers.create(slug="r").id,
+        "routers.list": lambda: type(client.routers.list(limit=10)).__name__,
+        "routers.retrieve": lambda: client.routers.retrieve("r-1").id,
+        "routers.update": lambda: client.routers.update("r-1", name="s").id,
+        "routers.delete": lambda: client.routers.delete("r-1"),
+        "realtime_sessions.create": lambda: client.realtime_sessions.create(
+            model="gwm1_avatars", avatar={"type": "runway-preset", "presetId": "x"}
+        ).id,
+        "realtime_sessions.retrieve": lambda: client.realtime_sessions.retrieve("s-1").id,
+        "realtime_sessions.delete": lambda: client.realtime_sessions.delete("s-1"),
+        "tasks.retrieve": lambda: client.tasks.retrieve(client.image_to_video.create(model="gen4_turbo", prompt_image=uri).id).status,
+        "tasks.delete": lambda: client.tasks.delete(client.image_to_video.create(model="gen4_turbo", prompt_image=uri).id),
+    }
+    outcomes = {}
+    for name, call in calls.items():
+        try:
+            outcomes[name] = {"ok": True, "value": str(call())}
+        except Exception as error:  # reported per method: the test names the ones that fail
+            outcomes[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"[:300]}
+    print(json.dumps(outcomes))
 else:
     sys.exit(f"unknown scenario {scenario}")
