@@ -34,11 +34,12 @@ impl RouteClass {
                 return RouteClass::Submission;
             }
             if let Some(rest) = path.strip_prefix("/runwayml/v1/") {
-                // A POST on the official API creates a task unless it is one of the
-                // resources that are no task (an upload, a voice, an avatar, ...), or
-                // acts on an existing task (under `tasks/`). One the proxy does not know
-                // yet counts as a task: never sent twice, and watched.
-                if !rest.is_empty() && !rest.starts_with("tasks") && !creates_no_task(rest) {
+                // The official API's task-creating POSTs, by name. The rest (resources
+                // like uploads and voices, and any the proxy does not know yet) are
+                // `other`: as POSTs they are never sent twice either, but hold no task
+                // slot and are not watched; an unknown one is counted
+                // ([`unknown_official_post`]).
+                if creates_task(rest) {
                     return RouteClass::Submission;
                 }
             }
@@ -64,6 +65,30 @@ impl RouteClass {
     pub const ALL: [RouteClass; 3] = [RouteClass::Submission, RouteClass::Read, RouteClass::Other];
 }
 
+/// The official API's POSTs that create a task (`/runwayml/v1/{name}`), as the official
+/// SDKs call them; and, in [`OFFICIAL_TASK_PREFIXES`], those under a prefix.
+pub const OFFICIAL_TASK_POSTS: &[&str] = &[
+    "image_to_video",
+    "text_to_video",
+    "video_to_video",
+    "text_to_image",
+    "character_performance",
+    "image_upscale",
+    "video_upscale",
+    "text_to_speech",
+    "speech_to_speech",
+    "sound_effect",
+    "voice_dubbing",
+    "voice_isolation",
+    "video_to_audio",
+    "video_to_hdr",
+    "avatar_videos",
+];
+
+/// Task-creating POSTs by prefix: `generate/{video,image,audio}`, the recipes, and
+/// `workflows/{id}` (a workflow run, read at `workflow_invocations/{id}`).
+pub const OFFICIAL_TASK_PREFIXES: &[&str] = &["generate/", "recipes/", "workflows/"];
+
 /// The official API's POSTs that create no task (as the official SDKs call them): their
 /// answers are resources, not tasks, so they hold no task slot and are not watched.
 pub const OFFICIAL_NON_TASK_POSTS: &[&str] = &[
@@ -77,9 +102,28 @@ pub const OFFICIAL_NON_TASK_POSTS: &[&str] = &[
     "realtime_sessions",
 ];
 
-/// Whether `POST /runwayml/v1/{rest}` creates no task.
-fn creates_no_task(rest: &str) -> bool {
-    OFFICIAL_NON_TASK_POSTS.contains(&rest)
+/// Whether `POST /runwayml/v1/{rest}` creates a task.
+fn creates_task(rest: &str) -> bool {
+    OFFICIAL_TASK_POSTS.contains(&rest)
+        || OFFICIAL_TASK_PREFIXES.iter().any(|prefix| {
+            rest.strip_prefix(prefix)
+                .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+        })
+}
+
+/// The endpoint of a `POST /runwayml/v1/...` the proxy does not know (neither a task's
+/// nor a known resource's): its first path segment, so operators see new endpoints in
+/// the metrics. `None` for anything else.
+pub fn unknown_official_post<'a>(method: &Method, path: &'a str) -> Option<&'a str> {
+    if *method != Method::POST {
+        return None;
+    }
+    let rest = path.strip_prefix("/runwayml/v1/")?;
+    let known = rest.is_empty()
+        || rest.starts_with("tasks")
+        || creates_task(rest)
+        || OFFICIAL_NON_TASK_POSTS.contains(&rest);
+    (!known).then(|| rest.split('/').next().unwrap_or(rest))
 }
 
 /// Why a request's path was refused: it spells a CometAPI route in a form that is not the
@@ -316,7 +360,18 @@ mod tests {
         for resource in OFFICIAL_NON_TASK_POSTS {
             let path = format!("/runwayml/v1/{resource}");
             assert_eq!(RouteClass::of(&Method::POST, &path), RouteClass::Other, "{path}");
+            assert_eq!(unknown_official_post(&Method::POST, &path), None, "{path}");
         }
+        // One the proxy does not know: never sent twice (a POST of class other), held
+        // to no guard, and named for the metrics.
+        let new = "/runwayml/v1/brand_new_thing/x";
+        assert_eq!(RouteClass::of(&Method::POST, new), RouteClass::Other);
+        assert_eq!(unknown_official_post(&Method::POST, new), Some("brand_new_thing"));
+        assert_eq!(
+            unknown_official_post(&Method::POST, "/runwayml/v1/image_to_video"),
+            None
+        );
+        assert_eq!(unknown_official_post(&Method::GET, new), None);
     }
 
     #[test]

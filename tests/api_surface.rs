@@ -178,3 +178,58 @@ async fn a_cancelled_task_frees_its_slot_at_once_and_its_subscriber_hears_it() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn a_workflow_run_is_watched_through_its_invocation_and_unknown_posts_are_counted() {
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(50))).await;
+    let proxy = start_proxy(
+        &mock.url(),
+        &[
+            ("callback.allow_private", "true"),
+            ("webhook_secret", SECRET),
+            ("watch.poll_interval", "100ms"),
+        ],
+    )
+    .await;
+    let subscriber = Subscriber::start().await;
+    let hook = subscriber.url("/events");
+    let run = call(
+        http::Method::POST,
+        proxy.url("/runwayml/v1/workflows/wf-1"),
+        Some(json!({"nodeOutputs": {}})),
+        Some(&hook),
+    )
+    .await;
+    let id = run.json()["id"].as_str().unwrap().to_owned();
+    eventually("the run's end relayed", WAIT, async || {
+        subscriber.received().iter().any(|(_, body)| {
+            serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|e| e["status"] == "SUCCEEDED")
+        })
+    })
+    .await;
+    let polled = mock
+        .requests()
+        .iter()
+        .filter(|r| r.uri == format!("/runwayml/v1/workflow_invocations/{id}"))
+        .count();
+    assert!(polled > 0, "read as a workflow invocation");
+
+    // An endpoint the proxy does not know goes through once, and is counted.
+    let unknown = call(
+        http::Method::POST,
+        proxy.url("/runwayml/v1/brand_new_thing"),
+        Some(json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::NOT_FOUND,
+        "the stand-in does not know it either"
+    );
+    let metrics = metrics_text(&proxy).await;
+    assert!(
+        metrics.contains(r#"runway_proxy_unknown_endpoints_total{endpoint="brand_new_thing"} 1"#),
+        "{metrics}"
+    );
+}

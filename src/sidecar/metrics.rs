@@ -71,10 +71,50 @@ pub struct RequestMetrics {
     pub requests: StatusCounts,
     /// Requests being handled now.
     pub in_flight: Arc<Gauge>,
+    /// POSTs under `/runwayml/v1/` the proxy does not know, by endpoint (at most
+    /// [`UNKNOWN_ENDPOINTS`] names; the rest as `other`). Held only to count.
+    unknown_endpoints: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Most endpoint names `runway_proxy_unknown_endpoints_total` names (clients choose them).
+pub const UNKNOWN_ENDPOINTS: usize = 32;
+
+impl RequestMetrics {
+    /// Count a POST to an official endpoint the proxy does not know (sent as `other`:
+    /// once, held to no guard, not watched), so operators see new endpoints.
+    pub fn unknown_endpoint(&self, endpoint: &str) {
+        let plain = !endpoint.is_empty()
+            && endpoint.len() <= 64
+            && endpoint
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let mut counts = self.unknown_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let label = if plain && (counts.contains_key(endpoint) || counts.len() < UNKNOWN_ENDPOINTS) {
+            endpoint
+        } else {
+            "other"
+        };
+        *counts.entry(label.to_owned()).or_default() += 1;
+    }
 }
 
 impl MetricSet for RequestMetrics {
     fn render(&self, out: &mut String) {
+        let unknown: Vec<(String, u64)> = self
+            .unknown_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(endpoint, n)| (endpoint.clone(), *n))
+            .collect();
+        crate::metrics::write_family(
+            out,
+            "runway_proxy_unknown_endpoints_total",
+            "counter",
+            "POSTs under /runwayml/v1/ the proxy does not know, by endpoint: sent once as class other, held to no task guard, not watched (a new endpoint to classify).",
+            "endpoint",
+            unknown,
+        );
         let name = "runway_proxy_requests_total";
         header(
             out,

@@ -279,8 +279,15 @@ impl<S> Sidecar<S> {
     }
 
     fn log(&self, request: &Request<Body>) -> RequestLog {
+        let class = RouteClass::of(request.method(), request.uri().path());
+        if class == RouteClass::Other
+            && let Some(endpoint) =
+                crate::route::unknown_official_post(request.method(), request.uri().path())
+        {
+            self.requests.unknown_endpoint(endpoint);
+        }
         RequestLog {
-            class: RouteClass::of(request.method(), request.uri().path()),
+            class,
             method: request.method().clone(),
             uri: request.uri().clone(),
             started: Instant::now(),

@@ -399,9 +399,15 @@ where
     }
 
     async fn poll_official(&self, task: &WatchedTask, authorization: HeaderValue) -> Found {
+        // A workflow run is read as a workflow invocation; every other task as a task.
+        let collection = if task.route.starts_with("/runwayml/v1/workflows/") {
+            "workflow_invocations"
+        } else {
+            "tasks"
+        };
         let request = Request::builder()
             .method(Method::GET)
-            .uri(format!("/runwayml/v1/tasks/{}", task.task_id))
+            .uri(format!("/runwayml/v1/{collection}/{}", task.task_id))
             .header(header::AUTHORIZATION, authorization)
             .body(body::empty());
         let Ok(request) = request else {
