@@ -7,8 +7,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::json;
 
 use super::answer::json_response;
-use super::routes::task_id;
-use super::state::State;
+use super::state::{State, task_id};
 use crate::body::{self, Body};
 use crate::route::OFFICIAL_NON_TASK_POSTS;
 

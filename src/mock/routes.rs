@@ -12,7 +12,7 @@ use super::answer::{Reset, json_response, json_response_bytes, reverse_error};
 use super::lifecycle::{CallbackPlan, lifecycle};
 use super::outputs;
 use super::resources;
-use super::state::{POINTS_PER_SECOND, State, Task, unix_now};
+use super::state::{POINTS_PER_SECOND, State, Task, task_id, unix_now};
 use super::{Fault, MAX_BODY, MAX_RECORDED, MockConfig, RecordedRequest};
 use crate::body::{self, Body};
 use crate::envelope;
@@ -341,19 +341,6 @@ pub(super) fn create_task(
     };
     tokio::spawn(lifecycle(Arc::clone(state), id.clone(), plan));
     id
-}
-
-/// A random id in the UUID v4 text form CometAPI uses.
-pub(super) fn task_id() -> String {
-    let b: [u8; 16] = rand::random();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_be_bytes([b[4], b[5]]),
-        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
-        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
-        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]]),
-    )
 }
 
 #[cfg(test)]
