@@ -212,12 +212,24 @@ async fn the_callback_allow_list_and_token_keys_change_live() {
         token(&second_hook)[..4],
         "minted with another key"
     );
-    let late = |url: String| async move {
-        let request = Request::post(url)
-            .header("content-type", "application/json")
-            .body(Full::from(r#"{"task_id":"late","status":"1"}"#))
-            .unwrap();
-        send(&client(), request).await.unwrap().status
+    // A late status of the task each hook URL belongs to (a hook URL is good for its own
+    // task only).
+    let task_of = |url: &str| {
+        tasks
+            .iter()
+            .find(|t| t.callback_url.as_deref() == Some(url))
+            .map(|t| t.id.clone())
+            .expect("the hook's task")
+    };
+    let late = |url: String| {
+        let body = json!({"task_id": task_of(&url), "status": "1", "update_time": "late"}).to_string();
+        async move {
+            let request = Request::post(url)
+                .header("content-type", "application/json")
+                .body(Full::from(body))
+                .unwrap();
+            send(&client(), request).await.unwrap().status
+        }
     };
     assert_eq!(
         late(first_hook.clone()).await,

@@ -89,13 +89,17 @@ impl MetricSet for GuardMetrics {
             "Submissions the task guard refused before sending, by the limit (or reason).",
             "reason",
         );
-        let unpriced: Vec<(String, u64)> = self
+        let mut unpriced: Vec<(String, u64)> = self
             .unpriced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(model, n)| (model.clone(), *n))
             .collect();
+        // A series from the start (`other`), so that rate() sees the first one.
+        if !unpriced.iter().any(|(model, _)| model == "other") {
+            unpriced.push(("other".to_owned(), 0));
+        }
         crate::metrics::write_family(
             out,
             "runway_proxy_guard_unpriced_total",

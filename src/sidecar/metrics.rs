@@ -100,13 +100,17 @@ impl RequestMetrics {
 
 impl MetricSet for RequestMetrics {
     fn render(&self, out: &mut String) {
-        let unknown: Vec<(String, u64)> = self
+        let mut unknown: Vec<(String, u64)> = self
             .unknown_endpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(endpoint, n)| (endpoint.clone(), *n))
             .collect();
+        // A series from the start (`other`), so that rate() sees the first one.
+        if !unknown.iter().any(|(endpoint, _)| endpoint == "other") {
+            unknown.push(("other".to_owned(), 0));
+        }
         crate::metrics::write_family(
             out,
             "runway_proxy_unknown_endpoints_total",
