@@ -28,14 +28,10 @@ impl tower::Service<Request<Body>> for HookRoutes {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         #[cfg(feature = "archive")]
-        if let Some(outputs) = &self.outputs
+        if let Some(outputs) = &mut self.outputs
             && request.uri().path().starts_with(crate::archive::OUTPUTS_PATH)
         {
-            let outputs = outputs.clone();
-            return Box::pin(async move {
-                let (parts, _) = request.into_parts();
-                Ok(outputs.answer(&parts).await)
-            });
+            return tower::Service::call(outputs, request);
         }
         tower::Service::call(&mut self.receiver, request)
     }
