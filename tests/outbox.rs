@@ -1329,7 +1329,11 @@ mod postgres_schema {
         }
         let versions = sql(&url, "SELECT version FROM runway_proxy_schema ORDER BY version").await;
         let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7], "each migration once, in order");
+        assert_eq!(
+            versions,
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            "each migration once, in order"
+        );
         // And a restart finds the schema as it left it.
         PostgresOutbox::connect(&settings).await.unwrap();
     }

@@ -1,8 +1,18 @@
 //! What the webhook receiver and the delivery workers record.
 
 use crate::metrics::{
-    Counter, DELIVERY_BUCKETS, Gauge, Histogram, MetricSet, header, write_family, write_one,
+    Counter, DELIVERY_BUCKETS, Gauge, Histogram, LabeledCounters, MetricSet, header, write_family, write_one,
 };
+use crate::store::{SubscriberReport, SubscriberState};
+
+/// Subscriber states, as the gauges label them.
+const STATES: [&str; 3] = ["active", "paused", "probing"];
+
+/// What a probe of a paused subscriber did.
+const PROBE_OUTCOMES: [&str; 2] = ["resumed", "failed"];
+
+/// Why subscribers were paused.
+const PAUSE_REASONS: [&str; 4] = ["failures", "operator", "gone", "asked"];
 
 /// Metrics of the [`Relay`](super::Relay).
 #[derive(Debug)]
@@ -36,6 +46,39 @@ pub struct RelayMetrics {
     pub outbox_depth: Gauge,
     /// Time from storing a webhook to its delivery.
     pub delivery_latency: Histogram,
+    /// Subscribers by state (active, paused, probing), as the store last reported.
+    pub subscribers: [Gauge; 3],
+    /// Deliveries waiting, by their subscriber's state.
+    pub subscriber_backlog: [Gauge; 3],
+    /// Probes of paused subscribers, by outcome (resumed, failed).
+    pub probes: LabeledCounters<2>,
+    /// Subscribers paused, by reason (failures, operator, gone, asked).
+    pub pauses: LabeledCounters<4>,
+    /// Subscribers resumed (by a probe, an attempt, or an operator).
+    pub resumes: Counter,
+    /// Deliveries that waited longer than `delivery.max_age`: dead letters.
+    pub expired: Counter,
+}
+
+impl RelayMetrics {
+    /// Set the subscriber gauges from the store's report.
+    pub(super) fn publish_subscribers(&self, subscribers: &[SubscriberReport]) {
+        let mut count = [0i64; 3];
+        let mut backlog = [0i64; 3];
+        for subscriber in subscribers {
+            let at = match subscriber.state {
+                SubscriberState::Active => 0,
+                SubscriberState::Paused => 1,
+                SubscriberState::Probing => 2,
+            };
+            count[at] += 1;
+            backlog[at] += i64::try_from(subscriber.backlog).unwrap_or(i64::MAX);
+        }
+        for at in 0..3 {
+            self.subscribers[at].set(count[at]);
+            self.subscriber_backlog[at].set(backlog[at]);
+        }
+    }
 }
 
 impl Default for RelayMetrics {
@@ -55,6 +98,12 @@ impl Default for RelayMetrics {
             dead: Counter::default(),
             outbox_depth: Gauge::default(),
             delivery_latency: Histogram::new(DELIVERY_BUCKETS),
+            subscribers: Default::default(),
+            subscriber_backlog: Default::default(),
+            probes: LabeledCounters::new(&PROBE_OUTCOMES),
+            pauses: LabeledCounters::new(&PAUSE_REASONS),
+            resumes: Counter::default(),
+            expired: Counter::default(),
         }
     }
 }
@@ -139,5 +188,47 @@ impl MetricSet for RelayMetrics {
             "Time from storing a webhook to its delivery.",
         );
         self.delivery_latency.render(out, name, "");
+        write_family(
+            out,
+            "runway_proxy_subscribers",
+            "gauge",
+            "Subscribers by state: active, paused (deliveries wait), probing (paused, a probe in flight).",
+            "state",
+            STATES.iter().zip(self.subscribers.iter().map(Gauge::get)),
+        );
+        write_family(
+            out,
+            "runway_proxy_subscriber_backlog",
+            "gauge",
+            "Deliveries waiting, by their subscriber's state.",
+            "state",
+            STATES.iter().zip(self.subscriber_backlog.iter().map(Gauge::get)),
+        );
+        self.probes.render(
+            out,
+            "runway_proxy_subscriber_probes_total",
+            "Probes sent to paused subscribers, by outcome.",
+            "outcome",
+        );
+        self.pauses.render(
+            out,
+            "runway_proxy_subscriber_pauses_total",
+            "Subscribers paused, by reason: failures in a row, an operator, repeated 410 Gone, asked by header.",
+            "reason",
+        );
+        write_one(
+            out,
+            "runway_proxy_subscriber_resumes_total",
+            "counter",
+            "Paused subscribers resumed (a probe or attempt that succeeded, or an operator).",
+            self.resumes.get(),
+        );
+        write_one(
+            out,
+            "runway_proxy_deliveries_expired_total",
+            "counter",
+            "Deliveries that waited longer than delivery.max_age: dead letters.",
+            self.expired.get(),
+        );
     }
 }

@@ -47,6 +47,7 @@ mod metrics;
 mod receiver;
 mod settings;
 mod signing;
+mod upkeep;
 mod worker;
 
 use std::sync::Arc;
@@ -320,7 +321,7 @@ impl RelayBuilder {
             self.tasks,
             self.tracer.clone(),
         );
-        let admin = RelayAdmin::new(Arc::clone(&outbox), Arc::clone(&wake));
+        let admin = RelayAdmin::new(Arc::clone(&outbox), Arc::clone(&wake), Arc::clone(&metrics));
         let events = EventSink::new(Arc::clone(&outbox), Arc::clone(&wake));
         let workers = DeliveryWorkers::start(
             outbox,

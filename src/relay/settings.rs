@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use crate::limit::{QuotaSpec, parse_optional};
 use crate::settings::{InvalidSetting, at_least_one, check, longer_than_zero, parse, settings, show};
+use crate::store::{Breaker, Fairness, Rate};
 
 /// A minute and an hour, in seconds, for the default schedule.
 const M: u64 = 60;
@@ -30,6 +32,20 @@ settings! {
         pub max_in_flight_per_worker: usize = 16,
         /// The longest a subscriber's `Retry-After` can push an attempt back (default 1 h).
         pub retry_after_cap: Duration = Duration::from_secs(3600),
+        /// Most attempts in flight to one subscriber, across every worker and replica
+        /// (default 8): a slow subscriber holds at most this many slots.
+        pub max_in_flight_per_subscriber: usize = 8,
+        /// Most attempts started per period to one subscriber, like `50/s` (default: no
+        /// limit). Shared by the replicas through the store.
+        pub rate_per_subscriber: Option<QuotaSpec> = None,
+        /// Consecutive failures (timeouts, connection errors, 5xx) that pause a
+        /// subscriber (default 10).
+        pub pause_after: u32 = 10,
+        /// How often a paused subscriber is sent one probe (default 1 min).
+        pub probe_interval: Duration = Duration::from_secs(60),
+        /// How long a webhook may wait to be delivered before it is a dead letter, paused
+        /// subscriber or not (default 3 d).
+        pub max_age: Duration = Duration::from_secs(3 * 24 * H),
     }
     rows {
         schedule: live, under Callbacks,
@@ -57,6 +73,31 @@ settings! {
             flag: "delivery-retry-after-cap",
             doc: "The longest a subscriber's Retry-After can push a delivery back.",
             parse: parse::duration, show: show::duration;
+        max_in_flight_per_subscriber: live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_MAX_IN_FLIGHT_PER_SUBSCRIBER",
+            flag: "delivery-max-in-flight-per-subscriber",
+            doc: "Most delivery attempts in flight to one subscriber, across workers and replicas.",
+            parse: parse::count, show: show::plain;
+        rate_per_subscriber: live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_RATE_PER_SUBSCRIBER",
+            flag: "delivery-rate-per-subscriber",
+            doc: "Most delivery attempts per period to one subscriber, like 50/s (unlimited: none).",
+            parse: parse_optional, show: show::optional;
+        pause_after: live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_PAUSE_AFTER",
+            flag: "delivery-pause-after",
+            doc: "Consecutive failed attempts (timeout, connection error, 5xx) that pause a subscriber.",
+            parse: parse::count, show: show::plain;
+        probe_interval: live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_PROBE_INTERVAL",
+            flag: "delivery-probe-interval",
+            doc: "How often a paused subscriber is sent one probe; its first 2xx resumes it.",
+            parse: parse::positive_duration, show: show::duration;
+        max_age: live, under Callbacks,
+            env: "RUNWAY_PROXY_DELIVERY_MAX_AGE",
+            flag: "delivery-max-age",
+            doc: "How long a webhook may wait to be delivered before it is a dead letter.",
+            parse: parse::positive_duration, show: show::duration;
     }
 }
 
@@ -73,6 +114,40 @@ impl DeliverySettings {
             (1..=1024).contains(&self.max_in_flight_per_worker),
             "delivery.max_in_flight_per_worker",
             || format!("{} is not a number from 1 to 1024", self.max_in_flight_per_worker),
-        )
+        )?;
+        check(
+            (1..=100_000).contains(&self.max_in_flight_per_subscriber),
+            "delivery.max_in_flight_per_subscriber",
+            || {
+                format!(
+                    "{} is not a number from 1 to 100000",
+                    self.max_in_flight_per_subscriber
+                )
+            },
+        )?;
+        check(self.pause_after >= 1, "delivery.pause_after", || {
+            "must be at least 1".into()
+        })?;
+        longer_than_zero(self.probe_interval, "delivery.probe_interval")?;
+        longer_than_zero(self.max_age, "delivery.max_age")
+    }
+
+    /// How claims share the slots among subscribers.
+    pub fn fairness(&self) -> Fairness {
+        Fairness {
+            max_in_flight: u32::try_from(self.max_in_flight_per_subscriber).unwrap_or(u32::MAX),
+            rate: self.rate_per_subscriber.map(|quota| Rate {
+                interval: quota.replenish_interval(),
+                burst: quota.burst_size().get(),
+            }),
+        }
+    }
+
+    /// When a subscriber is paused, and how it is probed.
+    pub fn breaker(&self) -> Breaker {
+        Breaker {
+            pause_after: self.pause_after,
+            probe_interval: self.probe_interval,
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Delivery workers: send each stored webhook to its subscriber, signed, at least once.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, StatusCode, header};
@@ -16,12 +18,16 @@ use crate::body;
 use crate::callback::SubscriberPolicy;
 use crate::duration::{jittered, unix_millis as now_ms};
 use crate::settings::InvalidSetting;
-use crate::store::{Completion, Delivery, Outbox};
+use crate::store::{Completion, Delivery, Health, Outbox, Signal, Transition};
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 use crate::upstream::{ClientError, retry_after};
 
-/// How often an idle worker looks for due deliveries even without a wake-up.
+/// How often an idle worker looks for due deliveries even without a wake-up (another
+/// replica's completions, a paused subscriber's probe, a rate's allowance coming back).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The response header a subscriber sends to pause itself until an operator resumes it.
+pub const PAUSE_HEADER: &str = "runway-proxy-pause";
 
 struct Worker {
     name: String,
@@ -44,9 +50,11 @@ pub(super) struct DeliveryWorkers {
     wake: Arc<Notify>,
     metrics: Arc<RelayMetrics>,
     tracer: Tracer,
-    /// Stops the outbox depth gauge's refresher.
+    /// Stops the upkeep (gauges, expiry).
     stop: watch::Sender<bool>,
     depth: JoinSet<()>,
+    /// `delivery.max_age` in milliseconds, as the upkeep reads it (a reload sets it).
+    max_age: Arc<AtomicU64>,
     /// The current generation last; earlier ones are finishing their claims. Held only
     /// to push or take, never across an await.
     generations: std::sync::Mutex<Vec<Generation>>,
@@ -74,8 +82,14 @@ impl DeliveryWorkers {
         tracer: Tracer,
     ) -> Result<DeliveryWorkers, ClientError> {
         let (stop, stopped) = watch::channel(false);
+        let max_age = Arc::new(AtomicU64::new(settings.max_age.as_millis() as u64));
         let mut depth = JoinSet::new();
-        depth.spawn(publish_depth(Arc::clone(&outbox), Arc::clone(&metrics), stopped));
+        depth.spawn(super::upkeep::run(
+            Arc::clone(&outbox),
+            Arc::clone(&metrics),
+            Arc::clone(&max_age),
+            stopped,
+        ));
         let workers = DeliveryWorkers {
             outbox,
             signer,
@@ -84,6 +98,7 @@ impl DeliveryWorkers {
             tracer,
             stop,
             depth,
+            max_age,
             generations: std::sync::Mutex::default(),
         };
         let first = workers.generation(settings, policy)?;
@@ -117,7 +132,7 @@ impl DeliveryWorkers {
                 metrics: Arc::clone(&self.metrics),
                 tracer: self.tracer.clone(),
             };
-            tasks.spawn(worker.run(stopped.clone()));
+            tasks.spawn(Arc::new(worker).run(stopped.clone()));
         }
         Ok(Generation {
             stop,
@@ -146,6 +161,8 @@ impl DeliveryWorkers {
                 return Ok(false);
             }
         }
+        self.max_age
+            .store(settings.max_age.as_millis() as u64, Ordering::Relaxed);
         let next = self
             .generation(settings, policy)
             .map_err(|err| InvalidSetting::new("delivery", err.to_string()))?;
@@ -183,97 +200,146 @@ impl DeliveryWorkers {
     }
 }
 
-/// How often the outbox depth gauge is refreshed from the store.
-const DEPTH_EVERY: Duration = Duration::from_secs(1);
-
-/// Keep `runway_proxy_outbox_depth` equal to what the store holds. Asking the store
-/// (rather than counting in the receiver and the workers) stays right through superseded
-/// statuses, replays, restarts, and other replicas sharing the store.
-async fn publish_depth(
-    outbox: Arc<dyn Outbox>,
-    metrics: Arc<RelayMetrics>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    loop {
-        if let Ok(depth) = outbox.depth().await {
-            metrics
-                .outbox_depth
-                .set(i64::try_from(depth.pending + depth.in_flight).unwrap_or(i64::MAX));
-        }
-        tokio::select! {
-            () = tokio::time::sleep(DEPTH_EVERY) => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
-    }
-}
-
 impl Worker {
-    async fn run(self, mut stopped: watch::Receiver<bool>) {
+    /// Claim as slots free up: each delivery is sent and recorded on its own, so a slow
+    /// subscriber holds only its own slots, never a whole batch.
+    async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         // Long enough for an attempt and its bookkeeping; a crashed worker's claims come
         // back after this.
         let lease = self.settings.timeout * 2 + Duration::from_secs(5);
+        let capacity = self.settings.max_in_flight_per_worker.max(1);
+        let fairness = self.settings.fairness();
+        let held = Arc::new(Mutex::new(HashSet::new()));
+        let mut attempts = JoinSet::new();
         loop {
             if *stopped.borrow() {
-                return;
+                break;
             }
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = match self
-                .outbox
-                .claim(self.name.clone(), self.settings.max_in_flight_per_worker, lease)
-                .await
-            {
-                Ok(claimed) => claimed,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot claim deliveries");
-                    tokio::time::sleep(IDLE_POLL).await;
-                    continue;
-                }
-            };
-            if claimed.is_empty() {
-                let idle = match self.outbox.next_due().await {
-                    Ok(Some(at)) => {
-                        Duration::from_millis((at - now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64)
-                    }
-                    _ => IDLE_POLL,
-                };
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep(idle) => {}
-                    _ = stopped.changed() => {}
-                }
-                continue;
-            }
-            let ids: Vec<i64> = claimed.iter().map(|d| d.id).collect();
-            let sends = futures_util::future::join_all(claimed.iter().map(|d| self.attempt(d)));
-            let grace_over = async {
-                let _ = stopped.wait_for(|s| *s).await;
-                // The server's grace is enforced by whoever stops us; here it is the
-                // attempt timeout that bounds a send.
-                tokio::time::sleep(self.settings.timeout).await;
-            };
-            tokio::select! {
-                completions = sends => {
-                    for (delivery, completion) in claimed.iter().zip(completions) {
-                        self.record(delivery, &completion);
-                        if let Err(err) = self.outbox.complete(delivery.id, self.name.clone(), completion).await {
-                            tracing::error!(error = %err, id = delivery.id, "cannot record a delivery attempt");
+            let free = capacity.saturating_sub(attempts.len());
+            let mut idle = IDLE_POLL;
+            if free > 0 {
+                match self
+                    .outbox
+                    .claim_within(self.name.clone(), free, lease, fairness)
+                    .await
+                {
+                    Ok(claimed) if claimed.is_empty() => {
+                        // Only a time still ahead: a due delivery that was not claimed
+                        // waits for a slot, its task or its subscriber, and a completion
+                        // or a wake-up says when that changes.
+                        if let Ok(Some(at)) = self.outbox.next_due().await {
+                            let ahead = at - now_ms();
+                            if ahead > 0 {
+                                idle = Duration::from_millis(ahead as u64).min(IDLE_POLL);
+                            }
                         }
                     }
-                }
-                () = grace_over => {
-                    for id in ids {
-                        let _ = self.outbox.release(id, self.name.clone()).await;
+                    Ok(claimed) => {
+                        let filled = claimed.len() == free;
+                        for delivery in claimed {
+                            lock(&held).insert(delivery.id);
+                            attempts.spawn(Arc::clone(&self).deliver(delivery, Arc::clone(&held)));
+                        }
+                        if !filled {
+                            // The rest waits for a completion, a wake-up or the poll.
+                            idle = IDLE_POLL;
+                        } else {
+                            continue;
+                        }
                     }
-                    return;
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot claim deliveries");
+                    }
                 }
+            }
+            tokio::select! {
+                Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
+                () = &mut notified => {}
+                () = tokio::time::sleep(idle) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+        // Stopped: the attempts in flight finish, bounded by the attempt timeout; what is
+        // left then goes back to the outbox as pending.
+        let finished = tokio::time::timeout(self.settings.timeout, async {
+            while attempts.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            attempts.abort_all();
+            while attempts.join_next().await.is_some() {}
+            let left: Vec<i64> = lock(&held).drain().collect();
+            for id in left {
+                let _ = self.outbox.release(id, self.name.clone()).await;
             }
         }
     }
 
-    /// One attempt: how it ended, as the outbox records it.
-    async fn attempt(&self, delivery: &Delivery) -> Completion {
+    /// Send one claimed delivery, record how it ended and what it said of its subscriber.
+    async fn deliver(self: Arc<Self>, delivery: Delivery, held: Arc<Mutex<HashSet<i64>>>) {
+        let (completion, signal) = self.attempt(&delivery).await;
+        self.record(&delivery, &completion);
+        let health = Health {
+            signal,
+            breaker: self.settings.breaker(),
+        };
+        match self
+            .outbox
+            .finish_attempt(
+                delivery.id,
+                self.name.clone(),
+                Some(delivery.subscriber.clone()),
+                completion,
+                health,
+            )
+            .await
+        {
+            Ok(transition) => self.transitioned(&delivery, signal, transition),
+            Err(err) => {
+                tracing::error!(error = %err, id = delivery.id, "cannot record a delivery attempt");
+            }
+        }
+        lock(&held).remove(&delivery.id);
+    }
+
+    /// Log and count what an attempt did to its subscriber.
+    fn transitioned(&self, delivery: &Delivery, signal: Signal, transition: Transition) {
+        let metrics = &self.metrics;
+        if delivery.probe {
+            let outcome = if signal == Signal::Healthy {
+                "resumed"
+            } else {
+                "failed"
+            };
+            metrics.probes.inc(outcome);
+        }
+        let url = super::admin::redact(&delivery.target_url);
+        match transition {
+            Transition::Unchanged => {}
+            Transition::Paused(reason) => {
+                metrics.pauses.inc(reason.as_str());
+                tracing::warn!(
+                    subscriber = %delivery.subscriber,
+                    %url,
+                    reason = reason.as_str(),
+                    "subscriber paused: its webhooks wait (GET /-/subscribers)"
+                );
+            }
+            Transition::Resumed => {
+                metrics.resumes.inc();
+                tracing::info!(subscriber = %delivery.subscriber, %url, "subscriber resumed: its backlog drains");
+                // Its backlog is due now: every worker may take a share.
+                self.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// One attempt: how it ended, as the outbox records it, and what it said of the
+    /// subscriber.
+    async fn attempt(&self, delivery: &Delivery) -> (Completion, Signal) {
         // Each attempt a trace of its own, linked to the task's submission.
         let submission = self
             .tracer
@@ -290,7 +356,7 @@ impl Worker {
                 span.set_str("runway.task.status", status.clone());
             }
         }
-        let sent = self.send(delivery, &mut span).await;
+        let (sent, signal) = self.send(delivery, &mut span).await;
         let completion = complete(
             sent,
             delivery.attempts,
@@ -309,15 +375,17 @@ impl Worker {
                 span.set_error(error.clone());
             }
         }
-        completion
+        (completion, signal)
     }
 
-    async fn send(&self, delivery: &Delivery, span: &mut Span) -> Result<(), Failure> {
+    /// Send `delivery`: how it went, and what that says of the subscriber's health
+    /// (timeouts, connection errors and 5xx count toward its breaker).
+    async fn send(&self, delivery: &Delivery, span: &mut Span) -> (Result<(), Failure>, Signal) {
         // The literal-address case: the resolver sees only host names.
-        let target = self
-            .policy
-            .check(&delivery.target_url)
-            .map_err(|r| Failure::Refused(r.to_string()))?;
+        let target = match self.policy.check(&delivery.target_url) {
+            Ok(target) => target,
+            Err(refused) => return (Err(Failure::Refused(refused.to_string())), Signal::Neutral),
+        };
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -336,37 +404,52 @@ impl Worker {
             Some(context) => request.header(crate::trace::TRACEPARENT, context.traceparent()),
             None => request,
         };
-        let request = request
-            .body(Full::new(delivery.body.clone()))
-            .map_err(|e| Failure::Refused(format!("cannot build the request: {e}")))?;
+        let request = match request.body(Full::new(delivery.body.clone())) {
+            Ok(request) => request,
+            Err(e) => {
+                let error = format!("cannot build the request: {e}");
+                return (Err(Failure::Refused(error)), Signal::Neutral);
+            }
+        };
         let response = match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
                 let cause =
                     std::error::Error::source(&err).map_or_else(|| err.to_string(), body::error_chain);
-                return Err(Failure::Retry {
+                let failure = Failure::Retry {
                     error: format!("cannot reach the subscriber: {cause}"),
                     retry_after: None,
-                });
+                };
+                return (Err(failure), Signal::Failing);
             }
             Err(_) => {
                 let error = format!(
                     "subscriber timed out after {}",
                     crate::duration::format(self.settings.timeout)
                 );
-                return Err(Failure::Retry {
+                let failure = Failure::Retry {
                     error,
                     retry_after: None,
-                });
+                };
+                return (Err(failure), Signal::Failing);
             }
         };
         let status = response.status();
         span.set_int("http.response.status_code", i64::from(status.as_u16()));
+        let asked_to_pause = response.headers().contains_key(PAUSE_HEADER);
+        let signal = |otherwise| {
+            if asked_to_pause {
+                Signal::AskedToPause
+            } else {
+                otherwise
+            }
+        };
         if status.is_success() {
-            return Ok(());
+            return (Ok(()), signal(Signal::Healthy));
         }
         if status == StatusCode::GONE {
-            return Err(Failure::Gone("subscriber answered 410 Gone".into()));
+            let failure = Failure::Gone("subscriber answered 410 Gone".into());
+            return (Err(failure), signal(Signal::Gone));
         }
         let retry_after = matches!(
             status,
@@ -380,10 +463,16 @@ impl Worker {
             )
         })
         .flatten();
-        Err(Failure::Retry {
+        let failure = Failure::Retry {
             error: format!("subscriber answered {status}"),
             retry_after,
-        })
+        };
+        let health = if status.is_server_error() {
+            Signal::Failing
+        } else {
+            Signal::Neutral
+        };
+        (Err(failure), signal(health))
     }
 
     fn record(&self, delivery: &Delivery, completion: &Completion) {
@@ -411,6 +500,10 @@ impl Worker {
             }
         }
     }
+}
+
+fn lock(held: &Mutex<HashSet<i64>>) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How a delivery attempt ended, as the outbox records it: delivered, a dead letter (the

@@ -167,6 +167,12 @@ const ROUTES: &[Route] = &[
         sensitive: Some("lists subscriber URLs and replays webhooks"),
     },
     Route {
+        path: "/-/subscribers",
+        prefix: true,
+        page: Page::Deliveries,
+        sensitive: Some("lists subscriber URLs and pauses or resumes their deliveries"),
+    },
+    Route {
         path: "/-/metrics",
         prefix: false,
         page: Page::Metrics,

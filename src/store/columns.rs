@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::archive::{ArchiveJob, ArchiveState};
 use super::ledger::{Finished, StatusClass};
 use super::outbox::{Delivery, DeliveryState};
+use super::subscribers::{PauseReason, SubscriberReport, SubscriberState, last_hour};
 use super::tasks::{TaskFormat, WatchState, WatchedTask};
 
 /// One row of a query's result, by column index. SQLite's and PostgreSQL's rows
@@ -78,14 +79,19 @@ impl Finished {
 impl Delivery {
     /// A delivery from the outbox's columns, in their order: id, webhook_id, task_key,
     /// status, target_url, body, state, attempts, next_attempt_at, last_error,
-    /// created_at, delivered_at, trace.
+    /// created_at, delivered_at, trace, subscriber.
     pub(crate) fn from_columns<R: Columns>(row: &R) -> Result<Self, R::Error> {
+        let target_url = row.text(4)?;
         Ok(Delivery {
             id: row.int(0)?,
             webhook_id: row.text(1)?,
             task_key: row.text(2)?,
             status: row.optional_text(3)?,
-            target_url: row.text(4)?,
+            subscriber: row
+                .optional_text(13)?
+                .unwrap_or_else(|| super::subscriber_id(&target_url)),
+            probe: false,
+            target_url,
             body: Bytes::from(row.bytes(5)?),
             state: DeliveryState::parse(&row.text(6)?).unwrap_or(DeliveryState::Dead),
             attempts: row.count(7)?,
@@ -94,6 +100,42 @@ impl Delivery {
             created_at: row.int(10)?,
             delivered_at: row.optional_int(11)?,
             trace: row.optional_text(12)?,
+        })
+    }
+}
+
+impl SubscriberReport {
+    /// A subscriber from its record's columns, in their order: id, url, state, reason,
+    /// paused_at, next_probe_at, probe_until, failures, last_success_at, last_error,
+    /// last_error_at, window_start, window_attempts, window_failures, prev_attempts,
+    /// prev_failures, then its pending, in-flight and dead counts; `now` decides whether
+    /// its probe is in flight and what the last hour is.
+    pub(crate) fn from_columns<R: Columns>(row: &R, now: i64) -> Result<Self, R::Error> {
+        let paused = row.text(2)? == "paused";
+        let probing = paused && row.optional_int(6)?.is_some_and(|until| until > now);
+        let counts = [row.int(12)?, row.int(13)?, row.int(14)?, row.int(15)?];
+        let (attempts_last_hour, failure_rate) = last_hour(now, row.int(11)?, counts);
+        let count = |at| row.int(at).map(|n| u64::try_from(n).unwrap_or(0));
+        Ok(SubscriberReport {
+            id: row.text(0)?,
+            url: row.text(1)?,
+            state: match (paused, probing) {
+                (false, _) => SubscriberState::Active,
+                (true, false) => SubscriberState::Paused,
+                (true, true) => SubscriberState::Probing,
+            },
+            paused_reason: row.optional_text(3)?.as_deref().and_then(PauseReason::parse),
+            paused_at: row.optional_int(4)?,
+            next_probe_at: row.optional_int(5)?,
+            consecutive_failures: row.count(7)?,
+            last_success_at: row.optional_int(8)?,
+            last_error: row.optional_text(9)?,
+            last_error_at: row.optional_int(10)?,
+            attempts_last_hour,
+            failure_rate,
+            backlog: count(16)?,
+            in_flight: count(17)?,
+            dead: count(18)?,
         })
     }
 }

@@ -47,6 +47,7 @@ mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
+mod subscribers;
 mod tasks;
 
 use std::future::Future;
@@ -62,10 +63,16 @@ pub use ledger::{
     Finished, Limit, Reservation, Reserved, Seen, Spend, StatusClass, TaskLimits, TaskReport, UsageRow,
 };
 pub use memory::MemoryIdempotencyStore;
-pub use outbox::{Completion, Delivery, DeliveryState, Depth, Enqueued, EventSink, NewDelivery, Outbox};
+pub use outbox::{
+    Completion, Delivery, DeliveryState, Depth, Enqueued, EventSink, Health, NewDelivery, Outbox,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresOutbox;
 pub use sqlite::SqliteOutbox;
+pub use subscribers::{
+    Breaker, Fairness, GONE_PAUSES_AFTER, PauseReason, Rate, ReplayFilter, Signal, SubscriberReport,
+    SubscriberState, Transition, subscriber_id,
+};
 pub use tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchState, WatchedTask};
 
 /// A boxed future, so the stores' traits can be used as `dyn` objects.

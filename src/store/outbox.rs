@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::subscribers::{Breaker, Fairness, ReplayFilter, Signal, SubscriberReport, Transition};
 use super::{Error, StoreFuture};
 
 /// A webhook to store.
@@ -119,6 +120,10 @@ pub struct Delivery {
     pub status: Option<String>,
     /// The subscriber URL.
     pub target_url: String,
+    /// The subscriber's id ([`subscriber_id`](super::subscriber_id) of `target_url`).
+    pub subscriber: String,
+    /// Whether this claim is its paused subscriber's probe.
+    pub probe: bool,
     /// The body, exactly as received.
     #[serde(skip)]
     pub body: Bytes,
@@ -170,17 +175,76 @@ pub struct Depth {
     pub dead: u64,
 }
 
+/// What an attempt said about its subscriber, and the breaker's settings to judge it by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// What the attempt said.
+    pub signal: Signal,
+    /// When the breaker opens, and how often it probes.
+    pub breaker: Breaker,
+}
+
+impl Health {
+    /// What `completion` alone says: 2xx is healthy, anything else tells nothing (the
+    /// delivery workers say more: see [`Signal`]).
+    pub fn of(completion: &Completion) -> Health {
+        Health {
+            signal: match completion {
+                Completion::Delivered => Signal::Healthy,
+                _ => Signal::Neutral,
+            },
+            breaker: Breaker {
+                pause_after: u32::MAX,
+                probe_interval: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
 /// A durable store of webhooks to relay. See the module docs.
 pub trait Outbox: Send + Sync + 'static {
     /// Store a webhook durably. When this resolves `Ok`, it survives a crash.
     fn enqueue(&self, delivery: NewDelivery) -> StoreFuture<'_, Enqueued>;
 
-    /// Claim up to `max` due deliveries for `owner`, leased for `lease`. At most one
-    /// delivery per task is in flight at a time, and a task's deliveries go in order.
-    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>>;
+    /// Claim up to `max` due deliveries for `owner`, leased for `lease`, sharing them
+    /// among subscribers by `fairness`: a subscriber gets at most its cap in flight
+    /// (counting every owner's live claims) and its rate, free slots go round-robin to
+    /// the subscribers least recently served, and a paused subscriber's deliveries wait
+    /// (but for one probe per interval, marked [`Delivery::probe`]). At most one delivery
+    /// per task is in flight at a time, and a task's deliveries go in order.
+    fn claim_within(
+        &self,
+        owner: String,
+        max: usize,
+        lease: Duration,
+        fairness: Fairness,
+    ) -> StoreFuture<'_, Vec<Delivery>>;
 
-    /// Record how an attempt of a claimed delivery ended.
-    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()>;
+    /// [`claim_within`](Outbox::claim_within) without a per-subscriber cap or rate.
+    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>> {
+        self.claim_within(owner, max, lease, Fairness::UNLIMITED)
+    }
+
+    /// Record how an attempt of a claimed delivery ended, and what it said of its
+    /// subscriber's `health`: returns whether that paused or resumed the subscriber. A
+    /// probe that fails leaves its delivery waiting with its attempts unspent.
+    /// `subscriber` is the delivery's [`Delivery::subscriber`] (the store looks it up
+    /// when `None`).
+    fn finish_attempt(
+        &self,
+        id: i64,
+        owner: String,
+        subscriber: Option<String>,
+        completion: Completion,
+        health: Health,
+    ) -> StoreFuture<'_, Transition>;
+
+    /// [`finish_attempt`](Outbox::finish_attempt), judging the subscriber by `completion` alone.
+    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()> {
+        let health = Health::of(&completion);
+        let finished = self.finish_attempt(id, owner, None, completion, health);
+        Box::pin(async move { finished.await.map(drop) })
+    }
 
     /// Give a claimed delivery back unattempted (on shutdown).
     fn release(&self, id: i64, owner: String) -> StoreFuture<'_, ()>;
@@ -198,6 +262,25 @@ pub trait Outbox: Send + Sync + 'static {
     /// How many deliveries are pending, in flight and dead (the delivery workers publish
     /// it as `runway_proxy_outbox_depth`).
     fn depth(&self) -> StoreFuture<'_, Depth>;
+
+    /// Every subscriber with its state, backlog, in-flight count and recent health, by id
+    /// (at most `limit`, ids after `after`).
+    fn subscribers(&self, after: String, limit: usize) -> StoreFuture<'_, Vec<SubscriberReport>>;
+
+    /// Pause subscriber `id` until an operator resumes it (`false`: no such subscriber).
+    fn pause_subscriber(&self, id: String) -> StoreFuture<'_, bool>;
+
+    /// Resume subscriber `id`, however it was paused: its failures are forgotten and its
+    /// waiting deliveries are due at once (`false`: no such subscriber).
+    fn resume_subscriber(&self, id: String) -> StoreFuture<'_, bool>;
+
+    /// Make every dead letter `filter` matches pending again with a fresh schedule, each
+    /// once: returns how many.
+    fn replay_dead(&self, filter: ReplayFilter) -> StoreFuture<'_, u64>;
+
+    /// Turn pending deliveries stored more than `max_age` ago into dead letters (a paused
+    /// subscriber's wait, say): returns how many.
+    fn expire(&self, max_age: Duration) -> StoreFuture<'_, u64>;
 
     /// Whether the store answers now (the sidecar's readiness asks every second). The
     /// default says yes: a store that can't fail apart from its operations needs no probe.

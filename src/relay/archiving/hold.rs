@@ -8,7 +8,10 @@ use tokio::sync::Notify;
 
 use crate::archive::webhook;
 use crate::duration::{millis, unix_millis};
-use crate::store::{Completion, Delivery, DeliveryState, Depth, Enqueued, NewDelivery, Outbox, StoreFuture};
+use crate::store::{
+    Completion, Delivery, DeliveryState, Depth, Enqueued, Fairness, Health, NewDelivery, Outbox,
+    ReplayFilter, StoreFuture, SubscriberReport, Transition,
+};
 
 /// Wraps the outbox: every webhook of a succeeded task that names outputs (a received
 /// callback, or a result the watcher recovered) is held for at most `deadline` while its
@@ -54,12 +57,26 @@ impl Outbox for HoldForArchive {
         })
     }
 
-    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>> {
-        self.inner.claim(owner, max, lease)
+    fn claim_within(
+        &self,
+        owner: String,
+        max: usize,
+        lease: Duration,
+        fairness: Fairness,
+    ) -> StoreFuture<'_, Vec<Delivery>> {
+        self.inner.claim_within(owner, max, lease, fairness)
     }
 
-    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()> {
-        self.inner.complete(id, owner, completion)
+    fn finish_attempt(
+        &self,
+        id: i64,
+        owner: String,
+        subscriber: Option<String>,
+        completion: Completion,
+        health: Health,
+    ) -> StoreFuture<'_, Transition> {
+        self.inner
+            .finish_attempt(id, owner, subscriber, completion, health)
     }
 
     fn release(&self, id: i64, owner: String) -> StoreFuture<'_, ()> {
@@ -80,6 +97,26 @@ impl Outbox for HoldForArchive {
 
     fn depth(&self) -> StoreFuture<'_, Depth> {
         self.inner.depth()
+    }
+
+    fn subscribers(&self, after: String, limit: usize) -> StoreFuture<'_, Vec<SubscriberReport>> {
+        self.inner.subscribers(after, limit)
+    }
+
+    fn pause_subscriber(&self, id: String) -> StoreFuture<'_, bool> {
+        self.inner.pause_subscriber(id)
+    }
+
+    fn resume_subscriber(&self, id: String) -> StoreFuture<'_, bool> {
+        self.inner.resume_subscriber(id)
+    }
+
+    fn replay_dead(&self, filter: ReplayFilter) -> StoreFuture<'_, u64> {
+        self.inner.replay_dead(filter)
+    }
+
+    fn expire(&self, max_age: Duration) -> StoreFuture<'_, u64> {
+        self.inner.expire(max_age)
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

@@ -45,9 +45,9 @@ const END: &str = "
 
 const ANNOUNCE: &str = "
     INSERT INTO runway_proxy_deliveries (webhook_id, dedup_key, task_key, status, terminal, target_url, body,
-                                         state, next_attempt_at, created_at, updated_at, trace)
+                                         state, next_attempt_at, created_at, updated_at, trace, subscriber)
     SELECT webhook_id || $2, $3, task_key, status, false, target_url, $4, 'pending',
-           runway_proxy_now_ms(), runway_proxy_now_ms(), runway_proxy_now_ms(), trace
+           runway_proxy_now_ms(), runway_proxy_now_ms(), runway_proxy_now_ms(), trace, subscriber
     FROM runway_proxy_deliveries WHERE id = $1
     ON CONFLICT (dedup_key) DO NOTHING";
 

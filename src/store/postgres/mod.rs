@@ -44,6 +44,7 @@ mod archive;
 mod idempotency;
 mod outbox;
 mod schema;
+mod subscribers;
 mod tasks;
 mod writer;
 
@@ -56,7 +57,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row};
 
 use super::columns::Columns;
-use super::{Completion, DatabaseSettings, Enqueued, Error, ErrorKind, NewDelivery, NewTask};
+use super::{
+    Completion, DatabaseSettings, Enqueued, Error, ErrorKind, Health, NewDelivery, NewTask, Transition,
+};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -100,6 +103,9 @@ enum WriteOp {
         id: i64,
         owner: String,
         completion: Completion,
+        /// The delivery's subscriber, and what the attempt said of it.
+        subscriber: String,
+        health: Health,
     },
     Release {
         id: i64,
@@ -114,6 +120,7 @@ enum WriteOp {
 
 enum Applied {
     Enqueued(Enqueued),
+    Finished(Transition),
     Done,
 }
 
@@ -123,10 +130,13 @@ impl WriteOp {
     fn order(&self) -> (u8, i64) {
         match self {
             WriteOp::Enqueue { lock, .. } => (0, *lock),
-            WriteOp::Complete { id, .. } | WriteOp::Release { id, .. } => (1, *id),
+            // Completions by subscriber: two transactions update subscribers' records in
+            // the same order.
+            WriteOp::Complete { subscriber, .. } => (1, writer::task_lock(subscriber)),
+            WriteOp::Release { id, .. } => (2, *id),
             // Task rows after every delivery: a record takes no advisory lock, and its
             // rows (a new task id, its own reservation) are no other write's.
-            WriteOp::Record { .. } => (2, 0),
+            WriteOp::Record { .. } => (3, 0),
         }
     }
 }

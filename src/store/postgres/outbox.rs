@@ -8,11 +8,12 @@ use tokio_postgres::Row;
 use super::writer::task_lock;
 use super::{Applied, PostgresOutbox, WriteOp, db_error, now_ms, pool_error};
 use crate::store::{
-    Completion, Delivery, DeliveryState, Depth, Enqueued, Error, NewDelivery, Outbox, StoreFuture,
+    Completion, Delivery, DeliveryState, Depth, Enqueued, Error, Fairness, Health, NewDelivery, Outbox,
+    ReplayFilter, StoreFuture, SubscriberReport, Transition,
 };
 
 const COLUMNS: &str = "d.id, d.webhook_id, d.task_key, d.status, d.target_url, d.body, d.state, d.attempts, \
-                       d.next_attempt_at, d.last_error, d.created_at, d.delivered_at, d.trace";
+                       d.next_attempt_at, d.last_error, d.created_at, d.delivered_at, d.trace, d.subscriber";
 
 fn rows_to_deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, Error> {
     rows.iter()
@@ -21,42 +22,14 @@ fn rows_to_deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, Error> {
         .map_err(db_error)
 }
 
-/// A row may be claimed when no other delivery of its task is in flight, and no older one
-/// still waits: one at a time per task, in order. (Both are index range scans of the
-/// task's open deliveries.)
-const TASK_IS_FREE: &str = "
-    AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key AND o.id <> d.id
-                    AND o.state = 'in_flight' AND o.lease_until > now.t)
-    AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key AND o.id < d.id
-                    AND o.state IN ('pending', 'in_flight'))";
-
-/// The claim statement, made once.
-static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(claim_sql);
-
-fn claim_sql() -> String {
-    // The time is read once, and compared as `(SELECT t FROM now)`: a value the planner
-    // can put into an index condition. (Joined as a table, it is a filter applied after
-    // the scan, and the scan of leases walks every lease, live or dead, on each claim.)
+/// The claim: `runway_proxy_claim` (migration 8) picks and leases the rows; the old row
+/// versions the statement's snapshot still sees carry every column but the lease.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH now AS (SELECT runway_proxy_now_ms() AS t),
-         expired AS (
-             SELECT d.id, d.task_key FROM runway_proxy_deliveries d, now
-             WHERE d.state = 'in_flight' AND d.lease_until <= (SELECT t FROM now) {TASK_IS_FREE}
-             ORDER BY d.lease_until LIMIT $1 FOR UPDATE OF d SKIP LOCKED),
-         due AS (
-             SELECT d.id, d.task_key FROM runway_proxy_deliveries d, now
-             WHERE d.state = 'pending' AND d.next_attempt_at <= (SELECT t FROM now) {TASK_IS_FREE}
-             ORDER BY d.next_attempt_at, d.id LIMIT $1 FOR UPDATE OF d SKIP LOCKED),
-         picked AS (
-             SELECT DISTINCT ON (c.task_key) c.id
-             FROM (SELECT * FROM expired UNION ALL SELECT * FROM due) c
-             ORDER BY c.task_key, c.id LIMIT $1)
-         UPDATE runway_proxy_deliveries d
-         SET state = 'in_flight', lease_owner = $2, lease_until = now.t + $3, updated_at = now.t
-         FROM picked, now WHERE d.id = picked.id
-         RETURNING {COLUMNS}"
+        "SELECT {COLUMNS}, c.o_probe FROM runway_proxy_claim($1, $2, $3, $4, $5, $6) c
+         JOIN runway_proxy_deliveries d ON d.id = c.o_id"
     )
-}
+});
 
 impl Outbox for PostgresOutbox {
     fn enqueue(&self, delivery: NewDelivery) -> StoreFuture<'_, Enqueued> {
@@ -64,36 +37,73 @@ impl Outbox for PostgresOutbox {
             let lock = task_lock(&delivery.task_key);
             match self.write(WriteOp::Enqueue { lock, delivery }).await? {
                 Applied::Enqueued(enqueued) => Ok(enqueued),
-                Applied::Done => Err(Error::corrupt("the store gave no id")),
+                Applied::Done | Applied::Finished(_) => Err(Error::corrupt("the store gave no id")),
             }
         })
     }
 
-    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>> {
+    fn claim_within(
+        &self,
+        owner: String,
+        max: usize,
+        lease: Duration,
+        fairness: Fairness,
+    ) -> StoreFuture<'_, Vec<Delivery>> {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
             let claim = client.prepare_cached(&CLAIM).await.map_err(db_error)?;
             let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+            let max = i32::try_from(max).unwrap_or(i32::MAX);
+            let cap = i64::from(fairness.max_in_flight);
+            let (interval, burst) = fairness
+                .rate
+                .map_or((0, 0), |rate| (rate.interval_ms(), i64::from(rate.burst)));
             let rows = client
-                .query(&claim, &[&(max as i64), &owner, &lease_ms])
+                .query(&claim, &[&owner, &max, &lease_ms, &cap, &interval, &burst])
                 .await
                 .map_err(db_error)?;
-            let mut claimed = rows_to_deliveries(rows)?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut delivery = Delivery::from_columns(row).map_err(db_error)?;
+                delivery.probe = row.try_get(14).map_err(db_error)?;
+                delivery.state = DeliveryState::InFlight;
+                claimed.push(delivery);
+            }
             claimed.sort_by_key(|d| d.id);
             Ok(claimed)
         }))
     }
 
-    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()> {
+    fn finish_attempt(
+        &self,
+        id: i64,
+        owner: String,
+        subscriber: Option<String>,
+        completion: Completion,
+        health: Health,
+    ) -> StoreFuture<'_, Transition> {
         Box::pin(async move {
-            self.write(WriteOp::Complete {
-                id,
-                owner,
-                completion,
-            })
-            .await?;
-            Ok(())
+            let subscriber = match subscriber {
+                Some(subscriber) => subscriber,
+                None => match self.subscriber_of(id).await? {
+                    Some(subscriber) => subscriber,
+                    None => return Ok(Transition::Unchanged),
+                },
+            };
+            match self
+                .write(WriteOp::Complete {
+                    id,
+                    owner,
+                    completion,
+                    subscriber,
+                    health,
+                })
+                .await?
+            {
+                Applied::Finished(transition) => Ok(transition),
+                _ => Ok(Transition::Unchanged),
+            }
         })
     }
 
@@ -131,7 +141,7 @@ impl Outbox for PostgresOutbox {
                 .execute(
                     "UPDATE runway_proxy_deliveries
                      SET state = 'pending', attempts = 0, next_attempt_at = runway_proxy_now_ms(),
-                         last_error = NULL, updated_at = runway_proxy_now_ms()
+                         last_error = NULL, updated_at = runway_proxy_now_ms(), queued_at = runway_proxy_now_ms()
                      WHERE id = $1 AND state NOT IN ('in_flight', 'archiving')",
                     &[&id],
                 )
@@ -186,6 +196,26 @@ impl Outbox for PostgresOutbox {
                 dead: get(2)?,
             })
         }))
+    }
+
+    fn subscribers(&self, after: String, limit: usize) -> StoreFuture<'_, Vec<SubscriberReport>> {
+        self.list_subscribers(after, limit)
+    }
+
+    fn pause_subscriber(&self, id: String) -> StoreFuture<'_, bool> {
+        self.set_paused(id, true)
+    }
+
+    fn resume_subscriber(&self, id: String) -> StoreFuture<'_, bool> {
+        self.set_paused(id, false)
+    }
+
+    fn replay_dead(&self, filter: ReplayFilter) -> StoreFuture<'_, u64> {
+        self.replay_all_dead(filter)
+    }
+
+    fn expire(&self, max_age: Duration) -> StoreFuture<'_, u64> {
+        self.expire_old(max_age)
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Applied, MAX_BATCH, Write, WriteOp, db_error, now_ms, pool_error};
-use crate::store::{Completion, Enqueued, Error, WatchState};
+use crate::store::{Completion, Enqueued, Error, Transition, WatchState};
 
 /// The advisory lock of a task: 64 bits of a hash of its key.
 pub(super) fn task_lock(task_key: &str) -> i64 {
@@ -100,7 +100,13 @@ async fn commit(pool: &Pool, mut batch: Vec<Write>) {
 }
 
 const ENQUEUE: &str = "SELECT o_id, o_outcome FROM runway_proxy_enqueue($1, $2, $3, $4, $5, $6, $7, $8)";
-const SET_TRACE: &str = "UPDATE runway_proxy_deliveries SET trace = $2 WHERE id = $1";
+/// A delivery's subscriber (its record made when new) and trace context, written apart
+/// from the enqueue function, whose signature stays as it was.
+const SET_SUBSCRIBER: &str = "
+    WITH known AS (
+        INSERT INTO runway_proxy_subscribers (id, url, created_at) VALUES ($2, $3, runway_proxy_now_ms())
+        ON CONFLICT (id) DO NOTHING)
+    UPDATE runway_proxy_deliveries SET subscriber = $2, trace = $4 WHERE id = $1";
 /// Bind a token to a task id, unless it is bound already.
 const BIND: &str = "INSERT INTO runway_proxy_token_bindings (token, task_id, bound_at)
                     VALUES ($1, $2, runway_proxy_now_ms()) ON CONFLICT (token) DO NOTHING";
@@ -117,12 +123,28 @@ const HOLD: &str = "
     SELECT id, task_key, $2, body, 'open', runway_proxy_now_ms() + $3, runway_proxy_now_ms(),
            runway_proxy_now_ms(), runway_proxy_now_ms(), trace
     FROM held";
-const COMPLETE: &str = "
-    UPDATE runway_proxy_deliveries
-    SET state = $3, attempts = attempts + 1, next_attempt_at = runway_proxy_now_ms() + $4,
-        last_error = $5, delivered_at = CASE WHEN $3 = 'delivered' THEN runway_proxy_now_ms() END,
-        lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
-    WHERE id = $1 AND lease_owner = $2 AND state = 'in_flight'";
+/// An attempt's end, and its verdict on the subscriber, in one statement: the health
+/// update's parameters (`$1` to `$10`, see `store::subscribers`), then `$11` the lease
+/// owner, `$12` the delivery's new state, `$13` the wait before its next attempt. A failed
+/// probe leaves its delivery waiting with its attempts unspent.
+static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH done AS (
+            UPDATE runway_proxy_deliveries d
+            SET state = $12,
+                attempts = attempts + CASE WHEN probe.id IS NOT NULL AND $12 = 'pending' THEN 0 ELSE 1 END,
+                next_attempt_at = runway_proxy_now_ms()
+                    + CASE WHEN probe.id IS NOT NULL AND $12 = 'pending' THEN 0 ELSE CAST($13 AS BIGINT) END,
+                last_error = $10, delivered_at = CASE WHEN $12 = 'delivered' THEN runway_proxy_now_ms() END,
+                lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
+            FROM (SELECT (SELECT s.probe_id FROM runway_proxy_subscribers s WHERE s.id = $1 AND s.probe_id = $2)
+                         AS id) probe
+            WHERE d.id = $2 AND d.lease_owner = $11 AND d.state = 'in_flight'
+            RETURNING d.id)
+         {}",
+        super::subscribers::HEALTH.replace("WHERE id = $1", "WHERE id = $1 AND EXISTS (SELECT 1 FROM done)")
+    )
+});
 const RELEASE: &str = "
     UPDATE runway_proxy_deliveries
     SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
@@ -148,7 +170,7 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(db_error)?;
     let enqueue = tx.prepare_cached(ENQUEUE).await.map_err(db_error)?;
-    let complete = tx.prepare_cached(COMPLETE).await.map_err(db_error)?;
+    let complete = tx.prepare_cached(&COMPLETE).await.map_err(db_error)?;
     let release = tx.prepare_cached(RELEASE).await.map_err(db_error)?;
     let replace_reservation = tx.prepare_cached(REPLACE_RESERVATION).await.map_err(db_error)?;
     let record = tx.prepare_cached(RECORD).await.map_err(db_error)?;
@@ -188,10 +210,10 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
                     .await?;
                 let id: i64 = row.try_get(0)?;
                 let outcome: &str = row.try_get(1)?;
-                if let (Some(trace), "stored" | "superseded") = (&d.trace, outcome) {
-                    // Written apart from the enqueue function, whose signature stays as
-                    // it was: only when traces are exported.
-                    tx.execute(SET_TRACE, &[&id, trace]).await?;
+                if let "stored" | "superseded" = outcome {
+                    let subscriber = crate::store::subscriber_id(&d.target_url);
+                    tx.execute(SET_SUBSCRIBER, &[&id, &subscriber, &d.target_url, &d.trace])
+                        .await?;
                 }
                 if let (Some(until), "stored") = (d.hold_until, outcome) {
                     let hold_ms = (until - now_ms()).max(0);
@@ -208,6 +230,8 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
                 id,
                 owner,
                 completion,
+                subscriber,
+                health,
             } => {
                 let (state, delay, error) = match completion {
                     Completion::Delivered => ("delivered", 0_i64, None),
@@ -215,9 +239,39 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
                     Completion::RetryAt { at, error } => ("pending", (at - now_ms()).max(0), Some(error)),
                     Completion::Dead { error } => ("dead", 0, Some(error)),
                 };
-                tx.execute(&complete, &[id, owner, &state, &delay, &error])
-                    .await
-                    .map(|_| Applied::Done)
+                let [healthy, failing, gone, asked] = crate::store::subscribers::flags(health.signal);
+                let pause_after = i32::try_from(health.breaker.pause_after).unwrap_or(i32::MAX);
+                let probe_ms = health.breaker.probe_interval.as_millis() as i64;
+                let now = now_ms();
+                let row = tx
+                    .query_opt(
+                        &complete,
+                        &[
+                            subscriber,
+                            id,
+                            &healthy,
+                            &failing,
+                            &gone,
+                            &asked,
+                            &pause_after,
+                            &probe_ms,
+                            &now,
+                            &error,
+                            owner,
+                            &state,
+                            &delay,
+                        ],
+                    )
+                    .await?;
+                let transition = match row {
+                    Some(row) => Transition::parse(row.try_get::<_, Option<&str>>(0)?),
+                    None => Transition::Unchanged,
+                };
+                if transition == Transition::Resumed {
+                    tx.execute(super::subscribers::DRAIN.as_str(), &[subscriber, &now])
+                        .await?;
+                }
+                Ok(Applied::Finished(transition))
             }
             WriteOp::Release { id, owner } => tx.execute(&release, &[id, owner]).await.map(|_| Applied::Done),
             WriteOp::Record { task, check_after } => {

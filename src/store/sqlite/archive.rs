@@ -146,8 +146,10 @@ fn finish(tx: &Connection, job: i64, owner: &str, finish: &ArchiveFinish) -> rus
             // task, after it in the task's order, says where they are.
             tx.execute_cached(
                 "INSERT OR IGNORE INTO deliveries (webhook_id, dedup_key, task_key, status, terminal, target_url,
-                                                   body, state, next_attempt_at, created_at, updated_at, trace)
-                 SELECT webhook_id || ?2, ?3, task_key, status, 0, target_url, ?4, 'pending', ?5, ?5, ?5, trace
+                                                   body, state, next_attempt_at, created_at, updated_at, trace,
+                                                   subscriber)
+                 SELECT webhook_id || ?2, ?3, task_key, status, 0, target_url, ?4, 'pending', ?5, ?5, ?5, trace,
+                        subscriber
                  FROM deliveries WHERE id = ?1",
                 params![delivery_id, ANNOUNCEMENT_SUFFIX, announcement_dedup(job), &body[..], now],
             )?;

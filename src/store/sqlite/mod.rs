@@ -10,6 +10,7 @@ mod archive;
 mod idempotency;
 mod schema;
 mod statements;
+mod subscribers;
 mod tasks;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Completion, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind, NewDelivery, Outbox, StoreFuture,
+    Completion, Delivery, DeliveryState, Depth, Enqueued, Error, ErrorKind, Fairness, Health, NewDelivery,
+    Outbox, ReplayFilter, StoreFuture, SubscriberReport, Transition,
 };
 use statements::{ExecuteCached, STATEMENT_CACHE};
 
@@ -267,41 +269,10 @@ fn sqlite_kind(err: &rusqlite::Error) -> ErrorKind {
 macro_rules! columns {
     () => {
         "id, webhook_id, task_key, status, target_url, body, state, attempts, next_attempt_at, last_error, \
-         created_at, delivered_at, trace"
+         created_at, delivered_at, trace, subscriber"
     };
 }
 const COLUMNS: &str = columns!();
-
-// A claim is two index range scans rather than one query with an OR, which SQLite would
-// answer by scanning the whole table: claims must cost the batch, not the table's size.
-// A row is claimable when no other row of its task is in flight, and no older row of its
-// task is still waiting (a task's deliveries go one at a time, in order). Each is read
-// only as far as the claim needs, not `LIMIT ?`: a bound LIMIT makes SQLite plan the
-// statement again at every call.
-macro_rules! task_is_free {
-    () => {
-        " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id <> d.id
-                          AND o.state = 'in_flight' AND o.lease_until > ?1)
-          AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.task_key = d.task_key AND o.id < d.id
-                          AND o.state IN ('pending', 'in_flight'))"
-    };
-}
-/// Deliveries whose lease ran out, oldest lease first.
-const CLAIM_EXPIRED: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM deliveries d WHERE d.state = 'in_flight' AND d.lease_until <= ?1",
-    task_is_free!(),
-    " ORDER BY d.lease_until"
-);
-/// Pending deliveries whose time has come, in order.
-const CLAIM_DUE: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM deliveries d WHERE d.state = 'pending' AND d.next_attempt_at <= ?1",
-    task_is_free!(),
-    " ORDER BY d.next_attempt_at, d.id"
-);
 
 /// A delivery from a row of [`COLUMNS`].
 fn row_to_delivery(row: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
@@ -367,10 +338,11 @@ fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
         DeliveryState::Pending
     };
     let now = now_ms();
+    let subscriber = subscribers::known(tx, &d.target_url, now)?;
     tx.execute_cached(
         "INSERT INTO deliveries (webhook_id, dedup_key, task_key, status, terminal, target_url, body, state,
-                                 next_attempt_at, created_at, updated_at, trace)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10)",
+                                 next_attempt_at, created_at, updated_at, trace, subscriber)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11)",
         params![
             d.webhook_id,
             d.dedup_key,
@@ -381,7 +353,8 @@ fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
             &d.body[..],
             state.as_str(),
             now,
-            d.trace
+            d.trace,
+            subscriber
         ],
     )?;
     let id = tx.last_insert_rowid();
@@ -402,62 +375,32 @@ fn enqueue(tx: &Connection, d: &NewDelivery) -> rusqlite::Result<Enqueued> {
     Ok(Enqueued::Stored(id))
 }
 
-fn claim(tx: &Connection, owner: &str, max: usize, lease: Duration) -> rusqlite::Result<Vec<Delivery>> {
-    let now = now_ms();
-    let mut expired = tx.prepare_cached(CLAIM_EXPIRED)?;
-    let mut candidates: Vec<Delivery> = expired
-        .query_map(params![now], row_to_delivery)?
-        .take(max)
-        .collect::<rusqlite::Result<_>>()?;
-    if candidates.len() < max {
-        let mut due = tx.prepare_cached(CLAIM_DUE)?;
-        let more = due
-            .query_map(params![now], row_to_delivery)?
-            .take(max - candidates.len());
-        candidates.extend(more.collect::<rusqlite::Result<Vec<_>>>()?);
-    }
-    let lease_until = now + lease.as_millis() as i64;
-    let mut claimed = Vec::with_capacity(candidates.len());
-    let mut tasks = std::collections::HashSet::new();
-    let mut update = tx.prepare_cached(
-        "UPDATE deliveries SET state = 'in_flight', lease_owner = ?2, lease_until = ?3, updated_at = ?4 WHERE id = ?1",
-    )?;
-    for mut delivery in candidates {
-        if !tasks.insert(delivery.task_key.clone()) {
-            continue;
-        }
-        update.execute(params![delivery.id, owner, lease_until, now])?;
-        delivery.state = DeliveryState::InFlight;
-        claimed.push(delivery);
-    }
-    Ok(claimed)
-}
-
 impl Outbox for SqliteOutbox {
     fn enqueue(&self, delivery: NewDelivery) -> StoreFuture<'_, Enqueued> {
         Box::pin(self.run(move |tx| enqueue(tx, &delivery)))
     }
 
-    fn claim(&self, owner: String, max: usize, lease: Duration) -> StoreFuture<'_, Vec<Delivery>> {
-        Box::pin(self.run(move |tx| claim(tx, &owner, max, lease)))
+    fn claim_within(
+        &self,
+        owner: String,
+        max: usize,
+        lease: Duration,
+        fairness: Fairness,
+    ) -> StoreFuture<'_, Vec<Delivery>> {
+        Box::pin(self.run(move |tx| subscribers::claim(tx, &owner, max, lease, fairness)))
     }
 
-    fn complete(&self, id: i64, owner: String, completion: Completion) -> StoreFuture<'_, ()> {
-        Box::pin(self.run(move |tx| {
-            let now = now_ms();
-            let (state, next, error, delivered) = match completion {
-                Completion::Delivered => ("delivered", now, None, Some(now)),
-                Completion::RetryAt { at, error } => ("pending", at, Some(error), None),
-                Completion::Dead { error } => ("dead", now, Some(error), None),
-            };
-            tx.execute_cached(
-                "UPDATE deliveries SET state = ?3, attempts = attempts + 1, next_attempt_at = ?4, last_error = ?5,
-                        delivered_at = ?6, lease_owner = NULL, lease_until = NULL, updated_at = ?7
-                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'in_flight'",
-                params![id, owner, state, next, error, delivered, now],
-            )?;
-            Ok(())
-        }))
+    fn finish_attempt(
+        &self,
+        id: i64,
+        owner: String,
+        subscriber: Option<String>,
+        completion: Completion,
+        health: Health,
+    ) -> StoreFuture<'_, Transition> {
+        // The writer reads the delivery's subscriber with its lease check anyway.
+        let _ = subscriber;
+        Box::pin(self.run(move |tx| subscribers::finish(tx, id, &owner, completion, health)))
     }
 
     fn release(&self, id: i64, owner: String) -> StoreFuture<'_, ()> {
@@ -486,7 +429,7 @@ impl Outbox for SqliteOutbox {
         Box::pin(self.run(move |tx| {
             let changed = tx.execute_cached(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2, last_error = NULL,
-                        updated_at = ?2
+                        updated_at = ?2, queued_at = ?2
                  WHERE id = ?1 AND state NOT IN ('in_flight', 'archiving')",
                 params![id, now_ms()],
             )?;
@@ -515,6 +458,26 @@ impl Outbox for SqliteOutbox {
                 dead: of("SELECT COUNT(*) FROM deliveries WHERE state = 'dead'")?,
             })
         }))
+    }
+
+    fn subscribers(&self, after: String, limit: usize) -> StoreFuture<'_, Vec<SubscriberReport>> {
+        Box::pin(self.run(move |tx| subscribers::list(tx, &after, limit)))
+    }
+
+    fn pause_subscriber(&self, id: String) -> StoreFuture<'_, bool> {
+        Box::pin(self.run(move |tx| subscribers::pause(tx, &id)))
+    }
+
+    fn resume_subscriber(&self, id: String) -> StoreFuture<'_, bool> {
+        Box::pin(self.run(move |tx| subscribers::resume(tx, &id)))
+    }
+
+    fn replay_dead(&self, filter: ReplayFilter) -> StoreFuture<'_, u64> {
+        Box::pin(self.run(move |tx| subscribers::replay_dead(tx, &filter)))
+    }
+
+    fn expire(&self, max_age: Duration) -> StoreFuture<'_, u64> {
+        Box::pin(self.run(move |tx| subscribers::expire(tx, max_age)))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

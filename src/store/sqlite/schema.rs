@@ -85,6 +85,32 @@ CREATE TABLE IF NOT EXISTS token_bindings (
     bound_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, id);
+-- One row per subscriber (target URL): its breaker, its place in the round-robin, its
+-- rate allowance and its last two hours of attempts. See `store::subscribers`.
+CREATE TABLE IF NOT EXISTS subscribers (
+    id              TEXT    PRIMARY KEY,
+    url             TEXT    NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'active',
+    reason          TEXT,
+    transition      TEXT,
+    paused_at       INTEGER,
+    next_probe_at   INTEGER,
+    probe_id        INTEGER,
+    probe_until     INTEGER,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    gone            INTEGER NOT NULL DEFAULT 0,
+    served_at       INTEGER NOT NULL DEFAULT 0,
+    rate_tat        INTEGER NOT NULL DEFAULT 0,
+    last_success_at INTEGER,
+    last_error      TEXT,
+    last_error_at   INTEGER,
+    window_start    INTEGER NOT NULL DEFAULT 0,
+    window_attempts INTEGER NOT NULL DEFAULT 0,
+    window_failures INTEGER NOT NULL DEFAULT 0,
+    prev_attempts   INTEGER NOT NULL DEFAULT 0,
+    prev_failures   INTEGER NOT NULL DEFAULT 0,
+    created_at      INTEGER NOT NULL
+);
 ";
 
 /// Columns the ledger added to `tasks` (a file made by an earlier version gets them on
@@ -101,7 +127,14 @@ const LEDGER_COLUMNS: &[(&str, &str)] = &[
     ("callback_token", "INTEGER"),
 ];
 /// Columns added to `deliveries` since its first version.
-const DELIVERY_COLUMNS: &[(&str, &str)] = &[("trace", "TEXT")];
+const DELIVERY_COLUMNS: &[(&str, &str)] = &[
+    ("trace", "TEXT"),
+    // Whose: see `store::subscribers`.
+    ("subscriber", "TEXT"),
+    // When a replay queued it again (`delivery.max_age` counts from then; NULL: from
+    // `created_at`).
+    ("queued_at", "INTEGER"),
+];
 const LEDGER_INDEXES: &str = "
 UPDATE tasks SET key_label = key_hash WHERE key_label = '';
 -- The budgets read a window of one key's (or every key's) tasks: covering indexes, so a
@@ -116,6 +149,8 @@ DROP INDEX IF EXISTS tasks_unfinished;
 CREATE INDEX IF NOT EXISTS tasks_token ON tasks (callback_token) WHERE callback_token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (key_label, state, submitted_at)
     WHERE state <> 'done';
+-- Claims read one subscriber's due deliveries, and count its claims in flight.
+CREATE INDEX IF NOT EXISTS deliveries_subscriber ON deliveries (subscriber, state, next_attempt_at);
 ";
 
 /// Give an earlier version's tables the columns added since (the ledger's, the trace
@@ -123,7 +158,30 @@ CREATE INDEX IF NOT EXISTS tasks_open ON tasks (key_label, state, submitted_at)
 pub(super) fn add_ledger_columns(connection: &Connection) -> rusqlite::Result<()> {
     add_columns(connection, "tasks", LEDGER_COLUMNS)?;
     add_columns(connection, "deliveries", DELIVERY_COLUMNS)?;
-    connection.execute_batch(LEDGER_INDEXES)
+    connection.execute_batch(LEDGER_INDEXES)?;
+    name_subscribers(connection)
+}
+
+/// Give deliveries stored by a version before subscribers their subscriber, and each
+/// subscriber its row. (Read through the subscriber index: nothing to do is one seek.)
+fn name_subscribers(connection: &Connection) -> rusqlite::Result<()> {
+    let urls: Vec<String> = connection
+        .prepare("SELECT DISTINCT target_url FROM deliveries WHERE subscriber IS NULL")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let now = crate::duration::unix_millis();
+    for url in urls {
+        let id = crate::store::subscriber_id(&url);
+        connection.execute(
+            "UPDATE deliveries SET subscriber = ?1 WHERE subscriber IS NULL AND target_url = ?2",
+            rusqlite::params![id, url],
+        )?;
+        connection.execute(
+            "INSERT OR IGNORE INTO subscribers (id, url, created_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![id, url, now],
+        )?;
+    }
+    Ok(())
 }
 
 fn add_columns(connection: &Connection, table: &str, wanted: &[(&str, &str)]) -> rusqlite::Result<()> {

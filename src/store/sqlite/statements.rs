@@ -117,13 +117,15 @@ mod tests {
 
         use rusqlite::StatementStatus;
 
-        use super::super::{CLAIM_DUE, CLAIM_EXPIRED, claim, enqueue, idempotency, tasks};
-        use crate::store::{Claim, NewDelivery};
+        use super::super::subscribers::{DUE, EXPIRED, SERVE_ORDER, claim};
+        use super::super::{enqueue, idempotency, tasks};
+        use crate::store::{Claim, Fairness, NewDelivery};
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.sqlite3");
         drop(SqliteOutbox::open(&path).unwrap());
         let connection = rusqlite::Connection::open(&path).unwrap();
+        connection.set_prepared_statement_cache_capacity(super::STATEMENT_CACHE);
         for n in 0..4 {
             let delivery = NewDelivery {
                 webhook_id: format!("msg_{n}"),
@@ -139,15 +141,25 @@ mod tests {
                 task_id: None,
             };
             enqueue(&connection, &delivery).unwrap();
-            assert_eq!(claim(&connection, "w", 1, Duration::ZERO).unwrap().len(), 1);
+            let fairness = Fairness {
+                max_in_flight: 8,
+                rate: None,
+            };
+            assert_eq!(
+                claim(&connection, "w", 1, Duration::ZERO, fairness)
+                    .unwrap()
+                    .len(),
+                1
+            );
             tasks::claim_due(&connection, "w", 3, Duration::from_secs(30)).unwrap();
             let key = Claim::new(format!("k{n}"), "f", Duration::from_secs(1), Duration::ZERO);
             idempotency::begin(&connection, &key).unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
         for sql in [
-            CLAIM_EXPIRED,
-            CLAIM_DUE,
+            SERVE_ORDER,
+            EXPIRED,
+            DUE,
             tasks::CLAIM_DUE,
             idempotency::PURGE_EXPIRED,
         ] {
