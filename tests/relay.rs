@@ -527,7 +527,7 @@ async fn the_receiver_answers_503_when_the_store_fails() {
     use runway_proxy::relay::Relay;
     use runway_proxy::store::{
         BoxFuture, Completion, Delivery, DeliveryState, Depth, Enqueued, Error as StoreError, ErrorKind,
-        NewDelivery, Outbox,
+        Fairness, Health, NewDelivery, Outbox, ReplayFilter, SubscriberReport, Transition,
     };
     use std::sync::Arc;
 
@@ -537,16 +537,43 @@ async fn the_receiver_answers_503_when_the_store_fails() {
         fn enqueue(&self, _: NewDelivery) -> BoxFuture<'_, Result<Enqueued, StoreError>> {
             Box::pin(async { Err(StoreError::new(ErrorKind::Full, "database or disk is full")) })
         }
-        fn claim(
+        fn claim_within(
             &self,
             _: String,
             _: usize,
             _: Duration,
+            _: Fairness,
         ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>> {
             Box::pin(async { Ok(vec![]) })
         }
-        fn complete(&self, _: i64, _: String, _: Completion) -> BoxFuture<'_, Result<(), StoreError>> {
-            Box::pin(async { Ok(()) })
+        fn finish_attempt(
+            &self,
+            _: i64,
+            _: String,
+            _: Option<String>,
+            _: Completion,
+            _: Health,
+        ) -> BoxFuture<'_, Result<Transition, StoreError>> {
+            Box::pin(async { Ok(Transition::Unchanged) })
+        }
+        fn subscribers(
+            &self,
+            _: String,
+            _: usize,
+        ) -> BoxFuture<'_, Result<Vec<SubscriberReport>, StoreError>> {
+            Box::pin(async { Ok(vec![]) })
+        }
+        fn pause_subscriber(&self, _: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+            Box::pin(async { Ok(false) })
+        }
+        fn resume_subscriber(&self, _: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+            Box::pin(async { Ok(false) })
+        }
+        fn replay_dead(&self, _: ReplayFilter) -> BoxFuture<'_, Result<u64, StoreError>> {
+            Box::pin(async { Ok(0) })
+        }
+        fn expire(&self, _: Duration) -> BoxFuture<'_, Result<u64, StoreError>> {
+            Box::pin(async { Ok(0) })
         }
         fn release(&self, _: i64, _: String) -> BoxFuture<'_, Result<(), StoreError>> {
             Box::pin(async { Ok(()) })

@@ -189,6 +189,8 @@ impl Drop for Open {
 pub struct Subscriber {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    /// When each request of `received` arrived, in the same order.
+    arrived_at: Arc<Mutex<Vec<std::time::Instant>>>,
     status: Arc<Mutex<StatusCode>>,
     delay: Arc<Mutex<Duration>>,
     arrived: Arc<Notify>,
@@ -206,6 +208,7 @@ impl Subscriber {
         let subscriber = Subscriber {
             addr,
             received: Arc::default(),
+            arrived_at: Arc::default(),
             status: Arc::new(Mutex::new(StatusCode::OK)),
             delay: Arc::default(),
             arrived: Arc::default(),
@@ -240,7 +243,12 @@ impl Subscriber {
                 // Closed however the answer ends, a sender that hung up included.
                 let _open = Open(Arc::clone(&this.open), id);
                 let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                this.received.lock().unwrap().push((parts.headers, bytes));
+                {
+                    // Both under one lock's turn, so the two lists stay in step.
+                    let mut received = this.received.lock().unwrap();
+                    received.push((parts.headers, bytes));
+                    this.arrived_at.lock().unwrap().push(std::time::Instant::now());
+                }
                 this.arrived.notify_waiters();
                 tokio::time::sleep(delay).await;
                 let mut response = Response::new(body::empty());
@@ -285,6 +293,17 @@ impl Subscriber {
 
     pub fn received(&self) -> Vec<(HeaderMap, Bytes)> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Every request's body with the time it arrived.
+    pub fn arrivals(&self) -> Vec<(std::time::Instant, Bytes)> {
+        let received = self.received.lock().unwrap();
+        let times = self.arrived_at.lock().unwrap();
+        times
+            .iter()
+            .zip(received.iter())
+            .map(|(at, (_, body))| (*at, body.clone()))
+            .collect()
     }
 
     /// Wait until at least `n` requests have arrived, or panic after `timeout`.
