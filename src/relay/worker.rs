@@ -256,7 +256,10 @@ impl Worker {
                 }
             }
             tokio::select! {
-                Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
+                Some(_) = attempts.join_next(), if !attempts.is_empty() => {
+                    // Every slot freed meanwhile, in one claim rather than one each.
+                    while attempts.try_join_next().is_some() {}
+                }
                 () = &mut notified => {}
                 () = tokio::time::sleep(idle) => {}
                 _ = stopped.changed() => {}
