@@ -84,11 +84,12 @@ fn start(bin: &str, data: &std::path::Path) -> (std::process::Child, String) {
         use std::io::BufRead;
         let mut sent = false;
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                if value["message"] == "runway-proxy serving" {
-                    let _ = tx.send(value["webhook_listen"].as_str().unwrap_or_default().to_owned());
-                    sent = true;
-                }
+            if !sent
+                && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                && value["message"] == "runway-proxy serving"
+            {
+                let _ = tx.send(value["webhook_listen"].as_str().unwrap_or_default().to_owned());
+                sent = true;
             }
         }
     });

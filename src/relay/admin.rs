@@ -113,7 +113,7 @@ async fn handle(
                 },
                 "reveal" => match reveal_asked(value, may_reveal) {
                     Ok(asked) => reveal = asked,
-                    Err(refusal) => return Some(refusal),
+                    Err((status, msg)) => return bad(status, msg),
                 },
                 "limit" => match value.parse::<usize>() {
                     Ok(parsed) if parsed > 0 => limit = parsed.min(1000),
@@ -166,19 +166,16 @@ async fn handle(
 }
 
 /// Whether `reveal=...` asks to see URLs whole; an error response when it may not.
-fn reveal_asked(value: &str, may_reveal: bool) -> Result<bool, Response<Body>> {
+fn reveal_asked(value: &str, may_reveal: bool) -> Result<bool, (StatusCode, &'static str)> {
     match value {
         "1" | "true" if may_reveal => Ok(true),
-        "1" | "true" => Err(envelope::error_response(
+        "1" | "true" => Err((
             StatusCode::FORBIDDEN,
             "reveal=1 shows subscriber URLs whole (query strings may hold secrets) and needs the \
              admin token: set --admin-token and send Authorization: Bearer <token>",
         )),
         "0" | "false" => Ok(false),
-        _ => Err(envelope::error_response(
-            StatusCode::BAD_REQUEST,
-            "reveal must be 1 or 0",
-        )),
+        _ => Err((StatusCode::BAD_REQUEST, "reveal must be 1 or 0")),
     }
 }
 
@@ -216,7 +213,7 @@ async fn subscribers(
                 },
                 "reveal" => match reveal_asked(value, may_reveal) {
                     Ok(asked) => reveal = asked,
-                    Err(refusal) => return refusal,
+                    Err((status, msg)) => return envelope::error_response(status, msg),
                 },
                 _ => {
                     let msg = format!("unknown query parameter {key:?}");

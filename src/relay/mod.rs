@@ -44,6 +44,7 @@ mod admin;
 mod archiving;
 mod client;
 mod metrics;
+mod outcome;
 mod receiver;
 mod settings;
 mod signing;

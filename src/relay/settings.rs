@@ -151,3 +151,45 @@ impl DeliverySettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_check_themselves() {
+        assert!(DeliverySettings::default().validate().is_ok());
+        let mut settings = DeliverySettings::default();
+        settings.schedule.clear();
+        assert_eq!(settings.validate().unwrap_err().key, "delivery.schedule");
+        settings = DeliverySettings::default();
+        settings.workers = 0;
+        assert_eq!(settings.validate().unwrap_err().key, "delivery.workers");
+        for in_flight in [0, 1025] {
+            settings = DeliverySettings::default();
+            settings.max_in_flight_per_worker = in_flight;
+            let key = settings.validate().unwrap_err().key;
+            assert_eq!(key, "delivery.max_in_flight_per_worker");
+        }
+        settings = DeliverySettings::default();
+        settings.max_in_flight_per_subscriber = 0;
+        let key = settings.validate().unwrap_err().key;
+        assert_eq!(key, "delivery.max_in_flight_per_subscriber");
+        settings = DeliverySettings::default();
+        settings.pause_after = 0;
+        assert_eq!(settings.validate().unwrap_err().key, "delivery.pause_after");
+        settings = DeliverySettings::default();
+        settings.probe_interval = Duration::ZERO;
+        assert_eq!(settings.validate().unwrap_err().key, "delivery.probe_interval");
+    }
+
+    #[test]
+    fn a_rate_per_subscriber_is_kept_as_its_interval_and_burst() {
+        let mut settings = DeliverySettings::default();
+        assert_eq!(settings.fairness().rate, None);
+        assert_eq!(settings.fairness().max_in_flight, 8);
+        settings.rate_per_subscriber = Some(QuotaSpec::parse("50/s").unwrap());
+        let rate = settings.fairness().rate.unwrap();
+        assert_eq!((rate.interval, rate.burst), (Duration::from_millis(20), 50));
+    }
+}
