@@ -76,6 +76,14 @@ fn retry_now(error: &str) -> Completion {
     }
 }
 
+async fn nothing_claimed(store: &dyn Outbox) -> bool {
+    store
+        .claim_within("a".into(), 10, LEASE, capped(8))
+        .await
+        .unwrap()
+        .is_empty()
+}
+
 fn count_of<'a>(
     claimed: impl IntoIterator<Item = &'a runway_proxy::relay::Delivery>,
     subscriber: &str,
@@ -179,13 +187,7 @@ async fn the_breaker_pauses_probes_and_resumes(stores: Vec<Arc<dyn Outbox>>) {
         ]
     );
     // Paused: nothing is claimed, due or not, until the probe is due.
-    assert!(
-        store
-            .claim_within("a".into(), 10, LEASE, capped(8))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(nothing_claimed(store.as_ref()).await);
     let report = &store.subscribers(String::new(), 10).await.unwrap()[0];
     assert_eq!(
         (report.state, report.paused_reason, report.consecutive_failures),
@@ -227,13 +229,7 @@ async fn the_breaker_pauses_probes_and_resumes(stores: Vec<Arc<dyn Outbox>>) {
         .await
         .unwrap();
     assert_eq!(failed, Transition::Unchanged);
-    assert!(
-        store
-            .claim_within("a".into(), 10, LEASE, capped(8))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(nothing_claimed(store.as_ref()).await);
     tokio::time::sleep(probe_every + Duration::from_millis(50)).await;
     let probe = store
         .claim_within("a".into(), 10, LEASE, capped(8))
@@ -290,14 +286,7 @@ async fn gone_repeatedly_or_asking_pauses_until_resumed(stores: Vec<Arc<dyn Outb
     }
     assert_eq!(last, Transition::Paused(PauseReason::Gone));
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert!(
-        store
-            .claim_within("a".into(), 10, LEASE, capped(8))
-            .await
-            .unwrap()
-            .is_empty(),
-        "no probes: it said stop"
-    );
+    assert!(nothing_claimed(store.as_ref()).await, "no probes: it said stop");
     let id = subscriber_id(&url("gone"));
     assert!(store.resume_subscriber(id.clone()).await.unwrap());
     assert_eq!(
@@ -323,13 +312,7 @@ async fn gone_repeatedly_or_asking_pauses_until_resumed(stores: Vec<Arc<dyn Outb
         .await
         .unwrap();
     assert_eq!(paused, Transition::Paused(PauseReason::Asked));
-    assert!(
-        store
-            .claim_within("a".into(), 10, LEASE, capped(8))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(nothing_claimed(store.as_ref()).await);
     let asked_id = subscriber_id(&url("asked"));
     assert!(store.pause_subscriber(asked_id.clone()).await.unwrap());
     let listed = store.subscribers(String::new(), 10).await.unwrap();

@@ -75,6 +75,7 @@ DECLARE
     v_tats bigint[] := '{}';
     v_taken integer[] := '{}';
     v_first bigint[] := '{}';
+    v_candidates bigint[];
     v_ids bigint[] := '{}';
     v_ranks integer[] := '{}';
     v_owners integer[] := '{}';
@@ -102,52 +103,31 @@ BEGIN
         END IF;
         CONTINUE WHEN v_room <= 0;
         v_found := 0;
-        -- Claims whose lease ran out first, then the waiting ones in order; one per task,
-        -- and none while an older one of its task waits or another is in flight. (Two
-        -- loops: FOR UPDATE does not go with UNION.)
+        -- Claims whose lease ran out first, then a probe (the first waiting delivery, due or
+        -- not) or the due ones in order; one per task, and none while an older one of its
+        -- task waits or another is in flight. (Arrays: FOR UPDATE does not go with UNION.)
+        v_candidates :=
+            ARRAY(SELECT d.id FROM runway_proxy_deliveries d
+                  WHERE d.subscriber = v_sub.id AND d.state = 'in_flight' AND d.lease_until <= v_now
+                  ORDER BY d.lease_until LIMIT v_room FOR UPDATE OF d SKIP LOCKED)
+            || ARRAY(SELECT d.id FROM runway_proxy_deliveries d
+                     WHERE v_sub.probe AND d.subscriber = v_sub.id AND d.state = 'pending'
+                       AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
+                                       AND o.id <> d.id AND o.state = 'in_flight' AND o.lease_until > v_now)
+                       AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
+                                       AND o.id < d.id AND o.state IN ('pending', 'in_flight'))
+                     ORDER BY d.id LIMIT v_room FOR UPDATE OF d SKIP LOCKED)
+            || ARRAY(SELECT d.id FROM runway_proxy_deliveries d
+                     WHERE NOT v_sub.probe AND d.subscriber = v_sub.id AND d.state = 'pending'
+                       AND d.next_attempt_at <= v_now
+                       AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
+                                       AND o.id <> d.id AND o.state = 'in_flight' AND o.lease_until > v_now)
+                       AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
+                                       AND o.id < d.id AND o.state IN ('pending', 'in_flight'))
+                     ORDER BY d.next_attempt_at, d.id LIMIT v_room FOR UPDATE OF d SKIP LOCKED);
         FOR v_row IN
-            SELECT d.id, d.task_key FROM runway_proxy_deliveries d
-            WHERE d.subscriber = v_sub.id AND d.state = 'in_flight' AND d.lease_until <= v_now
-            ORDER BY d.lease_until LIMIT v_room FOR UPDATE OF d SKIP LOCKED
-        LOOP
-            EXIT WHEN v_found >= v_room;
-            CONTINUE WHEN v_row.task_key = ANY (v_tasks);
-            v_found := v_found + 1;
-            v_tasks := v_tasks || v_row.task_key;
-            v_ids := v_ids || v_row.id;
-            v_ranks := v_ranks || v_found;
-            v_owners := v_owners || (cardinality(v_subs) + 1);
-            IF v_found = 1 THEN
-                v_first := v_first || v_row.id;
-            END IF;
-        END LOOP;
-        FOR v_row IN
-            -- A probe is the first waiting delivery, due or not; otherwise the due ones.
-            SELECT d.id, d.task_key FROM runway_proxy_deliveries d
-            WHERE v_sub.probe AND d.subscriber = v_sub.id AND d.state = 'pending'
-              AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
-                              AND o.id <> d.id AND o.state = 'in_flight' AND o.lease_until > v_now)
-              AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
-                              AND o.id < d.id AND o.state IN ('pending', 'in_flight'))
-            ORDER BY d.id LIMIT v_room FOR UPDATE OF d SKIP LOCKED
-        LOOP
-            EXIT WHEN v_found >= v_room;
-            v_found := v_found + 1;
-            v_tasks := v_tasks || v_row.task_key;
-            v_ids := v_ids || v_row.id;
-            v_ranks := v_ranks || v_found;
-            v_owners := v_owners || (cardinality(v_subs) + 1);
-            v_first := v_first || v_row.id;
-        END LOOP;
-        FOR v_row IN
-            SELECT d.id, d.task_key FROM runway_proxy_deliveries d
-            WHERE NOT v_sub.probe AND d.subscriber = v_sub.id AND d.state = 'pending'
-              AND d.next_attempt_at <= v_now
-              AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
-                              AND o.id <> d.id AND o.state = 'in_flight' AND o.lease_until > v_now)
-              AND NOT EXISTS (SELECT 1 FROM runway_proxy_deliveries o WHERE o.task_key = d.task_key
-                              AND o.id < d.id AND o.state IN ('pending', 'in_flight'))
-            ORDER BY d.next_attempt_at, d.id LIMIT v_room FOR UPDATE OF d SKIP LOCKED
+            SELECT d.id, d.task_key FROM unnest(v_candidates) WITH ORDINALITY AS c(id, n)
+            JOIN runway_proxy_deliveries d ON d.id = c.id ORDER BY c.n
         LOOP
             EXIT WHEN v_found >= v_room;
             CONTINUE WHEN v_row.task_key = ANY (v_tasks);
