@@ -15,6 +15,12 @@
 //!   `Retry-After`, stopping at `410 Gone`), check the subscriber's resolved address again
 //!   at delivery, and turn exhausted deliveries into dead letters that [`RelayAdmin`]
 //!   lists and replays.
+//! - Each subscriber (callback URL) is scheduled on its own: a cap of attempts in flight
+//!   across workers and replicas, an optional rate, round-robin slots, and a circuit
+//!   breaker that pauses one that keeps failing and probes it (see
+//!   [`store::Fairness`](crate::store::Fairness) and [`store::Breaker`](crate::store::Breaker));
+//!   [`RelayAdmin`] lists subscribers, pauses and resumes them, and replays dead letters
+//!   in bulk.
 //!
 //! # Example
 //!

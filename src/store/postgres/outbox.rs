@@ -22,13 +22,14 @@ fn rows_to_deliveries(rows: Vec<Row>) -> Result<Vec<Delivery>, Error> {
         .map_err(db_error)
 }
 
-/// The claim: `runway_proxy_claim` (migration 8) picks and leases the rows; the old row
-/// versions the statement's snapshot still sees carry every column but the lease.
-static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT {COLUMNS}, c.o_probe FROM runway_proxy_claim($1, $2, $3, $4, $5, $6) c
-         JOIN runway_proxy_deliveries d ON d.id = c.o_id"
-    )
+/// The claim: `runway_proxy_claim` (migration 8) picks and leases the rows.
+const CLAIM: &str = "SELECT o_id, o_probe FROM runway_proxy_claim($1, $2, $3, $4, $5, $6)";
+
+/// The claimed rows, read by a statement of their own: one that joined the function's
+/// result would read the table with the snapshot taken before the function ran, and miss
+/// a delivery committed in between that the function saw and claimed.
+static CLAIMED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {COLUMNS} FROM runway_proxy_deliveries d WHERE d.id = ANY($1)")
 });
 
 impl Outbox for PostgresOutbox {
@@ -52,23 +53,34 @@ impl Outbox for PostgresOutbox {
         let pool = self.pool();
         Box::pin(self.call(async move {
             let client = pool.get().await.map_err(pool_error)?;
-            let claim = client.prepare_cached(&CLAIM).await.map_err(db_error)?;
+            let claim = client.prepare_cached(CLAIM).await.map_err(db_error)?;
             let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
             let max = i32::try_from(max).unwrap_or(i32::MAX);
             let cap = i64::from(fairness.max_in_flight);
             let (interval, burst) = fairness
                 .rate
                 .map_or((0, 0), |rate| (rate.interval_ms(), i64::from(rate.burst)));
-            let rows = client
+            let picked = client
                 .query(&claim, &[&owner, &max, &lease_ms, &cap, &interval, &burst])
                 .await
                 .map_err(db_error)?;
-            let mut claimed = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let mut delivery = Delivery::from_columns(row).map_err(db_error)?;
-                delivery.probe = row.try_get(14).map_err(db_error)?;
-                delivery.state = DeliveryState::InFlight;
-                claimed.push(delivery);
+            if picked.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut ids = Vec::with_capacity(picked.len());
+            let mut probes = std::collections::HashSet::new();
+            for row in &picked {
+                let id: i64 = row.try_get(0).map_err(db_error)?;
+                if row.try_get::<_, bool>(1).map_err(db_error)? {
+                    probes.insert(id);
+                }
+                ids.push(id);
+            }
+            let read = client.prepare_cached(&CLAIMED).await.map_err(db_error)?;
+            let rows = client.query(&read, &[&ids]).await.map_err(db_error)?;
+            let mut claimed = rows_to_deliveries(rows)?;
+            for delivery in &mut claimed {
+                delivery.probe = probes.contains(&delivery.id);
             }
             claimed.sort_by_key(|d| d.id);
             Ok(claimed)
