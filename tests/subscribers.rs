@@ -295,11 +295,17 @@ async fn operators_pause_resume_and_recover_dead_letters_in_bulk_once() {
             StatusCode::NOT_FOUND,
         ),
         ("GET", "/-/subscribers?limit=0", StatusCode::BAD_REQUEST),
+        ("POST", "/-/deliveries/replay?since=%FF", StatusCode::BAD_REQUEST),
     ] {
         let reply = admin(&proxy, method, path).await;
         assert_eq!(reply.status, status, "{method} {path}: {:?}", reply.body);
         assert!(reply.json()["msg"].is_string(), "{method} {path}");
     }
+    // The rest, with `since` percent-encoded as clients send it.
+    let encoded = since.replace(':', "%3A");
+    let rest = admin(&proxy, "POST", &format!("/-/deliveries/replay?since={encoded}")).await;
+    assert_eq!(rest.json()["data"]["replayed"], 3, "{:?}", rest.body);
+    two.wait_for(6, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -288,6 +288,14 @@ async fn replay_matching(relay: &RelayAdmin, method: &Method, query: Option<&str
     let mut filter = ReplayFilter::default();
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // `since=2026-12-06T10%3A00%3A00%2B01%3A00`, as a client encodes it.
+        let Ok(value) = percent_encoding::percent_decode_str(value).decode_utf8() else {
+            return envelope::error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("{key} is not percent-encoded UTF-8"),
+            );
+        };
+        let value = value.as_ref();
         match key {
             "status" | "state" if value == "dead" => {}
             "status" | "state" => {
@@ -296,7 +304,7 @@ async fn replay_matching(relay: &RelayAdmin, method: &Method, query: Option<&str
                     "only dead letters are replayed in bulk: status=dead",
                 );
             }
-            "since" => match crate::duration::parse_time(&value.replace("%3A", ":").replace("%2B", "+")) {
+            "since" => match crate::duration::parse_time(value) {
                 Some(since) => filter.since = since,
                 None => {
                     return envelope::error_response(
