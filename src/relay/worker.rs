@@ -244,12 +244,10 @@ impl Worker {
                             lock(&held).insert(delivery.id);
                             attempts.spawn(Arc::clone(&self).deliver(delivery, Arc::clone(&held)));
                         }
-                        if !filled {
-                            // The rest waits for a completion, a wake-up or the poll.
-                            idle = IDLE_POLL;
-                        } else {
+                        if filled {
                             continue;
                         }
+                        // The rest waits for a completion, a wake-up or the poll.
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "cannot claim deliveries");
@@ -257,9 +255,16 @@ impl Worker {
                 }
             }
             tokio::select! {
-                Some(_) = attempts.join_next(), if !attempts.is_empty() => {
+                Some(joined) = attempts.join_next(), if !attempts.is_empty() => {
                     // Every slot freed meanwhile, in one claim rather than one each.
-                    while attempts.try_join_next().is_some() {}
+                    let mut next = Some(joined);
+                    while let Some(joined) = next {
+                        if let Err(panic) = joined {
+                            // Its claim comes back when its lease runs out.
+                            tracing::error!(error = %panic, "a delivery attempt panicked");
+                        }
+                        next = attempts.try_join_next();
+                    }
                 }
                 () = &mut notified => {}
                 () = tokio::time::sleep(idle) => {}
