@@ -44,6 +44,8 @@ pub struct RelayMetrics {
     pub dead: Counter,
     /// Deliveries pending or in flight, as the outbox last reported (refreshed every second).
     pub outbox_depth: Gauge,
+    /// 1 while the outbox's database answers, 0 while it does not (asked every second).
+    pub outbox_up: Gauge,
     /// Time from storing a webhook to its delivery.
     pub delivery_latency: Histogram,
     /// Subscribers by state (active, paused, probing), as the store last reported.
@@ -97,6 +99,7 @@ impl Default for RelayMetrics {
             retried: Counter::default(),
             dead: Counter::default(),
             outbox_depth: Gauge::default(),
+            outbox_up: Gauge::default(),
             delivery_latency: Histogram::new(DELIVERY_BUCKETS),
             subscribers: Default::default(),
             subscriber_backlog: Default::default(),
@@ -179,6 +182,13 @@ impl MetricSet for RelayMetrics {
             "gauge",
             "Deliveries pending or in flight.",
             depth,
+        );
+        write_one(
+            out,
+            "runway_proxy_outbox_up",
+            "gauge",
+            "1 while the outbox's database answers, 0 while it does not (webhooks get 503 meanwhile).",
+            self.outbox_up.get(),
         );
         let name = "runway_proxy_delivery_latency_seconds";
         header(

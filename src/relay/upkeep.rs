@@ -1,5 +1,5 @@
 //! The relay's upkeep beside the delivery workers: the outbox and subscriber gauges kept
-//! equal to what the store holds, and webhooks past `delivery.max_age` made dead letters.
+//! equal to what the store holds (and whether it answers at all), and webhooks past `delivery.max_age` made dead letters.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +31,14 @@ pub(super) async fn run(
 ) {
     let mut expired_at: Option<Instant> = None;
     loop {
-        if let Ok(depth) = outbox.depth().await {
-            metrics
-                .outbox_depth
-                .set(i64::try_from(depth.pending + depth.in_flight).unwrap_or(i64::MAX));
+        match outbox.depth().await {
+            Ok(depth) => {
+                metrics.outbox_up.set(1);
+                metrics
+                    .outbox_depth
+                    .set(i64::try_from(depth.pending + depth.in_flight).unwrap_or(i64::MAX));
+            }
+            Err(_) => metrics.outbox_up.set(0),
         }
         if let Ok(subscribers) = outbox.subscribers(String::new(), MOST_SUBSCRIBERS).await {
             metrics.publish_subscribers(&subscribers);
