@@ -384,3 +384,36 @@ async fn estimates_count_against_a_point_budget_before_the_bill() {
         "{metrics}"
     );
 }
+
+/// The share of each key's budget used is on `/-/metrics` (an alert watches for 90%):
+/// read from the ledger at start (a key with a budget of its own shows 0) and again once
+/// tasks end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_keys_share_of_its_budget_is_a_gauge() {
+    let mock = start_mock(MockConfig::default().step(Duration::from_millis(50))).await;
+    let hash = runway_proxy::tasks::key_hash(b"Bearer sk-batch");
+    let file = format!(
+        "[guard]\ndaily_task_budget_per_key = 10\n[[guard.keys]]\nlabel = \"batch\"\nhash = \"{hash}\"\ndaily_task_budget = 4\n"
+    );
+    let proxy = start_proxy_with(Some(&file), &mock.url(), &flags(&[])).await;
+    let series =
+        |key: &str| format!("runway_proxy_guard_budget_used_ratio{{key=\"{key}\",budget=\"tasks\"}}");
+    eventually("the labelled key's share at 0", WAIT, async || {
+        metrics_text(&proxy)
+            .await
+            .contains(&format!("{} 0\n", series("batch")))
+    })
+    .await;
+    let subscriber = Subscriber::start().await;
+    for key in ["sk-batch", "sk-batch", "sk-batch", "sk-other"] {
+        assert_eq!(submit(&proxy, key, &subscriber).await.status, StatusCode::OK);
+    }
+    wait_done(&proxy, 4).await;
+    let other = runway_proxy::tasks::key_hash(b"Bearer sk-other");
+    eventually("3 of 4, and 1 of the default 10", WAIT, async || {
+        let text = metrics_text(&proxy).await;
+        text.contains(&format!("{} 0.75\n", series("batch")))
+            && text.contains(&format!("{} 0.1\n", series(&other)))
+    })
+    .await;
+}

@@ -384,10 +384,19 @@ impl Proxy {
             let _ = stop.send(true);
         };
         let relay = self.relay;
+        let guard = self.applier.guard.clone();
+        let budgets = {
+            let stopped = stopped.clone();
+            async move {
+                if let Some(guard) = guard {
+                    guard.watch_budgets(stopped).await;
+                }
+            }
+        };
         let reloads = self
             .applier
             .serve(self.reload_asks, self.reloader, &relay, stopped);
-        tokio::join!(hooks, trigger, probe, reloads, sweep);
+        tokio::join!(hooks, trigger, probe, reloads, sweep, budgets);
         let _ = tokio::task::spawn_blocking(move || {
             for thread in serving {
                 let _ = thread.join();

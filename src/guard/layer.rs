@@ -50,6 +50,26 @@ impl TaskGuardLayer {
         Arc::clone(&self.shared.metrics)
     }
 
+    /// Keep `runway_proxy_guard_budget_used_ratio` up to date: read each key's use of its
+    /// budgets from the ledger now, a second after tasks end (their points are billed),
+    /// and every 30 s (the window moves on, other replicas' tasks end), until `stopped`.
+    pub async fn watch_budgets(&self, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(err) = self.shared.refresh_budgets().await {
+                tracing::debug!(error = %err, "cannot read the budgets' use");
+            }
+            let ended = tokio::select! {
+                () = tokio::time::sleep(super::budgets::REFRESH_EVERY) => false,
+                () = self.shared.usage.notified() => true,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            if ended {
+                // Several tasks ending together make one read.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
     /// Submissions waiting for a task slot now.
     pub fn waiting(&self) -> usize {
         self.shared.waiting.load(Ordering::Relaxed)

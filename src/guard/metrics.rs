@@ -13,6 +13,8 @@ pub struct GuardMetrics {
     /// Reservations granted.
     pub granted: Counter,
     refusals: LabeledCounters<8>,
+    /// The share of each key's budgets used, as last read from the ledger.
+    pub(super) budgets: super::budgets::BudgetUse,
     /// Submissions estimated at `guard.unknown_model_points`, by the model they named
     /// (the first [`UNPRICED_NAMES`] names; the rest as `other`). Held only to count.
     unpriced: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -27,6 +29,7 @@ impl Default for GuardMetrics {
             waiting: Arc::default(),
             granted: Counter::default(),
             refusals: LabeledCounters::new(&REASONS),
+            budgets: Default::default(),
             unpriced: std::sync::Mutex::default(),
         }
     }
@@ -108,5 +111,6 @@ impl MetricSet for GuardMetrics {
             "model",
             unpriced,
         );
+        self.budgets.render(out);
     }
 }

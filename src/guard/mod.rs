@@ -52,6 +52,7 @@
 //! # }
 //! ```
 
+mod budgets;
 mod layer;
 mod metrics;
 mod prices;
@@ -320,6 +321,14 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
+    /// Keys with a per-key budget of their own (`[[guard.keys]]`).
+    pub(crate) fn keys_with_budgets(&self) -> impl Iterator<Item = &str> {
+        self.overrides
+            .iter()
+            .filter(|(_, own)| own.tasks.is_some() || own.points.is_some())
+            .map(|(key, _)| key.as_str())
+    }
+
     /// The key a hash is counted as: its label, or itself.
     pub(crate) fn key_of(&self, hash: String) -> String {
         match self.labels.get(&hash) {

@@ -58,6 +58,11 @@ pub(super) struct GuardRules {
 }
 
 impl GuardRules {
+    /// Who is who, and their limits.
+    pub(super) fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
     pub(super) fn new(settings: &GuardSettings, waits: WaitBounds) -> Result<Self, InvalidSetting> {
         let directory = settings.directory()?;
         at_least_one(waits.max_queue, "limit.max_queue")?;
