@@ -12,6 +12,9 @@ use crate::metrics::escape_label;
 /// How often the gauges are read again from the ledger.
 pub(super) const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
+/// How long after tasks end their points are read (several ending make one read).
+pub(super) const AFTER_TASKS_END: Duration = Duration::from_secs(5);
+
 /// Most keys the gauge names (the most used first): keys known only by their hash are
 /// as many as the clients' keys.
 const MOST_KEYS: usize = 100;
@@ -59,7 +62,21 @@ impl Guard {
     pub(super) async fn refresh_budgets(&self) -> Result<(), crate::store::Error> {
         let rules = self.rules.get();
         let directory = rules.directory();
-        let window = directory.limits_for("").window;
+        let defaults = directory.limits_for("");
+        let budgeted = defaults.tasks_per_key.is_some()
+            || defaults.points_per_key.is_some()
+            || directory.keys_with_budgets().next().is_some();
+        if !budgeted {
+            // No per-key budget: nothing to show, and no reason to sum the ledger.
+            self.metrics
+                .budgets
+                .shares
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            return Ok(());
+        }
+        let window = defaults.window;
         let now = unix_millis();
         let rows = self.store.usage(None, now - millis(window), now).await?;
         let mut used: BTreeMap<String, (u64, i64)> = BTreeMap::new();

@@ -51,7 +51,7 @@ impl TaskGuardLayer {
     }
 
     /// Keep `runway_proxy_guard_budget_used_ratio` up to date: read each key's use of its
-    /// budgets from the ledger now, a second after tasks end (their points are billed),
+    /// budgets from the ledger now, a few seconds after tasks end (their points are billed),
     /// and every 30 s (the window moves on, other replicas' tasks end), until `stopped`.
     pub async fn watch_budgets(&self, mut stopped: tokio::sync::watch::Receiver<bool>) {
         loop {
@@ -64,8 +64,9 @@ impl TaskGuardLayer {
                 _ = stopped.wait_for(|s| *s) => return,
             };
             if ended {
-                // Several tasks ending together make one read.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Tasks ending one after another make one read every few seconds: the
+                // read sums the whole window's ledger.
+                tokio::time::sleep(super::budgets::AFTER_TASKS_END).await;
             }
         }
     }
