@@ -17,13 +17,17 @@ fn rules_dir() -> PathBuf {
     repo().join("deploy/prometheus")
 }
 
-/// `promtool`, installed by `scripts/test-deps` when missing.
+/// `promtool`, installed by `scripts/test-deps` when missing (once for all the tests).
 fn promtool() -> Command {
-    let installed = Command::new(repo().join("scripts/test-deps"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("scripts/test-deps runs");
-    assert!(installed.success(), "scripts/test-deps failed");
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        Command::new(repo().join("scripts/test-deps"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("scripts/test-deps runs")
+            .success()
+    });
+    assert!(*installed, "scripts/test-deps failed");
     let mut command = Command::new("promtool");
     command.current_dir(rules_dir());
     command
