@@ -242,3 +242,25 @@ impl MetricSet for RelayMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PauseReason;
+
+    /// The labels are the store's own names: a reason or state the metrics did not list
+    /// would be counted nowhere (`LabeledCounters` drops labels it does not know).
+    #[test]
+    fn every_pause_reason_and_subscriber_state_has_its_series() {
+        for reason in PauseReason::ALL {
+            assert!(PAUSE_REASONS.contains(&reason.as_str()), "{reason:?}");
+        }
+        for state in SubscriberState::ALL {
+            assert!(STATES.contains(&state.as_str()), "{state:?}");
+        }
+        assert_eq!(
+            (PAUSE_REASONS.len(), STATES.len()),
+            (PauseReason::ALL.len(), SubscriberState::ALL.len())
+        );
+    }
+}
