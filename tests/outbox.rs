@@ -320,6 +320,7 @@ fn report(status: Option<&str>, terminal: bool) -> TaskReport {
         terminal,
         points: None,
         refunded: None,
+        progress: None,
     }
 }
 
@@ -331,6 +332,8 @@ fn check(status: &str, done: bool, again_after: Duration) -> Checked {
         again_after,
         points: None,
         refunded: None,
+        progress: None,
+        note: None,
     }
 }
 
@@ -385,19 +388,22 @@ async fn tasks_are_recorded_once_and_checked_when_due(store: Arc<dyn Store>) {
         store.claim_due("a".into(), 10, LEASE).await.unwrap().is_empty(),
         "done"
     );
-    let done = store.list_tasks(Some(WatchState::Done), 0, 10).await.unwrap();
+    let done = store
+        .list_tasks(Some(WatchState::Done).into(), 0, 10)
+        .await
+        .unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(
         (done[0].status.as_deref(), done[0].checks, done[0].recovered),
         (Some("SUCCEEDED"), 2, true)
     );
-    let all = store.list_tasks(None, 0, 10).await.unwrap();
+    let all = store.list_tasks(None.into(), 0, 10).await.unwrap();
     assert_eq!(
         all.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
         ["t1", "t2"]
     );
     assert!(
-        store.list_tasks(None, all[0].id, 10).await.unwrap().len() == 1,
+        store.list_tasks(None.into(), all[0].id, 10).await.unwrap().len() == 1,
         "paged by id"
     );
 }
@@ -419,7 +425,7 @@ async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: 
         "pushed back"
     );
     let [watched] = store
-        .list_tasks(Some(WatchState::Watching), 0, 10)
+        .list_tasks(Some(WatchState::Watching).into(), 0, 10)
         .await
         .unwrap()
         .try_into()
@@ -440,7 +446,7 @@ async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: 
         "the callback that ends the task reports it, once"
     );
     let [done] = store
-        .list_tasks(Some(WatchState::Done), 0, 10)
+        .list_tasks(Some(WatchState::Done).into(), 0, 10)
         .await
         .unwrap()
         .try_into()
@@ -455,7 +461,7 @@ async fn callbacks_push_the_check_back_and_a_terminal_one_ends_the_watch(store: 
         Seen::Listed
     );
     let [done] = store
-        .list_tasks(Some(WatchState::Done), 0, 10)
+        .list_tasks(Some(WatchState::Done).into(), 0, 10)
         .await
         .unwrap()
         .try_into()
@@ -497,13 +503,16 @@ async fn a_lapsed_watch_lease_is_claimed_again_and_the_old_owner_ignored(store: 
         .unwrap();
     assert!(
         store
-            .list_tasks(Some(WatchState::Done), 0, 10)
+            .list_tasks(Some(WatchState::Done).into(), 0, 10)
             .await
             .unwrap()
             .is_empty(),
         "the old owner's word"
     );
-    let unknown = store.list_tasks(Some(WatchState::Unknown), 0, 10).await.unwrap();
+    let unknown = store
+        .list_tasks(Some(WatchState::Unknown).into(), 0, 10)
+        .await
+        .unwrap();
     assert_eq!(unknown.len(), 1);
     let counts = store.count_tasks().await.unwrap();
     assert_eq!((counts.watching, counts.done, counts.unknown), (1, 0, 1));
@@ -593,6 +602,7 @@ fn ended(status: &str, points: i64, refunded: i64) -> TaskReport {
         terminal: true,
         points: Some(points),
         refunded: Some(refunded),
+        progress: None,
     }
 }
 
@@ -872,7 +882,7 @@ async fn usage_sums_the_ledger_and_prune_forgets_what_ended(store: Arc<dyn Store
 
     // Ended, unknown and reserved records go; the task still running stays.
     assert_eq!(store.prune(now_ms() + 1).await.unwrap(), 6);
-    let left = store.list_tasks(None, 0, 10).await.unwrap();
+    let left = store.list_tasks(None.into(), 0, 10).await.unwrap();
     assert_eq!(
         left.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
         ["w1"]
@@ -1416,5 +1426,5 @@ async fn a_sqlite_file_from_before_the_ledger_gains_it_in_place() {
     drop(store);
     // And opening it again changes nothing.
     let store = runway_proxy::relay::SqliteOutbox::open(&path).unwrap();
-    assert_eq!(store.list_tasks(None, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(store.list_tasks(None.into(), 0, 10).await.unwrap().len(), 1);
 }

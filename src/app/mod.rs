@@ -53,7 +53,7 @@ use crate::relay::{Outbox, Relay, RelayError, SecretError};
 use crate::runway::Runway;
 use crate::server::ConnectionLimits;
 use crate::settings::InvalidSetting;
-use crate::sidecar::{AdminAccess, Readiness, RequestMetrics, Sidecar};
+use crate::sidecar::{AdminAccess, Console, Readiness, RequestMetrics, Sidecar};
 use crate::tasks::TaskWatcher;
 use crate::upstream::{ClientError, Forward};
 
@@ -150,6 +150,8 @@ pub struct Proxy {
     retention: Option<(crate::archive::ArchiveStore, Duration)>,
     relay: Relay,
     metrics: Metrics,
+    /// The web console's ring of samples, taken while the proxy runs.
+    console: Console,
     readiness: Readiness,
     outbox: Arc<dyn Outbox>,
     watcher: TaskWatcher,
@@ -255,10 +257,16 @@ impl Proxy {
             tracer: stack.tracer.clone(),
             metrics: reload_metrics,
         };
+        let console = Console::new(metrics.sets().into());
         let service = Sidecar::new(stack.runway.layer(stack.forward), requests, readiness.clone())
             .metric_sets(metrics.sets())
             .relay_admin(stack.relay.admin())
-            .task_admin(Arc::clone(&store.tasks));
+            .task_admin(Arc::clone(&store.tasks))
+            .console(console.clone());
+        let service = match stack.runway.guard() {
+            Some(guard) => service.budget_admin(guard.clone()),
+            None => service,
+        };
         #[cfg(feature = "archive")]
         let service = match archive_admin {
             Some(admin) => service.archive_admin(admin),
@@ -283,6 +291,7 @@ impl Proxy {
             retention,
             relay: stack.relay,
             metrics,
+            console,
             readiness,
             outbox: store.outbox,
             watcher: stack.watcher,
@@ -393,10 +402,14 @@ impl Proxy {
                 }
             }
         };
+        let samples = {
+            let (console, stopped) = (self.console.clone(), stopped.clone());
+            async move { console.sample(stopped).await }
+        };
         let reloads = self
             .applier
             .serve(self.reload_asks, self.reloader, &relay, stopped);
-        tokio::join!(hooks, trigger, probe, reloads, sweep, budgets);
+        tokio::join!(hooks, trigger, probe, reloads, sweep, budgets, samples);
         let _ = tokio::task::spawn_blocking(move || {
             for thread in serving {
                 let _ = thread.join();

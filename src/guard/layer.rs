@@ -50,6 +50,12 @@ impl TaskGuardLayer {
         Arc::clone(&self.shared.metrics)
     }
 
+    /// Each key's use of its per-key budgets over the window, and what frees up when
+    /// (`GET /-/budgets`; the gauges are set from the same figures).
+    pub async fn budgets(&self) -> Result<super::BudgetReport, crate::store::Error> {
+        self.shared.budget_report(true).await
+    }
+
     /// Keep `runway_proxy_guard_budget_used_ratio` up to date: read each key's use of its
     /// budgets from the ledger now, a few seconds after tasks end (their points are billed),
     /// and every 30 s (the window moves on, other replicas' tasks end), until `stopped`.

@@ -14,7 +14,7 @@ pub struct GuardMetrics {
     pub granted: Counter,
     refusals: LabeledCounters<8>,
     /// The share of each key's budgets used, as last read from the ledger.
-    pub(super) budgets: super::budgets::BudgetUse,
+    pub(super) budgets: super::budgets::BudgetGauges,
     /// Submissions estimated at `guard.unknown_model_points`, by the model they named
     /// (the first [`UNPRICED_NAMES`] names; the rest as `other`). Held only to count.
     unpriced: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,

@@ -67,6 +67,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::context::ResponseFuture;
+pub use budgets::{BudgetReport, BudgetUse, Freed, KeyBudget};
 pub use layer::{TaskGuardLayer, TaskGuardLayerBuilder};
 pub use metrics::GuardMetrics;
 pub use prices::{Estimate, Price, default_prices};

@@ -350,8 +350,9 @@ async fn replay_matching(relay: &RelayAdmin, method: &Method, query: Option<&str
 }
 
 /// A subscriber URL without the parts that carry secrets: user info, query, fragment.
-/// (`?` stays, to show there was a query.)
-pub(super) fn redact(url: &str) -> String {
+/// (`?` stays, to show there was a query.) What the admin paths show of a subscriber
+/// unless the admin token asks for the whole URL.
+pub fn redact(url: &str) -> String {
     let (base, had_query) = match url.find(['?', '#']) {
         Some(at) => (&url[..at], url[at..].starts_with('?')),
         None => (url, false),

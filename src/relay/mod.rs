@@ -64,7 +64,7 @@ use tokio::sync::Notify;
 
 pub use crate::settings::ServiceUrl;
 use crate::trace::Tracer;
-pub use admin::RelayAdmin;
+pub use admin::{RelayAdmin, redact};
 #[cfg(feature = "archive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "archive")))]
 pub use archiving::{ArchiveAdmin, ArchiveMetrics, Archiving};
@@ -101,6 +101,14 @@ pub trait TaskArchive: Send + Sync + std::fmt::Debug + 'static {
         subscriber: String,
         task_id: String,
     ) -> BoxFuture<'_, Result<Option<serde_json::Value>, crate::store::Error>>;
+
+    /// The state of that archive job (`open`, `done`, `failed`...), if it has one: what a
+    /// list of tasks shows, without minting links.
+    fn state(
+        &self,
+        subscriber: String,
+        task_id: String,
+    ) -> BoxFuture<'_, Result<Option<&'static str>, crate::store::Error>>;
 }
 
 /// Why the relay could not start.

@@ -4,12 +4,14 @@
 use http::{HeaderValue, Method, Response, StatusCode, Uri, header};
 use ring::digest;
 
+use super::query::percent_decoded;
 use super::{AdminState, NotReady};
 use crate::body::{self, Body};
 use crate::callback::constant_time_eq;
 use crate::envelope;
+use crate::guard::TaskGuardLayer;
 use crate::settings::Live;
-use crate::tasks::{TaskStore, UsageReport, WatchState};
+use crate::tasks::{TaskStore, UsageReport};
 
 /// Who may use the admin paths. `/-/healthz` and `/-/readyz` answer everyone (probes
 /// carry no credentials).
@@ -106,10 +108,16 @@ enum Page {
     /// `/-/tasks/{id}`.
     Task,
     Usage,
+    /// `/-/budgets`: each key's use of its budgets (the task guard answers).
+    Budgets,
     Reload,
     /// `/-/deliveries` and everything under it (the relay answers those).
     Deliveries,
     Metrics,
+    /// `/-/console` and its assets: open to anyone, they hold no data.
+    Console,
+    /// `/-/console/samples`: the console's charts.
+    Samples,
 }
 
 /// One admin path: what it serves, and why it needs an admin token on a listener that
@@ -155,6 +163,24 @@ const ROUTES: &[Route] = &[
         sensitive: Some("reports the tasks the proxy watches and what each key spent"),
     },
     Route {
+        path: "/-/budgets",
+        prefix: false,
+        page: Page::Budgets,
+        sensitive: Some("reports what each key spent against its budgets"),
+    },
+    Route {
+        path: super::console::SAMPLES_PATH,
+        prefix: false,
+        page: Page::Samples,
+        sensitive: Some("charts the proxy's traffic for its console"),
+    },
+    Route {
+        path: super::console::CONSOLE_PATH,
+        prefix: true,
+        page: Page::Console,
+        sensitive: None,
+    },
+    Route {
         path: "/-/reload",
         prefix: false,
         page: Page::Reload,
@@ -195,11 +221,15 @@ pub(crate) async fn answer(
 ) -> Response<Body> {
     let path = uri.path();
     let route = route_of(path);
-    if let Some(Route {
-        page: Page::Probe, ..
-    }) = route
-    {
-        return probe(state, method, path);
+    match route {
+        Some(Route {
+            page: Page::Probe, ..
+        }) => return probe(state, method, path),
+        // The console's page asks for the token itself (a browser's navigation carries none).
+        Some(Route {
+            page: Page::Console, ..
+        }) => return super::console::asset(method, path),
+        _ => {}
     }
     let grant = state.access.grant(authorization);
     if let Some(refusal) = refusal(state, route, grant) {
@@ -210,10 +240,15 @@ pub(crate) async fn answer(
     };
     match route.page {
         Page::Probe => probe(state, method, path),
+        Page::Console => super::console::asset(method, path),
+        Page::Samples => match &state.console {
+            Some(console) => console.samples_page(method),
+            None => not_found(path),
+        },
         Page::Tasks | Page::Usage => match &state.tasks {
             Some(store) if method == Method::GET || method == Method::HEAD => {
                 if route.page == Page::Tasks {
-                    tasks(store.as_ref(), uri.query()).await
+                    super::task_pages::tasks(store.as_ref(), state.archive.as_deref(), uri.query()).await
                 } else {
                     usage(store.as_ref(), uri.query()).await
                 }
@@ -226,9 +261,16 @@ pub(crate) async fn answer(
         },
         Page::Task => match (&state.tasks, path.strip_prefix("/-/tasks/")) {
             (Some(store), Some(id)) if !id.is_empty() && !id.contains('/') => {
-                super::task_page::task(store.as_ref(), state.archive.as_deref(), method, id).await
+                super::task_pages::task(store.as_ref(), state.archive.as_deref(), method, id).await
             }
             _ => not_found(path),
+        },
+        Page::Budgets => match &state.budgets {
+            Some(guard) => match get_only(method, path) {
+                Some(refused) => refused,
+                None => budgets(guard).await,
+            },
+            None => not_found(path),
         },
         Page::Reload => reload(state, method, path).await,
         Page::Deliveries => match &state.relay {
@@ -316,48 +358,6 @@ async fn reload(state: &AdminState, method: &Method, path: &str) -> Response<Bod
     }
 }
 
-/// Most tasks one page of `/-/tasks` lists.
-const TASK_PAGE: usize = 100;
-
-/// `GET /-/tasks?status=pending|watching|done|unknown&after=ID&limit=N`: a page of the watch list,
-/// oldest first, with `next` (the `after` for the next page).
-async fn tasks(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
-    let bad = |msg: &str| envelope::error_response(StatusCode::BAD_REQUEST, msg);
-    let (mut status, mut after, mut limit) = (None, 0i64, TASK_PAGE);
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "status" => match WatchState::parse(value) {
-                Some(parsed) => status = Some(parsed),
-                None => {
-                    return bad(&format!(
-                        "status {value:?} is not pending, watching, done or unknown"
-                    ));
-                }
-            },
-            "after" => match value.parse() {
-                Ok(parsed) => after = parsed,
-                Err(_) => return bad("after must be a task row id"),
-            },
-            "limit" => match value.parse::<usize>() {
-                Ok(parsed) if parsed > 0 => limit = parsed.min(1000),
-                _ => return bad("limit must be a number from 1 to 1000"),
-            },
-            _ => return bad(&format!("unknown query parameter {key:?}")),
-        }
-    }
-    match store.list_tasks(status, after, limit).await {
-        Ok(tasks) => {
-            let next = (tasks.len() == limit)
-                .then(|| tasks.last().map(|t| t.id))
-                .flatten();
-            let page = serde_json::json!({ "status": status, "tasks": tasks, "next": next });
-            envelope::json_response(StatusCode::OK, page.to_string())
-        }
-        Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
-    }
-}
-
 /// The window `/-/usage` reports on when the query names none: the last 24 hours.
 const USAGE_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
@@ -415,23 +415,15 @@ async fn usage(store: &dyn TaskStore, query: Option<&str>) -> Response<Body> {
     }
 }
 
-/// `%XX` escapes decoded (`+` stays itself: it is a time's offset sign more often than a
-/// space); `None` when an escape is broken or the result is not UTF-8.
-fn percent_decoded(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] == b'%' {
-            let hex = raw.get(at + 1..at + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            at += 3;
-        } else {
-            out.push(bytes[at]);
-            at += 1;
+/// `GET /-/budgets`: each key's use of its per-key budgets over the budget window, and
+/// what frees up when ([`TaskGuardLayer::budgets`]).
+async fn budgets(guard: &TaskGuardLayer) -> Response<Body> {
+    match guard.budgets().await {
+        Ok(report) => {
+            envelope::json_response(StatusCode::OK, serde_json::to_string(&report).unwrap_or_default())
         }
+        Err(err) => envelope::error_response(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
-    String::from_utf8(out).ok()
 }
 
 /// The probes: no credentials, GET or HEAD.
@@ -466,22 +458,4 @@ fn not_found(path: &str) -> Response<Body> {
 
 fn json(status: StatusCode, text: &'static str) -> Response<Body> {
     envelope::json_response(status, text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decoded;
-
-    #[test]
-    fn query_values_are_percent_decoded_and_checked() {
-        assert_eq!(percent_decoded("team%40example").as_deref(), Some("team@example"));
-        assert_eq!(
-            percent_decoded("2026-12-02T18:00:00+01:00").as_deref(),
-            Some("2026-12-02T18:00:00+01:00")
-        );
-        assert_eq!(percent_decoded("%2B01%3A00").as_deref(), Some("+01:00"));
-        assert_eq!(percent_decoded("%4"), None, "a broken escape");
-        assert_eq!(percent_decoded("%zz"), None);
-        assert_eq!(percent_decoded("%ff"), None, "not UTF-8");
-    }
 }

@@ -29,8 +29,10 @@
 //! ```
 
 pub mod admin;
+pub mod console;
 mod metrics;
-mod task_page;
+mod query;
+mod task_pages;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,6 +48,7 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 pub use admin::AdminAccess;
+pub use console::Console;
 pub use metrics::{RequestMetrics, StatusCounts};
 
 use crate::body::{self, Body, BoxError};
@@ -134,6 +137,8 @@ pub(crate) struct AdminState {
     tasks: Option<Arc<dyn TaskStore>>,
     archive: Option<Arc<dyn TaskArchive>>,
     reload: Option<Arc<dyn ConfigReload>>,
+    budgets: Option<crate::guard::TaskGuardLayer>,
+    console: Option<Console>,
 }
 
 /// What `POST /-/reload` calls: read the configuration again and put it in force.
@@ -168,6 +173,8 @@ impl<S> Sidecar<S> {
                 tasks: None,
                 archive: None,
                 reload: None,
+                budgets: None,
+                console: None,
             },
             requests,
             access_log: false,
@@ -195,6 +202,10 @@ impl<S> Sidecar<S> {
         task_admin(store: Arc<dyn TaskStore>) => admin.tasks = Some(store);
         /// Show each task's archive at `/-/tasks/{id}`.
         archive_admin(archive: Arc<dyn TaskArchive>) => admin.archive = Some(archive);
+        /// Answer `/-/budgets` from `guard`.
+        budget_admin(guard: crate::guard::TaskGuardLayer) => admin.budgets = Some(guard);
+        /// Serve the web console at `/-/console`, its charts from `console`'s samples.
+        console(console: Console) => admin.console = Some(console);
     }
 }
 

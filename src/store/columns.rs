@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::archive::{ArchiveJob, ArchiveState};
+use super::journal::{JournalEntry, JournalKind};
 use super::ledger::{Finished, StatusClass};
 use super::outbox::{Delivery, DeliveryState};
 use super::subscribers::{PauseReason, SubscriberReport, SubscriberState, last_hour};
@@ -35,7 +36,7 @@ impl WatchedTask {
     /// A task from a row of the watch list's columns, in their order: id, task_id,
     /// format, route, key_hash, sealed_key, subscriber, state, status, submitted_at,
     /// last_callback_at, next_check_at, checks, recovered, key_label, model, points,
-    /// refunded, finished_at.
+    /// refunded, finished_at, progress.
     pub(crate) fn from_columns<R: Columns>(row: &R) -> Result<Self, R::Error> {
         Ok(WatchedTask {
             id: row.int(0)?,
@@ -57,6 +58,26 @@ impl WatchedTask {
             points: row.optional_int(16)?,
             refunded: row.optional_int(17)?,
             finished_at: row.optional_int(18)?,
+            progress: row
+                .optional_int(19)?
+                .and_then(|p| u8::try_from(p.clamp(0, 100)).ok()),
+        })
+    }
+}
+
+impl JournalEntry {
+    /// An entry from the columns at, last_at, repeats, kind, status, progress, detail.
+    pub(crate) fn from_columns<R: Columns>(row: &R) -> Result<Self, R::Error> {
+        Ok(JournalEntry {
+            at: row.int(0)?,
+            last_at: row.int(1)?,
+            repeats: row.count(2)?,
+            kind: JournalKind::parse(&row.text(3)?).unwrap_or(JournalKind::Check),
+            status: row.optional_text(4)?,
+            progress: row
+                .optional_int(5)?
+                .and_then(|p| u8::try_from(p.clamp(0, 100)).ok()),
+            detail: row.optional_text(6)?,
         })
     }
 }

@@ -34,6 +34,7 @@ fn identify(body: &[u8]) -> Option<Identity> {
         let update_time = value.get("update_time").and_then(text).unwrap_or_default();
         let mut points = TaskReport::default();
         points.read_points(&value);
+        points.read_progress(&value);
         return Some(Identity {
             points,
             dedup_key: format!("task:{task_id}\u{1f}{status}\u{1f}{update_time}"),
@@ -108,6 +109,14 @@ pub fn task_key(subscriber: &str, task_id: &str) -> String {
     format!("{}/task:{task_id}", scope(subscriber))
 }
 
+/// The task id a [`task_key`] (or a callback's) names, if it names one.
+pub(crate) fn task_id_of(task_key: &str) -> Option<&str> {
+    task_key
+        .split_once("/task:")
+        .map(|(_, id)| id)
+        .filter(|id| !id.is_empty())
+}
+
 /// Deliveries are deduped and ordered per subscriber: a hash of its URL.
 fn scope(subscriber: &str) -> String {
     hex(digest::digest(&digest::SHA256, subscriber.as_bytes()).as_ref())[..24].to_owned()
@@ -133,6 +142,12 @@ mod tests {
         let running = identify(br#"{"task_id":"t1","status":"1","update_time":"16"}"#).unwrap();
         assert!(!running.terminal);
         assert_eq!(running.task_key, a.task_key);
+        assert_eq!(running.points.progress, None);
+        let scoped = task_key("https://app.example/hook", "t1");
+        assert_eq!(task_id_of(&scoped), Some("t1"));
+        assert_eq!(task_id_of("0123/webhook:abc"), None);
+        let halfway = identify(br#"{"task_id":"t1","status":"1","progress":"45%"}"#).unwrap();
+        assert_eq!(halfway.points.progress, Some(45));
         assert!(identify(b"[1,2]").is_none());
         assert!(identify(br#"{"status":"3"}"#).is_none());
         // The watcher's official-format events: one per status.

@@ -18,6 +18,9 @@ pub struct TaskReport {
     pub points: Option<i64>,
     /// Points CometAPI gave back (`refund`; failed tasks are refunded).
     pub refunded: Option<i64>,
+    /// How far along it is, in percent (`progress`: `0.4` in the official format, `"40%"`
+    /// in CometAPI's callbacks and feed).
+    pub progress: Option<u8>,
 }
 
 impl TaskReport {
@@ -34,6 +37,28 @@ impl TaskReport {
         };
         self.points = amount("point");
         self.refunded = amount("refund");
+    }
+
+    /// `progress` of a task answer, callback or feed record, if it has a readable one: a
+    /// fraction from 0 to 1, or a percentage written `"40%"`.
+    pub fn read_progress(&mut self, fields: &serde_json::Value) {
+        let percent = match fields.get("progress") {
+            Some(serde_json::Value::Number(n)) => n.as_f64().map(|f| if f <= 1.0 { f * 100.0 } else { f }),
+            Some(serde_json::Value::String(s)) => {
+                let s = s.trim();
+                match s.strip_suffix('%') {
+                    Some(percent) => percent.trim().parse::<f64>().ok(),
+                    None => s
+                        .parse::<f64>()
+                        .ok()
+                        .map(|f| if f <= 1.0 { f * 100.0 } else { f }),
+                }
+            }
+            _ => None,
+        };
+        self.progress = percent
+            .filter(|p| p.is_finite() && (0.0..=100.0).contains(p))
+            .map(|p| p.round() as u8);
     }
 }
 

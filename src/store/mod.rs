@@ -41,6 +41,7 @@ mod columns;
 mod database;
 mod event;
 pub mod idempotency;
+pub(crate) mod journal;
 mod ledger;
 mod memory;
 mod outbox;
@@ -57,8 +58,10 @@ use std::sync::Arc;
 pub use archive::{ArchiveBacklog, ArchiveFinish, ArchiveJob, ArchiveJobs, ArchiveState, Released};
 pub use database::DatabaseSettings;
 pub(crate) use event::event;
+pub(crate) use event::task_id_of;
 pub use event::{event_delivery, task_key};
 pub use idempotency::{Begin, Claim, IdempotencyStore, StoredAnswer};
+pub use journal::{JOURNAL_PAGE, JOURNAL_RETENTION, JournalEntry, JournalKind};
 pub use ledger::{
     Finished, Limit, Reservation, Reserved, Seen, Spend, StatusClass, TaskLimits, TaskReport, UsageRow,
 };
@@ -73,7 +76,7 @@ pub use subscribers::{
     Breaker, Fairness, GONE_PAUSES_AFTER, PauseReason, Rate, ReplayFilter, Signal, SubscriberReport,
     SubscriberState, Transition, subscriber_id,
 };
-pub use tasks::{Checked, NewTask, TaskCounts, TaskFormat, TaskStore, WatchState, WatchedTask};
+pub use tasks::{Checked, NewTask, TaskCounts, TaskFilter, TaskFormat, TaskStore, WatchState, WatchedTask};
 
 /// A boxed future, so the stores' traits can be used as `dyn` objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

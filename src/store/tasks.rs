@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::StoreFuture;
+use super::journal::JournalEntry;
 use super::ledger::{Finished, Reservation, Reserved, Seen, Spend, TaskLimits, TaskReport, UsageRow};
 
 /// Which of CometAPI's two API shapes a task was submitted through.
@@ -153,6 +154,33 @@ pub struct WatchedTask {
     pub refunded: Option<i64>,
     /// When its terminal status was seen (Unix milliseconds).
     pub finished_at: Option<i64>,
+    /// How far along it was last reported, in percent.
+    pub progress: Option<u8>,
+}
+
+/// Which tasks [`TaskStore::list_tasks`] lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskFilter {
+    /// Only tasks in this state (every state: `None`).
+    pub state: Option<WatchState>,
+    /// Only tasks of this key: its label or its hash (every key: `None`).
+    pub key: Option<String>,
+}
+
+impl TaskFilter {
+    /// Only tasks of `key` (its label or hash).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+impl From<Option<WatchState>> for TaskFilter {
+    /// Tasks in this state (every state: `None`), of every key.
+    fn from(state: Option<WatchState>) -> Self {
+        TaskFilter { state, key: None }
+    }
 }
 
 /// How many tasks the watch list holds in each state.
@@ -183,6 +211,11 @@ pub struct Checked {
     pub points: Option<i64>,
     /// Points refunded, if the check read them.
     pub refunded: Option<i64>,
+    /// Its progress, if the check read it (percent).
+    pub progress: Option<u8>,
+    /// Why the check found no status (it failed, or the task is not known upstream yet),
+    /// for the task's journal.
+    pub note: Option<String>,
 }
 
 /// The watch list's store. See the module docs.
@@ -224,14 +257,11 @@ pub trait TaskStore: Send + Sync + 'static {
     /// The `traceparent` of task `task_id`'s submission, if one was recorded.
     fn trace_of(&self, task_id: String) -> StoreFuture<'_, Option<String>>;
 
-    /// Tasks in `state` (every state: `None`) with a row id above `after`, oldest first,
-    /// at most `limit`.
-    fn list_tasks(
-        &self,
-        state: Option<WatchState>,
-        after: i64,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<WatchedTask>>;
+    /// Tasks that pass `filter` with a row id above `after`, oldest first, at most `limit`.
+    fn list_tasks(&self, filter: TaskFilter, after: i64, limit: usize) -> StoreFuture<'_, Vec<WatchedTask>>;
+
+    /// Task `task_id`'s journal, oldest first: its newest [`JOURNAL_PAGE`](super::JOURNAL_PAGE) entries.
+    fn journal(&self, task_id: String) -> StoreFuture<'_, Vec<JournalEntry>>;
 
     /// Check `limits` and, when none is reached, record `reservation` as `pending`, in
     /// one step no other reservation (of any replica) interleaves with. Tasks in flight

@@ -29,8 +29,9 @@ use crate::settings::{InvalidSetting, check, longer_than_zero, parse, settings, 
 // The records live on the storage floor; these are their names where the watch list's
 // users have always found them.
 pub use crate::store::{
-    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
-    TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+    Checked, Finished, JournalEntry, JournalKind, Limit, NewTask, Reservation, Reserved, Seen, Spend,
+    StatusClass, TaskCounts, TaskFilter, TaskFormat, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState,
+    WatchedTask,
 };
 
 settings! {

@@ -29,6 +29,17 @@ impl ArchiveAdmin {
 }
 
 impl super::super::TaskArchive for ArchiveAdmin {
+    fn state(
+        &self,
+        subscriber: String,
+        task_id: String,
+    ) -> BoxFuture<'_, Result<Option<&'static str>, Error>> {
+        Box::pin(async move {
+            let job = self.jobs.archive_of(task_key(&subscriber, &task_id)).await?;
+            Ok(job.map(|job| job.state.as_str()))
+        })
+    }
+
     fn report(&self, subscriber: String, task_id: String) -> BoxFuture<'_, Result<Option<Value>, Error>> {
         Box::pin(async move {
             let Some(job) = self.jobs.archive_of(task_key(&subscriber, &task_id)).await? else {

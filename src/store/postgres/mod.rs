@@ -42,6 +42,7 @@
 
 mod archive;
 mod idempotency;
+mod journal;
 mod outbox;
 mod schema;
 mod subscribers;

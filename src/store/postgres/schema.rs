@@ -15,7 +15,17 @@ const MIGRATION_LOCK: i64 = 0x7275_6e77_6179_0001;
 
 /// Each migration, in order; its number is its position (from 1). Never edit one that has
 /// shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, super::subscribers::V8];
+const MIGRATIONS: &[&str] = &[
+    V1,
+    V2,
+    V3,
+    V4,
+    V5,
+    V6,
+    V7,
+    super::subscribers::V8,
+    super::journal::V9,
+];
 
 /// The newest schema version this build knows.
 pub(super) const LATEST: i32 = MIGRATIONS.len() as i32;

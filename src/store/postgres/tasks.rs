@@ -8,8 +8,8 @@ use tokio_postgres::Row;
 
 use super::{PostgresOutbox, WriteOp, db_error, pool_error};
 use crate::store::{
-    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
-    TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+    Checked, Finished, JournalEntry, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass,
+    TaskCounts, TaskFilter, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
 };
 use crate::store::{Error, StoreFuture};
 
@@ -18,7 +18,7 @@ macro_rules! columns {
     () => {
         "t.id, t.task_id, t.format, t.route, t.key_hash, t.sealed_key, t.subscriber, t.state, \
          t.status, t.submitted_at, t.last_callback_at, t.next_check_at, t.checks, t.recovered, t.key_label, \
-         t.model, t.points, t.refunded, t.finished_at"
+         t.model, t.points, t.refunded, t.finished_at, t.progress"
     };
 }
 
@@ -51,7 +51,7 @@ fn rows_to_tasks(rows: Vec<Row>) -> Result<Vec<WatchedTask>, Error> {
 
 impl PostgresOutbox {
     /// Run one statement with `params` on the outbox's runtime; the rows it returns.
-    async fn task_statement(
+    pub(super) async fn task_statement(
         &self,
         sql: &'static str,
         params: Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>,
@@ -99,7 +99,8 @@ impl TaskStore for PostgresOutbox {
                     concat!(
                         "WITH points AS (
                          UPDATE runway_proxy_tasks
-                         SET points = COALESCE($5, points), refunded = COALESCE($6, refunded)
+                         SET points = COALESCE($5, points), refunded = COALESCE($6, refunded),
+                             progress = COALESCE($7, progress)
                          WHERE task_id = $1 AND state <> 'watching'
                          RETURNING 1),
                      seen AS (
@@ -109,13 +110,14 @@ impl TaskStore for PostgresOutbox {
                              state = CASE WHEN $4 THEN 'done' ELSE state END,
                              finished_at = CASE WHEN $4 THEN runway_proxy_now_ms() ELSE finished_at END,
                              points = COALESCE($5, points), refunded = COALESCE($6, refunded),
-                             updated_at = runway_proxy_now_ms()
+                             progress = COALESCE($7, progress), updated_at = runway_proxy_now_ms()
                          WHERE task_id = $1 AND state = 'watching'
                          RETURNING ",
                         finished!(),
                         ")
-                     SELECT true, s.* FROM seen s
-                     UNION ALL SELECT false, NULL, NULL, NULL, NULL, NULL, NULL FROM points"
+                     SELECT r.*, runway_proxy_journal($1, 'callback', $2, $7, NULL)
+                     FROM (SELECT true, s.* FROM seen s
+                           UNION ALL SELECT false, NULL, NULL, NULL, NULL, NULL, NULL FROM points) r"
                     ),
                     vec![
                         Box::new(task_id),
@@ -124,6 +126,7 @@ impl TaskStore for PostgresOutbox {
                         Box::new(report.terminal),
                         Box::new(report.points),
                         Box::new(report.refunded),
+                        Box::new(report.progress.map(i64::from)),
                     ],
                 )
                 .await?;
@@ -183,16 +186,19 @@ impl TaskStore for PostgresOutbox {
             let rows = self
                 .task_statement(
                     concat!(
-                        "UPDATE runway_proxy_tasks t
+                        "WITH c AS (
+                 UPDATE runway_proxy_tasks t
                  SET status = COALESCE($3, status), checks = checks + 1,
                      state = CASE WHEN $4 THEN 'done' ELSE state END, recovered = recovered OR $5,
                      finished_at = CASE WHEN $4 THEN runway_proxy_now_ms() ELSE finished_at END,
                      points = COALESCE($7, points), refunded = COALESCE($8, refunded),
+                     progress = COALESCE($9, progress),
                      next_check_at = runway_proxy_now_ms() + $6, lease_owner = NULL, lease_until = NULL,
                      updated_at = runway_proxy_now_ms()
                  WHERE task_id = $1 AND lease_owner = $2 AND state = 'watching'
                  RETURNING ",
-                        finished!()
+                        finished!(),
+                        ") SELECT c.*, runway_proxy_journal($1, 'check', $3, $9, $10) FROM c"
                     ),
                     vec![
                         Box::new(task_id),
@@ -203,6 +209,8 @@ impl TaskStore for PostgresOutbox {
                         Box::new(millis(checked.again_after)),
                         Box::new(checked.points),
                         Box::new(checked.refunded),
+                        Box::new(checked.progress.map(i64::from)),
+                        Box::new(checked.note),
                     ],
                 )
                 .await?;
@@ -216,12 +224,14 @@ impl TaskStore for PostgresOutbox {
             let rows = self
                 .task_statement(
                     concat!(
-                        "UPDATE runway_proxy_tasks t
+                        "WITH c AS (
+                 UPDATE runway_proxy_tasks t
                  SET status = 'CANCELLED', state = 'done', finished_at = runway_proxy_now_ms(),
                      lease_owner = NULL, lease_until = NULL, updated_at = runway_proxy_now_ms()
                  WHERE task_id = $1 AND state <> 'done'
                  RETURNING ",
-                        finished!()
+                        finished!(),
+                        ") SELECT c.*, runway_proxy_journal($1, 'cancelled', 'CANCELLED', NULL, NULL) FROM c"
                     ),
                     vec![Box::new(task_id.clone())],
                 )
@@ -290,12 +300,7 @@ impl TaskStore for PostgresOutbox {
         })
     }
 
-    fn list_tasks(
-        &self,
-        state: Option<WatchState>,
-        after: i64,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<WatchedTask>> {
+    fn list_tasks(&self, filter: TaskFilter, after: i64, limit: usize) -> StoreFuture<'_, Vec<WatchedTask>> {
         Box::pin(async move {
             let rows = self
                 .task_statement(
@@ -303,17 +308,24 @@ impl TaskStore for PostgresOutbox {
                         "SELECT ",
                         columns!(),
                         " FROM runway_proxy_tasks t
-                         WHERE ($1::text IS NULL OR t.state = $1) AND t.id > $2 ORDER BY t.id LIMIT $3"
+                         WHERE ($1::text IS NULL OR t.state = $1)
+                           AND ($4::text IS NULL OR t.key_label = $4 OR t.key_hash = $4)
+                           AND t.id > $2 ORDER BY t.id LIMIT $3"
                     ),
                     vec![
-                        Box::new(state.map(|s| s.as_str().to_owned())),
+                        Box::new(filter.state.map(|s| s.as_str().to_owned())),
                         Box::new(after),
                         Box::new(limit as i64),
+                        Box::new(filter.key),
                     ],
                 )
                 .await?;
             rows_to_tasks(rows)
         })
+    }
+
+    fn journal(&self, task_id: String) -> StoreFuture<'_, Vec<JournalEntry>> {
+        Box::pin(self.read_journal(task_id))
     }
 
     fn reserve(&self, reservation: Reservation, limits: TaskLimits) -> StoreFuture<'_, Reserved> {
@@ -429,6 +441,7 @@ impl TaskStore for PostgresOutbox {
 
     fn prune(&self, before: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
+            self.prune_journal(before).await?;
             let rows = self
                 .task_statement(
                     "WITH gone AS (

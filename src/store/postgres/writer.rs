@@ -140,8 +140,10 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             FROM (SELECT (SELECT s.probe_id FROM runway_proxy_subscribers s WHERE s.id = $1 AND s.probe_id = $2)
                          AS id) probe
             WHERE d.id = $2 AND d.lease_owner = $11 AND d.state = 'in_flight'
-            RETURNING d.id)
+            RETURNING d.id, d.task_key, d.status, probe.id IS NOT NULL AS probe),
+         {}
          {}",
+        super::journal::DELIVERY_ENTRY,
         super::subscribers::HEALTH.replace("WHERE id = $1", "WHERE id = $1 AND EXISTS (SELECT 1 FROM done)")
     )
 });
@@ -233,6 +235,8 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
                 subscriber,
                 health,
             } => {
+                let spent = crate::store::journal::delivery_detail(completion, true);
+                let probe_failed = crate::store::journal::delivery_detail(completion, false);
                 let (state, delay, error) = match completion {
                     Completion::Delivered => ("delivered", 0_i64, None),
                     // The worker's clock scheduled it; the database's clock keeps it.
@@ -260,6 +264,8 @@ async fn apply(pool: &Pool, ops: &[&WriteOp]) -> Result<Vec<Applied>, Error> {
                             owner,
                             &state,
                             &delay,
+                            &spent,
+                            &probe_failed,
                         ],
                     )
                     .await?;

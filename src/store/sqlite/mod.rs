@@ -8,6 +8,7 @@
 
 mod archive;
 mod idempotency;
+mod journal;
 mod schema;
 mod statements;
 mod subscribers;
@@ -65,6 +66,7 @@ impl SqliteOutbox {
             .and_then(|()| connection.pragma_update(None, "busy_timeout", 5000))
             .map(|()| connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE))
             .and_then(|()| connection.execute_batch(schema::SCHEMA))
+            .and_then(|()| connection.execute_batch(journal::TABLE))
             .and_then(|()| schema::add_ledger_columns(&connection))
             .map_err(|e| Error::from(e).context(format_args!("cannot set up {}", path.display())))?;
         let now = now_ms();

@@ -125,6 +125,8 @@ const LEDGER_COLUMNS: &[(&str, &str)] = &[
     ("trace", "TEXT"),
     // The id of the callback route token the submission was given: the task it belongs to.
     ("callback_token", "INTEGER"),
+    // The last progress reported, in percent.
+    ("progress", "INTEGER"),
 ];
 /// Columns added to `deliveries` since its first version.
 const DELIVERY_COLUMNS: &[(&str, &str)] = &[

@@ -13,7 +13,8 @@ use crate::store::subscribers::{
     drain_now, flags, for_sqlite, health_update, operator_pause, operator_resume,
 };
 use crate::store::{
-    Completion, Delivery, Fairness, Health, ReplayFilter, SubscriberReport, Transition, subscriber_id,
+    Completion, Delivery, Fairness, Health, JournalKind, ReplayFilter, SubscriberReport, Transition,
+    subscriber_id,
 };
 
 /// The id of the subscriber at `url`, its row made if it is new.
@@ -203,14 +204,19 @@ pub(super) fn finish(
     health: Health,
 ) -> rusqlite::Result<Transition> {
     let now = now_ms();
-    let Some((subscriber, probe)) = tx
+    let Some((subscriber, probe, task_key, status)) = tx
         .prepare_cached(
-            "SELECT d.subscriber, s.probe_id IS NOT NULL AND s.probe_id = d.id
+            "SELECT d.subscriber, s.probe_id IS NOT NULL AND s.probe_id = d.id, d.task_key, d.status
              FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber
              WHERE d.id = ?1 AND d.lease_owner = ?2 AND d.state = 'in_flight'",
         )?
         .query_row(params![id, owner], |r| {
-            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, bool>(1)?))
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
         })
         .optional()?
     else {
@@ -231,6 +237,18 @@ pub(super) fn finish(
          WHERE id = ?1",
         params![id, owner, state, next, error, delivered, now, spent],
     )?;
+    if let Some(task_id) = crate::store::task_id_of(&task_key) {
+        let detail = crate::store::journal::delivery_detail(&completion, spent == 1);
+        super::journal::write(
+            tx,
+            task_id,
+            now,
+            JournalKind::Delivery,
+            status.as_deref(),
+            None,
+            Some(&detail),
+        )?;
+    }
     let Some(subscriber) = subscriber else {
         return Ok(Transition::Unchanged);
     };

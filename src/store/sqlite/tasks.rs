@@ -6,11 +6,12 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use super::statements::ExecuteCached;
-use super::{SqliteOutbox, now_ms};
+use super::{SqliteOutbox, journal, now_ms};
 use crate::store::StoreFuture;
 use crate::store::{
-    Checked, Finished, Limit, NewTask, Reservation, Reserved, Seen, Spend, StatusClass, TaskCounts,
-    TaskLimits, TaskReport, TaskStore, UsageRow, WatchState, WatchedTask,
+    Checked, Finished, JournalEntry, JournalKind, Limit, NewTask, Reservation, Reserved, Seen, Spend,
+    StatusClass, TaskCounts, TaskFilter, TaskLimits, TaskReport, TaskStore, UsageRow, WatchState,
+    WatchedTask,
 };
 
 /// The columns `row_to_task` reads, in its order (a macro, so the statements that read
@@ -19,7 +20,7 @@ macro_rules! columns {
     () => {
         "id, task_id, format, route, key_hash, sealed_key, subscriber, state, status, \
          submitted_at, last_callback_at, next_check_at, checks, recovered, key_label, model, \
-         points, refunded, finished_at"
+         points, refunded, finished_at, progress"
     };
 }
 const COLUMNS: &str = columns!();
@@ -226,13 +227,23 @@ impl TaskStore for SqliteOutbox {
                 let now = now_ms();
                 // Points are noted whatever the state: a refund may come after the end.
                 let listed = tx.execute_cached(
-                    "UPDATE tasks SET points = COALESCE(?2, points), refunded = COALESCE(?3, refunded)
+                    "UPDATE tasks SET points = COALESCE(?2, points), refunded = COALESCE(?3, refunded),
+                            progress = COALESCE(?4, progress)
                      WHERE task_id = ?1",
-                    params![task_id, report.points, report.refunded],
+                    params![task_id, report.points, report.refunded, report.progress],
                 )? > 0;
                 if !listed {
                     return Ok(Seen::NotListed);
                 }
+                journal::write(
+                    tx,
+                    &task_id,
+                    now,
+                    JournalKind::Callback,
+                    report.status.as_deref(),
+                    report.progress,
+                    None,
+                )?;
                 // A callback for a task already done (a late one after a recovery) changes
                 // nothing else.
                 let mut seen = tx.prepare_cached(&format!(
@@ -269,6 +280,7 @@ impl TaskStore for SqliteOutbox {
                             finished_at = CASE WHEN ?4 THEN ?7 ELSE finished_at END,
                             recovered = recovered OR ?5, next_check_at = ?6,
                             points = COALESCE(?8, points), refunded = COALESCE(?9, refunded),
+                            progress = COALESCE(?10, progress),
                             lease_owner = NULL, lease_until = NULL, updated_at = ?7
                      WHERE task_id = ?1 AND lease_owner = ?2 AND state = 'watching'
                      RETURNING {FINISHED}"
@@ -283,11 +295,25 @@ impl TaskStore for SqliteOutbox {
                         now + millis(checked.again_after),
                         now,
                         checked.points,
-                        checked.refunded
+                        checked.refunded,
+                        checked.progress
                     ],
                     row_to_finished,
                 )?;
-                Ok(rows.next().transpose()?.filter(|_| checked.done))
+                let Some(finished) = rows.next().transpose()? else {
+                    // Not this owner's to record any more.
+                    return Ok(None);
+                };
+                journal::write(
+                    tx,
+                    &task_id,
+                    now,
+                    JournalKind::Check,
+                    checked.status.as_deref(),
+                    checked.progress,
+                    checked.note.as_deref(),
+                )?;
+                Ok(Some(finished).filter(|_| checked.done))
             })
             .await
         })
@@ -310,6 +336,15 @@ impl TaskStore for SqliteOutbox {
                 let Some(finished) = finished else {
                     return Ok(None);
                 };
+                journal::write(
+                    tx,
+                    &task_id,
+                    now,
+                    JournalKind::Cancelled,
+                    Some("CANCELLED"),
+                    None,
+                    None,
+                )?;
                 let task = tx
                     .prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ?1"))?
                     .query_map(params![task_id], row_to_task)?
@@ -352,6 +387,10 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
+    fn journal(&self, task_id: String) -> StoreFuture<'_, Vec<JournalEntry>> {
+        Box::pin(async move { self.run(move |tx| journal::read(tx, &task_id)).await })
+    }
+
     fn trace_of(&self, task_id: String) -> StoreFuture<'_, Option<String>> {
         Box::pin(async move {
             self.run(move |tx| {
@@ -363,19 +402,18 @@ impl TaskStore for SqliteOutbox {
         })
     }
 
-    fn list_tasks(
-        &self,
-        state: Option<WatchState>,
-        after: i64,
-        limit: usize,
-    ) -> StoreFuture<'_, Vec<WatchedTask>> {
+    fn list_tasks(&self, filter: TaskFilter, after: i64, limit: usize) -> StoreFuture<'_, Vec<WatchedTask>> {
         Box::pin(async move {
             self.run(move |tx| {
                 let mut select = tx.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
+                    "SELECT {COLUMNS} FROM tasks
+                     WHERE (?1 IS NULL OR state = ?1) AND (?4 IS NULL OR key_label = ?4 OR key_hash = ?4)
+                       AND id > ?2
+                     ORDER BY id LIMIT ?3"
                 ))?;
+                let state = filter.state.map(WatchState::as_str);
                 select
-                    .query_map(params![state.map(WatchState::as_str), after, limit as i64], row_to_task)?
+                    .query_map(params![state, after, limit as i64, filter.key], row_to_task)?
                     .collect()
             })
             .await
@@ -453,6 +491,7 @@ impl TaskStore for SqliteOutbox {
     fn prune(&self, before: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.run(move |tx| {
+                journal::prune(tx, now_ms(), before)?;
                 tx.execute_cached(
                     "DELETE FROM tasks WHERE state IN ('done', 'unknown', 'pending') AND submitted_at < ?1",
                     params![before],

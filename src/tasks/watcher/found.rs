@@ -67,6 +67,8 @@ pub(super) fn official_found(bytes: &[u8], known: Option<&str>) -> Found {
         return Found::Failed(CheckFailed::NoStatus);
     };
     let terminal = matches!(status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED");
+    let mut points = TaskReport::default();
+    points.read_progress(&task);
     let event = (known != Some(status.as_str())).then(|| {
         if let Some(fields) = task.as_object_mut() {
             fields.insert("runway_proxy_source".into(), Value::from("poll"));
@@ -77,7 +79,7 @@ pub(super) fn official_found(bytes: &[u8], known: Option<&str>) -> Found {
         status,
         terminal,
         event,
-        points: TaskReport::default(),
+        points,
     }
 }
 
@@ -111,6 +113,7 @@ pub(super) fn feed_found(bytes: &[u8], source: &str) -> Found {
     }
     let mut points = TaskReport::default();
     points.read_points(&data);
+    points.read_progress(&data);
     Found::Status {
         status,
         terminal: true,

@@ -289,7 +289,9 @@ where
             // Sealed with a key since retired, or never given: nothing can check it.
             tracing::warn!(task_id = %task.task_id, "a watched task has no API key to check it with; giving it up");
             self.metrics.abandoned.inc();
-            self.record(&task, None, true, false, TaskReport::default()).await;
+            let note = Some("given up: no API key to check it with".to_owned());
+            self.record(&task, None, true, false, TaskReport::default(), note)
+                .await;
             return;
         };
         let found = match task.format {
@@ -331,24 +333,27 @@ where
                             // Not stored: keep the task as it was, and try again.
                             tracing::error!(error = %err, task_id = %task.task_id, "cannot store a task's event");
                             self.metrics.failed_checks.inc();
-                            self.record(&task, None, false, false, TaskReport::default())
+                            let note = Some(format!("its event could not be stored: {err}"));
+                            self.record(&task, None, false, false, TaskReport::default(), note)
                                 .await;
                             return;
                         }
                     }
                 }
                 let recovered = terminal && task.format == TaskFormat::Reverse && task.subscriber.is_some();
-                self.record(&task, Some(status), terminal, recovered, points)
+                self.record(&task, Some(status), terminal, recovered, points, None)
                     .await;
             }
             Found::NotYet => {
-                self.record(&task, None, false, false, TaskReport::default())
+                let note = Some("no status yet (not known upstream, or not finished)".to_owned());
+                self.record(&task, None, false, false, TaskReport::default(), note)
                     .await
             }
             Found::Failed(why) => {
                 tracing::warn!(task_id = %task.task_id, error = %why, "a watched task's check failed");
                 self.metrics.failed_checks.inc();
-                self.record(&task, None, false, false, TaskReport::default())
+                let note = Some(format!("failed: {why}"));
+                self.record(&task, None, false, false, TaskReport::default(), note)
                     .await;
             }
         }
@@ -361,6 +366,7 @@ where
         done: bool,
         recovered: bool,
         points: TaskReport,
+        note: Option<String>,
     ) {
         let checked = Checked {
             status,
@@ -369,6 +375,8 @@ where
             again_after: jittered(self.settings.poll_interval),
             points: points.points,
             refunded: points.refunded,
+            progress: points.progress,
+            note,
         };
         match self
             .store
