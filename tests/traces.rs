@@ -129,6 +129,20 @@ async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
     let by_id: HashMap<Vec<u8>, &Span> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
     let app = SpanContext::from_traceparent(APP_TRACEPARENT).unwrap();
 
+    // The task's admin page (and the console's) names the trace to look it up by.
+    let body: serde_json::Value = serde_json::from_slice(&relayed[0].1).unwrap();
+    let task_id = body["task_id"].as_str().unwrap();
+    let page = send(
+        &client(),
+        http::Request::get(proxy.url(&format!("/-/tasks/{task_id}")))
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+    .json();
+    assert_eq!(page["trace_id"], APP_TRACEPARENT.split('-').nth(1).unwrap(), "{page}");
+
     // The submission: a server span continuing the application's trace.
     let submissions = named(&spans, "proxy submission");
     assert_eq!(submissions.len(), 1, "{spans:#?}");

@@ -189,7 +189,13 @@ impl Samples {
     pub fn report(&self) -> Value {
         let now = self.read();
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let samples: Vec<&Sample> = ring.iter().chain(std::iter::once(&now)).collect();
+        // The sample taken now shows the last seconds, unless they are too few to make a
+        // rate of (a page loaded just after a sample would end every chart on noise).
+        let fresh = ring
+            .back()
+            .is_none_or(|last| now.at - last.at >= crate::duration::millis(SAMPLE_EVERY) / 2);
+        let live = (ring.len() < 2 || fresh).then_some(&now);
+        let samples: Vec<&Sample> = ring.iter().chain(live).collect();
         let charts: Vec<Value> = CHARTS
             .iter()
             .enumerate()
