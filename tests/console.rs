@@ -243,7 +243,9 @@ async fn get(proxy: &RunningProxy, method: http::Method, path: &str, token: Opti
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    send(&client(), request.body(Full::default()).unwrap()).await.unwrap()
+    send(&client(), request.body(Full::default()).unwrap())
+        .await
+        .unwrap()
 }
 
 /// Who gets what without a browser: the page to anyone, its data by the admin rule; and
@@ -257,7 +259,12 @@ async fn the_console_page_is_open_its_data_follows_the_admin_rule_and_bad_input_
     let local = start_proxy_with(None, &mock.url(), &Overrides::new()).await;
     let page = get(&local, Method::GET, "/-/console", None).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(
+        page.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     assert_eq!(page.headers["x-frame-options"], "DENY");
     let samples = get(&local, Method::GET, "/-/console/samples", None).await;
     assert_eq!(samples.status, StatusCode::OK);
@@ -265,7 +272,12 @@ async fn the_console_page_is_open_its_data_follows_the_admin_rule_and_bad_input_
     assert_eq!(samples["interval_s"], 10);
     assert_eq!(samples["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(samples["charts"].as_array().unwrap().len(), 5);
-    assert_eq!(get(&local, Method::GET, "/-/console/console.js", None).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&local, Method::GET, "/-/console/console.js", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
     for (method, path, status) in [
         (Method::GET, "/-/console/../metrics", StatusCode::NOT_FOUND),
         (Method::GET, "/-/console/app.js", StatusCode::NOT_FOUND),
@@ -280,7 +292,11 @@ async fn the_console_page_is_open_its_data_follows_the_admin_rule_and_bad_input_
     ] {
         let reply = get(&local, method.clone(), path, None).await;
         assert_eq!(reply.status, status, "{method} {path}: {}", reply.json());
-        assert_eq!(reply.json()["code"], status.as_u16(), "{method} {path}: the error envelope");
+        assert_eq!(
+            reply.json()["code"],
+            status.as_u16(),
+            "{method} {path}: the error envelope"
+        );
     }
     // A key filter that matches nothing is an empty page, not an error.
     let none = get(&local, Method::GET, "/-/tasks?key=nobody&status=", None).await;
@@ -292,19 +308,43 @@ async fn the_console_page_is_open_its_data_follows_the_admin_rule_and_bad_input_
     // Every address, no token: the page, but not its data (403 says how to get it).
     let open = Overrides::from([("listen", "0.0.0.0:0".to_owned())]);
     let exposed = start_proxy_with(None, &mock.url(), &open).await;
-    assert_eq!(get(&exposed, Method::GET, "/-/console", None).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&exposed, Method::GET, "/-/console", None).await.status,
+        StatusCode::OK
+    );
     let refused = get(&exposed, Method::GET, "/-/console/samples", None).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
-    assert!(refused.json()["msg"].as_str().unwrap().contains("--admin-token"), "{}", refused.json());
-    assert_eq!(get(&exposed, Method::GET, "/-/budgets", None).await.status, StatusCode::FORBIDDEN);
+    assert!(
+        refused.json()["msg"].as_str().unwrap().contains("--admin-token"),
+        "{}",
+        refused.json()
+    );
+    assert_eq!(
+        get(&exposed, Method::GET, "/-/budgets", None).await.status,
+        StatusCode::FORBIDDEN
+    );
 
     // With a token: the page still, the data with the token only.
     let mut guarded = open.clone();
     guarded.insert("admin_token", ADMIN_TOKEN.to_owned());
     let guarded = start_proxy_with(None, &mock.url(), &guarded).await;
-    assert_eq!(get(&guarded, Method::GET, "/-/console", None).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&guarded, Method::GET, "/-/console", None).await.status,
+        StatusCode::OK
+    );
     let samples = "/-/console/samples";
-    assert_eq!(get(&guarded, Method::GET, samples, None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(&guarded, Method::GET, samples, Some("wrong")).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(&guarded, Method::GET, samples, Some(ADMIN_TOKEN)).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&guarded, Method::GET, samples, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&guarded, Method::GET, samples, Some("wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&guarded, Method::GET, samples, Some(ADMIN_TOKEN))
+            .await
+            .status,
+        StatusCode::OK
+    );
 }

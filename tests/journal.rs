@@ -1,7 +1,8 @@
 //! Tasks' journals, held by every store (SQLite, and PostgreSQL with the `postgres`
-//! feature): each callback, each check (alike checks folded into one entry), each delivery
-//! attempt of the task's events, a cancellation; progress kept on the task; the watch list
-//! filtered by key; and the journal pruned with the ledger.
+//! feature): each callback, each check (alike checks folded into one entry), each failed
+//! delivery attempt of the task's events (a delivered one is on its delivery), a
+//! cancellation; progress kept on the task; the watch list filtered by key; and the
+//! journal pruned with the ledger.
 
 mod common;
 
@@ -147,14 +148,24 @@ async fn journals_follow_a_task(store: Arc<dyn Store>) {
                 Some("failed, will retry: HTTP 503"),
                 1
             ),
-            (
-                JournalKind::Delivery,
-                Some("SUCCEEDED"),
-                None,
-                Some("delivered"),
-                1
-            ),
-        ]
+        ],
+        "a delivered attempt is on its delivery, not in the journal"
+    );
+    let deliveries = store
+        .deliveries_of_task(task_key(SUBSCRIBER, "j1"), 10)
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(
+        (deliveries[0].attempts, deliveries[0].delivered_at.is_some()),
+        (2, true)
+    );
+    assert!(
+        store
+            .deliveries_of_task(task_key(SUBSCRIBER, "j2"), 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
     assert!(journal.windows(2).all(|w| w[0].at <= w[1].at), "oldest first");
     assert!(journal[1].last_at >= journal[1].at);

@@ -1341,7 +1341,7 @@ mod postgres_schema {
         let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
         assert_eq!(
             versions,
-            [1, 2, 3, 4, 5, 6, 7, 8],
+            [1, 2, 3, 4, 5, 6, 7, 8, 9],
             "each migration once, in order"
         );
         // And a restart finds the schema as it left it.

@@ -586,6 +586,13 @@ async fn the_receiver_answers_503_when_the_store_fails() {
         ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>> {
             Box::pin(async { Ok(vec![]) })
         }
+        fn deliveries_of_task(
+            &self,
+            _: String,
+            _: usize,
+        ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>> {
+            Box::pin(async { Ok(vec![]) })
+        }
         fn replay(&self, _: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
             Box::pin(async { Ok(false) })
         }

@@ -141,7 +141,11 @@ async fn one_task_is_traced_from_submission_to_relayed_webhook_with_links() {
     .await
     .unwrap()
     .json();
-    assert_eq!(page["trace_id"], APP_TRACEPARENT.split('-').nth(1).unwrap(), "{page}");
+    assert_eq!(
+        page["trace_id"],
+        APP_TRACEPARENT.split('-').nth(1).unwrap(),
+        "{page}"
+    );
 
     // The submission: a server span continuing the application's trace.
     let submissions = named(&spans, "proxy submission");

@@ -44,6 +44,21 @@ impl RelayAdmin {
         }
     }
 
+    /// The deliveries of task `task_id`'s events to `subscriber`, oldest first (at most
+    /// [`PAGE`]), their URLs redacted: a task's page shows them as its timeline's attempts.
+    pub async fn deliveries_of(
+        &self,
+        subscriber: &str,
+        task_id: &str,
+    ) -> Result<Vec<super::Delivery>, crate::store::Error> {
+        let task_key = crate::store::task_key(subscriber, task_id);
+        let mut deliveries = self.outbox.deliveries_of_task(task_key, PAGE).await?;
+        for delivery in &mut deliveries {
+            delivery.target_url = redact(&delivery.target_url);
+        }
+        Ok(deliveries)
+    }
+
     /// Answer the relay's admin paths:
     ///
     /// - `GET /-/deliveries?state=pending|in_flight|delivered|dead|superseded&after=ID&limit=N`:

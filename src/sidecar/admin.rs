@@ -261,7 +261,8 @@ pub(crate) async fn answer(
         },
         Page::Task => match (&state.tasks, path.strip_prefix("/-/tasks/")) {
             (Some(store), Some(id)) if !id.is_empty() && !id.contains('/') => {
-                super::task_pages::task(store.as_ref(), state.archive.as_deref(), method, id).await
+                let relay = state.relay.as_ref();
+                super::task_pages::task(store.as_ref(), relay, state.archive.as_deref(), method, id).await
             }
             _ => not_found(path),
         },

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::query::percent_decoded;
 use crate::body::Body;
 use crate::envelope;
-use crate::relay::{TaskArchive, redact};
+use crate::relay::{RelayAdmin, TaskArchive, redact};
 use crate::tasks::{TaskFilter, TaskStore, WatchState, WatchedTask};
 
 /// Most tasks one page of `/-/tasks` lists.
@@ -90,12 +90,14 @@ pub(super) async fn tasks(
 }
 
 /// Answer `GET /-/tasks/{id}`: the task's record (as `/-/tasks` lists it), its
-/// `journal` (each callback, check and delivery attempt, oldest first), the `trace_id` of
-/// its submission when traces were on, and, when the proxy archives outputs, `archive`:
-/// its job's state and each copy with a link minted now (ask again for a fresh link).
-/// 404 for a task the watch list does not hold.
+/// `journal` (each callback, check and failed delivery attempt, oldest first), the
+/// `deliveries` of its events to its subscriber (state, attempts, last error, when
+/// delivered), the `trace_id` of its submission when traces were on, and, when the proxy
+/// archives outputs, `archive`: its job's state and each copy with a link minted now (ask
+/// again for a fresh link). 404 for a task the watch list does not hold.
 pub(super) async fn task(
     store: &dyn TaskStore,
+    relay: Option<&RelayAdmin>,
     archive: Option<&dyn TaskArchive>,
     method: &Method,
     id: &str,
@@ -120,6 +122,13 @@ pub(super) async fn task(
         Ok(trace) => trace.as_deref().and_then(trace_id_of).map(str::to_owned),
         Err(err) => return unavailable(err),
     };
+    let deliveries = match (relay, task.subscriber.as_deref()) {
+        (Some(relay), Some(subscriber)) => match relay.deliveries_of(subscriber, id).await {
+            Ok(deliveries) => deliveries,
+            Err(err) => return unavailable(err),
+        },
+        _ => Vec::new(),
+    };
     let archive = match (archive, task.subscriber.clone()) {
         (Some(archive), Some(subscriber)) => match archive.report(subscriber, task.task_id.clone()).await {
             Ok(report) => report,
@@ -133,6 +142,7 @@ pub(super) async fn task(
     let page = json!({
         "task": shown(&task),
         "journal": journal,
+        "deliveries": deliveries,
         "trace_id": trace_id,
         "archive": archive,
     });

@@ -1,10 +1,11 @@
 //! A task's journal: what happened to it after its submission (each callback, each check,
-//! each delivery attempt of its events), for the console's task page and
+//! each failed delivery attempt of its events), for the console's task page and
 //! `GET /-/tasks/{id}`.
 //!
 //! Entries are written by the statements that record the event itself (one more insert in
 //! the same transaction), never on the request path: the submission is the task's own
-//! record. A check that finds what the one before it found (a task polled every 5 s for
+//! record, and a delivery that succeeds is its own (`delivered_at`), so the relay's
+//! everyday path writes nothing more. A check that finds what the one before it found (a task polled every 5 s for
 //! ten minutes) bumps that entry's `repeats` instead of adding one, so a long task keeps a
 //! journal of its changes, not of its polls. Entries older than [`JOURNAL_RETENTION`] are
 //! pruned with the ledger.
@@ -27,7 +28,8 @@ pub enum JournalKind {
     Callback,
     /// The watcher checked the task (a poll of the official API, a read of the feed).
     Check,
-    /// An attempt to deliver one of the task's events to its subscriber.
+    /// An attempt to deliver one of the task's events to its subscriber that failed (one
+    /// that succeeded is on the delivery: [`Outbox::deliveries_of_task`](super::Outbox::deliveries_of_task)).
     Delivery,
     /// The task was cancelled through the proxy.
     Cancelled,

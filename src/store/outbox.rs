@@ -252,6 +252,10 @@ pub trait Outbox: Send + Sync + 'static {
     /// Deliveries in `state` with an id above `after`, oldest first, at most `limit`.
     fn list(&self, state: DeliveryState, after: i64, limit: usize) -> StoreFuture<'_, Vec<Delivery>>;
 
+    /// The deliveries of one task to one subscriber (its [`task_key`](super::task_key)),
+    /// oldest first, at most `limit`: what a task's page shows of its events' relay.
+    fn deliveries_of_task(&self, task_key: String, limit: usize) -> StoreFuture<'_, Vec<Delivery>>;
+
     /// Make a delivery pending again with a fresh schedule (a dead letter, say). `false`
     /// when there is no such delivery or it is in flight.
     fn replay(&self, id: i64) -> StoreFuture<'_, bool>;

@@ -87,6 +87,10 @@ impl Outbox for HoldForArchive {
         self.inner.list(state, after, limit)
     }
 
+    fn deliveries_of_task(&self, task_key: String, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
+        self.inner.deliveries_of_task(task_key, limit)
+    }
+
     fn replay(&self, id: i64) -> StoreFuture<'_, bool> {
         self.inner.replay(id)
     }

@@ -43,7 +43,8 @@ BEGIN
 END $$;
 ";
 
-/// The delivery attempt's entry, a data-modifying step of the completion's statement
+/// A failed delivery attempt's entry (a delivered one is on the delivery itself), a
+/// data-modifying step of the completion's statement
 /// (which returns the delivery's `task_key`, `status` and whether it was a `probe`):
 /// `$14` says how the attempt ended, `$15` the same for a failed probe.
 pub(super) const DELIVERY_ENTRY: &str = "
@@ -52,7 +53,7 @@ pub(super) const DELIVERY_ENTRY: &str = "
         SELECT substr(done.task_key, strpos(done.task_key, '/task:') + 6), runway_proxy_now_ms(),
                runway_proxy_now_ms(), 'delivery', done.status,
                CASE WHEN done.probe AND $12 = 'pending' THEN CAST($15 AS TEXT) ELSE CAST($14 AS TEXT) END
-        FROM done WHERE strpos(done.task_key, '/task:') > 0
+        FROM done WHERE $12 <> 'delivered' AND strpos(done.task_key, '/task:') > 0
           AND length(done.task_key) > strpos(done.task_key, '/task:') + 5)";
 
 impl PostgresOutbox {

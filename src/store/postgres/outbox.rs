@@ -145,6 +145,24 @@ impl Outbox for PostgresOutbox {
         }))
     }
 
+    fn deliveries_of_task(&self, task_key: String, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
+        let pool = self.pool();
+        Box::pin(self.call(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let select = client
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM runway_proxy_deliveries d WHERE d.task_key = $1 ORDER BY d.id LIMIT $2"
+                ))
+                .await
+                .map_err(db_error)?;
+            let rows = client
+                .query(&select, &[&task_key, &(limit as i64)])
+                .await
+                .map_err(db_error)?;
+            rows_to_deliveries(rows)
+        }))
+    }
+
     fn replay(&self, id: i64) -> StoreFuture<'_, bool> {
         let pool = self.pool();
         Box::pin(self.call(async move {

@@ -427,6 +427,17 @@ impl Outbox for SqliteOutbox {
         }))
     }
 
+    fn deliveries_of_task(&self, task_key: String, limit: usize) -> StoreFuture<'_, Vec<Delivery>> {
+        Box::pin(self.run(move |tx| {
+            let mut select = tx.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE task_key = ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            select
+                .query_map(params![task_key, limit as i64], row_to_delivery)?
+                .collect()
+        }))
+    }
+
     fn replay(&self, id: i64) -> StoreFuture<'_, bool> {
         Box::pin(self.run(move |tx| {
             let changed = tx.execute_cached(

@@ -237,7 +237,9 @@ pub(super) fn finish(
          WHERE id = ?1",
         params![id, owner, state, next, error, delivered, now, spent],
     )?;
-    if let Some(task_id) = crate::store::task_id_of(&task_key) {
+    // A delivered attempt is on the delivery itself (`delivered_at`): only failures are
+    // journaled, so the relay's everyday path writes nothing more.
+    if let Some(task_id) = crate::store::task_id_of(&task_key).filter(|_| delivered.is_none()) {
         let detail = crate::store::journal::delivery_detail(&completion, spent == 1);
         super::journal::write(
             tx,

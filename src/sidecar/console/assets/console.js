@@ -292,6 +292,15 @@ async function taskPage(_params, id) {
     const bad = /failed|dead/.test(e.detail || "");
     events.push({ at: e.at, kind: e.kind, text: what + repeats, bad });
   }
+  // Failed attempts are in the journal; each delivery says how it ended, or what is next.
+  for (const d of page.deliveries || []) {
+    const what = "delivery · " + (d.status ?? "");
+    if (d.delivered_at) {
+      events.push({ at: d.delivered_at, kind: "delivery", text: `${what} · delivered (attempt ${d.attempts})` });
+    } else if (d.state === "pending" || d.state === "in_flight") {
+      events.push({ at: d.next_attempt_at, kind: "delivery", text: `${what} · ${d.state}, attempt ${d.attempts + 1} due` });
+    }
+  }
   if (t.finished_at) events.push({ at: t.finished_at, kind: "finished", text: "final status " + (t.status ?? "") });
   events.sort((a, b) => a.at - b.at);
   const archive = page.archive ? h("section", {}, h("h3", {}, "Archive"),
