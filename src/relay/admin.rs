@@ -45,7 +45,7 @@ impl RelayAdmin {
     }
 
     /// The deliveries of task `task_id`'s events to `subscriber`, oldest first (at most
-    /// [`PAGE`]), their URLs redacted: a task's page shows them as its timeline's attempts.
+    /// 100), their URLs redacted: a task's page shows them as its timeline's attempts.
     pub async fn deliveries_of(
         &self,
         subscriber: &str,
