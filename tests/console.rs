@@ -230,6 +230,17 @@ async fn the_console_shows_tasks_budgets_and_dead_letters_and_replays_one() {
     })
     .await;
 
+    // Signing out forgets the token and empties the page.
+    let signed_out = &seen["signedOut"];
+    assert!(
+        signed_out["why"].as_str().unwrap().starts_with("Signed out"),
+        "{signed_out}"
+    );
+    assert_eq!(
+        (signed_out["stored"].clone(), signed_out["app"].clone()),
+        (Value::Null, json!(0))
+    );
+
     // Nothing but the proxy was asked for anything, and the page logged no error.
     assert_eq!(seen["offProxy"], json!([]), "{}", seen["requests"]);
     assert_eq!(seen["problems"], json!([]));

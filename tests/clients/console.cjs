@@ -113,6 +113,18 @@ async function main() {
     );
     seen.after = await page.$$eval("#dead tbody tr[data-delivery]", (rows) => rows.length);
 
+    // Signing out forgets the token and shows the login form again.
+    await page.click("#nav button");
+    await page.waitForSelector("#login:not([hidden])");
+    seen.signedOut = await page.evaluate(() => ({
+      why: document.getElementById("login-why").textContent,
+      stored: sessionStorage.getItem("runway-proxy.admin-token"),
+      app: document.getElementById("app").childElementCount,
+    }));
+    await page.fill("#token", process.env.ADMIN_TOKEN);
+    await page.click("#login button[type=submit]");
+    await page.waitForSelector("#nav:not([hidden]) a[data-page=overview]");
+
     // Overview again, for the README's picture.
     await page.click("a[data-page=overview]");
     await page.waitForSelector("[data-chart=requests] polyline", { state: "attached" });

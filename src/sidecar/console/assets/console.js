@@ -129,7 +129,8 @@ function signIn(error) {
   app().replaceChildren();
   const why = document.getElementById("login-why");
   if (error && error.status === 403) why.textContent = error.message;
-  else if (hadToken) why.textContent = "That token was refused: enter the proxy's admin token.";
+  else if (error && hadToken) why.textContent = "That token was refused: enter the proxy's admin token.";
+  else if (hadToken) why.textContent = "Signed out. Enter the admin token to open the console again.";
   else why.textContent = "This console needs the proxy's admin token.";
   document.getElementById("login").hidden = false;
   document.getElementById("token").focus();
